@@ -1,0 +1,423 @@
+//! The risk config of SPEC section 2: symbols, tick and step sizes, maintenance brackets.
+//!
+//! Loading validates every rule and derives each bracket's maintenance amount (`cum`); a
+//! broken rule is a [`ConfigError`] naming the symbol, the bracket and the rule.
+
+use std::{collections::HashMap, path::Path};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::fixed::{D8, SCALE_D8};
+
+/// Dense index of a symbol, assigned in config order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SymbolIdx(pub u16);
+
+/// Margin mode of an (account, symbol) pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    Cross,
+    Isolated,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Cross => "cross",
+            Mode::Isolated => "isolated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "cross" => Some(Mode::Cross),
+            "isolated" => Some(Mode::Isolated),
+            _ => None,
+        }
+    }
+}
+
+/// One maintenance bracket: notionals in `[floor, cap)` (the last one also above its cap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bracket {
+    pub floor: D8,
+    pub cap: D8,
+    pub max_leverage: u32,
+    /// Maintenance margin rate, at most 4 decimals.
+    pub mmr: D8,
+    /// Maintenance amount `cum_k`, at most 6 decimals.
+    pub cum: D8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Symbol {
+    pub name: String,
+    pub tick_size: D8,
+    pub step_size: D8,
+    pub brackets: Vec<Bracket>,
+}
+
+impl Symbol {
+    /// The index of the bracket holding `notional`: the first with `notional < cap`, else the
+    /// last. Generic over the caller's number type through the comparison it supplies.
+    pub fn bracket_index_by(&self, below_cap: impl Fn(D8) -> bool) -> usize {
+        self.brackets
+            .iter()
+            .position(|b| below_cap(b.cap))
+            .unwrap_or(self.brackets.len() - 1)
+    }
+
+    /// The bracket holding an exact 8-decimal notional.
+    pub fn bracket_for_d8(&self, notional: D8) -> &Bracket {
+        &self.brackets[self.bracket_index_by(|cap| notional < cap)]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub default_margin_mode: Mode,
+    pub default_leverage: u32,
+    pub symbols: Vec<Symbol>,
+    index: HashMap<String, SymbolIdx>,
+}
+
+/// A config rule that does not hold. The message names the symbol and bracket where it can.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Rule(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig<'a> {
+    #[serde(borrow)]
+    default_margin_mode: &'a RawValue,
+    #[serde(borrow)]
+    default_leverage: &'a RawValue,
+    #[serde(borrow)]
+    symbols: Vec<RawSymbol<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSymbol<'a> {
+    symbol: String,
+    #[serde(borrow)]
+    tick_size: &'a RawValue,
+    #[serde(borrow)]
+    step_size: &'a RawValue,
+    #[serde(borrow)]
+    brackets: Vec<RawBracket<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBracket<'a> {
+    #[serde(borrow)]
+    notional_cap: &'a RawValue,
+    #[serde(borrow)]
+    max_leverage: &'a RawValue,
+    #[serde(borrow)]
+    mmr: &'a RawValue,
+    #[serde(borrow, default)]
+    maintenance_amount: Option<&'a RawValue>,
+}
+
+/// The text of a JSON string or number, for the decimal parser.
+fn decimal_text(raw: &RawValue) -> Option<String> {
+    let t = raw.get();
+    if t.starts_with('"') {
+        serde_json::from_str::<String>(t).ok()
+    } else {
+        Some(t.to_string())
+    }
+}
+
+/// A positive JSON integer that fits in u32 (leverages).
+fn positive_int(raw: &RawValue) -> Option<u32> {
+    let t = raw.get();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse::<u32>().ok().filter(|&n| n >= 1)
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_json::from_str(text)?;
+        let rule = |msg: String| ConfigError::Rule(msg);
+        let default_margin_mode = serde_json::from_str::<String>(raw.default_margin_mode.get())
+            .ok()
+            .and_then(|s| Mode::parse(&s))
+            .ok_or_else(|| rule("default_margin_mode must be \"cross\" or \"isolated\"".into()))?;
+        let default_leverage = positive_int(raw.default_leverage)
+            .ok_or_else(|| rule("default_leverage must be an integer >= 1".into()))?;
+        if raw.symbols.is_empty() {
+            return Err(rule("symbols must list at least one symbol".into()));
+        }
+        let mut symbols = Vec::with_capacity(raw.symbols.len());
+        let mut index = HashMap::new();
+        for rs in raw.symbols {
+            let sym = Symbol::from_raw(rs).map_err(rule)?;
+            if sym.name.is_empty() {
+                return Err(rule("a symbol has an empty name".into()));
+            }
+            let idx =
+                u16::try_from(symbols.len()).map_err(|_| rule("more than 65535 symbols".into()))?;
+            if index.insert(sym.name.clone(), SymbolIdx(idx)).is_some() {
+                return Err(rule(format!("symbol {}: listed twice", sym.name)));
+            }
+            symbols.push(sym);
+        }
+        Ok(Config {
+            default_margin_mode,
+            default_leverage,
+            symbols,
+            index,
+        })
+    }
+
+    pub fn symbol_idx(&self, name: &str) -> Option<SymbolIdx> {
+        self.index.get(name).copied()
+    }
+
+    pub fn symbol(&self, idx: SymbolIdx) -> &Symbol {
+        &self.symbols[idx.0 as usize]
+    }
+
+    /// Leverage of a pair whose leverage was never set:
+    /// `min(default_leverage, max_leverage of the first bracket)`.
+    pub fn default_leverage_for(&self, idx: SymbolIdx) -> u32 {
+        self.default_leverage
+            .min(self.symbol(idx).brackets[0].max_leverage)
+    }
+}
+
+impl Symbol {
+    fn from_raw(rs: RawSymbol<'_>) -> Result<Symbol, String> {
+        let name = rs.symbol;
+        let dec = |what: &str, raw: &RawValue, max_decimals: u32| -> Result<D8, String> {
+            let text = decimal_text(raw)
+                .ok_or_else(|| format!("symbol {name}: {what} must be a decimal"))?;
+            D8::parse(&text, max_decimals).map_err(|e| format!("symbol {name}: {what} {e}"))
+        };
+        let tick_size = dec("tick_size", rs.tick_size, 8)?;
+        let step_size = dec("step_size", rs.step_size, 8)?;
+        if tick_size.0 <= 0 || step_size.0 <= 0 {
+            return Err(format!(
+                "symbol {name}: tick_size and step_size must be positive"
+            ));
+        }
+        if tick_size.decimals() + step_size.decimals() > 12 {
+            return Err(format!(
+                "symbol {name}: tick_size and step_size decimals add up to more than 12"
+            ));
+        }
+        if rs.brackets.is_empty() {
+            return Err(format!("symbol {name}: needs at least one bracket"));
+        }
+        let limit_cap = D8::from_int(1_000_000_000_000_000);
+        let mut brackets: Vec<Bracket> = Vec::with_capacity(rs.brackets.len());
+        for (k, rb) in rs.brackets.into_iter().enumerate() {
+            let at = |rule: &str| format!("symbol {name}, bracket {k}: {rule}");
+            let cap = dec("notional_cap", rb.notional_cap, 2).map_err(|e| at(&e))?;
+            if cap.0 <= 0 || cap >= limit_cap {
+                return Err(at("notional_cap must be > 0 and below 10^15"));
+            }
+            let max_leverage = positive_int(rb.max_leverage)
+                .ok_or_else(|| at("max_leverage must be an integer >= 1"))?;
+            let mmr = dec("mmr", rb.mmr, 4).map_err(|e| at(&e))?;
+            if mmr.0 <= 0 || mmr.0 >= SCALE_D8 {
+                return Err(at("mmr must satisfy 0 < mmr < 1"));
+            }
+            // mmr < 1 / max_leverage  <=>  mmr * max_leverage < 1
+            if mmr.0 * i128::from(max_leverage) >= SCALE_D8 {
+                return Err(at("mmr must be below 1/max_leverage"));
+            }
+            let (floor, cum) = match brackets.last() {
+                None => (D8::ZERO, D8::ZERO),
+                Some(prev) => {
+                    if cap <= prev.cap {
+                        return Err(at("notional_cap must be strictly increasing"));
+                    }
+                    if mmr < prev.mmr {
+                        return Err(at("mmr must be non-decreasing"));
+                    }
+                    if max_leverage > prev.max_leverage {
+                        return Err(at("max_leverage must be non-increasing"));
+                    }
+                    // cum_k = cum_(k-1) + floor_k * (mmr_k - mmr_(k-1)); floor has 2
+                    // decimals and the rates 4, so the product has 6: exact in D8.
+                    let step = prev.cap.0 * (mmr.0 - prev.mmr.0);
+                    debug_assert_eq!(step % SCALE_D8, 0);
+                    (prev.cap, D8(prev.cum.0 + step / SCALE_D8))
+                }
+            };
+            if let Some(stated) = rb.maintenance_amount {
+                let stated = dec("maintenance_amount", stated, 8).map_err(|e| at(&e))?;
+                if stated != cum {
+                    return Err(at(&format!(
+                        "maintenance_amount {stated} differs from the derived value {cum}"
+                    )));
+                }
+            }
+            brackets.push(Bracket {
+                floor,
+                cap,
+                max_leverage,
+                mmr,
+                cum,
+            });
+        }
+        Ok(Symbol {
+            name,
+            tick_size,
+            step_size,
+            brackets,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with_brackets(brackets: &str) -> String {
+        format!(
+            r#"{{"default_margin_mode":"cross","default_leverage":20,"symbols":[
+            {{"symbol":"X","tick_size":"0.1","step_size":"0.001","brackets":[{brackets}]}}]}}"#
+        )
+    }
+
+    #[test]
+    fn maintenance_amounts_of_a_ten_bracket_table() {
+        // Hand-computed: cum_k = cum_(k-1) + floor_k * (mmr_k - mmr_(k-1)).
+        // (cap, max_lev, mmr, expected cum)
+        let table = [
+            ("10000", 125, "0.004", "0"),
+            ("50000", 100, "0.005", "10"),       // 0 + 10000*0.001
+            ("250000", 50, "0.01", "260"),       // 10 + 50000*0.005
+            ("1000000", 20, "0.025", "4010"),    // 260 + 250000*0.015
+            ("2000000", 10, "0.05", "29010"),    // 4010 + 1000000*0.025
+            ("5000000", 5, "0.1", "129010"),     // 29010 + 2000000*0.05
+            ("10000000", 4, "0.125", "254010"),  // 129010 + 5000000*0.025
+            ("20000000", 3, "0.15", "504010"),   // 254010 + 10000000*0.025
+            ("50000000", 2, "0.25", "2504010"),  // 504010 + 20000000*0.1
+            ("100000000", 1, "0.5", "15004010"), // 2504010 + 50000000*0.25
+        ];
+        let brackets: Vec<String> = table
+            .iter()
+            .map(|(cap, lev, mmr, _)| {
+                format!(r#"{{"notional_cap":"{cap}","max_leverage":{lev},"mmr":"{mmr}"}}"#)
+            })
+            .collect();
+        let cfg = Config::parse(&config_with_brackets(&brackets.join(","))).unwrap();
+        let got: Vec<String> = cfg.symbols[0]
+            .brackets
+            .iter()
+            .map(|b| b.cum.to_string())
+            .collect();
+        let want: Vec<&str> = table.iter().map(|t| t.3).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn each_broken_rule_is_named() {
+        let b = |cap: &str, lev: u32, mmr: &str| {
+            format!(r#"{{"notional_cap":"{cap}","max_leverage":{lev},"mmr":"{mmr}"}}"#)
+        };
+        // (label, brackets, expected fragment of the message)
+        let cases = [
+            (
+                "TC1 caps",
+                format!("{},{}", b("100", 10, "0.01"), b("100", 5, "0.02")),
+                "strictly increasing",
+            ),
+            (
+                "TC2 mmr",
+                format!("{},{}", b("100", 10, "0.02"), b("200", 5, "0.01")),
+                "non-decreasing",
+            ),
+            (
+                "TC3 lev",
+                format!("{},{}", b("100", 10, "0.01"), b("200", 20, "0.02")),
+                "non-increasing",
+            ),
+            ("TC4 1/lev", b("100", 100, "0.01"), "below 1/max_leverage"),
+            ("TC5 mmr>=1", b("100", 1, "1"), "0 < mmr < 1"),
+            (
+                "TC6 mmr decimals",
+                b("100", 10, "0.00001"),
+                "more than 4 decimal places",
+            ),
+            (
+                "TC7 cap decimals",
+                b("100.001", 10, "0.01"),
+                "more than 2 decimal places",
+            ),
+            (
+                "TC8 lev 0",
+                b("100", 0, "0.01"),
+                "max_leverage must be an integer",
+            ),
+            (
+                "TC9 cap too big",
+                b("1000000000000000", 10, "0.01"),
+                "below 10^15",
+            ),
+        ];
+        for (label, brackets, fragment) in cases {
+            let err = Config::parse(&config_with_brackets(&brackets))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(fragment), "{label}: {err}");
+            assert!(err.contains("symbol X"), "{label}: {err}");
+        }
+        let err = Config::parse(&config_with_brackets(&format!(
+            "{},{}",
+            b("100", 10, "0.01"),
+            r#"{"notional_cap":"200","max_leverage":5,"mmr":"0.02","maintenance_amount":"2"}"#
+        )))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("bracket 1") && err.contains("derived value 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tick_and_step_decimals_are_bounded() {
+        let text = r#"{"default_margin_mode":"isolated","default_leverage":5,"symbols":[
+            {"symbol":"Y","tick_size":"0.0000001","step_size":"0.000001","brackets":[
+            {"notional_cap":"100","max_leverage":10,"mmr":"0.01"}]}]}"#;
+        let err = Config::parse(text).unwrap_err().to_string();
+        assert!(err.contains("more than 12"), "{err}");
+    }
+
+    #[test]
+    fn default_leverage_is_capped_by_the_first_bracket() {
+        let cfg = Config::parse(&config_with_brackets(
+            r#"{"notional_cap":"100","max_leverage":10,"mmr":"0.01"}"#,
+        ))
+        .unwrap();
+        assert_eq!(cfg.default_leverage_for(SymbolIdx(0)), 10);
+    }
+}

@@ -1,0 +1,248 @@
+//! Exact decimal numbers as they arrive on the wire and in the config.
+//!
+//! Every decimal the SPEC accepts (section 1) has at most 8 fractional digits, so one
+//! fixed-point type, [`D8`] (an `i128` counting units of 10^-8), holds every valid wire value
+//! exactly. Text is parsed digit by digit: nothing ever passes through `f64`, and nothing is
+//! silently rounded (a value with a 9th significant decimal is refused, not truncated).
+
+use std::fmt;
+
+/// 10^8, the scale of [`D8`].
+pub const SCALE_D8: i128 = 100_000_000;
+
+/// A decimal with at most 8 fractional digits: `raw / 10^8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct D8(pub i128);
+
+/// A parsed decimal before any range check: `mantissa / 10^scale`, trailing zeros removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParsedDecimal {
+    pub mantissa: i128,
+    pub scale: u32,
+}
+
+/// Why a text is not a decimal of the accepted form `-?[0-9]+(\.[0-9]+)?`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecimalError {
+    #[error("is not a plain decimal of the form -?[0-9]+(.[0-9]+)?")]
+    Form,
+    #[error("has too many significant digits")]
+    TooLong,
+}
+
+/// Parses the SPEC's decimal form exactly. Leading zeros of the integer part and trailing zeros
+/// of the fraction are insignificant: `"007.50"` is 7.5 with scale 1.
+pub fn parse_decimal(text: &str) -> Result<ParsedDecimal, DecimalError> {
+    let bytes = text.as_bytes();
+    let (negative, digits) = match bytes.first() {
+        Some(b'-') => (true, &bytes[1..]),
+        _ => (false, bytes),
+    };
+    let (int_part, frac_part) = match digits.iter().position(|&b| b == b'.') {
+        Some(dot) => (&digits[..dot], Some(&digits[dot + 1..])),
+        None => (digits, None),
+    };
+    if int_part.is_empty() || !int_part.iter().all(u8::is_ascii_digit) {
+        return Err(DecimalError::Form);
+    }
+    let frac = match frac_part {
+        Some(f) if f.is_empty() || !f.iter().all(u8::is_ascii_digit) => {
+            return Err(DecimalError::Form);
+        }
+        Some(f) => f,
+        None => &[][..],
+    };
+    let int_sig = trim_start_zeros(int_part);
+    let frac_sig = trim_end_zeros(frac);
+    // i128 holds any 38-digit number.
+    if int_sig.len() + frac_sig.len() > 38 {
+        return Err(DecimalError::TooLong);
+    }
+    let mut mantissa: i128 = 0;
+    for &d in int_sig.iter().chain(frac_sig) {
+        mantissa = mantissa * 10 + i128::from(d - b'0');
+    }
+    Ok(ParsedDecimal {
+        mantissa: if negative { -mantissa } else { mantissa },
+        scale: frac_sig.len() as u32,
+    })
+}
+
+fn trim_start_zeros(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|&&b| b == b'0').count();
+    &s[n..]
+}
+
+fn trim_end_zeros(s: &[u8]) -> &[u8] {
+    let n = s.iter().rev().take_while(|&&b| b == b'0').count();
+    &s[..s.len() - n]
+}
+
+impl ParsedDecimal {
+    /// The value as a [`D8`], or `None` when it has more than 8 significant decimals.
+    pub fn to_d8(self) -> Option<D8> {
+        if self.scale > 8 {
+            return None;
+        }
+        let factor = 10i128.pow(8 - self.scale);
+        self.mantissa.checked_mul(factor).map(D8)
+    }
+}
+
+impl D8 {
+    pub const ZERO: D8 = D8(0);
+
+    /// The integer `n` as a `D8`.
+    pub const fn from_int(n: i64) -> D8 {
+        D8(n as i128 * SCALE_D8)
+    }
+
+    /// Parses a decimal that must have at most `max_decimals` significant fractional digits.
+    pub fn parse(text: &str, max_decimals: u32) -> Result<D8, String> {
+        let p = parse_decimal(text).map_err(|e| format!("\"{text}\" {e}"))?;
+        if p.scale > max_decimals {
+            return Err(format!(
+                "\"{text}\" has more than {max_decimals} decimal places"
+            ));
+        }
+        p.to_d8()
+            .ok_or_else(|| format!("\"{text}\" is out of range"))
+    }
+
+    /// Number of significant fractional digits (0..=8).
+    pub fn decimals(self) -> u32 {
+        let mut raw = self.0;
+        let mut frac = 8;
+        while frac > 0 && raw % 10 == 0 {
+            raw /= 10;
+            frac -= 1;
+        }
+        frac
+    }
+
+    pub fn abs(self) -> D8 {
+        D8(self.0.abs())
+    }
+
+    pub fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+
+    /// True when `self` is an exact multiple of `unit` (which must be positive).
+    pub fn is_multiple_of(self, unit: D8) -> bool {
+        debug_assert!(unit.0 > 0);
+        self.0 % unit.0 == 0
+    }
+}
+
+/// Formats `mantissa / 10^scale` as the shortest exact decimal: no exponent, no trailing
+/// zeros, `"0"` for zero, never `"-0"`.
+pub fn format_scaled(mantissa: i128, scale: u32, out: &mut String) {
+    let digits = mantissa.unsigned_abs().to_string();
+    format_digits(mantissa < 0, &digits, scale, out);
+}
+
+/// Formats a decimal given as its sign and the digits of `|mantissa|`, with `scale` of them
+/// after the point. Shared by [`D8`] and the wide exact type of the reference engine.
+pub fn format_digits(negative: bool, digits: &str, scale: u32, out: &mut String) {
+    let scale = scale as usize;
+    let padded;
+    let digits = if digits.len() <= scale {
+        padded = format!("{}{digits}", "0".repeat(scale + 1 - digits.len()));
+        padded.as_str()
+    } else {
+        digits
+    };
+    let (int_part, frac_part) = digits.split_at(digits.len() - scale);
+    let frac_part = frac_part.trim_end_matches('0');
+    if negative && !(int_part.bytes().all(|b| b == b'0') && frac_part.is_empty()) {
+        out.push('-');
+    }
+    out.push_str(int_part);
+    if !frac_part.is_empty() {
+        out.push('.');
+        out.push_str(frac_part);
+    }
+}
+
+impl fmt::Display for D8 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = String::new();
+        format_scaled(self.0, 8, &mut s);
+        f.write_str(&s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_accepts_the_plain_form_exactly() {
+        // (text, mantissa, scale)
+        let cases = [
+            ("0", 0, 0),
+            ("-0", 0, 0),
+            ("65000.1", 650001, 1),
+            ("007.50", 75, 1),
+            ("-0.00000001", -1, 8),
+            (
+                "123456789012345678901234567890",
+                123456789012345678901234567890,
+                0,
+            ),
+            ("0.1000000000000000000000000000000000000000", 1, 1),
+        ];
+        for (text, m, s) in cases {
+            let p = parse_decimal(text).unwrap();
+            assert_eq!((p.mantissa, p.scale), (m, s), "{text}");
+        }
+    }
+
+    #[test]
+    fn parse_refuses_everything_else() {
+        for text in [
+            "", "-", ".5", "5.", "1e3", "1E3", "+1", "NaN", "Infinity", " 1", "1 ", "1.2.3",
+            "0x10", "--1", "1,5",
+        ] {
+            assert_eq!(parse_decimal(text), Err(DecimalError::Form), "{text:?}");
+        }
+        assert_eq!(
+            parse_decimal("1234567890123456789012345678901234567890"),
+            Err(DecimalError::TooLong)
+        );
+    }
+
+    #[test]
+    fn d8_refuses_a_ninth_decimal_instead_of_rounding() {
+        assert!(D8::parse("1.000000001", 8).is_err());
+        assert_eq!(D8::parse("1.000000010", 8), Ok(D8(100_000_001)));
+        assert!(D8::parse("0.123", 2).is_err());
+    }
+
+    #[test]
+    fn format_round_trips() {
+        for text in [
+            "0",
+            "1",
+            "-1",
+            "0.5",
+            "-0.00000001",
+            "65000.1",
+            "999999999.99999999",
+        ] {
+            let d = D8::parse(text, 8).unwrap();
+            assert_eq!(d.to_string(), text);
+        }
+        let mut s = String::new();
+        format_scaled(-5, 20, &mut s);
+        assert_eq!(s, "-0.00000000000000000005");
+    }
+
+    #[test]
+    fn decimals_counts_significant_digits() {
+        assert_eq!(D8::parse("0.1", 8).unwrap().decimals(), 1);
+        assert_eq!(D8::parse("100", 8).unwrap().decimals(), 0);
+        assert_eq!(D8::parse("0.00000001", 8).unwrap().decimals(), 8);
+    }
+}

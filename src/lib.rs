@@ -1,0 +1,34 @@
+//! liqscan: a liquidation scanner for perpetual-futures exchanges.
+//!
+//! The contract is `SPEC.md` (shared with the project); `docs/` explains it for users.
+//!
+//! # Layout
+//!
+//! Data flows one way, top to bottom:
+//!
+//! | module | owns | SPEC |
+//! |---|---|---|
+//! | [`fixed`] | exact parsing and formatting of wire decimals (`D8`, never `f64`) | 1 |
+//! | [`config`] | the risk config: symbols, brackets, derived maintenance amounts | 2 |
+//! | [`protocol`] | input envelopes, validation into `Command`s, reject codes, events and their JSON | 5, 7 |
+//! | [`ingest`] | bounded line reading, line numbers, seq / duplicate / gap rules | 6 |
+//! | [`exact`] | the unbounded exact decimal of the reference engine, `ceil8`, `round8` | 1, 4 |
+//! | [`margin`] | the margin arithmetic: notional, upnl, brackets, mm, im, ratio, liquidation price, funding | 4 |
+//! | [`engine`] | the `Engine` trait and the emission rule | 6 |
+//! | [`reference`] | the reference engine: state of section 3, apply + evaluate, exact and plain | 3–6 |
+//! | [`latency`] | HdrHistogram latency distributions | 7, 8 |
+//! | [`replay`] | `liqscan replay`: ingest → engine → events, summary and report | 8 |
+//!
+//! bytes → [`ingest::LineReader`] → [`protocol::parse_envelope`] → [`ingest::Sequencer`] →
+//! [`protocol::validate`] → [`engine::Engine::apply`] → [`protocol::Event`] → sink.
+
+pub mod config;
+pub mod engine;
+pub mod exact;
+pub mod fixed;
+pub mod ingest;
+pub mod latency;
+pub mod margin;
+pub mod protocol;
+pub mod reference;
+pub mod replay;

@@ -1,0 +1,1088 @@
+//! The wire protocol of SPEC sections 5 and 7: input lines to [`Command`]s, and [`Event`]s
+//! to output lines.
+//!
+//! A line goes through two steps here, because the SPEC orders the sequencing rules between
+//! them (section 6):
+//! 1. [`parse_envelope`]: UTF-8, JSON object, no duplicate keys, a well-typed `seq`. A failure
+//!    is `malformed` (or `invalid` for the seq) and consumes no seq.
+//! 2. [`validate`]: every field rule that needs only the config (types, section-1 limits,
+//!    known symbol, tick and step multiples). A failure consumes the seq.
+//!
+//! Rules that need account state (`wrong_mode`, `mode_locked`, `leverage_exceeds_max`,
+//! `insufficient_margin`, `no_mark`) belong to the engines.
+
+use std::{borrow::Cow, fmt, fmt::Write as _};
+
+use serde::{
+    Deserialize, Deserializer,
+    de::{MapAccess, Visitor},
+};
+use serde_json::value::RawValue;
+
+use crate::{
+    config::{Config, Mode, SymbolIdx},
+    fixed::{D8, SCALE_D8, parse_decimal},
+};
+
+/// The longest line accepted, in bytes (SPEC section 5: "a line over 1 MiB" is malformed).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// The reject codes of SPEC section 5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectCode {
+    Malformed,
+    Invalid,
+    UnknownSymbol,
+    ModeLocked,
+    LeverageExceedsMax,
+    WrongMode,
+    InsufficientMargin,
+    NoMark,
+}
+
+impl RejectCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::Malformed => "malformed",
+            RejectCode::Invalid => "invalid",
+            RejectCode::UnknownSymbol => "unknown_symbol",
+            RejectCode::ModeLocked => "mode_locked",
+            RejectCode::LeverageExceedsMax => "leverage_exceeds_max",
+            RejectCode::WrongMode => "wrong_mode",
+            RejectCode::InsufficientMargin => "insufficient_margin",
+            RejectCode::NoMark => "no_mark",
+        }
+    }
+}
+
+/// A rejected message: its code and the human reason that goes into the `reject` event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {reason}", code.as_str())]
+pub struct Reject {
+    pub code: RejectCode,
+    pub reason: String,
+}
+
+impl Reject {
+    pub fn new(code: RejectCode, reason: impl Into<String>) -> Reject {
+        Reject {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn malformed(reason: impl Into<String>) -> Reject {
+        Reject::new(RejectCode::Malformed, reason)
+    }
+
+    pub fn invalid(reason: impl Into<String>) -> Reject {
+        Reject::new(RejectCode::Invalid, reason)
+    }
+}
+
+/// Every field any message type may carry, each kept as raw JSON text until the message type
+/// says how to read it. Unknown fields are ignored; `null` counts as absent.
+#[derive(Debug, Default, Deserialize)]
+pub struct Envelope<'a> {
+    #[serde(rename = "type", borrow, default)]
+    pub ty: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub seq: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub ts: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub symbol: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub price: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub prices: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub account: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub wallet: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub amount: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub size: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub entry_price: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub isolated_margin: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub mode: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub leverage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub open_orders: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub order_margin: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub rate: Option<&'a RawValue>,
+}
+
+impl Envelope<'_> {
+    /// The sender's `ts`, when present and well-typed (ill-typed ones fail [`validate`]).
+    pub fn ts(&self) -> Option<u64> {
+        self.ts.and_then(json_uint)
+    }
+}
+
+/// What step 1 yields: the envelope and its sender seq, if any.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    pub envelope: Envelope<'a>,
+    pub seq: Option<u64>,
+}
+
+/// Step 1: bytes to an envelope with a well-typed seq. Every error here has `seq: null`.
+pub fn parse_envelope(line: &[u8]) -> Result<Parsed<'_>, Reject> {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(too_long(line.len()));
+    }
+    let text = std::str::from_utf8(line).map_err(|e| {
+        Reject::malformed(format!(
+            "not UTF-8 (bad byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let first = text
+        .trim_start_matches([' ', '\t', '\r', '\n'])
+        .as_bytes()
+        .first();
+    if first != Some(&b'{') {
+        // Checked first: serde would read a JSON array positionally into the struct.
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Reject::malformed("not a JSON object"),
+            Err(e) => Reject::malformed(format!("not JSON: {e}")),
+        });
+    }
+    let envelope: Envelope = serde_json::from_str(text).map_err(|e| {
+        if e.classify() == serde_json::error::Category::Data {
+            Reject::malformed(format!("bad JSON object: {e}"))
+        } else {
+            Reject::malformed(format!("not JSON: {e}"))
+        }
+    })?;
+    let seq = match envelope.seq {
+        None => None,
+        Some(raw) => match json_uint(raw) {
+            Some(n) if n > 0 => Some(n),
+            _ => {
+                return Err(Reject::invalid(format!(
+                    "seq {} is not an integer in 1..=2^64-1",
+                    clip(raw.get())
+                )));
+            }
+        },
+    };
+    Ok(Parsed { envelope, seq })
+}
+
+/// The reject for a line longer than [`MAX_LINE_BYTES`].
+pub fn too_long(len: usize) -> Reject {
+    Reject::malformed(format!("line of {len} bytes is over the 1 MiB limit"))
+}
+
+/// A validated message: well-formed, within section-1 limits, symbols resolved, prices on the
+/// tick and sizes on the step. Engines apply these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Mark {
+        symbol: SymbolIdx,
+        price: D8,
+    },
+    /// Distinct symbols, in the order they were written.
+    Marks {
+        prices: Vec<(SymbolIdx, D8)>,
+    },
+    Balance {
+        account: u64,
+        wallet: D8,
+    },
+    /// `amount != 0`.
+    Transfer {
+        account: u64,
+        amount: D8,
+    },
+    /// `entry_price` is `Some` when `size != 0`.
+    Position {
+        account: u64,
+        symbol: SymbolIdx,
+        size: D8,
+        entry_price: Option<D8>,
+        isolated_margin: Option<D8>,
+    },
+    MarginMode {
+        account: u64,
+        symbol: SymbolIdx,
+        mode: Mode,
+    },
+    /// `leverage >= 1`; the upper bound needs state.
+    Leverage {
+        account: u64,
+        symbol: SymbolIdx,
+        leverage: u64,
+    },
+    Orders {
+        account: u64,
+        symbol: SymbolIdx,
+        open_orders: u64,
+        order_margin: D8,
+    },
+    /// `amount != 0`.
+    IsolatedMargin {
+        account: u64,
+        symbol: SymbolIdx,
+        amount: D8,
+    },
+    Funding {
+        symbol: SymbolIdx,
+        rate: D8,
+    },
+    Query {
+        account: u64,
+    },
+}
+
+impl Command {
+    /// The account the message is about, if any.
+    pub fn account(&self) -> Option<u64> {
+        match *self {
+            Command::Balance { account, .. }
+            | Command::Transfer { account, .. }
+            | Command::Position { account, .. }
+            | Command::MarginMode { account, .. }
+            | Command::Leverage { account, .. }
+            | Command::Orders { account, .. }
+            | Command::IsolatedMargin { account, .. }
+            | Command::Query { account } => Some(account),
+            Command::Mark { .. } | Command::Marks { .. } | Command::Funding { .. } => None,
+        }
+    }
+}
+
+/// The numeric kinds of SPEC section 1 and their limits.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// (0, 10^9)
+    Price,
+    /// |x| < 10^8
+    Size,
+    /// |x| < 10^15
+    Amount,
+    /// |x| < 1
+    Rate,
+}
+
+const PRICE_LIMIT: i128 = 1_000_000_000 * SCALE_D8;
+const SIZE_LIMIT: i128 = 100_000_000 * SCALE_D8;
+/// |balance|, |margin|, |amount| < 10^15 (SPEC section 1). Engines keep state within it too.
+pub const AMOUNT_LIMIT: D8 = D8(1_000_000_000_000_000 * SCALE_D8);
+
+/// Step 2: validate an envelope against the config.
+pub fn validate(env: &Envelope<'_>, cfg: &Config) -> Result<Command, Reject> {
+    if let Some(ts) = env.ts {
+        json_uint(ts).ok_or_else(|| {
+            Reject::invalid(format!(
+                "ts {} is not a u64 nanosecond time",
+                clip(ts.get())
+            ))
+        })?;
+    }
+    let ty = string_field(env.ty, "type")?;
+    let account = || -> Result<u64, Reject> {
+        let raw = required(env.account, "account")?;
+        json_uint(raw).ok_or_else(|| {
+            Reject::invalid(format!("account {} is not a u64 integer", clip(raw.get())))
+        })
+    };
+    let symbol = || symbol_field(env.symbol, cfg);
+    Ok(match ty.as_ref() {
+        "mark" => {
+            let symbol = symbol()?;
+            let price = decimal(env.price, "price", Kind::Price)?;
+            Command::Mark {
+                symbol,
+                price: on_tick(price, symbol, cfg, "price")?,
+            }
+        }
+        "marks" => Command::Marks {
+            prices: marks_prices(env.prices, cfg)?,
+        },
+        "balance" => Command::Balance {
+            account: account()?,
+            wallet: decimal(env.wallet, "wallet", Kind::Amount)?,
+        },
+        "transfer" => {
+            let account = account()?;
+            let amount = decimal(env.amount, "amount", Kind::Amount)?;
+            if amount.is_zero() {
+                return Err(Reject::invalid("transfer amount must be non-zero"));
+            }
+            Command::Transfer { account, amount }
+        }
+        "position" => {
+            let account = account()?;
+            let symbol = symbol()?;
+            let size = decimal(env.size, "size", Kind::Size)?;
+            let step = cfg.symbol(symbol).step_size;
+            if !size.is_multiple_of(step) {
+                return Err(Reject::invalid(format!(
+                    "size {size} is not a multiple of step_size {step}"
+                )));
+            }
+            let entry_price = match env.entry_price {
+                None if !size.is_zero() => {
+                    return Err(Reject::invalid("entry_price is required when size != 0"));
+                }
+                None => None,
+                Some(_) => Some(decimal(env.entry_price, "entry_price", Kind::Price)?),
+            };
+            let isolated_margin = match env.isolated_margin {
+                None => None,
+                Some(_) => {
+                    let m = decimal(env.isolated_margin, "isolated_margin", Kind::Amount)?;
+                    if m.0 < 0 {
+                        return Err(Reject::invalid(format!("isolated_margin {m} must be >= 0")));
+                    }
+                    Some(m)
+                }
+            };
+            Command::Position {
+                account,
+                symbol,
+                size,
+                // A closed position has no entry price; one sent with size 0 is checked
+                // above and then dropped.
+                entry_price: entry_price.filter(|_| !size.is_zero()),
+                isolated_margin,
+            }
+        }
+        "margin_mode" => {
+            let account = account()?;
+            let symbol = symbol()?;
+            let text = string_field(env.mode, "mode")?;
+            let mode = Mode::parse(&text).ok_or_else(|| {
+                Reject::invalid(format!("mode \"{}\" is not cross or isolated", clip(&text)))
+            })?;
+            Command::MarginMode {
+                account,
+                symbol,
+                mode,
+            }
+        }
+        "leverage" => {
+            let account = account()?;
+            let symbol = symbol()?;
+            let raw = required(env.leverage, "leverage")?;
+            let leverage = json_int_at_least_1(raw, "leverage")?;
+            Command::Leverage {
+                account,
+                symbol,
+                leverage,
+            }
+        }
+        "orders" => {
+            let account = account()?;
+            let symbol = symbol()?;
+            let raw = required(env.open_orders, "open_orders")?;
+            let open_orders = json_uint(raw).ok_or_else(|| {
+                Reject::invalid(format!(
+                    "open_orders {} is not an integer >= 0",
+                    clip(raw.get())
+                ))
+            })?;
+            let order_margin = match env.order_margin {
+                None => D8::ZERO,
+                Some(_) => decimal(env.order_margin, "order_margin", Kind::Amount)?,
+            };
+            if order_margin.0 < 0 {
+                return Err(Reject::invalid(format!(
+                    "order_margin {order_margin} must be >= 0"
+                )));
+            }
+            Command::Orders {
+                account,
+                symbol,
+                open_orders,
+                order_margin,
+            }
+        }
+        "isolated_margin" => {
+            let account = account()?;
+            let symbol = symbol()?;
+            let amount = decimal(env.amount, "amount", Kind::Amount)?;
+            if amount.is_zero() {
+                return Err(Reject::invalid("isolated_margin amount must be non-zero"));
+            }
+            Command::IsolatedMargin {
+                account,
+                symbol,
+                amount,
+            }
+        }
+        "funding" => Command::Funding {
+            symbol: symbol()?,
+            rate: decimal(env.rate, "rate", Kind::Rate)?,
+        },
+        "query" => Command::Query {
+            account: account()?,
+        },
+        other => {
+            return Err(Reject::invalid(format!(
+                "unknown message type \"{}\"",
+                clip(other)
+            )));
+        }
+    })
+}
+
+fn required<'a>(raw: Option<&'a RawValue>, name: &str) -> Result<&'a RawValue, Reject> {
+    raw.ok_or_else(|| Reject::invalid(format!("missing field {name}")))
+}
+
+/// Shortens user text quoted back in a reason, so a reject never echoes a megabyte.
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// A JSON string's contents, unescaped only when it has escapes.
+fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let t = raw.get();
+    let inner = t.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(t).ok().map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+fn string_field<'a>(raw: Option<&'a RawValue>, name: &str) -> Result<Cow<'a, str>, Reject> {
+    let raw = required(raw, name)?;
+    json_string(raw)
+        .ok_or_else(|| Reject::invalid(format!("{name} {} is not a string", clip(raw.get()))))
+}
+
+fn symbol_field(raw: Option<&RawValue>, cfg: &Config) -> Result<SymbolIdx, Reject> {
+    let name = string_field(raw, "symbol")?;
+    lookup_symbol(&name, cfg)
+}
+
+fn lookup_symbol(name: &str, cfg: &Config) -> Result<SymbolIdx, Reject> {
+    cfg.symbol_idx(name).ok_or_else(|| {
+        Reject::new(
+            RejectCode::UnknownSymbol,
+            format!("symbol \"{}\" is not in the config", clip(name)),
+        )
+    })
+}
+
+/// A non-negative JSON integer token (no sign, fraction or exponent) that fits in u64.
+fn json_uint(raw: &RawValue) -> Option<u64> {
+    let t = raw.get();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse().ok()
+}
+
+/// A JSON integer >= 1. Integers above u64 saturate: they are still integers, and the
+/// engine's bound check then names them `leverage_exceeds_max`.
+fn json_int_at_least_1(raw: &RawValue, name: &str) -> Result<u64, Reject> {
+    let t = raw.get();
+    let digits = t.strip_prefix('-').unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Reject::invalid(format!(
+            "{name} {} is not a JSON integer",
+            clip(t)
+        )));
+    }
+    let negative = t.starts_with('-');
+    let is_zero = digits.bytes().all(|b| b == b'0');
+    if negative || is_zero {
+        return Err(Reject::invalid(format!("{name} {} must be >= 1", clip(t))));
+    }
+    Ok(digits.parse().unwrap_or(u64::MAX))
+}
+
+/// A decimal field of the given kind, from a JSON string or a plain JSON number.
+fn decimal(raw: Option<&RawValue>, name: &str, kind: Kind) -> Result<D8, Reject> {
+    let raw = required(raw, name)?;
+    let t = raw.get();
+    let text: Cow<str> = if t.starts_with('"') {
+        json_string(raw).ok_or_else(|| Reject::invalid(format!("{name} is not a decimal")))?
+    } else if t.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        Cow::Borrowed(t)
+    } else {
+        return Err(Reject::invalid(format!(
+            "{name} {} is not a decimal string or number",
+            clip(t)
+        )));
+    };
+    let parsed = parse_decimal(&text)
+        .map_err(|e| Reject::invalid(format!("{name} \"{}\" {e}", clip(&text))))?;
+    let value = parsed
+        .to_d8()
+        .filter(|_| parsed.scale <= 8)
+        .ok_or_else(|| {
+            Reject::invalid(format!(
+                "{name} {} has more than 8 decimal places or is out of range",
+                clip(&text)
+            ))
+        })?;
+    let ok = match kind {
+        Kind::Price => value.0 > 0 && value.0 < PRICE_LIMIT,
+        Kind::Size => value.0.abs() < SIZE_LIMIT,
+        Kind::Amount => value.abs() < AMOUNT_LIMIT,
+        Kind::Rate => value.0.abs() < SCALE_D8,
+    };
+    if !ok {
+        let rule = match kind {
+            Kind::Price => "must be > 0 and < 10^9",
+            Kind::Size => "must satisfy |size| < 10^8",
+            Kind::Amount => "must satisfy |x| < 10^15",
+            Kind::Rate => "must satisfy |rate| < 1",
+        };
+        return Err(Reject::invalid(format!("{name} {value} {rule}")));
+    }
+    Ok(value)
+}
+
+fn on_tick(price: D8, symbol: SymbolIdx, cfg: &Config, name: &str) -> Result<D8, Reject> {
+    let sym = cfg.symbol(symbol);
+    if price.is_multiple_of(sym.tick_size) {
+        Ok(price)
+    } else {
+        Err(Reject::invalid(format!(
+            "{name} {price} is not a multiple of tick_size {} of {}",
+            sym.tick_size, sym.name
+        )))
+    }
+}
+
+/// The `prices` object of a `marks` message, in written order. Any bad entry fails it all.
+fn marks_prices(raw: Option<&RawValue>, cfg: &Config) -> Result<Vec<(SymbolIdx, D8)>, Reject> {
+    let raw = required(raw, "prices")?;
+    let entries: Entries = serde_json::from_str(raw.get())
+        .map_err(|_| Reject::invalid(format!("prices {} is not an object", clip(raw.get()))))?;
+    if entries.0.is_empty() {
+        return Err(Reject::invalid("prices must not be empty"));
+    }
+    let mut out: Vec<(SymbolIdx, D8)> = Vec::with_capacity(entries.0.len());
+    for (name, value) in entries.0 {
+        let symbol = lookup_symbol(&name, cfg)?;
+        if out.iter().any(|&(s, _)| s == symbol) {
+            return Err(Reject::invalid(format!("prices lists {name} twice")));
+        }
+        let field = format!("price of {}", clip(&name));
+        let price = decimal(Some(value), &field, Kind::Price)?;
+        out.push((symbol, on_tick(price, symbol, cfg, &field)?));
+    }
+    Ok(out)
+}
+
+/// A JSON object's entries in written order, duplicates kept.
+struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, val)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    v.push((k, val));
+                }
+                Ok(Entries(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Events (SPEC section 7)
+// ---------------------------------------------------------------------------------------
+
+/// One output event. Decimal fields are already formatted as exact decimal strings, so both
+/// engines share this type and the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Liquidation(Liquidation),
+    Reject {
+        line: u64,
+        /// `None` for rejects that consume no seq (malformed, ill-typed seq).
+        seq: Option<u64>,
+        reject: Reject,
+    },
+    Gap {
+        line: u64,
+        expected: u64,
+        got: u64,
+    },
+    Account(AccountReport),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Liquidation {
+    pub line: u64,
+    pub seq: u64,
+    pub account: u64,
+    pub mode: Mode,
+    /// The symbol of an isolated item; `None` for a cross account.
+    pub symbol: Option<String>,
+    pub margin_balance: String,
+    pub maintenance_margin: String,
+    pub positions: Vec<LiquidationPosition>,
+    pub latency_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiquidationPosition {
+    pub symbol: String,
+    pub size: String,
+    pub entry_price: String,
+    pub mark_price: String,
+    pub liquidation_price: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountReport {
+    pub line: u64,
+    pub seq: u64,
+    pub account: u64,
+    pub wallet: String,
+    pub margin_balance: Option<String>,
+    pub maintenance_margin: Option<String>,
+    pub margin_ratio: Option<String>,
+    pub used_margin: Option<String>,
+    pub available_balance: Option<String>,
+    pub positions: Vec<PositionReport>,
+    pub latency_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PositionReport {
+    pub symbol: String,
+    pub mode: Mode,
+    pub size: String,
+    pub entry_price: String,
+    pub mark_price: Option<String>,
+    pub leverage: u64,
+    pub notional: Option<String>,
+    pub unrealized_pnl: Option<String>,
+    pub initial_margin: Option<String>,
+    pub maintenance_margin: Option<String>,
+    pub isolated_margin: Option<String>,
+    pub margin_ratio: Option<String>,
+    pub liquidation_price: Option<String>,
+}
+
+impl Event {
+    pub fn line(&self) -> u64 {
+        match self {
+            Event::Liquidation(l) => l.line,
+            Event::Reject { line, .. } | Event::Gap { line, .. } => *line,
+            Event::Account(a) => a.line,
+        }
+    }
+
+    /// Sets the hand-off latency on the events that carry one.
+    pub fn set_latency_ns(&mut self, ns: u64) {
+        match self {
+            Event::Liquidation(l) => l.latency_ns = ns,
+            Event::Account(a) => a.latency_ns = ns,
+            Event::Reject { .. } | Event::Gap { .. } => {}
+        }
+    }
+
+    /// Appends the event as one JSON line (with the trailing newline).
+    pub fn write_json(&self, out: &mut String) {
+        let mut w = JsonObject::open(out);
+        match self {
+            Event::Liquidation(l) => {
+                w.str("type", "liquidation");
+                w.uint("line", l.line);
+                w.uint("seq", l.seq);
+                w.uint("account", l.account);
+                w.str("mode", l.mode.as_str());
+                w.opt_str("symbol", l.symbol.as_deref());
+                w.str("margin_balance", &l.margin_balance);
+                w.str("maintenance_margin", &l.maintenance_margin);
+                w.key("positions");
+                w.out.push('[');
+                for (i, p) in l.positions.iter().enumerate() {
+                    if i > 0 {
+                        w.out.push(',');
+                    }
+                    let mut o = JsonObject::open(w.out);
+                    o.str("symbol", &p.symbol);
+                    o.str("size", &p.size);
+                    o.str("entry_price", &p.entry_price);
+                    o.str("mark_price", &p.mark_price);
+                    o.opt_str("liquidation_price", p.liquidation_price.as_deref());
+                    o.close();
+                }
+                w.out.push(']');
+                w.uint("latency_ns", l.latency_ns);
+            }
+            Event::Reject { line, seq, reject } => {
+                w.str("type", "reject");
+                w.uint("line", *line);
+                match seq {
+                    Some(s) => w.uint("seq", *s),
+                    None => w.null("seq"),
+                }
+                w.str("code", reject.code.as_str());
+                w.str("reason", &reject.reason);
+            }
+            Event::Gap {
+                line,
+                expected,
+                got,
+            } => {
+                w.str("type", "gap");
+                w.uint("line", *line);
+                w.uint("expected", *expected);
+                w.uint("got", *got);
+            }
+            Event::Account(a) => {
+                w.str("type", "account");
+                w.uint("line", a.line);
+                w.uint("seq", a.seq);
+                w.uint("account", a.account);
+                w.str("wallet", &a.wallet);
+                w.opt_str("margin_balance", a.margin_balance.as_deref());
+                w.opt_str("maintenance_margin", a.maintenance_margin.as_deref());
+                w.opt_str("margin_ratio", a.margin_ratio.as_deref());
+                w.opt_str("used_margin", a.used_margin.as_deref());
+                w.opt_str("available_balance", a.available_balance.as_deref());
+                w.key("positions");
+                w.out.push('[');
+                for (i, p) in a.positions.iter().enumerate() {
+                    if i > 0 {
+                        w.out.push(',');
+                    }
+                    let mut o = JsonObject::open(w.out);
+                    o.str("symbol", &p.symbol);
+                    o.str("mode", p.mode.as_str());
+                    o.str("size", &p.size);
+                    o.str("entry_price", &p.entry_price);
+                    o.opt_str("mark_price", p.mark_price.as_deref());
+                    o.uint("leverage", p.leverage);
+                    o.opt_str("notional", p.notional.as_deref());
+                    o.opt_str("unrealized_pnl", p.unrealized_pnl.as_deref());
+                    o.opt_str("initial_margin", p.initial_margin.as_deref());
+                    o.opt_str("maintenance_margin", p.maintenance_margin.as_deref());
+                    o.opt_str("isolated_margin", p.isolated_margin.as_deref());
+                    o.opt_str("margin_ratio", p.margin_ratio.as_deref());
+                    o.opt_str("liquidation_price", p.liquidation_price.as_deref());
+                    o.close();
+                }
+                w.out.push(']');
+                w.uint("latency_ns", a.latency_ns);
+            }
+        }
+        w.close();
+        out.push('\n');
+    }
+}
+
+/// A minimal JSON object writer: keys in the order written, strings escaped.
+struct JsonObject<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl<'a> JsonObject<'a> {
+    fn open(out: &'a mut String) -> Self {
+        out.push('{');
+        JsonObject { out, first: true }
+    }
+
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        push_json_string(self.out, k);
+        self.out.push(':');
+    }
+
+    fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        push_json_string(self.out, v);
+    }
+
+    fn opt_str(&mut self, k: &str, v: Option<&str>) {
+        match v {
+            Some(v) => self.str(k, v),
+            None => self.null(k),
+        }
+    }
+
+    fn uint(&mut self, k: &str, v: u64) {
+        self.key(k);
+        let _ = write!(self.out, "{v}");
+    }
+
+    fn null(&mut self, k: &str) {
+        self.key(k);
+        self.out.push_str("null");
+    }
+
+    fn close(self) {
+        self.out.push('}');
+    }
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::parse(
+            r#"{"default_margin_mode":"cross","default_leverage":20,"symbols":[
+            {"symbol":"BTCUSDT","tick_size":"0.1","step_size":"0.001","brackets":[
+            {"notional_cap":"50000","max_leverage":125,"mmr":"0.004"}]},
+            {"symbol":"ETHUSDT","tick_size":"0.01","step_size":"0.01","brackets":[
+            {"notional_cap":"50000","max_leverage":100,"mmr":"0.005"}]}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn check(line: &str) -> Result<Command, Reject> {
+        let p = parse_envelope(line.as_bytes())?;
+        validate(&p.envelope, &cfg())
+    }
+
+    fn code(line: &str) -> RejectCode {
+        check(line).unwrap_err().code
+    }
+
+    #[test]
+    fn strings_and_numbers_read_exactly() {
+        let a = check(r#"{"type":"mark","symbol":"BTCUSDT","price":"65000.1"}"#).unwrap();
+        let b = check(r#"{"type":"mark","symbol":"BTCUSDT","price":65000.10}"#).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            a,
+            Command::Mark {
+                symbol: SymbolIdx(0),
+                price: D8(6_500_010_000_000)
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_lines() {
+        // (label, line)
+        let cases: [(&str, &[u8]); 6] = [
+            ("TC1 truncated", br#"{"type":"mark","symbol":"BTC"#),
+            ("TC2 array", br#"[1,2]"#),
+            ("TC3 string", br#""mark""#),
+            (
+                "TC4 bare NaN",
+                br#"{"type":"mark","symbol":"BTCUSDT","price":NaN}"#,
+            ),
+            (
+                "TC5 invalid utf8",
+                b"{\"type\":\"mark\",\"symbol\":\"\xff\"}",
+            ),
+            ("TC6 duplicate key", br#"{"type":"mark","type":"mark"}"#),
+        ];
+        for (label, line) in cases {
+            let err = parse_envelope(line).unwrap_err();
+            assert_eq!(err.code, RejectCode::Malformed, "{label}: {err}");
+        }
+        let long = vec![b' '; MAX_LINE_BYTES + 1];
+        assert_eq!(
+            parse_envelope(&long).unwrap_err().code,
+            RejectCode::Malformed
+        );
+    }
+
+    #[test]
+    fn ill_typed_seq_is_rejected_at_parse() {
+        for line in [
+            r#"{"type":"query","account":1,"seq":"5"}"#,
+            r#"{"type":"query","account":1,"seq":0}"#,
+            r#"{"type":"query","account":1,"seq":-1}"#,
+            r#"{"type":"query","account":1,"seq":1.5}"#,
+            r#"{"type":"query","account":1,"seq":18446744073709551616}"#,
+        ] {
+            let err = parse_envelope(line.as_bytes()).unwrap_err();
+            assert_eq!(err.code, RejectCode::Invalid, "{line}");
+        }
+        let p = parse_envelope(br#"{"type":"query","account":1,"seq":7}"#).unwrap();
+        assert_eq!(p.seq, Some(7));
+    }
+
+    #[test]
+    fn invalid_fields() {
+        let cases = [
+            (
+                "TC1 exponent number",
+                r#"{"type":"mark","symbol":"BTCUSDT","price":1e3}"#,
+            ),
+            (
+                "TC2 exponent string",
+                r#"{"type":"mark","symbol":"BTCUSDT","price":"1e3"}"#,
+            ),
+            (
+                "TC3 NaN string",
+                r#"{"type":"mark","symbol":"BTCUSDT","price":"NaN"}"#,
+            ),
+            (
+                "TC4 Infinity",
+                r#"{"type":"mark","symbol":"BTCUSDT","price":"Infinity"}"#,
+            ),
+            (
+                "TC5 empty",
+                r#"{"type":"mark","symbol":"BTCUSDT","price":""}"#,
+            ),
+            (
+                "TC6 zero price",
+                r#"{"type":"mark","symbol":"BTCUSDT","price":"0"}"#,
+            ),
+            (
+                "TC7 negative price",
+                r#"{"type":"mark","symbol":"BTCUSDT","price":"-5"}"#,
+            ),
+            (
+                "TC8 off tick",
+                r#"{"type":"mark","symbol":"BTCUSDT","price":"100.05"}"#,
+            ),
+            (
+                "TC9 price too big",
+                r#"{"type":"mark","symbol":"BTCUSDT","price":"1000000000"}"#,
+            ),
+            (
+                "TC10 9 decimals",
+                r#"{"type":"balance","account":1,"wallet":"0.000000001"}"#,
+            ),
+            (
+                "TC11 off step",
+                r#"{"type":"position","account":1,"symbol":"BTCUSDT","size":"0.0001","entry_price":"1"}"#,
+            ),
+            (
+                "TC12 missing entry",
+                r#"{"type":"position","account":1,"symbol":"BTCUSDT","size":"1"}"#,
+            ),
+            ("TC13 unknown type", r#"{"type":"nope"}"#),
+            ("TC14 missing type", r#"{"account":1}"#),
+            (
+                "TC15 leverage 0",
+                r#"{"type":"leverage","account":1,"symbol":"BTCUSDT","leverage":0}"#,
+            ),
+            (
+                "TC16 leverage string",
+                r#"{"type":"leverage","account":1,"symbol":"BTCUSDT","leverage":"5"}"#,
+            ),
+            (
+                "TC17 leverage fraction",
+                r#"{"type":"leverage","account":1,"symbol":"BTCUSDT","leverage":5.0}"#,
+            ),
+            ("TC18 account string", r#"{"type":"query","account":"1"}"#),
+            (
+                "TC19 rate 1",
+                r#"{"type":"funding","symbol":"BTCUSDT","rate":"1"}"#,
+            ),
+            (
+                "TC20 size 1e8",
+                r#"{"type":"position","account":1,"symbol":"BTCUSDT","size":"100000000","entry_price":"1"}"#,
+            ),
+            (
+                "TC21 zero transfer",
+                r#"{"type":"transfer","account":1,"amount":"0"}"#,
+            ),
+            (
+                "TC22 wallet 1e15",
+                r#"{"type":"balance","account":1,"wallet":"1000000000000000"}"#,
+            ),
+            ("TC23 empty marks", r#"{"type":"marks","prices":{}}"#),
+            ("TC24 bad ts", r#"{"type":"query","account":1,"ts":-3}"#),
+            (
+                "TC25 negative open orders",
+                r#"{"type":"orders","account":1,"symbol":"BTCUSDT","open_orders":-1}"#,
+            ),
+            (
+                "TC26 bad mode",
+                r#"{"type":"margin_mode","account":1,"symbol":"BTCUSDT","mode":"both"}"#,
+            ),
+            (
+                "TC27 marks bad entry",
+                r#"{"type":"marks","prices":{"BTCUSDT":"1","ETHUSDT":"0"}}"#,
+            ),
+        ];
+        for (label, line) in cases {
+            assert_eq!(code(line), RejectCode::Invalid, "{label}");
+        }
+    }
+
+    #[test]
+    fn unknown_symbols() {
+        for line in [
+            r#"{"type":"mark","symbol":"DOGE","price":"1"}"#,
+            r#"{"type":"marks","prices":{"BTCUSDT":"1","DOGE":"1"}}"#,
+            r#"{"type":"funding","symbol":"DOGE","rate":"0.0001"}"#,
+        ] {
+            assert_eq!(code(line), RejectCode::UnknownSymbol, "{line}");
+        }
+    }
+
+    #[test]
+    fn huge_leverage_saturates_for_the_engine_to_refuse() {
+        let c = check(r#"{"type":"leverage","account":1,"symbol":"BTCUSDT","leverage":99999999999999999999999}"#)
+            .unwrap();
+        assert!(matches!(
+            c,
+            Command::Leverage {
+                leverage: u64::MAX,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn event_json_escapes_and_orders_fields() {
+        let mut s = String::new();
+        Event::Reject {
+            line: 3,
+            seq: None,
+            reject: Reject::invalid("say \"hi\"\n"),
+        }
+        .write_json(&mut s);
+        assert_eq!(
+            s,
+            "{\"type\":\"reject\",\"line\":3,\"seq\":null,\"code\":\"invalid\",\"reason\":\"say \\\"hi\\\"\\n\"}\n"
+        );
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["reason"], "say \"hi\"\n");
+    }
+}
