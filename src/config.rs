@@ -62,10 +62,7 @@ impl Symbol {
     /// The index of the bracket holding `notional`: the first with `notional < cap`, else the
     /// last. Generic over the caller's number type through the comparison it supplies.
     pub fn bracket_index_by(&self, below_cap: impl Fn(D8) -> bool) -> usize {
-        self.brackets
-            .iter()
-            .position(|b| below_cap(b.cap))
-            .unwrap_or(self.brackets.len() - 1)
+        self.brackets.iter().position(|b| below_cap(b.cap)).unwrap_or(self.brackets.len() - 1)
     }
 
     /// The bracket holding an exact 8-decimal notional.
@@ -86,10 +83,7 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("config is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("{0}")]
@@ -135,11 +129,7 @@ struct RawBracket<'a> {
 /// The text of a JSON string or number, for the decimal parser.
 fn decimal_text(raw: &RawValue) -> Option<String> {
     let t = raw.get();
-    if t.starts_with('"') {
-        serde_json::from_str::<String>(t).ok()
-    } else {
-        Some(t.to_string())
-    }
+    if t.starts_with('"') { serde_json::from_str::<String>(t).ok() } else { Some(t.to_string()) }
 }
 
 /// A positive JSON integer that fits in u32 (leverages).
@@ -153,10 +143,8 @@ fn positive_int(raw: &RawValue) -> Option<u32> {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
         Config::parse(&text)
     }
 
@@ -186,12 +174,7 @@ impl Config {
             }
             symbols.push(sym);
         }
-        Ok(Config {
-            default_margin_mode,
-            default_leverage,
-            symbols,
-            index,
-        })
+        Ok(Config { default_margin_mode, default_leverage, symbols, index })
     }
 
     pub fn symbol_idx(&self, name: &str) -> Option<SymbolIdx> {
@@ -205,8 +188,7 @@ impl Config {
     /// Leverage of a pair whose leverage was never set:
     /// `min(default_leverage, max_leverage of the first bracket)`.
     pub fn default_leverage_for(&self, idx: SymbolIdx) -> u32 {
-        self.default_leverage
-            .min(self.symbol(idx).brackets[0].max_leverage)
+        self.default_leverage.min(self.symbol(idx).brackets[0].max_leverage)
     }
 }
 
@@ -221,9 +203,7 @@ impl Symbol {
         let tick_size = dec("tick_size", rs.tick_size, 8)?;
         let step_size = dec("step_size", rs.step_size, 8)?;
         if tick_size.0 <= 0 || step_size.0 <= 0 {
-            return Err(format!(
-                "symbol {name}: tick_size and step_size must be positive"
-            ));
+            return Err(format!("symbol {name}: tick_size and step_size must be positive"));
         }
         if tick_size.decimals() + step_size.decimals() > 12 {
             return Err(format!(
@@ -278,20 +258,9 @@ impl Symbol {
                     )));
                 }
             }
-            brackets.push(Bracket {
-                floor,
-                cap,
-                max_leverage,
-                mmr,
-                cum,
-            });
+            brackets.push(Bracket { floor, cap, max_leverage, mmr, cum });
         }
-        Ok(Symbol {
-            name,
-            tick_size,
-            step_size,
-            brackets,
-        })
+        Ok(Symbol { name, tick_size, step_size, brackets })
     }
 }
 
@@ -329,11 +298,7 @@ mod tests {
             })
             .collect();
         let cfg = Config::parse(&config_with_brackets(&brackets.join(","))).unwrap();
-        let got: Vec<String> = cfg.symbols[0]
-            .brackets
-            .iter()
-            .map(|b| b.cum.to_string())
-            .collect();
+        let got: Vec<String> = cfg.symbols[0].brackets.iter().map(|b| b.cum.to_string()).collect();
         let want: Vec<&str> = table.iter().map(|t| t.3).collect();
         assert_eq!(got, want);
     }
@@ -362,31 +327,13 @@ mod tests {
             ),
             ("TC4 1/lev", b("100", 100, "0.01"), "below 1/max_leverage"),
             ("TC5 mmr>=1", b("100", 1, "1"), "0 < mmr < 1"),
-            (
-                "TC6 mmr decimals",
-                b("100", 10, "0.00001"),
-                "more than 4 decimal places",
-            ),
-            (
-                "TC7 cap decimals",
-                b("100.001", 10, "0.01"),
-                "more than 2 decimal places",
-            ),
-            (
-                "TC8 lev 0",
-                b("100", 0, "0.01"),
-                "max_leverage must be an integer",
-            ),
-            (
-                "TC9 cap too big",
-                b("1000000000000000", 10, "0.01"),
-                "below 10^15",
-            ),
+            ("TC6 mmr decimals", b("100", 10, "0.00001"), "more than 4 decimal places"),
+            ("TC7 cap decimals", b("100.001", 10, "0.01"), "more than 2 decimal places"),
+            ("TC8 lev 0", b("100", 0, "0.01"), "max_leverage must be an integer"),
+            ("TC9 cap too big", b("1000000000000000", 10, "0.01"), "below 10^15"),
         ];
         for (label, brackets, fragment) in cases {
-            let err = Config::parse(&config_with_brackets(&brackets))
-                .unwrap_err()
-                .to_string();
+            let err = Config::parse(&config_with_brackets(&brackets)).unwrap_err().to_string();
             assert!(err.contains(fragment), "{label}: {err}");
             assert!(err.contains("symbol X"), "{label}: {err}");
         }
@@ -397,10 +344,7 @@ mod tests {
         )))
         .unwrap_err()
         .to_string();
-        assert!(
-            err.contains("bracket 1") && err.contains("derived value 1"),
-            "{err}"
-        );
+        assert!(err.contains("bracket 1") && err.contains("derived value 1"), "{err}");
     }
 
     #[test]

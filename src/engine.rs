@@ -42,11 +42,7 @@ mod tests {
             (false, false, true, false),
         ];
         for (was, now, rearmed, emit) in table {
-            assert_eq!(
-                should_emit(was, now, rearmed),
-                emit,
-                "{was} {now} {rearmed}"
-            );
+            assert_eq!(should_emit(was, now, rearmed), emit, "{was} {now} {rearmed}");
         }
     }
 }

@@ -109,11 +109,7 @@ pub fn round8_ratio(num: &Exact, den: &Exact) -> Exact {
 
 /// `a / b` rounded to the nearest integer, ties to even.
 fn div_round_half_even(a: &BigInt, b: &BigInt) -> BigInt {
-    let (a, b) = if b.is_negative() {
-        (-a, -b)
-    } else {
-        (a.clone(), b.clone())
-    };
+    let (a, b) = if b.is_negative() { (-a, -b) } else { (a.clone(), b.clone()) };
     let (q, r) = a.div_mod_floor(&b);
     // 0 <= r < b; compare 2r with b.
     match (r * 2u8).cmp(&b) {
@@ -165,12 +161,7 @@ impl std::iter::Sum for Exact {
 impl fmt::Display for Exact {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = String::new();
-        format_digits(
-            self.0.is_negative(),
-            &self.0.abs().to_string(),
-            SCALE,
-            &mut s,
-        );
+        format_digits(self.0.is_negative(), &self.0.abs().to_string(), SCALE, &mut s);
         f.write_str(&s)
     }
 }

@@ -101,12 +101,9 @@ impl D8 {
     pub fn parse(text: &str, max_decimals: u32) -> Result<D8, String> {
         let p = parse_decimal(text).map_err(|e| format!("\"{text}\" {e}"))?;
         if p.scale > max_decimals {
-            return Err(format!(
-                "\"{text}\" has more than {max_decimals} decimal places"
-            ));
+            return Err(format!("\"{text}\" has more than {max_decimals} decimal places"));
         }
-        p.to_d8()
-            .ok_or_else(|| format!("\"{text}\" is out of range"))
+        p.to_d8().ok_or_else(|| format!("\"{text}\" is out of range"))
     }
 
     /// Number of significant fractional digits (0..=8).
@@ -186,11 +183,7 @@ mod tests {
             ("65000.1", 650001, 1),
             ("007.50", 75, 1),
             ("-0.00000001", -1, 8),
-            (
-                "123456789012345678901234567890",
-                123456789012345678901234567890,
-                0,
-            ),
+            ("123456789012345678901234567890", 123456789012345678901234567890, 0),
             ("0.1000000000000000000000000000000000000000", 1, 1),
         ];
         for (text, m, s) in cases {
@@ -222,15 +215,7 @@ mod tests {
 
     #[test]
     fn format_round_trips() {
-        for text in [
-            "0",
-            "1",
-            "-1",
-            "0.5",
-            "-0.00000001",
-            "65000.1",
-            "999999999.99999999",
-        ] {
+        for text in ["0", "1", "-1", "0.5", "-0.00000001", "65000.1", "999999999.99999999"] {
             let d = D8::parse(text, 8).unwrap();
             assert_eq!(d.to_string(), text);
         }

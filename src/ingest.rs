@@ -32,11 +32,7 @@ pub struct LineReader<R> {
 
 impl<R: BufRead> LineReader<R> {
     pub fn new(inner: R, max: usize) -> Self {
-        LineReader {
-            inner,
-            buf: Vec::with_capacity(4096),
-            max,
-        }
+        LineReader { inner, buf: Vec::with_capacity(4096), max }
     }
 
     /// The next line without its `\n`; `None` at the end of input. A last line without a
@@ -104,17 +100,11 @@ impl Sequencer {
             Some(s) if s <= self.last => Admit::Duplicate,
             Some(s) => {
                 self.last = s;
-                Admit::Next {
-                    seq: s,
-                    gap: (s > expected).then_some((expected, s)),
-                }
+                Admit::Next { seq: s, gap: (s > expected).then_some((expected, s)) }
             }
             None => {
                 self.last = expected;
-                Admit::Next {
-                    seq: expected,
-                    gap: None,
-                }
+                Admit::Next { seq: expected, gap: None }
             }
         }
     }
@@ -159,29 +149,17 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn new(cfg: Arc<Config>) -> Ingest {
-        Ingest {
-            cfg,
-            seq: Sequencer::default(),
-            line: 0,
-        }
+        Ingest { cfg, seq: Sequencer::default(), line: 0 }
     }
 
     /// Ingests the next line of the stream.
     pub fn line(&mut self, line: Line<'_>, read_at: Instant) -> Ingested {
         self.line += 1;
-        let mut ingested = Ingested {
-            line: self.line,
-            gap: None,
-            outcome: Outcome::Blank,
-            read_at,
-            ts: None,
-        };
+        let mut ingested =
+            Ingested { line: self.line, gap: None, outcome: Outcome::Blank, read_at, ts: None };
         let bytes = match line {
             Line::TooLong(n) => {
-                ingested.outcome = Outcome::Rejected {
-                    seq: None,
-                    reject: protocol::too_long(n),
-                };
+                ingested.outcome = Outcome::Rejected { seq: None, reject: protocol::too_long(n) };
                 return ingested;
             }
             Line::Bytes(b) => b,
@@ -209,10 +187,7 @@ impl Ingest {
         ingested.ts = parsed.envelope.ts();
         ingested.outcome = match protocol::validate(&parsed.envelope, &self.cfg) {
             Ok(cmd) => Outcome::Command { seq, cmd },
-            Err(reject) => Outcome::Rejected {
-                seq: Some(seq),
-                reject,
-            },
+            Err(reject) => Outcome::Rejected { seq: Some(seq), reject },
         };
         ingested
     }
@@ -241,31 +216,12 @@ mod tests {
         let mut s = Sequencer::default();
         // (label, seq field, expected decision)
         let table = [
-            (
-                "TC1 implicit first",
-                None,
-                Admit::Next { seq: 1, gap: None },
-            ),
-            (
-                "TC2 explicit next",
-                Some(2),
-                Admit::Next { seq: 2, gap: None },
-            ),
+            ("TC1 implicit first", None, Admit::Next { seq: 1, gap: None }),
+            ("TC2 explicit next", Some(2), Admit::Next { seq: 2, gap: None }),
             ("TC3 duplicate", Some(2), Admit::Duplicate),
             ("TC4 older", Some(1), Admit::Duplicate),
-            (
-                "TC5 gap",
-                Some(5),
-                Admit::Next {
-                    seq: 5,
-                    gap: Some((3, 5)),
-                },
-            ),
-            (
-                "TC6 implicit after gap",
-                None,
-                Admit::Next { seq: 6, gap: None },
-            ),
+            ("TC5 gap", Some(5), Admit::Next { seq: 5, gap: Some((3, 5)) }),
+            ("TC6 implicit after gap", None, Admit::Next { seq: 6, gap: None }),
         ];
         for (label, seq, want) in table {
             assert_eq!(s.admit(seq), want, "{label}");

@@ -17,9 +17,7 @@ pub struct Latency {
 
 impl Default for Latency {
     fn default() -> Self {
-        Latency {
-            hist: Histogram::new_with_bounds(1, MAX_NS, 3).expect("valid histogram bounds"),
-        }
+        Latency { hist: Histogram::new_with_bounds(1, MAX_NS, 3).expect("valid histogram bounds") }
     }
 }
 
@@ -40,9 +38,7 @@ impl Latency {
     }
 
     pub fn merge(&mut self, other: &Latency) {
-        self.hist
-            .add(&other.hist)
-            .expect("histograms with the same bounds merge");
+        self.hist.add(&other.hist).expect("histograms with the same bounds merge");
     }
 
     pub fn histogram(&self) -> &Histogram<u64> {
@@ -55,14 +51,7 @@ impl Latency {
             return Summary::default();
         }
         let [p50, p90, p99, p999] = PERCENTILES.map(|(_, q)| h.value_at_percentile(q));
-        Summary {
-            count: h.len(),
-            p50,
-            p90,
-            p99,
-            p999,
-            max: h.max(),
-        }
+        Summary { count: h.len(), p50, p90, p99, p999, max: h.max() }
     }
 }
 

@@ -19,11 +19,7 @@ use liqscan::{config::Config, reference::ReferenceEngine, replay};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(
-    name = "liqscan",
-    version,
-    about = "Liquidation scanner for perpetual-futures exchanges"
-)]
+#[command(name = "liqscan", version, about = "Liquidation scanner for perpetual-futures exchanges")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +41,7 @@ enum Command {
     },
 }
 
-fn load_config(path: &PathBuf) -> Result<Arc<Config>, ExitCode> {
+fn load_config(path: &std::path::Path) -> Result<Arc<Config>, ExitCode> {
     Config::load(path).map(Arc::new).map_err(|e| {
         eprintln!("liqscan: config {}: {e}", path.display());
         ExitCode::from(2)
@@ -64,12 +60,7 @@ fn run_replay(config: PathBuf, report: Option<PathBuf>, input: String) -> anyhow
         replay::replay(cfg, &mut engine, io::stdin().lock(), out)
     } else {
         let file = File::open(&input).with_context(|| format!("cannot open input {input}"))?;
-        replay::replay(
-            cfg,
-            &mut engine,
-            BufReader::with_capacity(1 << 16, file),
-            out,
-        )
+        replay::replay(cfg, &mut engine, BufReader::with_capacity(1 << 16, file), out)
     }
     .context("replay failed")?;
     eprint!("{}", summary.human("reference"));
@@ -84,11 +75,7 @@ fn run_replay(config: PathBuf, report: Option<PathBuf>, input: String) -> anyhow
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Replay {
-            config,
-            report,
-            input,
-        } => run_replay(config, report, input),
+        Command::Replay { config, report, input } => run_replay(config, report, input),
     };
     match result {
         Ok(code) => code,

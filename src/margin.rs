@@ -39,9 +39,7 @@ pub fn initial(notional: &Exact, leverage: u64) -> Exact {
 
 /// Margin ratio `round8(maintenance / margin balance)`; `None` when the balance is <= 0.
 pub fn margin_ratio(maintenance: &Exact, balance: &Exact) -> Option<Exact> {
-    balance
-        .is_positive()
-        .then(|| round8_ratio(maintenance, balance))
+    balance.is_positive().then(|| round8_ratio(maintenance, balance))
 }
 
 /// The funding payment `round8(size * P * rate)`: positive means the position pays.
@@ -149,15 +147,9 @@ mod tests {
     #[test]
     fn funding_rounds_ties_to_even() {
         // size 1, mark 0.5, rate 0.00000001 -> 0.000000005 -> tie -> 0
-        assert_eq!(
-            funding_payment(&x("1"), &x("0.5"), &x("0.00000001")).to_string(),
-            "0"
-        );
+        assert_eq!(funding_payment(&x("1"), &x("0.5"), &x("0.00000001")).to_string(), "0");
         // size 3 -> 0.000000015 -> 0.00000002
-        assert_eq!(
-            funding_payment(&x("3"), &x("0.5"), &x("0.00000001")).to_string(),
-            "0.00000002"
-        );
+        assert_eq!(funding_payment(&x("3"), &x("0.5"), &x("0.00000001")).to_string(), "0.00000002");
         // short pays negative (receives) when the rate is positive
         assert_eq!(
             funding_payment(&x("-5"), &x("0.5"), &x("0.00000001")).to_string(),
@@ -182,13 +174,7 @@ mod tests {
             ("TC3 long b1", "2", "60000", "5000", Some("57763.81909548")),
             // TC4 short, third bracket: size -10, entry 60000, M 20000, mmr .01 cum 1300:
             // P = (20000 + 1300 + 600000) / (0.1 + 10) = 621300/10.1 = 61514.85148514...
-            (
-                "TC4 short b2",
-                "-10",
-                "60000",
-                "20000",
-                Some("61514.85148515"),
-            ),
+            ("TC4 short b2", "-10", "60000", "20000", Some("61514.85148515")),
             // TC5 long fully backed: root <= 0 -> null.
             ("TC5 long no root", "1", "100", "1000", None),
         ];
@@ -215,9 +201,6 @@ mod tests {
     fn margin_ratio_null_when_balance_not_positive() {
         assert_eq!(margin_ratio(&x("1"), &x("0")), None);
         assert_eq!(margin_ratio(&x("1"), &x("-1")), None);
-        assert_eq!(
-            margin_ratio(&x("1"), &x("3")).unwrap().to_string(),
-            "0.33333333"
-        );
+        assert_eq!(margin_ratio(&x("1"), &x("3")).unwrap().to_string(), "0.33333333");
     }
 }

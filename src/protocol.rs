@@ -65,10 +65,7 @@ pub struct Reject {
 
 impl Reject {
     pub fn new(code: RejectCode, reason: impl Into<String>) -> Reject {
-        Reject {
-            code,
-            reason: reason.into(),
-        }
+        Reject { code, reason: reason.into() }
     }
 
     pub fn malformed(reason: impl Into<String>) -> Reject {
@@ -140,15 +137,9 @@ pub fn parse_envelope(line: &[u8]) -> Result<Parsed<'_>, Reject> {
         return Err(too_long(line.len()));
     }
     let text = std::str::from_utf8(line).map_err(|e| {
-        Reject::malformed(format!(
-            "not UTF-8 (bad byte at offset {})",
-            e.valid_up_to()
-        ))
+        Reject::malformed(format!("not UTF-8 (bad byte at offset {})", e.valid_up_to()))
     })?;
-    let first = text
-        .trim_start_matches([' ', '\t', '\r', '\n'])
-        .as_bytes()
-        .first();
+    let first = text.trim_start_matches([' ', '\t', '\r', '\n']).as_bytes().first();
     if first != Some(&b'{') {
         // Checked first: serde would read a JSON array positionally into the struct.
         return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
@@ -283,10 +274,7 @@ pub const AMOUNT_LIMIT: D8 = D8(1_000_000_000_000_000 * SCALE_D8);
 pub fn validate(env: &Envelope<'_>, cfg: &Config) -> Result<Command, Reject> {
     if let Some(ts) = env.ts {
         json_uint(ts).ok_or_else(|| {
-            Reject::invalid(format!(
-                "ts {} is not a u64 nanosecond time",
-                clip(ts.get())
-            ))
+            Reject::invalid(format!("ts {} is not a u64 nanosecond time", clip(ts.get())))
         })?;
     }
     let ty = string_field(env.ty, "type")?;
@@ -301,14 +289,9 @@ pub fn validate(env: &Envelope<'_>, cfg: &Config) -> Result<Command, Reject> {
         "mark" => {
             let symbol = symbol()?;
             let price = decimal(env.price, "price", Kind::Price)?;
-            Command::Mark {
-                symbol,
-                price: on_tick(price, symbol, cfg, "price")?,
-            }
+            Command::Mark { symbol, price: on_tick(price, symbol, cfg, "price")? }
         }
-        "marks" => Command::Marks {
-            prices: marks_prices(env.prices, cfg)?,
-        },
+        "marks" => Command::Marks { prices: marks_prices(env.prices, cfg)? },
         "balance" => Command::Balance {
             account: account()?,
             wallet: decimal(env.wallet, "wallet", Kind::Amount)?,
@@ -365,48 +348,30 @@ pub fn validate(env: &Envelope<'_>, cfg: &Config) -> Result<Command, Reject> {
             let mode = Mode::parse(&text).ok_or_else(|| {
                 Reject::invalid(format!("mode \"{}\" is not cross or isolated", clip(&text)))
             })?;
-            Command::MarginMode {
-                account,
-                symbol,
-                mode,
-            }
+            Command::MarginMode { account, symbol, mode }
         }
         "leverage" => {
             let account = account()?;
             let symbol = symbol()?;
             let raw = required(env.leverage, "leverage")?;
             let leverage = json_int_at_least_1(raw, "leverage")?;
-            Command::Leverage {
-                account,
-                symbol,
-                leverage,
-            }
+            Command::Leverage { account, symbol, leverage }
         }
         "orders" => {
             let account = account()?;
             let symbol = symbol()?;
             let raw = required(env.open_orders, "open_orders")?;
             let open_orders = json_uint(raw).ok_or_else(|| {
-                Reject::invalid(format!(
-                    "open_orders {} is not an integer >= 0",
-                    clip(raw.get())
-                ))
+                Reject::invalid(format!("open_orders {} is not an integer >= 0", clip(raw.get())))
             })?;
             let order_margin = match env.order_margin {
                 None => D8::ZERO,
                 Some(_) => decimal(env.order_margin, "order_margin", Kind::Amount)?,
             };
             if order_margin.0 < 0 {
-                return Err(Reject::invalid(format!(
-                    "order_margin {order_margin} must be >= 0"
-                )));
+                return Err(Reject::invalid(format!("order_margin {order_margin} must be >= 0")));
             }
-            Command::Orders {
-                account,
-                symbol,
-                open_orders,
-                order_margin,
-            }
+            Command::Orders { account, symbol, open_orders, order_margin }
         }
         "isolated_margin" => {
             let account = account()?;
@@ -415,24 +380,14 @@ pub fn validate(env: &Envelope<'_>, cfg: &Config) -> Result<Command, Reject> {
             if amount.is_zero() {
                 return Err(Reject::invalid("isolated_margin amount must be non-zero"));
             }
-            Command::IsolatedMargin {
-                account,
-                symbol,
-                amount,
-            }
+            Command::IsolatedMargin { account, symbol, amount }
         }
-        "funding" => Command::Funding {
-            symbol: symbol()?,
-            rate: decimal(env.rate, "rate", Kind::Rate)?,
-        },
-        "query" => Command::Query {
-            account: account()?,
-        },
+        "funding" => {
+            Command::Funding { symbol: symbol()?, rate: decimal(env.rate, "rate", Kind::Rate)? }
+        }
+        "query" => Command::Query { account: account()? },
         other => {
-            return Err(Reject::invalid(format!(
-                "unknown message type \"{}\"",
-                clip(other)
-            )));
+            return Err(Reject::invalid(format!("unknown message type \"{}\"", clip(other))));
         }
     })
 }
@@ -495,10 +450,7 @@ fn json_int_at_least_1(raw: &RawValue, name: &str) -> Result<u64, Reject> {
     let t = raw.get();
     let digits = t.strip_prefix('-').unwrap_or(t);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Reject::invalid(format!(
-            "{name} {} is not a JSON integer",
-            clip(t)
-        )));
+        return Err(Reject::invalid(format!("{name} {} is not a JSON integer", clip(t))));
     }
     let negative = t.starts_with('-');
     let is_zero = digits.bytes().all(|b| b == b'0');
@@ -524,15 +476,12 @@ fn decimal(raw: Option<&RawValue>, name: &str, kind: Kind) -> Result<D8, Reject>
     };
     let parsed = parse_decimal(&text)
         .map_err(|e| Reject::invalid(format!("{name} \"{}\" {e}", clip(&text))))?;
-    let value = parsed
-        .to_d8()
-        .filter(|_| parsed.scale <= 8)
-        .ok_or_else(|| {
-            Reject::invalid(format!(
-                "{name} {} has more than 8 decimal places or is out of range",
-                clip(&text)
-            ))
-        })?;
+    let value = parsed.to_d8().filter(|_| parsed.scale <= 8).ok_or_else(|| {
+        Reject::invalid(format!(
+            "{name} {} has more than 8 decimal places or is out of range",
+            clip(&text)
+        ))
+    })?;
     let ok = match kind {
         Kind::Price => value.0 > 0 && value.0 < PRICE_LIMIT,
         Kind::Size => value.0.abs() < SIZE_LIMIT,
@@ -743,11 +692,7 @@ impl Event {
                 w.str("code", reject.code.as_str());
                 w.str("reason", &reject.reason);
             }
-            Event::Gap {
-                line,
-                expected,
-                got,
-            } => {
+            Event::Gap { line, expected, got } => {
                 w.str("type", "gap");
                 w.uint("line", *line);
                 w.uint("expected", *expected);
@@ -890,13 +835,7 @@ mod tests {
         let a = check(r#"{"type":"mark","symbol":"BTCUSDT","price":"65000.1"}"#).unwrap();
         let b = check(r#"{"type":"mark","symbol":"BTCUSDT","price":65000.10}"#).unwrap();
         assert_eq!(a, b);
-        assert_eq!(
-            a,
-            Command::Mark {
-                symbol: SymbolIdx(0),
-                price: D8(6_500_010_000_000)
-            }
-        );
+        assert_eq!(a, Command::Mark { symbol: SymbolIdx(0), price: D8(6_500_010_000_000) });
     }
 
     #[test]
@@ -906,14 +845,8 @@ mod tests {
             ("TC1 truncated", br#"{"type":"mark","symbol":"BTC"#),
             ("TC2 array", br#"[1,2]"#),
             ("TC3 string", br#""mark""#),
-            (
-                "TC4 bare NaN",
-                br#"{"type":"mark","symbol":"BTCUSDT","price":NaN}"#,
-            ),
-            (
-                "TC5 invalid utf8",
-                b"{\"type\":\"mark\",\"symbol\":\"\xff\"}",
-            ),
+            ("TC4 bare NaN", br#"{"type":"mark","symbol":"BTCUSDT","price":NaN}"#),
+            ("TC5 invalid utf8", b"{\"type\":\"mark\",\"symbol\":\"\xff\"}"),
             ("TC6 duplicate key", br#"{"type":"mark","type":"mark"}"#),
         ];
         for (label, line) in cases {
@@ -921,10 +854,7 @@ mod tests {
             assert_eq!(err.code, RejectCode::Malformed, "{label}: {err}");
         }
         let long = vec![b' '; MAX_LINE_BYTES + 1];
-        assert_eq!(
-            parse_envelope(&long).unwrap_err().code,
-            RejectCode::Malformed
-        );
+        assert_eq!(parse_envelope(&long).unwrap_err().code, RejectCode::Malformed);
     }
 
     #[test]
@@ -946,46 +876,16 @@ mod tests {
     #[test]
     fn invalid_fields() {
         let cases = [
-            (
-                "TC1 exponent number",
-                r#"{"type":"mark","symbol":"BTCUSDT","price":1e3}"#,
-            ),
-            (
-                "TC2 exponent string",
-                r#"{"type":"mark","symbol":"BTCUSDT","price":"1e3"}"#,
-            ),
-            (
-                "TC3 NaN string",
-                r#"{"type":"mark","symbol":"BTCUSDT","price":"NaN"}"#,
-            ),
-            (
-                "TC4 Infinity",
-                r#"{"type":"mark","symbol":"BTCUSDT","price":"Infinity"}"#,
-            ),
-            (
-                "TC5 empty",
-                r#"{"type":"mark","symbol":"BTCUSDT","price":""}"#,
-            ),
-            (
-                "TC6 zero price",
-                r#"{"type":"mark","symbol":"BTCUSDT","price":"0"}"#,
-            ),
-            (
-                "TC7 negative price",
-                r#"{"type":"mark","symbol":"BTCUSDT","price":"-5"}"#,
-            ),
-            (
-                "TC8 off tick",
-                r#"{"type":"mark","symbol":"BTCUSDT","price":"100.05"}"#,
-            ),
-            (
-                "TC9 price too big",
-                r#"{"type":"mark","symbol":"BTCUSDT","price":"1000000000"}"#,
-            ),
-            (
-                "TC10 9 decimals",
-                r#"{"type":"balance","account":1,"wallet":"0.000000001"}"#,
-            ),
+            ("TC1 exponent number", r#"{"type":"mark","symbol":"BTCUSDT","price":1e3}"#),
+            ("TC2 exponent string", r#"{"type":"mark","symbol":"BTCUSDT","price":"1e3"}"#),
+            ("TC3 NaN string", r#"{"type":"mark","symbol":"BTCUSDT","price":"NaN"}"#),
+            ("TC4 Infinity", r#"{"type":"mark","symbol":"BTCUSDT","price":"Infinity"}"#),
+            ("TC5 empty", r#"{"type":"mark","symbol":"BTCUSDT","price":""}"#),
+            ("TC6 zero price", r#"{"type":"mark","symbol":"BTCUSDT","price":"0"}"#),
+            ("TC7 negative price", r#"{"type":"mark","symbol":"BTCUSDT","price":"-5"}"#),
+            ("TC8 off tick", r#"{"type":"mark","symbol":"BTCUSDT","price":"100.05"}"#),
+            ("TC9 price too big", r#"{"type":"mark","symbol":"BTCUSDT","price":"1000000000"}"#),
+            ("TC10 9 decimals", r#"{"type":"balance","account":1,"wallet":"0.000000001"}"#),
             (
                 "TC11 off step",
                 r#"{"type":"position","account":1,"symbol":"BTCUSDT","size":"0.0001","entry_price":"1"}"#,
@@ -1009,22 +909,13 @@ mod tests {
                 r#"{"type":"leverage","account":1,"symbol":"BTCUSDT","leverage":5.0}"#,
             ),
             ("TC18 account string", r#"{"type":"query","account":"1"}"#),
-            (
-                "TC19 rate 1",
-                r#"{"type":"funding","symbol":"BTCUSDT","rate":"1"}"#,
-            ),
+            ("TC19 rate 1", r#"{"type":"funding","symbol":"BTCUSDT","rate":"1"}"#),
             (
                 "TC20 size 1e8",
                 r#"{"type":"position","account":1,"symbol":"BTCUSDT","size":"100000000","entry_price":"1"}"#,
             ),
-            (
-                "TC21 zero transfer",
-                r#"{"type":"transfer","account":1,"amount":"0"}"#,
-            ),
-            (
-                "TC22 wallet 1e15",
-                r#"{"type":"balance","account":1,"wallet":"1000000000000000"}"#,
-            ),
+            ("TC21 zero transfer", r#"{"type":"transfer","account":1,"amount":"0"}"#),
+            ("TC22 wallet 1e15", r#"{"type":"balance","account":1,"wallet":"1000000000000000"}"#),
             ("TC23 empty marks", r#"{"type":"marks","prices":{}}"#),
             ("TC24 bad ts", r#"{"type":"query","account":1,"ts":-3}"#),
             (
@@ -1035,10 +926,7 @@ mod tests {
                 "TC26 bad mode",
                 r#"{"type":"margin_mode","account":1,"symbol":"BTCUSDT","mode":"both"}"#,
             ),
-            (
-                "TC27 marks bad entry",
-                r#"{"type":"marks","prices":{"BTCUSDT":"1","ETHUSDT":"0"}}"#,
-            ),
+            ("TC27 marks bad entry", r#"{"type":"marks","prices":{"BTCUSDT":"1","ETHUSDT":"0"}}"#),
         ];
         for (label, line) in cases {
             assert_eq!(code(line), RejectCode::Invalid, "{label}");
@@ -1060,24 +948,14 @@ mod tests {
     fn huge_leverage_saturates_for_the_engine_to_refuse() {
         let c = check(r#"{"type":"leverage","account":1,"symbol":"BTCUSDT","leverage":99999999999999999999999}"#)
             .unwrap();
-        assert!(matches!(
-            c,
-            Command::Leverage {
-                leverage: u64::MAX,
-                ..
-            }
-        ));
+        assert!(matches!(c, Command::Leverage { leverage: u64::MAX, .. }));
     }
 
     #[test]
     fn event_json_escapes_and_orders_fields() {
         let mut s = String::new();
-        Event::Reject {
-            line: 3,
-            seq: None,
-            reject: Reject::invalid("say \"hi\"\n"),
-        }
-        .write_json(&mut s);
+        Event::Reject { line: 3, seq: None, reject: Reject::invalid("say \"hi\"\n") }
+            .write_json(&mut s);
         assert_eq!(
             s,
             "{\"type\":\"reject\",\"line\":3,\"seq\":null,\"code\":\"invalid\",\"reason\":\"say \\\"hi\\\"\\n\"}\n"

@@ -72,9 +72,7 @@ fn limit_check(what: &str, v: &Exact) -> Result<(), Reject> {
     if v.abs() < Exact::from_d8(AMOUNT_LIMIT) {
         Ok(())
     } else {
-        Err(Reject::invalid(format!(
-            "{what} would become {v}, outside |x| < 10^15"
-        )))
+        Err(Reject::invalid(format!("{what} would become {v}, outside |x| < 10^15")))
     }
 }
 
@@ -112,15 +110,11 @@ impl ReferenceEngine {
     }
 
     fn wallet(&self, account: u64) -> Exact {
-        self.accounts
-            .get(&account)
-            .map(|a| a.wallet.clone())
-            .unwrap_or_default()
+        self.accounts.get(&account).map(|a| a.wallet.clone()).unwrap_or_default()
     }
 
     fn leverage_of(&self, s: SymbolIdx, p: &Pair) -> u64 {
-        p.leverage
-            .unwrap_or_else(|| u64::from(self.cfg.default_leverage_for(s)))
+        p.leverage.unwrap_or_else(|| u64::from(self.cfg.default_leverage_for(s)))
     }
 
     fn figures(&self, s: SymbolIdx, p: &Pair) -> Option<Figures> {
@@ -178,10 +172,7 @@ impl ReferenceEngine {
 
     fn available_or_no_mark(&self, account: u64) -> Result<Exact, Reject> {
         self.available(account).ok_or_else(|| {
-            Reject::new(
-                RejectCode::NoMark,
-                "a cross position's symbol has no mark price yet",
-            )
+            Reject::new(RejectCode::NoMark, "a cross position's symbol has no mark price yet")
         })
     }
 
@@ -254,9 +245,7 @@ impl ReferenceEngine {
             let was = std::mem::replace(flag, now);
             if should_emit(was, now, rearmed.contains(&item)) {
                 let (balance, maint) = totals.expect("liquidatable implies totals");
-                out(Event::Liquidation(
-                    self.liquidation_event(item, balance, maint, at),
-                ));
+                out(Event::Liquidation(self.liquidation_event(item, balance, maint, at)));
             }
         }
     }
@@ -289,9 +278,7 @@ impl ReferenceEngine {
                     .as_ref()
                     .expect("liquidatable implies marks")
                     .to_string(),
-                liquidation_price: self
-                    .liquidation_price(account, *s, p)
-                    .map(|x| x.to_string()),
+                liquidation_price: self.liquidation_price(account, *s, p).map(|x| x.to_string()),
             })
             .collect();
         Liquidation {
@@ -316,20 +303,12 @@ impl ReferenceEngine {
     }
 
     fn holders_items(&self, s: SymbolIdx) -> BTreeSet<Item> {
-        self.holders[s.0 as usize]
-            .iter()
-            .map(|&a| self.item_of(a, s))
-            .collect()
+        self.holders[s.0 as usize].iter().map(|&a| self.item_of(a, s)).collect()
     }
 
     fn pair_mut(&mut self, account: u64, s: SymbolIdx) -> &mut Pair {
         let fresh = self.new_pair();
-        self.accounts
-            .entry(account)
-            .or_default()
-            .pairs
-            .entry(s)
-            .or_insert(fresh)
+        self.accounts.entry(account).or_default().pairs.entry(s).or_insert(fresh)
     }
 
     fn set_wallet(&mut self, account: u64, w: Exact) {
@@ -439,13 +418,7 @@ impl Engine for ReferenceEngine {
                 self.set_wallet(account, w);
                 rearmed.insert(Item::Cross(account));
             }
-            Command::Position {
-                account,
-                symbol,
-                size,
-                entry_price,
-                isolated_margin,
-            } => {
+            Command::Position { account, symbol, size, entry_price, isolated_margin } => {
                 let mode = self.pair(account, symbol).mode;
                 match (mode, isolated_margin) {
                     (Mode::Cross, Some(_)) => {
@@ -477,11 +450,7 @@ impl Engine for ReferenceEngine {
                 rearmed.insert(Item::Cross(account));
                 rearmed.insert(Item::Isolated(account, symbol));
             }
-            Command::MarginMode {
-                account,
-                symbol,
-                mode,
-            } => {
+            Command::MarginMode { account, symbol, mode } => {
                 let p = self.pair(account, symbol);
                 if p.mode != mode {
                     if !p.size.is_zero() || p.open_orders > 0 {
@@ -496,11 +465,7 @@ impl Engine for ReferenceEngine {
                     self.pair_mut(account, symbol).mode = mode;
                 }
             }
-            Command::Leverage {
-                account,
-                symbol,
-                leverage,
-            } => {
+            Command::Leverage { account, symbol, leverage } => {
                 let p = self.pair(account, symbol);
                 let sym = self.cfg.symbol(symbol);
                 let notional = match (&self.marks[symbol.0 as usize], p.size.is_zero()) {
@@ -520,21 +485,12 @@ impl Engine for ReferenceEngine {
                 }
                 self.pair_mut(account, symbol).leverage = Some(leverage);
             }
-            Command::Orders {
-                account,
-                symbol,
-                open_orders,
-                order_margin,
-            } => {
+            Command::Orders { account, symbol, open_orders, order_margin } => {
                 let p = self.pair_mut(account, symbol);
                 p.open_orders = open_orders;
                 p.order_margin = Exact::from_d8(order_margin);
             }
-            Command::IsolatedMargin {
-                account,
-                symbol,
-                amount,
-            } => {
+            Command::IsolatedMargin { account, symbol, amount } => {
                 let p = self.pair(account, symbol);
                 if p.mode != Mode::Isolated {
                     return Err(Reject::new(

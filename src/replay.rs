@@ -39,11 +39,7 @@ pub struct Summary {
 impl Summary {
     pub fn messages_per_s(&self) -> f64 {
         let s = self.elapsed.as_secs_f64();
-        if s > 0.0 {
-            self.messages as f64 / s
-        } else {
-            0.0
-        }
+        if s > 0.0 { self.messages as f64 / s } else { 0.0 }
     }
 
     /// The `--report` JSON.
@@ -107,10 +103,7 @@ impl Summary {
 }
 
 fn now_epoch_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// Hands events to the writer, stamping latency and counting. The one place events leave.
@@ -132,9 +125,7 @@ impl<W: Write> Sink<W> {
         }
         self.summary.event_latency.record(latency);
         if let Some(ts) = ts {
-            self.summary
-                .ts_latency
-                .record(now_epoch_ns().saturating_sub(ts));
+            self.summary.ts_latency.record(now_epoch_ns().saturating_sub(ts));
         }
         event.write_json(&mut self.buf);
     }
@@ -161,11 +152,7 @@ pub fn dispatch(
 ) {
     let line = ingested.line;
     if let Some((expected, got)) = ingested.gap {
-        emit(Event::Gap {
-            line,
-            expected,
-            got,
-        });
+        emit(Event::Gap { line, expected, got });
     }
     match ingested.outcome {
         Outcome::Blank | Outcome::Duplicate => {}
@@ -173,11 +160,7 @@ pub fn dispatch(
         Outcome::Command { seq, cmd } => {
             let start = Instant::now();
             if let Err(reject) = engine.apply(&cmd, At { line, seq }, emit) {
-                emit(Event::Reject {
-                    line,
-                    seq: Some(seq),
-                    reject,
-                });
+                emit(Event::Reject { line, seq: Some(seq), reject });
             }
             apply_latency.record(start.elapsed().as_nanos() as u64);
         }
@@ -194,11 +177,7 @@ pub fn replay<R: BufRead, W: Write>(
     let started = Instant::now();
     let mut reader = LineReader::new(input, MAX_LINE_BYTES);
     let mut ingest = Ingest::new(cfg);
-    let mut sink = Sink {
-        out,
-        buf: String::with_capacity(1 << 17),
-        summary: Summary::default(),
-    };
+    let mut sink = Sink { out, buf: String::with_capacity(1 << 17), summary: Summary::default() };
     let mut apply_latency = Latency::default();
     while let Some(line) = reader.next_line()? {
         let read_at = Instant::now();
@@ -214,9 +193,7 @@ pub fn replay<R: BufRead, W: Write>(
             _ => counts.messages += 1,
         }
         let ts = ingested.ts;
-        dispatch(ingested, engine, &mut apply_latency, &mut |e| {
-            sink.emit(e, read_at, ts)
-        });
+        dispatch(ingested, engine, &mut apply_latency, &mut |e| sink.emit(e, read_at, ts));
         sink.flush(false)?;
     }
     sink.flush(true)?;

@@ -46,19 +46,13 @@ pub fn assert_same_events(what: &str, got: &[String], want: &[String]) {
     if got == want {
         return;
     }
-    let i = got
-        .iter()
-        .zip(want)
-        .position(|(a, b)| a != b)
-        .unwrap_or(got.len().min(want.len()));
+    let i = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
     panic!(
         "{what}: event streams differ at event {i} (got {} events, want {})\n  got:  {}\n  want: {}\n  before: {}",
         got.len(),
         want.len(),
         got.get(i).map_or("<end>", String::as_str),
         want.get(i).map_or("<end>", String::as_str),
-        i.checked_sub(1)
-            .and_then(|j| want.get(j))
-            .map_or("<start>", String::as_str),
+        i.checked_sub(1).and_then(|j| want.get(j)).map_or("<start>", String::as_str),
     );
 }
