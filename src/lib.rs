@@ -15,6 +15,7 @@
 //! | [`exact`] | the unbounded exact decimal of the reference engine, `ceil8`, `round8` | 1, 4 |
 //! | [`margin`] | the margin arithmetic: notional, upnl, brackets, mm, im, ratio, liquidation price, funding | 4 |
 //! | [`engine`] | the `Engine` trait and the emission rule | 6 |
+//! | [`report`] | exact figures of an account view: totals, available, event contents | 4, 7 |
 //! | [`reference`] | the reference engine: state of section 3, apply + evaluate, exact and plain | 3–6 |
 //! | [`latency`] | HdrHistogram latency distributions | 7, 8 |
 //! | [`replay`] | `liqscan replay`: ingest → engine → events, summary and report | 8 |
@@ -32,3 +33,4 @@ pub mod margin;
 pub mod protocol;
 pub mod reference;
 pub mod replay;
+pub mod report;

@@ -17,10 +17,8 @@ use crate::{
     exact::Exact,
     fixed::D8,
     margin,
-    protocol::{
-        AMOUNT_LIMIT, AccountReport, Command, Event, Liquidation, LiquidationPosition,
-        PositionReport, Reject, RejectCode,
-    },
+    protocol::{AMOUNT_LIMIT, Command, Event, Reject, RejectCode},
+    report::{self, AccountView, Item, PairView},
 };
 
 #[derive(Debug, Clone)]
@@ -29,51 +27,40 @@ struct Pair {
     /// `None` until a `leverage` message sets it.
     leverage: Option<u64>,
     open_orders: u64,
-    order_margin: Exact,
-    size: Exact,
-    entry: Exact,
-    isolated_margin: Exact,
+    order_margin: D8,
+    size: D8,
+    entry: D8,
+    isolated_margin: D8,
     /// The isolated item's flag: liquidatable after the last message that evaluated it.
     liquidatable: bool,
 }
 
 #[derive(Debug, Clone, Default)]
 struct Account {
-    wallet: Exact,
+    wallet: D8,
     pairs: BTreeMap<SymbolIdx, Pair>,
     /// The cross item's flag.
     cross_liquidatable: bool,
 }
 
-/// An item of SPEC section 6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Item {
-    Cross(u64),
-    Isolated(u64, SymbolIdx),
-}
-
-/// Margin figures of one non-zero position at the current marks (`None` without a mark).
-struct Figures {
-    notional: Exact,
-    upnl: Exact,
-    mm: Exact,
-    im: Exact,
-}
-
 pub struct ReferenceEngine {
     cfg: Arc<Config>,
-    marks: Vec<Option<Exact>>,
+    marks: Vec<Option<D8>>,
     accounts: BTreeMap<u64, Account>,
     /// Accounts with a non-zero position, per symbol.
     holders: Vec<BTreeSet<u64>>,
 }
 
-fn limit_check(what: &str, v: &Exact) -> Result<(), Reject> {
-    if v.abs() < Exact::from_d8(AMOUNT_LIMIT) {
-        Ok(())
-    } else {
-        Err(Reject::invalid(format!("{what} would become {v}, outside |x| < 10^15")))
+/// A new balance as a `D8`, refused when it leaves SPEC section 1's range.
+fn in_limits(what: &str, v: Exact) -> Result<D8, Reject> {
+    match v.to_d8() {
+        Some(d) if d.abs() < AMOUNT_LIMIT => Ok(d),
+        _ => Err(Reject::invalid(format!("{what} would become {v}, outside |x| < 10^15"))),
     }
+}
+
+fn no_mark_reject() -> Reject {
+    Reject::new(RejectCode::NoMark, "a cross position's symbol has no mark price yet")
 }
 
 impl ReferenceEngine {
@@ -92,10 +79,10 @@ impl ReferenceEngine {
             mode: self.cfg.default_margin_mode,
             leverage: None,
             open_orders: 0,
-            order_margin: Exact::zero(),
-            size: Exact::zero(),
-            entry: Exact::zero(),
-            isolated_margin: Exact::zero(),
+            order_margin: D8::ZERO,
+            size: D8::ZERO,
+            entry: D8::ZERO,
+            isolated_margin: D8::ZERO,
             liquidatable: false,
         }
     }
@@ -109,111 +96,39 @@ impl ReferenceEngine {
             .unwrap_or_else(|| self.new_pair())
     }
 
-    fn wallet(&self, account: u64) -> Exact {
-        self.accounts.get(&account).map(|a| a.wallet.clone()).unwrap_or_default()
+    fn pair_mut(&mut self, account: u64, s: SymbolIdx) -> &mut Pair {
+        let fresh = self.new_pair();
+        self.accounts.entry(account).or_default().pairs.entry(s).or_insert(fresh)
     }
 
-    fn leverage_of(&self, s: SymbolIdx, p: &Pair) -> u64 {
-        p.leverage.unwrap_or_else(|| u64::from(self.cfg.default_leverage_for(s)))
+    fn wallet(&self, account: u64) -> D8 {
+        self.accounts.get(&account).map(|a| a.wallet).unwrap_or_default()
     }
 
-    fn figures(&self, s: SymbolIdx, p: &Pair) -> Option<Figures> {
-        let mark = self.marks[s.0 as usize].as_ref()?;
-        let sym = self.cfg.symbol(s);
-        let notional = margin::notional(&p.size, mark);
-        Some(Figures {
-            upnl: margin::upnl(&p.size, mark, &p.entry),
-            mm: margin::maintenance(sym, &notional),
-            im: margin::initial(&notional, self.leverage_of(s, p)),
-            notional,
-        })
+    fn set_wallet(&mut self, account: u64, w: D8) {
+        self.accounts.entry(account).or_default().wallet = w;
     }
 
-    /// A's non-zero cross positions.
-    fn cross_positions(&self, account: u64) -> Vec<(SymbolIdx, &Pair)> {
-        self.accounts
-            .get(&account)
-            .map(|a| {
-                a.pairs
-                    .iter()
-                    .filter(|(_, p)| p.mode == Mode::Cross && !p.size.is_zero())
-                    .map(|(s, p)| (*s, p))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// `(margin balance, maintenance)` of A's cross item; `None` when a mark is missing.
-    fn cross_totals(&self, account: u64) -> Option<(Exact, Exact)> {
-        let mut balance = self.wallet(account);
-        let mut maint = Exact::zero();
-        for (s, p) in self.cross_positions(account) {
-            let f = self.figures(s, p)?;
-            balance = &balance + &f.upnl;
-            maint = &maint + &f.mm;
+    fn pair_view(&self, s: SymbolIdx, p: &Pair) -> PairView {
+        PairView {
+            symbol: s,
+            mode: p.mode,
+            leverage: p.leverage.unwrap_or_else(|| u64::from(self.cfg.default_leverage_for(s))),
+            size: p.size,
+            entry_price: p.entry,
+            isolated_margin: p.isolated_margin,
+            order_margin: p.order_margin,
         }
-        Some((balance, maint))
     }
 
-    /// `W + sum(cross upnl) - sum(cross im) - sum(order margin of all pairs)`.
-    fn available(&self, account: u64) -> Option<Exact> {
-        let mut avail = self.wallet(account);
-        for (s, p) in self.cross_positions(account) {
-            let f = self.figures(s, p)?;
-            avail = &(&avail + &f.upnl) - &f.im;
-        }
-        if let Some(a) = self.accounts.get(&account) {
-            for p in a.pairs.values() {
-                avail = &avail - &p.order_margin;
-            }
-        }
-        Some(avail)
-    }
-
-    fn available_or_no_mark(&self, account: u64) -> Result<Exact, Reject> {
-        self.available(account).ok_or_else(|| {
-            Reject::new(RejectCode::NoMark, "a cross position's symbol has no mark price yet")
-        })
-    }
-
-    /// `M` of the liquidation-price formula for a cross position in `s`.
-    fn cross_backing(&self, account: u64, s: SymbolIdx) -> Option<Exact> {
-        let mut m = self.wallet(account);
-        for (t, p) in self.cross_positions(account) {
-            if t != s {
-                let f = self.figures(t, p)?;
-                m = &(&m + &f.upnl) - &f.mm;
-            }
-        }
-        Some(m)
-    }
-
-    fn liquidation_price(&self, account: u64, s: SymbolIdx, p: &Pair) -> Option<Exact> {
-        let m = match p.mode {
-            Mode::Isolated => p.isolated_margin.clone(),
-            Mode::Cross => self.cross_backing(account, s)?,
-        };
-        margin::liquidation_price(self.cfg.symbol(s), &p.size, &p.entry, &m)
-    }
-
-    /// `(margin balance, maintenance)` of an item if it is evaluable (has a non-zero position
-    /// of its mode, every mark known).
-    fn item_totals(&self, item: Item) -> Option<(Exact, Exact)> {
-        match item {
-            Item::Cross(a) => {
-                if self.cross_positions(a).is_empty() {
-                    return None;
-                }
-                self.cross_totals(a)
-            }
-            Item::Isolated(a, s) => {
-                let p = self.pair(a, s);
-                if p.mode != Mode::Isolated || p.size.is_zero() {
-                    return None;
-                }
-                let f = self.figures(s, &p)?;
-                Some((&p.isolated_margin + &f.upnl, f.mm))
-            }
+    fn view(&self, account: u64) -> AccountView {
+        let a = self.accounts.get(&account);
+        AccountView {
+            account,
+            wallet: a.map(|a| a.wallet).unwrap_or_default(),
+            pairs: a
+                .map(|a| a.pairs.iter().map(|(s, p)| self.pair_view(*s, p)).collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -237,60 +152,18 @@ impl ReferenceEngine {
         out: &mut dyn FnMut(Event),
     ) {
         for &item in items {
-            let totals = self.item_totals(item);
-            let now = matches!(&totals, Some((bal, mm)) if bal < mm);
+            let account = match item {
+                Item::Cross(a) | Item::Isolated(a, _) => a,
+            };
+            let view = self.view(account);
+            let now = matches!(view.item_totals(&self.cfg, &self.marks, item), Some((bal, mm)) if bal < mm);
             let Some(flag) = self.flag_mut(item) else {
                 continue;
             };
             let was = std::mem::replace(flag, now);
             if should_emit(was, now, rearmed.contains(&item)) {
-                let (balance, maint) = totals.expect("liquidatable implies totals");
-                out(Event::Liquidation(self.liquidation_event(item, balance, maint, at)));
+                out(Event::Liquidation(view.liquidation(&self.cfg, &self.marks, item, at)));
             }
-        }
-    }
-
-    fn liquidation_event(&self, item: Item, balance: Exact, maint: Exact, at: At) -> Liquidation {
-        let (account, mode, symbol, positions) = match item {
-            Item::Cross(a) => (
-                a,
-                Mode::Cross,
-                None,
-                self.cross_positions(a)
-                    .into_iter()
-                    .map(|(s, p)| (s, p.clone()))
-                    .collect::<Vec<_>>(),
-            ),
-            Item::Isolated(a, s) => (
-                a,
-                Mode::Isolated,
-                Some(self.cfg.symbol(s).name.clone()),
-                vec![(s, self.pair(a, s))],
-            ),
-        };
-        let positions = positions
-            .iter()
-            .map(|(s, p)| LiquidationPosition {
-                symbol: self.cfg.symbol(*s).name.clone(),
-                size: p.size.to_string(),
-                entry_price: p.entry.to_string(),
-                mark_price: self.marks[s.0 as usize]
-                    .as_ref()
-                    .expect("liquidatable implies marks")
-                    .to_string(),
-                liquidation_price: self.liquidation_price(account, *s, p).map(|x| x.to_string()),
-            })
-            .collect();
-        Liquidation {
-            line: at.line,
-            seq: at.seq,
-            account,
-            mode,
-            symbol,
-            margin_balance: balance.to_string(),
-            maintenance_margin: maint.to_string(),
-            positions,
-            latency_ns: 0,
         }
     }
 
@@ -305,75 +178,6 @@ impl ReferenceEngine {
     fn holders_items(&self, s: SymbolIdx) -> BTreeSet<Item> {
         self.holders[s.0 as usize].iter().map(|&a| self.item_of(a, s)).collect()
     }
-
-    fn pair_mut(&mut self, account: u64, s: SymbolIdx) -> &mut Pair {
-        let fresh = self.new_pair();
-        self.accounts.entry(account).or_default().pairs.entry(s).or_insert(fresh)
-    }
-
-    fn set_wallet(&mut self, account: u64, w: Exact) {
-        self.accounts.entry(account).or_default().wallet = w;
-    }
-
-    fn report(&self, account: u64, at: At) -> AccountReport {
-        let wallet = self.wallet(account);
-        let cross = self.cross_totals(account);
-        let mut used = Some(Exact::zero());
-        let mut positions = Vec::new();
-        if let Some(a) = self.accounts.get(&account) {
-            for (&s, p) in &a.pairs {
-                if p.mode == Mode::Isolated {
-                    used = used.map(|u| &u + &p.isolated_margin);
-                }
-                if p.size.is_zero() {
-                    continue;
-                }
-                let f = self.figures(s, p);
-                if p.mode == Mode::Cross {
-                    used = match (&used, &f) {
-                        (Some(u), Some(f)) => Some(u + &f.im),
-                        _ => None,
-                    };
-                }
-                let isolated = p.mode == Mode::Isolated;
-                positions.push(PositionReport {
-                    symbol: self.cfg.symbol(s).name.clone(),
-                    mode: p.mode,
-                    size: p.size.to_string(),
-                    entry_price: p.entry.to_string(),
-                    mark_price: self.marks[s.0 as usize].as_ref().map(|m| m.to_string()),
-                    leverage: self.leverage_of(s, p),
-                    notional: f.as_ref().map(|f| f.notional.to_string()),
-                    unrealized_pnl: f.as_ref().map(|f| f.upnl.to_string()),
-                    initial_margin: f.as_ref().map(|f| f.im.to_string()),
-                    maintenance_margin: f.as_ref().map(|f| f.mm.to_string()),
-                    isolated_margin: isolated.then(|| p.isolated_margin.to_string()),
-                    margin_ratio: f
-                        .as_ref()
-                        .filter(|_| isolated)
-                        .and_then(|f| margin::margin_ratio(&f.mm, &(&p.isolated_margin + &f.upnl)))
-                        .map(|r| r.to_string()),
-                    liquidation_price: self.liquidation_price(account, s, p).map(|x| x.to_string()),
-                });
-            }
-        }
-        AccountReport {
-            line: at.line,
-            seq: at.seq,
-            account,
-            wallet: wallet.to_string(),
-            margin_balance: cross.as_ref().map(|(b, _)| b.to_string()),
-            maintenance_margin: cross.as_ref().map(|(_, m)| m.to_string()),
-            margin_ratio: cross
-                .as_ref()
-                .and_then(|(b, m)| margin::margin_ratio(m, b))
-                .map(|r| r.to_string()),
-            used_margin: used.map(|u| u.to_string()),
-            available_balance: self.available(account).map(|a| a.to_string()),
-            positions,
-            latency_ns: 0,
-        }
-    }
 }
 
 impl Engine for ReferenceEngine {
@@ -382,27 +186,31 @@ impl Engine for ReferenceEngine {
         // inputs changed and the items the message re-arms.
         let mut items = BTreeSet::new();
         let mut rearmed = BTreeSet::new();
+        let cfg = self.cfg.clone();
         match *cmd {
             Command::Mark { symbol, price } => {
-                self.marks[symbol.0 as usize] = Some(Exact::from_d8(price));
+                self.marks[symbol.0 as usize] = Some(price);
                 items = self.holders_items(symbol);
             }
             Command::Marks { ref prices } => {
                 for &(s, price) in prices {
-                    self.marks[s.0 as usize] = Some(Exact::from_d8(price));
+                    self.marks[s.0 as usize] = Some(price);
                 }
                 for &(s, _) in prices {
                     items.extend(self.holders_items(s));
                 }
             }
             Command::Balance { account, wallet } => {
-                self.set_wallet(account, Exact::from_d8(wallet));
+                self.set_wallet(account, wallet);
                 rearmed.insert(Item::Cross(account));
             }
             Command::Transfer { account, amount } => {
                 let amount = Exact::from_d8(amount);
                 if !amount.is_positive() {
-                    let available = self.available_or_no_mark(account)?;
+                    let available = self
+                        .view(account)
+                        .available(&cfg, &self.marks)
+                        .ok_or_else(no_mark_reject)?;
                     if (&available + &amount).signum() < 0 {
                         return Err(Reject::new(
                             RejectCode::InsufficientMargin,
@@ -413,8 +221,7 @@ impl Engine for ReferenceEngine {
                         ));
                     }
                 }
-                let w = &self.wallet(account) + &amount;
-                limit_check("wallet", &w)?;
+                let w = in_limits("wallet", &Exact::from_d8(self.wallet(account)) + &amount)?;
                 self.set_wallet(account, w);
                 rearmed.insert(Item::Cross(account));
             }
@@ -436,10 +243,10 @@ impl Engine for ReferenceEngine {
                     _ => {}
                 }
                 let p = self.pair_mut(account, symbol);
-                p.size = Exact::from_d8(size);
-                p.entry = entry_price.map(Exact::from_d8).unwrap_or_default();
+                p.size = size;
+                p.entry = entry_price.unwrap_or_default();
                 if mode == Mode::Isolated {
-                    p.isolated_margin = Exact::from_d8(isolated_margin.unwrap_or(D8::ZERO));
+                    p.isolated_margin = isolated_margin.unwrap_or(D8::ZERO);
                 }
                 let holders = &mut self.holders[symbol.0 as usize];
                 if size.is_zero() {
@@ -467,10 +274,11 @@ impl Engine for ReferenceEngine {
             }
             Command::Leverage { account, symbol, leverage } => {
                 let p = self.pair(account, symbol);
-                let sym = self.cfg.symbol(symbol);
-                let notional = match (&self.marks[symbol.0 as usize], p.size.is_zero()) {
-                    (Some(mark), _) => margin::notional(&p.size, mark),
-                    (None, false) => margin::notional(&p.size, &p.entry),
+                let sym = cfg.symbol(symbol);
+                let size = Exact::from_d8(p.size);
+                let notional = match (self.marks[symbol.0 as usize], p.size.is_zero()) {
+                    (Some(mark), _) => margin::notional(&size, &Exact::from_d8(mark)),
+                    (None, false) => margin::notional(&size, &Exact::from_d8(p.entry)),
                     (None, true) => Exact::zero(),
                 };
                 let max = margin::bracket(sym, &notional).max_leverage;
@@ -488,7 +296,7 @@ impl Engine for ReferenceEngine {
             Command::Orders { account, symbol, open_orders, order_margin } => {
                 let p = self.pair_mut(account, symbol);
                 p.open_orders = open_orders;
-                p.order_margin = Exact::from_d8(order_margin);
+                p.order_margin = order_margin;
             }
             Command::IsolatedMargin { account, symbol, amount } => {
                 let p = self.pair(account, symbol);
@@ -504,9 +312,11 @@ impl Engine for ReferenceEngine {
                         "isolated_margin message without a position",
                     ));
                 }
+                let view = self.view(account);
                 let amount = Exact::from_d8(amount);
+                let margin_now = Exact::from_d8(p.isolated_margin);
                 if amount.is_positive() {
-                    let available = self.available_or_no_mark(account)?;
+                    let available = view.available(&cfg, &self.marks).ok_or_else(no_mark_reject)?;
                     if (&available - &amount).signum() < 0 {
                         return Err(Reject::new(
                             RejectCode::InsufficientMargin,
@@ -514,20 +324,20 @@ impl Engine for ReferenceEngine {
                         ));
                     }
                 } else {
-                    let f = self.figures(symbol, &p).ok_or_else(|| {
+                    let pv = view.pair(symbol).expect("the pair exists");
+                    let f = report::figures(&cfg, &self.marks, pv).ok_or_else(|| {
                         Reject::new(
                             RejectCode::NoMark,
-                            format!("{} has no mark price yet", self.cfg.symbol(symbol).name),
+                            format!("{} has no mark price yet", cfg.symbol(symbol).name),
                         )
                     })?;
-                    let left = &p.isolated_margin + &amount;
+                    let left = &margin_now + &amount;
                     if left.signum() < 0 {
                         return Err(Reject::new(
                             RejectCode::InsufficientMargin,
                             format!(
-                                "removing {} exceeds isolated margin {}",
-                                amount.abs(),
-                                p.isolated_margin
+                                "removing {} exceeds isolated margin {margin_now}",
+                                amount.abs()
                             ),
                         ));
                     }
@@ -543,38 +353,32 @@ impl Engine for ReferenceEngine {
                         ));
                     }
                 }
-                let w = &self.wallet(account) - &amount;
-                let m = &p.isolated_margin + &amount;
-                limit_check("wallet", &w)?;
-                limit_check("isolated margin", &m)?;
+                let w = in_limits("wallet", &Exact::from_d8(view.wallet) - &amount)?;
+                let m = in_limits("isolated margin", &margin_now + &amount)?;
                 self.set_wallet(account, w);
                 self.pair_mut(account, symbol).isolated_margin = m;
-                items.insert(Item::Cross(account));
                 rearmed.insert(Item::Cross(account));
                 rearmed.insert(Item::Isolated(account, symbol));
             }
             Command::Funding { symbol, rate } => {
-                let Some(mark) = self.marks[symbol.0 as usize].clone() else {
+                let Some(mark) = self.marks[symbol.0 as usize] else {
                     return Err(Reject::new(
                         RejectCode::NoMark,
-                        format!(
-                            "funding for {} before its first mark",
-                            self.cfg.symbol(symbol).name
-                        ),
+                        format!("funding for {} before its first mark", cfg.symbol(symbol).name),
                     ));
                 };
-                let rate = Exact::from_d8(rate);
-                // Compute every new balance first: a payment that would leave a balance out
-                // of range rejects the message as a whole.
+                let (mark, rate) = (Exact::from_d8(mark), Exact::from_d8(rate));
+                // Every new balance first: one out of range rejects the message as a whole.
                 let mut updates = Vec::new();
                 for &a in &self.holders[symbol.0 as usize] {
                     let p = self.pair(a, symbol);
-                    let pay = margin::funding_payment(&p.size, &mark, &rate);
-                    let (what, new) = match p.mode {
-                        Mode::Cross => ("wallet", &self.wallet(a) - &pay),
-                        Mode::Isolated => ("isolated margin", &p.isolated_margin - &pay),
+                    let pay = margin::funding_payment(&Exact::from_d8(p.size), &mark, &rate);
+                    let new = match p.mode {
+                        Mode::Cross => in_limits("wallet", &Exact::from_d8(self.wallet(a)) - &pay)?,
+                        Mode::Isolated => {
+                            in_limits("isolated margin", &Exact::from_d8(p.isolated_margin) - &pay)?
+                        }
                     };
-                    limit_check(what, &new)?;
                     updates.push((a, p.mode, new));
                 }
                 for (a, mode, new) in updates {
@@ -586,7 +390,7 @@ impl Engine for ReferenceEngine {
                 items = self.holders_items(symbol);
             }
             Command::Query { account } => {
-                out(Event::Account(self.report(account, at)));
+                out(Event::Account(self.view(account).report(&cfg, &self.marks, at)));
             }
         }
         // A re-armed item is evaluated even when its inputs did not change, so that the
