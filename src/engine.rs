@@ -46,3 +46,101 @@ mod tests {
         }
     }
 }
+
+/// The state-rule rejects both engines raise, so that their reasons read the same.
+pub mod rejects {
+    use std::fmt::Display;
+
+    use crate::protocol::{Reject, RejectCode};
+
+    pub fn isolated_margin_on_cross() -> Reject {
+        Reject::new(RejectCode::WrongMode, "isolated_margin given for a cross pair")
+    }
+
+    pub fn isolated_margin_missing() -> Reject {
+        Reject::new(
+            RejectCode::WrongMode,
+            "isolated_margin is required for a position on an isolated pair",
+        )
+    }
+
+    pub fn margin_move_on_cross() -> Reject {
+        Reject::new(RejectCode::WrongMode, "isolated_margin message on a cross pair")
+    }
+
+    pub fn margin_move_without_position() -> Reject {
+        Reject::new(RejectCode::WrongMode, "isolated_margin message without a position")
+    }
+
+    pub fn mode_locked(size: impl Display, open_orders: u64) -> Reject {
+        Reject::new(
+            RejectCode::ModeLocked,
+            format!("margin mode is locked: position {size} and {open_orders} open orders"),
+        )
+    }
+
+    pub fn leverage_exceeds_max(
+        leverage: u64,
+        max: u32,
+        symbol: &str,
+        notional: impl Display,
+    ) -> Reject {
+        Reject::new(
+            RejectCode::LeverageExceedsMax,
+            format!(
+                "leverage {leverage} exceeds max leverage {max} of {symbol} at notional {notional}"
+            ),
+        )
+    }
+
+    pub fn no_cross_mark() -> Reject {
+        Reject::new(RejectCode::NoMark, "a cross position's symbol has no mark price yet")
+    }
+
+    pub fn no_mark(symbol: &str) -> Reject {
+        Reject::new(RejectCode::NoMark, format!("{symbol} has no mark price yet"))
+    }
+
+    pub fn funding_without_mark(symbol: &str) -> Reject {
+        Reject::new(RejectCode::NoMark, format!("funding for {symbol} before its first mark"))
+    }
+
+    pub fn withdrawal_exceeds(amount: impl Display, available: impl Display) -> Reject {
+        Reject::new(
+            RejectCode::InsufficientMargin,
+            format!("withdrawal of {amount} exceeds available balance {available}"),
+        )
+    }
+
+    pub fn addition_exceeds(amount: impl Display, available: impl Display) -> Reject {
+        Reject::new(
+            RejectCode::InsufficientMargin,
+            format!("adding {amount} exceeds available balance {available}"),
+        )
+    }
+
+    pub fn removal_exceeds_margin(amount: impl Display, margin: impl Display) -> Reject {
+        Reject::new(
+            RejectCode::InsufficientMargin,
+            format!("removing {amount} exceeds isolated margin {margin}"),
+        )
+    }
+
+    pub fn removal_below_initial(
+        amount: impl Display,
+        left: impl Display,
+        upnl: impl Display,
+        im: impl Display,
+    ) -> Reject {
+        Reject::new(
+            RejectCode::InsufficientMargin,
+            format!(
+                "removing {amount} leaves margin {left} + upnl {upnl} below initial margin {im}"
+            ),
+        )
+    }
+
+    pub fn out_of_range(what: &str, value: impl Display) -> Reject {
+        Reject::invalid(format!("{what} would become {value}, outside |x| < 10^15"))
+    }
+}

@@ -162,6 +162,13 @@ pub fn format_digits(negative: bool, digits: &str, scale: u32, out: &mut String)
     }
 }
 
+/// `mantissa / 10^scale` as a string (see [`format_scaled`]).
+pub fn scaled_text(mantissa: i128, scale: u32) -> String {
+    let mut s = String::new();
+    format_scaled(mantissa, scale, &mut s);
+    s
+}
+
 impl fmt::Display for D8 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = String::new();

@@ -26,6 +26,7 @@
 pub mod config;
 pub mod engine;
 pub mod exact;
+pub mod fast;
 pub mod fixed;
 pub mod ingest;
 pub mod latency;

@@ -9,8 +9,10 @@ use std::{
 };
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use liqscan::{config::Config, reference::ReferenceEngine, replay};
+use clap::{Parser, Subcommand, ValueEnum};
+use liqscan::{
+    config::Config, engine::Engine, fast::FastEngine, reference::ReferenceEngine, replay,
+};
 
 // mimalloc: the engine allocates event strings and per-message scratch from several threads
 // (ingest, engine, writer, rayon workers); mimalloc's thread-local free lists keep those
@@ -36,9 +38,27 @@ enum Command {
         /// Write the summary as JSON to this file.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Which engine evaluates: the fast struct-of-arrays one, or the exact reference.
+        #[arg(long, value_enum, default_value_t = EngineKind::Fast)]
+        engine: EngineKind,
         /// Input stream: newline-delimited JSON messages, or - for stdin.
         input: String,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EngineKind {
+    Fast,
+    Reference,
+}
+
+impl EngineKind {
+    fn name(self) -> &'static str {
+        match self {
+            EngineKind::Fast => "fast",
+            EngineKind::Reference => "reference",
+        }
+    }
 }
 
 fn load_config(path: &std::path::Path) -> Result<Arc<Config>, ExitCode> {
@@ -48,24 +68,33 @@ fn load_config(path: &std::path::Path) -> Result<Arc<Config>, ExitCode> {
     })
 }
 
-fn run_replay(config: PathBuf, report: Option<PathBuf>, input: String) -> anyhow::Result<ExitCode> {
+fn run_replay(
+    config: PathBuf,
+    report: Option<PathBuf>,
+    engine: EngineKind,
+    input: String,
+) -> anyhow::Result<ExitCode> {
+    let engine_kind = engine;
     let cfg = match load_config(&config) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
     let stdout = io::stdout().lock();
     let out = BufWriter::with_capacity(1 << 16, stdout);
-    let mut engine = ReferenceEngine::new(cfg.clone());
+    let mut engine: Box<dyn Engine> = match engine {
+        EngineKind::Fast => Box::new(FastEngine::new(cfg.clone())),
+        EngineKind::Reference => Box::new(ReferenceEngine::new(cfg.clone())),
+    };
     let summary = if input == "-" {
-        replay::replay(cfg, &mut engine, io::stdin().lock(), out)
+        replay::replay(cfg, engine.as_mut(), io::stdin().lock(), out)
     } else {
         let file = File::open(&input).with_context(|| format!("cannot open input {input}"))?;
-        replay::replay(cfg, &mut engine, BufReader::with_capacity(1 << 16, file), out)
+        replay::replay(cfg, engine.as_mut(), BufReader::with_capacity(1 << 16, file), out)
     }
     .context("replay failed")?;
-    eprint!("{}", summary.human("reference"));
+    eprint!("{}", summary.human(engine_kind.name()));
     if let Some(path) = report {
-        let json = serde_json::to_string_pretty(&summary.to_json("reference"))?;
+        let json = serde_json::to_string_pretty(&summary.to_json(engine_kind.name()))?;
         std::fs::write(&path, json + "\n")
             .with_context(|| format!("cannot write report {}", path.display()))?;
     }
@@ -75,7 +104,9 @@ fn run_replay(config: PathBuf, report: Option<PathBuf>, input: String) -> anyhow
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Replay { config, report, input } => run_replay(config, report, input),
+        Command::Replay { config, report, engine, input } => {
+            run_replay(config, report, engine, input)
+        }
     };
     match result {
         Ok(code) => code,

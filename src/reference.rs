@@ -13,11 +13,11 @@ use std::{
 
 use crate::{
     config::{Config, Mode, SymbolIdx},
-    engine::{At, Engine, should_emit},
+    engine::{At, Engine, rejects, should_emit},
     exact::Exact,
     fixed::D8,
     margin,
-    protocol::{AMOUNT_LIMIT, Command, Event, Reject, RejectCode},
+    protocol::{AMOUNT_LIMIT, Command, Event, Reject},
     report::{self, AccountView, Item, PairView},
 };
 
@@ -55,12 +55,8 @@ pub struct ReferenceEngine {
 fn in_limits(what: &str, v: Exact) -> Result<D8, Reject> {
     match v.to_d8() {
         Some(d) if d.abs() < AMOUNT_LIMIT => Ok(d),
-        _ => Err(Reject::invalid(format!("{what} would become {v}, outside |x| < 10^15"))),
+        _ => Err(rejects::out_of_range(what, v)),
     }
-}
-
-fn no_mark_reject() -> Reject {
-    Reject::new(RejectCode::NoMark, "a cross position's symbol has no mark price yet")
 }
 
 impl ReferenceEngine {
@@ -210,15 +206,9 @@ impl Engine for ReferenceEngine {
                     let available = self
                         .view(account)
                         .available(&cfg, &self.marks)
-                        .ok_or_else(no_mark_reject)?;
+                        .ok_or_else(rejects::no_cross_mark)?;
                     if (&available + &amount).signum() < 0 {
-                        return Err(Reject::new(
-                            RejectCode::InsufficientMargin,
-                            format!(
-                                "withdrawal of {} exceeds available balance {available}",
-                                amount.abs()
-                            ),
-                        ));
+                        return Err(rejects::withdrawal_exceeds(amount.abs(), available));
                     }
                 }
                 let w = in_limits("wallet", &Exact::from_d8(self.wallet(account)) + &amount)?;
@@ -229,16 +219,10 @@ impl Engine for ReferenceEngine {
                 let mode = self.pair(account, symbol).mode;
                 match (mode, isolated_margin) {
                     (Mode::Cross, Some(_)) => {
-                        return Err(Reject::new(
-                            RejectCode::WrongMode,
-                            "isolated_margin given for a cross pair",
-                        ));
+                        return Err(rejects::isolated_margin_on_cross());
                     }
                     (Mode::Isolated, None) if !size.is_zero() => {
-                        return Err(Reject::new(
-                            RejectCode::WrongMode,
-                            "isolated_margin is required for a position on an isolated pair",
-                        ));
+                        return Err(rejects::isolated_margin_missing());
                     }
                     _ => {}
                 }
@@ -261,13 +245,7 @@ impl Engine for ReferenceEngine {
                 let p = self.pair(account, symbol);
                 if p.mode != mode {
                     if !p.size.is_zero() || p.open_orders > 0 {
-                        return Err(Reject::new(
-                            RejectCode::ModeLocked,
-                            format!(
-                                "margin mode is locked: position {} and {} open orders",
-                                p.size, p.open_orders
-                            ),
-                        ));
+                        return Err(rejects::mode_locked(p.size, p.open_orders));
                     }
                     self.pair_mut(account, symbol).mode = mode;
                 }
@@ -283,13 +261,7 @@ impl Engine for ReferenceEngine {
                 };
                 let max = margin::bracket(sym, &notional).max_leverage;
                 if leverage > u64::from(max) {
-                    return Err(Reject::new(
-                        RejectCode::LeverageExceedsMax,
-                        format!(
-                            "leverage {leverage} exceeds max leverage {max} of {} at notional {notional}",
-                            sym.name
-                        ),
-                    ));
+                    return Err(rejects::leverage_exceeds_max(leverage, max, &sym.name, notional));
                 }
                 self.pair_mut(account, symbol).leverage = Some(leverage);
             }
@@ -301,55 +273,34 @@ impl Engine for ReferenceEngine {
             Command::IsolatedMargin { account, symbol, amount } => {
                 let p = self.pair(account, symbol);
                 if p.mode != Mode::Isolated {
-                    return Err(Reject::new(
-                        RejectCode::WrongMode,
-                        "isolated_margin message on a cross pair",
-                    ));
+                    return Err(rejects::margin_move_on_cross());
                 }
                 if p.size.is_zero() {
-                    return Err(Reject::new(
-                        RejectCode::WrongMode,
-                        "isolated_margin message without a position",
-                    ));
+                    return Err(rejects::margin_move_without_position());
                 }
                 let view = self.view(account);
                 let amount = Exact::from_d8(amount);
                 let margin_now = Exact::from_d8(p.isolated_margin);
                 if amount.is_positive() {
-                    let available = view.available(&cfg, &self.marks).ok_or_else(no_mark_reject)?;
+                    let available =
+                        view.available(&cfg, &self.marks).ok_or_else(rejects::no_cross_mark)?;
                     if (&available - &amount).signum() < 0 {
-                        return Err(Reject::new(
-                            RejectCode::InsufficientMargin,
-                            format!("adding {amount} exceeds available balance {available}"),
-                        ));
+                        return Err(rejects::addition_exceeds(amount, available));
                     }
                 } else {
                     let pv = view.pair(symbol).expect("the pair exists");
-                    let f = report::figures(&cfg, &self.marks, pv).ok_or_else(|| {
-                        Reject::new(
-                            RejectCode::NoMark,
-                            format!("{} has no mark price yet", cfg.symbol(symbol).name),
-                        )
-                    })?;
+                    let f = report::figures(&cfg, &self.marks, pv)
+                        .ok_or_else(|| rejects::no_mark(&cfg.symbol(symbol).name))?;
                     let left = &margin_now + &amount;
                     if left.signum() < 0 {
-                        return Err(Reject::new(
-                            RejectCode::InsufficientMargin,
-                            format!(
-                                "removing {} exceeds isolated margin {margin_now}",
-                                amount.abs()
-                            ),
-                        ));
+                        return Err(rejects::removal_exceeds_margin(amount.abs(), margin_now));
                     }
                     if &left + &f.upnl < f.im {
-                        return Err(Reject::new(
-                            RejectCode::InsufficientMargin,
-                            format!(
-                                "removing {} leaves margin {left} + upnl {} below initial margin {}",
-                                amount.abs(),
-                                f.upnl,
-                                f.im
-                            ),
+                        return Err(rejects::removal_below_initial(
+                            amount.abs(),
+                            left,
+                            f.upnl,
+                            f.im,
                         ));
                     }
                 }
@@ -362,10 +313,7 @@ impl Engine for ReferenceEngine {
             }
             Command::Funding { symbol, rate } => {
                 let Some(mark) = self.marks[symbol.0 as usize] else {
-                    return Err(Reject::new(
-                        RejectCode::NoMark,
-                        format!("funding for {} before its first mark", cfg.symbol(symbol).name),
-                    ));
+                    return Err(rejects::funding_without_mark(&cfg.symbol(symbol).name));
                 };
                 let (mark, rate) = (Exact::from_d8(mark), Exact::from_d8(rate));
                 // Every new balance first: one out of range rejects the message as a whole.
