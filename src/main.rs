@@ -79,14 +79,13 @@ fn run_replay(
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let stdout = io::stdout().lock();
-    let out = BufWriter::with_capacity(1 << 16, stdout);
+    let out = BufWriter::with_capacity(1 << 16, io::stdout());
     let mut engine: Box<dyn Engine> = match engine {
         EngineKind::Fast => Box::new(FastEngine::new(cfg.clone())),
         EngineKind::Reference => Box::new(ReferenceEngine::new(cfg.clone())),
     };
     let summary = if input == "-" {
-        replay::replay(cfg, engine.as_mut(), io::stdin().lock(), out)
+        replay::replay(cfg, engine.as_mut(), BufReader::with_capacity(1 << 16, io::stdin()), out)
     } else {
         let file = File::open(&input).with_context(|| format!("cannot open input {input}"))?;
         replay::replay(cfg, engine.as_mut(), BufReader::with_capacity(1 << 16, file), out)

@@ -1,11 +1,13 @@
-//! `liqscan replay`: a stream through ingest and an engine, events to a writer, and the
-//! summary (counts, throughput, latency percentiles) for stderr and `--report`.
+//! `liqscan replay`: the ingest → engine → writer pipeline, and the summary (counts,
+//! throughput, latency percentiles) for stderr and `--report`.
 
 use std::{
     io::{self, BufRead, Write},
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
+
+use crossbeam::channel::bounded;
 
 use crate::{
     config::Config,
@@ -106,14 +108,29 @@ fn now_epoch_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-/// Hands events to the writer, stamping latency and counting. The one place events leave.
-struct Sink<W: Write> {
-    out: W,
+/// Queue sizes of the pipeline. Every queue is bounded: a full queue blocks its producer
+/// (back-pressure), it never drops.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Lines per batch handed from the reader to the engine.
+    pub batch_lines: usize,
+    /// Batches in flight between reader and engine, and text chunks between engine and writer.
+    pub queue_batches: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { batch_lines: 1024, queue_batches: 16 }
+    }
+}
+
+/// The engine side's event hand-off: stamps latency, counts, and serializes into a chunk.
+struct Sink {
     buf: String,
     summary: Summary,
 }
 
-impl<W: Write> Sink<W> {
+impl Sink {
     fn emit(&mut self, mut event: Event, read_at: Instant, ts: Option<u64>) {
         let latency = read_at.elapsed().as_nanos() as u64;
         event.set_latency_ns(latency);
@@ -128,18 +145,6 @@ impl<W: Write> Sink<W> {
             self.summary.ts_latency.record(now_epoch_ns().saturating_sub(ts));
         }
         event.write_json(&mut self.buf);
-    }
-
-    /// Writes what is buffered once it is large enough (or when `force`).
-    fn flush(&mut self, force: bool) -> io::Result<()> {
-        if force || self.buf.len() >= 1 << 16 {
-            self.out.write_all(self.buf.as_bytes())?;
-            self.buf.clear();
-        }
-        if force {
-            self.out.flush()?;
-        }
-        Ok(())
     }
 }
 
@@ -167,38 +172,99 @@ pub fn dispatch(
     }
 }
 
-/// Replays `input` through `engine`, writing events to `out`.
-pub fn replay<R: BufRead, W: Write>(
+/// Replays `input` through `engine`, writing events to `out`, with default queue sizes.
+pub fn replay<R: BufRead + Send, W: Write + Send>(
     cfg: Arc<Config>,
     engine: &mut dyn Engine,
     input: R,
     out: W,
 ) -> io::Result<Summary> {
+    replay_with(cfg, engine, input, out, Options::default())
+}
+
+/// The pipeline: a reader thread (lines, parse, sequencing, validation) → bounded queue →
+/// the engine on this thread (apply + evaluate, in input order) → bounded queue → a writer
+/// thread. Batches and text chunks are recycled through return queues, so the steady state
+/// allocates nothing per batch. See `src/fast/README.md` for why it is cut this way.
+pub fn replay_with<R: BufRead + Send, W: Write + Send>(
+    cfg: Arc<Config>,
+    engine: &mut dyn Engine,
+    input: R,
+    mut out: W,
+    opts: Options,
+) -> io::Result<Summary> {
+    assert!(opts.batch_lines > 0 && opts.queue_batches > 0, "queues need room");
     let started = Instant::now();
-    let mut reader = LineReader::new(input, MAX_LINE_BYTES);
-    let mut ingest = Ingest::new(cfg);
-    let mut sink = Sink { out, buf: String::with_capacity(1 << 17), summary: Summary::default() };
-    let mut apply_latency = Latency::default();
-    while let Some(line) = reader.next_line()? {
-        let read_at = Instant::now();
-        let ingested = ingest.line(line, read_at);
-        let counts = &mut sink.summary;
-        counts.lines += 1;
-        match ingested.outcome {
-            Outcome::Blank => {}
-            Outcome::Duplicate => {
-                counts.messages += 1;
-                counts.duplicates += 1;
+    let (batch_tx, batch_rx) = bounded::<Vec<Ingested>>(opts.queue_batches);
+    let (spare_batch_tx, spare_batch_rx) = bounded::<Vec<Ingested>>(opts.queue_batches + 2);
+    let (text_tx, text_rx) = bounded::<String>(opts.queue_batches);
+    let (spare_text_tx, spare_text_rx) = bounded::<String>(opts.queue_batches + 2);
+
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> io::Result<()> {
+            let mut lines = LineReader::new(input, MAX_LINE_BYTES);
+            let mut ingest = Ingest::new(cfg);
+            let mut batch = Vec::with_capacity(opts.batch_lines);
+            while let Some(line) = lines.next_line()? {
+                batch.push(ingest.line(line, Instant::now()));
+                if batch.len() == opts.batch_lines {
+                    let next = spare_batch_rx
+                        .try_recv()
+                        .unwrap_or_else(|_| Vec::with_capacity(opts.batch_lines));
+                    if batch_tx.send(std::mem::replace(&mut batch, next)).is_err() {
+                        return Ok(()); // the engine side stopped (its error is reported there)
+                    }
+                }
             }
-            _ => counts.messages += 1,
+            if !batch.is_empty() {
+                let _ = batch_tx.send(batch);
+            }
+            Ok(())
+        });
+        let writer = scope.spawn(move || -> io::Result<()> {
+            for mut chunk in text_rx {
+                out.write_all(chunk.as_bytes())?;
+                chunk.clear();
+                let _ = spare_text_tx.try_send(chunk);
+            }
+            out.flush()
+        });
+
+        let mut sink = Sink { buf: String::with_capacity(1 << 16), summary: Summary::default() };
+        let mut apply_latency = Latency::default();
+        for mut batch in batch_rx.iter() {
+            for ingested in batch.drain(..) {
+                let counts = &mut sink.summary;
+                counts.lines += 1;
+                match ingested.outcome {
+                    Outcome::Blank => {}
+                    Outcome::Duplicate => {
+                        counts.messages += 1;
+                        counts.duplicates += 1;
+                    }
+                    _ => counts.messages += 1,
+                }
+                let (read_at, ts) = (ingested.read_at, ingested.ts);
+                dispatch(ingested, engine, &mut apply_latency, &mut |e| sink.emit(e, read_at, ts));
+            }
+            let _ = spare_batch_tx.try_send(batch);
+            if !sink.buf.is_empty() {
+                let fresh =
+                    spare_text_rx.try_recv().unwrap_or_else(|_| String::with_capacity(1 << 16));
+                if text_tx.send(std::mem::replace(&mut sink.buf, fresh)).is_err() {
+                    break; // the writer failed; its error is returned below
+                }
+            }
         }
-        let ts = ingested.ts;
-        dispatch(ingested, engine, &mut apply_latency, &mut |e| sink.emit(e, read_at, ts));
-        sink.flush(false)?;
-    }
-    sink.flush(true)?;
-    let mut summary = sink.summary;
-    summary.apply_latency = apply_latency;
-    summary.elapsed = started.elapsed();
-    Ok(summary)
+        drop(batch_rx); // unblocks the reader if we stopped early
+        drop(text_tx);
+        let written = writer.join().expect("writer thread panicked");
+        let read = reader.join().expect("reader thread panicked");
+        written?;
+        read?;
+        let mut summary = sink.summary;
+        summary.apply_latency = apply_latency;
+        summary.elapsed = started.elapsed();
+        Ok(summary)
+    })
 }

@@ -177,3 +177,22 @@ fn random_streams_exercise_the_rules() {
         assert!(seen.get(key).copied().unwrap_or(0) > 0, "no {key} in {seen:?}");
     }
 }
+
+/// Back-pressure: with one line per batch and one batch in flight, the pipeline blocks at
+/// every step, and still yields the same events in the same order.
+#[test]
+fn smallest_queues_give_the_same_events() {
+    let input = std::fs::read(root().join("fixtures/golden/cross_basics.ndjson")).unwrap();
+    let cfg = config("multi_tier");
+    let mut outputs = Vec::new();
+    for opts in [replay::Options::default(), replay::Options { batch_lines: 1, queue_batches: 1 }] {
+        let mut engine = FastEngine::new(cfg.clone());
+        let mut out = Vec::new();
+        let summary =
+            replay::replay_with(cfg.clone(), &mut engine, &input[..], &mut out, opts).unwrap();
+        assert_eq!(summary.liquidations, 6);
+        let text = String::from_utf8(out).unwrap();
+        outputs.push(events(&text).iter().map(|v| v.to_string()).collect::<Vec<_>>());
+    }
+    assert_same_events("batch 1, queue 1 vs default", &outputs[1], &outputs[0]);
+}
