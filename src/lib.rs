@@ -35,3 +35,4 @@ pub mod protocol;
 pub mod reference;
 pub mod replay;
 pub mod report;
+pub mod synth;

@@ -131,6 +131,11 @@ impl FastEngine {
         self.cross.iter().chain(&self.isolated).map(Book::len).sum()
     }
 
+    /// Non-zero positions in the cross books and in the isolated books.
+    pub fn book_sizes(&self) -> (usize, usize) {
+        (self.cross.iter().map(Book::len).sum(), self.isolated.iter().map(Book::len).sum())
+    }
+
     pub fn n_accounts(&self) -> usize {
         self.accounts.id.len()
     }

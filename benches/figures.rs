@@ -1,0 +1,188 @@
+//! The figures of `scripts/bench.sh`, printed as one JSON object. Run with
+//! `cargo bench --bench figures` (release profile). Sizes can be scaled down for a quick
+//! look with LIQSCAN_BENCH_ACCOUNTS / _POSITIONS / _MARKS.
+//!
+//! Every ratio is measured within this one run, since the machines are shared and noisy.
+
+use std::{
+    hint::black_box,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use liqscan::{
+    config::SymbolIdx,
+    engine::{At, Engine},
+    fast::{FastEngine, book::Book},
+    fixed::D8,
+    latency::Latency,
+    protocol::Command,
+    reference::ReferenceEngine,
+    replay, synth,
+};
+use rayon::prelude::*;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Sequential read bandwidth of a 1 GiB buffer, bytes/s: one thread, and all threads.
+fn mem_read_bps() -> (f64, f64) {
+    let words = (1usize << 30) / 8;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let bytes = (words * 8) as f64;
+    let best = |f: &dyn Fn() -> u64| {
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(f());
+                t.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
+    let one = best(&|| buf.iter().fold(0u64, |a, &x| a.wrapping_add(x)));
+    let all = best(&|| {
+        buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum()
+    });
+    (bytes / one.as_secs_f64(), bytes / all.as_secs_f64())
+}
+
+fn ignore(_: liqscan::protocol::Event) {}
+
+fn build(accounts: u64, positions: u64, symbols: usize) -> FastEngine {
+    let cfg = Arc::new(synth::config(symbols));
+    let mut engine = FastEngine::new(cfg);
+    let at = At { line: 0, seq: 0 };
+    for cmd in synth::book_commands(accounts, positions, symbols, 42) {
+        engine.apply(&cmd, at, &mut ignore).expect("the generated book is valid");
+    }
+    let prices = (0..symbols)
+        .map(|s| (SymbolIdx(s as u16), D8(i128::from(synth::base_price_e2(s)) * 1_000_000)))
+        .collect();
+    engine.apply(&Command::Marks { prices }, at, &mut ignore).unwrap();
+    engine
+}
+
+/// Bytes a full sweep reads or writes: per cross position its three columns and its delta
+/// (written, then read); per isolated position its four columns; per account the buffer
+/// (written), wallet (read), counters, stamp and flag.
+fn sweep_bytes(engine: &FastEngine, cross: usize, isolated: usize) -> f64 {
+    let cross_b = cross * (4 + 8 + 16 + 2 * 16);
+    let iso_b = isolated * Book::BYTES_PER_POSITION;
+    let acct_b = engine.n_accounts() * (16 + 16 + 4 + 4 + 8 + 1);
+    (cross_b + iso_b + acct_b) as f64
+}
+
+fn main() {
+    let accounts = env("LIQSCAN_BENCH_ACCOUNTS", 1_000_000);
+    let positions = env("LIQSCAN_BENCH_POSITIONS", 3_000_000);
+    let marks = env("LIQSCAN_BENCH_MARKS", 1_000_000) as usize;
+    let symbols = 50;
+    let (read_1t, read_all) = mem_read_bps();
+
+    // --- the big book ------------------------------------------------------------------
+    let rss_before = rss_bytes();
+    let mut engine = build(accounts, positions, symbols);
+    let rss_after = rss_bytes();
+    let n = engine.n_positions();
+    let (cross, isolated) = engine.book_sizes();
+    let at = At { line: 0, seq: 0 };
+    let sweeps: Vec<Duration> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            engine.sweep(at, &mut ignore);
+            t.elapsed()
+        })
+        .collect();
+    let sweep = median(sweeps);
+    let bytes = sweep_bytes(&engine, cross, isolated);
+    let sweep_bps = bytes / sweep.as_secs_f64();
+
+    // Ticks on the big book, symbols as skewed as the book.
+    let cfg = synth::config(symbols);
+    let mut tick_latency = Latency::default();
+    for line in synth::mark_lines(symbols, 3_000, 9).lines() {
+        let p = liqscan::protocol::parse_envelope(line.as_bytes()).unwrap();
+        let cmd = liqscan::protocol::validate(&p.envelope, &cfg).unwrap();
+        let t = Instant::now();
+        engine.apply(&cmd, at, &mut ignore).unwrap();
+        tick_latency.record(t.elapsed().as_nanos() as u64);
+    }
+    let ticks = tick_latency.summary();
+    drop(engine);
+
+    // --- one symbol with 1M holders -------------------------------------------------------
+    let mut one = build(1_000_000, 1_000_000, 1);
+    let (c1, i1) = one.book_sizes();
+    let base = synth::base_price_e2(0);
+    let tick_times: Vec<Duration> = (0..15)
+        .map(|k| {
+            let price = D8(i128::from(base + (k % 3) - 1) * 1_000_000);
+            let cmd = Command::Mark { symbol: SymbolIdx(0), price };
+            let t = Instant::now();
+            one.apply(&cmd, at, &mut ignore).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    let tick_1m = median(tick_times);
+    // A tick touches what a sweep of that book touches, but computes mm twice per cross
+    // position (old and new mark).
+    let tick_1m_bps = sweep_bytes(&one, c1, i1) / tick_1m.as_secs_f64();
+    drop(one);
+
+    // --- replay throughput: 10 000 accounts, mark-heavy --------------------------------
+    let cfg = Arc::new(synth::config(symbols));
+    let book = synth::book_lines(10_000, 30_000, symbols, 7);
+    let ref_marks = (marks / 10).max(1);
+    let short = book.clone() + &synth::mark_lines(symbols, ref_marks, 8);
+    let long = book + &synth::mark_lines(symbols, marks, 8);
+    let run = |engine: &mut dyn Engine, text: &str| {
+        let s = replay::replay(cfg.clone(), engine, text.as_bytes(), std::io::sink()).unwrap();
+        (s.messages as f64 / s.elapsed.as_secs_f64(), s)
+    };
+    let (ref_rate, ref_summary) = run(&mut ReferenceEngine::new(cfg.clone()), &short);
+    let (fast_rate, fast_summary) = run(&mut FastEngine::new(cfg.clone()), &short);
+    assert_eq!(ref_summary.liquidations, fast_summary.liquidations, "engines disagree");
+    let (pipe_rate, pipe_summary) = run(&mut FastEngine::new(cfg.clone()), &long);
+
+    let figures = serde_json::json!({
+        "machine": { "cores": std::thread::available_parallelism().map_or(0, |n| n.get()) },
+        "positions": n,
+        "accounts": accounts,
+        "symbols": symbols,
+        "cross_positions": cross,
+        "isolated_positions": isolated,
+        "sweep_ms": sweep.as_secs_f64() * 1e3,
+        "sweep_bytes_per_position": bytes / n as f64,
+        "sweep_positions_per_s": n as f64 / sweep.as_secs_f64(),
+        "mem_read_gbps": read_all / 1e9,
+        "mem_read_gbps_one_thread": read_1t / 1e9,
+        "sweep_bandwidth_fraction": sweep_bps / read_all,
+        "tick_1m_holders_ms": tick_1m.as_secs_f64() * 1e3,
+        "tick_1m_holders_bandwidth_fraction": tick_1m_bps / read_all,
+        "tick_latency_ns": { "p50": ticks.p50, "p99": ticks.p99, "p999": ticks.p999, "max": ticks.max },
+        "rss_bytes_per_position": (rss_after.saturating_sub(rss_before)) as f64 / n as f64,
+        "replay_stream_messages": ref_summary.messages,
+        "replay_messages_per_s": { "fast": fast_rate, "reference": ref_rate },
+        "speedup_vs_reference": fast_rate / ref_rate,
+        "pipeline_stream_messages": pipe_summary.messages,
+        "pipeline_messages_per_s": pipe_rate,
+        "pipeline_liquidations": pipe_summary.liquidations,
+    });
+    println!("{}", serde_json::to_string_pretty(&figures).unwrap());
+}

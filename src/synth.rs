@@ -1,0 +1,236 @@
+//! Deterministic synthetic books and streams for benchmarks and load tests. (Named `synth`
+//! because `gen` is a reserved word in Rust 2024.)
+//!
+//! Everything here is a pure function of its parameters and seed (SplitMix64, no platform
+//! randomness), so the same call yields the same bytes on every machine.
+
+use std::fmt::Write as _;
+
+use crate::{
+    config::{Config, Mode, SymbolIdx},
+    fixed::D8,
+    protocol::Command,
+};
+
+/// SplitMix64: tiny, fast, and the same everywhere.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A config of `n` symbols `S000`, `S001`, ... with tick 0.01, step 0.001 and a five-tier
+/// bracket table (125x at 0.4 % up to 10x at 5 %).
+pub fn config(n: usize) -> Config {
+    let mut text =
+        String::from(r#"{"default_margin_mode":"cross","default_leverage":20,"symbols":["#);
+    for i in 0..n {
+        if i > 0 {
+            text.push(',');
+        }
+        let _ = write!(
+            text,
+            r#"{{"symbol":"S{i:03}","tick_size":"0.01","step_size":"0.001","brackets":[
+            {{"notional_cap":"50000","max_leverage":125,"mmr":"0.004"}},
+            {{"notional_cap":"250000","max_leverage":100,"mmr":"0.005"}},
+            {{"notional_cap":"1000000","max_leverage":50,"mmr":"0.01"}},
+            {{"notional_cap":"5000000","max_leverage":20,"mmr":"0.025"}},
+            {{"notional_cap":"20000000","max_leverage":10,"mmr":"0.05"}}]}}"#
+        );
+    }
+    text.push_str("]}");
+    Config::parse(&text).expect("the synthetic config is valid")
+}
+
+/// Base price of symbol `i` in units of 0.01: spread from ~1 to ~60 000.
+pub fn base_price_e2(i: usize) -> i64 {
+    let exp = (i % 10) as u32;
+    (100 * 3i64.pow(exp)).min(6_000_000) + (i as i64 * 7919) % 100
+}
+
+/// Zipf-like popularity: symbol k is chosen with weight 1 / (k + 1).
+#[derive(Debug, Clone)]
+pub struct Zipf {
+    cumulative: Vec<f64>,
+}
+
+impl Zipf {
+    pub fn new(n: usize) -> Zipf {
+        let mut acc = 0.0;
+        let cumulative = (0..n)
+            .map(|k| {
+                acc += 1.0 / (k as f64 + 1.0);
+                acc
+            })
+            .collect();
+        Zipf { cumulative }
+    }
+
+    pub fn sample(&self, rng: &mut Rng) -> usize {
+        let x = rng.unit() * self.cumulative.last().copied().unwrap_or(0.0);
+        self.cumulative.partition_point(|&c| c <= x).min(self.cumulative.len() - 1)
+    }
+}
+
+/// The start-up book as commands: every account's balance, then its positions (distinct
+/// symbols, Zipf-skewed, heavy-tailed sizes, one in `isolated_every` isolated).
+pub fn book_commands(
+    accounts: u64,
+    positions: u64,
+    symbols: usize,
+    seed: u64,
+) -> impl Iterator<Item = Command> {
+    let mut rng = Rng::new(seed);
+    let zipf = Zipf::new(symbols);
+    let per_account = positions as f64 / accounts as f64;
+    let mut made = 0u64;
+    (0..accounts).flat_map(move |a| {
+        // Spread `positions` over the accounts as evenly as the fraction allows.
+        let want = (((a + 1) as f64 * per_account) as u64).saturating_sub(made).min(symbols as u64);
+        made += want;
+        let mut cmds = Vec::with_capacity(want as usize * 2 + 1);
+        cmds.push(Command::Balance {
+            account: a,
+            wallet: D8::from_int(1_000 + rng.below(50_000) as i64),
+        });
+        let mut chosen: Vec<usize> = Vec::with_capacity(want as usize);
+        while (chosen.len() as u64) < want {
+            let s = zipf.sample(&mut rng);
+            if !chosen.contains(&s) {
+                chosen.push(s);
+            }
+        }
+        for s in chosen {
+            let isolated = rng.below(4) == 0;
+            let symbol = SymbolIdx(s as u16);
+            if isolated {
+                cmds.push(Command::MarginMode { account: a, symbol, mode: Mode::Isolated });
+            }
+            // Heavy tail: notional ~ 100 * 2^k for k uniform in 0..14 (100 to ~1.6M).
+            let notional_e2 = 10_000i64 << rng.below(14);
+            let px = base_price_e2(s);
+            let lots = (notional_e2 * 1000 / px).max(1) * if rng.below(2) == 0 { 1 } else { -1 };
+            let entry_e2 = px + (rng.below(px as u64 / 10 + 1) as i64) - px / 20;
+            cmds.push(Command::Position {
+                account: a,
+                symbol,
+                size: D8(i128::from(lots) * 100_000),
+                entry_price: Some(D8(i128::from(entry_e2.max(1)) * 1_000_000)),
+                isolated_margin: isolated.then(|| D8(i128::from(notional_e2 / 10) * 1_000_000)),
+            });
+        }
+        cmds
+    })
+}
+
+/// `n` mark messages as NDJSON lines: random walks per symbol, Zipf-skewed symbol choice.
+pub fn mark_lines(symbols: usize, n: usize, seed: u64) -> String {
+    let mut rng = Rng::new(seed);
+    let zipf = Zipf::new(symbols);
+    let mut px: Vec<i64> = (0..symbols).map(base_price_e2).collect();
+    let mut out = String::with_capacity(n * 56);
+    for _ in 0..n {
+        let s = zipf.sample(&mut rng);
+        let step = (px[s] / 2000).max(1);
+        px[s] = (px[s] + (rng.below(5) as i64 - 2) * step).max(1);
+        let _ = writeln!(
+            out,
+            r#"{{"type":"mark","symbol":"S{s:03}","price":"{}.{:02}"}}"#,
+            px[s] / 100,
+            px[s] % 100
+        );
+    }
+    out
+}
+
+/// The book of [`book_commands`] as NDJSON lines (for replays that include the start-up).
+pub fn book_lines(accounts: u64, positions: u64, symbols: usize, seed: u64) -> String {
+    let cfg = config(symbols);
+    let mut out = String::new();
+    for cmd in book_commands(accounts, positions, symbols, seed) {
+        let name = |s: SymbolIdx| cfg.symbol(s).name.clone();
+        let _ = match cmd {
+            Command::Balance { account, wallet } => {
+                writeln!(out, r#"{{"type":"balance","account":{account},"wallet":"{wallet}"}}"#)
+            }
+            Command::MarginMode { account, symbol, mode } => writeln!(
+                out,
+                r#"{{"type":"margin_mode","account":{account},"symbol":"{}","mode":"{}"}}"#,
+                name(symbol),
+                mode.as_str()
+            ),
+            Command::Position { account, symbol, size, entry_price, isolated_margin } => {
+                let margin = isolated_margin
+                    .map(|m| format!(r#","isolated_margin":"{m}""#))
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    r#"{{"type":"position","account":{account},"symbol":"{}","size":"{size}","entry_price":"{}"{margin}}}"#,
+                    name(symbol),
+                    entry_price.unwrap_or_default()
+                )
+            }
+            _ => Ok(()),
+        };
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_skewed() {
+        assert_eq!(mark_lines(5, 100, 7), mark_lines(5, 100, 7));
+        assert_ne!(mark_lines(5, 100, 7), mark_lines(5, 100, 8));
+        let mut rng = Rng::new(1);
+        let z = Zipf::new(50);
+        let mut counts = [0u32; 50];
+        for _ in 0..100_000 {
+            counts[z.sample(&mut rng)] += 1;
+        }
+        assert!(counts[0] > 10 * counts[49], "{counts:?}");
+    }
+
+    #[test]
+    fn book_has_the_requested_positions() {
+        let n = book_commands(1000, 3000, 50, 3)
+            .filter(|c| matches!(c, Command::Position { .. }))
+            .count();
+        assert_eq!(n, 3000);
+    }
+
+    #[test]
+    fn book_lines_replay_without_rejects() {
+        let cfg = std::sync::Arc::new(config(10));
+        let mut text = book_lines(200, 600, 10, 5);
+        text += &mark_lines(10, 500, 5);
+        let mut engine = crate::fast::FastEngine::new(cfg.clone());
+        let summary =
+            crate::replay::replay(cfg, &mut engine, text.as_bytes(), std::io::sink()).unwrap();
+        assert_eq!(summary.rejects, 0);
+        assert_eq!(engine.n_positions(), 600);
+    }
+}
