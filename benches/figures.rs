@@ -146,11 +146,11 @@ fn main() {
     drop(one);
 
     // --- replay throughput: 10 000 accounts, mark-heavy --------------------------------
+    // The generator plays the matching engine (closes liquidated items, re-opens them, keeps
+    // levering up), so liquidations keep a steady, realistic rate.
     let cfg = Arc::new(synth::config(symbols));
-    let book = synth::book_lines(10_000, 30_000, symbols, 7);
-    let ref_marks = (marks / 10).max(1);
-    let short = book.clone() + &synth::mark_lines(symbols, ref_marks, 8);
-    let long = book + &synth::mark_lines(symbols, marks, 8);
+    let short = synth::engine_stream(10_000, 30_000, symbols, (marks / 10).max(1), 7);
+    let long = synth::engine_stream(10_000, 30_000, symbols, marks, 7);
     let run = |engine: &mut dyn Engine, text: &str| {
         let s = replay::replay(cfg.clone(), engine, text.as_bytes(), std::io::sink()).unwrap();
         (s.messages as f64 / s.elapsed.as_secs_f64(), s)

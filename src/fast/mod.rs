@@ -287,8 +287,8 @@ impl FastEngine {
     /// Evaluates the cross accounts touched by this message and emits the isolated items
     /// that crossed, then clears the scratch lists.
     fn finish_message(&mut self, at: At, out: &mut dyn FnMut(Event)) {
+        // Book order, which is deterministic; the SPEC leaves the order within a message free.
         let mut touched = std::mem::take(&mut self.touched);
-        touched.sort_unstable();
         for &a in &touched {
             self.eval_cross(a, false, at, out);
         }
