@@ -149,8 +149,12 @@ fn main() {
     // The generator plays the matching engine (closes liquidated items, re-opens them, keeps
     // levering up), so liquidations keep a steady, realistic rate.
     let cfg = Arc::new(synth::config(symbols));
-    let short = synth::engine_stream(10_000, 30_000, symbols, (marks / 10).max(1), 7);
+    // The reference engine re-evaluates every holder on exact big integers (~1 ms a tick on
+    // this book), so the comparison stream is shorter; both engines replay the same one.
+    let short = synth::engine_stream(10_000, 30_000, symbols, (marks / 100).max(1), 7);
     let long = synth::engine_stream(10_000, 30_000, symbols, marks, 7);
+    // The same marks with no positions held: what parse, queue, apply and write cost alone.
+    let marks_only = synth::mark_lines(symbols, marks, 8);
     let run = |engine: &mut dyn Engine, text: &str| {
         let s = replay::replay(cfg.clone(), engine, text.as_bytes(), std::io::sink()).unwrap();
         (s.messages as f64 / s.elapsed.as_secs_f64(), s)
@@ -159,6 +163,13 @@ fn main() {
     let (fast_rate, fast_summary) = run(&mut FastEngine::new(cfg.clone()), &short);
     assert_eq!(ref_summary.liquidations, fast_summary.liquidations, "engines disagree");
     let (pipe_rate, pipe_summary) = run(&mut FastEngine::new(cfg.clone()), &long);
+    let (bare_rate, _) = run(&mut FastEngine::new(cfg.clone()), &marks_only);
+    // Positions evaluated per tick on that stream: Σ over symbols of p_s · holders_s.
+    let holders_per_tick = {
+        let zipf_h: f64 = (1..=symbols).map(|k| 1.0 / k as f64).sum();
+        let n = 30_000.0;
+        (1..=symbols).map(|k| (1.0 / k as f64 / zipf_h).powi(2) * n).sum::<f64>()
+    };
 
     let figures = serde_json::json!({
         "machine": { "cores": std::thread::available_parallelism().map_or(0, |n| n.get()) },
@@ -183,6 +194,8 @@ fn main() {
         "pipeline_stream_messages": pipe_summary.messages,
         "pipeline_messages_per_s": pipe_rate,
         "pipeline_liquidations": pipe_summary.liquidations,
+        "pipeline_positions_per_tick": holders_per_tick,
+        "pipeline_only_messages_per_s": bare_rate,
     });
     println!("{}", serde_json::to_string_pretty(&figures).unwrap());
 }
