@@ -1,0 +1,151 @@
+//! Criterion benches of the fast engine's hot paths: full-book sweep, one tick as a function
+//! of the symbol's holder count, NDJSON parse + validate, and integer vs `Decimal`
+//! evaluation of the same positions. `cargo bench --bench engine`.
+
+use std::{hint::black_box, str::FromStr, sync::Arc};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use liqscan::{
+    config::SymbolIdx,
+    engine::{At, Engine},
+    fast::{FastEngine, book::Scale},
+    fixed::D8,
+    protocol::{Command, parse_envelope, validate},
+    synth,
+};
+use rust_decimal::Decimal;
+
+const AT: At = At { line: 0, seq: 0 };
+
+fn ignore(_: liqscan::protocol::Event) {}
+
+fn book(accounts: u64, positions: u64, symbols: usize) -> FastEngine {
+    let mut engine = FastEngine::new(Arc::new(synth::config(symbols)));
+    for cmd in synth::book_commands(accounts, positions, symbols, 42) {
+        engine.apply(&cmd, AT, &mut ignore).unwrap();
+    }
+    let prices = (0..symbols)
+        .map(|s| (SymbolIdx(s as u16), D8(i128::from(synth::base_price_e2(s)) * 1_000_000)))
+        .collect();
+    engine.apply(&Command::Marks { prices }, AT, &mut ignore).unwrap();
+    engine
+}
+
+fn sweep(c: &mut Criterion) {
+    let mut engine = book(100_000, 300_000, 50);
+    let mut g = c.benchmark_group("sweep");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(engine.n_positions() as u64));
+    g.bench_function("full_book_300k_positions", |b| b.iter(|| engine.sweep(AT, &mut ignore)));
+    g.finish();
+}
+
+fn tick(c: &mut Criterion) {
+    let mut g = c.benchmark_group("tick");
+    g.sample_size(10);
+    for holders in [1_000u64, 100_000, 1_000_000] {
+        let mut engine = book(holders, holders, 1);
+        let base = synth::base_price_e2(0);
+        let mut k = 0i64;
+        g.throughput(Throughput::Elements(holders));
+        g.bench_with_input(BenchmarkId::new("apply_evaluate", holders), &holders, |b, _| {
+            b.iter(|| {
+                k += 1;
+                let price = D8(i128::from(base + k % 3 - 1) * 1_000_000);
+                engine
+                    .apply(&Command::Mark { symbol: SymbolIdx(0), price }, AT, &mut ignore)
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn parse(c: &mut Criterion) {
+    let cfg = synth::config(50);
+    let lines = synth::mark_lines(50, 10_000, 3);
+    let lines: Vec<&str> = lines.lines().collect();
+    let mut g = c.benchmark_group("parse");
+    g.throughput(Throughput::Elements(lines.len() as u64));
+    g.bench_function("ndjson_marks_parse_validate", |b| {
+        b.iter(|| {
+            for l in &lines {
+                let p = parse_envelope(l.as_bytes()).unwrap();
+                black_box(validate(&p.envelope, &cfg).unwrap());
+            }
+        })
+    });
+    // Harness baseline: only splitting the same bytes into lines.
+    let text = lines.join("\n");
+    g.bench_function("baseline_line_split", |b| {
+        b.iter(|| black_box(text.as_bytes().split(|&c| c == b'\n').count()))
+    });
+    g.finish();
+}
+
+/// The per-position liquidation test (`isolated margin + upnl - mm`) on 100 000 positions:
+/// the engine's i128 fixed point against the same formula in `rust_decimal`.
+fn integer_vs_decimal(c: &mut Criterion) {
+    let cfg = synth::config(1);
+    let sym = cfg.symbol(SymbolIdx(0));
+    let scale = Scale::new(sym);
+    let mut rng = synth::Rng::new(5);
+    let n = 100_000;
+    let ticks = synth::base_price_e2(0);
+    let entry_e8 = ticks * 1_000_000; // the synthetic tick is 0.01
+    // (lots, isolated margin in e8), the same positions in both representations.
+    let raw: Vec<(i64, i64)> = (0..n)
+        .map(|_| (rng.below(2_000_000) as i64 - 1_000_000, rng.below(1_000_000_000_000) as i64))
+        .collect();
+    let pos: Vec<(i64, i128)> = raw
+        .iter()
+        .map(|&(lots, margin_e8)| {
+            (lots, i128::from(margin_e8) * 100_000_000 - scale.cost_q16(lots, entry_e8))
+        })
+        .collect();
+    let dec: Vec<(Decimal, Decimal, Decimal)> = raw
+        .iter()
+        .map(|&(lots, margin_e8)| {
+            (Decimal::new(lots, 3), Decimal::new(entry_e8, 8), Decimal::new(margin_e8, 8))
+        })
+        .collect();
+    let brackets: Vec<(Decimal, Decimal, Decimal)> = sym
+        .brackets
+        .iter()
+        .map(|b| {
+            (
+                Decimal::from_i128_with_scale(b.cap.0, 8),
+                Decimal::from_i128_with_scale(b.mmr.0, 8),
+                Decimal::from_i128_with_scale(b.cum.0, 8),
+            )
+        })
+        .collect();
+    let mark =
+        Decimal::from_str(&format!("{}.{:02}", (ticks + 7) / 100, (ticks + 7) % 100)).unwrap();
+    let integer =
+        || pos.iter().filter(|&&(lots, base)| scale.buffer_q16(lots, base, ticks + 7) < 0).count();
+    let decimal = || {
+        dec.iter()
+            .filter(|(size, entry, margin)| {
+                let notional = size.abs() * mark;
+                let (_, mmr, cum) = brackets
+                    .iter()
+                    .find(|(cap, _, _)| notional < *cap)
+                    .unwrap_or(brackets.last().unwrap());
+                let mm = notional * mmr - cum;
+                *margin + size * (mark - entry) < mm
+            })
+            .count()
+    };
+    let liquidatable = integer();
+    assert_eq!(liquidatable, decimal(), "both representations decide alike");
+    assert!(liquidatable > 0 && liquidatable < n, "a mix of liquidatable and safe positions");
+    let mut g = c.benchmark_group("evaluate_100k_positions");
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("i128_fixed_point", |b| b.iter(integer));
+    g.bench_function("rust_decimal", |b| b.iter(decimal));
+    g.finish();
+}
+
+criterion_group!(benches, sweep, tick, parse, integer_vs_decimal);
+criterion_main!(benches);
