@@ -264,6 +264,22 @@ impl Symbol {
     }
 }
 
+/// Test fixture: BTCUSDT with three brackets, [0, 50000) 125x 0.4 %, [50000, 250000) 100x
+/// 0.5 % (cum 50), [250000, ...) 50x 1 % (cum 1300); tick 0.1, step 0.001.
+#[cfg(test)]
+pub(crate) fn three_bracket_btc() -> Symbol {
+    Config::parse(
+        r#"{"default_margin_mode":"cross","default_leverage":20,"symbols":[
+        {"symbol":"BTCUSDT","tick_size":"0.1","step_size":"0.001","brackets":[
+        {"notional_cap":"50000","max_leverage":125,"mmr":"0.004"},
+        {"notional_cap":"250000","max_leverage":100,"mmr":"0.005"},
+        {"notional_cap":"1000000","max_leverage":50,"mmr":"0.01"}]}]}"#,
+    )
+    .unwrap()
+    .symbols
+    .remove(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,7 +84,7 @@ pub fn liquidation_price(sym: &Symbol, size: &Exact, entry: &Exact, m: &Exact) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::Config, fixed::D8};
+    use crate::fixed::D8;
 
     fn x(s: &str) -> Exact {
         Exact::from_d8(D8::parse(s, 8).unwrap())
@@ -93,16 +93,7 @@ mod tests {
     /// Three brackets: [0,50000) 125x 0.4%, [50000,250000) 100x 0.5% (cum 50),
     /// [250000, ...) 50x 1% (cum 50 + 250000*0.005 = 1300).
     fn btc() -> Symbol {
-        Config::parse(
-            r#"{"default_margin_mode":"cross","default_leverage":20,"symbols":[
-            {"symbol":"BTCUSDT","tick_size":"0.1","step_size":"0.001","brackets":[
-            {"notional_cap":"50000","max_leverage":125,"mmr":"0.004"},
-            {"notional_cap":"250000","max_leverage":100,"mmr":"0.005"},
-            {"notional_cap":"1000000","max_leverage":50,"mmr":"0.01"}]}]}"#,
-        )
-        .unwrap()
-        .symbols
-        .remove(0)
+        crate::config::three_bracket_btc()
     }
 
     #[test]

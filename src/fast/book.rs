@@ -153,19 +153,10 @@ impl Book {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::Config, exact::Exact, fixed::D8, margin};
+    use crate::{exact::Exact, fixed::D8, margin};
 
     fn symbol() -> Symbol {
-        Config::parse(
-            r#"{"default_margin_mode":"cross","default_leverage":20,"symbols":[
-            {"symbol":"BTCUSDT","tick_size":"0.1","step_size":"0.001","brackets":[
-            {"notional_cap":"50000","max_leverage":125,"mmr":"0.004"},
-            {"notional_cap":"250000","max_leverage":100,"mmr":"0.005"},
-            {"notional_cap":"1000000","max_leverage":50,"mmr":"0.01"}]}]}"#,
-        )
-        .unwrap()
-        .symbols
-        .remove(0)
+        crate::config::three_bracket_btc()
     }
 
     #[test]
