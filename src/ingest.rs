@@ -28,11 +28,21 @@ pub struct LineReader<R> {
     inner: R,
     buf: Vec<u8>,
     max: usize,
+    /// The last line ended exactly where the input's buffered bytes did: the next read may
+    /// block waiting for the sender.
+    drained: bool,
 }
 
 impl<R: BufRead> LineReader<R> {
     pub fn new(inner: R, max: usize) -> Self {
-        LineReader { inner, buf: Vec::with_capacity(4096), max }
+        LineReader { inner, buf: Vec::with_capacity(4096), max, drained: false }
+    }
+
+    /// True when every byte the input has handed over so far is consumed, so reading the next
+    /// line may wait on the sender. A pipeline hands its partial batch on at this point, so a
+    /// slow live stream is never held back waiting for a batch to fill.
+    pub fn input_drained(&self) -> bool {
+        self.drained
     }
 
     /// The next line without its `\n`; `None` at the end of input. A last line without a
@@ -48,6 +58,7 @@ impl<R: BufRead> LineReader<R> {
                 Err(e) => return Err(e),
             };
             if available.is_empty() {
+                self.drained = true;
                 if !started {
                     return Ok(None);
                 }
@@ -58,6 +69,7 @@ impl<R: BufRead> LineReader<R> {
                 Some(i) => (&available[..i], i + 1, true),
                 None => (available, available.len(), false),
             };
+            self.drained = used == available.len();
             match overflow.as_mut() {
                 Some(n) => *n += chunk.len(),
                 None if self.buf.len() + chunk.len() > self.max => {
@@ -204,10 +216,12 @@ mod tests {
         input.extend(b"\nlast");
         let mut r = LineReader::new(io::BufReader::with_capacity(8, &input[..]), 10);
         assert_eq!(r.next_line().unwrap(), Some(Line::Bytes(b"a")));
+        assert!(!r.input_drained(), "more bytes are buffered");
         assert_eq!(r.next_line().unwrap(), Some(Line::Bytes(b"")));
         assert_eq!(r.next_line().unwrap(), Some(Line::Bytes(b"bb\r")));
         assert_eq!(r.next_line().unwrap(), Some(Line::TooLong(100)));
         assert_eq!(r.next_line().unwrap(), Some(Line::Bytes(b"last")));
+        assert!(r.input_drained());
         assert_eq!(r.next_line().unwrap(), None);
     }
 

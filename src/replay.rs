@@ -207,7 +207,9 @@ pub fn replay_with<R: BufRead + Send, W: Write + Send>(
             let mut batch = Vec::with_capacity(opts.batch_lines);
             while let Some(line) = lines.next_line()? {
                 batch.push(ingest.line(line, Instant::now()));
-                if batch.len() == opts.batch_lines {
+                // Hand the batch on when it is full, or when the next read may block: a live
+                // stream's lines must not wait for later ones.
+                if batch.len() == opts.batch_lines || lines.input_drained() {
                     let next = spare_batch_rx
                         .try_recv()
                         .unwrap_or_else(|_| Vec::with_capacity(opts.batch_lines));

@@ -196,3 +196,44 @@ fn smallest_queues_give_the_same_events() {
     }
     assert_same_events("batch 1, queue 1 vs default", &outputs[1], &outputs[0]);
 }
+
+/// A live stream: each line's events come out before the next line is sent. Without handing
+/// partial batches on, the engine would wait for a batch to fill and this would hang.
+#[test]
+fn live_stream_is_not_held_back_by_batching() {
+    use std::{
+        io::{BufReader, Write},
+        sync::mpsc,
+        time::Duration,
+    };
+
+    struct ChannelWriter(mpsc::Sender<Vec<u8>>);
+    impl Write for ChannelWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.send(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let (pipe_rx, mut pipe_tx) = std::io::pipe().unwrap();
+    let (events_tx, events_rx) = mpsc::channel();
+    let cfg = config("multi_tier");
+    let replay = std::thread::spawn(move || {
+        let mut engine = FastEngine::new(cfg.clone());
+        replay::replay(cfg, &mut engine, BufReader::new(pipe_rx), ChannelWriter(events_tx)).unwrap()
+    });
+    for account in 1..=5 {
+        writeln!(pipe_tx, r#"{{"type":"query","account":{account}}}"#).unwrap();
+        pipe_tx.flush().unwrap();
+        let chunk = events_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the event of a sent line arrives before the next line is sent");
+        let text = String::from_utf8(chunk).unwrap();
+        assert!(text.contains(&format!(r#""account":{account}"#)), "{text}");
+    }
+    drop(pipe_tx);
+    assert_eq!(replay.join().unwrap().accounts, 5);
+}
