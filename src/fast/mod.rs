@@ -584,7 +584,6 @@ impl FastEngine {
 impl Engine for FastEngine {
     fn apply(&mut self, cmd: &Command, at: At, out: &mut dyn FnMut(Event)) -> Result<(), Reject> {
         self.msg_no += 1;
-        let cfg = self.cfg.clone();
         match *cmd {
             Command::Mark { symbol, price } => {
                 let si = symbol.0 as usize;
@@ -667,6 +666,7 @@ impl Engine for FastEngine {
             }
             Command::Leverage { account, symbol, leverage } => {
                 let si = symbol.0 as usize;
+                let cfg = Arc::clone(&self.cfg); // rare message: a clone beats borrow gymnastics
                 let sym = cfg.symbol(symbol);
                 let a = self.index.get(&account).copied();
                 let (lots, entry_e8) = a
@@ -728,7 +728,7 @@ impl Engine for FastEngine {
                     }
                 } else {
                     let t = self.mark_ticks[si]
-                        .ok_or_else(|| rejects::no_mark(&cfg.symbol(symbol).name))?;
+                        .ok_or_else(|| rejects::no_mark(&self.cfg.symbol(symbol).name))?;
                     let sc = &self.scales[si];
                     let lots = self.isolated[si].lots[slot];
                     let left = margin_now + amount.0;
@@ -757,7 +757,7 @@ impl Engine for FastEngine {
             }
             Command::Funding { symbol, rate } => self.funding(symbol, rate, at, out)?,
             Command::Query { account } => {
-                out(Event::Account(self.view(account).report(&cfg, &self.marks, at)));
+                out(Event::Account(self.view(account).report(&self.cfg, &self.marks, at)));
             }
         }
         Ok(())
