@@ -476,7 +476,7 @@ fn decimal(raw: Option<&RawValue>, name: &str, kind: Kind) -> Result<D8, Reject>
     };
     let parsed = parse_decimal(&text)
         .map_err(|e| Reject::invalid(format!("{name} \"{}\" {e}", clip(&text))))?;
-    let value = parsed.to_d8().filter(|_| parsed.scale <= 8).ok_or_else(|| {
+    let value = parsed.to_d8().ok_or_else(|| {
         Reject::invalid(format!(
             "{name} {} has more than 8 decimal places or is out of range",
             clip(&text)

@@ -97,9 +97,16 @@ fn run_both(cfg: Arc<Config>, input: &[u8]) -> (Vec<String>, Vec<String>, FastEn
     let mut fast = FastEngine::new(cfg.clone());
     let (mut out_ref, mut out_fast) = (Vec::new(), Vec::new());
     replay::replay(cfg.clone(), &mut reference, input, &mut out_ref).unwrap();
-    replay::replay(cfg, &mut fast, input, &mut out_fast).unwrap();
+    replay::replay(cfg.clone(), &mut fast, input, &mut out_fast).unwrap();
+    // The same stream once more with every book evaluated on rayon workers, so the parallel
+    // paths (normally for books of 16k+ positions) are held to the reference too.
+    let mut parallel = FastEngine::new(cfg.clone()).with_parallel_min(1);
+    let mut out_par = Vec::new();
+    replay::replay(cfg, &mut parallel, input, &mut out_par).unwrap();
     let norm = |o: Vec<u8>| canonical(events(&String::from_utf8(o).unwrap()));
-    (norm(out_ref), norm(out_fast), fast)
+    let fast_events = norm(out_fast);
+    assert_same_events("parallel vs sequential fast engine", &norm(out_par), &fast_events);
+    (norm(out_ref), fast_events, fast)
 }
 
 proptest! {

@@ -375,3 +375,15 @@ fn bad_input_each_rejected_and_the_run_goes_on() {
     assert_eq!(last["line"], cases.len() as u64 + 1);
     assert_eq!(summary.rejects, cases.len() as u64);
 }
+
+#[test]
+fn ts_latency_is_recorded_for_messages_that_carry_ts() {
+    // ts = 1 ns after the epoch: the sender-to-hand-off latency is decades, saturating at the
+    // histogram's top (one hour); the message without ts adds nothing to it.
+    let input = "{\"type\":\"query\",\"account\":1,\"ts\":1}\n{\"type\":\"query\",\"account\":1}";
+    let (_, summary) = replay_reference(config("multi_tier"), input.as_bytes());
+    assert_eq!(summary.event_latency.summary().count, 2);
+    let ts = summary.ts_latency.summary();
+    assert_eq!(ts.count, 1);
+    assert!(ts.p50 >= 3_000_000_000_000, "{ts:?}");
+}

@@ -86,6 +86,31 @@ pub struct FastEngine {
     deltas: Vec<i128>,
     /// Scratch: isolated slots of this message that crossed below maintenance.
     emit_isolated: Vec<(SymbolIdx, u32)>,
+    /// Positions evaluated so far (see [`FastEngine::positions_evaluated`]).
+    positions_evaluated: u64,
+    /// Books at least this long go to rayon workers.
+    parallel_min: usize,
+}
+
+/// Fills `out[i] = f(lots[i], base[i])` over a book's slots, on rayon workers when the book
+/// is big enough to pay for the hand-off. `out` is scratch reused across calls.
+fn map_book(
+    out: &mut Vec<i128>,
+    book: &Book,
+    parallel_min: usize,
+    f: impl Fn(i64, i128) -> i128 + Sync,
+) {
+    out.clear();
+    out.resize(book.len(), 0);
+    let fill = |(d, (&lots, &base)): (&mut i128, (&i64, &i128))| *d = f(lots, base);
+    if book.len() >= parallel_min {
+        out.par_iter_mut()
+            .zip(book.lots.par_iter().zip(book.base_q16.par_iter()))
+            .with_min_len(4096)
+            .for_each(fill);
+    } else {
+        out.iter_mut().zip(book.lots.iter().zip(book.base_q16.iter())).for_each(fill);
+    }
 }
 
 /// `n / d` rounded to the nearest integer, ties to even (`d > 0`).
@@ -122,8 +147,17 @@ impl FastEngine {
             touched: Vec::new(),
             deltas: Vec::new(),
             emit_isolated: Vec::new(),
+            positions_evaluated: 0,
+            parallel_min: PARALLEL_MIN_POSITIONS,
             cfg,
         }
+    }
+
+    /// Sets the book length from which evaluation runs on rayon workers (default
+    /// [`PARALLEL_MIN_POSITIONS`]); tests set 1 to check the parallel paths on small books.
+    pub fn with_parallel_min(mut self, positions: usize) -> FastEngine {
+        self.parallel_min = positions.max(1);
+        self
     }
 
     /// Number of non-zero positions held.
@@ -312,31 +346,16 @@ impl FastEngine {
         let si = s.0 as usize;
         let from = self.mark_ticks[si].replace(to);
         let sc = &self.scales[si];
-
         // Cross: per-position deltas (in parallel for big books), then one pass that adds
         // them to the accounts. Accounts are unique within a book.
         let book = &self.cross[si];
-        let n = book.len();
-        let deltas = &mut self.deltas;
-        deltas.clear();
-        deltas.resize(n, 0);
-        let fill = |(d, (&lots, &base)): (&mut i128, (&i64, &i128))| {
-            *d = match from {
-                Some(from) => sc.delta_q16(lots, from, to),
-                None => sc.buffer_q16(lots, base, to),
-            };
-        };
-        if n >= PARALLEL_MIN_POSITIONS {
-            deltas
-                .par_iter_mut()
-                .zip(book.lots.par_iter().zip(book.base_q16.par_iter()))
-                .with_min_len(4096)
-                .for_each(fill);
-        } else {
-            deltas.iter_mut().zip(book.lots.iter().zip(book.base_q16.iter())).for_each(fill);
-        }
+        map_book(&mut self.deltas, book, self.parallel_min, |lots, base| match from {
+            Some(from) => sc.delta_q16(lots, from, to),
+            None => sc.buffer_q16(lots, base, to),
+        });
+        self.positions_evaluated += book.len() as u64;
         let acc = &mut self.accounts;
-        for (&a, &d) in book.account.iter().zip(deltas.iter()) {
+        for (&a, &d) in book.account.iter().zip(&self.deltas) {
             let i = a.0 as usize;
             acc.buffer_q16[i] += d;
             if from.is_none() {
@@ -347,27 +366,29 @@ impl FastEngine {
                 self.touched.push(a);
             }
         }
+        self.check_isolated(s, to);
+    }
 
-        // Isolated: each position is its own item; flags flip in place.
+    /// Evaluates every isolated position of `s` at `ticks`, flipping flags in place and
+    /// recording those that crossed below maintenance. Each position is its own item.
+    fn check_isolated(&mut self, s: SymbolIdx, ticks: i64) {
+        let si = s.0 as usize;
+        let sc = &self.scales[si];
         let book = &mut self.isolated[si];
-        let crossed = &mut self.emit_isolated;
+        self.positions_evaluated += book.len() as u64;
         let check = |(slot, (flag, (&lots, &base))): (usize, (&mut bool, (&i64, &i128)))| {
-            let now = sc.buffer_q16(lots, base, to) < 0;
+            let now = sc.buffer_q16(lots, base, ticks) < 0;
             let was = std::mem::replace(flag, now);
             (now && !was).then_some((s, slot as u32))
         };
-        if book.len() >= PARALLEL_MIN_POSITIONS {
-            let found: Vec<(SymbolIdx, u32)> = book
+        if book.lots.len() >= self.parallel_min {
+            let columns = book
                 .liquidatable
                 .par_iter_mut()
-                .zip(book.lots.par_iter().zip(book.base_q16.par_iter()))
-                .enumerate()
-                .with_min_len(4096)
-                .filter_map(check)
-                .collect();
-            crossed.extend(found);
+                .zip(book.lots.par_iter().zip(book.base_q16.par_iter()));
+            self.emit_isolated.par_extend(columns.enumerate().with_min_len(4096).filter_map(check));
         } else {
-            crossed.extend(
+            self.emit_isolated.extend(
                 book.liquidatable
                     .iter_mut()
                     .zip(book.lots.iter().zip(book.base_q16.iter()))
@@ -396,24 +417,10 @@ impl FastEngine {
                 continue;
             };
             let sc = &self.scales[si];
-            let n = book.len();
-            self.deltas.clear();
-            self.deltas.resize(n, 0);
-            let fill = |(d, (&lots, &base)): (&mut i128, (&i64, &i128))| {
-                *d = sc.buffer_q16(lots, base, t);
-            };
-            if n >= PARALLEL_MIN_POSITIONS {
-                self.deltas
-                    .par_iter_mut()
-                    .zip(book.lots.par_iter().zip(book.base_q16.par_iter()))
-                    .with_min_len(4096)
-                    .for_each(fill);
-            } else {
-                self.deltas
-                    .iter_mut()
-                    .zip(book.lots.iter().zip(book.base_q16.iter()))
-                    .for_each(fill);
-            }
+            map_book(&mut self.deltas, book, self.parallel_min, |lots, base| {
+                sc.buffer_q16(lots, base, t)
+            });
+            self.positions_evaluated += book.len() as u64;
             for (&a, &d) in book.account.iter().zip(&self.deltas) {
                 self.accounts.buffer_q16[a.0 as usize] += d;
             }
@@ -425,14 +432,16 @@ impl FastEngine {
         }
         for si in 0..self.isolated.len() {
             if let Some(t) = self.mark_ticks[si] {
-                // Re-evaluating at the current mark: `tick` with from == to leaves the cross
-                // buffers as they are (delta 0) and re-checks every isolated position.
-                let saved = std::mem::take(&mut self.cross[si]);
-                self.tick(SymbolIdx(si as u16), t);
-                self.cross[si] = saved;
+                self.check_isolated(SymbolIdx(si as u16), t);
             }
         }
         self.finish_message(at, out);
+    }
+
+    /// Positions evaluated so far (by ticks, funding and sweeps): what a tick costs grows
+    /// with this, so benchmarks report it per tick.
+    pub fn positions_evaluated(&self) -> u64 {
+        self.positions_evaluated
     }
 
     /// The cross buffers, for tests that compare incremental state with a fresh sweep.
@@ -573,9 +582,7 @@ impl FastEngine {
             self.isolated[si].base_q16[k] -= pay * E8_TO_Q16;
         }
         // Re-check the isolated positions at the unchanged mark.
-        let saved = std::mem::take(&mut self.cross[si]);
-        self.tick(s, t);
-        self.cross[si] = saved;
+        self.check_isolated(s, t);
         self.finish_message(at, out);
         Ok(())
     }
