@@ -15,6 +15,7 @@ use liqscan::{
     engine::{At, Engine},
     fast::{FastEngine, book::Book},
     fixed::D8,
+    generator::{self, GenOptions},
     latency::Latency,
     protocol::Command,
     reference::ReferenceEngine,
@@ -151,8 +152,16 @@ fn main() {
     let cfg = Arc::new(synth::config(symbols));
     // The reference engine re-evaluates every holder on exact big integers (~1 ms a tick on
     // this book), so the comparison stream is shorter; both engines replay the same one.
-    let short = synth::engine_stream(10_000, 30_000, symbols, (marks / 100).max(1), 7);
-    let long = synth::engine_stream(10_000, 30_000, symbols, marks, 7);
+    // Marks only (besides the engine's own actions), their symbols picked by popularity: the
+    // heaviest ticks a 10 000-account book gets.
+    let stream = |messages: usize| {
+        let mut opts = GenOptions::new(10_000, symbols, messages as u64, 7);
+        opts.mark_ratio = 1.0;
+        opts.marks_follow_popularity = true;
+        generator::generate_string(&opts)
+    };
+    let short = stream((marks / 100).max(1));
+    let long = stream(marks);
     // The same marks with no positions held: what parse, queue, apply and write cost alone.
     let marks_only = synth::mark_lines(symbols, marks, 8);
     let run = |engine: &mut dyn Engine, text: &str| {

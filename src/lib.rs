@@ -20,16 +20,20 @@
 //! | [`fast`] | the fast engine: struct-of-arrays books, i128 fixed point, parallel ticks (see `src/fast/README.md`) | 3–6 |
 //! | [`latency`] | HdrHistogram latency distributions | 7, 8 |
 //! | [`replay`] | `liqscan replay`: the reader → engine → writer pipeline, summary and report | 8 |
-//! | [`synth`] | deterministic synthetic configs, books and engine-played streams | — |
+//! | [`chart`] | the latency percentile-spectrum chart (SVG) | — |
+//! | [`synth`] | deterministic synthetic configs, books, mark walks | — |
+//! | [`generator`] | `liqscan gen`: streaming, engine-played message streams with injected faults | 8 |
 //!
 //! bytes → [`ingest::LineReader`] → [`protocol::parse_envelope`] → [`ingest::Sequencer`] →
 //! [`protocol::validate`] → [`engine::Engine::apply`] → [`protocol::Event`] → sink.
 
+pub mod chart;
 pub mod config;
 pub mod engine;
 pub mod exact;
 pub mod fast;
 pub mod fixed;
+pub mod generator;
 pub mod ingest;
 pub mod latency;
 pub mod margin;

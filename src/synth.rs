@@ -43,6 +43,11 @@ impl Rng {
 /// A config of `n` symbols `S000`, `S001`, ... with tick 0.01, step 0.001 and a five-tier
 /// bracket table (125x at 0.4 % up to 10x at 5 %).
 pub fn config(n: usize) -> Config {
+    Config::parse(&config_text(n)).expect("the synthetic config is valid")
+}
+
+/// The JSON text of [`config`].
+pub fn config_text(n: usize) -> String {
     let mut text =
         String::from(r#"{"default_margin_mode":"cross","default_leverage":20,"symbols":["#);
     for i in 0..n {
@@ -59,8 +64,8 @@ pub fn config(n: usize) -> Config {
             {{"notional_cap":"20000000","max_leverage":10,"mmr":"0.05"}}]}}"#
         );
     }
-    text.push_str("]}");
-    Config::parse(&text).expect("the synthetic config is valid")
+    text.push_str("]}\n");
+    text
 }
 
 /// Base price of symbol `i` in units of 0.01: spread from ~1 to ~60 000.
@@ -152,23 +157,33 @@ pub fn book_commands(
 
 /// Mark prices as random walks of 0.05 % steps per symbol, pulled back towards the base
 /// price so that a long stream stays within about 1 % of it, with a jump of 1 to 3 % one
-/// message in 400 and a one-message wick of 2 to 6 % one message in 800; symbols chosen
-/// Zipf-skewed.
+/// message in 400, a one-message wick of 2 to 6 % one message in 800, and now and then a
+/// volatility burst: 200 marks of the symbol at four times the step, within 3 %.
 #[derive(Debug, Clone)]
 pub struct MarkWalk {
     rng: Rng,
-    zipf: Zipf,
+    /// Symbols chosen Zipf-skewed, or uniformly when `None`.
+    zipf: Option<Zipf>,
     px_e2: Vec<i64>,
+    /// Marks left in each symbol's volatility burst.
+    burst: Vec<u16>,
     /// A wick in progress: the symbol and the price to return to on the next message.
     wick: Option<(usize, i64)>,
 }
 
 impl MarkWalk {
+    /// Marks follow symbol popularity (Zipf).
     pub fn new(symbols: usize, seed: u64) -> MarkWalk {
+        MarkWalk { zipf: Some(Zipf::new(symbols)), ..MarkWalk::uniform(symbols, seed) }
+    }
+
+    /// Every symbol is marked at the same rate, as venues publish marks on a fixed cadence.
+    pub fn uniform(symbols: usize, seed: u64) -> MarkWalk {
         MarkWalk {
             rng: Rng::new(seed),
-            zipf: Zipf::new(symbols),
+            zipf: None,
             px_e2: (0..symbols).map(base_price_e2).collect(),
+            burst: vec![0; symbols],
             wick: None,
         }
     }
@@ -179,7 +194,10 @@ impl MarkWalk {
             self.px_e2[s] = back;
             return (s, back);
         }
-        let s = self.zipf.sample(&mut self.rng);
+        let s = match &self.zipf {
+            Some(z) => z.sample(&mut self.rng),
+            None => self.rng.below(self.px_e2.len() as u64) as usize,
+        };
         let sign = if self.rng.below(2) == 0 { 1 } else { -1 };
         match self.rng.below(800) {
             0 => {
@@ -193,13 +211,18 @@ impl MarkWalk {
                 self.px_e2[s] = (px + sign * px * (1 + self.rng.below(3) as i64) / 100).max(1);
                 return (s, self.px_e2[s]);
             }
+            3 => self.burst[s] = 200,
             _ => {}
         }
         let (base, px) = (base_price_e2(s), self.px_e2[s]);
-        let step = (px / 2000).max(1);
-        let pull = if px > base + base / 100 {
+        let (mut step, mut band) = ((px / 2000).max(1), base / 100);
+        if self.burst[s] > 0 {
+            self.burst[s] -= 1;
+            (step, band) = (step * 4, band * 3);
+        }
+        let pull = if px > base + band {
             -1
-        } else if px < base - base / 100 {
+        } else if px < base - band {
             1
         } else {
             0
@@ -229,162 +252,6 @@ pub fn mark_lines(symbols: usize, n: usize, seed: u64) -> String {
     for _ in 0..n {
         let (s, px) = walk.next_mark();
         mark_line(&mut out, s, px);
-    }
-    out
-}
-
-/// An engine action the generator owes: close (and re-open) a liquidated item.
-struct Pending {
-    /// The mark index at which to act.
-    due: usize,
-    account: u64,
-    /// The isolated item's symbol, `None` for a cross account.
-    isolated: Option<String>,
-    /// (symbol, size) of the item's positions.
-    held: Vec<(String, String)>,
-}
-
-impl Pending {
-    /// Schedules an action for each liquidation among `events` (which it drains).
-    fn schedule(
-        events: &mut Vec<crate::protocol::Event>,
-        pending: &mut std::collections::VecDeque<Pending>,
-        due: usize,
-    ) {
-        for e in events.drain(..) {
-            if let crate::protocol::Event::Liquidation(l) = e {
-                pending.push_back(Pending {
-                    due,
-                    account: l.account,
-                    held: l.positions.iter().map(|p| (p.symbol.clone(), p.size.clone())).collect(),
-                    isolated: l.symbol,
-                });
-            }
-        }
-    }
-}
-
-/// A start-up book followed by `n` marks, with the generator playing the matching engine:
-/// it runs liqscan's fast engine on its own stream, and a few messages after a liquidation
-/// event it closes the item's positions and re-opens them at the mark with fresh margin (and,
-/// for a cross account, a fresh balance). Liquidations so keep a steady rate instead of
-/// flickering on items nobody acts on.
-pub fn engine_stream(
-    accounts: u64,
-    positions: u64,
-    symbols: usize,
-    marks: usize,
-    seed: u64,
-) -> String {
-    use crate::{engine::Engine, fast::FastEngine, protocol::Event};
-
-    const DELAY: usize = 3;
-    let cfg = std::sync::Arc::new(config(symbols));
-    let mut engine = FastEngine::new(cfg.clone());
-    let mut out = book_lines(accounts, positions, symbols, seed);
-    let at = crate::engine::At { line: 0, seq: 0 };
-    let mut events = Vec::new();
-    // (account, symbol, size, isolated) of every booked position, for re-levering.
-    let mut booked: Vec<(u64, usize, D8, bool)> = Vec::new();
-    for cmd in book_commands(accounts, positions, symbols, seed) {
-        if let Command::Position { account, symbol, size, isolated_margin, .. } = cmd {
-            booked.push((account, symbol.0 as usize, size, isolated_margin.is_some()));
-        }
-        engine.apply(&cmd, at, &mut |e| events.push(e)).expect("valid book");
-    }
-    let mut walk = MarkWalk::new(symbols, seed ^ 0x5eed);
-    let mut rng = Rng::new(seed ^ 0xac7);
-    // (due message index, account, isolated symbol or None for cross, positions)
-    let mut pending = std::collections::VecDeque::<Pending>::new();
-    let mut lines = String::new();
-    let apply_line = |line: &str, engine: &mut FastEngine, events: &mut Vec<Event>| {
-        let p = crate::protocol::parse_envelope(line.as_bytes()).expect("generated JSON");
-        let cmd = crate::protocol::validate(&p.envelope, &cfg).expect("generated message");
-        // A rejected action (rare: a margin rule) is simply left out of the stream.
-        engine.apply(&cmd, at, &mut |e| events.push(e)).is_ok()
-    };
-    for i in 0..marks {
-        events.clear();
-        lines.clear();
-        let (s, px) = walk.next_mark();
-        mark_line(&mut lines, s, px);
-        apply_line(lines.trim_end(), &mut engine, &mut events);
-        out.push_str(&lines);
-        Pending::schedule(&mut events, &mut pending, i + DELAY);
-        // Traders keep levering up: every 100 marks one booked position is re-opened at the
-        // mark with 1 to 3 % margin (isolated), or its account's wallet is cut to 1 to 3 % of
-        // its notional (cross).
-        if i % 100 == 99 && !booked.is_empty() {
-            let (account, si, size, isolated) = booked[rng.below(booked.len() as u64) as usize];
-            let px = walk.price_e2(si);
-            let notional_e2 = (size.0.unsigned_abs() / 100_000) as i64 * px / 1000;
-            let thin = notional_e2 * (1 + rng.below(3) as i64) / 100 + 1;
-            let action = if isolated {
-                format!(
-                    r#"{{"type":"position","account":{account},"symbol":"S{si:03}","size":"{size}","entry_price":"{}.{:02}","isolated_margin":"{}.{:02}"}}"#,
-                    px / 100,
-                    px % 100,
-                    thin / 100,
-                    thin % 100
-                )
-            } else {
-                format!(
-                    r#"{{"type":"balance","account":{account},"wallet":"{}.{:02}"}}"#,
-                    thin / 100,
-                    thin % 100
-                )
-            };
-            events.clear();
-            if apply_line(&action, &mut engine, &mut events) {
-                out.push_str(&action);
-                out.push('\n');
-                Pending::schedule(&mut events, &mut pending, i + DELAY);
-            }
-        }
-        while pending.front().is_some_and(|p| p.due <= i) {
-            let Pending { account, isolated, held, .. } = pending.pop_front().expect("checked");
-            let mut notional_e2 = 0i64;
-            let mut actions = Vec::new();
-            for (sym, size) in &held {
-                let si: usize = sym[1..].parse().expect("S###");
-                let px = walk.price_e2(si);
-                let lots = D8::parse(size, 8).expect("size").0 / 100_000;
-                notional_e2 += (lots.unsigned_abs() as i64) * px / 1000;
-                let margin = |m: i64| match isolated {
-                    Some(_) => format!(r#","isolated_margin":"{}.{:02}""#, m / 100, m % 100),
-                    None => String::new(),
-                };
-                actions.push(format!(
-                    r#"{{"type":"position","account":{account},"symbol":"{sym}","size":"0"{}}}"#,
-                    margin(0)
-                ));
-                let m = (lots.unsigned_abs() as i64) * px / 1000 * (2 + rng.below(19) as i64) / 100;
-                actions.push(format!(
-                    r#"{{"type":"position","account":{account},"symbol":"{sym}","size":"{size}","entry_price":"{}.{:02}"{}}}"#,
-                    px / 100,
-                    px % 100,
-                    margin(m)
-                ));
-            }
-            if isolated.is_none() {
-                let w = 100_000 + notional_e2 * (3 + rng.below(48) as i64) / 100;
-                actions.insert(
-                    0,
-                    format!(
-                        r#"{{"type":"balance","account":{account},"wallet":"{}.{:02}"}}"#,
-                        w / 100,
-                        w % 100
-                    ),
-                );
-            }
-            for action in actions {
-                events.clear();
-                if apply_line(&action, &mut engine, &mut events) {
-                    out.push_str(&action);
-                    out.push('\n');
-                }
-            }
-        }
     }
     out
 }
@@ -437,37 +304,6 @@ mod tests {
             counts[z.sample(&mut rng)] += 1;
         }
         assert!(counts[0] > 10 * counts[49], "{counts:?}");
-    }
-
-    #[test]
-    fn engine_stream_keeps_the_book_and_liquidates_steadily() {
-        let text = engine_stream(1000, 3000, 10, 40_000, 11);
-        assert_eq!(text, engine_stream(1000, 3000, 10, 40_000, 11), "deterministic");
-        let cfg = std::sync::Arc::new(config(10));
-        let mut engine = crate::fast::FastEngine::new(cfg.clone());
-        let mut out = Vec::new();
-        let summary = crate::replay::replay(cfg, &mut engine, text.as_bytes(), &mut out).unwrap();
-        assert_eq!(summary.rejects, 0);
-        assert_eq!(engine.n_positions(), 3000, "closed positions were re-opened");
-        // Liquidations in every tenth of the stream, and far fewer than marks.
-        let out = String::from_utf8(out).unwrap();
-        let lines: Vec<u64> = out
-            .lines()
-            .filter(|l| l.contains(r#""type":"liquidation""#))
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v["line"].as_u64().unwrap()
-            })
-            .collect();
-        // Tenths of the part after the start-up book.
-        let start = book_lines(1000, 3000, 10, 11).lines().count() as u64;
-        let span = summary.lines - start;
-        for tenth in 0..10 {
-            let (lo, hi) = (start + span * tenth / 10, start + span * (tenth + 1) / 10);
-            let n = lines.iter().filter(|&&l| l > lo && l <= hi).count();
-            assert!(n > 0, "no liquidation in tenth {tenth}");
-        }
-        assert!((lines.len() as u64) < summary.messages / 4, "{} liquidations", lines.len());
     }
 
     #[test]
