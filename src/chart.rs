@@ -163,7 +163,11 @@ mod tests {
         let series = vec![("event".to_owned(), a), ("apply".to_owned(), b)];
         percentile_spectrum(&path, "test", &series).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(svg.matches("<polyline").count(), 2 + 2, "two lines and two legend marks");
+        // Each series is drawn in its colour twice: its line and its legend mark.
+        for colour in ["#0072B2", "#D55E00"] {
+            let drawn = svg.lines().filter(|l| l.contains("<polyline") && l.contains(colour));
+            assert_eq!(drawn.count(), 2, "{colour}");
+        }
         assert!(svg.contains("event  n=10000") && svg.contains("99.9%"), "{svg}");
         assert!(percentile_spectrum(&path, "t", &[("x".into(), Latency::default())]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -590,7 +590,8 @@ impl<'o, W: Write> Gen<'o, W> {
     }
 
     /// The engine acts on a liquidation: it closes the item's positions and re-opens them at
-    /// the mark with fresh margin (and a fresh wallet for a cross account).
+    /// the mark with fresh margin, 8 to 30 % of the notional (a cross account gets a fresh
+    /// wallet of 8 to 50 %), so the item is healthy again and the book keeps its size.
     fn reopen(&mut self, p: Pending) -> io::Result<()> {
         self.stats.engine_actions += 1;
         if !p.isolated {
@@ -599,7 +600,8 @@ impl<'o, W: Write> Gen<'o, W> {
                 .iter()
                 .map(|&(s, size)| notional_e2(size, self.walk.price_e2(usize::from(s.0))))
                 .sum();
-            let w = 100_000 + notional * (3 + self.rng.below(48) as i64) / 100;
+            // Above the top bracket's 5 % maintenance rate: healthy at the mark.
+            let w = 100_000 + notional * (8 + self.rng.below(43) as i64) / 100;
             self.body.clear();
             let _ = write!(
                 self.body,
@@ -616,7 +618,7 @@ impl<'o, W: Write> Gen<'o, W> {
             self.position_body(p.account, s, D8::ZERO, px, margin);
             self.offer()?;
             let margin =
-                p.isolated.then(|| notional_e2(size, px) * (2 + self.rng.below(19) as i64) / 100);
+                p.isolated.then(|| notional_e2(size, px) * (8 + self.rng.below(23) as i64) / 100);
             self.position_body(p.account, s, size, px, margin);
             self.offer()?;
         }

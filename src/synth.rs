@@ -68,10 +68,11 @@ pub fn config_text(n: usize) -> String {
     text
 }
 
-/// Base price of symbol `i` in units of 0.01: spread from ~1 to ~60 000.
+/// Base price of symbol `i` in units of 0.01: spread from ~100 to ~60 000, so that the
+/// 0.01 tick is at most 0.01 % of a price (a coarser tick makes every step a jump).
 pub fn base_price_e2(i: usize) -> i64 {
-    let exp = (i % 10) as u32;
-    (100 * 3i64.pow(exp)).min(6_000_000) + (i as i64 * 7919) % 100
+    let exp = (i % 7) as u32;
+    (10_000 * 3i64.pow(exp)).min(6_000_000) + (i as i64 * 7919) % 10_000
 }
 
 /// Zipf-like popularity: symbol k is chosen with weight 1 / (k + 1).
@@ -156,8 +157,8 @@ pub fn book_commands(
 }
 
 /// Mark prices as random walks of 0.05 % steps per symbol, pulled back towards the base
-/// price so that a long stream stays within about 1 % of it, with a jump of 1 to 3 % one
-/// message in 400, a one-message wick of 2 to 6 % one message in 800, and now and then a
+/// price so that a long stream stays within about 1 % of it, with a jump of 0.5 to 1.5 % one
+/// message in 400, a one-message wick of 1 to 3 % one message in 800, and now and then a
 /// volatility burst: 200 marks of the symbol at four times the step, within 3 %.
 #[derive(Debug, Clone)]
 pub struct MarkWalk {
@@ -203,12 +204,12 @@ impl MarkWalk {
             0 => {
                 let px = self.px_e2[s];
                 self.wick = Some((s, px));
-                let wicked = px + sign * px * (2 + self.rng.below(5) as i64) / 100;
+                let wicked = px + sign * px * (10 + self.rng.below(21) as i64) / 1000;
                 return (s, wicked.max(1));
             }
             1 | 2 => {
                 let px = self.px_e2[s];
-                self.px_e2[s] = (px + sign * px * (1 + self.rng.below(3) as i64) / 100).max(1);
+                self.px_e2[s] = (px + sign * px * (5 + self.rng.below(11) as i64) / 1000).max(1);
                 return (s, self.px_e2[s]);
             }
             3 => self.burst[s] = 200,

@@ -97,10 +97,80 @@ impl Scale {
                 - self.mm_q16(self.notional_n12(lots, from)))
     }
 
+    /// Per bracket, the |lots| below which a position at `ticks` (> 0) is under the cap:
+    /// `q · ticks · lot_tick_n12 < cap  ⇔  q < ⌈cap / (ticks · lot_tick_n12)⌉`. The last is
+    /// `i64::MAX`, which no size reaches.
+    pub fn lots_limits(&self, ticks: i64) -> Vec<i64> {
+        let per_lot = i128::from(ticks.max(1)) * self.lot_tick_n12;
+        self.cap_n12
+            .iter()
+            .map(|&cap| {
+                if cap == i128::MAX {
+                    i64::MAX
+                } else {
+                    i64::try_from((cap + per_lot - 1) / per_lot).unwrap_or(i64::MAX)
+                }
+            })
+            .collect()
+    }
+
     /// Cost `size * entry` in q16.
     pub fn cost_q16(&self, lots: i64, entry_e8: i64) -> i128 {
         i128::from(lots) * i128::from(self.step_e8) * i128::from(entry_e8)
     }
+}
+
+/// One move of a symbol's mark, prepared so that each position's `upnl − mm` change costs
+/// two multiplications: the bracket of a position at either price is found by comparing its
+/// lots with per-move thresholds, and within one bracket mm is linear in the price. A
+/// position that changes bracket takes the general [`Scale::delta_q16`]. Exact either way.
+#[derive(Debug, Clone)]
+pub struct Move<'a> {
+    sc: &'a Scale,
+    from: i64,
+    to: i64,
+    /// Bracket k holds |lots| below `from_lim[k]` (and not below the previous limit).
+    from_lim: Vec<i64>,
+    to_lim: Vec<i64>,
+    /// `(to − from) · lot_tick_q16`: the upnl change per lot.
+    value: i128,
+    /// `(to − from) · lot_tick_n12 · mmr_k`: the mm change per lot within bracket k.
+    mm_per_lot: Vec<i128>,
+}
+
+impl<'a> Move<'a> {
+    pub fn new(sc: &'a Scale, from: i64, to: i64) -> Move<'a> {
+        let step = i128::from(to - from);
+        Move {
+            sc,
+            from,
+            to,
+            from_lim: sc.lots_limits(from),
+            to_lim: sc.lots_limits(to),
+            value: step * sc.lot_tick_q16,
+            mm_per_lot: sc.mmr_e4.iter().map(|m| step * sc.lot_tick_n12 * m).collect(),
+        }
+    }
+
+    #[inline(always)]
+    pub fn delta_q16(&self, lots: i64) -> i128 {
+        let q = lots.unsigned_abs() as i64;
+        let k = bracket_of(&self.to_lim, q);
+        if k == bracket_of(&self.from_lim, q) {
+            i128::from(lots) * self.value - i128::from(q) * self.mm_per_lot[k]
+        } else {
+            self.sc.delta_q16(lots, self.from, self.to)
+        }
+    }
+}
+
+#[inline(always)]
+fn bracket_of(limits: &[i64], q: i64) -> usize {
+    let mut k = 0;
+    while q >= limits[k] {
+        k += 1;
+    }
+    k
 }
 
 /// The positions of one symbol in one margin mode, as parallel columns indexed by slot.
@@ -187,6 +257,35 @@ mod tests {
             assert_eq!(
                 sc.delta_q16(lots, from, to),
                 sc.buffer_q16(lots, -base, to) - sc.buffer_q16(lots, -base, from)
+            );
+        }
+    }
+
+    #[test]
+    fn prepared_move_equals_the_general_delta_at_and_across_bracket_edges() {
+        let sc = Scale::new(&symbol());
+        // Notional edges at 50 000 and 250 000 (0.1 ticks, 0.001 lots): 1 BTC at 50 000 is
+        // 1000 lots at 500 000 ticks.
+        let mut rng = crate::synth::Rng::new(17);
+        let prices = [1, 7, 499_999, 500_000, 500_001, 2_500_000, 2_499_999, 250_000, 125_000];
+        for _ in 0..20_000 {
+            let pick = |rng: &mut crate::synth::Rng| {
+                if rng.below(2) == 0 {
+                    prices[rng.below(prices.len() as u64) as usize]
+                } else {
+                    1 + rng.below(5_000_000) as i64
+                }
+            };
+            let (from, to) = (pick(&mut rng), pick(&mut rng));
+            let q = match rng.below(3) {
+                0 => [1000, 999, 1001, 5000, 4999, 10_000, 100_000_000_000][rng.below(7) as usize],
+                _ => 1 + rng.below(50_000) as i64,
+            };
+            let lots = if rng.below(2) == 0 { q } else { -q };
+            assert_eq!(
+                Move::new(&sc, from, to).delta_q16(lots),
+                sc.delta_q16(lots, from, to),
+                "lots {lots} from {from} to {to}"
             );
         }
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
-use self::book::{AccountIdx, Book, E8_TO_Q16, Scale};
+use self::book::{AccountIdx, Book, E8_TO_Q16, Move, Scale};
 use crate::{
     config::{Config, Mode, SymbolIdx},
     engine::{At, Engine, rejects, should_emit},
@@ -53,20 +53,35 @@ struct Pair {
 struct Accounts {
     id: Vec<u64>,
     wallet_e8: Vec<i128>,
-    /// `W + Σ (upnl − mm)` over the marked cross positions, q16.
-    buffer_q16: Vec<i128>,
-    /// Non-zero cross positions.
-    n_cross: Vec<u32>,
-    /// Non-zero cross positions whose symbol has no mark yet.
-    n_unmarked: Vec<u32>,
-    /// The cross item's flag.
-    liquidatable: Vec<bool>,
+    /// What a tick reads and writes, one record per account.
+    hot: Vec<Hot>,
     /// Σ order margin over all pairs, e8.
     order_margin_e8: Vec<i128>,
-    /// The message number that last touched the account (dedupes evaluation per message).
-    stamp: Vec<u64>,
     /// Pairs sorted by symbol.
     pairs: Vec<Vec<Pair>>,
+}
+
+/// The part of a cross account that a tick reads and writes, kept in one 32-byte record:
+/// a tick reaches its holders' accounts in random order, so each holder costs one cache
+/// miss here instead of one per column.
+#[derive(Debug, Clone, Copy, Default)]
+struct Hot {
+    /// `W + Σ (upnl − mm)` over the marked cross positions, q16.
+    buffer_q16: i128,
+    /// The message number that last touched the account (dedupes evaluation per message).
+    stamp: u64,
+    /// Non-zero cross positions (at most one per symbol, and the config holds < 65536).
+    n_cross: u16,
+    /// Non-zero cross positions whose symbol has no mark yet.
+    n_unmarked: u16,
+    /// The cross item's flag.
+    liquidatable: bool,
+}
+
+impl Hot {
+    fn liquidatable_now(&self) -> bool {
+        self.n_cross > 0 && self.n_unmarked == 0 && self.buffer_q16 < 0
+    }
 }
 
 pub struct FastEngine {
@@ -86,6 +101,9 @@ pub struct FastEngine {
     deltas: Vec<i128>,
     /// Scratch: isolated slots of this message that crossed below maintenance.
     emit_isolated: Vec<(SymbolIdx, u32)>,
+    /// Scratch: cross accounts of this message evaluated in the tick that crossed below
+    /// maintenance.
+    emit_cross: Vec<AccountIdx>,
     /// Positions evaluated so far (see [`FastEngine::positions_evaluated`]).
     positions_evaluated: u64,
     /// Books at least this long go to rayon workers.
@@ -111,6 +129,26 @@ fn map_book(
     } else {
         out.iter_mut().zip(book.lots.iter().zip(book.base_q16.iter())).for_each(fill);
     }
+}
+
+/// How many holders ahead a tick asks for an account record: enough misses in flight to
+/// cover memory latency. Measured on a 1M-account book (200 symbols, 15k holders a tick):
+/// 16 ahead cut the replay from 72 to 47 s, 48 to 28 s; 96 to 256 all gave 25 to 29 s.
+const PREFETCH_AHEAD: usize = 160;
+
+/// Asks the CPU to bring `r`'s cache line in (a hint: no effect on results).
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 only hints the cache; it never faults, even for an invalid
+    // address, and `r` is a valid reference. SSE is part of the x86_64 baseline.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(r).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
 }
 
 /// `n / d` rounded to the nearest integer, ties to even (`d > 0`).
@@ -147,6 +185,7 @@ impl FastEngine {
             touched: Vec::new(),
             deltas: Vec::new(),
             emit_isolated: Vec::new(),
+            emit_cross: Vec::new(),
             positions_evaluated: 0,
             parallel_min: PARALLEL_MIN_POSITIONS,
             cfg,
@@ -182,12 +221,8 @@ impl FastEngine {
         let a = AccountIdx(u32::try_from(acc.id.len()).expect("fewer than 2^32 accounts"));
         acc.id.push(id);
         acc.wallet_e8.push(0);
-        acc.buffer_q16.push(0);
-        acc.n_cross.push(0);
-        acc.n_unmarked.push(0);
-        acc.liquidatable.push(false);
+        acc.hot.push(Hot::default());
         acc.order_margin_e8.push(0);
-        acc.stamp.push(0);
         acc.pairs.push(Vec::new());
         self.index.insert(id, a);
         a
@@ -246,7 +281,7 @@ impl FastEngine {
     }
 
     fn touch(&mut self, a: AccountIdx) {
-        let stamp = &mut self.accounts.stamp[a.0 as usize];
+        let stamp = &mut self.accounts.hot[a.0 as usize].stamp;
         if *stamp != self.msg_no {
             *stamp = self.msg_no;
             self.touched.push(a);
@@ -280,15 +315,18 @@ impl FastEngine {
     // --- evaluation --------------------------------------------------------------------
 
     fn eval_cross(&mut self, a: AccountIdx, rearmed: bool, at: At, out: &mut dyn FnMut(Event)) {
-        let i = a.0 as usize;
-        let acc = &mut self.accounts;
-        let now = acc.n_cross[i] > 0 && acc.n_unmarked[i] == 0 && acc.buffer_q16[i] < 0;
-        let was = std::mem::replace(&mut acc.liquidatable[i], now);
+        let hot = &mut self.accounts.hot[a.0 as usize];
+        let now = hot.liquidatable_now();
+        let was = std::mem::replace(&mut hot.liquidatable, now);
         if should_emit(was, now, rearmed) {
-            let id = acc.id[i];
-            let ev = self.view(id).liquidation(&self.cfg, &self.marks, Item::Cross(id), at);
-            out(Event::Liquidation(ev));
+            self.emit_cross_event(a, at, out);
         }
+    }
+
+    fn emit_cross_event(&self, a: AccountIdx, at: At, out: &mut dyn FnMut(Event)) {
+        let id = self.accounts.id[a.0 as usize];
+        let ev = self.view(id).liquidation(&self.cfg, &self.marks, Item::Cross(id), at);
+        out(Event::Liquidation(ev));
     }
 
     /// Evaluates the isolated item (a, s), if the pair holds an isolated position.
@@ -331,6 +369,12 @@ impl FastEngine {
         }
         touched.clear();
         self.touched = touched;
+        let mut crossed = std::mem::take(&mut self.emit_cross);
+        for &a in &crossed {
+            self.emit_cross_event(a, at, out);
+        }
+        crossed.clear();
+        self.emit_cross = crossed;
         let mut isolated = std::mem::take(&mut self.emit_isolated);
         for &(s, slot) in &isolated {
             let a = self.isolated[s.0 as usize].account[slot as usize];
@@ -340,29 +384,50 @@ impl FastEngine {
         self.emit_isolated = isolated;
     }
 
-    /// Moves symbol `s` to `to` ticks: updates every cross holder's buffer (touching it) and
-    /// evaluates every isolated position, recording those that crossed below maintenance.
-    fn tick(&mut self, s: SymbolIdx, to: i64) {
+    /// Moves symbol `s` to `to` ticks: updates every cross holder's buffer and evaluates
+    /// every isolated position, recording those that crossed below maintenance.
+    ///
+    /// When the tick is the message's only change (`alone`, a `mark` message), each cross
+    /// holder is evaluated in the same pass, while its record is in cache: a holder appears
+    /// once per book, so its buffer is final. Otherwise (a `marks` message) holders are
+    /// touched and evaluated once all the message's symbols have moved.
+    fn tick(&mut self, s: SymbolIdx, to: i64, alone: bool) {
         let si = s.0 as usize;
         let from = self.mark_ticks[si].replace(to);
         let sc = &self.scales[si];
-        // Cross: per-position deltas (in parallel for big books), then one pass that adds
-        // them to the accounts. Accounts are unique within a book.
-        let book = &self.cross[si];
-        map_book(&mut self.deltas, book, self.parallel_min, |lots, base| match from {
-            Some(from) => sc.delta_q16(lots, from, to),
+        let step = from.map(|from| Move::new(sc, from, to));
+        let delta = |lots, base| match &step {
+            Some(step) => step.delta_q16(lots),
             None => sc.buffer_q16(lots, base, to),
-        });
+        };
+        // Cross: each holder's delta goes to its account. Big books compute the deltas in
+        // parallel first; small ones in the same pass. Accounts are unique within a book.
+        let book = &self.cross[si];
         self.positions_evaluated += book.len() as u64;
-        let acc = &mut self.accounts;
-        for (&a, &d) in book.account.iter().zip(&self.deltas) {
-            let i = a.0 as usize;
-            acc.buffer_q16[i] += d;
-            if from.is_none() {
-                acc.n_unmarked[i] -= 1;
+        let parallel = book.len() >= self.parallel_min;
+        if parallel {
+            map_book(&mut self.deltas, book, self.parallel_min, delta);
+        }
+        let (msg_no, hot) = (self.msg_no, &mut self.accounts.hot);
+        for (k, &a) in book.account.iter().enumerate() {
+            if let Some(ahead) = book.account.get(k + PREFETCH_AHEAD) {
+                prefetch(&hot[ahead.0 as usize]);
             }
-            if acc.stamp[i] != self.msg_no {
-                acc.stamp[i] = self.msg_no;
+            let d = if parallel { self.deltas[k] } else { delta(book.lots[k], book.base_q16[k]) };
+            let h = &mut hot[a.0 as usize];
+            h.buffer_q16 += d;
+            if from.is_none() {
+                h.n_unmarked -= 1;
+            }
+            if alone {
+                let now = h.liquidatable_now();
+                let was = std::mem::replace(&mut h.liquidatable, now);
+                // A tick re-arms nothing: only a fresh crossing emits.
+                if should_emit(was, now, false) {
+                    self.emit_cross.push(a);
+                }
+            } else if h.stamp != msg_no {
+                h.stamp = msg_no;
                 self.touched.push(a);
             }
         }
@@ -404,15 +469,15 @@ impl FastEngine {
     pub fn sweep(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         self.msg_no += 1;
         let acc = &mut self.accounts;
-        for (b, w) in acc.buffer_q16.iter_mut().zip(&acc.wallet_e8) {
-            *b = w * E8_TO_Q16;
+        for (h, w) in acc.hot.iter_mut().zip(&acc.wallet_e8) {
+            h.buffer_q16 = w * E8_TO_Q16;
+            h.n_unmarked = 0;
         }
-        acc.n_unmarked.iter_mut().for_each(|n| *n = 0);
         for si in 0..self.cross.len() {
             let book = &self.cross[si];
             let Some(t) = self.mark_ticks[si] else {
                 for &a in &book.account {
-                    self.accounts.n_unmarked[a.0 as usize] += 1;
+                    self.accounts.hot[a.0 as usize].n_unmarked += 1;
                 }
                 continue;
             };
@@ -422,11 +487,11 @@ impl FastEngine {
             });
             self.positions_evaluated += book.len() as u64;
             for (&a, &d) in book.account.iter().zip(&self.deltas) {
-                self.accounts.buffer_q16[a.0 as usize] += d;
+                self.accounts.hot[a.0 as usize].buffer_q16 += d;
             }
         }
         for i in 0..self.accounts.id.len() {
-            if self.accounts.n_cross[i] > 0 {
+            if self.accounts.hot[i].n_cross > 0 {
                 self.touch(AccountIdx(i as u32));
             }
         }
@@ -447,7 +512,11 @@ impl FastEngine {
     /// The cross buffers, for tests that compare incremental state with a fresh sweep.
     pub fn cross_buffers(&self) -> Vec<(u64, i128, u32)> {
         let acc = &self.accounts;
-        (0..acc.id.len()).map(|i| (acc.id[i], acc.buffer_q16[i], acc.n_unmarked[i])).collect()
+        acc.id
+            .iter()
+            .zip(&acc.hot)
+            .map(|(&id, h)| (id, h.buffer_q16, u32::from(h.n_unmarked)))
+            .collect()
     }
 
     // --- state rules ---------------------------------------------------------------------
@@ -482,7 +551,7 @@ impl FastEngine {
     fn add_wallet(&mut self, a: AccountIdx, delta_e8: i128) {
         let i = a.0 as usize;
         self.accounts.wallet_e8[i] += delta_e8;
-        self.accounts.buffer_q16[i] += delta_e8 * E8_TO_Q16;
+        self.accounts.hot[i].buffer_q16 += delta_e8 * E8_TO_Q16;
     }
 
     /// Takes the position of pair (a, s) out of its book and the account's aggregates.
@@ -502,11 +571,11 @@ impl FastEngine {
         }
         self.pair_mut(a, s).slot = NO_SLOT;
         if mode == Mode::Cross {
-            let i = a.0 as usize;
-            self.accounts.n_cross[i] -= 1;
+            let h = &mut self.accounts.hot[a.0 as usize];
+            h.n_cross -= 1;
             match self.mark_ticks[si] {
-                Some(t) => self.accounts.buffer_q16[i] -= self.scales[si].buffer_q16(lots, base, t),
-                None => self.accounts.n_unmarked[i] -= 1,
+                Some(t) => h.buffer_q16 -= self.scales[si].buffer_q16(lots, base, t),
+                None => h.n_unmarked -= 1,
             }
         }
     }
@@ -520,13 +589,11 @@ impl FastEngine {
         };
         self.pair_mut(a, s).slot = slot;
         if mode == Mode::Cross {
-            let i = a.0 as usize;
-            self.accounts.n_cross[i] += 1;
+            let h = &mut self.accounts.hot[a.0 as usize];
+            h.n_cross += 1;
             match self.mark_ticks[si] {
-                Some(t) => {
-                    self.accounts.buffer_q16[i] += self.scales[si].buffer_q16(lots, base_q16, t)
-                }
-                None => self.accounts.n_unmarked[i] += 1,
+                Some(t) => h.buffer_q16 += self.scales[si].buffer_q16(lots, base_q16, t),
+                None => h.n_unmarked += 1,
             }
         }
     }
@@ -596,7 +663,7 @@ impl Engine for FastEngine {
                 let si = symbol.0 as usize;
                 self.marks[si] = Some(price);
                 let ticks = price.0 / i128::from(self.scales[si].tick_e8);
-                self.tick(symbol, ticks as i64);
+                self.tick(symbol, ticks as i64, true);
                 self.finish_message(at, out);
             }
             Command::Marks { ref prices } => {
@@ -604,7 +671,7 @@ impl Engine for FastEngine {
                     let si = s.0 as usize;
                     self.marks[si] = Some(price);
                     let ticks = price.0 / i128::from(self.scales[si].tick_e8);
-                    self.tick(s, ticks as i64);
+                    self.tick(s, ticks as i64, false);
                 }
                 self.finish_message(at, out);
             }
