@@ -10,6 +10,9 @@
 # Sizes come from the environment (defaults in brackets):
 #   ACCOUNTS [1000000]  SYMBOLS [1000]  MESSAGES [10000000]  SEED [1]
 #   POSITIONS [3 per account]  MARK_RATIO [0.9]  FAULT_RATE [0]
+#   RATE [unset]: offer the stream at this many lines/s (replay --rate) so that event
+#   latency shows the engine at that load; unset replays as fast as possible, where event
+#   latency is the time lines wait in the saturated pipeline's queues.
 #   KEEP_STREAM=1 keeps the generated stream, KEEP_EVENTS=1 the events (both are large, so
 #   by default the stream is deleted at the end and the events are not written).
 set -euo pipefail
@@ -40,7 +43,9 @@ ls -l "$OUT/stream.ndjson" >&2
 echo "== replay (fast engine)" >&2
 events="$OUT/events.ndjson"
 if [[ "${KEEP_EVENTS:-0}" != 1 ]]; then events=/dev/null; fi
-"${TIME[@]}" "$BIN" replay --config "$OUT/config.json" --report "$OUT/report.json" \
+rate=()
+if [[ -n "${RATE:-}" ]]; then rate=(--rate "$RATE"); fi
+"${TIME[@]}" "$BIN" replay "${rate[@]}" --config "$OUT/config.json" --report "$OUT/report.json" \
   --hdr-out "$OUT/latency.hlog" --plot "$OUT/latency.svg" "$OUT/stream.ndjson" \
   > "$events" 2> "$OUT/summary.txt"
 cat "$OUT/summary.txt" >&2

@@ -81,6 +81,7 @@ pub fn percentile_spectrum(
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(18)
+        .margin_right(48)
         .x_label_area_size(48)
         .y_label_area_size(78)
         .build_cartesian_2d(0f64..x_max, (y_lo..y_hi).log_scale())

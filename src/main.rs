@@ -57,6 +57,10 @@ enum Command {
         /// Draw the latency percentile spectrum (one line per histogram) to this SVG file.
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<PathBuf>,
+        /// Offer the input at this many lines per second, as a live sender would, instead of
+        /// as fast as possible (where event latency measures the queue, not the engine).
+        #[arg(long, value_name = "LINES_PER_S", value_parser = positive_rate)]
+        rate: Option<f64>,
         /// Input stream: newline-delimited JSON messages, or - for stdin.
         input: String,
     },
@@ -132,6 +136,13 @@ impl EngineKind {
     }
 }
 
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a positive number of lines per second")),
+    }
+}
+
 fn load_config(path: &std::path::Path) -> Result<Arc<Config>, ExitCode> {
     Config::load(path).map(Arc::new).map_err(|e| {
         eprintln!("liqscan: config {}: {e}", path.display());
@@ -160,6 +171,7 @@ struct ReplayArgs {
     engine: EngineKind,
     hdr_out: Option<PathBuf>,
     plot: Option<PathBuf>,
+    rate: Option<f64>,
     input: String,
 }
 
@@ -187,7 +199,9 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         let bar = progress_bar(file.metadata().ok().map(|m| m.len()), template);
         (Box::new(BufReader::with_capacity(1 << 16, bar.wrap_read(file))), bar)
     };
-    let summary = replay::replay(cfg, engine.as_mut(), input, out).context("replay failed")?;
+    let opts = replay::Options { rate: args.rate, ..replay::Options::default() };
+    let summary =
+        replay::replay_with(cfg, engine.as_mut(), input, out, opts).context("replay failed")?;
     bar.finish_and_clear();
     let name = args.engine.name();
     eprint!("{}", summary.human(name));
@@ -286,8 +300,8 @@ fn run_plot(log: &Path, out: &Path, title: &str) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Replay { config, report, engine, hdr_out, plot, input } => {
-            run_replay(ReplayArgs { config, report, engine, hdr_out, plot, input })
+        Command::Replay { config, report, engine, hdr_out, plot, rate, input } => {
+            run_replay(ReplayArgs { config, report, engine, hdr_out, plot, rate, input })
         }
         Command::Gen(args) => run_gen(args),
         Command::Plot { log, out, title } => run_plot(&log, &out, &title),

@@ -116,11 +116,15 @@ pub struct Options {
     pub batch_lines: usize,
     /// Batches in flight between reader and engine, and text chunks between engine and writer.
     pub queue_batches: usize,
+    /// Offered load in lines per second: line n is let in at `n / rate` seconds, as a live
+    /// sender would send it. `None` reads as fast as the pipeline takes lines; event latency
+    /// then measures the queue a saturated pipeline builds, not the engine.
+    pub rate: Option<f64>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { batch_lines: 1024, queue_batches: 16 }
+        Options { batch_lines: 1024, queue_batches: 16, rate: None }
     }
 }
 
@@ -205,17 +209,35 @@ pub fn replay_with<R: BufRead + Send, W: Write + Send>(
             let mut lines = LineReader::new(input, MAX_LINE_BYTES);
             let mut ingest = Ingest::new(cfg);
             let mut batch = Vec::with_capacity(opts.batch_lines);
+            // Hands the batch to the engine; false when the engine side stopped (its error
+            // is reported there).
+            let hand_on = |batch: &mut Vec<Ingested>| {
+                let next = spare_batch_rx
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(opts.batch_lines));
+                batch_tx.send(std::mem::replace(batch, next)).is_ok()
+            };
+            let (paced_from, mut n) = (Instant::now(), 0u64);
             while let Some(line) = lines.next_line()? {
+                if let Some(rate) = opts.rate {
+                    let due = paced_from + Duration::from_secs_f64(n as f64 / rate);
+                    n += 1;
+                    let wait = due.saturating_duration_since(Instant::now());
+                    if !wait.is_zero() {
+                        // What is ready goes on before the wait, as on a live stream.
+                        if !batch.is_empty() && !hand_on(&mut batch) {
+                            return Ok(());
+                        }
+                        std::thread::sleep(wait);
+                    }
+                }
                 batch.push(ingest.line(line, Instant::now()));
                 // Hand the batch on when it is full, or when the next read may block: a live
                 // stream's lines must not wait for later ones.
-                if batch.len() == opts.batch_lines || lines.input_drained() {
-                    let next = spare_batch_rx
-                        .try_recv()
-                        .unwrap_or_else(|_| Vec::with_capacity(opts.batch_lines));
-                    if batch_tx.send(std::mem::replace(&mut batch, next)).is_err() {
-                        return Ok(()); // the engine side stopped (its error is reported there)
-                    }
+                if (batch.len() == opts.batch_lines || lines.input_drained())
+                    && !hand_on(&mut batch)
+                {
+                    return Ok(());
                 }
             }
             if !batch.is_empty() {

@@ -92,3 +92,46 @@ fn bundled_configs_load() {
         assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn hdr_log_and_charts_from_replay_and_plot() {
+    let dir = std::env::temp_dir().join(format!("liqscan-hdr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log, svg, again) = (dir.join("lat.hlog"), dir.join("lat.svg"), dir.join("again.svg"));
+    let report = dir.join("report.json");
+    let out = liqscan()
+        .args(["replay", "--config", &fixture("gen/snapshot_mix.config.json"), "--hdr-out"])
+        .arg(&log)
+        .arg("--plot")
+        .arg(&svg)
+        .arg("--report")
+        .arg(&report)
+        .arg(fixture("gen/snapshot_mix.ndjson"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The log reads back with the counts of the report.
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let text = std::fs::read(&log).unwrap();
+    assert!(text.starts_with(b"#[liqscan"), "a commented HdrHistogram log header");
+    let series = liqscan::latency::read_log(&text).unwrap();
+    let names: Vec<&str> = series.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["event", "apply"], "ts_to_event is empty here: the stream has no ts");
+    assert_eq!(series[0].1.summary().count, r["latency_ns"]["event"]["count"].as_u64().unwrap());
+    assert_eq!(series[1].1.summary().count, r["messages"].as_u64().unwrap());
+    assert_eq!(series[1].1.summary().p99, r["latency_ns"]["apply"]["p99"].as_u64().unwrap());
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg") && chart.contains("apply  n="), "{chart}");
+    // `liqscan plot` draws the same log; a file that is not a log is refused with a reason.
+    let plot = liqscan().arg("plot").arg(&log).arg("--out").arg(&again).output().unwrap();
+    assert!(plot.status.success(), "{}", String::from_utf8_lossy(&plot.stderr));
+    assert!(std::fs::read_to_string(&again).unwrap().contains("event  n="));
+    let bad = liqscan()
+        .args(["plot", &fixture("gen/snapshot_mix.config.json"), "--out"])
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an HdrHistogram interval log"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

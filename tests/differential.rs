@@ -186,22 +186,30 @@ fn random_streams_exercise_the_rules() {
 }
 
 /// Back-pressure: with one line per batch and one batch in flight, the pipeline blocks at
-/// every step, and still yields the same events in the same order.
+/// every step, and still yields the same events in the same order; so does a paced replay.
 #[test]
-fn smallest_queues_give_the_same_events() {
+fn smallest_queues_and_pacing_give_the_same_events() {
     let input = std::fs::read(root().join("fixtures/golden/cross_basics.ndjson")).unwrap();
     let cfg = config("multi_tier");
     let mut outputs = Vec::new();
-    for opts in [replay::Options::default(), replay::Options { batch_lines: 1, queue_batches: 1 }] {
+    let smallest = replay::Options { batch_lines: 1, queue_batches: 1, rate: None };
+    // 22 lines at 400 lines/s: at least 50 ms.
+    let paced = replay::Options { rate: Some(400.0), ..replay::Options::default() };
+    for opts in [replay::Options::default(), smallest, paced] {
+        let started = std::time::Instant::now();
         let mut engine = FastEngine::new(cfg.clone());
         let mut out = Vec::new();
         let summary =
             replay::replay_with(cfg.clone(), &mut engine, &input[..], &mut out, opts).unwrap();
         assert_eq!(summary.liquidations, 6);
+        if opts.rate.is_some() {
+            assert!(started.elapsed() >= std::time::Duration::from_millis(50), "not paced");
+        }
         let text = String::from_utf8(out).unwrap();
         outputs.push(events(&text).iter().map(|v| v.to_string()).collect::<Vec<_>>());
     }
     assert_same_events("batch 1, queue 1 vs default", &outputs[1], &outputs[0]);
+    assert_same_events("paced vs default", &outputs[2], &outputs[0]);
 }
 
 /// A live stream: each line's events come out before the next line is sent. Without handing
