@@ -472,31 +472,18 @@ impl<'o, W: Write> Gen<'o, W> {
         self.body.push('}');
     }
 
+    fn balance_body(&mut self, account: u64, wallet_e2: i64) {
+        self.body.clear();
+        let _ = write!(
+            self.body,
+            r#"{{"type":"balance","account":{account},"wallet":"{}"}}"#,
+            cents(wallet_e2)
+        );
+    }
+
     fn command_body(&mut self, cmd: &Command) {
         self.body.clear();
-        let _ = match cmd {
-            Command::Balance { account, wallet } => {
-                write!(self.body, r#"{{"type":"balance","account":{account},"wallet":"{wallet}"}}"#)
-            }
-            Command::MarginMode { account, symbol, mode } => write!(
-                self.body,
-                r#"{{"type":"margin_mode","account":{account},"symbol":"{}","mode":"{}"}}"#,
-                self.cfg.symbol(*symbol).name,
-                mode.as_str()
-            ),
-            Command::Position { account, symbol, size, entry_price, isolated_margin } => {
-                let margin = isolated_margin
-                    .map(|m| format!(r#","isolated_margin":"{m}""#))
-                    .unwrap_or_default();
-                write!(
-                    self.body,
-                    r#"{{"type":"position","account":{account},"symbol":"{}","size":"{size}","entry_price":"{}"{margin}}}"#,
-                    self.cfg.symbol(*symbol).name,
-                    entry_price.unwrap_or_default()
-                )
-            }
-            other => unreachable!("the book holds balances, modes and positions: {other:?}"),
-        };
+        synth::write_book_command(&mut self.body, &self.cfg, cmd);
     }
 
     // ---- steps ----------------------------------------------------------------------------
@@ -529,6 +516,16 @@ impl<'o, W: Write> Gen<'o, W> {
         }
         self.first_booked.push(self.booked.len());
         Ok(())
+    }
+
+    /// An amount in units of 0.01: three times in five an addition of 1 up to
+    /// `add_max` / 100, otherwise a removal of 1 up to `remove_max` / 100.
+    fn amount_e2(&mut self, add_max: u64, remove_max: u64) -> i64 {
+        if self.rng.below(5) < 3 {
+            100 + self.rng.below(add_max) as i64
+        } else {
+            -(100 + self.rng.below(remove_max) as i64)
+        }
     }
 
     fn random_account(&mut self) -> u64 {
@@ -578,13 +575,7 @@ impl<'o, W: Write> Gen<'o, W> {
         if b.isolated {
             self.position_body(b.account, s, b.size(), px, Some(thin));
         } else {
-            self.body.clear();
-            let _ = write!(
-                self.body,
-                r#"{{"type":"balance","account":{},"wallet":"{}"}}"#,
-                b.account,
-                cents(thin)
-            );
+            self.balance_body(b.account, thin);
         }
         self.offer().map(drop)
     }
@@ -602,13 +593,7 @@ impl<'o, W: Write> Gen<'o, W> {
                 .sum();
             // Above the top bracket's 5 % maintenance rate: healthy at the mark.
             let w = 100_000 + notional * (8 + self.rng.below(43) as i64) / 100;
-            self.body.clear();
-            let _ = write!(
-                self.body,
-                r#"{{"type":"balance","account":{},"wallet":"{}"}}"#,
-                p.account,
-                cents(w)
-            );
+            self.balance_body(p.account, w);
             self.offer()?;
         }
         for &(s, size) in &p.held {
@@ -641,11 +626,7 @@ impl<'o, W: Write> Gen<'o, W> {
                 )
             }
             5..25 => {
-                let amount = if self.rng.below(5) < 3 {
-                    100 + self.rng.below(100_000) as i64
-                } else {
-                    -(100 + self.rng.below(10_000) as i64)
-                };
+                let amount = self.amount_e2(100_000, 10_000);
                 write!(
                     self.body,
                     r#"{{"type":"transfer","account":{account},"amount":"{}"}}"#,
@@ -654,11 +635,7 @@ impl<'o, W: Write> Gen<'o, W> {
             }
             25..40 => {
                 let Some(b) = self.booked_of(true) else { return Ok(()) };
-                let amount = if self.rng.below(5) < 3 {
-                    100 + self.rng.below(10_000) as i64
-                } else {
-                    -(100 + self.rng.below(2_000) as i64)
-                };
+                let amount = self.amount_e2(10_000, 2_000);
                 write!(
                     self.body,
                     r#"{{"type":"isolated_margin","account":{},"symbol":"S{:03}","amount":"{}"}}"#,

@@ -262,32 +262,38 @@ pub fn book_lines(accounts: u64, positions: u64, symbols: usize, seed: u64) -> S
     let cfg = config(symbols);
     let mut out = String::new();
     for cmd in book_commands(accounts, positions, symbols, seed) {
-        let name = |s: SymbolIdx| cfg.symbol(s).name.clone();
-        let _ = match cmd {
-            Command::Balance { account, wallet } => {
-                writeln!(out, r#"{{"type":"balance","account":{account},"wallet":"{wallet}"}}"#)
-            }
-            Command::MarginMode { account, symbol, mode } => writeln!(
-                out,
-                r#"{{"type":"margin_mode","account":{account},"symbol":"{}","mode":"{}"}}"#,
-                name(symbol),
-                mode.as_str()
-            ),
-            Command::Position { account, symbol, size, entry_price, isolated_margin } => {
-                let margin = isolated_margin
-                    .map(|m| format!(r#","isolated_margin":"{m}""#))
-                    .unwrap_or_default();
-                writeln!(
-                    out,
-                    r#"{{"type":"position","account":{account},"symbol":"{}","size":"{size}","entry_price":"{}"{margin}}}"#,
-                    name(symbol),
-                    entry_price.unwrap_or_default()
-                )
-            }
-            _ => Ok(()),
-        };
+        write_book_command(&mut out, &cfg, &cmd);
+        out.push('\n');
     }
     out
+}
+
+/// A command of [`book_commands`] (balance, margin mode or position) as its JSON message,
+/// without a newline.
+pub fn write_book_command(out: &mut String, cfg: &Config, cmd: &Command) {
+    let name = |s: SymbolIdx| &cfg.symbol(s).name;
+    let _ = match cmd {
+        Command::Balance { account, wallet } => {
+            write!(out, r#"{{"type":"balance","account":{account},"wallet":"{wallet}"}}"#)
+        }
+        Command::MarginMode { account, symbol, mode } => write!(
+            out,
+            r#"{{"type":"margin_mode","account":{account},"symbol":"{}","mode":"{}"}}"#,
+            name(*symbol),
+            mode.as_str()
+        ),
+        Command::Position { account, symbol, size, entry_price, isolated_margin } => {
+            let margin =
+                isolated_margin.map(|m| format!(r#","isolated_margin":"{m}""#)).unwrap_or_default();
+            write!(
+                out,
+                r#"{{"type":"position","account":{account},"symbol":"{}","size":"{size}","entry_price":"{}"{margin}}}"#,
+                name(*symbol),
+                entry_price.unwrap_or_default()
+            )
+        }
+        other => unreachable!("the book holds balances, modes and positions: {other:?}"),
+    };
 }
 
 #[cfg(test)]

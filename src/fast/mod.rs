@@ -486,8 +486,12 @@ impl FastEngine {
                 sc.buffer_q16(lots, base, t)
             });
             self.positions_evaluated += book.len() as u64;
-            for (&a, &d) in book.account.iter().zip(&self.deltas) {
-                self.accounts.hot[a.0 as usize].buffer_q16 += d;
+            let hot = &mut self.accounts.hot;
+            for (k, (&a, &d)) in book.account.iter().zip(&self.deltas).enumerate() {
+                if let Some(ahead) = book.account.get(k + PREFETCH_AHEAD) {
+                    prefetch(&hot[ahead.0 as usize]);
+                }
+                hot[a.0 as usize].buffer_q16 += d;
             }
         }
         for i in 0..self.accounts.id.len() {
