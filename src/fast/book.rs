@@ -97,21 +97,18 @@ impl Scale {
                 - self.mm_q16(self.notional_n12(lots, from)))
     }
 
-    /// Per bracket, the |lots| below which a position at `ticks` (> 0) is under the cap:
-    /// `q · ticks · lot_tick_n12 < cap  ⇔  q < ⌈cap / (ticks · lot_tick_n12)⌉`. The last is
-    /// `i64::MAX`, which no size reaches.
-    pub fn lots_limits(&self, ticks: i64) -> Vec<i64> {
+    /// Per bracket (up to [`MOVE_BRACKETS`]), the |lots| below which a position at `ticks`
+    /// (> 0) is under the cap: `q · ticks · lot_tick_n12 < cap ⇔ q < ⌈cap / (ticks ·
+    /// lot_tick_n12)⌉`. The last bracket's is `i64::MAX`, which no size reaches.
+    fn lots_limits(&self, ticks: i64) -> [i64; MOVE_BRACKETS] {
         let per_lot = i128::from(ticks.max(1)) * self.lot_tick_n12;
-        self.cap_n12
-            .iter()
-            .map(|&cap| {
-                if cap == i128::MAX {
-                    i64::MAX
-                } else {
-                    i64::try_from((cap + per_lot - 1) / per_lot).unwrap_or(i64::MAX)
-                }
-            })
-            .collect()
+        let mut limits = [i64::MAX; MOVE_BRACKETS];
+        for (lim, &cap) in limits.iter_mut().zip(&self.cap_n12) {
+            if cap != i128::MAX {
+                *lim = i64::try_from((cap + per_lot - 1) / per_lot).unwrap_or(i64::MAX);
+            }
+        }
+        limits
     }
 
     /// Cost `size * entry` in q16.
@@ -120,36 +117,49 @@ impl Scale {
     }
 }
 
+/// Brackets a [`Move`] prepares for on the stack; a symbol with more takes the general
+/// formula for every position (venues publish ten or so).
+pub const MOVE_BRACKETS: usize = 16;
+
 /// One move of a symbol's mark, prepared so that each position's `upnl − mm` change costs
 /// two multiplications: the bracket of a position at either price is found by comparing its
 /// lots with per-move thresholds, and within one bracket mm is linear in the price. A
 /// position that changes bracket takes the general [`Scale::delta_q16`]. Exact either way.
+/// Held on the stack: a tick allocates nothing.
 #[derive(Debug, Clone)]
 pub struct Move<'a> {
     sc: &'a Scale,
     from: i64,
     to: i64,
     /// Bracket k holds |lots| below `from_lim[k]` (and not below the previous limit).
-    from_lim: Vec<i64>,
-    to_lim: Vec<i64>,
+    from_lim: [i64; MOVE_BRACKETS],
+    to_lim: [i64; MOVE_BRACKETS],
     /// `(to − from) · lot_tick_q16`: the upnl change per lot.
     value: i128,
     /// `(to − from) · lot_tick_n12 · mmr_k`: the mm change per lot within bracket k.
-    mm_per_lot: Vec<i128>,
+    mm_per_lot: [i128; MOVE_BRACKETS],
 }
 
 impl<'a> Move<'a> {
-    pub fn new(sc: &'a Scale, from: i64, to: i64) -> Move<'a> {
+    /// `None` when the symbol has more than [`MOVE_BRACKETS`] brackets.
+    pub fn new(sc: &'a Scale, from: i64, to: i64) -> Option<Move<'a>> {
+        if sc.cap_n12.len() > MOVE_BRACKETS {
+            return None;
+        }
         let step = i128::from(to - from);
-        Move {
+        let mut mm_per_lot = [0; MOVE_BRACKETS];
+        for (m, mmr) in mm_per_lot.iter_mut().zip(&sc.mmr_e4) {
+            *m = step * sc.lot_tick_n12 * mmr;
+        }
+        Some(Move {
             sc,
             from,
             to,
             from_lim: sc.lots_limits(from),
             to_lim: sc.lots_limits(to),
             value: step * sc.lot_tick_q16,
-            mm_per_lot: sc.mmr_e4.iter().map(|m| step * sc.lot_tick_n12 * m).collect(),
-        }
+            mm_per_lot,
+        })
     }
 
     #[inline(always)]
@@ -283,10 +293,33 @@ mod tests {
             };
             let lots = if rng.below(2) == 0 { q } else { -q };
             assert_eq!(
-                Move::new(&sc, from, to).delta_q16(lots),
+                Move::new(&sc, from, to).unwrap().delta_q16(lots),
                 sc.delta_q16(lots, from, to),
                 "lots {lots} from {from} to {to}"
             );
         }
+    }
+
+    #[test]
+    fn more_brackets_than_a_move_holds_take_the_general_formula() {
+        let brackets: Vec<String> = (1..=MOVE_BRACKETS + 1)
+            .map(|k| {
+                format!(
+                    r#"{{"notional_cap":"{}","max_leverage":{},"mmr":"0.{:04}"}}"#,
+                    k * 1000,
+                    200 - k,
+                    10 + k
+                )
+            })
+            .collect();
+        let text = format!(
+            r#"{{"default_margin_mode":"cross","default_leverage":20,"symbols":[{{"symbol":"X","tick_size":"0.1","step_size":"0.001","brackets":[{}]}}]}}"#,
+            brackets.join(",")
+        );
+        let cfg = crate::config::Config::parse(&text).unwrap();
+        let sc = Scale::new(&cfg.symbols[0]);
+        assert!(Move::new(&sc, 100, 200).is_none());
+        let sc = Scale::new(&symbol());
+        assert!(Move::new(&sc, 100, 200).is_some());
     }
 }

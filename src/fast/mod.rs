@@ -395,9 +395,10 @@ impl FastEngine {
         let si = s.0 as usize;
         let from = self.mark_ticks[si].replace(to);
         let sc = &self.scales[si];
-        let step = from.map(|from| Move::new(sc, from, to));
+        let step = from.map(|from| (from, Move::new(sc, from, to)));
         let delta = |lots, base| match &step {
-            Some(step) => step.delta_q16(lots),
+            Some((_, Some(step))) => step.delta_q16(lots),
+            Some((from, None)) => sc.delta_q16(lots, *from, to),
             None => sc.buffer_q16(lots, base, to),
         };
         // Cross: each holder's delta goes to its account. Big books compute the deltas in
