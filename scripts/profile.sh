@@ -45,13 +45,15 @@ echo "== replay under $PROFILER" >&2
 case $PROFILER in
   perf)
     perf record -g -o "$OUT/perf.data" -- "${replay[@]}" > /dev/null 2> "$OUT/summary.txt"
-    perf report -i "$OUT/perf.data" --no-children --percent-limit 1 --stdio 2>/dev/null \
-      | grep -E '^ +[0-9.]+%' | head -30 > "$OUT/top.txt"
+    perf report -i "$OUT/perf.data" --no-children --percent-limit 1 --stdio \
+      > "$OUT/report.txt" 2>/dev/null
+    grep -E '^ +[0-9.]+%' "$OUT/report.txt" | sed -n 1,30p > "$OUT/top.txt" || true
     ;;
   callgrind)
     valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" -- "${replay[@]}" \
       > /dev/null 2> "$OUT/summary.txt"
-    callgrind_annotate "$OUT/callgrind.out" 2>/dev/null | head -40 > "$OUT/top.txt"
+    callgrind_annotate "$OUT/callgrind.out" > "$OUT/report.txt" 2>/dev/null
+    grep -E '^ *[0-9,]+ \([ 0-9.]+%\)' "$OUT/report.txt" | sed -n 1,30p > "$OUT/top.txt" || true
     ;;
   *) echo "PROFILER must be perf or callgrind, not $PROFILER" >&2; exit 2 ;;
 esac

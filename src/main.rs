@@ -160,7 +160,12 @@ fn progress_bar(len: Option<u64>, template: &str) -> ProgressBar {
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::new_spinner(),
     };
-    bar.set_style(ProgressStyle::with_template(template).expect("a valid template"));
+    let style = ProgressStyle::with_template(template)
+        .expect("a valid template")
+        .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0}/s", state.per_sec());
+        });
+    bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
@@ -256,7 +261,7 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
     };
     let out = BufWriter::with_capacity(1 << 16, out);
     let started = Instant::now();
-    let template = "{spinner} gen {msg} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {per_sec} eta {eta}";
+    let template = "{spinner} gen {msg} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {rate} eta {eta}";
     let bar = progress_bar(Some(opts.accounts), template);
     let mut phase = "";
     let stats = generator::generate(&opts, out, &mut |name, done, total| {
