@@ -212,3 +212,19 @@ fn bad_options_are_refused_with_a_reason() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--accounts"));
 }
+
+#[test]
+fn marks_reach_symbols_evenly_unless_they_follow_popularity() {
+    let count = |follow: bool| {
+        let mut o = opts(100, 20, 20_000, 4);
+        o.mark_ratio = 1.0;
+        o.marks_follow_popularity = follow;
+        let text = generator::generate_string(&o);
+        let marks = |s: &str| text.matches(&format!(r#""type":"mark","symbol":"{s}""#)).count();
+        (marks("S000"), marks("S019"))
+    };
+    let (first, last) = count(false);
+    assert!(first < 2 * last && last < 2 * first, "even cadence: {first} vs {last}");
+    let (first, last) = count(true);
+    assert!(first > 5 * last, "Zipf: {first} vs {last}");
+}

@@ -78,6 +78,9 @@ struct Hot {
     liquidatable: bool,
 }
 
+// Two records per 64-byte cache line; a field added here must not grow it.
+const _: () = assert!(std::mem::size_of::<Hot>() == 32);
+
 impl Hot {
     fn liquidatable_now(&self) -> bool {
         self.n_cross > 0 && self.n_unmarked == 0 && self.buffer_q16 < 0
