@@ -265,7 +265,8 @@ enum Kind {
     Rate,
 }
 
-const PRICE_LIMIT: i128 = 1_000_000_000 * SCALE_D8;
+/// Marks and prices are below 10^9 (SPEC section 1).
+pub const PRICE_LIMIT: i128 = 1_000_000_000 * SCALE_D8;
 const SIZE_LIMIT: i128 = 100_000_000 * SCALE_D8;
 /// |balance|, |margin|, |amount| < 10^15 (SPEC section 1). Engines keep state within it too.
 pub const AMOUNT_LIMIT: D8 = D8(1_000_000_000_000_000 * SCALE_D8);

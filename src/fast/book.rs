@@ -2,7 +2,7 @@
 //!
 //! See `README.md` beside this file for why the columns are laid out this way.
 
-use crate::{config::Symbol, fixed::SCALE_D8};
+use crate::{config::Symbol, fixed::SCALE_D8, protocol::PRICE_LIMIT};
 
 /// Dense index of an account, assigned at first sight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -30,6 +30,8 @@ pub struct Scale {
     pub mmr_e4: Vec<i128>,
     /// Maintenance amounts in q16.
     pub cum_q16: Vec<i128>,
+    /// The highest mark a message can carry, in ticks.
+    pub max_ticks: i64,
 }
 
 impl Scale {
@@ -59,6 +61,7 @@ impl Scale {
                 })
                 .collect(),
             cum_q16: sym.brackets.iter().map(|b| b.cum.0 * E8_TO_Q16).collect(),
+            max_ticks: i64::try_from((PRICE_LIMIT - 1) / i128::from(tick_e8)).expect("fits"),
         }
     }
 
@@ -88,27 +91,31 @@ impl Scale {
         base_q16 + value - self.mm_q16(self.notional_n12(lots, ticks))
     }
 
-    /// `upnl - mm` change of a position when the mark moves from `from` to `to` ticks.
-    #[inline(always)]
-    pub fn delta_q16(&self, lots: i64, from: i64, to: i64) -> i128 {
-        let value = i128::from(lots) * i128::from(to - from) * self.lot_tick_q16;
-        value
-            - (self.mm_q16(self.notional_n12(lots, to))
-                - self.mm_q16(self.notional_n12(lots, from)))
-    }
-
-    /// Per bracket (up to [`MOVE_BRACKETS`]), the |lots| below which a position at `ticks`
-    /// (> 0) is under the cap: `q · ticks · lot_tick_n12 < cap ⇔ q < ⌈cap / (ticks ·
-    /// lot_tick_n12)⌉`. The last bracket's is `i64::MAX`, which no size reaches.
-    fn lots_limits(&self, ticks: i64) -> [i64; MOVE_BRACKETS] {
-        let per_lot = i128::from(ticks.max(1)) * self.lot_tick_n12;
-        let mut limits = [i64::MAX; MOVE_BRACKETS];
-        for (lim, &cap) in limits.iter_mut().zip(&self.cap_n12) {
-            if cap != i128::MAX {
-                *lim = i64::try_from((cap + per_lot - 1) / per_lot).unwrap_or(i64::MAX);
-            }
+    /// The trigger (see [`fires`]) of a position at mark `t0` whose buffer term
+    /// `f(t) = buffer_q16(lots, base, t)` must stay on one side of `v`: `f(t) >= v` when
+    /// `keep_above`, else `f(t) <= v`. `t0` must be on that side. The trigger fires on the
+    /// first mark outside the side, and never before: `f` is strictly monotone in the mark
+    /// (increasing for a long, decreasing for a short, since every mmr is below 1 and mm is
+    /// continuous across brackets), so the side is a range of ticks ending at `t0`'s far
+    /// edge, found exactly with integer evaluations of `f`.
+    pub fn trigger(&self, lots: i64, base: i128, t0: i64, v: i128, keep_above: bool) -> i64 {
+        let f = |t: i64| self.buffer_q16(lots, base, t);
+        let safe = |t: i64| if keep_above { f(t) >= v } else { f(t) <= v };
+        debug_assert!(safe(t0), "the current mark is on the kept side");
+        // The side runs from t0 down to 1 (a falling mark leaves it) or up to the limit.
+        let down = (lots > 0) == keep_above;
+        let (dir, reach) = if down { (-1, t0 - 1) } else { (1, self.max_ticks - t0) };
+        // Guess: in t0's bracket f is linear, so the side ends |f0 - v| / slope ticks away.
+        let f0 = f(t0);
+        let neighbour = (t0 + dir).clamp(1, self.max_ticks);
+        let slope = (f(neighbour) - f0).abs().max(1);
+        let guess = i64::try_from((f0 - v).abs() / slope).unwrap_or(i64::MAX);
+        let k = last_true(reach, guess, |k| safe(t0 + dir * k));
+        match (down, k == reach) {
+            (_, true) => 0,
+            (true, false) => t0 - k,
+            (false, false) => -(t0 + k),
         }
-        limits
     }
 
     /// Cost `size * entry` in q16.
@@ -117,74 +124,87 @@ impl Scale {
     }
 }
 
-/// Brackets a [`Move`] prepares for on the stack; a symbol with more takes the general
-/// formula for every position (venues publish ten or so).
-pub const MOVE_BRACKETS: usize = 16;
-
-/// One move of a symbol's mark, prepared so that each position's `upnl − mm` change costs
-/// two multiplications: the bracket of a position at either price is found by comparing its
-/// lots with per-move thresholds, and within one bracket mm is linear in the price. A
-/// position that changes bracket takes the general [`Scale::delta_q16`]. Exact either way.
-/// Held on the stack: a tick allocates nothing.
-#[derive(Debug, Clone)]
-pub struct Move<'a> {
-    sc: &'a Scale,
-    from: i64,
-    to: i64,
-    /// Bracket k holds |lots| below `from_lim[k]` (and not below the previous limit).
-    from_lim: [i64; MOVE_BRACKETS],
-    to_lim: [i64; MOVE_BRACKETS],
-    /// `(to − from) · lot_tick_q16`: the upnl change per lot.
-    value: i128,
-    /// `(to − from) · lot_tick_n12 · mmr_k`: the mm change per lot within bracket k.
-    mm_per_lot: [i128; MOVE_BRACKETS],
+/// The largest `k` in `[0, reach]` with `ok(k)`, for `ok` true at 0 and true-then-false
+/// over the range; starts at `guess` and gallops, so an exact guess costs two calls.
+fn last_true(reach: i64, guess: i64, ok: impl Fn(i64) -> bool) -> i64 {
+    let g = guess.clamp(0, reach);
+    // Invariant once set: ok(lo), !ok(hi).
+    let (lo, hi) = if ok(g) {
+        let (mut lo, mut step) = (g, 1i64);
+        loop {
+            if lo == reach {
+                return reach;
+            }
+            let k = lo.saturating_add(step).min(reach);
+            if !ok(k) {
+                break (lo, k);
+            }
+            lo = k;
+            step = step.saturating_mul(2);
+        }
+    } else {
+        let (mut hi, mut step) = (g, 1i64);
+        loop {
+            let k = (hi - step).max(0);
+            if ok(k) {
+                break (k, hi);
+            }
+            hi = k;
+            step = step.saturating_mul(2);
+        }
+    };
+    let (mut lo, mut hi) = (lo, hi);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if ok(mid) { lo = mid } else { hi = mid }
+    }
+    lo
 }
 
-impl<'a> Move<'a> {
-    /// `None` when the symbol has more than [`MOVE_BRACKETS`] brackets.
-    pub fn new(sc: &'a Scale, from: i64, to: i64) -> Option<Move<'a>> {
-        if sc.cap_n12.len() > MOVE_BRACKETS {
-            return None;
+/// Whether a slot's trigger fires at mark `to` (ticks): `0` never fires, `t > 0` fires
+/// when the mark falls below `t`, `t < 0` when it rises above `-t`.
+#[inline(always)]
+pub fn fires(trigger: i64, to: i64) -> bool {
+    if trigger > 0 { to < trigger } else { trigger < 0 && to > -trigger }
+}
+
+/// Slots per [`Guard`].
+pub const BLOCK: usize = 64;
+
+/// What the triggers of one block of [`BLOCK`] slots can fire on, conservatively: every
+/// trigger of the block fires only on a mark below `below` or above `above`. A tick reads
+/// the guards and opens only the blocks whose guard it crosses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guard {
+    below: i64,
+    above: i64,
+}
+
+impl Guard {
+    const QUIET: Guard = Guard { below: 0, above: i64::MAX };
+
+    #[inline(always)]
+    fn include(&mut self, trigger: i64) {
+        if trigger > 0 {
+            self.below = self.below.max(trigger);
+        } else if trigger < 0 {
+            self.above = self.above.min(-trigger);
         }
-        let step = i128::from(to - from);
-        let mut mm_per_lot = [0; MOVE_BRACKETS];
-        for (m, mmr) in mm_per_lot.iter_mut().zip(&sc.mmr_e4) {
-            *m = step * sc.lot_tick_n12 * mmr;
-        }
-        Some(Move {
-            sc,
-            from,
-            to,
-            from_lim: sc.lots_limits(from),
-            to_lim: sc.lots_limits(to),
-            value: step * sc.lot_tick_q16,
-            mm_per_lot,
-        })
     }
 
     #[inline(always)]
-    pub fn delta_q16(&self, lots: i64) -> i128 {
-        let q = lots.unsigned_abs() as i64;
-        let k = bracket_of(&self.to_lim, q);
-        if k == bracket_of(&self.from_lim, q) {
-            i128::from(lots) * self.value - i128::from(q) * self.mm_per_lot[k]
-        } else {
-            self.sc.delta_q16(lots, self.from, self.to)
-        }
+    fn open_at(&self, to: i64) -> bool {
+        to < self.below || to > self.above
     }
-}
-
-#[inline(always)]
-fn bracket_of(limits: &[i64], q: i64) -> usize {
-    let mut k = 0;
-    while q >= limits[k] {
-        k += 1;
-    }
-    k
 }
 
 /// The positions of one symbol in one margin mode, as parallel columns indexed by slot.
 /// A slot's account appears in no other slot of the same book.
+///
+/// Beside the columns sits the trigger index: each slot's trigger (see [`fires`]) and, per
+/// block of [`BLOCK`] slots, a [`Guard`] over the block's triggers. A slot's trigger is the
+/// mark at which its item must be looked at again; [`Book::scan`] finds the slots a new mark
+/// fires without reading the others.
 #[derive(Debug, Clone, Default)]
 pub struct Book {
     pub account: Vec<AccountIdx>,
@@ -193,6 +213,10 @@ pub struct Book {
     pub base_q16: Vec<i128>,
     /// Isolated book: the item's liquidatable flag. Cross book: unused (all false).
     pub liquidatable: Vec<bool>,
+    /// Per slot: the mark (ticks) at which the slot fires; 0 until one is set.
+    trigger: Vec<i64>,
+    /// Per block of [`BLOCK`] slots.
+    guards: Vec<Guard>,
 }
 
 impl Book {
@@ -211,6 +235,10 @@ impl Book {
         self.lots.push(lots);
         self.base_q16.push(base_q16);
         self.liquidatable.push(false);
+        self.trigger.push(0);
+        if self.guards.len() * BLOCK < self.len() {
+            self.guards.push(Guard::QUIET);
+        }
         slot
     }
 
@@ -222,12 +250,74 @@ impl Book {
         self.lots.swap_remove(i);
         self.base_q16.swap_remove(i);
         self.liquidatable.swap_remove(i);
-        (i < self.len()).then(|| self.account[i])
+        self.trigger.swap_remove(i);
+        self.guards.truncate(self.len().div_ceil(BLOCK));
+        if i < self.len() {
+            self.guards[i / BLOCK].include(self.trigger[i]);
+            Some(self.account[i])
+        } else {
+            None
+        }
+    }
+
+    pub fn trigger(&self, slot: usize) -> i64 {
+        self.trigger[slot]
+    }
+
+    /// Sets a slot's trigger; its block's guard widens to cover it at once (it narrows
+    /// again when a tick next opens the block).
+    #[inline]
+    pub fn set_trigger(&mut self, slot: usize, trigger: i64) {
+        self.trigger[slot] = trigger;
+        self.guards[slot / BLOCK].include(trigger);
+    }
+
+    /// The columns an evaluation of every slot reads (lots, base) and writes (flag, trigger);
+    /// call [`Book::rebuild_guards`] after writing triggers this way.
+    pub fn columns_mut(&mut self) -> (&[i64], &[i128], &mut [bool], &mut [i64]) {
+        (&self.lots, &self.base_q16, &mut self.liquidatable, &mut self.trigger)
+    }
+
+    pub fn rebuild_guards(&mut self) {
+        self.guards.clear();
+        self.guards.extend(self.trigger.chunks(BLOCK).map(guard_of));
+    }
+
+    /// The slots whose trigger fires at mark `to`, appended to `fired`; their triggers are
+    /// cleared (the caller sets new ones). Reads only the guards, and the blocks whose guard
+    /// `to` crosses, whose guards it then tightens. Returns the slots read.
+    pub fn scan(&mut self, to: i64, fired: &mut Vec<u32>) -> usize {
+        let mut read = 0;
+        for (b, guard) in self.guards.iter_mut().enumerate() {
+            if !guard.open_at(to) {
+                continue;
+            }
+            let start = b * BLOCK;
+            let block = &mut self.trigger[start..(start + BLOCK).min(self.account.len())];
+            read += block.len();
+            let mut tight = Guard::QUIET;
+            for (k, t) in block.iter_mut().enumerate() {
+                if fires(*t, to) {
+                    fired.push((start + k) as u32);
+                    *t = 0;
+                } else {
+                    tight.include(*t);
+                }
+            }
+            *guard = tight;
+        }
+        read
     }
 
     /// Bytes of column data per position (what a sweep reads).
     pub const BYTES_PER_POSITION: usize =
         size_of::<AccountIdx>() + size_of::<i64>() + size_of::<i128>() + size_of::<bool>();
+}
+
+fn guard_of(triggers: &[i64]) -> Guard {
+    let mut g = Guard::QUIET;
+    triggers.iter().for_each(|&t| g.include(t));
+    g
 }
 
 #[cfg(test)]
@@ -259,67 +349,100 @@ mod tests {
         }
     }
 
+    /// The trigger fires exactly on the marks that leave the kept side: checked at the
+    /// boundary, its neighbours, across bracket edges and at random marks.
     #[test]
-    fn delta_is_the_difference_of_buffers() {
+    fn trigger_fires_exactly_where_the_side_is_left() {
         let sc = Scale::new(&symbol());
-        let (lots, base) = (-2500, sc.cost_q16(-2500, 6_000_000_000_000));
-        for (from, to) in [(600000, 610000), (100, 4_000_000), (4_000_000, 100)] {
-            assert_eq!(
-                sc.delta_q16(lots, from, to),
-                sc.buffer_q16(lots, -base, to) - sc.buffer_q16(lots, -base, from)
-            );
-        }
-    }
-
-    #[test]
-    fn prepared_move_equals_the_general_delta_at_and_across_bracket_edges() {
-        let sc = Scale::new(&symbol());
-        // Notional edges at 50 000 and 250 000 (0.1 ticks, 0.001 lots): 1 BTC at 50 000 is
-        // 1000 lots at 500 000 ticks.
-        let mut rng = crate::synth::Rng::new(17);
-        let prices = [1, 7, 499_999, 500_000, 500_001, 2_500_000, 2_499_999, 250_000, 125_000];
-        for _ in 0..20_000 {
-            let pick = |rng: &mut crate::synth::Rng| {
-                if rng.below(2) == 0 {
-                    prices[rng.below(prices.len() as u64) as usize]
-                } else {
-                    1 + rng.below(5_000_000) as i64
-                }
+        let mut rng = crate::synth::Rng::new(5);
+        // Bracket edges at 50 000 and 250 000 notional: 1000 lots at 500 000 ticks, etc.
+        let marks = [1, 2, 499_999, 500_000, 500_001, 2_500_000, 250_000, 125_000];
+        let mut with_edge = 0;
+        for case in 0..20_000 {
+            let t0 = if rng.below(2) == 0 {
+                marks[rng.below(marks.len() as u64) as usize]
+            } else {
+                1 + rng.below(5_000_000) as i64
             };
-            let (from, to) = (pick(&mut rng), pick(&mut rng));
-            let q = match rng.below(3) {
-                0 => [1000, 999, 1001, 5000, 4999, 10_000, 100_000_000_000][rng.below(7) as usize],
-                _ => 1 + rng.below(50_000) as i64,
-            };
+            let q = [1, 999, 1000, 1001, 5000][rng.below(5) as usize] + rng.below(20_000) as i64;
             let lots = if rng.below(2) == 0 { q } else { -q };
-            assert_eq!(
-                Move::new(&sc, from, to).unwrap().delta_q16(lots),
-                sc.delta_q16(lots, from, to),
-                "lots {lots} from {from} to {to}"
-            );
+            let entry = 1 + rng.below(10_000_000_000_000) as i64;
+            let base = sc.cost_q16(lots, entry) * -1 + rng.below(1 << 40) as i128 * 1000;
+            let f0 = sc.buffer_q16(lots, base, t0);
+            let keep_above = rng.below(2) == 0;
+            let room = i128::from(rng.below(1 << 50)) * [0, 1, 1000][rng.below(3) as usize];
+            let v = if keep_above { f0 - room } else { f0 + room };
+            let safe = |t: i64| {
+                let f = sc.buffer_q16(lots, base, t);
+                if keep_above { f >= v } else { f <= v }
+            };
+            let trig = sc.trigger(lots, base, t0, v, keep_above);
+            assert!(!fires(trig, t0), "case {case}: fires at its own mark");
+            let edge = trig.abs();
+            let mut probes = vec![t0, 1, sc.max_ticks, 1 + rng.below(sc.max_ticks as u64) as i64];
+            if edge != 0 {
+                with_edge += 1;
+                probes.extend([edge - 2, edge - 1, edge, edge + 1, edge + 2]);
+            }
+            probes.extend(marks);
+            for t in probes.into_iter().filter(|&t| (1..=sc.max_ticks).contains(&t)) {
+                assert_eq!(
+                    fires(trig, t),
+                    !safe(t),
+                    "case {case}: lots {lots} base {base} t0 {t0} v {v} above {keep_above} \
+                     trigger {trig} at {t}"
+                );
+            }
         }
+        assert!(with_edge > 15_000, "most cases have an edge to probe: {with_edge}");
     }
 
+    /// A scan returns exactly the slots whose triggers fire, however the triggers were set,
+    /// moved by removals or cleared by earlier scans.
     #[test]
-    fn more_brackets_than_a_move_holds_take_the_general_formula() {
-        let brackets: Vec<String> = (1..=MOVE_BRACKETS + 1)
-            .map(|k| {
-                format!(
-                    r#"{{"notional_cap":"{}","max_leverage":{},"mmr":"0.{:04}"}}"#,
-                    k * 1000,
-                    200 - k,
-                    10 + k
-                )
-            })
-            .collect();
-        let text = format!(
-            r#"{{"default_margin_mode":"cross","default_leverage":20,"symbols":[{{"symbol":"X","tick_size":"0.1","step_size":"0.001","brackets":[{}]}}]}}"#,
-            brackets.join(",")
-        );
-        let cfg = crate::config::Config::parse(&text).unwrap();
-        let sc = Scale::new(&cfg.symbols[0]);
-        assert!(Move::new(&sc, 100, 200).is_none());
-        let sc = Scale::new(&symbol());
-        assert!(Move::new(&sc, 100, 200).is_some());
+    fn scan_finds_exactly_the_firing_slots() {
+        let mut rng = crate::synth::Rng::new(9);
+        let mut book = Book::default();
+        let mut want: Vec<i64> = Vec::new();
+        let pick = |rng: &mut crate::synth::Rng| match rng.below(3) {
+            0 => 0,
+            1 => 1 + rng.below(1000) as i64,
+            _ => -(1 + rng.below(1000) as i64),
+        };
+        for round in 0..3000 {
+            match rng.below(4) {
+                0 | 1 => {
+                    let slot = book.push(AccountIdx(round), 1, 0) as usize;
+                    let t = pick(&mut rng);
+                    book.set_trigger(slot, t);
+                    want.push(t);
+                }
+                2 if !book.is_empty() => {
+                    let slot = rng.below(book.len() as u64) as usize;
+                    book.swap_remove(slot as u32);
+                    want.swap_remove(slot);
+                }
+                _ if !book.is_empty() => {
+                    let slot = rng.below(book.len() as u64) as usize;
+                    let t = pick(&mut rng);
+                    book.set_trigger(slot, t);
+                    want[slot] = t;
+                }
+                _ => {}
+            }
+            if round % 7 == 0 {
+                let to = 1 + rng.below(1000) as i64;
+                let mut fired = Vec::new();
+                book.scan(to, &mut fired);
+                fired.sort_unstable();
+                let expected: Vec<u32> =
+                    (0..want.len()).filter(|&k| fires(want[k], to)).map(|k| k as u32).collect();
+                assert_eq!(fired, expected, "round {round}, mark {to}");
+                for &k in &fired {
+                    want[k as usize] = 0;
+                }
+            }
+            assert_eq!((0..book.len()).map(|k| book.trigger(k)).collect::<Vec<_>>(), want);
+        }
     }
 }

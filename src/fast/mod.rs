@@ -16,7 +16,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
-use self::book::{AccountIdx, Book, E8_TO_Q16, Move, Scale};
+use self::book::{AccountIdx, Book, E8_TO_Q16, Scale};
 use crate::{
     config::{Config, Mode, SymbolIdx},
     engine::{At, Engine, rejects, should_emit},
@@ -104,11 +104,15 @@ pub struct FastEngine {
     deltas: Vec<i128>,
     /// Scratch: isolated slots of this message that crossed below maintenance.
     emit_isolated: Vec<(SymbolIdx, u32)>,
-    /// Scratch: cross accounts of this message evaluated in the tick that crossed below
-    /// maintenance.
-    emit_cross: Vec<AccountIdx>,
+    /// Scratch: slots a tick fired.
+    fired: Vec<u32>,
+    /// Scratch: an account's marked cross positions during a refresh (symbol, slot, mark,
+    /// buffer term).
+    terms: Vec<(SymbolIdx, u32, i64, i128)>,
     /// Positions evaluated so far (see [`FastEngine::positions_evaluated`]).
     positions_evaluated: u64,
+    /// Triggers read so far (see [`FastEngine::triggers_read`]).
+    triggers_read: u64,
     /// Books at least this long go to rayon workers.
     parallel_min: usize,
 }
@@ -165,6 +169,16 @@ fn div_round_half_even(n: i128, d: i128) -> i128 {
     }
 }
 
+/// An isolated position's state at `t` ticks (liquidatable: `buffer < 0`) and its trigger:
+/// the exact mark at which the state flips, since the item's buffer depends on its own mark
+/// only.
+fn isolated_state(sc: &Scale, lots: i64, base: i128, t: i64) -> (bool, i64) {
+    let now = sc.buffer_q16(lots, base, t) < 0;
+    let trigger =
+        if now { sc.trigger(lots, base, t, -1, false) } else { sc.trigger(lots, base, t, 0, true) };
+    (now, trigger)
+}
+
 fn in_limits(what: &str, v_e8: i128) -> Result<i128, Reject> {
     if v_e8.abs() < AMOUNT_LIMIT.0 { Ok(v_e8) } else { Err(rejects::out_of_range(what, D8(v_e8))) }
 }
@@ -188,8 +202,10 @@ impl FastEngine {
             touched: Vec::new(),
             deltas: Vec::new(),
             emit_isolated: Vec::new(),
-            emit_cross: Vec::new(),
+            fired: Vec::new(),
+            terms: Vec::new(),
             positions_evaluated: 0,
+            triggers_read: 0,
             parallel_min: PARALLEL_MIN_POSITIONS,
             cfg,
         }
@@ -317,10 +333,53 @@ impl FastEngine {
 
     // --- evaluation --------------------------------------------------------------------
 
-    fn eval_cross(&mut self, a: AccountIdx, rearmed: bool, at: At, out: &mut dyn FnMut(Event)) {
-        let hot = &mut self.accounts.hot[a.0 as usize];
+    /// Evaluates cross account `a` exactly at the current marks, emits if it crossed (or was
+    /// re-armed), and gives each of its cross positions a fresh trigger.
+    ///
+    /// The triggers split the account's room between its positions: a healthy account with
+    /// buffer `B >= 0` and `n` cross positions lets each position's `upnl - mm` fall by
+    /// `B / n` before its trigger fires; however the marks then move, while none fires the
+    /// buffer stays `>= B - n·(B / n) >= 0`, so the account cannot have crossed unseen. A
+    /// liquidatable account (`B < 0`) lets each rise by `(-B - 1) / n`, so while none fires
+    /// it stays below zero and cannot have recovered unseen. An account with an unmarked
+    /// cross symbol cannot be liquidatable; the first mark of that symbol visits it.
+    fn refresh(&mut self, a: AccountIdx, rearmed: bool, at: At, out: &mut dyn FnMut(Event)) {
+        let i = a.0 as usize;
+        let (acc, scales, marks) = (&mut self.accounts, &self.scales, &self.mark_ticks);
+        let mut buffer = acc.wallet_e8[i] * E8_TO_Q16;
+        let terms = &mut self.terms;
+        terms.clear();
+        for p in &acc.pairs[i] {
+            if p.mode != Mode::Cross || p.slot == NO_SLOT {
+                continue;
+            }
+            let si = p.symbol.0 as usize;
+            let Some(t) = marks[si] else { continue };
+            let (book, slot) = (&self.cross[si], p.slot as usize);
+            let f = scales[si].buffer_q16(book.lots[slot], book.base_q16[slot], t);
+            buffer += f;
+            terms.push((p.symbol, p.slot, t, f));
+        }
+        self.positions_evaluated += terms.len() as u64;
+        let hot = &mut acc.hot[i];
+        hot.buffer_q16 = buffer;
         let now = hot.liquidatable_now();
         let was = std::mem::replace(&mut hot.liquidatable, now);
+        let (n, unmarked) = (i128::from(hot.n_cross), hot.n_unmarked > 0);
+        for &(s, slot, t, f) in terms.iter() {
+            let (book, sc) = (&mut self.cross[s.0 as usize], &scales[s.0 as usize]);
+            let trigger = if unmarked {
+                0
+            } else {
+                let (lots, base) = (book.lots[slot as usize], book.base_q16[slot as usize]);
+                if now {
+                    sc.trigger(lots, base, t, f + (-buffer - 1) / n, false)
+                } else {
+                    sc.trigger(lots, base, t, f - buffer / n, true)
+                }
+            };
+            book.set_trigger(slot as usize, trigger);
+        }
         if should_emit(was, now, rearmed) {
             self.emit_cross_event(a, at, out);
         }
@@ -345,15 +404,24 @@ impl FastEngine {
         if p.mode != Mode::Isolated || p.slot == NO_SLOT {
             return;
         }
-        let slot = p.slot as usize;
-        let book = &mut self.isolated[s.0 as usize];
-        let now = self.mark_ticks[s.0 as usize].is_some_and(|t| {
-            self.scales[s.0 as usize].buffer_q16(book.lots[slot], book.base_q16[slot], t) < 0
-        });
-        let was = std::mem::replace(&mut book.liquidatable[slot], now);
+        let (si, slot) = (s.0 as usize, p.slot as usize);
+        let Some(t) = self.mark_ticks[si] else { return };
+        let (was, now) = self.settle_isolated(s, slot, t);
         if should_emit(was, now, rearmed) {
             self.emit_isolated_event(a, s, at, out);
         }
+    }
+
+    /// Evaluates isolated slot `slot` of `s` at `t` ticks: sets its flag and its trigger
+    /// (the exact mark at which its state next flips). Returns (was, now).
+    fn settle_isolated(&mut self, s: SymbolIdx, slot: usize, t: i64) -> (bool, bool) {
+        let si = s.0 as usize;
+        let book = &mut self.isolated[si];
+        let (lots, base) = (book.lots[slot], book.base_q16[slot]);
+        let (now, trigger) = isolated_state(&self.scales[si], lots, base, t);
+        book.set_trigger(slot, trigger);
+        self.positions_evaluated += 1;
+        (std::mem::replace(&mut book.liquidatable[slot], now), now)
     }
 
     fn emit_isolated_event(&self, a: AccountIdx, s: SymbolIdx, at: At, out: &mut dyn FnMut(Event)) {
@@ -362,22 +430,16 @@ impl FastEngine {
         out(Event::Liquidation(ev));
     }
 
-    /// Evaluates the cross accounts touched by this message and emits the isolated items
+    /// Refreshes the cross accounts touched by this message and emits the isolated items
     /// that crossed, then clears the scratch lists.
     fn finish_message(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         // Book order, which is deterministic; the SPEC leaves the order within a message free.
         let mut touched = std::mem::take(&mut self.touched);
         for &a in &touched {
-            self.eval_cross(a, false, at, out);
+            self.refresh(a, false, at, out);
         }
         touched.clear();
         self.touched = touched;
-        let mut crossed = std::mem::take(&mut self.emit_cross);
-        for &a in &crossed {
-            self.emit_cross_event(a, at, out);
-        }
-        crossed.clear();
-        self.emit_cross = crossed;
         let mut isolated = std::mem::take(&mut self.emit_isolated);
         for &(s, slot) in &isolated {
             let a = self.isolated[s.0 as usize].account[slot as usize];
@@ -387,89 +449,95 @@ impl FastEngine {
         self.emit_isolated = isolated;
     }
 
-    /// Moves symbol `s` to `to` ticks: updates every cross holder's buffer and evaluates
-    /// every isolated position, recording those that crossed below maintenance.
-    ///
-    /// When the tick is the message's only change (`alone`, a `mark` message), each cross
-    /// holder is evaluated in the same pass, while its record is in cache: a holder appears
-    /// once per book, so its buffer is final. Otherwise (a `marks` message) holders are
-    /// touched and evaluated once all the message's symbols have moved.
-    fn tick(&mut self, s: SymbolIdx, to: i64, alone: bool) {
+    /// Moves symbol `s` to `to` ticks. Only the positions whose trigger the move fires are
+    /// looked at: an isolated one is evaluated at once, a cross one's account is refreshed
+    /// when the message ends (after every symbol of a `marks` message has moved). The
+    /// symbol's first mark visits every holder instead.
+    fn tick(&mut self, s: SymbolIdx, to: i64) {
         let si = s.0 as usize;
-        let from = self.mark_ticks[si].replace(to);
-        let sc = &self.scales[si];
-        let step = from.map(|from| (from, Move::new(sc, from, to)));
-        let delta = |lots, base| match &step {
-            Some((_, Some(step))) => step.delta_q16(lots),
-            Some((from, None)) => sc.delta_q16(lots, *from, to),
-            None => sc.buffer_q16(lots, base, to),
-        };
-        // Cross: each holder's delta goes to its account. Big books compute the deltas in
-        // parallel first; small ones in the same pass. Accounts are unique within a book.
-        let book = &self.cross[si];
-        self.positions_evaluated += book.len() as u64;
-        let parallel = book.len() >= self.parallel_min;
-        if parallel {
-            map_book(&mut self.deltas, book, self.parallel_min, delta);
+        if self.mark_ticks[si].replace(to).is_none() {
+            self.first_mark(s, to);
+            return;
         }
+        let mut fired = std::mem::take(&mut self.fired);
+        fired.clear();
+        self.triggers_read += self.cross[si].scan(to, &mut fired) as u64;
         let (msg_no, hot) = (self.msg_no, &mut self.accounts.hot);
-        for (k, &a) in book.account.iter().enumerate() {
-            if let Some(ahead) = book.account.get(k + PREFETCH_AHEAD) {
-                prefetch(&hot[ahead.0 as usize]);
-            }
-            let d = if parallel { self.deltas[k] } else { delta(book.lots[k], book.base_q16[k]) };
+        for &slot in &fired {
+            let a = self.cross[si].account[slot as usize];
             let h = &mut hot[a.0 as usize];
-            h.buffer_q16 += d;
-            if from.is_none() {
-                h.n_unmarked -= 1;
-            }
-            if alone {
-                let now = h.liquidatable_now();
-                let was = std::mem::replace(&mut h.liquidatable, now);
-                // A tick re-arms nothing: only a fresh crossing emits.
-                if should_emit(was, now, false) {
-                    self.emit_cross.push(a);
-                }
-            } else if h.stamp != msg_no {
+            if h.stamp != msg_no {
                 h.stamp = msg_no;
                 self.touched.push(a);
             }
         }
-        self.check_isolated(s, to);
+        fired.clear();
+        self.triggers_read += self.isolated[si].scan(to, &mut fired) as u64;
+        for &slot in &fired {
+            let (was, now) = self.settle_isolated(s, slot as usize, to);
+            if now && !was {
+                self.emit_isolated.push((s, slot));
+            }
+        }
+        self.fired = fired;
     }
 
-    /// Evaluates every isolated position of `s` at `ticks`, flipping flags in place and
-    /// recording those that crossed below maintenance. Each position is its own item.
-    fn check_isolated(&mut self, s: SymbolIdx, ticks: i64) {
+    /// The first mark of `s`: every cross holder has one unmarked symbol fewer and is
+    /// refreshed at the end of the message; every isolated position is evaluated.
+    fn first_mark(&mut self, s: SymbolIdx, to: i64) {
+        let si = s.0 as usize;
+        let (msg_no, hot) = (self.msg_no, &mut self.accounts.hot);
+        for &a in &self.cross[si].account {
+            let h = &mut hot[a.0 as usize];
+            h.n_unmarked -= 1;
+            if h.stamp != msg_no {
+                h.stamp = msg_no;
+                self.touched.push(a);
+            }
+        }
+        self.evaluate_isolated_book(s, to, true);
+    }
+
+    /// Evaluates every isolated position of `s` at `ticks` (on rayon workers for a big book),
+    /// flipping flags in place and recording those that crossed below maintenance. With
+    /// `retrigger` every trigger is set anew (the positions or the mark changed); without,
+    /// only those of positions whose state flipped (a sweep, which finds none unless a
+    /// trigger was wrong).
+    fn evaluate_isolated_book(&mut self, s: SymbolIdx, ticks: i64, retrigger: bool) {
         let si = s.0 as usize;
         let sc = &self.scales[si];
         let book = &mut self.isolated[si];
         self.positions_evaluated += book.len() as u64;
-        let check = |(slot, (flag, (&lots, &base))): (usize, (&mut bool, (&i64, &i128)))| {
+        let evaluate = |(slot, ((flag, trig), (&lots, &base))): (
+            usize,
+            ((&mut bool, &mut i64), (&i64, &i128)),
+        )| {
             let now = sc.buffer_q16(lots, base, ticks) < 0;
             let was = std::mem::replace(flag, now);
+            if retrigger || was != now {
+                *trig = isolated_state(sc, lots, base, ticks).1;
+            }
             (now && !was).then_some((s, slot as u32))
         };
-        if book.lots.len() >= self.parallel_min {
-            let columns = book
-                .liquidatable
-                .par_iter_mut()
-                .zip(book.lots.par_iter().zip(book.base_q16.par_iter()));
-            self.emit_isolated.par_extend(columns.enumerate().with_min_len(4096).filter_map(check));
-        } else {
-            self.emit_isolated.extend(
-                book.liquidatable
-                    .iter_mut()
-                    .zip(book.lots.iter().zip(book.base_q16.iter()))
-                    .enumerate()
-                    .filter_map(check),
+        let parallel = book.len() >= self.parallel_min;
+        let (lots, base, flags, triggers) = book.columns_mut();
+        if parallel {
+            let columns = flags.par_iter_mut().zip(triggers.par_iter_mut());
+            let inputs = lots.par_iter().zip(base.par_iter());
+            self.emit_isolated.par_extend(
+                columns.zip(inputs).enumerate().with_min_len(4096).filter_map(evaluate),
             );
+        } else {
+            let columns = flags.iter_mut().zip(triggers.iter_mut());
+            let inputs = lots.iter().zip(base.iter());
+            self.emit_isolated.extend(columns.zip(inputs).enumerate().filter_map(evaluate));
         }
+        book.rebuild_guards();
     }
 
     /// Recomputes every cross buffer from scratch and re-evaluates every item: the full-book
-    /// sweep (start-up, on demand, and the check that incremental updates never drift).
-    /// Emits as a message would, without re-arming.
+    /// sweep (on demand, and the check that no trigger was missed). Emits as a message would,
+    /// without re-arming; an item whose state it finds changed gets fresh triggers.
     pub fn sweep(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         self.msg_no += 1;
         let acc = &mut self.accounts;
@@ -498,33 +566,71 @@ impl FastEngine {
                 hot[a.0 as usize].buffer_q16 += d;
             }
         }
-        for i in 0..self.accounts.id.len() {
-            if self.accounts.hot[i].n_cross > 0 {
-                self.touch(AccountIdx(i as u32));
+        for (i, h) in self.accounts.hot.iter().enumerate() {
+            if h.liquidatable_now() != h.liquidatable {
+                self.touched.push(AccountIdx(i as u32));
             }
         }
         for si in 0..self.isolated.len() {
             if let Some(t) = self.mark_ticks[si] {
-                self.check_isolated(SymbolIdx(si as u16), t);
+                self.evaluate_isolated_book(SymbolIdx(si as u16), t, false);
             }
         }
         self.finish_message(at, out);
     }
 
-    /// Positions evaluated so far (by ticks, funding and sweeps): what a tick costs grows
-    /// with this, so benchmarks report it per tick.
+    /// Positions evaluated exactly so far (by ticks, refreshes, funding and sweeps).
     pub fn positions_evaluated(&self) -> u64 {
         self.positions_evaluated
     }
 
-    /// The cross buffers, for tests that compare incremental state with a fresh sweep.
-    pub fn cross_buffers(&self) -> Vec<(u64, i128, u32)> {
-        let acc = &self.accounts;
-        acc.id
-            .iter()
-            .zip(&acc.hot)
-            .map(|(&id, h)| (id, h.buffer_q16, u32::from(h.n_unmarked)))
-            .collect()
+    /// Triggers read so far by ticks (in the blocks their guards opened).
+    pub fn triggers_read(&self) -> u64 {
+        self.triggers_read
+    }
+
+    /// Checks the trigger index against the books: every trigger keeps the current mark on
+    /// its safe side (a move past it would have fired it), and every item's flag equals its
+    /// exact state at the current marks. For tests; `Err` names the first disagreement.
+    pub fn audit(&self) -> Result<(), String> {
+        for (si, (cross, isolated)) in self.cross.iter().zip(&self.isolated).enumerate() {
+            let Some(t) = self.mark_ticks[si] else { continue };
+            for (name, book) in [("cross", cross), ("isolated", isolated)] {
+                for slot in 0..book.len() {
+                    if book::fires(book.trigger(slot), t) {
+                        return Err(format!(
+                            "{name} slot {slot} of symbol {si}: trigger {} fires at mark {t}",
+                            book.trigger(slot)
+                        ));
+                    }
+                }
+            }
+            let sc = &self.scales[si];
+            for slot in 0..isolated.len() {
+                let now = sc.buffer_q16(isolated.lots[slot], isolated.base_q16[slot], t) < 0;
+                if now != isolated.liquidatable[slot] {
+                    return Err(format!("isolated slot {slot} of symbol {si}: flag is stale"));
+                }
+            }
+        }
+        for (i, h) in self.accounts.hot.iter().enumerate() {
+            let mut buffer = self.accounts.wallet_e8[i] * E8_TO_Q16;
+            for p in &self.accounts.pairs[i] {
+                let si = p.symbol.0 as usize;
+                if let (Mode::Cross, true, Some(t)) =
+                    (p.mode, p.slot != NO_SLOT, self.mark_ticks[si])
+                {
+                    let book = &self.cross[si];
+                    let slot = p.slot as usize;
+                    buffer += self.scales[si].buffer_q16(book.lots[slot], book.base_q16[slot], t);
+                }
+            }
+            let now = h.n_cross > 0 && h.n_unmarked == 0 && buffer < 0;
+            if now != h.liquidatable {
+                return Err(format!("account {}: flag is stale", self.accounts.id[i]));
+            }
+        }
+        Ok(())
     }
 
     // --- state rules ---------------------------------------------------------------------
@@ -555,11 +661,9 @@ impl FastEngine {
         (notional + unit - 1).div_euclid(unit) * E8_TO_Q16
     }
 
-    /// Adds `delta_e8` to the wallet (and buffer) of `a`.
+    /// Adds `delta_e8` to the wallet of `a` (the caller refreshes the account).
     fn add_wallet(&mut self, a: AccountIdx, delta_e8: i128) {
-        let i = a.0 as usize;
-        self.accounts.wallet_e8[i] += delta_e8;
-        self.accounts.hot[i].buffer_q16 += delta_e8 * E8_TO_Q16;
+        self.accounts.wallet_e8[a.0 as usize] += delta_e8;
     }
 
     /// Takes the position of pair (a, s) out of its book and the account's aggregates.
@@ -573,7 +677,6 @@ impl FastEngine {
             Mode::Cross => &mut self.cross[si],
             Mode::Isolated => &mut self.isolated[si],
         };
-        let (lots, base) = (book.lots[slot as usize], book.base_q16[slot as usize]);
         if let Some(moved) = book.swap_remove(slot) {
             self.pair_mut(moved, s).slot = slot;
         }
@@ -581,9 +684,8 @@ impl FastEngine {
         if mode == Mode::Cross {
             let h = &mut self.accounts.hot[a.0 as usize];
             h.n_cross -= 1;
-            match self.mark_ticks[si] {
-                Some(t) => h.buffer_q16 -= self.scales[si].buffer_q16(lots, base, t),
-                None => h.n_unmarked -= 1,
+            if self.mark_ticks[si].is_none() {
+                h.n_unmarked -= 1;
             }
         }
     }
@@ -599,9 +701,8 @@ impl FastEngine {
         if mode == Mode::Cross {
             let h = &mut self.accounts.hot[a.0 as usize];
             h.n_cross += 1;
-            match self.mark_ticks[si] {
-                Some(t) => h.buffer_q16 += self.scales[si].buffer_q16(lots, base_q16, t),
-                None => h.n_unmarked += 1,
+            if self.mark_ticks[si].is_none() {
+                h.n_unmarked += 1;
             }
         }
     }
@@ -656,8 +757,8 @@ impl FastEngine {
             self.pair_mut(a, s).isolated_e8 -= pay;
             self.isolated[si].base_q16[k] -= pay * E8_TO_Q16;
         }
-        // Re-check the isolated positions at the unchanged mark.
-        self.check_isolated(s, t);
+        // Re-evaluate the isolated positions at the unchanged mark.
+        self.evaluate_isolated_book(s, t, true);
         self.finish_message(at, out);
         Ok(())
     }
@@ -671,7 +772,7 @@ impl Engine for FastEngine {
                 let si = symbol.0 as usize;
                 self.marks[si] = Some(price);
                 let ticks = price.0 / i128::from(self.scales[si].tick_e8);
-                self.tick(symbol, ticks as i64, true);
+                self.tick(symbol, ticks as i64);
                 self.finish_message(at, out);
             }
             Command::Marks { ref prices } => {
@@ -679,7 +780,7 @@ impl Engine for FastEngine {
                     let si = s.0 as usize;
                     self.marks[si] = Some(price);
                     let ticks = price.0 / i128::from(self.scales[si].tick_e8);
-                    self.tick(s, ticks as i64, false);
+                    self.tick(s, ticks as i64);
                 }
                 self.finish_message(at, out);
             }
@@ -687,7 +788,7 @@ impl Engine for FastEngine {
                 let a = self.intern(account);
                 let old = self.accounts.wallet_e8[a.0 as usize];
                 self.add_wallet(a, wallet.0 - old);
-                self.eval_cross(a, true, at, out);
+                self.refresh(a, true, at, out);
             }
             Command::Transfer { account, amount } => {
                 let a = self.intern(account);
@@ -699,7 +800,7 @@ impl Engine for FastEngine {
                 }
                 in_limits("wallet", self.accounts.wallet_e8[a.0 as usize] + amount.0)?;
                 self.add_wallet(a, amount.0);
-                self.eval_cross(a, true, at, out);
+                self.refresh(a, true, at, out);
             }
             Command::Position { account, symbol, size, entry_price, isolated_margin } => {
                 let mode = self.mode_of(self.index.get(&account).copied(), symbol);
@@ -726,7 +827,7 @@ impl Engine for FastEngine {
                 if lots != 0 {
                     self.insert_position(a, symbol, lots, base);
                 }
-                self.eval_cross(a, true, at, out);
+                self.refresh(a, true, at, out);
                 self.eval_isolated(a, symbol, true, at, out);
             }
             Command::MarginMode { account, symbol, mode } => {
@@ -834,7 +935,7 @@ impl Engine for FastEngine {
                 self.add_wallet(a, -amount.0);
                 self.pair_mut(a, symbol).isolated_e8 += amount.0;
                 self.isolated[si].base_q16[slot] += amount.0 * E8_TO_Q16;
-                self.eval_cross(a, true, at, out);
+                self.refresh(a, true, at, out);
                 self.eval_isolated(a, symbol, true, at, out);
             }
             Command::Funding { symbol, rate } => self.funding(symbol, rate, at, out)?,
