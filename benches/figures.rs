@@ -79,14 +79,53 @@ fn build(accounts: u64, positions: u64, symbols: usize) -> FastEngine {
     engine
 }
 
-/// Bytes a full sweep reads or writes: per cross position its three columns and its delta
-/// (written, then read); per isolated position its four columns; per account the buffer
-/// (written), wallet (read), counters, stamp and flag.
+/// Bytes a full sweep reads or writes: per cross position its three columns and its buffer
+/// term (written, then read); per isolated position its three columns and flag; per account
+/// the hot record (read and written) and the wallet.
 fn sweep_bytes(engine: &FastEngine, cross: usize, isolated: usize) -> f64 {
     let cross_b = cross * (4 + 8 + 16 + 2 * 16);
     let iso_b = isolated * Book::BYTES_PER_POSITION;
-    let acct_b = engine.n_accounts() * (16 + 16 + 4 + 4 + 8 + 1);
+    let acct_b = engine.n_accounts() * (2 * 32 + 16);
     (cross_b + iso_b + acct_b) as f64
+}
+
+/// Bytes a tick must touch, from the engine's counters over the tick: the guards of the
+/// symbol's two books, the triggers in the blocks they opened, and per position evaluated
+/// its columns and trigger (account records and pairs of refreshed accounts not counted,
+/// so the figure errs low).
+fn tick_bytes(holders: usize, triggers_read: u64, evaluated: u64) -> f64 {
+    let guards = 2 * holders.div_ceil(64) * 16;
+    (guards as u64 + triggers_read * 8 + evaluated * (Book::BYTES_PER_POSITION as u64 + 8)) as f64
+}
+
+/// What [`time_ticks`] measured: the median time, and per tick the triggers read, the
+/// positions evaluated and the liquidation events emitted.
+struct Ticks {
+    median: Duration,
+    triggers_read: f64,
+    evaluated: f64,
+    events: f64,
+}
+
+fn time_ticks(engine: &mut FastEngine, cmds: &[Command]) -> Ticks {
+    let (t0, e0) = (engine.triggers_read(), engine.positions_evaluated());
+    let at = At { line: 0, seq: 0 };
+    let mut events = 0u64;
+    let times = cmds
+        .iter()
+        .map(|cmd| {
+            let t = Instant::now();
+            engine.apply(cmd, at, &mut |_| events += 1).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    let n = cmds.len() as f64;
+    Ticks {
+        median: median(times),
+        triggers_read: (engine.triggers_read() - t0) as f64 / n,
+        evaluated: (engine.positions_evaluated() - e0) as f64 / n,
+        events: events as f64 / n,
+    }
 }
 
 fn main() {
@@ -125,25 +164,34 @@ fn main() {
         tick_latency.record(t.elapsed().as_nanos() as u64);
     }
     let ticks = tick_latency.summary();
+    let rss_steady = rss_bytes();
     drop(engine);
 
     // --- one symbol with 1M holders -------------------------------------------------------
     let mut one = build(1_000_000, 1_000_000, 1);
     let (c1, i1) = one.book_sizes();
     let base = synth::base_price_e2(0);
-    let tick_times: Vec<Duration> = (0..15)
-        .map(|k| {
-            let price = D8(i128::from(base + (k % 3) - 1) * 1_000_000);
-            let cmd = Command::Mark { symbol: SymbolIdx(0), price };
+    let mark =
+        |e2: i64| Command::Mark { symbol: SymbolIdx(0), price: D8(i128::from(e2) * 1_000_000) };
+    // Small moves (one tick either way), as most marks are: the index opens few blocks.
+    let small: Vec<Command> = (0..31).map(|k| mark(base + (k % 3) - 1)).collect();
+    let small = time_ticks(&mut one, &small);
+    let small_bytes = tick_bytes(c1 + i1, small.triggers_read as u64, small.evaluated as u64);
+    // Wicks of 3 % down and back, the largest one-message moves the generator makes: each
+    // fires every holder whose room is smaller, and refreshes its account.
+    let wicks: Vec<Command> =
+        (0..10).map(|k| mark(if k % 2 == 0 { base * 97 / 100 } else { base })).collect();
+    let wick = time_ticks(&mut one, &wicks);
+    let wick_bytes = tick_bytes(c1 + i1, wick.triggers_read as u64, wick.evaluated as u64);
+    // The same book swept in full, for comparison with the jump.
+    let full: Vec<Duration> = (0..5)
+        .map(|_| {
             let t = Instant::now();
-            one.apply(&cmd, at, &mut ignore).unwrap();
+            one.sweep(at, &mut ignore);
             t.elapsed()
         })
         .collect();
-    let tick_1m = median(tick_times);
-    // A tick touches what a sweep of that book touches, but computes mm twice per cross
-    // position (old and new mark).
-    let tick_1m_bps = sweep_bytes(&one, c1, i1) / tick_1m.as_secs_f64();
+    let sweep_1m = median(full);
     drop(one);
 
     // --- replay throughput: 10 000 accounts, mark-heavy --------------------------------
@@ -174,8 +222,10 @@ fn main() {
     let mut pipe_engine = FastEngine::new(cfg.clone());
     let (pipe_rate, pipe_summary) = run(&mut pipe_engine, &long);
     let (bare_rate, _) = run(&mut FastEngine::new(cfg.clone()), &marks_only);
-    // Positions the engine evaluated per mark on that stream (counted, not estimated).
+    // Per mark on that stream (counted, not estimated): positions evaluated exactly, and
+    // triggers read in the blocks the index opened.
     let holders_per_tick = pipe_engine.positions_evaluated() as f64 / marks as f64;
+    let triggers_per_tick = pipe_engine.triggers_read() as f64 / marks as f64;
 
     let figures = serde_json::json!({
         "machine": { "cores": std::thread::available_parallelism().map_or(0, |n| n.get()) },
@@ -190,10 +240,20 @@ fn main() {
         "mem_read_gbps": read_all / 1e9,
         "mem_read_gbps_one_thread": read_1t / 1e9,
         "sweep_bandwidth_fraction": sweep_bps / read_all,
-        "tick_1m_holders_ms": tick_1m.as_secs_f64() * 1e3,
-        "tick_1m_holders_bandwidth_fraction": tick_1m_bps / read_all,
+        "tick_1m_holders_ms": small.median.as_secs_f64() * 1e3,
+        "tick_1m_holders_bytes": small_bytes,
+        "tick_1m_holders_bandwidth_fraction":
+            small_bytes / small.median.as_secs_f64() / read_all,
+        "tick_1m_holders_positions_evaluated": small.evaluated,
+        "wick_1m_holders_ms": wick.median.as_secs_f64() * 1e3,
+        "wick_1m_holders_positions_evaluated": wick.evaluated,
+        "wick_1m_holders_events": wick.events,
+        "wick_1m_holders_bandwidth_fraction": wick_bytes / wick.median.as_secs_f64() / read_all,
+        "sweep_1m_holders_ms": sweep_1m.as_secs_f64() * 1e3,
         "tick_latency_ns": { "p50": ticks.p50, "p99": ticks.p99, "p999": ticks.p999, "max": ticks.max },
         "rss_bytes_per_position": (rss_after.saturating_sub(rss_before)) as f64 / n as f64,
+        "rss_bytes_per_position_after_sweeps_and_ticks":
+            (rss_steady.saturating_sub(rss_before)) as f64 / n as f64,
         "replay_stream_messages": ref_summary.messages,
         "replay_messages_per_s": { "fast": fast_rate, "reference": ref_rate },
         "speedup_vs_reference": fast_rate / ref_rate,
@@ -201,6 +261,7 @@ fn main() {
         "pipeline_messages_per_s": pipe_rate,
         "pipeline_liquidations": pipe_summary.liquidations,
         "pipeline_positions_per_tick": holders_per_tick,
+        "pipeline_triggers_read_per_tick": triggers_per_tick,
         "pipeline_only_messages_per_s": bare_rate,
     });
     println!("{}", serde_json::to_string_pretty(&figures).unwrap());

@@ -124,6 +124,60 @@ impl Scale {
     }
 }
 
+/// Brackets a [`Quote`] prepares for on the stack; a symbol with more takes the general
+/// formula (venues publish ten or so).
+pub const QUOTE_BRACKETS: usize = 16;
+
+/// A symbol's mark prepared for evaluating many positions at it: a position's bracket is
+/// found by comparing its lots with per-bracket limits, and within its bracket the buffer
+/// term is linear in the lots, so it costs two multiplications. Exact, and held on the stack.
+#[derive(Debug, Clone)]
+pub struct Quote<'a> {
+    sc: &'a Scale,
+    ticks: i64,
+    /// Brackets in use (`QUOTE_BRACKETS + 1` when the symbol has more: general formula).
+    brackets: usize,
+    /// Bracket k holds |lots| below `limit[k]` (and not below the previous limit).
+    limit: [i64; QUOTE_BRACKETS],
+    /// `ticks · lot_tick_q16`: the value of one lot.
+    value: i128,
+    /// `ticks · lot_tick_n12 · mmr_k`: the mm of one lot within bracket k.
+    mm: [i128; QUOTE_BRACKETS],
+    cum: [i128; QUOTE_BRACKETS],
+}
+
+impl<'a> Quote<'a> {
+    pub fn new(sc: &'a Scale, ticks: i64) -> Quote<'a> {
+        let per_lot = i128::from(ticks) * sc.lot_tick_n12;
+        let (mut limit, mut mm, mut cum) =
+            ([i64::MAX; QUOTE_BRACKETS], [0; QUOTE_BRACKETS], [0; QUOTE_BRACKETS]);
+        for k in 0..sc.cap_n12.len().min(QUOTE_BRACKETS) {
+            // q · per_lot < cap  ⇔  q < ⌈cap / per_lot⌉ (per_lot > 0: ticks >= 1).
+            let cap = sc.cap_n12[k];
+            if cap != i128::MAX {
+                limit[k] = i64::try_from((cap + per_lot - 1) / per_lot).unwrap_or(i64::MAX);
+            }
+            mm[k] = per_lot * sc.mmr_e4[k];
+            cum[k] = sc.cum_q16[k];
+        }
+        let brackets = sc.cap_n12.len();
+        Quote { sc, ticks, brackets, limit, value: i128::from(ticks) * sc.lot_tick_q16, mm, cum }
+    }
+
+    /// [`Scale::buffer_q16`] at the quoted mark.
+    #[inline(always)]
+    pub fn buffer_q16(&self, lots: i64, base_q16: i128) -> i128 {
+        if self.brackets > QUOTE_BRACKETS {
+            return self.sc.buffer_q16(lots, base_q16, self.ticks);
+        }
+        let q = lots.unsigned_abs() as i64;
+        // Counting the limits at or below q finds the bracket without a branch per bracket
+        // (positions spread across brackets would make such branches unpredictable).
+        let k = self.limit[..self.brackets].iter().map(|&l| usize::from(q >= l)).sum::<usize>();
+        base_q16 + i128::from(lots) * self.value - (i128::from(q) * self.mm[k] - self.cum[k])
+    }
+}
+
 /// The largest `k` in `[0, reach]` with `ok(k)`, for `ok` true at 0 and true-then-false
 /// over the range; starts at `guess` and gallops, so an exact guess costs two calls.
 fn last_true(reach: i64, guess: i64, ok: impl Fn(i64) -> bool) -> i64 {
@@ -349,6 +403,56 @@ mod tests {
         }
     }
 
+    #[test]
+    fn quote_equals_the_general_formula_at_and_across_bracket_edges() {
+        let sc = Scale::new(&symbol());
+        let mut rng = crate::synth::Rng::new(17);
+        // Notional edges at 50 000 and 250 000 (0.1 ticks, 0.001 lots): 1 BTC at 50 000 is
+        // 1000 lots at 500 000 ticks.
+        let marks = [1, 7, 499_999, 500_000, 500_001, 2_500_000, 2_499_999, 250_000, 125_000];
+        for _ in 0..20_000 {
+            let t = if rng.below(2) == 0 {
+                marks[rng.below(marks.len() as u64) as usize]
+            } else {
+                1 + rng.below(5_000_000) as i64
+            };
+            let q = match rng.below(3) {
+                0 => [1000, 999, 1001, 5000, 4999, 10_000, 100_000_000_000][rng.below(7) as usize],
+                _ => 1 + rng.below(50_000) as i64,
+            };
+            let lots = if rng.below(2) == 0 { q } else { -q };
+            let base = -sc.cost_q16(lots, 1 + rng.below(1 << 40) as i64);
+            assert_eq!(
+                Quote::new(&sc, t).buffer_q16(lots, base),
+                sc.buffer_q16(lots, base, t),
+                "lots {lots} at {t}"
+            );
+        }
+    }
+
+    #[test]
+    fn more_brackets_than_a_quote_holds_take_the_general_formula() {
+        let brackets: Vec<String> = (1..=QUOTE_BRACKETS + 1)
+            .map(|k| {
+                format!(
+                    r#"{{"notional_cap":"{}","max_leverage":{},"mmr":"0.{:04}"}}"#,
+                    k * 1000,
+                    200 - k,
+                    10 + k
+                )
+            })
+            .collect();
+        let text = format!(
+            r#"{{"default_margin_mode":"cross","default_leverage":20,"symbols":[{{"symbol":"X","tick_size":"0.1","step_size":"0.001","brackets":[{}]}}]}}"#,
+            brackets.join(",")
+        );
+        let cfg = crate::config::Config::parse(&text).unwrap();
+        let sc = Scale::new(&cfg.symbols[0]);
+        for (lots, t) in [(1, 10), (-50_000, 9_000), (100_000, 200_000), (-7, 1)] {
+            assert_eq!(Quote::new(&sc, t).buffer_q16(lots, -5), sc.buffer_q16(lots, -5, t));
+        }
+    }
+
     /// The trigger fires exactly on the marks that leave the kept side: checked at the
     /// boundary, its neighbours, across bracket edges and at random marks.
     #[test]
@@ -367,7 +471,7 @@ mod tests {
             let q = [1, 999, 1000, 1001, 5000][rng.below(5) as usize] + rng.below(20_000) as i64;
             let lots = if rng.below(2) == 0 { q } else { -q };
             let entry = 1 + rng.below(10_000_000_000_000) as i64;
-            let base = sc.cost_q16(lots, entry) * -1 + rng.below(1 << 40) as i128 * 1000;
+            let base = -sc.cost_q16(lots, entry) + rng.below(1 << 40) as i128 * 1000;
             let f0 = sc.buffer_q16(lots, base, t0);
             let keep_above = rng.below(2) == 0;
             let room = i128::from(rng.below(1 << 50)) * [0, 1, 1000][rng.below(3) as usize];

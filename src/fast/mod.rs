@@ -11,12 +11,15 @@
 
 pub mod book;
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
+use hashbrown::HashTable;
 use rayon::prelude::*;
-use rustc_hash::FxHashMap;
 
-use self::book::{AccountIdx, Book, E8_TO_Q16, Scale};
+use self::book::{AccountIdx, Book, E8_TO_Q16, Quote, Scale};
 use crate::{
     config::{Config, Mode, SymbolIdx},
     engine::{At, Engine, rejects, should_emit},
@@ -61,6 +64,31 @@ struct Accounts {
     pairs: Vec<Vec<Pair>>,
 }
 
+/// Account id → [`AccountIdx`]. Each entry holds only the 4-byte index; the id it stands for
+/// is read from the id column. A `HashMap<u64, u32>` entry takes 16 bytes (alignment), this
+/// one 4, which at three positions per account is ~9 bytes per position of resident memory.
+#[derive(Debug, Default)]
+struct AccountIndex {
+    table: HashTable<u32>,
+}
+
+impl AccountIndex {
+    fn hash(id: u64) -> u64 {
+        use std::hash::BuildHasher;
+        rustc_hash::FxBuildHasher.hash_one(id)
+    }
+
+    fn get(&self, id: u64, ids: &[u64]) -> Option<AccountIdx> {
+        self.table.find(Self::hash(id), |&a| ids[a as usize] == id).map(|&a| AccountIdx(a))
+    }
+
+    /// Adds `a`, whose id is already `ids[a]` and not in the index yet.
+    fn insert(&mut self, a: AccountIdx, ids: &[u64]) {
+        let hash = |&a: &u32| Self::hash(ids[a as usize]);
+        self.table.insert_unique(hash(&a.0), a.0, hash);
+    }
+}
+
 /// The part of a cross account that a tick reads and writes, kept in one 32-byte record:
 /// a tick reaches its holders' accounts in random order, so each holder costs one cache
 /// miss here instead of one per column.
@@ -95,13 +123,11 @@ pub struct FastEngine {
     cross: Vec<Book>,
     isolated: Vec<Book>,
     accounts: Accounts,
-    index: FxHashMap<u64, AccountIdx>,
+    index: AccountIndex,
     /// Message counter for `Accounts::stamp`.
     msg_no: u64,
     /// Scratch, reused across messages: cross accounts touched by this message.
     touched: Vec<AccountIdx>,
-    /// Scratch: per-position deltas of a parallel tick.
-    deltas: Vec<i128>,
     /// Scratch: isolated slots of this message that crossed below maintenance.
     emit_isolated: Vec<(SymbolIdx, u32)>,
     /// Scratch: slots a tick fired.
@@ -117,46 +143,9 @@ pub struct FastEngine {
     parallel_min: usize,
 }
 
-/// Fills `out[i] = f(lots[i], base[i])` over a book's slots, on rayon workers when the book
-/// is big enough to pay for the hand-off. `out` is scratch reused across calls.
-fn map_book(
-    out: &mut Vec<i128>,
-    book: &Book,
-    parallel_min: usize,
-    f: impl Fn(i64, i128) -> i128 + Sync,
-) {
-    out.clear();
-    out.resize(book.len(), 0);
-    let fill = |(d, (&lots, &base)): (&mut i128, (&i64, &i128))| *d = f(lots, base);
-    if book.len() >= parallel_min {
-        out.par_iter_mut()
-            .zip(book.lots.par_iter().zip(book.base_q16.par_iter()))
-            .with_min_len(4096)
-            .for_each(fill);
-    } else {
-        out.iter_mut().zip(book.lots.iter().zip(book.base_q16.iter())).for_each(fill);
-    }
-}
-
-/// How many holders ahead a tick asks for an account record: enough misses in flight to
-/// cover memory latency. Measured on a 1M-account book (200 symbols, 15k holders a tick):
-/// 16 ahead cut the replay from 72 to 47 s, 48 to 28 s; 96 to 256 all gave 25 to 29 s.
-const PREFETCH_AHEAD: usize = 160;
-
-/// Asks the CPU to bring `r`'s cache line in (a hint: no effect on results).
-#[inline(always)]
-#[allow(unsafe_code)]
-fn prefetch<T>(r: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 only hints the cache; it never faults, even for an invalid
-    // address, and `r` is a valid reference. SSE is part of the x86_64 baseline.
-    unsafe {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(r).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
-}
+/// Slots a rayon task takes at once: a plain loop over each chunk keeps the per-position
+/// work inlined.
+const CHUNK: usize = 4096;
 
 /// `n / d` rounded to the nearest integer, ties to even (`d > 0`).
 fn div_round_half_even(n: i128, d: i128) -> i128 {
@@ -197,10 +186,9 @@ impl FastEngine {
             cross: vec![Book::default(); n],
             isolated: vec![Book::default(); n],
             accounts: Accounts::default(),
-            index: FxHashMap::default(),
+            index: AccountIndex::default(),
             msg_no: 0,
             touched: Vec::new(),
-            deltas: Vec::new(),
             emit_isolated: Vec::new(),
             fired: Vec::new(),
             terms: Vec::new(),
@@ -233,7 +221,7 @@ impl FastEngine {
     }
 
     fn intern(&mut self, id: u64) -> AccountIdx {
-        if let Some(&a) = self.index.get(&id) {
+        if let Some(a) = self.lookup(id) {
             return a;
         }
         let acc = &mut self.accounts;
@@ -243,8 +231,12 @@ impl FastEngine {
         acc.hot.push(Hot::default());
         acc.order_margin_e8.push(0);
         acc.pairs.push(Vec::new());
-        self.index.insert(id, a);
+        self.index.insert(a, &self.accounts.id);
         a
+    }
+
+    fn lookup(&self, id: u64) -> Option<AccountIdx> {
+        self.index.get(id, &self.accounts.id)
     }
 
     fn pair(&self, a: AccountIdx, s: SymbolIdx) -> Option<&Pair> {
@@ -310,7 +302,7 @@ impl FastEngine {
     // --- views for events and queries --------------------------------------------------
 
     fn view(&self, id: u64) -> AccountView {
-        let Some(&a) = self.index.get(&id) else {
+        let Some(a) = self.lookup(id) else {
             return AccountView { account: id, ..AccountView::default() };
         };
         let pairs = self.accounts.pairs[a.0 as usize]
@@ -506,33 +498,50 @@ impl FastEngine {
     fn evaluate_isolated_book(&mut self, s: SymbolIdx, ticks: i64, retrigger: bool) {
         let si = s.0 as usize;
         let sc = &self.scales[si];
+        let quote = Quote::new(sc, ticks);
         let book = &mut self.isolated[si];
         self.positions_evaluated += book.len() as u64;
-        let evaluate = |(slot, ((flag, trig), (&lots, &base))): (
-            usize,
-            ((&mut bool, &mut i64), (&i64, &i128)),
-        )| {
-            let now = sc.buffer_q16(lots, base, ticks) < 0;
-            let was = std::mem::replace(flag, now);
-            if retrigger || was != now {
-                *trig = isolated_state(sc, lots, base, ticks).1;
+        // Set when a trigger changed without `retrigger`: the guards then need a rebuild.
+        let flipped = AtomicBool::new(false);
+        // One chunk of slots starting at `start`; returns the slots that crossed below.
+        let evaluate = |start: usize,
+                        lots: &[i64],
+                        base: &[i128],
+                        flags: &mut [bool],
+                        triggers: &mut [i64]| {
+            let mut crossed = Vec::new();
+            for (k, (((&lots, &base), flag), trig)) in
+                lots.iter().zip(base).zip(flags.iter_mut()).zip(triggers.iter_mut()).enumerate()
+            {
+                let now = quote.buffer_q16(lots, base) < 0;
+                let was = std::mem::replace(flag, now);
+                if retrigger || was != now {
+                    *trig = isolated_state(sc, lots, base, ticks).1;
+                    flipped.fetch_or(was != now, Ordering::Relaxed);
+                }
+                if now && !was {
+                    crossed.push((s, (start + k) as u32));
+                }
             }
-            (now && !was).then_some((s, slot as u32))
+            crossed
         };
         let parallel = book.len() >= self.parallel_min;
         let (lots, base, flags, triggers) = book.columns_mut();
         if parallel {
-            let columns = flags.par_iter_mut().zip(triggers.par_iter_mut());
-            let inputs = lots.par_iter().zip(base.par_iter());
+            let outputs = flags.par_chunks_mut(CHUNK).zip(triggers.par_chunks_mut(CHUNK));
+            let inputs = lots.par_chunks(CHUNK).zip(base.par_chunks(CHUNK));
             self.emit_isolated.par_extend(
-                columns.zip(inputs).enumerate().with_min_len(4096).filter_map(evaluate),
+                outputs
+                    .zip(inputs)
+                    .enumerate()
+                    .flat_map_iter(|(c, ((f, t), (l, b)))| evaluate(c * CHUNK, l, b, f, t)),
             );
         } else {
-            let columns = flags.iter_mut().zip(triggers.iter_mut());
-            let inputs = lots.iter().zip(base.iter());
-            self.emit_isolated.extend(columns.zip(inputs).enumerate().filter_map(evaluate));
+            self.emit_isolated.extend(evaluate(0, lots, base, flags, triggers));
         }
-        book.rebuild_guards();
+        if retrigger || flipped.into_inner() {
+            book.rebuild_guards();
+        }
     }
 
     /// Recomputes every cross buffer from scratch and re-evaluates every item: the full-book
@@ -540,37 +549,44 @@ impl FastEngine {
     /// without re-arming; an item whose state it finds changed gets fresh triggers.
     pub fn sweep(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         self.msg_no += 1;
-        let acc = &mut self.accounts;
-        for (h, w) in acc.hot.iter_mut().zip(&acc.wallet_e8) {
-            h.buffer_q16 = w * E8_TO_Q16;
-            h.n_unmarked = 0;
-        }
-        for si in 0..self.cross.len() {
-            let book = &self.cross[si];
-            let Some(t) = self.mark_ticks[si] else {
-                for &a in &book.account {
-                    self.accounts.hot[a.0 as usize].n_unmarked += 1;
-                }
-                continue;
-            };
-            let sc = &self.scales[si];
-            map_book(&mut self.deltas, book, self.parallel_min, |lots, base| {
-                sc.buffer_q16(lots, base, t)
-            });
-            self.positions_evaluated += book.len() as u64;
-            let hot = &mut self.accounts.hot;
-            for (k, (&a, &d)) in book.account.iter().zip(&self.deltas).enumerate() {
-                if let Some(ahead) = book.account.get(k + PREFETCH_AHEAD) {
-                    prefetch(&hot[ahead.0 as usize]);
-                }
-                hot[a.0 as usize].buffer_q16 += d;
+        let quotes: Vec<Option<Quote>> = (self.scales.iter().zip(&self.mark_ticks))
+            .map(|(sc, t)| t.map(|t| Quote::new(sc, t)))
+            .collect();
+        // The accounts are split into one range per worker. Each worker walks every cross
+        // book, takes the slots whose account is in its range and adds their terms to its own
+        // records: no two workers write one record, and no per-position scratch is needed.
+        let (cross, wallet) = (&self.cross, &self.accounts.wallet_e8);
+        let n_cross: usize = cross.iter().map(Book::len).sum();
+        let parts = if n_cross >= self.parallel_min { rayon::current_num_threads() } else { 1 };
+        let span = self.accounts.hot.len().div_ceil(parts).max(1);
+        let sweep_range = |(c, hot): (usize, &mut [Hot])| {
+            let lo = c * span;
+            for (h, w) in hot.iter_mut().zip(&wallet[lo..]) {
+                h.buffer_q16 = w * E8_TO_Q16;
+                h.n_unmarked = 0;
             }
-        }
-        for (i, h) in self.accounts.hot.iter().enumerate() {
-            if h.liquidatable_now() != h.liquidatable {
-                self.touched.push(AccountIdx(i as u32));
+            for (book, quote) in cross.iter().zip(&quotes) {
+                let columns = book.account.iter().zip(book.lots.iter().zip(&book.base_q16));
+                for (&a, (&lots, &base)) in columns {
+                    // `a - lo` wraps for accounts below the range, so one compare suffices.
+                    let Some(h) = hot.get_mut((a.0 as usize).wrapping_sub(lo)) else { continue };
+                    match quote {
+                        Some(q) => h.buffer_q16 += q.buffer_q16(lots, base),
+                        None => h.n_unmarked += 1,
+                    }
+                }
             }
-        }
+            let changed =
+                hot.iter().enumerate().filter(|(_, h)| h.liquidatable_now() != h.liquidatable);
+            changed.map(|(k, _)| AccountIdx((lo + k) as u32)).collect::<Vec<_>>()
+        };
+        let changed: Vec<AccountIdx> = if parts > 1 {
+            self.accounts.hot.par_chunks_mut(span).enumerate().flat_map_iter(sweep_range).collect()
+        } else {
+            sweep_range((0, &mut self.accounts.hot))
+        };
+        self.positions_evaluated += n_cross as u64;
+        self.touched.extend(changed);
         for si in 0..self.isolated.len() {
             if let Some(t) = self.mark_ticks[si] {
                 self.evaluate_isolated_book(SymbolIdx(si as u16), t, false);
@@ -803,7 +819,7 @@ impl Engine for FastEngine {
                 self.refresh(a, true, at, out);
             }
             Command::Position { account, symbol, size, entry_price, isolated_margin } => {
-                let mode = self.mode_of(self.index.get(&account).copied(), symbol);
+                let mode = self.mode_of(self.lookup(account), symbol);
                 match (mode, isolated_margin) {
                     (Mode::Cross, Some(_)) => return Err(rejects::isolated_margin_on_cross()),
                     (Mode::Isolated, None) if !size.is_zero() => {
@@ -831,7 +847,7 @@ impl Engine for FastEngine {
                 self.eval_isolated(a, symbol, true, at, out);
             }
             Command::MarginMode { account, symbol, mode } => {
-                let a = self.index.get(&account).copied();
+                let a = self.lookup(account);
                 if self.mode_of(a, symbol) != mode {
                     let p = a.and_then(|a| self.pair(a, symbol));
                     let (has_position, open_orders) =
@@ -851,7 +867,7 @@ impl Engine for FastEngine {
                 let si = symbol.0 as usize;
                 let cfg = Arc::clone(&self.cfg); // rare message: a clone beats borrow gymnastics
                 let sym = cfg.symbol(symbol);
-                let a = self.index.get(&account).copied();
+                let a = self.lookup(account);
                 let (lots, entry_e8) = a
                     .and_then(|a| self.pair(a, symbol))
                     .map_or((0, 0), |p| (self.lots_of(p), p.entry_e8));
@@ -893,7 +909,7 @@ impl Engine for FastEngine {
             }
             Command::IsolatedMargin { account, symbol, amount } => {
                 let si = symbol.0 as usize;
-                let a = self.index.get(&account).copied();
+                let a = self.lookup(account);
                 let p = a.and_then(|a| self.pair(a, symbol));
                 let mode = p.map_or(self.cfg.default_margin_mode, |p| p.mode);
                 if mode != Mode::Isolated {
