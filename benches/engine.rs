@@ -17,6 +17,11 @@ use rust_decimal::Decimal;
 
 const AT: At = At { line: 0, seq: 0 };
 
+// The allocator the `liqscan` binary runs with (see `src/main.rs`), so that resident memory
+// and timings are those of the product.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn ignore(_: liqscan::protocol::Event) {}
 
 fn book(accounts: u64, positions: u64, symbols: usize) -> FastEngine {

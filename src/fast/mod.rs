@@ -147,6 +147,78 @@ pub struct FastEngine {
 /// work inlined.
 const CHUNK: usize = 4096;
 
+/// How many slots ahead a sweep asks for an account record: enough misses in flight to cover
+/// memory latency (a book reaches its accounts sparsely, so the hardware prefetcher cannot).
+/// Measured on a 1M-account book (200 symbols, 15k holders a tick, when ticks still visited
+/// every holder): 16 ahead cut the replay from 72 to 47 s, 48 to 28 s; 96 to 256 all gave
+/// 25 to 29 s. In the sweep of the 3M-position bench book it took 42 ms to 11 ms.
+const PREFETCH_AHEAD: usize = 160;
+
+/// Asks the CPU to bring `r`'s cache line in (a hint: no effect on results).
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 only hints the cache; it never faults, even for an invalid
+    // address, and `r` is a valid reference. SSE is part of the x86_64 baseline.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(r).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}
+
+/// Evaluates every isolated position of `book` (symbol `s`) at `ticks`, on rayon workers when
+/// `parallel`; see [`FastEngine::evaluate_isolated_book`]. Returns the slots that crossed.
+fn evaluate_isolated(
+    book: &mut Book,
+    s: SymbolIdx,
+    sc: &Scale,
+    ticks: i64,
+    retrigger: bool,
+    parallel: bool,
+) -> Vec<(SymbolIdx, u32)> {
+    let quote = Quote::new(sc, ticks);
+    // Set when a trigger changed without `retrigger`: the guards then need a rebuild.
+    let flipped = AtomicBool::new(false);
+    // One chunk of slots starting at `start`; returns the slots that crossed below.
+    let evaluate =
+        |start: usize, lots: &[i64], base: &[i128], flags: &mut [bool], triggers: &mut [i64]| {
+            let mut crossed = Vec::new();
+            for (k, (((&lots, &base), flag), trig)) in
+                lots.iter().zip(base).zip(flags.iter_mut()).zip(triggers.iter_mut()).enumerate()
+            {
+                let now = quote.buffer_q16(lots, base) < 0;
+                let was = std::mem::replace(flag, now);
+                if retrigger || was != now {
+                    *trig = isolated_state(sc, lots, base, ticks).1;
+                    flipped.fetch_or(was != now, Ordering::Relaxed);
+                }
+                if now && !was {
+                    crossed.push((s, (start + k) as u32));
+                }
+            }
+            crossed
+        };
+    let (lots, base, flags, triggers) = book.columns_mut();
+    let crossed = if parallel {
+        let outputs = flags.par_chunks_mut(CHUNK).zip(triggers.par_chunks_mut(CHUNK));
+        let inputs = lots.par_chunks(CHUNK).zip(base.par_chunks(CHUNK));
+        outputs
+            .zip(inputs)
+            .enumerate()
+            .flat_map_iter(|(c, ((f, t), (l, b)))| evaluate(c * CHUNK, l, b, f, t))
+            .collect()
+    } else {
+        evaluate(0, lots, base, flags, triggers)
+    };
+    if retrigger || flipped.into_inner() {
+        book.rebuild_guards();
+    }
+    crossed
+}
+
 /// `n / d` rounded to the nearest integer, ties to even (`d > 0`).
 fn div_round_half_even(n: i128, d: i128) -> i128 {
     debug_assert!(d > 0);
@@ -497,51 +569,11 @@ impl FastEngine {
     /// trigger was wrong).
     fn evaluate_isolated_book(&mut self, s: SymbolIdx, ticks: i64, retrigger: bool) {
         let si = s.0 as usize;
-        let sc = &self.scales[si];
-        let quote = Quote::new(sc, ticks);
         let book = &mut self.isolated[si];
         self.positions_evaluated += book.len() as u64;
-        // Set when a trigger changed without `retrigger`: the guards then need a rebuild.
-        let flipped = AtomicBool::new(false);
-        // One chunk of slots starting at `start`; returns the slots that crossed below.
-        let evaluate = |start: usize,
-                        lots: &[i64],
-                        base: &[i128],
-                        flags: &mut [bool],
-                        triggers: &mut [i64]| {
-            let mut crossed = Vec::new();
-            for (k, (((&lots, &base), flag), trig)) in
-                lots.iter().zip(base).zip(flags.iter_mut()).zip(triggers.iter_mut()).enumerate()
-            {
-                let now = quote.buffer_q16(lots, base) < 0;
-                let was = std::mem::replace(flag, now);
-                if retrigger || was != now {
-                    *trig = isolated_state(sc, lots, base, ticks).1;
-                    flipped.fetch_or(was != now, Ordering::Relaxed);
-                }
-                if now && !was {
-                    crossed.push((s, (start + k) as u32));
-                }
-            }
-            crossed
-        };
         let parallel = book.len() >= self.parallel_min;
-        let (lots, base, flags, triggers) = book.columns_mut();
-        if parallel {
-            let outputs = flags.par_chunks_mut(CHUNK).zip(triggers.par_chunks_mut(CHUNK));
-            let inputs = lots.par_chunks(CHUNK).zip(base.par_chunks(CHUNK));
-            self.emit_isolated.par_extend(
-                outputs
-                    .zip(inputs)
-                    .enumerate()
-                    .flat_map_iter(|(c, ((f, t), (l, b)))| evaluate(c * CHUNK, l, b, f, t)),
-            );
-        } else {
-            self.emit_isolated.extend(evaluate(0, lots, base, flags, triggers));
-        }
-        if retrigger || flipped.into_inner() {
-            book.rebuild_guards();
-        }
+        let crossed = evaluate_isolated(book, s, &self.scales[si], ticks, retrigger, parallel);
+        self.emit_isolated.extend(crossed);
     }
 
     /// Recomputes every cross buffer from scratch and re-evaluates every item: the full-book
@@ -567,8 +599,12 @@ impl FastEngine {
             }
             for (book, quote) in cross.iter().zip(&quotes) {
                 let columns = book.account.iter().zip(book.lots.iter().zip(&book.base_q16));
-                for (&a, (&lots, &base)) in columns {
+                for (k, (&a, (&lots, &base))) in columns.enumerate() {
                     // `a - lo` wraps for accounts below the range, so one compare suffices.
+                    let ahead = book.account.get(k + PREFETCH_AHEAD);
+                    if let Some(h) = ahead.and_then(|b| hot.get((b.0 as usize).wrapping_sub(lo))) {
+                        prefetch(h);
+                    }
                     let Some(h) = hot.get_mut((a.0 as usize).wrapping_sub(lo)) else { continue };
                     match quote {
                         Some(q) => h.buffer_q16 += q.buffer_q16(lots, base),
@@ -587,11 +623,24 @@ impl FastEngine {
         };
         self.positions_evaluated += n_cross as u64;
         self.touched.extend(changed);
-        for si in 0..self.isolated.len() {
-            if let Some(t) = self.mark_ticks[si] {
-                self.evaluate_isolated_book(SymbolIdx(si as u16), t, false);
+        // Isolated books: all of them in one parallel job (most books are too small to split,
+        // and there are many), each big one split in chunks as well.
+        let n_isolated: usize = self.isolated.iter().map(Book::len).sum();
+        let (scales, marks, min) = (&self.scales, &self.mark_ticks, self.parallel_min);
+        let evaluate = |(si, book): (usize, &mut Book)| match marks[si] {
+            Some(t) => {
+                let s = SymbolIdx(si as u16);
+                evaluate_isolated(book, s, &scales[si], t, false, book.len() >= min)
             }
-        }
+            None => Vec::new(),
+        };
+        let crossed: Vec<(SymbolIdx, u32)> = if n_isolated >= min {
+            self.isolated.par_iter_mut().enumerate().flat_map_iter(evaluate).collect()
+        } else {
+            self.isolated.iter_mut().enumerate().flat_map(evaluate).collect()
+        };
+        self.positions_evaluated += n_isolated as u64;
+        self.emit_isolated.extend(crossed);
         self.finish_message(at, out);
     }
 
