@@ -99,8 +99,8 @@ fn sweep_bytes(engine: &FastEngine, cross: usize, isolated: usize) -> f64 {
 /// symbol's two books, the triggers in the blocks they opened, and per position evaluated
 /// its columns and trigger (account records and pairs of refreshed accounts not counted,
 /// so the figure errs low).
-fn tick_bytes(holders: usize, triggers_read: u64, evaluated: u64) -> f64 {
-    let guards = 2 * holders.div_ceil(64) * 16;
+fn tick_bytes(books: (usize, usize), triggers_read: u64, evaluated: u64) -> f64 {
+    let guards = (books.0.div_ceil(64) + books.1.div_ceil(64)) * 16;
     (guards as u64 + triggers_read * 8 + evaluated * (Book::BYTES_PER_POSITION as u64 + 8)) as f64
 }
 
@@ -182,13 +182,13 @@ fn main() {
     // Small moves (one tick either way), as most marks are: the index opens few blocks.
     let small: Vec<Command> = (0..31).map(|k| mark(base + (k % 3) - 1)).collect();
     let small = time_ticks(&mut one, &small);
-    let small_bytes = tick_bytes(c1 + i1, small.triggers_read as u64, small.evaluated as u64);
+    let small_bytes = tick_bytes((c1, i1), small.triggers_read as u64, small.evaluated as u64);
     // Wicks of 3 % down and back, the largest one-message moves the generator makes: each
     // fires every holder whose room is smaller, and refreshes its account.
     let wicks: Vec<Command> =
         (0..10).map(|k| mark(if k % 2 == 0 { base * 97 / 100 } else { base })).collect();
     let wick = time_ticks(&mut one, &wicks);
-    let wick_bytes = tick_bytes(c1 + i1, wick.triggers_read as u64, wick.evaluated as u64);
+    let wick_bytes = tick_bytes((c1, i1), wick.triggers_read as u64, wick.evaluated as u64);
     // The same book swept in full, for comparison with the jump.
     let full: Vec<Duration> = (0..5)
         .map(|_| {
