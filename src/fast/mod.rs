@@ -3,9 +3,10 @@
 //!
 //! Layout and arithmetic are explained in `README.md` beside this file. In one paragraph:
 //! positions live in per-symbol, per-mode column books ([`book::Book`]); prices are ticks,
-//! sizes lots, amounts `i128` at 10^-16. A cross account keeps a single number,
-//! `buffer = W + Σ (upnl − mm)` over its marked cross positions, and a count of unmarked ones,
-//! so a tick updates each holder by `Δupnl − Δmm` and the liquidation test is `buffer < 0`.
+//! sizes lots, amounts `i128` at 10^-16. A cross account is liquidatable when
+//! `buffer = W + Σ (upnl − mm)` over its cross positions is below zero. Each position holds a
+//! trigger, the mark at which its item must be looked at again, and a tick evaluates only the
+//! positions whose trigger it fires (`FastEngine::refresh` explains the cross budgets).
 //! Only the contents of emitted events (and queries) go through the exact, slower
 //! [`crate::report`] path.
 
@@ -94,7 +95,8 @@ impl AccountIndex {
 /// miss here instead of one per column.
 #[derive(Debug, Clone, Copy, Default)]
 struct Hot {
-    /// `W + Σ (upnl − mm)` over the marked cross positions, q16.
+    /// `W + Σ (upnl − mm)` over the marked cross positions, q16, as of the account's last
+    /// refresh (or sweep): exact then, stale after marks that fired none of its triggers.
     buffer_q16: i128,
     /// The message number that last touched the account (dedupes evaluation per message).
     stamp: u64,
