@@ -113,6 +113,20 @@ struct Ticks {
     events: f64,
 }
 
+/// The median of `n` full-book sweeps of `engine`.
+fn time_sweeps(engine: &mut FastEngine, n: usize) -> Duration {
+    let at = At { line: 0, seq: 0 };
+    median(
+        (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                engine.sweep(at, &mut ignore);
+                t.elapsed()
+            })
+            .collect(),
+    )
+}
+
 fn time_ticks(engine: &mut FastEngine, cmds: &[Command]) -> Ticks {
     let (t0, e0) = (engine.triggers_read(), engine.positions_evaluated());
     let at = At { line: 0, seq: 0 };
@@ -149,14 +163,7 @@ fn main() {
     let n = engine.n_positions();
     let (cross, isolated) = engine.book_sizes();
     let at = At { line: 0, seq: 0 };
-    let sweeps: Vec<Duration> = (0..7)
-        .map(|_| {
-            let t = Instant::now();
-            engine.sweep(at, &mut ignore);
-            t.elapsed()
-        })
-        .collect();
-    let sweep = median(sweeps);
+    let sweep = time_sweeps(&mut engine, 7);
     let bytes = sweep_bytes(&engine, cross, isolated);
 
     // Ticks on the big book, symbols as skewed as the book.
@@ -189,15 +196,8 @@ fn main() {
         (0..10).map(|k| mark(if k % 2 == 0 { base * 97 / 100 } else { base })).collect();
     let wick = time_ticks(&mut one, &wicks);
     let wick_bytes = tick_bytes((c1, i1), wick.triggers_read as u64, wick.evaluated as u64);
-    // The same book swept in full, for comparison with the jump.
-    let full: Vec<Duration> = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            one.sweep(at, &mut ignore);
-            t.elapsed()
-        })
-        .collect();
-    let sweep_1m = median(full);
+    // The same book swept in full, for comparison with the wick.
+    let sweep_1m = time_sweeps(&mut one, 5);
     drop(one);
 
     // --- replay throughput: 10 000 accounts, mark-heavy --------------------------------
