@@ -117,6 +117,17 @@ impl Hot {
     }
 }
 
+/// Adds `a` to `touched` unless this message (`msg_no`) already did: the account is then
+/// refreshed once when the message ends.
+#[inline]
+fn touch(hot: &mut [Hot], touched: &mut Vec<AccountIdx>, msg_no: u64, a: AccountIdx) {
+    let stamp = &mut hot[a.0 as usize].stamp;
+    if *stamp != msg_no {
+        *stamp = msg_no;
+        touched.push(a);
+    }
+}
+
 pub struct FastEngine {
     cfg: Arc<Config>,
     scales: Vec<Scale>,
@@ -194,7 +205,7 @@ fn evaluate_isolated(
                 let now = quote.buffer_q16(lots, base) < 0;
                 let was = std::mem::replace(flag, now);
                 if retrigger || was != now {
-                    *trig = isolated_state(sc, lots, base, ticks).1;
+                    *trig = isolated_trigger(sc, lots, base, ticks, now);
                     flipped.fetch_or(was != now, Ordering::Relaxed);
                 }
                 if now && !was {
@@ -232,14 +243,15 @@ fn div_round_half_even(n: i128, d: i128) -> i128 {
     }
 }
 
-/// An isolated position's state at `t` ticks (liquidatable: `buffer < 0`) and its trigger:
-/// the exact mark at which the state flips, since the item's buffer depends on its own mark
-/// only.
-fn isolated_state(sc: &Scale, lots: i64, base: i128, t: i64) -> (bool, i64) {
-    let now = sc.buffer_q16(lots, base, t) < 0;
-    let trigger =
-        if now { sc.trigger(lots, base, t, -1, false) } else { sc.trigger(lots, base, t, 0, true) };
-    (now, trigger)
+/// The trigger of an isolated position at `t` ticks in state `liquidatable` (its buffer is
+/// below zero there): the exact mark at which the state flips, since the item's buffer
+/// depends on its own mark only.
+fn isolated_trigger(sc: &Scale, lots: i64, base: i128, t: i64, liquidatable: bool) -> i64 {
+    if liquidatable {
+        sc.trigger(lots, base, t, -1, false)
+    } else {
+        sc.trigger(lots, base, t, 0, true)
+    }
 }
 
 fn in_limits(what: &str, v_e8: i128) -> Result<i128, Reject> {
@@ -366,11 +378,7 @@ impl FastEngine {
     }
 
     fn touch(&mut self, a: AccountIdx) {
-        let stamp = &mut self.accounts.hot[a.0 as usize].stamp;
-        if *stamp != self.msg_no {
-            *stamp = self.msg_no;
-            self.touched.push(a);
-        }
+        touch(&mut self.accounts.hot, &mut self.touched, self.msg_no, a);
     }
 
     // --- views for events and queries --------------------------------------------------
@@ -411,23 +419,14 @@ impl FastEngine {
     /// cross symbol cannot be liquidatable; the first mark of that symbol visits it.
     fn refresh(&mut self, a: AccountIdx, rearmed: bool, at: At, out: &mut dyn FnMut(Event)) {
         let i = a.0 as usize;
-        let (acc, scales, marks) = (&mut self.accounts, &self.scales, &self.mark_ticks);
-        let mut buffer = acc.wallet_e8[i] * E8_TO_Q16;
-        let terms = &mut self.terms;
+        let mut terms = std::mem::take(&mut self.terms);
         terms.clear();
-        for p in &acc.pairs[i] {
-            if p.mode != Mode::Cross || p.slot == NO_SLOT {
-                continue;
-            }
-            let si = p.symbol.0 as usize;
-            let Some(t) = marks[si] else { continue };
-            let (book, slot) = (&self.cross[si], p.slot as usize);
-            let f = scales[si].buffer_q16(book.lots[slot], book.base_q16[slot], t);
-            buffer += f;
-            terms.push((p.symbol, p.slot, t, f));
-        }
+        terms.extend(self.cross_terms(a));
+        let buffer = self.accounts.wallet_e8[i] * E8_TO_Q16
+            + terms.iter().map(|&(_, _, _, f)| f).sum::<i128>();
         self.positions_evaluated += terms.len() as u64;
-        let hot = &mut acc.hot[i];
+        let scales = &self.scales;
+        let hot = &mut self.accounts.hot[i];
         hot.buffer_q16 = buffer;
         let now = hot.liquidatable_now();
         let was = std::mem::replace(&mut hot.liquidatable, now);
@@ -446,9 +445,22 @@ impl FastEngine {
             };
             book.set_trigger(slot as usize, trigger);
         }
+        self.terms = terms;
         if should_emit(was, now, rearmed) {
             self.emit_cross_event(a, at, out);
         }
+    }
+
+    /// The buffer terms `upnl − mm` of `a`'s cross positions whose symbol has a mark, exact
+    /// at the current marks: (symbol, slot, mark, term).
+    fn cross_terms(&self, a: AccountIdx) -> impl Iterator<Item = (SymbolIdx, u32, i64, i128)> {
+        self.accounts.pairs[a.0 as usize].iter().filter_map(|p| {
+            let si = p.symbol.0 as usize;
+            let t = self.mark_ticks[si].filter(|_| p.mode == Mode::Cross && p.slot != NO_SLOT)?;
+            let (book, slot) = (&self.cross[si], p.slot as usize);
+            let f = self.scales[si].buffer_q16(book.lots[slot], book.base_q16[slot], t);
+            Some((p.symbol, p.slot, t, f))
+        })
     }
 
     fn emit_cross_event(&self, a: AccountIdx, at: At, out: &mut dyn FnMut(Event)) {
@@ -484,8 +496,9 @@ impl FastEngine {
         let si = s.0 as usize;
         let book = &mut self.isolated[si];
         let (lots, base) = (book.lots[slot], book.base_q16[slot]);
-        let (now, trigger) = isolated_state(&self.scales[si], lots, base, t);
-        book.set_trigger(slot, trigger);
+        let sc = &self.scales[si];
+        let now = sc.buffer_q16(lots, base, t) < 0;
+        book.set_trigger(slot, isolated_trigger(sc, lots, base, t, now));
         self.positions_evaluated += 1;
         (std::mem::replace(&mut book.liquidatable[slot], now), now)
     }
@@ -528,14 +541,9 @@ impl FastEngine {
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
         self.triggers_read += self.cross[si].scan(to, &mut fired) as u64;
-        let (msg_no, hot) = (self.msg_no, &mut self.accounts.hot);
         for &slot in &fired {
             let a = self.cross[si].account[slot as usize];
-            let h = &mut hot[a.0 as usize];
-            if h.stamp != msg_no {
-                h.stamp = msg_no;
-                self.touched.push(a);
-            }
+            touch(&mut self.accounts.hot, &mut self.touched, self.msg_no, a);
         }
         fired.clear();
         self.triggers_read += self.isolated[si].scan(to, &mut fired) as u64;
@@ -552,14 +560,10 @@ impl FastEngine {
     /// refreshed at the end of the message; every isolated position is evaluated.
     fn first_mark(&mut self, s: SymbolIdx, to: i64) {
         let si = s.0 as usize;
-        let (msg_no, hot) = (self.msg_no, &mut self.accounts.hot);
+        let hot = &mut self.accounts.hot;
         for &a in &self.cross[si].account {
-            let h = &mut hot[a.0 as usize];
-            h.n_unmarked -= 1;
-            if h.stamp != msg_no {
-                h.stamp = msg_no;
-                self.touched.push(a);
-            }
+            hot[a.0 as usize].n_unmarked -= 1;
+            touch(hot, &mut self.touched, self.msg_no, a);
         }
         self.evaluate_isolated_book(s, to, true);
     }
@@ -681,17 +685,8 @@ impl FastEngine {
             }
         }
         for (i, h) in self.accounts.hot.iter().enumerate() {
-            let mut buffer = self.accounts.wallet_e8[i] * E8_TO_Q16;
-            for p in &self.accounts.pairs[i] {
-                let si = p.symbol.0 as usize;
-                if let (Mode::Cross, true, Some(t)) =
-                    (p.mode, p.slot != NO_SLOT, self.mark_ticks[si])
-                {
-                    let book = &self.cross[si];
-                    let slot = p.slot as usize;
-                    buffer += self.scales[si].buffer_q16(book.lots[slot], book.base_q16[slot], t);
-                }
-            }
+            let terms = self.cross_terms(AccountIdx(i as u32)).map(|(_, _, _, f)| f);
+            let buffer = self.accounts.wallet_e8[i] * E8_TO_Q16 + terms.sum::<i128>();
             let now = h.n_cross > 0 && h.n_unmarked == 0 && buffer < 0;
             if now != h.liquidatable {
                 return Err(format!("account {}: flag is stale", self.accounts.id[i]));
