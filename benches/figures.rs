@@ -1,6 +1,7 @@
 //! The figures of `scripts/bench.sh`, printed as one JSON object. Run with
 //! `cargo bench --bench figures` (release profile). Sizes can be scaled down for a quick
-//! look with LIQSCAN_BENCH_ACCOUNTS / _POSITIONS / _MARKS.
+//! look with LIQSCAN_BENCH_ACCOUNTS / _POSITIONS / _MARKS; LIQSCAN_BENCH_ONLY=book prints
+//! the big book's sweep and memory figures alone.
 //!
 //! Every ratio is measured within this one run, since the machines are shared and noisy.
 
@@ -161,10 +162,25 @@ fn main() {
     let mut engine = build(accounts, positions, symbols);
     let rss_after = rss_bytes();
     let n = engine.n_positions();
+    let heap: serde_json::Map<_, _> = (engine.heap_bytes().iter())
+        .map(|&(part, b)| (part.to_string(), (b as f64 / n as f64).into()))
+        .collect();
     let (cross, isolated) = engine.book_sizes();
     let at = At { line: 0, seq: 0 };
     let sweep = time_sweeps(&mut engine, 7);
     let bytes = sweep_bytes(&engine, cross, isolated);
+    if std::env::var("LIQSCAN_BENCH_ONLY").is_ok_and(|v| v == "book") {
+        // A quick look at the big book alone (bandwidth from one thread-pool read).
+        let (_, read_all) = mem_read_bps();
+        let figures = serde_json::json!({
+            "sweep_ms": sweep.as_secs_f64() * 1e3,
+            "sweep_bandwidth_fraction": bytes / sweep.as_secs_f64() / read_all,
+            "rss_bytes_per_position": (rss_after.saturating_sub(rss_before)) as f64 / n as f64,
+            "heap_bytes_per_position": heap,
+        });
+        println!("{}", serde_json::to_string_pretty(&figures).unwrap());
+        return;
+    }
 
     // Ticks on the big book, symbols as skewed as the book.
     let cfg = synth::config(symbols);
@@ -262,6 +278,7 @@ fn main() {
         "sweep_1m_holders_ms": sweep_1m.as_secs_f64() * 1e3,
         "tick_latency_ns": { "p50": ticks.p50, "p99": ticks.p99, "p999": ticks.p999, "max": ticks.max },
         "rss_bytes_per_position": (rss_after.saturating_sub(rss_before)) as f64 / n as f64,
+        "heap_bytes_per_position": heap,
         "rss_bytes_per_position_after_sweeps_and_ticks":
             (rss_steady.saturating_sub(rss_before)) as f64 / n as f64,
         "replay_stream_messages": ref_summary.messages,

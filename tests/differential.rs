@@ -197,6 +197,67 @@ fn long_walks_spend_cross_budgets_exactly() {
     assert!(total > items.len() + 10, "items re-cross: {total} events on {} items", items.len());
 }
 
+/// What a pair holds besides its position: open orders lock its mode and count in available
+/// balance; an isolated `position` message closing to size 0 leaves its margin with the pair
+/// (SPEC section 3), where used margin counts it while the pair is isolated and not while it
+/// is cross, until an isolated position replaces it. The fast engine keeps these in a side
+/// table and the reference engine in every pair; both must report alike.
+#[test]
+fn flat_pairs_keep_orders_and_isolated_margin() {
+    let pos = |size: &str, extra: &str| {
+        format!(
+            r#"{{"type":"position","account":1,"symbol":"BTCUSDT","size":"{size}","entry_price":"30000"{extra}}}"#
+        )
+    };
+    let mode = |m: &str| {
+        format!(r#"{{"type":"margin_mode","account":1,"symbol":"BTCUSDT","mode":"{m}"}}"#)
+    };
+    let orders = |n: u32, m: &str| {
+        format!(
+            r#"{{"type":"orders","account":1,"symbol":"BTCUSDT","open_orders":{n},"order_margin":"{m}"}}"#
+        )
+    };
+    let query = r#"{"type":"query","account":1}"#.to_string();
+    let lines = [
+        r#"{"type":"balance","account":1,"wallet":"10000"}"#.to_string(),
+        r#"{"type":"mark","symbol":"BTCUSDT","price":"30000"}"#.to_string(),
+        mode("isolated"),
+        pos("0.1", r#","isolated_margin":"500""#),
+        query.clone(),
+        pos("0", r#","isolated_margin":"120""#),
+        query.clone(),
+        orders(2, "50"),
+        r#"{"type":"transfer","account":1,"amount":"-9960"}"#.to_string(),
+        mode("cross"),
+        orders(0, "0"),
+        mode("cross"),
+        query.clone(),
+        pos("0.2", ""),
+        query.clone(),
+        pos("0", ""),
+        mode("isolated"),
+        query.clone(),
+        pos("0.1", r#","isolated_margin":"300""#),
+        pos("0", ""),
+        query,
+    ];
+    let (want, got, fast) = run_both(config("multi_tier"), lines.join("\n").as_bytes());
+    assert_same_events("flat pairs", &got, &want);
+    assert_eq!(fast.audit(), Ok(()));
+    let used: Vec<String> = (got.iter())
+        .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .filter(|v| v["type"] == "account")
+        .map(|v| v["used_margin"].as_str().unwrap_or("null").to_string())
+        .collect();
+    // The idle 120 counts while isolated (second and fifth query), not while cross (third);
+    // the last isolated position took it, and closing without a margin left 0.
+    assert_eq!(used.len(), 6, "{got:?}");
+    assert_eq!((used[1].as_str(), used[2].as_str(), used[4].as_str()), ("120", "0", "120"));
+    assert_eq!(used[5], "0");
+    let rejects: Vec<&String> = got.iter().filter(|e| e.contains("reject")).collect();
+    assert_eq!(rejects.len(), 2, "the withdrawal past order margin and the locked mode");
+}
+
 #[test]
 fn golden_streams_match_on_the_fast_engine() {
     for (name, cfg) in [

@@ -2,7 +2,11 @@
 //!
 //! See `README.md` beside this file for why the columns are laid out this way.
 
-use crate::{config::Symbol, fixed::SCALE_D8, protocol::PRICE_LIMIT};
+use crate::{
+    config::{Mode, Symbol},
+    fixed::SCALE_D8,
+    protocol::PRICE_LIMIT,
+};
 
 /// Dense index of an account, assigned at first sight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -121,6 +125,14 @@ impl Scale {
     /// Cost `size * entry` in q16.
     pub fn cost_q16(&self, lots: i64, entry_e8: i64) -> i128 {
         i128::from(lots) * i128::from(self.step_e8) * i128::from(entry_e8)
+    }
+
+    /// The entry price (e8) of `lots` whose cost is `cost_q16`: the inverse of
+    /// [`Scale::cost_q16`], exact since the cost was made by it.
+    pub fn entry_e8(&self, lots: i64, cost_q16: i128) -> i64 {
+        let per_e8 = i128::from(lots) * i128::from(self.step_e8);
+        debug_assert_eq!(cost_q16 % per_e8, 0, "a cost is a whole number of lot-entries");
+        i64::try_from(cost_q16 / per_e8).expect("an entry price fits i64")
     }
 }
 
@@ -259,13 +271,17 @@ impl Guard {
 /// block of [`BLOCK`] slots, a [`Guard`] over the block's triggers. A slot's trigger is the
 /// mark at which its item must be looked at again; [`Book::scan`] finds the slots a new mark
 /// fires without reading the others.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Book {
+    mode: Mode,
     pub account: Vec<AccountIdx>,
     pub lots: Vec<i64>,
     /// `isolated_margin - cost` (isolated book) or `-cost` (cross book), q16.
     pub base_q16: Vec<i128>,
-    /// Isolated book: the item's liquidatable flag. Cross book: unused (all false).
+    /// Isolated book: the position's isolated margin, e8. Cross book: empty.
+    pub isolated_e8: Vec<i128>,
+    /// Isolated book: the item's liquidatable flag. Cross book: empty (the flag of a cross
+    /// item is its account's).
     pub liquidatable: Vec<bool>,
     /// Per slot: the mark (ticks) at which the slot fires; 0 until one is set.
     trigger: Vec<i64>,
@@ -274,6 +290,19 @@ pub struct Book {
 }
 
 impl Book {
+    pub fn new(mode: Mode) -> Book {
+        Book {
+            mode,
+            account: Vec::new(),
+            lots: Vec::new(),
+            base_q16: Vec::new(),
+            isolated_e8: Vec::new(),
+            liquidatable: Vec::new(),
+            trigger: Vec::new(),
+            guards: Vec::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.account.len()
     }
@@ -282,13 +311,27 @@ impl Book {
         self.account.is_empty()
     }
 
-    pub fn push(&mut self, account: AccountIdx, lots: i64, base_q16: i128) -> u32 {
+    /// Adds a position; `isolated_e8` is its isolated margin (0 in a cross book), and
+    /// `base_q16` accounts for it already.
+    pub fn push(
+        &mut self,
+        account: AccountIdx,
+        lots: i64,
+        base_q16: i128,
+        isolated_e8: i128,
+    ) -> u32 {
         debug_assert_ne!(lots, 0);
         let slot = u32::try_from(self.len()).expect("fewer than 2^32 positions per book");
         self.account.push(account);
         self.lots.push(lots);
         self.base_q16.push(base_q16);
-        self.liquidatable.push(false);
+        match self.mode {
+            Mode::Isolated => {
+                self.isolated_e8.push(isolated_e8);
+                self.liquidatable.push(false);
+            }
+            Mode::Cross => debug_assert_eq!(isolated_e8, 0, "a cross position has no margin"),
+        }
         self.trigger.push(0);
         if self.guards.len() * BLOCK < self.len() {
             self.guards.push(Guard::QUIET);
@@ -303,7 +346,10 @@ impl Book {
         self.account.swap_remove(i);
         self.lots.swap_remove(i);
         self.base_q16.swap_remove(i);
-        self.liquidatable.swap_remove(i);
+        if self.mode == Mode::Isolated {
+            self.isolated_e8.swap_remove(i);
+            self.liquidatable.swap_remove(i);
+        }
         self.trigger.swap_remove(i);
         self.guards.truncate(self.len().div_ceil(BLOCK));
         if i < self.len() {
@@ -312,6 +358,13 @@ impl Book {
         } else {
             None
         }
+    }
+
+    /// The cost `size * entry` of a slot's position, q16: what its base leaves out of the
+    /// margin it holds.
+    pub fn cost_q16(&self, slot: usize) -> i128 {
+        let margin = self.isolated_e8.get(slot).map_or(0, |m| m * E8_TO_Q16);
+        margin - self.base_q16[slot]
     }
 
     pub fn trigger(&self, slot: usize) -> i64 {
@@ -361,6 +414,20 @@ impl Book {
             *guard = tight;
         }
         read
+    }
+
+    /// Heap bytes the book's columns hold (capacities: what was allocated, used or not).
+    pub fn heap_bytes(&self) -> usize {
+        fn bytes<T>(v: &Vec<T>) -> usize {
+            v.capacity() * size_of::<T>()
+        }
+        bytes(&self.account)
+            + bytes(&self.lots)
+            + bytes(&self.base_q16)
+            + bytes(&self.isolated_e8)
+            + bytes(&self.liquidatable)
+            + bytes(&self.trigger)
+            + bytes(&self.guards)
     }
 
     /// Bytes of column data per position (what a sweep reads).
@@ -506,7 +573,7 @@ mod tests {
     #[test]
     fn scan_finds_exactly_the_firing_slots() {
         let mut rng = crate::synth::Rng::new(9);
-        let mut book = Book::default();
+        let mut book = Book::new(Mode::Cross);
         let mut want: Vec<i64> = Vec::new();
         let pick = |rng: &mut crate::synth::Rng| match rng.below(3) {
             0 => 0,
@@ -516,7 +583,7 @@ mod tests {
         for round in 0..3000 {
             match rng.below(4) {
                 0 | 1 => {
-                    let slot = book.push(AccountIdx(round), 1, 0) as usize;
+                    let slot = book.push(AccountIdx(round), 1, 0, 0) as usize;
                     let t = pick(&mut rng);
                     book.set_trigger(slot, t);
                     want.push(t);

@@ -37,19 +37,30 @@ pub const PARALLEL_MIN_POSITIONS: usize = 16 * 1024;
 
 const NO_SLOT: u32 = u32::MAX;
 
-/// One (account, symbol) pair's settings and where its position sits.
+/// One (account, symbol) pair's settings and where its position sits: 12 bytes, since
+/// every position has one. The position itself (size, entry as cost, isolated margin) is in
+/// its book; what a pair holds besides, which most pairs do not, is in [`PairFunds`].
 #[derive(Debug, Clone)]
 struct Pair {
     symbol: SymbolIdx,
     mode: Mode,
     /// 0 until a `leverage` message sets it.
     leverage: u32,
-    open_orders: u64,
-    order_margin_e8: i128,
-    entry_e8: i64,
-    isolated_e8: i128,
     /// Slot in `cross[symbol]` or `isolated[symbol]` (by `mode`), or `NO_SLOT` when flat.
     slot: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Pair>() == 12);
+
+/// What a pair holds besides its settings and position, kept in a side table only while
+/// some of it is non-zero: open orders, and an isolated margin not held by an isolated
+/// position (a `position` message may close an isolated position leaving margin behind;
+/// SPEC section 3 keeps it with the pair, and used margin counts it in isolated mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct PairFunds {
+    open_orders: u64,
+    order_margin_e8: i128,
+    idle_isolated_e8: i128,
 }
 
 /// Per-account columns, indexed by [`AccountIdx`].
@@ -59,10 +70,10 @@ struct Accounts {
     wallet_e8: Vec<i128>,
     /// What a tick reads and writes, one record per account.
     hot: Vec<Hot>,
-    /// Σ order margin over all pairs, e8.
-    order_margin_e8: Vec<i128>,
     /// Pairs sorted by symbol.
     pairs: Vec<Vec<Pair>>,
+    /// See [`PairFunds`]; absent means all zero.
+    funds: hashbrown::HashMap<(AccountIdx, SymbolIdx), PairFunds, rustc_hash::FxBuildHasher>,
 }
 
 /// Account id → [`AccountIdx`]. Each entry holds only the 4-byte index; the id it stands for
@@ -269,8 +280,8 @@ impl FastEngine {
             scales: cfg.symbols.iter().map(Scale::new).collect(),
             marks: vec![None; n],
             mark_ticks: vec![None; n],
-            cross: vec![Book::default(); n],
-            isolated: vec![Book::default(); n],
+            cross: vec![Book::new(Mode::Cross); n],
+            isolated: vec![Book::new(Mode::Isolated); n],
             accounts: Accounts::default(),
             index: AccountIndex::default(),
             msg_no: 0,
@@ -302,6 +313,26 @@ impl FastEngine {
         (self.cross.iter().map(Book::len).sum(), self.isolated.iter().map(Book::len).sum())
     }
 
+    /// Heap bytes held by the long-lived structures, by part: `books` (position columns and
+    /// trigger index), `accounts` (per-account columns), `pairs` (per-pair settings) and
+    /// `index` (account id lookup). Capacities, before the allocator's own overhead: set
+    /// beside resident memory, they show where it goes.
+    pub fn heap_bytes(&self) -> [(&'static str, usize); 4] {
+        fn bytes<T>(v: &Vec<T>) -> usize {
+            v.capacity() * size_of::<T>()
+        }
+        let acc = &self.accounts;
+        let books = self.cross.iter().chain(&self.isolated).map(Book::heap_bytes).sum();
+        let columns = bytes(&acc.id) + bytes(&acc.wallet_e8) + bytes(&acc.hot) + bytes(&acc.pairs);
+        let pairs = acc.pairs.iter().map(bytes).sum::<usize>() + acc.funds.allocation_size();
+        [
+            ("books", books),
+            ("accounts", columns),
+            ("pairs", pairs),
+            ("index", self.index.table.allocation_size()),
+        ]
+    }
+
     pub fn n_accounts(&self) -> usize {
         self.accounts.id.len()
     }
@@ -315,7 +346,6 @@ impl FastEngine {
         acc.id.push(id);
         acc.wallet_e8.push(0);
         acc.hot.push(Hot::default());
-        acc.order_margin_e8.push(0);
         acc.pairs.push(Vec::new());
         self.index.insert(a, &self.accounts.id);
         a
@@ -339,19 +369,7 @@ impl FastEngine {
                 // Exact growth: accounts hold few pairs, and doubling would waste up to half
                 // of each account's pair storage (measured: ~20 bytes per position).
                 pairs.reserve_exact(1);
-                pairs.insert(
-                    i,
-                    Pair {
-                        symbol: s,
-                        mode,
-                        leverage: 0,
-                        open_orders: 0,
-                        order_margin_e8: 0,
-                        entry_e8: 0,
-                        isolated_e8: 0,
-                        slot: NO_SLOT,
-                    },
-                );
+                pairs.insert(i, Pair { symbol: s, mode, leverage: 0, slot: NO_SLOT });
                 i
             }
         };
@@ -377,6 +395,25 @@ impl FastEngine {
         if p.slot == NO_SLOT { 0 } else { self.book(p.mode, p.symbol).lots[p.slot as usize] }
     }
 
+    /// The cost `size * entry` of the pair's position, q16 (0 when flat).
+    fn cost_of(&self, p: &Pair) -> i128 {
+        if p.slot == NO_SLOT { 0 } else { self.book(p.mode, p.symbol).cost_q16(p.slot as usize) }
+    }
+
+    fn funds(&self, a: AccountIdx, s: SymbolIdx) -> PairFunds {
+        self.accounts.funds.get(&(a, s)).copied().unwrap_or_default()
+    }
+
+    /// Changes the funds of (a, s) with `f`, keeping the side table free of all-zero entries.
+    fn update_funds(&mut self, a: AccountIdx, s: SymbolIdx, f: impl FnOnce(&mut PairFunds)) {
+        let table = &mut self.accounts.funds;
+        let funds = table.entry((a, s)).or_default();
+        f(funds);
+        if *funds == PairFunds::default() {
+            table.remove(&(a, s));
+        }
+    }
+
     fn touch(&mut self, a: AccountIdx) {
         touch(&mut self.accounts.hot, &mut self.touched, self.msg_no, a);
     }
@@ -391,14 +428,30 @@ impl FastEngine {
             .iter()
             .map(|p| {
                 let sc = &self.scales[p.symbol.0 as usize];
+                let funds = self.funds(a, p.symbol);
+                // A flat pair's entry is never reported (SPEC section 7 lists non-zero
+                // positions only), so it is not kept.
+                let (lots, entry_e8, isolated_e8) = match p.slot {
+                    NO_SLOT => (0, 0, funds.idle_isolated_e8),
+                    k => {
+                        let (book, k) = (self.book(p.mode, p.symbol), k as usize);
+                        let held = book.isolated_e8.get(k).copied();
+                        let lots = book.lots[k];
+                        (
+                            lots,
+                            sc.entry_e8(lots, book.cost_q16(k)),
+                            held.unwrap_or(funds.idle_isolated_e8),
+                        )
+                    }
+                };
                 PairView {
                     symbol: p.symbol,
                     mode: p.mode,
                     leverage: u64::from(self.leverage_of(p.symbol, p)),
-                    size: D8(i128::from(self.lots_of(p)) * i128::from(sc.step_e8)),
-                    entry_price: D8(i128::from(p.entry_e8)),
-                    isolated_margin: D8(p.isolated_e8),
-                    order_margin: D8(p.order_margin_e8),
+                    size: D8(i128::from(lots) * i128::from(sc.step_e8)),
+                    entry_price: D8(i128::from(entry_e8)),
+                    isolated_margin: D8(isolated_e8),
+                    order_margin: D8(funds.order_margin_e8),
                 }
             })
             .collect();
@@ -700,8 +753,9 @@ impl FastEngine {
     /// Available balance in q16 (SPEC section 4); `Err(no_mark)` without a cross mark.
     fn available_q16(&self, a: AccountIdx) -> Result<i128, Reject> {
         let i = a.0 as usize;
-        let mut avail = (self.accounts.wallet_e8[i] - self.accounts.order_margin_e8[i]) * E8_TO_Q16;
+        let mut avail = self.accounts.wallet_e8[i] * E8_TO_Q16;
         for p in &self.accounts.pairs[i] {
+            avail -= self.funds(a, p.symbol).order_margin_e8 * E8_TO_Q16;
             if p.mode != Mode::Cross || p.slot == NO_SLOT {
                 continue;
             }
@@ -709,8 +763,7 @@ impl FastEngine {
             let t = self.mark_ticks[si].ok_or_else(rejects::no_cross_mark)?;
             let sc = &self.scales[si];
             let lots = self.cross[si].lots[p.slot as usize];
-            let upnl =
-                i128::from(lots) * i128::from(t) * sc.lot_tick_q16 - sc.cost_q16(lots, p.entry_e8);
+            let upnl = i128::from(lots) * i128::from(t) * sc.lot_tick_q16 - self.cost_of(p);
             avail += upnl - self.im_q16(sc, lots, t, self.leverage_of(p.symbol, p));
         }
         Ok(avail)
@@ -752,12 +805,22 @@ impl FastEngine {
         }
     }
 
-    fn insert_position(&mut self, a: AccountIdx, s: SymbolIdx, lots: i64, base_q16: i128) {
+    /// Books a non-zero position of pair (a, s) in the book of its mode; `isolated_e8` is its
+    /// isolated margin (0 in cross mode).
+    fn insert_position(
+        &mut self,
+        a: AccountIdx,
+        s: SymbolIdx,
+        lots: i64,
+        entry_e8: i64,
+        isolated_e8: i128,
+    ) {
         let si = s.0 as usize;
         let mode = self.pair_mut(a, s).mode;
+        let base_q16 = isolated_e8 * E8_TO_Q16 - self.scales[si].cost_q16(lots, entry_e8);
         let slot = match mode {
-            Mode::Cross => self.cross[si].push(a, lots, base_q16),
-            Mode::Isolated => self.isolated[si].push(a, lots, base_q16),
+            Mode::Cross => self.cross[si].push(a, lots, base_q16, 0),
+            Mode::Isolated => self.isolated[si].push(a, lots, base_q16, isolated_e8),
         };
         self.pair_mut(a, s).slot = slot;
         if mode == Mode::Cross {
@@ -801,10 +864,9 @@ impl FastEngine {
         for (&a, &pay) in self.cross[si].account.iter().zip(&cross_pay) {
             note(a, in_limits("wallet", self.accounts.wallet_e8[a.0 as usize] - pay));
         }
-        for (&a, &pay) in self.isolated[si].account.iter().zip(&iso_pay) {
-            let pairs = &self.accounts.pairs[a.0 as usize];
-            let p = &pairs[pairs.binary_search_by_key(&s, |p| p.symbol).expect("booked")];
-            note(a, in_limits("isolated margin", p.isolated_e8 - pay));
+        let book = &self.isolated[si];
+        for ((&a, &margin), &pay) in book.account.iter().zip(&book.isolated_e8).zip(&iso_pay) {
+            note(a, in_limits("isolated margin", margin - pay));
         }
         if let Some((_, reject)) = failure {
             return Err(reject);
@@ -814,10 +876,11 @@ impl FastEngine {
             self.add_wallet(a, -pay);
             self.touch(a);
         }
-        for (k, pay) in iso_pay.into_iter().enumerate() {
-            let a = self.isolated[si].account[k];
-            self.pair_mut(a, s).isolated_e8 -= pay;
-            self.isolated[si].base_q16[k] -= pay * E8_TO_Q16;
+        let book = &mut self.isolated[si];
+        let columns = book.isolated_e8.iter_mut().zip(&mut book.base_q16);
+        for ((margin, base), pay) in columns.zip(iso_pay) {
+            *margin -= pay;
+            *base -= pay * E8_TO_Q16;
         }
         // Re-evaluate the isolated positions at the unchanged mark.
         self.evaluate_isolated_book(s, t, true);
@@ -879,15 +942,14 @@ impl Engine for FastEngine {
                 let lots = (size.0 / i128::from(sc.step_e8)) as i64;
                 let entry_e8 = entry_price.map_or(0, |e| e.0 as i64);
                 let iso_e8 = isolated_margin.map_or(0, |m| m.0);
-                let base = if mode == Mode::Isolated { iso_e8 * E8_TO_Q16 } else { 0 }
-                    - sc.cost_q16(lots, entry_e8);
-                let p = self.pair_mut(a, symbol);
-                p.entry_e8 = entry_e8;
+                self.pair_mut(a, symbol);
                 if mode == Mode::Isolated {
-                    p.isolated_e8 = iso_e8;
+                    // The margin goes with the position, or stays with the pair if flat.
+                    let idle = if lots == 0 { iso_e8 } else { 0 };
+                    self.update_funds(a, symbol, |f| f.idle_isolated_e8 = idle);
                 }
                 if lots != 0 {
-                    self.insert_position(a, symbol, lots, base);
+                    self.insert_position(a, symbol, lots, entry_e8, iso_e8);
                 }
                 self.refresh(a, true, at, out);
                 self.eval_isolated(a, symbol, true, at, out);
@@ -896,8 +958,8 @@ impl Engine for FastEngine {
                 let a = self.lookup(account);
                 if self.mode_of(a, symbol) != mode {
                     let p = a.and_then(|a| self.pair(a, symbol));
-                    let (has_position, open_orders) =
-                        p.map_or((false, 0), |p| (p.slot != NO_SLOT, p.open_orders));
+                    let has_position = p.is_some_and(|p| p.slot != NO_SLOT);
+                    let open_orders = a.map_or(0, |a| self.funds(a, symbol).open_orders);
                     if has_position || open_orders > 0 {
                         let size = p.map_or(D8::ZERO, |p| {
                             D8(i128::from(self.lots_of(p))
@@ -914,9 +976,9 @@ impl Engine for FastEngine {
                 let cfg = Arc::clone(&self.cfg); // rare message: a clone beats borrow gymnastics
                 let sym = cfg.symbol(symbol);
                 let a = self.lookup(account);
-                let (lots, entry_e8) = a
+                let (lots, cost_q16) = a
                     .and_then(|a| self.pair(a, symbol))
-                    .map_or((0, 0), |p| (self.lots_of(p), p.entry_e8));
+                    .map_or((0, 0), |p| (self.lots_of(p), self.cost_of(p)));
                 let sc = &self.scales[si];
                 // The bracket at the notional at the mark, else at the entry price, else 0.
                 let k = match self.mark_ticks[si] {
@@ -925,9 +987,7 @@ impl Engine for FastEngine {
                         sym.bracket_index_by(|cap| n < cap.0 * 10_000)
                     }
                     None => {
-                        let n_q16 = i128::from(lots.unsigned_abs() as i64)
-                            * i128::from(sc.step_e8)
-                            * i128::from(entry_e8);
+                        let n_q16 = cost_q16.abs();
                         sym.bracket_index_by(|cap| n_q16 < cap.0 * E8_TO_Q16)
                     }
                 };
@@ -948,10 +1008,10 @@ impl Engine for FastEngine {
             }
             Command::Orders { account, symbol, open_orders, order_margin } => {
                 let a = self.intern(account);
-                let p = self.pair_mut(a, symbol);
-                let old = std::mem::replace(&mut p.order_margin_e8, order_margin.0);
-                p.open_orders = open_orders;
-                self.accounts.order_margin_e8[a.0 as usize] += order_margin.0 - old;
+                self.pair_mut(a, symbol);
+                self.update_funds(a, symbol, |f| {
+                    (f.open_orders, f.order_margin_e8) = (open_orders, order_margin.0);
+                });
             }
             Command::IsolatedMargin { account, symbol, amount } => {
                 let si = symbol.0 as usize;
@@ -965,7 +1025,8 @@ impl Engine for FastEngine {
                     return Err(rejects::margin_move_without_position());
                 };
                 let a = a.expect("a pair implies an account");
-                let (slot, margin_now) = (p.slot as usize, p.isolated_e8);
+                let slot = p.slot as usize;
+                let margin_now = self.isolated[si].isolated_e8[slot];
                 if amount.0 > 0 {
                     let available = self.available_q16(a)?;
                     if available - amount.0 * E8_TO_Q16 < 0 {
@@ -981,7 +1042,7 @@ impl Engine for FastEngine {
                         return Err(rejects::removal_exceeds_margin(amount.abs(), D8(margin_now)));
                     }
                     let upnl = i128::from(lots) * i128::from(t) * sc.lot_tick_q16
-                        - sc.cost_q16(lots, p.entry_e8);
+                        - self.isolated[si].cost_q16(slot);
                     let im = self.im_q16(sc, lots, t, self.leverage_of(symbol, p));
                     if left * E8_TO_Q16 + upnl < im {
                         return Err(rejects::removal_below_initial(
@@ -995,7 +1056,7 @@ impl Engine for FastEngine {
                 in_limits("wallet", self.accounts.wallet_e8[a.0 as usize] - amount.0)?;
                 in_limits("isolated margin", margin_now + amount.0)?;
                 self.add_wallet(a, -amount.0);
-                self.pair_mut(a, symbol).isolated_e8 += amount.0;
+                self.isolated[si].isolated_e8[slot] += amount.0;
                 self.isolated[si].base_q16[slot] += amount.0 * E8_TO_Q16;
                 self.refresh(a, true, at, out);
                 self.eval_isolated(a, symbol, true, at, out);
