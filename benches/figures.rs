@@ -167,7 +167,7 @@ fn main() {
         .collect();
     let (cross, isolated) = engine.book_sizes();
     let at = At { line: 0, seq: 0 };
-    let sweep = time_sweeps(&mut engine, 7);
+    let sweep = time_sweeps(&mut engine, env("LIQSCAN_BENCH_SWEEPS", 7) as usize);
     let bytes = sweep_bytes(&engine, cross, isolated);
     if std::env::var("LIQSCAN_BENCH_ONLY").is_ok_and(|v| v == "book") {
         // A quick look at the big book alone (bandwidth from one thread-pool read).

@@ -142,7 +142,7 @@ pub const QUOTE_BRACKETS: usize = 16;
 
 /// A symbol's mark prepared for evaluating many positions at it: a position's bracket is
 /// found by comparing its lots with per-bracket limits, and within its bracket the buffer
-/// term is linear in the lots, so it costs two multiplications. Exact, and held on the stack.
+/// term is linear in the lots, so it costs one multiplication. Exact, and held on the stack.
 #[derive(Debug, Clone)]
 pub struct Quote<'a> {
     sc: &'a Scale,
@@ -151,29 +151,32 @@ pub struct Quote<'a> {
     brackets: usize,
     /// Bracket k holds |lots| below `limit[k]` (and not below the previous limit).
     limit: [i64; QUOTE_BRACKETS],
-    /// `ticks · lot_tick_q16`: the value of one lot.
-    value: i128,
-    /// `ticks · lot_tick_n12 · mmr_k`: the mm of one lot within bracket k.
-    mm: [i128; QUOTE_BRACKETS],
+    /// Per bracket k, the buffer term of one lot `q`: `upnl − mm` is `q · slope[k][side] +
+    /// cum[k]` on top of the base, with side 0 for a long (`value − mm_k` per lot) and 1 for
+    /// a short (`−value − mm_k`), where `value = ticks · lot_tick_q16` and `mm_k = ticks ·
+    /// lot_tick_n12 · mmr_k`.
+    slope: [[i128; 2]; QUOTE_BRACKETS],
     cum: [i128; QUOTE_BRACKETS],
 }
 
 impl<'a> Quote<'a> {
     pub fn new(sc: &'a Scale, ticks: i64) -> Quote<'a> {
         let per_lot = i128::from(ticks) * sc.lot_tick_n12;
-        let (mut limit, mut mm, mut cum) =
-            ([i64::MAX; QUOTE_BRACKETS], [0; QUOTE_BRACKETS], [0; QUOTE_BRACKETS]);
+        let value = i128::from(ticks) * sc.lot_tick_q16;
+        let (mut limit, mut slope, mut cum) =
+            ([i64::MAX; QUOTE_BRACKETS], [[0; 2]; QUOTE_BRACKETS], [0; QUOTE_BRACKETS]);
         for k in 0..sc.cap_n12.len().min(QUOTE_BRACKETS) {
             // q · per_lot < cap  ⇔  q < ⌈cap / per_lot⌉ (per_lot > 0: ticks >= 1).
             let cap = sc.cap_n12[k];
             if cap != i128::MAX {
                 limit[k] = i64::try_from((cap + per_lot - 1) / per_lot).unwrap_or(i64::MAX);
             }
-            mm[k] = per_lot * sc.mmr_e4[k];
+            let mm = per_lot * sc.mmr_e4[k];
+            slope[k] = [value - mm, -value - mm];
             cum[k] = sc.cum_q16[k];
         }
         let brackets = sc.cap_n12.len();
-        Quote { sc, ticks, brackets, limit, value: i128::from(ticks) * sc.lot_tick_q16, mm, cum }
+        Quote { sc, ticks, brackets, limit, slope, cum }
     }
 
     /// [`Scale::buffer_q16`] at the quoted mark.
@@ -183,10 +186,14 @@ impl<'a> Quote<'a> {
             return self.sc.buffer_q16(lots, base_q16, self.ticks);
         }
         let q = lots.unsigned_abs() as i64;
-        // Counting the limits at or below q finds the bracket without a branch per bracket
-        // (positions spread across brackets would make such branches unpredictable).
-        let k = self.limit[..self.brackets].iter().map(|&l| usize::from(q >= l)).sum::<usize>();
-        base_q16 + i128::from(lots) * self.value - (i128::from(q) * self.mm[k] - self.cum[k])
+        // The bracket is the number of limits at or below q, counted without a branch per
+        // bracket (positions spread across brackets would make such branches unpredictable):
+        // `l - q - 1` is negative exactly when q >= l (both are non-negative, so it cannot
+        // overflow), and its sign bit counts.
+        let k = (self.limit[..self.brackets].iter())
+            .map(|&l| ((l - q - 1) as u64 >> 63) as usize)
+            .sum::<usize>();
+        base_q16 + i128::from(q) * self.slope[k][usize::from(lots < 0)] + self.cum[k]
     }
 }
 
