@@ -142,12 +142,18 @@ fn integer_vs_decimal(c: &mut Criterion) {
             })
             .count()
     };
+    // The sweep's path: the mark prepared once, then per position a bracket count and one
+    // multiplication.
+    let quote = liqscan::fast::book::Quote::new(&scale, ticks + 7);
+    let quoted = || pos.iter().filter(|&&(lots, base)| quote.buffer_q16(lots, base) < 0).count();
     let liquidatable = integer();
     assert_eq!(liquidatable, decimal(), "both representations decide alike");
+    assert_eq!(liquidatable, quoted(), "the prepared mark decides alike");
     assert!(liquidatable > 0 && liquidatable < n, "a mix of liquidatable and safe positions");
     let mut g = c.benchmark_group("evaluate_100k_positions");
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function("i128_fixed_point", |b| b.iter(integer));
+    g.bench_function("i128_prepared_mark", |b| b.iter(quoted));
     g.bench_function("rust_decimal", |b| b.iter(decimal));
     g.finish();
 }

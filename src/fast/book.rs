@@ -149,6 +149,8 @@ pub struct Quote<'a> {
     ticks: i64,
     /// Brackets in use (`QUOTE_BRACKETS + 1` when the symbol has more: general formula).
     brackets: usize,
+    /// Limits compared (see [`Quote::new`]).
+    counted: usize,
     /// Bracket k holds |lots| below `limit[k]` (and not below the previous limit).
     limit: [i64; QUOTE_BRACKETS],
     /// Per bracket k, the buffer term of one lot `q`: `upnl − mm` is `q · slope[k][side] +
@@ -176,7 +178,10 @@ impl<'a> Quote<'a> {
             cum[k] = sc.cum_q16[k];
         }
         let brackets = sc.cap_n12.len();
-        Quote { sc, ticks, brackets, limit, slope, cum }
+        // The last bracket's limit is never reached; the others are counted in fours (the
+        // padding limits are never reached either), which compiles to whole vector steps.
+        let counted = (brackets - 1).next_multiple_of(4).min(QUOTE_BRACKETS);
+        Quote { sc, ticks, brackets, counted, limit, slope, cum }
     }
 
     /// [`Scale::buffer_q16`] at the quoted mark.
@@ -190,7 +195,7 @@ impl<'a> Quote<'a> {
         // bracket (positions spread across brackets would make such branches unpredictable):
         // `l - q - 1` is negative exactly when q >= l (both are non-negative, so it cannot
         // overflow), and its sign bit counts.
-        let k = (self.limit[..self.brackets].iter())
+        let k = (self.limit[..self.counted].iter())
             .map(|&l| ((l - q - 1) as u64 >> 63) as usize)
             .sum::<usize>();
         base_q16 + i128::from(q) * self.slope[k][usize::from(lots < 0)] + self.cum[k]
