@@ -942,7 +942,7 @@ impl Engine for FastEngine {
                 let lots = (size.0 / i128::from(sc.step_e8)) as i64;
                 let entry_e8 = entry_price.map_or(0, |e| e.0 as i64);
                 let iso_e8 = isolated_margin.map_or(0, |m| m.0);
-                self.pair_mut(a, symbol);
+                self.pair_mut(a, symbol); // a mentioned pair exists from now on, flat or not
                 if mode == Mode::Isolated {
                     // The margin goes with the position, or stays with the pair if flat.
                     let idle = if lots == 0 { iso_e8 } else { 0 };
@@ -1008,7 +1008,7 @@ impl Engine for FastEngine {
             }
             Command::Orders { account, symbol, open_orders, order_margin } => {
                 let a = self.intern(account);
-                self.pair_mut(a, symbol);
+                self.pair_mut(a, symbol); // the pair exists from now on (reports list it)
                 self.update_funds(a, symbol, |f| {
                     (f.open_orders, f.order_margin_e8) = (open_orders, order_margin.0);
                 });
