@@ -14,7 +14,7 @@ use std::{
 use liqscan::{
     config::SymbolIdx,
     engine::{At, Engine},
-    fast::{FastEngine, book::Book},
+    fast::{FastEngine, SweepPhases, book::Book},
     fixed::D8,
     generator::{self, GenOptions},
     latency::Latency,
@@ -114,19 +114,30 @@ struct Ticks {
     events: f64,
 }
 
-/// The median of `n` full-book sweeps of `engine`, after one untimed warm-up sweep.
-fn time_sweeps(engine: &mut FastEngine, n: usize) -> Duration {
+/// Medians of `n` full-book sweeps of `engine`, after one untimed warm-up sweep.
+struct Sweeps {
+    /// The whole sweep.
+    total: Duration,
+    /// Its phases, as the engine timed them (`FastEngine::last_sweep`).
+    cross: Duration,
+    isolated: Duration,
+}
+
+fn time_sweeps(engine: &mut FastEngine, n: usize) -> Sweeps {
     let at = At { line: 0, seq: 0 };
     engine.sweep(at, &mut ignore);
-    median(
-        (0..n)
-            .map(|_| {
-                let t = Instant::now();
-                engine.sweep(at, &mut ignore);
-                t.elapsed()
-            })
-            .collect(),
-    )
+    let runs: Vec<(Duration, SweepPhases)> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            engine.sweep(at, &mut ignore);
+            (t.elapsed(), engine.last_sweep())
+        })
+        .collect();
+    Sweeps {
+        total: median(runs.iter().map(|r| r.0).collect()),
+        cross: median(runs.iter().map(|r| r.1.cross).collect()),
+        isolated: median(runs.iter().map(|r| r.1.isolated).collect()),
+    }
 }
 
 fn time_ticks(engine: &mut FastEngine, cmds: &[Command]) -> Ticks {
@@ -168,7 +179,12 @@ fn main() {
         .collect();
     let (cross, isolated) = engine.book_sizes();
     let at = At { line: 0, seq: 0 };
-    let sweep = time_sweeps(&mut engine, env("LIQSCAN_BENCH_SWEEPS", 15) as usize);
+    let sweeps = time_sweeps(&mut engine, env("LIQSCAN_BENCH_SWEEPS", 15) as usize);
+    let sweep = sweeps.total;
+    let phases = serde_json::json!({
+        "cross_ms": sweeps.cross.as_secs_f64() * 1e3,
+        "isolated_ms": sweeps.isolated.as_secs_f64() * 1e3,
+    });
     let bytes = sweep_bytes(&engine, cross, isolated);
     if std::env::var("LIQSCAN_BENCH_ONLY").is_ok_and(|v| v == "book") {
         // A quick look at the big book alone (bandwidth from one thread-pool read).
@@ -176,6 +192,7 @@ fn main() {
         let figures = serde_json::json!({
             "sweep_ms": sweep.as_secs_f64() * 1e3,
             "sweep_bandwidth_fraction": bytes / sweep.as_secs_f64() / read_all,
+            "sweep_phases": phases,
             "rss_bytes_per_position": (rss_after.saturating_sub(rss_before)) as f64 / n as f64,
             "heap_bytes_per_position": heap,
         });
@@ -214,7 +231,7 @@ fn main() {
     let wick = time_ticks(&mut one, &wicks);
     let wick_bytes = tick_bytes((c1, i1), wick.triggers_read as u64, wick.evaluated as u64);
     // The same book swept in full, for comparison with the wick.
-    let sweep_1m = time_sweeps(&mut one, 5);
+    let sweep_1m = time_sweeps(&mut one, 5).total;
     drop(one);
 
     // --- replay throughput: 10 000 accounts, mark-heavy --------------------------------
@@ -263,6 +280,7 @@ fn main() {
         "isolated_positions": isolated,
         "sweep_ms": sweep.as_secs_f64() * 1e3,
         "sweep_bytes_per_position": bytes / n as f64,
+        "sweep_phases": phases,
         "sweep_positions_per_s": n as f64 / sweep.as_secs_f64(),
         "mem_read_gbps": read_all / 1e9,
         "mem_read_gbps_one_thread": read_1t / 1e9,

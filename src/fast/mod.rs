@@ -165,6 +165,17 @@ pub struct FastEngine {
     triggers_read: u64,
     /// Books at least this long go to rayon workers.
     parallel_min: usize,
+    /// How long the last sweep's phases took.
+    last_sweep: SweepPhases,
+}
+
+/// The phases of a full-book sweep, timed: the cross books (with the two passes over the
+/// account records that set buffers from the wallets and then look for flips), and the
+/// isolated books.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SweepPhases {
+    pub cross: std::time::Duration,
+    pub isolated: std::time::Duration,
 }
 
 /// Slots a rayon task takes at once: a plain loop over each chunk keeps the per-position
@@ -292,6 +303,7 @@ impl FastEngine {
             positions_evaluated: 0,
             triggers_read: 0,
             parallel_min: PARALLEL_MIN_POSITIONS,
+            last_sweep: SweepPhases::default(),
             cfg,
         }
     }
@@ -640,6 +652,7 @@ impl FastEngine {
     /// without re-arming; an item whose state it finds changed gets fresh triggers.
     pub fn sweep(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         self.msg_no += 1;
+        let started = std::time::Instant::now();
         let quotes: Vec<Option<Quote>> = (self.scales.iter().zip(&self.mark_ticks))
             .map(|(sc, t)| t.map(|t| Quote::new(sc, t)))
             .collect();
@@ -681,6 +694,7 @@ impl FastEngine {
             sweep_range((0, &mut self.accounts.hot))
         };
         self.positions_evaluated += n_cross as u64;
+        let cross_done = started.elapsed();
         self.touched.extend(changed);
         // Isolated books: all of them in one parallel job (most books are too small to split,
         // and there are many), each big one split in chunks as well.
@@ -699,8 +713,15 @@ impl FastEngine {
             self.isolated.iter_mut().enumerate().flat_map(evaluate).collect()
         };
         self.positions_evaluated += n_isolated as u64;
+        self.last_sweep =
+            SweepPhases { cross: cross_done, isolated: started.elapsed() - cross_done };
         self.emit_isolated.extend(crossed);
         self.finish_message(at, out);
+    }
+
+    /// How long the phases of the last [`FastEngine::sweep`] took (before its events).
+    pub fn last_sweep(&self) -> SweepPhases {
+        self.last_sweep
     }
 
     /// Positions evaluated exactly so far (by ticks, refreshes, funding and sweeps).
