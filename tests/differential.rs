@@ -106,6 +106,11 @@ fn run_both(cfg: Arc<Config>, input: &[u8]) -> (Vec<String>, Vec<String>, FastEn
     let norm = |o: Vec<u8>| canonical(events(&String::from_utf8(o).unwrap()));
     let fast_events = norm(out_fast);
     assert_same_events("parallel vs sequential fast engine", &norm(out_par), &fast_events);
+    // Its sweep (workers splitting every book) finds nothing the messages missed either.
+    assert_eq!(parallel.audit(), Ok(()), "the parallel engine's index disagrees with its books");
+    let mut swept = Vec::new();
+    parallel.sweep(At { line: 0, seq: 0 }, &mut |e| swept.push(e));
+    assert!(swept.is_empty(), "a parallel sweep found items the messages missed: {swept:?}");
     (norm(out_ref), fast_events, fast)
 }
 

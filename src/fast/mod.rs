@@ -14,7 +14,7 @@ pub mod book;
 
 use std::sync::{
     Arc,
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
 };
 
 use hashbrown::HashTable;
@@ -101,14 +101,12 @@ impl AccountIndex {
     }
 }
 
-/// The part of a cross account that a tick reads and writes, kept in one 32-byte record:
+/// The part of a cross account that a tick reads and writes, kept in one 16-byte record:
 /// a tick reaches its holders' accounts in random order, so each holder costs one cache
-/// miss here instead of one per column.
+/// miss here instead of one per column. The account's buffer is not kept: a refresh
+/// computes it from the positions, and a sweep sums it in [`Sum`]s.
 #[derive(Debug, Clone, Copy, Default)]
 struct Hot {
-    /// `W + Σ (upnl − mm)` over the marked cross positions, q16, as of the account's last
-    /// refresh (or sweep): exact then, stale after marks that fired none of its triggers.
-    buffer_q16: i128,
     /// The message number that last touched the account (dedupes evaluation per message).
     stamp: u64,
     /// Non-zero cross positions (at most one per symbol, and the config holds < 65536).
@@ -119,12 +117,45 @@ struct Hot {
     liquidatable: bool,
 }
 
-// Two records per 64-byte cache line; a field added here must not grow it.
-const _: () = assert!(std::mem::size_of::<Hot>() == 32);
+// Four records per 64-byte cache line; a field added here must not grow it.
+const _: () = assert!(std::mem::size_of::<Hot>() == 16);
 
 impl Hot {
-    fn liquidatable_now(&self) -> bool {
-        self.n_cross > 0 && self.n_unmarked == 0 && self.buffer_q16 < 0
+    /// The cross item's state with buffer `W + Σ (upnl − mm)` (q16) over its marked cross
+    /// positions.
+    fn liquidatable_at(&self, buffer_q16: i128) -> bool {
+        self.n_cross > 0 && self.n_unmarked == 0 && buffer_q16 < 0
+    }
+}
+
+/// One account's buffer while a sweep sums it (q16). The workers of a sweep split each book's
+/// slots between them, and a book holds at most one position per account, so no two
+/// workers add to one sum at the same time; relaxed loads and stores (plain moves on x86-64
+/// and AArch64) make that sharing safe without a lock or a read-modify-write instruction.
+#[derive(Debug, Default)]
+#[repr(C, align(16))]
+struct Sum {
+    lo: AtomicU64,
+    hi: AtomicI64,
+}
+
+impl Sum {
+    #[inline(always)]
+    fn get(&self) -> i128 {
+        (i128::from(self.hi.load(Ordering::Relaxed)) << 64)
+            | i128::from(self.lo.load(Ordering::Relaxed))
+    }
+
+    #[inline(always)]
+    fn set(&self, v: i128) {
+        self.lo.store(v as u64, Ordering::Relaxed);
+        self.hi.store((v >> 64) as i64, Ordering::Relaxed);
+    }
+
+    /// Adds `d`; only one thread may add to a sum at a time (see above).
+    #[inline(always)]
+    fn add(&self, d: i128) {
+        self.set(self.get() + d);
     }
 }
 
@@ -167,11 +198,15 @@ pub struct FastEngine {
     parallel_min: usize,
     /// How long the last sweep's phases took.
     last_sweep: SweepPhases,
+    /// A sweep's scratch: per account its buffer being summed, and (only while some
+    /// unmarked cross book has positions) its count of unmarked cross positions.
+    sums: Vec<Sum>,
+    unmarked: Vec<u16>,
 }
 
 /// The phases of a full-book sweep, timed: the cross books (with the two passes over the
-/// account records that set buffers from the wallets and then look for flips), and the
-/// isolated books.
+/// accounts that start each sum at the wallet and then check each state), and the isolated
+/// books.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SweepPhases {
     pub cross: std::time::Duration,
@@ -304,6 +339,8 @@ impl FastEngine {
             triggers_read: 0,
             parallel_min: PARALLEL_MIN_POSITIONS,
             last_sweep: SweepPhases::default(),
+            sums: Vec::new(),
+            unmarked: Vec::new(),
             cfg,
         }
     }
@@ -326,10 +363,11 @@ impl FastEngine {
     }
 
     /// Heap bytes held by the long-lived structures, by part: `books` (position columns and
-    /// trigger index), `accounts` (per-account columns), `pairs` (per-pair settings) and
-    /// `index` (account id lookup). Capacities, before the allocator's own overhead: set
-    /// beside resident memory, they show where it goes.
-    pub fn heap_bytes(&self) -> [(&'static str, usize); 4] {
+    /// trigger index), `accounts` (per-account columns), `pairs` (per-pair settings),
+    /// `index` (account id lookup) and `sweep` (a sweep's scratch, once one ran).
+    /// Capacities, before the allocator's own overhead: set beside resident memory, they show
+    /// where it goes.
+    pub fn heap_bytes(&self) -> [(&'static str, usize); 5] {
         fn bytes<T>(v: &Vec<T>) -> usize {
             v.capacity() * size_of::<T>()
         }
@@ -342,6 +380,7 @@ impl FastEngine {
             ("accounts", columns),
             ("pairs", pairs),
             ("index", self.index.table.allocation_size()),
+            ("sweep", bytes(&self.sums) + bytes(&self.unmarked)),
         ]
     }
 
@@ -492,8 +531,7 @@ impl FastEngine {
         self.positions_evaluated += terms.len() as u64;
         let scales = &self.scales;
         let hot = &mut self.accounts.hot[i];
-        hot.buffer_q16 = buffer;
-        let now = hot.liquidatable_now();
+        let now = hot.liquidatable_at(buffer);
         let was = std::mem::replace(&mut hot.liquidatable, now);
         let (n, unmarked) = (i128::from(hot.n_cross), hot.n_unmarked > 0);
         for &(s, slot, t, f) in terms.iter() {
@@ -653,70 +691,111 @@ impl FastEngine {
     pub fn sweep(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         self.msg_no += 1;
         let started = std::time::Instant::now();
-        let quotes: Vec<Option<Quote>> = (self.scales.iter().zip(&self.mark_ticks))
-            .map(|(sc, t)| t.map(|t| Quote::new(sc, t)))
-            .collect();
-        // The accounts are split into one range per worker. Each worker walks every cross
-        // book, takes the slots whose account is in its range and adds their terms to its own
-        // records: no two workers write one record, and no per-position scratch is needed.
-        let (cross, wallet) = (&self.cross, &self.accounts.wallet_e8);
-        let n_cross: usize = cross.iter().map(Book::len).sum();
-        let parts = if n_cross >= self.parallel_min { rayon::current_num_threads() } else { 1 };
-        let span = self.accounts.hot.len().div_ceil(parts).max(1);
-        let sweep_range = |(c, hot): (usize, &mut [Hot])| {
-            let lo = c * span;
-            for (h, w) in hot.iter_mut().zip(&wallet[lo..]) {
-                h.buffer_q16 = w * E8_TO_Q16;
-                h.n_unmarked = 0;
+        let n_cross: usize = self.cross.iter().map(Book::len).sum();
+        let n_isolated: usize = self.isolated.iter().map(Book::len).sum();
+        let parallel = rayon::current_num_threads() > 1
+            && n_cross + n_isolated + self.accounts.hot.len() >= self.parallel_min;
+        // On a worker thread, each parallel loop below is a cheap fork-join; from outside the
+        // pool each would wait for a hand-off.
+        let (changed, cross_done, crossed) = if parallel {
+            rayon::scope(|_| self.sweep_books(true, started))
+        } else {
+            self.sweep_books(false, started)
+        };
+        self.positions_evaluated += (n_cross + n_isolated) as u64;
+        self.last_sweep =
+            SweepPhases { cross: cross_done, isolated: started.elapsed() - cross_done };
+        self.touched.extend(changed);
+        self.emit_isolated.extend(crossed);
+        self.finish_message(at, out);
+    }
+
+    /// The work of [`FastEngine::sweep`]: returns the cross accounts whose state changed, when
+    /// the cross part was done, and the isolated slots that crossed below maintenance.
+    fn sweep_books(
+        &mut self,
+        parallel: bool,
+        started: std::time::Instant,
+    ) -> (Vec<AccountIdx>, std::time::Duration, Vec<(SymbolIdx, u32)>) {
+        let (scales, marks, cross) = (&self.scales, &self.mark_ticks, &self.cross);
+        let (accounts, sums, unmarked) = (&mut self.accounts, &mut self.sums, &mut self.unmarked);
+        let n = accounts.hot.len();
+        // Every sum starts at the account's wallet.
+        sums.resize_with(n, Sum::default);
+        let start = |(sum, w): (&Sum, &i128)| sum.set(w * E8_TO_Q16);
+        if parallel {
+            sums.par_iter().zip(&accounts.wallet_e8).with_min_len(CHUNK).for_each(start);
+        } else {
+            sums.iter().zip(&accounts.wallet_e8).for_each(start);
+        }
+        unmarked.clear();
+        if (cross.iter().zip(marks)).any(|(b, t)| t.is_none() && !b.is_empty()) {
+            unmarked.resize(n, 0);
+        }
+        // Each book adds its terms; the workers split the book's slots (a book holds each
+        // account once, so they never add to one sum together) and wait for each other
+        // before the next book.
+        let sums: &[Sum] = sums;
+        for (book, (sc, t)) in cross.iter().zip(scales.iter().zip(marks)) {
+            let Some(t) = *t else {
+                book.account.iter().for_each(|a| unmarked[a.0 as usize] += 1);
+                continue;
+            };
+            let quote = Quote::new(sc, t);
+            let add = |c: usize| {
+                let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(book.len()));
+                let ahead = book.account.get(lo + PREFETCH_AHEAD..).unwrap_or_default();
+                let columns = book.account[lo..hi].iter().zip(&book.lots[lo..hi]);
+                for (k, ((&a, &lots), &base)) in columns.zip(&book.base_q16[lo..hi]).enumerate() {
+                    if let Some(b) = ahead.get(k) {
+                        prefetch(&sums[b.0 as usize]);
+                    }
+                    sums[a.0 as usize].add(quote.buffer_q16(lots, base));
+                }
+            };
+            let chunks = book.len().div_ceil(CHUNK);
+            if parallel && chunks > 1 {
+                (0..chunks).into_par_iter().for_each(add);
+            } else {
+                (0..chunks).for_each(add);
             }
-            for (book, quote) in cross.iter().zip(&quotes) {
-                let columns = book.account.iter().zip(book.lots.iter().zip(&book.base_q16));
-                for (k, (&a, (&lots, &base))) in columns.enumerate() {
-                    // `a - lo` wraps for accounts below the range, so one compare suffices.
-                    let ahead = book.account.get(k + PREFETCH_AHEAD);
-                    if let Some(h) = ahead.and_then(|b| hot.get((b.0 as usize).wrapping_sub(lo))) {
-                        prefetch(h);
-                    }
-                    let Some(h) = hot.get_mut((a.0 as usize).wrapping_sub(lo)) else { continue };
-                    match quote {
-                        Some(q) => h.buffer_q16 += q.buffer_q16(lots, base),
-                        None => h.n_unmarked += 1,
-                    }
+        }
+        // Then every account's state at its sum, against its flag.
+        let unmarked: &[u16] = unmarked;
+        let check = |(c, hot): (usize, &mut [Hot])| {
+            let (lo, sums) = (c * CHUNK, &sums[c * CHUNK..]);
+            let mut changed = Vec::new();
+            for (k, (h, sum)) in hot.iter_mut().zip(sums).enumerate() {
+                let recount = unmarked.get(lo + k).copied().unwrap_or(0);
+                let recounted = std::mem::replace(&mut h.n_unmarked, recount) != recount;
+                if recounted || h.liquidatable_at(sum.get()) != h.liquidatable {
+                    changed.push(AccountIdx((lo + k) as u32));
                 }
             }
-            let changed =
-                hot.iter().enumerate().filter(|(_, h)| h.liquidatable_now() != h.liquidatable);
-            changed.map(|(k, _)| AccountIdx((lo + k) as u32)).collect::<Vec<_>>()
+            changed
         };
-        let changed: Vec<AccountIdx> = if parts > 1 {
-            self.accounts.hot.par_chunks_mut(span).enumerate().flat_map_iter(sweep_range).collect()
+        let changed: Vec<AccountIdx> = if parallel {
+            accounts.hot.par_chunks_mut(CHUNK).enumerate().flat_map_iter(check).collect()
         } else {
-            sweep_range((0, &mut self.accounts.hot))
+            accounts.hot.chunks_mut(CHUNK).enumerate().flat_map(check).collect()
         };
-        self.positions_evaluated += n_cross as u64;
         let cross_done = started.elapsed();
-        self.touched.extend(changed);
         // Isolated books: all of them in one parallel job (most books are too small to split,
         // and there are many), each big one split in chunks as well.
-        let n_isolated: usize = self.isolated.iter().map(Book::len).sum();
-        let (scales, marks, min) = (&self.scales, &self.mark_ticks, self.parallel_min);
+        let min = self.parallel_min;
         let evaluate = |(si, book): (usize, &mut Book)| match marks[si] {
             Some(t) => {
                 let s = SymbolIdx(si as u16);
-                evaluate_isolated(book, s, &scales[si], t, false, book.len() >= min)
+                evaluate_isolated(book, s, &scales[si], t, false, parallel && book.len() >= min)
             }
             None => Vec::new(),
         };
-        let crossed: Vec<(SymbolIdx, u32)> = if n_isolated >= min {
+        let crossed = if parallel {
             self.isolated.par_iter_mut().enumerate().flat_map_iter(evaluate).collect()
         } else {
             self.isolated.iter_mut().enumerate().flat_map(evaluate).collect()
         };
-        self.positions_evaluated += n_isolated as u64;
-        self.last_sweep =
-            SweepPhases { cross: cross_done, isolated: started.elapsed() - cross_done };
-        self.emit_isolated.extend(crossed);
-        self.finish_message(at, out);
+        (changed, cross_done, crossed)
     }
 
     /// How long the phases of the last [`FastEngine::sweep`] took (before its events).
@@ -1088,5 +1167,87 @@ impl Engine for FastEngine {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth;
+
+    /// A 3,000-account book (a quarter of its positions isolated) whose marks then fall 4 %
+    /// on every symbol, so that some items are liquidatable.
+    fn fallen_book(parallel_min: usize) -> FastEngine {
+        let symbols = 8;
+        let mut engine =
+            FastEngine::new(Arc::new(synth::config(symbols))).with_parallel_min(parallel_min);
+        let at = At { line: 0, seq: 0 };
+        for cmd in synth::book_commands(3_000, 9_000, symbols, 7) {
+            engine.apply(&cmd, at, &mut |_| {}).unwrap();
+        }
+        for pct in [100, 96] {
+            let prices = (0..symbols)
+                .map(|s| {
+                    (SymbolIdx(s as u16), D8(i128::from(synth::base_price_e2(s)) * pct * 10_000))
+                })
+                .collect();
+            engine.apply(&Command::Marks { prices }, at, &mut |_| {}).unwrap();
+        }
+        engine
+    }
+
+    /// The items the engine's flags call liquidatable, as (account, isolated symbol).
+    fn flagged(engine: &FastEngine) -> Vec<(u64, Option<String>)> {
+        let mut items = Vec::new();
+        for (i, h) in engine.accounts.hot.iter().enumerate() {
+            if h.liquidatable {
+                items.push((engine.accounts.id[i], None));
+            }
+        }
+        for (si, book) in engine.isolated.iter().enumerate() {
+            for (slot, &flag) in book.liquidatable.iter().enumerate() {
+                if flag {
+                    let id = engine.accounts.id[book.account[slot].0 as usize];
+                    items.push((id, Some(engine.cfg.symbols[si].name.clone())));
+                }
+            }
+        }
+        items.sort();
+        items
+    }
+
+    /// A sweep recomputes every item from its positions, not from the flags it finds: with
+    /// every flag inverted (and one unmarked count wrong), it emits exactly the items that are
+    /// liquidatable, and leaves every flag and trigger true. The parallel sweep (workers
+    /// splitting each book) emits the same.
+    #[test]
+    fn sweep_finds_every_item_whatever_the_flags_say() {
+        let mut emitted = Vec::new();
+        for parallel_min in [usize::MAX, 1] {
+            let mut engine = fallen_book(parallel_min);
+            assert_eq!(engine.audit(), Ok(()));
+            let truth = flagged(&engine);
+            let crosses = truth.iter().filter(|(_, s)| s.is_none()).count();
+            assert!(crosses > 0 && crosses < truth.len(), "both kinds must be liquidatable");
+            engine.accounts.hot.iter_mut().for_each(|h| h.liquidatable = !h.liquidatable);
+            let held = engine.accounts.hot.iter().position(|h| h.n_cross > 0).unwrap();
+            engine.accounts.hot[held].n_unmarked = 1;
+            for book in &mut engine.isolated {
+                book.liquidatable.iter_mut().for_each(|f| *f = !*f);
+            }
+            let mut events = Vec::new();
+            engine.sweep(At { line: 9, seq: 0 }, &mut |e| {
+                if let Event::Liquidation(l) = e {
+                    events.push((l.account, l.symbol));
+                }
+            });
+            events.sort();
+            assert_eq!(events, truth);
+            assert_eq!(flagged(&engine), truth);
+            assert_eq!(engine.audit(), Ok(()));
+            assert_eq!(engine.accounts.hot[held].n_unmarked, 0);
+            emitted.push(events);
+        }
+        assert_eq!(emitted[0], emitted[1]);
     }
 }
