@@ -142,10 +142,15 @@ fn integer_vs_decimal(c: &mut Criterion) {
             })
             .count()
     };
-    // The sweep's path: the mark prepared once, then per position a bracket count and one
-    // multiplication.
+    // The sweep's path: the mark prepared once, then over the columns, per position a
+    // bracket count and one multiplication.
     let quote = liqscan::fast::book::Quote::new(&scale, ticks + 7);
-    let quoted = || pos.iter().filter(|&&(lots, base)| quote.buffer_q16(lots, base) < 0).count();
+    let (lots, base): (Vec<i64>, Vec<i128>) = pos.iter().copied().unzip();
+    let quoted = || {
+        let mut below = 0;
+        quote.each_term(&lots, &base, |_, term| below += usize::from(term < 0));
+        below
+    };
     let liquidatable = integer();
     assert_eq!(liquidatable, decimal(), "both representations decide alike");
     assert_eq!(liquidatable, quoted(), "the prepared mark decides alike");

@@ -151,6 +151,9 @@ pub struct Quote<'a> {
     brackets: usize,
     /// Limits compared (see [`Quote::new`]).
     counted: usize,
+    /// Whether every slope fits in `i64` (then `slope_i64` holds them, and a term costs one
+    /// 64 × 64 → 128-bit multiplication instead of three).
+    narrow: bool,
     /// Bracket k holds |lots| below `limit[k]` (and not below the previous limit).
     limit: [i64; QUOTE_BRACKETS],
     /// Per bracket k, the buffer term of one lot `q`: `upnl − mm` is `q · slope[k][side] +
@@ -158,6 +161,7 @@ pub struct Quote<'a> {
     /// a short (`−value − mm_k`), where `value = ticks · lot_tick_q16` and `mm_k = ticks ·
     /// lot_tick_n12 · mmr_k`.
     slope: [[i128; 2]; QUOTE_BRACKETS],
+    slope_i64: [[i64; 2]; QUOTE_BRACKETS],
     cum: [i128; QUOTE_BRACKETS],
 }
 
@@ -177,11 +181,13 @@ impl<'a> Quote<'a> {
             slope[k] = [value - mm, -value - mm];
             cum[k] = sc.cum_q16[k];
         }
+        let slope_i64 = slope.map(|s| s.map(|v| i64::try_from(v).unwrap_or(0)));
+        let narrow = (slope.iter().flatten()).all(|&v| i64::try_from(v).is_ok());
         let brackets = sc.cap_n12.len();
         // The last bracket's limit is never reached; the others are counted in fours (the
         // padding limits are never reached either), which compiles to whole vector steps.
         let counted = (brackets - 1).next_multiple_of(4).min(QUOTE_BRACKETS);
-        Quote { sc, ticks, brackets, counted, limit, slope, cum }
+        Quote { sc, ticks, brackets, counted, narrow, limit, slope, slope_i64, cum }
     }
 
     /// [`Scale::buffer_q16`] at the quoted mark.
@@ -191,14 +197,67 @@ impl<'a> Quote<'a> {
             return self.sc.buffer_q16(lots, base_q16, self.ticks);
         }
         let q = lots.unsigned_abs() as i64;
-        // The bracket is the number of limits at or below q, counted without a branch per
-        // bracket (positions spread across brackets would make such branches unpredictable):
-        // `l - q - 1` is negative exactly when q >= l (both are non-negative, so it cannot
-        // overflow), and its sign bit counts.
-        let k = (self.limit[..self.counted].iter())
-            .map(|&l| ((l - q - 1) as u64 >> 63) as usize)
-            .sum::<usize>();
+        let k = self.bracket(q, &self.limit[..self.counted]);
         base_q16 + i128::from(q) * self.slope[k][usize::from(lots < 0)] + self.cum[k]
+    }
+
+    /// The bracket of `q` lots: the number of `limits` at or below it, counted without a
+    /// branch per bracket (positions spread across brackets would make such branches
+    /// unpredictable): `l - q - 1` is negative exactly when q >= l (both are non-negative, so
+    /// it cannot overflow), and its sign bit counts.
+    #[inline(always)]
+    fn bracket(&self, q: i64, limits: &[i64]) -> usize {
+        limits.iter().map(|&l| ((l - q - 1) as u64 >> 63) as usize).sum::<usize>()
+    }
+
+    /// Calls `f(k, term)` with the buffer term ([`Quote::buffer_q16`]) of every position `k`
+    /// of the columns. The number of limits compared and the width of the slopes are chosen
+    /// once here, so the loop `f` is inlined into has neither as a run-time variable.
+    #[inline(always)]
+    pub fn each_term(&self, lots: &[i64], base: &[i128], f: impl FnMut(usize, i128)) {
+        if self.brackets > QUOTE_BRACKETS {
+            return self.terms_with(lots, base, f, |l, b| self.sc.buffer_q16(l, b, self.ticks));
+        }
+        match (self.counted, self.narrow) {
+            (0, true) => self.terms_with(lots, base, f, |l, b| self.term::<0, true>(l, b)),
+            (4, true) => self.terms_with(lots, base, f, |l, b| self.term::<4, true>(l, b)),
+            (8, true) => self.terms_with(lots, base, f, |l, b| self.term::<8, true>(l, b)),
+            (12, true) => self.terms_with(lots, base, f, |l, b| self.term::<12, true>(l, b)),
+            (_, true) => self.terms_with(lots, base, f, |l, b| self.term::<16, true>(l, b)),
+            (0, false) => self.terms_with(lots, base, f, |l, b| self.term::<0, false>(l, b)),
+            (4, false) => self.terms_with(lots, base, f, |l, b| self.term::<4, false>(l, b)),
+            (8, false) => self.terms_with(lots, base, f, |l, b| self.term::<8, false>(l, b)),
+            (12, false) => self.terms_with(lots, base, f, |l, b| self.term::<12, false>(l, b)),
+            (_, false) => self.terms_with(lots, base, f, |l, b| self.term::<16, false>(l, b)),
+        }
+    }
+
+    #[inline(always)]
+    fn terms_with(
+        &self,
+        lots: &[i64],
+        base: &[i128],
+        mut f: impl FnMut(usize, i128),
+        term: impl Fn(i64, i128) -> i128,
+    ) {
+        for (k, (&l, &b)) in lots.iter().zip(base).enumerate() {
+            f(k, term(l, b));
+        }
+    }
+
+    /// [`Quote::buffer_q16`] with `C` limits compared (`C == counted`) and, when `NARROW`,
+    /// the `i64` slopes.
+    #[inline(always)]
+    fn term<const C: usize, const NARROW: bool>(&self, lots: i64, base_q16: i128) -> i128 {
+        let q = lots.unsigned_abs() as i64;
+        let limits: &[i64; C] = self.limit[..C].try_into().expect("C <= QUOTE_BRACKETS");
+        let (k, side) = (self.bracket(q, limits), usize::from(lots < 0));
+        let product = if NARROW {
+            i128::from(q) * i128::from(self.slope_i64[k][side])
+        } else {
+            i128::from(q) * self.slope[k][side]
+        };
+        base_q16 + product + self.cum[k]
     }
 }
 
@@ -509,9 +568,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn more_brackets_than_a_quote_holds_take_the_general_formula() {
-        let brackets: Vec<String> = (1..=QUOTE_BRACKETS + 1)
+    /// A one-symbol scale with `n` brackets (caps 1000, 2000, ... ; mmr rising) and the
+    /// given step size.
+    fn scale_with_brackets(n: usize, step: &str) -> Scale {
+        let brackets: Vec<String> = (1..=n)
             .map(|k| {
                 format!(
                     r#"{{"notional_cap":"{}","max_leverage":{},"mmr":"0.{:04}"}}"#,
@@ -522,14 +582,58 @@ mod tests {
             })
             .collect();
         let text = format!(
-            r#"{{"default_margin_mode":"cross","default_leverage":20,"symbols":[{{"symbol":"X","tick_size":"0.1","step_size":"0.001","brackets":[{}]}}]}}"#,
+            r#"{{"default_margin_mode":"cross","default_leverage":20,"symbols":[{{"symbol":"X","tick_size":"0.1","step_size":"{step}","brackets":[{}]}}]}}"#,
             brackets.join(",")
         );
-        let cfg = crate::config::Config::parse(&text).unwrap();
-        let sc = Scale::new(&cfg.symbols[0]);
+        Scale::new(&crate::config::Config::parse(&text).unwrap().symbols[0])
+    }
+
+    #[test]
+    fn more_brackets_than_a_quote_holds_take_the_general_formula() {
+        let sc = scale_with_brackets(QUOTE_BRACKETS + 1, "0.001");
         for (lots, t) in [(1, 10), (-50_000, 9_000), (100_000, 200_000), (-7, 1)] {
             assert_eq!(Quote::new(&sc, t).buffer_q16(lots, -5), sc.buffer_q16(lots, -5, t));
         }
+    }
+
+    /// `each_term` picks a loop by the number of limits compared and the width of the
+    /// slopes: every pick equals the general formula, for positions spread over all brackets.
+    #[test]
+    fn each_term_equals_the_general_formula_for_every_bracket_count_and_width() {
+        let mut rng = crate::synth::Rng::new(11);
+        let mut widths = [false; 2];
+        for n in [1, 2, 4, 5, 8, 9, 12, 13, 16, QUOTE_BRACKETS + 1] {
+            // A lot of 0.001 at 10^4 is worth 10^17 q16 (the slopes fit in i64); a lot of
+            // 10 at 100 is worth 10^19 q16 (they do not).
+            for (step, t) in [("0.001", 100_000), ("10", 1_000), ("0.001", 7)] {
+                let sc = scale_with_brackets(n, step);
+                let quote = Quote::new(&sc, t);
+                widths[usize::from(quote.narrow)] = true;
+                // Lots from 1 to twice the last cap's (n · 1000 notional, 10^12 n12 each).
+                let per_lot = t as u64 * sc.lot_tick_n12 as u64;
+                let reach = (n as u64 * 1000 * 10u64.pow(12)).div_ceil(per_lot);
+                let lots: Vec<i64> = (0..500)
+                    .map(|_| {
+                        let sign = if rng.below(2) == 0 { 1 } else { -1 };
+                        (1 + rng.below(reach * 2) as i64) * sign
+                    })
+                    .collect();
+                let last_cap = sc.cap_n12[n.saturating_sub(2)];
+                assert!(n == 1 || lots.iter().any(|&l| sc.notional_n12(l, t) >= last_cap));
+                let base: Vec<i128> =
+                    lots.iter().map(|&l| -sc.cost_q16(l, 1 + rng.below(1 << 40) as i64)).collect();
+                let mut got = vec![0; lots.len()];
+                quote.each_term(&lots, &base, |k, term| got[k] = term);
+                for (k, (&l, &b)) in lots.iter().zip(&base).enumerate() {
+                    assert_eq!(
+                        got[k],
+                        sc.buffer_q16(l, b, t),
+                        "{n} brackets, step {step}, {l} lots"
+                    );
+                }
+            }
+        }
+        assert_eq!(widths, [true, true], "both slope widths are exercised");
     }
 
     /// The trigger fires exactly on the marks that leave the kept side: checked at the

@@ -252,24 +252,27 @@ fn evaluate_isolated(
     let quote = Quote::new(sc, ticks);
     // Set when a trigger changed without `retrigger`: the guards then need a rebuild.
     let flipped = AtomicBool::new(false);
-    // One chunk of slots starting at `start`; returns the slots that crossed below.
+    // One chunk of slots starting at `start`; returns the slots that crossed below. The
+    // loop over the chunk only sets flags and notes flips (rare), so it stays small enough
+    // to inline; triggers are set after it.
     let evaluate =
         |start: usize, lots: &[i64], base: &[i128], flags: &mut [bool], triggers: &mut [i64]| {
-            let mut crossed = Vec::new();
-            for (k, (((&lots, &base), flag), trig)) in
-                lots.iter().zip(base).zip(flags.iter_mut()).zip(triggers.iter_mut()).enumerate()
-            {
-                let now = quote.buffer_q16(lots, base) < 0;
-                let was = std::mem::replace(flag, now);
-                if retrigger || was != now {
-                    *trig = isolated_trigger(sc, lots, base, ticks, now);
-                    flipped.fetch_or(was != now, Ordering::Relaxed);
+            let mut flips = Vec::new();
+            let flags = &mut flags[..lots.len()];
+            quote.each_term(lots, base, |k, term| {
+                if std::mem::replace(&mut flags[k], term < 0) != (term < 0) {
+                    flips.push(k);
                 }
-                if now && !was {
-                    crossed.push((s, (start + k) as u32));
-                }
+            });
+            let trigger = |k: usize| isolated_trigger(sc, lots[k], base[k], ticks, flags[k]);
+            if retrigger {
+                (triggers.iter_mut().enumerate()).for_each(|(k, t)| *t = trigger(k));
+            } else if !flips.is_empty() {
+                flips.iter().for_each(|&k| triggers[k] = trigger(k));
+                flipped.store(true, Ordering::Relaxed);
             }
-            crossed
+            let crossed = flips.into_iter().filter(|&k| flags[k]);
+            crossed.map(|k| (s, (start + k) as u32)).collect::<Vec<_>>()
         };
     let (lots, base, flags, triggers) = book.columns_mut();
     let crossed = if parallel {
@@ -745,13 +748,13 @@ impl FastEngine {
             let add = |c: usize| {
                 let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(book.len()));
                 let ahead = book.account.get(lo + PREFETCH_AHEAD..).unwrap_or_default();
-                let columns = book.account[lo..hi].iter().zip(&book.lots[lo..hi]);
-                for (k, ((&a, &lots), &base)) in columns.zip(&book.base_q16[lo..hi]).enumerate() {
+                let held = &book.account[lo..hi];
+                quote.each_term(&book.lots[lo..hi], &book.base_q16[lo..hi], |k, term| {
                     if let Some(b) = ahead.get(k) {
-                        prefetch(&sums[b.0 as usize]);
+                        sums.get(b.0 as usize).map(prefetch);
                     }
-                    sums[a.0 as usize].add(quote.buffer_q16(lots, base));
-                }
+                    sums[held[k].0 as usize].add(term);
+                });
             };
             let chunks = book.len().div_ceil(CHUNK);
             if parallel && chunks > 1 {
