@@ -86,9 +86,9 @@ fn build(accounts: u64, positions: u64, symbols: usize) -> FastEngine {
 }
 
 /// Bytes a full sweep must read or write: per cross position its account, lots and base; per
-/// isolated position its lots, base and flag; per account its wallet, its sum (written from
-/// the wallet, read at the end) and its hot record. (Adding the terms to the sums is not
-/// counted, so the figure errs low.)
+/// isolated position its lots, base and flag; per account its wallet, its sum (read and
+/// zeroed at the end) and its hot record. (Adding the terms to the sums is not counted, so
+/// the figure errs low.)
 fn sweep_bytes(engine: &FastEngine, cross: usize, isolated: usize) -> f64 {
     let cross_b = cross * (4 + 8 + 16);
     let iso_b = isolated * (8 + 16 + 1);

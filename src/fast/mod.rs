@@ -152,6 +152,14 @@ impl Sum {
         self.hi.store((v >> 64) as i64, Ordering::Relaxed);
     }
 
+    /// The sum, leaving zero.
+    #[inline(always)]
+    fn take(&self) -> i128 {
+        let v = self.get();
+        self.set(0);
+        v
+    }
+
     /// Adds `d`; only one thread may add to a sum at a time (see above).
     #[inline(always)]
     fn add(&self, d: i128) {
@@ -723,14 +731,8 @@ impl FastEngine {
         let (scales, marks, cross) = (&self.scales, &self.mark_ticks, &self.cross);
         let (accounts, sums, unmarked) = (&mut self.accounts, &mut self.sums, &mut self.unmarked);
         let n = accounts.hot.len();
-        // Every sum starts at the account's wallet.
+        // Every sum is zero here: new ones are made so, and the check below takes each.
         sums.resize_with(n, Sum::default);
-        let start = |(sum, w): (&Sum, &i128)| sum.set(w * E8_TO_Q16);
-        if parallel {
-            sums.par_iter().zip(&accounts.wallet_e8).with_min_len(CHUNK).for_each(start);
-        } else {
-            sums.iter().zip(&accounts.wallet_e8).for_each(start);
-        }
         unmarked.clear();
         if (cross.iter().zip(marks)).any(|(b, t)| t.is_none() && !b.is_empty()) {
             unmarked.resize(n, 0);
@@ -763,15 +765,21 @@ impl FastEngine {
                 (0..chunks).for_each(add);
             }
         }
-        // Then every account's state at its sum, against its flag.
+        // Then every account's state at its wallet plus its sum, against its flag.
         let unmarked: &[u16] = unmarked;
+        let wallet = &accounts.wallet_e8;
         let check = |(c, hot): (usize, &mut [Hot])| {
-            let (lo, sums) = (c * CHUNK, &sums[c * CHUNK..]);
+            let (lo, sums, wallet) = (c * CHUNK, &sums[c * CHUNK..], &wallet[c * CHUNK..]);
             let mut changed = Vec::new();
-            for (k, (h, sum)) in hot.iter_mut().zip(sums).enumerate() {
+            for (k, ((h, sum), w)) in hot.iter_mut().zip(sums).zip(wallet).enumerate() {
+                let buffer = w * E8_TO_Q16 + sum.take();
+                // Written only when wrong, so that the pass dirties no cache line for nothing.
                 let recount = unmarked.get(lo + k).copied().unwrap_or(0);
-                let recounted = std::mem::replace(&mut h.n_unmarked, recount) != recount;
-                if recounted || h.liquidatable_at(sum.get()) != h.liquidatable {
+                let recounted = h.n_unmarked != recount;
+                if recounted {
+                    h.n_unmarked = recount;
+                }
+                if recounted || h.liquidatable_at(buffer) != h.liquidatable {
                     changed.push(AccountIdx((lo + k) as u32));
                 }
             }
@@ -1249,6 +1257,9 @@ mod tests {
             assert_eq!(flagged(&engine), truth);
             assert_eq!(engine.audit(), Ok(()));
             assert_eq!(engine.accounts.hot[held].n_unmarked, 0);
+            assert!(engine.sums.iter().all(|s| s.get() == 0), "a sweep leaves its sums at zero");
+            // A second sweep finds the same state, so it emits nothing.
+            engine.sweep(At { line: 10, seq: 0 }, &mut |e| panic!("a second sweep emitted {e:?}"));
             emitted.push(events);
         }
         assert_eq!(emitted[0], emitted[1]);
