@@ -85,6 +85,31 @@ fn build(accounts: u64, positions: u64, symbols: usize) -> FastEngine {
     engine
 }
 
+/// The book of [`build`] with its positions booked in random order: every balance (and
+/// margin mode) first, so account indexes are assigned as in [`build`], then the positions
+/// shuffled. A book's slots are then in no account order, as after long trading, and a
+/// sweep reaches the account sums at random.
+fn build_shuffled(accounts: u64, positions: u64, symbols: usize) -> FastEngine {
+    let cfg = Arc::new(synth::config(symbols));
+    let mut engine = FastEngine::new(cfg);
+    let at = At { line: 0, seq: 0 };
+    let (mut held, settings): (Vec<Command>, Vec<Command>) =
+        synth::book_commands(accounts, positions, symbols, 42)
+            .partition(|c| matches!(c, Command::Position { .. }));
+    let mut rng = synth::Rng::new(43);
+    for k in (1..held.len()).rev() {
+        held.swap(k, rng.below(k as u64 + 1) as usize);
+    }
+    for cmd in settings.iter().chain(&held) {
+        engine.apply(cmd, at, &mut ignore).expect("the generated book is valid");
+    }
+    let prices = (0..symbols)
+        .map(|s| (SymbolIdx(s as u16), D8(i128::from(synth::base_price_e2(s)) * 1_000_000)))
+        .collect();
+    engine.apply(&Command::Marks { prices }, at, &mut ignore).unwrap();
+    engine
+}
+
 /// Bytes a full sweep must read or write: per cross position its account, lots and base; per
 /// isolated position its lots, base and flag; per account its wallet, its sum (read and
 /// zeroed at the end) and its hot record. (Adding the terms to the sums is not counted, so
@@ -234,6 +259,15 @@ fn main() {
     let sweep_1m = time_sweeps(&mut one, 5).total;
     drop(one);
 
+    // --- the big book again, its slots in random account order ----------------------------
+    let mut shuffled = build_shuffled(accounts, positions, symbols);
+    let sweeps_shuffled = time_sweeps(&mut shuffled, env("LIQSCAN_BENCH_SWEEPS", 15) as usize);
+    let phases_shuffled = serde_json::json!({
+        "cross_ms": sweeps_shuffled.cross.as_secs_f64() * 1e3,
+        "isolated_ms": sweeps_shuffled.isolated.as_secs_f64() * 1e3,
+    });
+    drop(shuffled);
+
     // --- replay throughput: 10 000 accounts, mark-heavy --------------------------------
     // The generator plays the matching engine (closes liquidated items, re-opens them, keeps
     // levering up), so liquidations keep a steady, realistic rate.
@@ -285,6 +319,10 @@ fn main() {
         "mem_read_gbps": read_all / 1e9,
         "mem_read_gbps_one_thread": read_1t / 1e9,
         "sweep_bandwidth_fraction": sweep_bps / read_all,
+        "sweep_shuffled_ms": sweeps_shuffled.total.as_secs_f64() * 1e3,
+        "sweep_shuffled_phases": phases_shuffled,
+        "sweep_shuffled_bandwidth_fraction":
+            bytes / sweeps_shuffled.total.as_secs_f64() / read_all,
         "tick_1m_holders_ms": small.median.as_secs_f64() * 1e3,
         "tick_1m_holders_bytes": small_bytes,
         "tick_1m_holders_bandwidth_fraction":
