@@ -13,6 +13,7 @@ use std::{
     cmp::Ordering,
     fmt,
     ops::{Add, Mul, Neg, Sub},
+    sync::LazyLock,
 };
 
 use num_bigint::BigInt;
@@ -24,8 +25,12 @@ use crate::fixed::{D8, format_digits};
 /// Decimal places of [`Exact`].
 pub const SCALE: u32 = 20;
 
-fn pow10(n: u32) -> BigInt {
-    BigInt::from(10u8).pow(n)
+/// 10^n for n <= SCALE, computed once (a big-integer power allocates and multiplies, and the
+/// event path needs several per position).
+fn pow10(n: u32) -> &'static BigInt {
+    static POWERS: LazyLock<Vec<BigInt>> =
+        LazyLock::new(|| (0..=SCALE).map(|k| BigInt::from(10u8).pow(k)).collect());
+    &POWERS[n as usize]
 }
 
 /// `raw / 10^20`, exact and unbounded.
@@ -68,13 +73,13 @@ impl Exact {
     /// The smallest multiple of 10^-8 that is >= self.
     pub fn ceil8(&self) -> Exact {
         let unit = pow10(SCALE - 8);
-        Exact(self.0.div_ceil(&unit) * unit)
+        Exact(self.0.div_ceil(unit) * unit)
     }
 
     /// Self rounded to 8 decimals, ties to even.
     pub fn round8(&self) -> Exact {
         let unit = pow10(SCALE - 8);
-        Exact(div_round_half_even(&self.0, &unit) * unit)
+        Exact(div_round_half_even(&self.0, unit) * unit)
     }
 
     /// `ceil8(self / n)` for a positive integer `n` (initial margin).
@@ -86,7 +91,7 @@ impl Exact {
 
     /// The value as a `D8` when it has at most 8 decimals and fits.
     pub fn to_d8(&self) -> Option<D8> {
-        let (q, r) = self.0.div_rem(&pow10(SCALE - 8));
+        let (q, r) = self.0.div_rem(pow10(SCALE - 8));
         if !r.is_zero() {
             return None;
         }
@@ -139,7 +144,7 @@ impl Mul for &Exact {
     /// Exact product. Every product the SPEC forms has at most 20 decimals; a product that
     /// does not is a bug in the caller, and rounding it silently would hide that.
     fn mul(self, rhs: &Exact) -> Exact {
-        let (q, r) = (&self.0 * &rhs.0).div_rem(&pow10(SCALE));
+        let (q, r) = (&self.0 * &rhs.0).div_rem(pow10(SCALE));
         assert!(r.is_zero(), "product needs more than {SCALE} decimals");
         Exact(q)
     }
