@@ -134,6 +134,44 @@ impl Scale {
         debug_assert_eq!(cost_q16 % per_e8, 0, "a cost is a whole number of lot-entries");
         i64::try_from(cost_q16 / per_e8).expect("an entry price fits i64")
     }
+
+    /// The liquidation price of SPEC section 4 (e8, `round8`, ties to even) of `lots` with
+    /// cost `cost_q16`, where `m_q16` is the isolated margin or the rest of the cross
+    /// account: `Some(None)` when the root is not > 0, `None` when a product would overflow
+    /// `i128` (amounts near the limits: the caller then takes the exact path).
+    ///
+    /// In bracket k the root is `P = (M + cum − size·entry) / (q·mmr − size)`. With
+    /// `d = |lots|·mmr_e4 − lots·10^4` (never 0, since mmr < 1) the denominator is
+    /// `step·d·10^-12`, so `P_e8 = num_q16·10^4 / (step_e8·d)`, and the root's notional lies
+    /// in `[floor, cap)` iff `|lots|·num_q16` lies in `[floor_n12·d, cap_n12·d)` (with
+    /// `d > 0`, signs flipped if needed). The first bracket that holds its own root is the
+    /// one, as in `margin::liquidation_price`.
+    pub fn liquidation_price_e8(
+        &self,
+        lots: i64,
+        cost_q16: i128,
+        m_q16: i128,
+    ) -> Option<Option<i128>> {
+        let q = i128::from(lots.unsigned_abs());
+        let last = self.cap_n12.len() - 1;
+        for k in 0..=last {
+            let num = m_q16.checked_add(self.cum_q16[k])?.checked_sub(cost_q16)?;
+            let d = q.checked_mul(self.mmr_e4[k])?.checked_sub(i128::from(lots) * 10_000)?;
+            debug_assert_ne!(d, 0, "mmr < 1 makes the slope non-zero");
+            let (num, d) = if d < 0 { (num.checked_neg()?, -d) } else { (num, d) };
+            let q_num = q.checked_mul(num)?;
+            let above_floor = k == 0 || q_num >= self.cap_n12[k - 1].checked_mul(d)?;
+            let below_cap = k == last || q_num < self.cap_n12[k].checked_mul(d)?;
+            if above_floor && below_cap {
+                if num <= 0 {
+                    return Some(None);
+                }
+                let den = i128::from(self.step_e8).checked_mul(d)?;
+                return Some(Some(super::div_round_half_even(num.checked_mul(10_000)?, den)));
+            }
+        }
+        unreachable!("a continuous strictly monotone function has a root in some bracket")
+    }
 }
 
 /// Brackets a [`Quote`] prepares for on the stack; a symbol with more takes the general
@@ -519,6 +557,55 @@ mod tests {
 
     fn symbol() -> Symbol {
         crate::config::three_bracket_btc()
+    }
+
+    /// The integer liquidation price equals the exact one (`margin::liquidation_price`, the
+    /// reference engine's) for longs and shorts in every bracket, with roots at and around
+    /// the bracket edges, null roots included; near the amount limits it declines (`None`)
+    /// rather than overflow.
+    #[test]
+    fn integer_liquidation_price_equals_the_exact_one() {
+        let sym = symbol();
+        let sc = Scale::new(&sym);
+        let mut rng = crate::synth::Rng::new(17);
+        let (mut priced, mut null, mut brackets_hit) = (0, 0, [false; 3]);
+        for _ in 0..20_000 {
+            let lots = (1 + rng.below(20_000) as i64) * if rng.below(2) == 0 { 1 } else { -1 };
+            let entry_e8 = (20_000 + rng.below(80_000) as i64) * 100_000_000;
+            let cost = sc.cost_q16(lots, entry_e8);
+            // M from −1.5 to +1.5 times the entry notional, to the 10^-8 or a round number.
+            let notional_e8 = i128::from(lots.unsigned_abs()) * i128::from(entry_e8) / 1000;
+            let m_e8 = notional_e8 * (rng.below(3001) as i128 - 1500) / 1000
+                + rng.below(100_000_000) as i128;
+            let m_e8 = if rng.below(4) == 0 { m_e8 / 100_000_000 * 100_000_000 } else { m_e8 };
+            let want = margin::liquidation_price(
+                &sym,
+                &Exact::from_d8(D8(i128::from(lots) * i128::from(sc.step_e8))),
+                &Exact::from_d8(D8(i128::from(entry_e8))),
+                &Exact::from_d8(D8(m_e8)),
+            );
+            let got = sc.liquidation_price_e8(lots, cost, m_e8 * E8_TO_Q16);
+            let got = got.expect("ordinary amounts stay inside i128");
+            assert_eq!(
+                got.map(D8),
+                want.as_ref().map(|x| x.to_d8().unwrap()),
+                "{lots} @ {entry_e8}, M {m_e8}"
+            );
+            match got {
+                Some(p) => {
+                    priced += 1;
+                    let notional = i128::from(lots.unsigned_abs()) * i128::from(sc.step_e8) * p;
+                    let k = sym.brackets.iter().position(|b| notional < b.cap.0 * SCALE_D8);
+                    brackets_hit[k.unwrap_or(2)] = true;
+                }
+                None => null += 1,
+            }
+        }
+        assert!(priced > 1000 && null > 1000, "{priced} priced, {null} null");
+        assert_eq!(brackets_hit, [true; 3], "roots in every bracket");
+        // An account margin near the amount limit times a huge size: declined, not wrong.
+        let huge = sc.liquidation_price_e8(i64::MAX / 2, sc.cost_q16(1, 1), 10i128.pow(37));
+        assert_eq!(huge, None);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::{
     exact::Exact,
     fixed::{D8, scaled_text},
     margin,
-    protocol::{AMOUNT_LIMIT, Command, Event, Reject},
+    protocol::{AMOUNT_LIMIT, Command, Event, Liquidation, LiquidationPosition, Reject},
     report::{AccountView, Item, PairView},
 };
 
@@ -578,9 +578,76 @@ impl FastEngine {
     }
 
     fn emit_cross_event(&self, a: AccountIdx, at: At, out: &mut dyn FnMut(Event)) {
-        let id = self.accounts.id[a.0 as usize];
-        let ev = self.view(id).liquidation(&self.cfg, &self.marks, Item::Cross(id), at);
+        let ev = self.liquidation_event(a, None, at).unwrap_or_else(|| {
+            let id = self.accounts.id[a.0 as usize];
+            self.view(id).liquidation(&self.cfg, &self.marks, Item::Cross(id), at)
+        });
         out(Event::Liquidation(ev));
+    }
+
+    /// The `liquidation` event of cross account `a` (`isolated` = `None`) or of its isolated
+    /// position in a symbol, from the books' integers: balance and maintenance are exact in
+    /// q16 and each liquidation price is solved in `i128` ([`Scale::liquidation_price_e8`]).
+    /// `None` when a price's products would overflow `i128`; the caller then builds the event
+    /// on the exact path the reference engine uses (`report.rs`), which gives the same event.
+    fn liquidation_event(
+        &self,
+        a: AccountIdx,
+        isolated: Option<SymbolIdx>,
+        at: At,
+    ) -> Option<Liquidation> {
+        let i = a.0 as usize;
+        // (symbol, lots, cost, upnl − mm) of each position the event lists, in symbol order.
+        let mut held = Vec::new();
+        let (mut balance, mut maint) = (self.accounts.wallet_e8[i] * E8_TO_Q16, 0);
+        for p in &self.accounts.pairs[i] {
+            let listed = match isolated {
+                None => p.mode == Mode::Cross,
+                Some(s) => p.mode == Mode::Isolated && p.symbol == s,
+            };
+            if !listed || p.slot == NO_SLOT {
+                continue;
+            }
+            let (si, k) = (p.symbol.0 as usize, p.slot as usize);
+            let (book, sc, t) =
+                (self.book(p.mode, p.symbol), &self.scales[si], self.mark_ticks[si]?);
+            let (lots, cost) = (book.lots[k], book.cost_q16(k));
+            if isolated.is_some() {
+                balance = book.isolated_e8[k] * E8_TO_Q16;
+            }
+            let upnl = i128::from(lots) * i128::from(t) * sc.lot_tick_q16 - cost;
+            let mm = sc.mm_q16(sc.notional_n12(lots, t));
+            (balance, maint) = (balance + upnl, maint + mm);
+            held.push((p.symbol, lots, cost, upnl - mm));
+        }
+        let mut positions = Vec::with_capacity(held.len());
+        for &(s, lots, cost, term) in &held {
+            let sc = &self.scales[s.0 as usize];
+            // M: the isolated margin, or the account's wallet and its other cross terms.
+            let m = match isolated {
+                None => balance - maint - term,
+                Some(_) => balance - (term + maint),
+            };
+            let price = sc.liquidation_price_e8(lots, cost, m)?;
+            positions.push(LiquidationPosition {
+                symbol: self.cfg.symbol(s).name.clone(),
+                size: D8(i128::from(lots) * i128::from(sc.step_e8)).to_string(),
+                entry_price: D8(i128::from(sc.entry_e8(lots, cost))).to_string(),
+                mark_price: self.marks[s.0 as usize]?.to_string(),
+                liquidation_price: price.map(|p| D8(p).to_string()),
+            });
+        }
+        Some(Liquidation {
+            line: at.line,
+            seq: at.seq,
+            account: self.accounts.id[i],
+            mode: if isolated.is_some() { Mode::Isolated } else { Mode::Cross },
+            symbol: isolated.map(|s| self.cfg.symbol(s).name.clone()),
+            margin_balance: q16_text(balance),
+            maintenance_margin: q16_text(maint),
+            positions,
+            latency_ns: 0,
+        })
     }
 
     /// Evaluates the isolated item (a, s), if the pair holds an isolated position.
@@ -618,8 +685,10 @@ impl FastEngine {
     }
 
     fn emit_isolated_event(&self, a: AccountIdx, s: SymbolIdx, at: At, out: &mut dyn FnMut(Event)) {
-        let id = self.accounts.id[a.0 as usize];
-        let ev = self.view(id).liquidation(&self.cfg, &self.marks, Item::Isolated(id, s), at);
+        let ev = self.liquidation_event(a, Some(s), at).unwrap_or_else(|| {
+            let id = self.accounts.id[a.0 as usize];
+            self.view(id).liquidation(&self.cfg, &self.marks, Item::Isolated(id, s), at)
+        });
         out(Event::Liquidation(ev));
     }
 
