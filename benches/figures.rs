@@ -72,17 +72,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn ignore(_: liqscan::protocol::Event) {}
 
 fn build(accounts: u64, positions: u64, symbols: usize) -> FastEngine {
-    let cfg = Arc::new(synth::config(symbols));
-    let mut engine = FastEngine::new(cfg);
-    let at = At { line: 0, seq: 0 };
-    for cmd in synth::book_commands(accounts, positions, symbols, 42) {
-        engine.apply(&cmd, at, &mut ignore).expect("the generated book is valid");
-    }
-    let prices = (0..symbols)
-        .map(|s| (SymbolIdx(s as u16), D8(i128::from(synth::base_price_e2(s)) * 1_000_000)))
-        .collect();
-    engine.apply(&Command::Marks { prices }, at, &mut ignore).unwrap();
-    engine
+    book_of(symbols, synth::book_commands(accounts, positions, symbols, 42))
 }
 
 /// The book of [`build`] with its positions booked in random order: every balance (and
@@ -90,9 +80,6 @@ fn build(accounts: u64, positions: u64, symbols: usize) -> FastEngine {
 /// shuffled. A book's slots are then in no account order, as after long trading, and a
 /// sweep reaches the account sums at random.
 fn build_shuffled(accounts: u64, positions: u64, symbols: usize) -> FastEngine {
-    let cfg = Arc::new(synth::config(symbols));
-    let mut engine = FastEngine::new(cfg);
-    let at = At { line: 0, seq: 0 };
     let (mut held, settings): (Vec<Command>, Vec<Command>) =
         synth::book_commands(accounts, positions, symbols, 42)
             .partition(|c| matches!(c, Command::Position { .. }));
@@ -100,8 +87,15 @@ fn build_shuffled(accounts: u64, positions: u64, symbols: usize) -> FastEngine {
     for k in (1..held.len()).rev() {
         held.swap(k, rng.below(k as u64 + 1) as usize);
     }
-    for cmd in settings.iter().chain(&held) {
-        engine.apply(cmd, at, &mut ignore).expect("the generated book is valid");
+    book_of(symbols, settings.into_iter().chain(held))
+}
+
+/// A fast engine that has applied `cmds` and then marks every symbol at its base price.
+fn book_of(symbols: usize, cmds: impl Iterator<Item = Command>) -> FastEngine {
+    let mut engine = FastEngine::new(Arc::new(synth::config(symbols)));
+    let at = At { line: 0, seq: 0 };
+    for cmd in cmds {
+        engine.apply(&cmd, at, &mut ignore).expect("the generated book is valid");
     }
     let prices = (0..symbols)
         .map(|s| (SymbolIdx(s as u16), D8(i128::from(synth::base_price_e2(s)) * 1_000_000)))

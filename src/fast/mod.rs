@@ -212,9 +212,8 @@ pub struct FastEngine {
     unmarked: Vec<u16>,
 }
 
-/// The phases of a full-book sweep, timed: the cross books (with the two passes over the
-/// accounts that start each sum at the wallet and then check each state), and the isolated
-/// books.
+/// The phases of a full-book sweep, timed: the cross books (with the pass over the accounts
+/// that adds each wallet to its sum and checks each state), and the isolated books.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SweepPhases {
     pub cross: std::time::Duration,
