@@ -87,12 +87,17 @@ impl Scale {
         notional_n12 * self.mmr_e4[k] - self.cum_q16[k]
     }
 
+    /// The signed value `size * mark` of `lots` at `ticks`, q16: `upnl` is this minus the cost.
+    #[inline(always)]
+    pub fn value_q16(&self, lots: i64, ticks: i64) -> i128 {
+        i128::from(lots) * i128::from(ticks) * self.lot_tick_q16
+    }
+
     /// `upnl + (isolated margin) - mm` of a position at `ticks`, given its `base`
     /// (`isolated_margin - cost` for isolated, `-cost` for cross).
     #[inline(always)]
     pub fn buffer_q16(&self, lots: i64, base_q16: i128, ticks: i64) -> i128 {
-        let value = i128::from(lots) * i128::from(ticks) * self.lot_tick_q16;
-        base_q16 + value - self.mm_q16(self.notional_n12(lots, ticks))
+        base_q16 + self.value_q16(lots, ticks) - self.mm_q16(self.notional_n12(lots, ticks))
     }
 
     /// The trigger (see [`fires`]) of a position at mark `t0` whose buffer term

@@ -614,7 +614,7 @@ impl FastEngine {
             if isolated.is_some() {
                 balance = book.isolated_e8[k] * E8_TO_Q16;
             }
-            let upnl = i128::from(lots) * i128::from(t) * sc.lot_tick_q16 - cost;
+            let upnl = sc.value_q16(lots, t) - cost;
             let mm = sc.mm_q16(sc.notional_n12(lots, t));
             (balance, maint) = (balance + upnl, maint + mm);
             held.push((p.symbol, lots, cost, upnl - mm));
@@ -942,7 +942,7 @@ impl FastEngine {
             let t = self.mark_ticks[si].ok_or_else(rejects::no_cross_mark)?;
             let sc = &self.scales[si];
             let lots = self.cross[si].lots[p.slot as usize];
-            let upnl = i128::from(lots) * i128::from(t) * sc.lot_tick_q16 - self.cost_of(p);
+            let upnl = sc.value_q16(lots, t) - self.cost_of(p);
             avail += upnl - self.im_q16(sc, lots, t, self.leverage_of(p.symbol, p));
         }
         Ok(avail)
@@ -1220,8 +1220,7 @@ impl Engine for FastEngine {
                     if left < 0 {
                         return Err(rejects::removal_exceeds_margin(amount.abs(), D8(margin_now)));
                     }
-                    let upnl = i128::from(lots) * i128::from(t) * sc.lot_tick_q16
-                        - self.isolated[si].cost_q16(slot);
+                    let upnl = sc.value_q16(lots, t) - self.isolated[si].cost_q16(slot);
                     let im = self.im_q16(sc, lots, t, self.leverage_of(symbol, p));
                     if left * E8_TO_Q16 + upnl < im {
                         return Err(rejects::removal_below_initial(
