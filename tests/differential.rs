@@ -86,10 +86,94 @@ fn message() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Messages that mostly name accounts (any u64) and pairs the stream has not seen, most of
+/// them rejected by a state rule: withdrawals, margin moves, positions in the wrong mode,
+/// leverage above the max, funding before a mark. Some are applied and do make what they
+/// name (deposits, orders, leverage within the max, a mode change, a position in the
+/// right mode), so both sides of SPEC section 5's rule are held to the reference.
+fn fresh_message() -> impl Strategy<Value = String> {
+    let acct =
+        prop_oneof![1 => 1u64..=4, 4 => 5u64..=1_000_000, 1 => Just(0u64), 1 => Just(u64::MAX)];
+    let sym = 0usize..3;
+    prop_oneof![
+        8 => (acct.clone(), 1i64..=50_000_000).prop_map(|(a, x)| format!(
+            r#"{{"type":"transfer","account":{a},"amount":"-{}"}}"#, dec(x, 2))),
+        1 => (acct.clone(), 1i64..=50_000_000).prop_map(|(a, x)| format!(
+            r#"{{"type":"transfer","account":{a},"amount":"{}"}}"#, dec(x, 2))),
+        5 => (acct.clone(), sym.clone(), any::<bool>(), 1i64..=5_000).prop_flat_map(|(a, s, m, lots)| {
+            let (name, _, _, _, sd, _) = SYMBOLS[s];
+            price(s).prop_map(move |entry| {
+                let margin = if m { r#","isolated_margin":"100""# } else { "" };
+                format!(
+                    r#"{{"type":"position","account":{a},"symbol":"{name}","size":"{}","entry_price":"{entry}"{margin}}}"#,
+                    dec(lots, sd)
+                )
+            })
+        }),
+        4 => (acct.clone(), sym.clone(), 126u64..=1_000_000).prop_map(|(a, s, l)| format!(
+            r#"{{"type":"leverage","account":{a},"symbol":"{}","leverage":{l}}}"#, SYMBOLS[s].0)),
+        1 => (acct.clone(), sym.clone(), 1u64..=20).prop_map(|(a, s, l)| format!(
+            r#"{{"type":"leverage","account":{a},"symbol":"{}","leverage":{l}}}"#, SYMBOLS[s].0)),
+        5 => (acct.clone(), sym.clone(), amount(300_000)).prop_map(|(a, s, x)| format!(
+            r#"{{"type":"isolated_margin","account":{a},"symbol":"{}","amount":"{x}"}}"#, SYMBOLS[s].0)),
+        2 => (acct.clone(), sym.clone(), any::<bool>()).prop_map(|(a, s, iso)| format!(
+            r#"{{"type":"margin_mode","account":{a},"symbol":"{}","mode":"{}"}}"#,
+            SYMBOLS[s].0, if iso { "isolated" } else { "cross" })),
+        1 => (acct.clone(), sym.clone(), 0u32..3).prop_map(|(a, s, n)| format!(
+            r#"{{"type":"orders","account":{a},"symbol":"{}","open_orders":{n},"order_margin":"1"}}"#,
+            SYMBOLS[s].0)),
+        2 => (sym.clone(), -100_000i64..=100_000).prop_map(|(s, r)| format!(
+            r#"{{"type":"funding","symbol":"{}","rate":"{}"}}"#, SYMBOLS[s].0, dec(r, 8))),
+        3 => acct.prop_map(|a| format!(r#"{{"type":"query","account":{a}}}"#)),
+    ]
+}
+
 fn price_msg(s: usize) -> impl Strategy<Value = String> {
     price(s).prop_map(move |p| {
         format!(r#"{{"type":"mark","symbol":"{}","price":"{p}"}}"#, SYMBOLS[s].0)
     })
+}
+
+/// What an engine holds: its account ids and its (account id, symbol) pairs, sorted.
+type Holdings = (Vec<u64>, Vec<(u64, u16)>);
+
+fn holdings_fast(engine: &FastEngine) -> Holdings {
+    let mut accounts: Vec<u64> = engine.accounts().collect();
+    let mut pairs: Vec<(u64, u16)> = engine.pairs().map(|(a, s)| (a, s.0)).collect();
+    accounts.sort_unstable();
+    pairs.sort_unstable();
+    (accounts, pairs)
+}
+
+fn holdings_reference(engine: &ReferenceEngine) -> Holdings {
+    let mut accounts: Vec<u64> = engine.accounts().collect();
+    let mut pairs: Vec<(u64, u16)> = engine.pairs().map(|(a, s)| (a, s.0)).collect();
+    accounts.sort_unstable();
+    pairs.sort_unstable();
+    (accounts, pairs)
+}
+
+/// Asserts equal holdings, naming the first account or pair only one side holds.
+fn assert_same_holdings(what: &str, got: &Holdings, want: &Holdings) {
+    fn first_difference<T: Ord + Copy + std::fmt::Debug>(got: &[T], want: &[T]) -> String {
+        let only_got = got.iter().find(|x| want.binary_search(x).is_err());
+        let only_want = want.iter().find(|x| got.binary_search(x).is_err());
+        format!("only in got: {only_got:?}, only in want: {only_want:?}")
+    }
+    assert!(
+        got.0 == want.0,
+        "{what}: accounts differ ({} vs {}): {}",
+        got.0.len(),
+        want.0.len(),
+        first_difference(&got.0, &want.0)
+    );
+    assert!(
+        got.1 == want.1,
+        "{what}: pairs differ ({} vs {}): {}",
+        got.1.len(),
+        want.1.len(),
+        first_difference(&got.1, &want.1)
+    );
 }
 
 fn run_both(cfg: Arc<Config>, input: &[u8]) -> (Vec<String>, Vec<String>, FastEngine) {
@@ -98,11 +182,23 @@ fn run_both(cfg: Arc<Config>, input: &[u8]) -> (Vec<String>, Vec<String>, FastEn
     let (mut out_ref, mut out_fast) = (Vec::new(), Vec::new());
     replay::replay(cfg.clone(), &mut reference, input, &mut out_ref).unwrap();
     replay::replay(cfg.clone(), &mut fast, input, &mut out_fast).unwrap();
+    // Both hold the same accounts and pairs: an applied message makes what it first names,
+    // a rejected one nothing (SPEC section 5), in both alike.
+    assert_same_holdings(
+        "fast vs reference",
+        &holdings_fast(&fast),
+        &holdings_reference(&reference),
+    );
     // The same stream once more with every book evaluated on rayon workers, so the parallel
     // paths (normally for books of 16k+ positions) are held to the reference too.
     let mut parallel = FastEngine::new(cfg.clone()).with_parallel_min(1);
     let mut out_par = Vec::new();
     replay::replay(cfg, &mut parallel, input, &mut out_par).unwrap();
+    assert_same_holdings(
+        "parallel vs reference",
+        &holdings_fast(&parallel),
+        &holdings_reference(&reference),
+    );
     let norm = |o: Vec<u8>| canonical(events(&String::from_utf8(o).unwrap()));
     let fast_events = norm(out_fast);
     assert_same_events("parallel vs sequential fast engine", &norm(out_par), &fast_events);
@@ -127,6 +223,48 @@ proptest! {
         fast.sweep(At { line: 0, seq: 0 }, &mut |e| swept.push(e));
         prop_assert!(swept.is_empty(), "a sweep found items the messages missed: {:?}", swept);
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+    /// Streams rich in rejected messages that name fresh accounts and pairs, on a config
+    /// whose pairs default to cross and on one whose pairs default to isolated: the same
+    /// events, and (checked in `run_both`) the same accounts and pairs held afterwards.
+    #[test]
+    fn rejected_messages_leave_no_trace(
+        lines in prop::collection::vec(prop_oneof![2 => message(), 3 => fresh_message()], 1..80),
+        isolated in any::<bool>(),
+    ) {
+        let input = lines.join("\n");
+        let cfg = config(if isolated { "single_tier" } else { "multi_tier" });
+        let (want, got, fast) = run_both(cfg, input.as_bytes());
+        assert_same_events("fresh names: fast vs reference", &got, &want);
+        prop_assert_eq!(fast.audit(), Ok(()));
+    }
+}
+
+/// A million rejected withdrawals by unknown accounts once left ~100 MB behind in the fast
+/// engine. Here 20,000 of them, every one rejected, leave no account on either engine; the
+/// same number of deposits makes exactly that many accounts, so the count is not vacuous.
+#[test]
+fn rejected_withdrawals_by_unknown_accounts_make_no_account() {
+    let withdrawals: Vec<String> = (0..20_000u64)
+        .map(|k| {
+            let a = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            format!(r#"{{"type":"transfer","account":{a},"amount":"-1"}}"#)
+        })
+        .collect();
+    let (want, got, fast) = run_both(config("multi_tier"), withdrawals.join("\n").as_bytes());
+    assert_same_events("rejected withdrawals", &got, &want);
+    assert_eq!(got.len(), 20_000);
+    assert!(got.iter().all(|e| e.contains("insufficient_margin")), "{:?}", got.first());
+    assert_eq!(fast.accounts().count(), 0);
+    assert_eq!(fast.pairs().count(), 0);
+    let deposits: Vec<String> = withdrawals.iter().map(|l| l.replace("\"-1\"", "\"1\"")).collect();
+    let (_, got, fast) = run_both(config("multi_tier"), deposits.join("\n").as_bytes());
+    assert!(got.is_empty(), "deposits are applied silently: {:?}", got.first());
+    assert_eq!(fast.accounts().count(), 20_000);
 }
 
 /// Long walks of small marks over accounts with several cross positions, where the random

@@ -11,6 +11,7 @@
 //! [`crate::report`] path.
 
 pub mod book;
+mod commands;
 
 use std::sync::{
     Arc,
@@ -23,11 +24,9 @@ use rayon::prelude::*;
 use self::book::{AccountIdx, Book, E8_TO_Q16, Quote, Scale};
 use crate::{
     config::{Config, Mode, SymbolIdx},
-    engine::{At, Engine, rejects, should_emit},
-    exact::Exact,
+    engine::{At, rejects, should_emit},
     fixed::{D8, scaled_text},
-    margin,
-    protocol::{AMOUNT_LIMIT, Command, Event, Liquidation, LiquidationPosition, Reject},
+    protocol::{AMOUNT_LIMIT, Event, Liquidation, LiquidationPosition, Reject},
     report::{AccountView, Item, PairView},
 };
 
@@ -396,6 +395,22 @@ impl FastEngine {
 
     pub fn n_accounts(&self) -> usize {
         self.accounts.id.len()
+    }
+
+    /// The ids of the accounts held, in the order they were made. An account exists from the
+    /// first applied message that names it (SPEC section 3); a rejected one makes none.
+    pub fn accounts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.accounts.id.iter().copied()
+    }
+
+    /// The (account id, symbol) pairs held, flat or not: by account as [`Self::accounts`]
+    /// lists them, then by symbol. A rejected message makes none (SPEC section 5).
+    pub fn pairs(&self) -> impl Iterator<Item = (u64, SymbolIdx)> + '_ {
+        let acc = &self.accounts;
+        acc.id
+            .iter()
+            .zip(&acc.pairs)
+            .flat_map(|(&id, pairs)| pairs.iter().map(move |p| (id, p.symbol)))
     }
 
     fn intern(&mut self, id: u64) -> AccountIdx {
@@ -916,6 +931,14 @@ impl FastEngine {
                 }
             }
         }
+        for (&(a, s), funds) in &self.accounts.funds {
+            if *funds == PairFunds::default() || self.pair(a, s).is_none() {
+                return Err(format!(
+                    "funds of account index {} in symbol {}: {funds:?} without a pair or all zero",
+                    a.0, s.0
+                ));
+            }
+        }
         for (i, h) in self.accounts.hot.iter().enumerate() {
             let terms = self.cross_terms(AccountIdx(i as u32)).map(|(_, _, _, f)| f);
             let buffer = self.accounts.wallet_e8[i] * E8_TO_Q16 + terms.sum::<i128>();
@@ -1010,248 +1033,12 @@ impl FastEngine {
             }
         }
     }
-
-    fn funding(
-        &mut self,
-        s: SymbolIdx,
-        rate: D8,
-        at: At,
-        out: &mut dyn FnMut(Event),
-    ) -> Result<(), Reject> {
-        let si = s.0 as usize;
-        let t = self.mark_ticks[si]
-            .ok_or_else(|| rejects::funding_without_mark(&self.cfg.symbols[si].name))?;
-        let sc = &self.scales[si];
-        // round8(size * P * rate): signed notional (n12) times rate (e8) is exact at 10^-20.
-        let pay_e8 = |lots: i64| {
-            let signed_n12 = i128::from(lots) * i128::from(t) * sc.lot_tick_n12;
-            div_round_half_even(signed_n12 * rate.0, 10i128.pow(12))
-        };
-        let cross_pay: Vec<i128> = self.cross[si].lots.iter().map(|&l| pay_e8(l)).collect();
-        let iso_pay: Vec<i128> = self.isolated[si].lots.iter().map(|&l| pay_e8(l)).collect();
-        // Check every new balance before changing any (all or nothing). Of several that fail,
-        // name the lowest account id, as the reference engine (which walks ids in order) does.
-        let mut failure: Option<(u64, Reject)> = None;
-        let mut note = |a: AccountIdx, result: Result<i128, Reject>| {
-            if let Err(r) = result {
-                let id = self.accounts.id[a.0 as usize];
-                if failure.as_ref().is_none_or(|(f, _)| id < *f) {
-                    failure = Some((id, r));
-                }
-            }
-        };
-        for (&a, &pay) in self.cross[si].account.iter().zip(&cross_pay) {
-            note(a, in_limits("wallet", self.accounts.wallet_e8[a.0 as usize] - pay));
-        }
-        let book = &self.isolated[si];
-        for ((&a, &margin), &pay) in book.account.iter().zip(&book.isolated_e8).zip(&iso_pay) {
-            note(a, in_limits("isolated margin", margin - pay));
-        }
-        if let Some((_, reject)) = failure {
-            return Err(reject);
-        }
-        for (k, pay) in cross_pay.into_iter().enumerate() {
-            let a = self.cross[si].account[k];
-            self.add_wallet(a, -pay);
-            self.touch(a);
-        }
-        let book = &mut self.isolated[si];
-        let columns = book.isolated_e8.iter_mut().zip(&mut book.base_q16);
-        for ((margin, base), pay) in columns.zip(iso_pay) {
-            *margin -= pay;
-            *base -= pay * E8_TO_Q16;
-        }
-        // Re-evaluate the isolated positions at the unchanged mark.
-        self.evaluate_isolated_book(s, t, true);
-        self.finish_message(at, out);
-        Ok(())
-    }
-}
-
-impl Engine for FastEngine {
-    fn apply(&mut self, cmd: &Command, at: At, out: &mut dyn FnMut(Event)) -> Result<(), Reject> {
-        self.msg_no += 1;
-        match *cmd {
-            Command::Mark { symbol, price } => {
-                let si = symbol.0 as usize;
-                self.marks[si] = Some(price);
-                let ticks = price.0 / i128::from(self.scales[si].tick_e8);
-                self.tick(symbol, ticks as i64);
-                self.finish_message(at, out);
-            }
-            Command::Marks { ref prices } => {
-                for &(s, price) in prices {
-                    let si = s.0 as usize;
-                    self.marks[si] = Some(price);
-                    let ticks = price.0 / i128::from(self.scales[si].tick_e8);
-                    self.tick(s, ticks as i64);
-                }
-                self.finish_message(at, out);
-            }
-            Command::Balance { account, wallet } => {
-                let a = self.intern(account);
-                let old = self.accounts.wallet_e8[a.0 as usize];
-                self.add_wallet(a, wallet.0 - old);
-                self.refresh(a, true, at, out);
-            }
-            Command::Transfer { account, amount } => {
-                let a = self.intern(account);
-                if amount.0 < 0 {
-                    let available = self.available_q16(a)?;
-                    if available + amount.0 * E8_TO_Q16 < 0 {
-                        return Err(rejects::withdrawal_exceeds(amount.abs(), q16_text(available)));
-                    }
-                }
-                in_limits("wallet", self.accounts.wallet_e8[a.0 as usize] + amount.0)?;
-                self.add_wallet(a, amount.0);
-                self.refresh(a, true, at, out);
-            }
-            Command::Position { account, symbol, size, entry_price, isolated_margin } => {
-                let mode = self.mode_of(self.lookup(account), symbol);
-                match (mode, isolated_margin) {
-                    (Mode::Cross, Some(_)) => return Err(rejects::isolated_margin_on_cross()),
-                    (Mode::Isolated, None) if !size.is_zero() => {
-                        return Err(rejects::isolated_margin_missing());
-                    }
-                    _ => {}
-                }
-                let a = self.intern(account);
-                self.remove_position(a, symbol);
-                let sc = &self.scales[symbol.0 as usize];
-                let lots = (size.0 / i128::from(sc.step_e8)) as i64;
-                let entry_e8 = entry_price.map_or(0, |e| e.0 as i64);
-                let iso_e8 = isolated_margin.map_or(0, |m| m.0);
-                self.pair_mut(a, symbol); // a mentioned pair exists from now on, flat or not
-                if mode == Mode::Isolated {
-                    // The margin goes with the position, or stays with the pair if flat.
-                    let idle = if lots == 0 { iso_e8 } else { 0 };
-                    self.update_funds(a, symbol, |f| f.idle_isolated_e8 = idle);
-                }
-                if lots != 0 {
-                    self.insert_position(a, symbol, lots, entry_e8, iso_e8);
-                }
-                self.refresh(a, true, at, out);
-                self.eval_isolated(a, symbol, true, at, out);
-            }
-            Command::MarginMode { account, symbol, mode } => {
-                let a = self.lookup(account);
-                if self.mode_of(a, symbol) != mode {
-                    let p = a.and_then(|a| self.pair(a, symbol));
-                    let has_position = p.is_some_and(|p| p.slot != NO_SLOT);
-                    let open_orders = a.map_or(0, |a| self.funds(a, symbol).open_orders);
-                    if has_position || open_orders > 0 {
-                        let size = p.map_or(D8::ZERO, |p| {
-                            D8(i128::from(self.lots_of(p))
-                                * i128::from(self.scales[symbol.0 as usize].step_e8))
-                        });
-                        return Err(rejects::mode_locked(size, open_orders));
-                    }
-                    let a = self.intern(account);
-                    self.pair_mut(a, symbol).mode = mode;
-                }
-            }
-            Command::Leverage { account, symbol, leverage } => {
-                let si = symbol.0 as usize;
-                let cfg = Arc::clone(&self.cfg); // rare message: a clone beats borrow gymnastics
-                let sym = cfg.symbol(symbol);
-                let a = self.lookup(account);
-                let (lots, cost_q16) = a
-                    .and_then(|a| self.pair(a, symbol))
-                    .map_or((0, 0), |p| (self.lots_of(p), self.cost_of(p)));
-                let sc = &self.scales[si];
-                // The bracket at the notional at the mark, else at the entry price, else 0.
-                let k = match self.mark_ticks[si] {
-                    Some(t) => {
-                        let n = sc.notional_n12(lots, t);
-                        sym.bracket_index_by(|cap| n < cap.0 * 10_000)
-                    }
-                    None => {
-                        let n_q16 = cost_q16.abs();
-                        sym.bracket_index_by(|cap| n_q16 < cap.0 * E8_TO_Q16)
-                    }
-                };
-                let max = sym.brackets[k].max_leverage;
-                if leverage > u64::from(max) {
-                    let view = self.view(account);
-                    let notional = view
-                        .pair(symbol)
-                        .map(|p| {
-                            let px = self.marks[si].unwrap_or(p.entry_price);
-                            margin::notional(&Exact::from_d8(p.size), &Exact::from_d8(px))
-                        })
-                        .unwrap_or_default();
-                    return Err(rejects::leverage_exceeds_max(leverage, max, &sym.name, notional));
-                }
-                let a = self.intern(account);
-                self.pair_mut(a, symbol).leverage = leverage as u32;
-            }
-            Command::Orders { account, symbol, open_orders, order_margin } => {
-                let a = self.intern(account);
-                self.pair_mut(a, symbol); // the pair exists from now on (reports list it)
-                self.update_funds(a, symbol, |f| {
-                    (f.open_orders, f.order_margin_e8) = (open_orders, order_margin.0);
-                });
-            }
-            Command::IsolatedMargin { account, symbol, amount } => {
-                let si = symbol.0 as usize;
-                let a = self.lookup(account);
-                let p = a.and_then(|a| self.pair(a, symbol));
-                let mode = p.map_or(self.cfg.default_margin_mode, |p| p.mode);
-                if mode != Mode::Isolated {
-                    return Err(rejects::margin_move_on_cross());
-                }
-                let Some(p) = p.filter(|p| p.slot != NO_SLOT) else {
-                    return Err(rejects::margin_move_without_position());
-                };
-                let a = a.expect("a pair implies an account");
-                let slot = p.slot as usize;
-                let margin_now = self.isolated[si].isolated_e8[slot];
-                if amount.0 > 0 {
-                    let available = self.available_q16(a)?;
-                    if available - amount.0 * E8_TO_Q16 < 0 {
-                        return Err(rejects::addition_exceeds(amount, q16_text(available)));
-                    }
-                } else {
-                    let t = self.mark_ticks[si]
-                        .ok_or_else(|| rejects::no_mark(&self.cfg.symbol(symbol).name))?;
-                    let sc = &self.scales[si];
-                    let lots = self.isolated[si].lots[slot];
-                    let left = margin_now + amount.0;
-                    if left < 0 {
-                        return Err(rejects::removal_exceeds_margin(amount.abs(), D8(margin_now)));
-                    }
-                    let upnl = sc.value_q16(lots, t) - self.isolated[si].cost_q16(slot);
-                    let im = self.im_q16(sc, lots, t, self.leverage_of(symbol, p));
-                    if left * E8_TO_Q16 + upnl < im {
-                        return Err(rejects::removal_below_initial(
-                            amount.abs(),
-                            D8(left),
-                            q16_text(upnl),
-                            q16_text(im),
-                        ));
-                    }
-                }
-                in_limits("wallet", self.accounts.wallet_e8[a.0 as usize] - amount.0)?;
-                in_limits("isolated margin", margin_now + amount.0)?;
-                self.add_wallet(a, -amount.0);
-                self.isolated[si].isolated_e8[slot] += amount.0;
-                self.isolated[si].base_q16[slot] += amount.0 * E8_TO_Q16;
-                self.refresh(a, true, at, out);
-                self.eval_isolated(a, symbol, true, at, out);
-            }
-            Command::Funding { symbol, rate } => self.funding(symbol, rate, at, out)?,
-            Command::Query { account } => {
-                out(Event::Account(self.view(account).report(&self.cfg, &self.marks, at)));
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synth;
+    use crate::{engine::Engine, protocol::Command, synth};
 
     /// A 3,000-account book (a quarter of its positions isolated) whose marks then fall 4 %
     /// on every symbol, so that some items are liquidatable.

@@ -1,0 +1,439 @@
+//! The fast engine's commands as check, then commit (`STYLE.md`): each command is first
+//! checked against `&self`, which decides everything it will do into a [`Plan`] or rejects
+//! it, and the plan is then committed by an infallible `&mut self` step. Nothing mutable is
+//! reached before a check has passed, so a rejected message leaves the state exactly as it
+//! was (SPEC section 5: no account, no pair, no flag, no counter), by construction; and
+//! [`Engine::apply`] is the two calls.
+
+use super::{E8_TO_Q16, FastEngine, NO_SLOT, book::AccountIdx, div_round_half_even, in_limits};
+use crate::{
+    config::{Mode, SymbolIdx},
+    engine::{At, Engine, rejects},
+    exact::Exact,
+    fixed::D8,
+    margin,
+    protocol::{Command, Event, Reject},
+};
+
+/// What an accepted command will do: every value it writes, decided by [`FastEngine::check`]
+/// from the state before it. Accounts are named by id where the commit may create them (an
+/// applied message creates what it first names, SPEC section 3) and by index where the check
+/// found them.
+#[derive(Debug)]
+enum Plan<'c> {
+    /// Move one symbol's mark.
+    Mark(SymbolIdx, D8),
+    /// Move several marks at one evaluation point (`marks`: distinct symbols, validated).
+    Marks(&'c [(SymbolIdx, D8)]),
+    /// Set the cross wallet (a `balance`, or a `transfer` within its rules) and re-arm the
+    /// account's cross item.
+    Wallet {
+        account: u64,
+        wallet_e8: i128,
+    },
+    /// Replace the pair's position (`lots == 0` closes it); `isolated_e8` is its isolated
+    /// margin, 0 in cross mode.
+    Position {
+        account: u64,
+        symbol: SymbolIdx,
+        mode: Mode,
+        lots: i64,
+        entry_e8: i64,
+        isolated_e8: i128,
+    },
+    /// Change the mode of a pair without position or open orders.
+    MarginMode {
+        account: u64,
+        symbol: SymbolIdx,
+        mode: Mode,
+    },
+    Leverage {
+        account: u64,
+        symbol: SymbolIdx,
+        leverage: u32,
+    },
+    Orders {
+        account: u64,
+        symbol: SymbolIdx,
+        open_orders: u64,
+        order_margin_e8: i128,
+    },
+    /// Move `amount_e8` from the wallet into the isolated position at `slot` of its symbol's
+    /// book (negative: back to the wallet).
+    IsolatedMargin {
+        account: AccountIdx,
+        symbol: SymbolIdx,
+        slot: usize,
+        amount_e8: i128,
+    },
+    /// Take each position's payment (by book slot, cross then isolated) and re-evaluate the
+    /// symbol's holders at the unchanged mark `ticks`.
+    Funding {
+        symbol: SymbolIdx,
+        ticks: i64,
+        cross_pay: Vec<i128>,
+        iso_pay: Vec<i128>,
+    },
+    Query {
+        account: u64,
+    },
+    /// Applied, and changes nothing (a `margin_mode` to the pair's current mode).
+    Nothing,
+}
+
+impl Engine for FastEngine {
+    fn apply(&mut self, cmd: &Command, at: At, out: &mut dyn FnMut(Event)) -> Result<(), Reject> {
+        let plan = self.check(cmd)?;
+        self.commit(plan, at, out);
+        Ok(())
+    }
+}
+
+impl FastEngine {
+    /// Decides what `cmd` will do, or why it is rejected, without changing anything.
+    fn check<'c>(&self, cmd: &'c Command) -> Result<Plan<'c>, Reject> {
+        Ok(match *cmd {
+            Command::Mark { symbol, price } => Plan::Mark(symbol, price),
+            Command::Marks { ref prices } => Plan::Marks(prices),
+            Command::Balance { account, wallet } => Plan::Wallet { account, wallet_e8: wallet.0 },
+            Command::Transfer { account, amount } => self.check_transfer(account, amount)?,
+            Command::Position { account, symbol, size, entry_price, isolated_margin } => {
+                self.check_position(account, symbol, size, entry_price, isolated_margin)?
+            }
+            Command::MarginMode { account, symbol, mode } => {
+                self.check_margin_mode(account, symbol, mode)?
+            }
+            Command::Leverage { account, symbol, leverage } => {
+                self.check_leverage(account, symbol, leverage)?
+            }
+            Command::Orders { account, symbol, open_orders, order_margin } => {
+                Plan::Orders { account, symbol, open_orders, order_margin_e8: order_margin.0 }
+            }
+            Command::IsolatedMargin { account, symbol, amount } => {
+                self.check_isolated_margin(account, symbol, amount)?
+            }
+            Command::Funding { symbol, rate } => self.check_funding(symbol, rate)?,
+            Command::Query { account } => Plan::Query { account },
+        })
+    }
+
+    /// Does what `plan` says and evaluates what it changed (SPEC section 6). Cannot fail.
+    fn commit(&mut self, plan: Plan<'_>, at: At, out: &mut dyn FnMut(Event)) {
+        self.msg_no += 1;
+        match plan {
+            Plan::Mark(symbol, price) => {
+                self.set_mark(symbol, price);
+                self.finish_message(at, out);
+            }
+            Plan::Marks(prices) => {
+                for &(symbol, price) in prices {
+                    self.set_mark(symbol, price);
+                }
+                self.finish_message(at, out);
+            }
+            Plan::Wallet { account, wallet_e8 } => {
+                let a = self.intern(account);
+                self.accounts.wallet_e8[a.0 as usize] = wallet_e8;
+                self.refresh(a, true, at, out);
+            }
+            Plan::Position { account, symbol, mode, lots, entry_e8, isolated_e8 } => {
+                let a = self.commit_position(account, symbol, mode, lots, entry_e8, isolated_e8);
+                self.refresh(a, true, at, out);
+                self.eval_isolated(a, symbol, true, at, out);
+            }
+            Plan::MarginMode { account, symbol, mode } => {
+                let a = self.intern(account);
+                self.pair_mut(a, symbol).mode = mode;
+            }
+            Plan::Leverage { account, symbol, leverage } => {
+                let a = self.intern(account);
+                self.pair_mut(a, symbol).leverage = leverage;
+            }
+            Plan::Orders { account, symbol, open_orders, order_margin_e8 } => {
+                let a = self.intern(account);
+                self.pair_mut(a, symbol); // the pair exists from now on (reports list it)
+                self.update_funds(a, symbol, |f| {
+                    (f.open_orders, f.order_margin_e8) = (open_orders, order_margin_e8);
+                });
+            }
+            Plan::IsolatedMargin { account, symbol, slot, amount_e8 } => {
+                self.add_wallet(account, -amount_e8);
+                let book = &mut self.isolated[symbol.0 as usize];
+                book.isolated_e8[slot] += amount_e8;
+                book.base_q16[slot] += amount_e8 * E8_TO_Q16;
+                self.refresh(account, true, at, out);
+                self.eval_isolated(account, symbol, true, at, out);
+            }
+            Plan::Funding { symbol, ticks, cross_pay, iso_pay } => {
+                self.commit_funding(symbol, ticks, cross_pay, iso_pay);
+                self.finish_message(at, out);
+            }
+            Plan::Query { account } => {
+                out(Event::Account(self.view(account).report(&self.cfg, &self.marks, at)));
+            }
+            Plan::Nothing => {}
+        }
+    }
+
+    // --- checks: `&self` only ----------------------------------------------------------
+
+    /// A deposit, or a withdrawal within the available balance (SPEC section 5); an account
+    /// not seen yet has wallet 0 and nothing else, so it may only deposit.
+    fn check_transfer(&self, account: u64, amount: D8) -> Result<Plan<'static>, Reject> {
+        let a = self.lookup(account);
+        if amount.0 < 0 {
+            let available = a.map_or(Ok(0), |a| self.available_q16(a))?;
+            if available + amount.0 * E8_TO_Q16 < 0 {
+                return Err(rejects::withdrawal_exceeds(amount.abs(), super::q16_text(available)));
+            }
+        }
+        let wallet_e8 = a.map_or(0, |a| self.accounts.wallet_e8[a.0 as usize]);
+        let wallet_e8 = in_limits("wallet", wallet_e8 + amount.0)?;
+        Ok(Plan::Wallet { account, wallet_e8 })
+    }
+
+    fn check_position(
+        &self,
+        account: u64,
+        symbol: SymbolIdx,
+        size: D8,
+        entry_price: Option<D8>,
+        isolated_margin: Option<D8>,
+    ) -> Result<Plan<'static>, Reject> {
+        let mode = self.mode_of(self.lookup(account), symbol);
+        match (mode, isolated_margin) {
+            (Mode::Cross, Some(_)) => return Err(rejects::isolated_margin_on_cross()),
+            (Mode::Isolated, None) if !size.is_zero() => {
+                return Err(rejects::isolated_margin_missing());
+            }
+            _ => {}
+        }
+        let sc = &self.scales[symbol.0 as usize];
+        // Validation put the size on the step and |size| < 10^8 (SPEC section 1), and the
+        // step is at least 10^-8, so |lots| < 10^16: the quotient is exact and fits i64.
+        let lots = (size.0 / i128::from(sc.step_e8)) as i64;
+        // An entry price is below 10^9 (section 1), so its e8 value is below 10^17.
+        let entry_e8 = entry_price.map_or(0, |e| e.0 as i64);
+        let isolated_e8 = isolated_margin.map_or(0, |m| m.0);
+        Ok(Plan::Position { account, symbol, mode, lots, entry_e8, isolated_e8 })
+    }
+
+    /// Same mode: applied, nothing to do. Otherwise locked while the pair holds a position
+    /// or open orders.
+    fn check_margin_mode(
+        &self,
+        account: u64,
+        symbol: SymbolIdx,
+        mode: Mode,
+    ) -> Result<Plan<'static>, Reject> {
+        let a = self.lookup(account);
+        if self.mode_of(a, symbol) == mode {
+            return Ok(Plan::Nothing);
+        }
+        let p = a.and_then(|a| self.pair(a, symbol));
+        let has_position = p.is_some_and(|p| p.slot != NO_SLOT);
+        let open_orders = a.map_or(0, |a| self.funds(a, symbol).open_orders);
+        if has_position || open_orders > 0 {
+            let step_e8 = i128::from(self.scales[symbol.0 as usize].step_e8);
+            let size = p.map_or(D8::ZERO, |p| D8(i128::from(self.lots_of(p)) * step_e8));
+            return Err(rejects::mode_locked(size, open_orders));
+        }
+        Ok(Plan::MarginMode { account, symbol, mode })
+    }
+
+    /// Leverage up to the max of the bracket at the current notional: at the mark, else at
+    /// the entry price, else 0 (SPEC section 5).
+    fn check_leverage(
+        &self,
+        account: u64,
+        symbol: SymbolIdx,
+        leverage: u64,
+    ) -> Result<Plan<'static>, Reject> {
+        let si = symbol.0 as usize;
+        let sym = self.cfg.symbol(symbol);
+        let a = self.lookup(account);
+        let (lots, cost_q16) = a
+            .and_then(|a| self.pair(a, symbol))
+            .map_or((0, 0), |p| (self.lots_of(p), self.cost_of(p)));
+        let sc = &self.scales[si];
+        let k = match self.mark_ticks[si] {
+            Some(t) => {
+                let n = sc.notional_n12(lots, t);
+                sym.bracket_index_by(|cap| n < cap.0 * 10_000)
+            }
+            None => {
+                let n_q16 = cost_q16.abs();
+                sym.bracket_index_by(|cap| n_q16 < cap.0 * E8_TO_Q16)
+            }
+        };
+        let max = sym.brackets[k].max_leverage;
+        match u32::try_from(leverage) {
+            Ok(leverage) if leverage <= max => Ok(Plan::Leverage { account, symbol, leverage }),
+            _ => {
+                // The reason's notional, exactly as the reference engine words it.
+                let notional = self
+                    .view(account)
+                    .pair(symbol)
+                    .map(|p| {
+                        let px = self.marks[si].unwrap_or(p.entry_price);
+                        margin::notional(&Exact::from_d8(p.size), &Exact::from_d8(px))
+                    })
+                    .unwrap_or_default();
+                Err(rejects::leverage_exceeds_max(leverage, max, &sym.name, notional))
+            }
+        }
+    }
+
+    /// A margin move on an isolated pair with a position: an addition within the available
+    /// balance, a removal that keeps the margin >= 0 and margin + upnl >= im (SPEC section 5).
+    fn check_isolated_margin(
+        &self,
+        account: u64,
+        symbol: SymbolIdx,
+        amount: D8,
+    ) -> Result<Plan<'static>, Reject> {
+        let si = symbol.0 as usize;
+        let a = self.lookup(account);
+        let pair = a.and_then(|a| self.pair(a, symbol).map(|p| (a, p)));
+        let mode = pair.map_or(self.cfg.default_margin_mode, |(_, p)| p.mode);
+        if mode != Mode::Isolated {
+            return Err(rejects::margin_move_on_cross());
+        }
+        let Some((a, p)) = pair.filter(|(_, p)| p.slot != NO_SLOT) else {
+            return Err(rejects::margin_move_without_position());
+        };
+        let slot = p.slot as usize;
+        let book = &self.isolated[si];
+        let margin_now = book.isolated_e8[slot];
+        if amount.0 > 0 {
+            let available = self.available_q16(a)?;
+            if available - amount.0 * E8_TO_Q16 < 0 {
+                return Err(rejects::addition_exceeds(amount, super::q16_text(available)));
+            }
+        } else {
+            let t = self.mark_ticks[si]
+                .ok_or_else(|| rejects::no_mark(&self.cfg.symbol(symbol).name))?;
+            let sc = &self.scales[si];
+            let lots = book.lots[slot];
+            let left = margin_now + amount.0;
+            if left < 0 {
+                return Err(rejects::removal_exceeds_margin(amount.abs(), D8(margin_now)));
+            }
+            let upnl = sc.value_q16(lots, t) - book.cost_q16(slot);
+            let im = self.im_q16(sc, lots, t, self.leverage_of(symbol, p));
+            if left * E8_TO_Q16 + upnl < im {
+                return Err(rejects::removal_below_initial(
+                    amount.abs(),
+                    D8(left),
+                    super::q16_text(upnl),
+                    super::q16_text(im),
+                ));
+            }
+        }
+        in_limits("wallet", self.accounts.wallet_e8[a.0 as usize] - amount.0)?;
+        in_limits("isolated margin", margin_now + amount.0)?;
+        Ok(Plan::IsolatedMargin { account: a, symbol, slot, amount_e8: amount.0 })
+    }
+
+    /// Every holder's payment `round8(size * P * rate)`, and every new balance checked before
+    /// any is changed (all or nothing, SPEC section 5).
+    fn check_funding(&self, s: SymbolIdx, rate: D8) -> Result<Plan<'static>, Reject> {
+        let si = s.0 as usize;
+        let t = self.mark_ticks[si]
+            .ok_or_else(|| rejects::funding_without_mark(&self.cfg.symbols[si].name))?;
+        let sc = &self.scales[si];
+        // round8(size * P * rate): the signed notional (n12, |x| < 10^29 within SPEC section
+        // 1's limits) times the rate (e8, |r| < 10^8) is exact at 10^-20 and below 10^37.
+        let pay_e8 = |lots: i64| {
+            let signed_n12 = i128::from(lots) * i128::from(t) * sc.lot_tick_n12;
+            div_round_half_even(signed_n12 * rate.0, 10i128.pow(12))
+        };
+        let (cross, isolated) = (&self.cross[si], &self.isolated[si]);
+        let cross_pay: Vec<i128> = cross.lots.iter().map(|&l| pay_e8(l)).collect();
+        let iso_pay: Vec<i128> = isolated.lots.iter().map(|&l| pay_e8(l)).collect();
+        // Of several balances that would leave the range, name the lowest account id, as the
+        // reference engine (which walks ids in order) does.
+        let mut failure: Option<(u64, Reject)> = None;
+        let mut note = |a: AccountIdx, result: Result<i128, Reject>| {
+            if let Err(r) = result {
+                let id = self.accounts.id[a.0 as usize];
+                if failure.as_ref().is_none_or(|(f, _)| id < *f) {
+                    failure = Some((id, r));
+                }
+            }
+        };
+        for (&a, &pay) in cross.account.iter().zip(&cross_pay) {
+            note(a, in_limits("wallet", self.accounts.wallet_e8[a.0 as usize] - pay));
+        }
+        let margins = isolated.account.iter().zip(&isolated.isolated_e8);
+        for ((&a, &margin), &pay) in margins.zip(&iso_pay) {
+            note(a, in_limits("isolated margin", margin - pay));
+        }
+        match failure {
+            Some((_, reject)) => Err(reject),
+            None => Ok(Plan::Funding { symbol: s, ticks: t, cross_pay, iso_pay }),
+        }
+    }
+
+    // --- commits: infallible ---------------------------------------------------------------
+
+    /// Sets the mark of `s` and moves its books there (SPEC section 6 evaluates at the end of
+    /// the message).
+    fn set_mark(&mut self, s: SymbolIdx, price: D8) {
+        let si = s.0 as usize;
+        self.marks[si] = Some(price);
+        // Validation put the price on the tick and below 10^9 (SPEC section 1), so the
+        // quotient is exact and below 10^17 ticks: it fits i64.
+        let ticks = price.0 / i128::from(self.scales[si].tick_e8);
+        self.tick(s, ticks as i64);
+    }
+
+    fn commit_position(
+        &mut self,
+        account: u64,
+        symbol: SymbolIdx,
+        mode: Mode,
+        lots: i64,
+        entry_e8: i64,
+        isolated_e8: i128,
+    ) -> AccountIdx {
+        let a = self.intern(account);
+        self.remove_position(a, symbol);
+        self.pair_mut(a, symbol); // a mentioned pair exists from now on, flat or not
+        if mode == Mode::Isolated {
+            // The margin goes with the position, or stays with the pair if flat.
+            let idle = if lots == 0 { isolated_e8 } else { 0 };
+            self.update_funds(a, symbol, |f| f.idle_isolated_e8 = idle);
+        }
+        if lots != 0 {
+            self.insert_position(a, symbol, lots, entry_e8, isolated_e8);
+        }
+        a
+    }
+
+    fn commit_funding(
+        &mut self,
+        s: SymbolIdx,
+        ticks: i64,
+        cross_pay: Vec<i128>,
+        iso_pay: Vec<i128>,
+    ) {
+        let si = s.0 as usize;
+        // The check computed one payment per slot of the books as they are now.
+        debug_assert_eq!(cross_pay.len(), self.cross[si].len());
+        debug_assert_eq!(iso_pay.len(), self.isolated[si].len());
+        for (k, pay) in cross_pay.into_iter().enumerate() {
+            let a = self.cross[si].account[k];
+            self.add_wallet(a, -pay);
+            self.touch(a);
+        }
+        let book = &mut self.isolated[si];
+        let columns = book.isolated_e8.iter_mut().zip(&mut book.base_q16);
+        for ((margin, base), pay) in columns.zip(iso_pay) {
+            *margin -= pay;
+            *base -= pay * E8_TO_Q16;
+        }
+        // Re-evaluate the isolated positions at the unchanged mark.
+        self.evaluate_isolated_book(s, ticks, true);
+    }
+}
