@@ -103,21 +103,31 @@ pub enum Admit {
     Duplicate,
     /// Go on with this effective seq; `gap` is `(expected, got)` when seq skipped ahead.
     Next { seq: u64, gap: Option<(u64, u64)> },
+    /// No `seq` after effective seq 2^64 − 1: there is none left to take, so the message is
+    /// rejected `invalid` with `"seq": null` and the last effective seq stays.
+    Exhausted,
 }
 
 impl Sequencer {
+    /// Decides a parsed message's fate by its `seq` field (SPEC section 6): a duplicate, the
+    /// next effective seq (with the gap it skipped, if any), or, past 2^64 − 1 without a
+    /// `seq`, none left to take.
     pub fn admit(&mut self, seq: Option<u64>) -> Admit {
-        let expected = self.last.saturating_add(1);
         match seq {
             Some(s) if s <= self.last => Admit::Duplicate,
             Some(s) => {
+                // `s > last`, so `last + 1` cannot overflow here.
+                let expected = self.last + 1;
                 self.last = s;
                 Admit::Next { seq: s, gap: (s > expected).then_some((expected, s)) }
             }
-            None => {
-                self.last = expected;
-                Admit::Next { seq: expected, gap: None }
-            }
+            None => match self.last.checked_add(1) {
+                Some(next) => {
+                    self.last = next;
+                    Admit::Next { seq: next, gap: None }
+                }
+                None => Admit::Exhausted,
+            },
         }
     }
 
@@ -191,6 +201,13 @@ impl Ingest {
                 ingested.outcome = Outcome::Duplicate;
                 return ingested;
             }
+            Admit::Exhausted => {
+                let reject = Reject::invalid(
+                    "no seq left to take: the last effective seq is 18446744073709551615 (2^64 - 1), so a message without seq has none to take",
+                );
+                ingested.outcome = Outcome::Rejected { seq: None, reject };
+                return ingested;
+            }
             Admit::Next { seq, gap } => {
                 ingested.gap = gap;
                 seq
@@ -240,5 +257,63 @@ mod tests {
         for (label, seq, want) in table {
             assert_eq!(s.admit(seq), want, "{label}");
         }
+    }
+
+    /// SPEC section 6 at the top of the range: after 2^64 − 1 a message without `seq` has
+    /// none to take; it does not wrap to 0 or stick at the maximum, and the last seq stays.
+    #[test]
+    fn sequencing_at_the_end_of_the_range() {
+        const MAX: u64 = u64::MAX;
+        let mut s = Sequencer::default();
+        // (label, seq field, expected decision, last effective seq after it)
+        let table = [
+            (
+                "TC1 two below the top",
+                Some(MAX - 2),
+                Admit::Next { seq: MAX - 2, gap: Some((1, MAX - 2)) },
+                MAX - 2,
+            ),
+            ("TC2 implicit next", None, Admit::Next { seq: MAX - 1, gap: None }, MAX - 1),
+            ("TC3 implicit takes the last one", None, Admit::Next { seq: MAX, gap: None }, MAX),
+            ("TC4 implicit past the top", None, Admit::Exhausted, MAX),
+            ("TC5 again", None, Admit::Exhausted, MAX),
+            ("TC6 explicit top is a duplicate", Some(MAX), Admit::Duplicate, MAX),
+            ("TC7 explicit lower is a duplicate", Some(7), Admit::Duplicate, MAX),
+        ];
+        for (label, seq, want, last) in table {
+            assert_eq!(s.admit(seq), want, "{label}");
+            assert_eq!(s.last(), last, "{label}");
+        }
+        // An explicit jump straight to the top, then an implicit message.
+        let mut s = Sequencer::default();
+        assert_eq!(s.admit(Some(MAX)), Admit::Next { seq: MAX, gap: Some((1, MAX)) });
+        assert_eq!(s.admit(None), Admit::Exhausted);
+    }
+
+    /// The ingest stage turns an exhausted seq into an `invalid` reject that consumed no seq
+    /// (`"seq": null`), and the line still counts.
+    #[test]
+    fn ingest_rejects_a_message_without_seq_past_the_top() {
+        let cfg = Arc::new(crate::synth::config(1));
+        let mut ingest = Ingest::new(cfg);
+        let now = Instant::now();
+        let top = format!(r#"{{"type":"query","account":1,"seq":{}}}"#, u64::MAX);
+        let first = ingest.line(Line::Bytes(top.as_bytes()), now);
+        assert!(
+            matches!(first.outcome, Outcome::Command { seq: u64::MAX, .. }),
+            "{:?}",
+            first.outcome
+        );
+        let implicit = ingest.line(Line::Bytes(br#"{"type":"query","account":1}"#), now);
+        assert_eq!(implicit.line, 2);
+        match implicit.outcome {
+            Outcome::Rejected { seq: None, reject } => {
+                assert_eq!(reject.code, crate::protocol::RejectCode::Invalid);
+            }
+            other => panic!("want an invalid reject without seq, got {other:?}"),
+        }
+        // Malformed and blank lines are unaffected; an explicit top seq is a duplicate.
+        let dup = ingest.line(Line::Bytes(top.as_bytes()), now);
+        assert_eq!(dup.outcome, Outcome::Duplicate);
     }
 }

@@ -189,6 +189,28 @@ fn malformed_and_ill_typed_seq_consume_no_seq() {
     assert!(of_type(&evs, "gap").is_empty());
 }
 
+/// SPEC section 6: after effective seq 2^64 − 1 a message without `seq` has none to take:
+/// `invalid` with `"seq": null`, on every such message, and an explicit seq is a duplicate.
+#[test]
+fn no_seq_left_after_the_top_of_the_range() {
+    let top = format!(r#"{{"type":"query","account":1,"seq":{}}}"#, u64::MAX);
+    let evs = run(&[
+        &top,
+        r#"{"type":"query","account":1}"#,
+        r#"{"type":"balance","account":2,"wallet":"5"}"#,
+        &top,
+    ]);
+    let accounts = of_type(&evs, "account");
+    assert_eq!(accounts.len(), 1, "{evs:#?}");
+    assert_eq!(accounts[0]["seq"], u64::MAX);
+    let rejects = of_type(&evs, "reject");
+    assert_eq!(rejects.len(), 2, "{evs:#?}");
+    for (r, line) in rejects.iter().zip([2, 3]) {
+        assert_eq!((r["line"].as_u64(), r["code"].as_str()), (Some(line), Some("invalid")));
+        assert!(r["seq"].is_null(), "{r}");
+    }
+}
+
 #[test]
 fn rejected_messages_consume_their_seq() {
     let evs = run(&[
