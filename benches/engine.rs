@@ -1,5 +1,6 @@
 //! Criterion benches of the fast engine's hot paths: full-book sweep, one tick as a function
-//! of the symbol's holder count, NDJSON parse + validate, and integer vs `Decimal`
+//! of the symbol's holder count, account messages (id lookup and pair tables), NDJSON parse +
+//! validate, and integer vs `Decimal`
 //! evaluation of the same positions. `cargo bench --bench engine`.
 
 use std::{hint::black_box, str::FromStr, sync::Arc};
@@ -63,6 +64,44 @@ fn tick(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+}
+
+/// Per-message cost of account messages on a 100k-account book (3 positions an account,
+/// 50 symbols): the account id lookup, then the message's own work. `balance`: lookup, wallet,
+/// refresh of the account's cross positions. `orders`: lookup, pair, the pair-funds table
+/// (an entry made, then removed). 1,000 known accounts in random order per iteration.
+fn account_messages(c: &mut Criterion) {
+    let mut engine = book(100_000, 300_000, 50);
+    let mut rng = synth::Rng::new(11);
+    let ids: Vec<u64> = (0..1_000).map(|_| rng.below(100_000)).collect();
+    let mut g = c.benchmark_group("apply_1000_account_messages");
+    g.throughput(Throughput::Elements(ids.len() as u64));
+    let mut k = 0i128;
+    g.bench_function("balance", |b| {
+        b.iter(|| {
+            k += 1;
+            for &account in &ids {
+                let wallet = D8((1_000_000 + k % 7) * 100_000_000);
+                engine.apply(&Command::Balance { account, wallet }, AT, &mut ignore).unwrap();
+            }
+        })
+    });
+    let mut n = 0u64;
+    g.bench_function("orders", |b| {
+        b.iter(|| {
+            n += 1;
+            for &account in &ids {
+                let cmd = Command::Orders {
+                    account,
+                    symbol: SymbolIdx(0),
+                    open_orders: n % 2,
+                    order_margin: D8(0),
+                };
+                engine.apply(&cmd, AT, &mut ignore).unwrap();
+            }
+        })
+    });
     g.finish();
 }
 
@@ -163,5 +202,5 @@ fn integer_vs_decimal(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sweep, tick, parse, integer_vs_decimal);
+criterion_group!(benches, sweep, tick, account_messages, parse, integer_vs_decimal);
 criterion_main!(benches);

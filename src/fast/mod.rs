@@ -13,9 +13,12 @@
 pub mod book;
 mod commands;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+use std::{
+    hash::{BuildHasher, RandomState},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    },
 };
 
 use hashbrown::HashTable;
@@ -71,31 +74,48 @@ struct Accounts {
     hot: Vec<Hot>,
     /// Pairs sorted by symbol.
     pairs: Vec<Vec<Pair>>,
-    /// See [`PairFunds`]; absent means all zero.
-    funds: hashbrown::HashMap<(AccountIdx, SymbolIdx), PairFunds, rustc_hash::FxBuildHasher>,
+    /// See [`PairFunds`]; absent means all zero. Which pairs have an entry is the sender's
+    /// choice (and indices are assigned in the order ids first appear), so the key is hashed
+    /// with a keyed hash, as in [`AccountIndex`].
+    funds: hashbrown::HashMap<(AccountIdx, SymbolIdx), PairFunds, RandomState>,
 }
 
 /// Account id → [`AccountIdx`]. Each entry holds only the 4-byte index; the id it stands for
 /// is read from the id column. A `HashMap<u64, u32>` entry takes 16 bytes (alignment), this
 /// one 4, which at three positions per account is ~9 bytes per position of resident memory.
+///
+/// Ids are the sender's choice, so they are hashed with a keyed hash: SipHash-1-3 under a
+/// random key per process (std's `RandomState`). An unkeyed hash (FxHash, which this index
+/// used) is invertible: ids crafted to share a bucket and a tag made each lookup compare
+/// against all of them (200,000 `balance` messages took 43 s instead of 0.1 s). Under an
+/// unknown key a sender cannot aim at a bucket. The cost is one SipHash of 8 bytes per
+/// account message (`benches/engine.rs`, group `apply_1000_account_messages`).
 #[derive(Debug, Default)]
 struct AccountIndex {
     table: HashTable<u32>,
+    hasher: RandomState,
+    /// Stored ids compared with a looked-up id so far: the work a crafted id would inflate
+    /// (tests only).
+    #[cfg(test)]
+    compares: std::cell::Cell<u64>,
 }
 
 impl AccountIndex {
-    fn hash(id: u64) -> u64 {
-        use std::hash::BuildHasher;
-        rustc_hash::FxBuildHasher.hash_one(id)
-    }
-
     fn get(&self, id: u64, ids: &[u64]) -> Option<AccountIdx> {
-        self.table.find(Self::hash(id), |&a| ids[a as usize] == id).map(|&a| AccountIdx(a))
+        let found = self.table.find(self.hasher.hash_one(id), |&a| {
+            #[cfg(test)]
+            self.compares.set(self.compares.get() + 1);
+            // Every index in the table was pushed to `ids` before it was inserted.
+            ids[a as usize] == id
+        });
+        found.map(|&a| AccountIdx(a))
     }
 
     /// Adds `a`, whose id is already `ids[a]` and not in the index yet.
     fn insert(&mut self, a: AccountIdx, ids: &[u64]) {
-        let hash = |&a: &u32| Self::hash(ids[a as usize]);
+        let hasher = &self.hasher;
+        // As in `get`: every index in the table, and `a`, is below `ids.len()`.
+        let hash = |&a: &u32| hasher.hash_one(ids[a as usize]);
         self.table.insert_unique(hash(&a.0), a.0, hash);
     }
 }
@@ -1059,6 +1079,90 @@ mod tests {
             engine.apply(&Command::Marks { prices }, at, &mut |_| {}).unwrap();
         }
         engine
+    }
+
+    /// FxHash of a `u64` as rustc-hash 2 computes it on 64-bit targets, `rotl(id · K, 26)`,
+    /// inverted: the id whose FxHash is `h`. Multiplying by an odd K and rotating are both
+    /// bijections, which is what makes an unkeyed hash like it steerable by a sender.
+    fn fx_preimage(h: u64) -> u64 {
+        const K: u64 = 0xf135_7aea_2e62_a9c5;
+        // K⁻¹ mod 2^64 by Newton's iteration (each step doubles the correct low bits).
+        let mut inv = K;
+        for _ in 0..6 {
+            inv = inv.wrapping_mul(2u64.wrapping_sub(K.wrapping_mul(inv)));
+        }
+        h.rotate_right(26).wrapping_mul(inv)
+    }
+
+    /// `n` ids whose FxHash shares the top 7 bits (hashbrown's tag) and the low 32 bits (the
+    /// bucket, in any table of up to 2^32 buckets): under FxHash every lookup among them
+    /// compares against all those stored, which is what made crafted ids cost 400× more.
+    fn crafted_ids(n: u64) -> Vec<u64> {
+        (0..n).map(|j| fx_preimage((0x55 << 57) | (j << 32) | 0x1234_5678)).collect()
+    }
+
+    /// Stored ids compared while inserting then looking up each of `ids` in a hashbrown table
+    /// hashed by `hasher`, as the account index does.
+    fn compares_with(hasher: impl BuildHasher, ids: &[u64]) -> u64 {
+        let mut table = HashTable::<u32>::new();
+        let mut compares = 0u64;
+        for (k, &id) in ids.iter().enumerate() {
+            let hash = |&a: &u32| hasher.hash_one(ids[a as usize]);
+            let h = hasher.hash_one(id);
+            assert!(table.find(h, |&a| ids[a as usize] == id).is_none());
+            table.insert_unique(h, k as u32, hash);
+        }
+        for &id in ids {
+            let found = table.find(hasher.hash_one(id), |&a| {
+                compares += 1;
+                ids[a as usize] == id
+            });
+            assert!(found.is_some());
+        }
+        compares
+    }
+
+    /// Part 2 of issue 11: sender-chosen account ids cannot make the fast engine's index
+    /// degrade. Work is counted (stored ids compared per lookup), not timed, so the check is
+    /// deterministic enough for a shared machine: under the keyed hash each lookup compares
+    /// against ~1 id whatever the ids (a second compare needs a 7-bit tag match in the same
+    /// probe group, p < 1/100), so the bound of 2 per message is ~100 standard deviations
+    /// away and cannot flake.
+    #[test]
+    fn crafted_account_ids_cost_what_ordinary_ids_cost() {
+        let n = 2_000u64;
+        let crafted = crafted_ids(n);
+        let ordinary: Vec<u64> = (1..=n).collect();
+        // The crafted ids really collide under the unkeyed hash: FxHash gives the hash they
+        // were made for, and a table hashed by it compares each lookup with ~n/2 of them.
+        for (j, &id) in crafted.iter().enumerate() {
+            let h = rustc_hash::FxBuildHasher.hash_one(id);
+            assert_eq!(h, (0x55 << 57) | ((j as u64) << 32) | 0x1234_5678);
+        }
+        let fx_crafted = compares_with(rustc_hash::FxBuildHasher, &crafted);
+        let fx_ordinary = compares_with(rustc_hash::FxBuildHasher, &ordinary);
+        assert!(fx_crafted >= n * n / 4, "FxHash on crafted ids: {fx_crafted} compares");
+        assert!(fx_ordinary <= 2 * n, "FxHash on ordinary ids: {fx_ordinary} compares");
+        // The engine: n `balance` messages naming each id (a lookup that misses, then an
+        // insert), then n naming each again (a lookup that hits), for both sets of ids.
+        let mut per_set = Vec::new();
+        for ids in [&crafted, &ordinary] {
+            let mut engine = FastEngine::new(Arc::new(synth::config(1)));
+            let at = At { line: 0, seq: 0 };
+            for round in 1..=2 {
+                for &account in ids {
+                    let wallet = D8(round * 100_000_000);
+                    engine.apply(&Command::Balance { account, wallet }, at, &mut |_| {}).unwrap();
+                }
+            }
+            assert_eq!(engine.n_accounts(), n as usize);
+            let compares = engine.index.compares.get();
+            assert!(compares >= n, "every hit compares at least once: {compares}");
+            assert!(compares <= 2 * n, "{compares} compares for {n} ids");
+            per_set.push(compares);
+        }
+        // And crafted ids cost no more than ordinary ones (within the same bound).
+        assert!(per_set[0] <= 2 * per_set[1], "crafted {} vs ordinary {}", per_set[0], per_set[1]);
     }
 
     /// The items the engine's flags call liquidatable, as (account, isolated symbol).
