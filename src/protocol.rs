@@ -513,6 +513,9 @@ fn on_tick(price: D8, symbol: SymbolIdx, cfg: &Config, name: &str) -> Result<D8,
     }
 }
 
+/// Entries up to which a `marks` message's duplicate check scans instead of using a bitset.
+const MARKS_SCAN_MAX: usize = 32;
+
 /// The `prices` object of a `marks` message, in written order. Any bad entry fails it all.
 fn marks_prices(raw: Option<&RawValue>, cfg: &Config) -> Result<Vec<(SymbolIdx, D8)>, Reject> {
     let raw = required(raw, "prices")?;
@@ -522,9 +525,25 @@ fn marks_prices(raw: Option<&RawValue>, cfg: &Config) -> Result<Vec<(SymbolIdx, 
         return Err(Reject::invalid("prices must not be empty"));
     }
     let mut out: Vec<(SymbolIdx, D8)> = Vec::with_capacity(entries.0.len());
+    // The duplicate check scans the entries so far while a message has few; past that, a
+    // bitset over the config's symbols keeps a message of n entries at O(n), not O(n²)
+    // (65,535 entries would otherwise cost 2·10^9 compares).
+    let mut seen =
+        (entries.0.len() > MARKS_SCAN_MAX).then(|| vec![0u64; cfg.symbols.len().div_ceil(64)]);
     for (name, value) in entries.0 {
         let symbol = lookup_symbol(&name, cfg)?;
-        if out.iter().any(|&(s, _)| s == symbol) {
+        let twice = match seen.as_mut() {
+            Some(bits) => {
+                // A looked-up symbol's index is below the config's symbol count, so its word
+                // is in `bits`.
+                let (word, bit) = (usize::from(symbol.0) / 64, symbol.0 % 64);
+                let was = bits[word] & (1 << bit) != 0;
+                bits[word] |= 1 << bit;
+                was
+            }
+            None => out.iter().any(|&(s, _)| s == symbol),
+        };
+        if twice {
             return Err(Reject::invalid(format!("prices lists {name} twice")));
         }
         let field = format!("price of {}", clip(&name));
@@ -943,6 +962,42 @@ mod tests {
         ] {
             assert_eq!(code(line), RejectCode::UnknownSymbol, "{line}");
         }
+    }
+
+    /// A `marks` message's duplicate check: the scan for few entries and the bitset for many
+    /// find the same duplicates, anywhere in the message; all distinct passes; and the first
+    /// bad entry in written order still decides the code (a duplicate before an unknown
+    /// symbol is `invalid`, an unknown symbol before a duplicate is `unknown_symbol`).
+    #[test]
+    fn marks_duplicates_on_both_paths() {
+        let cfg = crate::synth::config(200);
+        let marks = |syms: &[usize], tail: &str| {
+            let entries: Vec<String> =
+                syms.iter().map(|&i| format!(r#""{}":"1""#, cfg.symbols[i].name)).collect();
+            format!(r#"{{"type":"marks","prices":{{{}{tail}}}}}"#, entries.join(","))
+        };
+        let run = |line: &str| {
+            let p = parse_envelope(line.as_bytes()).unwrap();
+            validate(&p.envelope, &cfg)
+        };
+        for n in [3, MARKS_SCAN_MAX, MARKS_SCAN_MAX + 1, 200] {
+            let distinct: Vec<usize> = (0..n).rev().collect();
+            let ok = run(&marks(&distinct, "")).unwrap();
+            assert!(matches!(ok, Command::Marks { ref prices } if prices.len() == n), "{n}");
+            for (first, second) in [(0, 1), (0, n - 1), (n - 2, n - 1)] {
+                let mut twice = distinct.clone();
+                twice[second] = twice[first];
+                let err = run(&marks(&twice, "")).unwrap_err();
+                assert_eq!(err.code, RejectCode::Invalid, "{n} {first} {second}");
+                assert!(err.reason.contains("twice"), "{}", err.reason);
+            }
+            let mut dup_then_unknown = distinct.clone();
+            dup_then_unknown[1] = dup_then_unknown[0];
+            let err = run(&marks(&dup_then_unknown, r#","NOPE":"1""#)).unwrap_err();
+            assert_eq!(err.code, RejectCode::Invalid, "{n}");
+        }
+        let unknown_then_dup = r#"{"type":"marks","prices":{"NOPE":"1","S001":"1","S001":"1"}}"#;
+        assert_eq!(run(unknown_then_dup).unwrap_err().code, RejectCode::UnknownSymbol);
     }
 
     #[test]
