@@ -65,13 +65,16 @@ impl<R: BufRead> LineReader<R> {
                 break;
             }
             started = true;
+            // memchr returns an index into `available`, so both slices are in bounds.
             let (chunk, used, done) = match memchr::memchr(b'\n', available) {
                 Some(i) => (&available[..i], i + 1, true),
                 None => (available, available.len(), false),
             };
             self.drained = used == available.len();
+            // `buf` holds at most `max` bytes and a chunk is a slice in memory, so their sum
+            // fits usize; an over-long line's length only saturates, past 2^64 bytes.
             match overflow.as_mut() {
-                Some(n) => *n += chunk.len(),
+                Some(n) => *n = n.saturating_add(chunk.len()),
                 None if self.buf.len() + chunk.len() > self.max => {
                     overflow = Some(self.buf.len() + chunk.len());
                     self.buf.clear();
@@ -176,6 +179,8 @@ impl Ingest {
 
     /// Ingests the next line of the stream.
     pub fn line(&mut self, line: Line<'_>, read_at: Instant) -> Ingested {
+        // Each line is at least one byte read (its newline) or the last one: 2^64 of them
+        // cannot be read in the life of a process.
         self.line += 1;
         let mut ingested =
             Ingested { line: self.line, gap: None, outcome: Outcome::Blank, read_at, ts: None };

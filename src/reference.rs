@@ -43,6 +43,9 @@ struct Account {
     cross_liquidatable: bool,
 }
 
+/// The reference engine. A [`SymbolIdx`] is minted only by the config, so it indexes
+/// `marks` and `holders` (one entry per config symbol) without a bound check failing;
+/// amounts are unbounded [`Exact`]s, and every stored balance passes `in_limits` first.
 pub struct ReferenceEngine {
     cfg: Arc<Config>,
     marks: Vec<Option<D8>>,

@@ -40,10 +40,14 @@ pub struct Scale {
 
 impl Scale {
     pub fn new(sym: &Symbol) -> Scale {
-        let tick_e8 = i64::try_from(sym.tick_size.0).expect("tick below 10^9 fits");
-        let step_e8 = i64::try_from(sym.step_size.0).expect("step fits");
+        // Config validation (SPEC section 2) holds tick_size < 10^9 and step_size < 10^8 (so
+        // both e8 values are below 10^17 and fit i64), their decimals to at most 12 together,
+        // and at least one bracket: these cannot fail on a config that loaded.
+        let tick_e8 = i64::try_from(sym.tick_size.0).expect("tick_size < 10^9 fits i64 in e8");
+        let step_e8 = i64::try_from(sym.step_size.0).expect("step_size < 10^8 fits i64 in e8");
         let lot_tick_q16 = i128::from(step_e8) * i128::from(tick_e8);
         assert_eq!(lot_tick_q16 % 10_000, 0, "tick and step decimals add up to at most 12");
+        assert!(!sym.brackets.is_empty(), "a symbol has at least one bracket");
         let last = sym.brackets.len() - 1;
         Scale {
             tick_e8,
@@ -81,6 +85,8 @@ impl Scale {
         // Brackets are few (10 at most in practice) and most positions sit in the first:
         // a forward scan beats a binary search here.
         let mut k = 0;
+        // The last cap is i128::MAX, above every notional, so the scan stops at the last
+        // bracket at the latest.
         while notional_n12 >= self.cap_n12[k] {
             k += 1;
         }
@@ -135,9 +141,13 @@ impl Scale {
     /// The entry price (e8) of `lots` whose cost is `cost_q16`: the inverse of
     /// [`Scale::cost_q16`], exact since the cost was made by it.
     pub fn entry_e8(&self, lots: i64, cost_q16: i128) -> i64 {
+        // Called for booked positions only, whose lots are non-zero (`Book::push`); the
+        // quotient is the entry price the cost was made from, below 10^9 (SPEC section 1), so
+        // below 10^17 in e8.
+        debug_assert_ne!(lots, 0);
         let per_e8 = i128::from(lots) * i128::from(self.step_e8);
         debug_assert_eq!(cost_q16 % per_e8, 0, "a cost is a whole number of lot-entries");
-        i64::try_from(cost_q16 / per_e8).expect("an entry price fits i64")
+        i64::try_from(cost_q16 / per_e8).expect("an entry price below 10^9 fits i64 in e8")
     }
 
     /// The liquidation price of SPEC section 4 (e8, `round8`, ties to even) of `lots` with
@@ -175,7 +185,10 @@ impl Scale {
                 return Some(Some(super::div_round_half_even(num.checked_mul(10_000)?, den)));
             }
         }
-        unreachable!("a continuous strictly monotone function has a root in some bracket")
+        // A continuous strictly monotone function has its root in some bracket, so the loop
+        // returns; were that ever not so, the exact path (`None`) still gives the event.
+        debug_assert!(false, "no bracket holds the root");
+        None
     }
 }
 
@@ -435,6 +448,8 @@ impl Book {
         isolated_e8: i128,
     ) -> u32 {
         debug_assert_ne!(lots, 0);
+        // A book holds at most one position per account, and accounts are fewer than 2^32
+        // (`FastEngine::intern`, where memory runs out first), so a slot is below `NO_SLOT`.
         let slot = u32::try_from(self.len()).expect("fewer than 2^32 positions per book");
         self.account.push(account);
         self.lots.push(lots);

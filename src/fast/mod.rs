@@ -197,6 +197,25 @@ fn touch(hot: &mut [Hot], touched: &mut Vec<AccountIdx>, msg_no: u64, a: Account
     }
 }
 
+/// The fast engine (see the module docs and `README.md`).
+///
+/// # Invariants the indexing rests on
+///
+/// Indexing in this module is unchecked by design only where one of these holds; each site
+/// names the one it uses.
+/// - **Symbols**: a [`SymbolIdx`] is minted only by the config (validation looked the symbol
+///   up), so it is below `cfg.symbols.len()`, the length of every per-symbol vector here
+///   (`scales`, `marks`, `mark_ticks`, `cross`, `isolated`).
+/// - **Accounts**: an [`AccountIdx`] is minted only by `intern`, as the length of the account
+///   columns before it pushes one entry to each, so it is below the length of every one of
+///   them (`id`, `wallet_e8`, `hot`, `pairs`); accounts are never removed.
+/// - **Slots**: a pair's `slot`, when not `NO_SLOT`, is its position's index in the book of
+///   its mode and symbol; `insert_position`, `remove_position` and `Book::swap_remove` keep
+///   it so, and a book's `account` column names the account of each slot.
+/// - **Counts**: `Hot::n_cross` counts the account's non-zero cross positions and
+///   `Hot::n_unmarked` those of them whose symbol has no mark yet; each is at most one per
+///   symbol, so below 65,536 (the config holds at most 65,535 symbols, SPEC section 2, which
+///   `new` asserts), and a count is decremented only for a position it counted.
 pub struct FastEngine {
     cfg: Arc<Config>,
     scales: Vec<Scale>,
@@ -298,6 +317,7 @@ fn evaluate_isolated(
                 flipped.store(true, Ordering::Relaxed);
             }
             let crossed = flips.into_iter().filter(|&k| flags[k]);
+            // A slot of the book, and `Book::push` keeps slots below 2^32.
             crossed.map(|k| (s, (start + k) as u32)).collect::<Vec<_>>()
         };
     let (lots, base, flags, triggers) = book.columns_mut();
@@ -349,8 +369,15 @@ fn q16_text(v: i128) -> String {
 }
 
 impl FastEngine {
+    /// An empty engine for `cfg`.
+    ///
+    /// # Panics
+    /// If `cfg` holds more than 65,535 symbols, or a tick or step beyond SPEC section 2's
+    /// limits: config validation refuses such configs (exit 2) before an engine is built.
     pub fn new(cfg: Arc<Config>) -> FastEngine {
         let n = cfg.symbols.len();
+        // The per-account position counts are u16 and a symbol index is one (SPEC section 2).
+        assert!(n <= usize::from(u16::MAX), "a config holds at most 65,535 symbols");
         FastEngine {
             scales: cfg.symbols.iter().map(Scale::new).collect(),
             marks: vec![None; n],
@@ -438,6 +465,8 @@ impl FastEngine {
             return a;
         }
         let acc = &mut self.accounts;
+        // Input can only reach this by naming 2^32 distinct accounts, whose columns alone
+        // would take over 300 GiB: memory runs out long before the index does.
         let a = AccountIdx(u32::try_from(acc.id.len()).expect("fewer than 2^32 accounts"));
         acc.id.push(id);
         acc.wallet_e8.push(0);
@@ -579,6 +608,9 @@ impl FastEngine {
         let now = hot.liquidatable_at(buffer);
         let was = std::mem::replace(&mut hot.liquidatable, now);
         let (n, unmarked) = (i128::from(hot.n_cross), hot.n_unmarked > 0);
+        // The divisions below run once per term, and each term is one of the n_cross cross
+        // positions (counts invariant), so they run only with n >= 1.
+        debug_assert!(n >= terms.len() as i128, "a counted position per term");
         for &(s, slot, t, f) in terms.iter() {
             let (book, sc) = (&mut self.cross[s.0 as usize], &scales[s.0 as usize]);
             let trigger = if unmarked {
@@ -779,6 +811,8 @@ impl FastEngine {
         let si = s.0 as usize;
         let hot = &mut self.accounts.hot;
         for &a in &self.cross[si].account {
+            // Every cross holder of a symbol without a mark counted it as unmarked.
+            debug_assert!(hot[a.0 as usize].n_unmarked > 0);
             hot[a.0 as usize].n_unmarked -= 1;
             touch(hot, &mut self.touched, self.msg_no, a);
         }
@@ -883,6 +917,7 @@ impl FastEngine {
                     h.n_unmarked = recount;
                 }
                 if recounted || h.liquidatable_at(buffer) != h.liquidatable {
+                    // An index into the account columns, so below 2^32 (accounts invariant).
                     changed.push(AccountIdx((lo + k) as u32));
                 }
             }
@@ -993,6 +1028,9 @@ impl FastEngine {
 
     /// `ceil8(notional / leverage)` in q16.
     fn im_q16(&self, sc: &Scale, lots: i64, ticks: i64, leverage: u32) -> i128 {
+        // A leverage is >= 1 (a set one by validation, the default by the config), so the
+        // unit is positive.
+        debug_assert!(leverage >= 1);
         let notional = sc.notional_n12(lots, ticks);
         let unit = i128::from(leverage) * 10_000; // n12 / leverage → e8 units
         (notional + unit - 1).div_euclid(unit) * E8_TO_Q16
@@ -1019,9 +1057,13 @@ impl FastEngine {
         }
         self.pair_mut(a, s).slot = NO_SLOT;
         if mode == Mode::Cross {
+            // The position being removed is a counted cross position (and an unmarked one
+            // while its symbol has no mark): counts invariant.
             let h = &mut self.accounts.hot[a.0 as usize];
+            debug_assert!(h.n_cross > 0);
             h.n_cross -= 1;
             if self.mark_ticks[si].is_none() {
+                debug_assert!(h.n_unmarked > 0);
                 h.n_unmarked -= 1;
             }
         }
@@ -1046,7 +1088,9 @@ impl FastEngine {
         };
         self.pair_mut(a, s).slot = slot;
         if mode == Mode::Cross {
+            // At most one position per symbol and at most 65,535 symbols: the u16 cannot wrap.
             let h = &mut self.accounts.hot[a.0 as usize];
+            debug_assert!(h.n_cross < u16::MAX);
             h.n_cross += 1;
             if self.mark_ticks[si].is_none() {
                 h.n_unmarked += 1;
