@@ -1,7 +1,7 @@
 //! Criterion benches of the fast engine's hot paths: full-book sweep, one tick as a function
-//! of the symbol's holder count, account messages (id lookup and pair tables), NDJSON parse +
-//! validate, and integer vs `Decimal`
-//! evaluation of the same positions. `cargo bench --bench engine`.
+//! of the symbol's holder count, account messages (id lookup and pair tables) and the account
+//! index's hash, NDJSON parse + validate, and integer vs `Decimal` evaluation of the same
+//! positions. `cargo bench --bench engine`.
 
 use std::{hint::black_box, str::FromStr, sync::Arc};
 
@@ -105,6 +105,46 @@ fn account_messages(c: &mut Criterion) {
     g.finish();
 }
 
+/// The account index's lookup (a `hashbrown::HashTable<u32>` of indices into an id column, as
+/// in `FastEngine`) under three hashes, on 1M random ids, 1,000 random hits an iteration:
+/// FxHash (unkeyed, invertible: what the index used), SipHash-1-3 under a random key (std's
+/// `RandomState`: what it uses), and foldhash seeded at random (the faster keyed option).
+fn account_index_hash(c: &mut Criterion) {
+    use std::hash::BuildHasher;
+
+    use hashbrown::HashTable;
+
+    fn table(ids: &[u64], hasher: &impl BuildHasher) -> HashTable<u32> {
+        let mut t = HashTable::new();
+        for (k, &id) in ids.iter().enumerate() {
+            t.insert_unique(hasher.hash_one(id), k as u32, |&a| hasher.hash_one(ids[a as usize]));
+        }
+        t
+    }
+    fn lookups(t: &HashTable<u32>, ids: &[u64], probe: &[u64], hasher: &impl BuildHasher) -> u64 {
+        let find = |id: u64| t.find(hasher.hash_one(id), |&a| ids[a as usize] == id);
+        probe.iter().map(|&id| u64::from(*find(id).unwrap())).sum()
+    }
+    let mut rng = synth::Rng::new(3);
+    let ids: Vec<u64> = (0..1_000_000).map(|_| rng.next_u64()).collect();
+    let probe: Vec<u64> = (0..1_000).map(|_| ids[rng.below(ids.len() as u64) as usize]).collect();
+    let fx = rustc_hash::FxBuildHasher;
+    let sip = std::hash::RandomState::new();
+    let fold = foldhash::fast::SeedableRandomState::with_seed(
+        sip.hash_one(1u64),
+        Box::leak(Box::new(foldhash::SharedSeed::from_u64(sip.hash_one(2u64)))),
+    );
+    let mut g = c.benchmark_group("account_index_1000_lookups_in_1m");
+    g.throughput(Throughput::Elements(probe.len() as u64));
+    let t = table(&ids, &fx);
+    g.bench_function("fxhash_unkeyed", |b| b.iter(|| lookups(&t, &ids, &probe, &fx)));
+    let t = table(&ids, &sip);
+    g.bench_function("siphash13_keyed", |b| b.iter(|| lookups(&t, &ids, &probe, &sip)));
+    let t = table(&ids, &fold);
+    g.bench_function("foldhash_keyed", |b| b.iter(|| lookups(&t, &ids, &probe, &fold)));
+    g.finish();
+}
+
 fn parse(c: &mut Criterion) {
     let cfg = synth::config(50);
     let lines = synth::mark_lines(50, 10_000, 3);
@@ -202,5 +242,13 @@ fn integer_vs_decimal(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sweep, tick, account_messages, parse, integer_vs_decimal);
+criterion_group!(
+    benches,
+    sweep,
+    tick,
+    account_messages,
+    account_index_hash,
+    parse,
+    integer_vs_decimal
+);
 criterion_main!(benches);

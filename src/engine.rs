@@ -15,7 +15,9 @@ pub struct At {
 
 /// A margin engine.
 pub trait Engine {
-    /// Applies `cmd` or rejects it. On `Err` the state must be exactly as before. On `Ok`
+    /// Applies `cmd` or rejects it. On `Err` the state must be exactly as before: no account
+    /// or pair created, nothing changed (SPEC section 5). Both engines get there by checking
+    /// `cmd` against `&self` into a plan first, then committing the plan infallibly. On `Ok`
     /// every item whose inputs changed (or that the command re-arms) has been evaluated, and
     /// its liquidation events, plus any `account` event, have been passed to `out`.
     fn apply(&mut self, cmd: &Command, at: At, out: &mut dyn FnMut(Event)) -> Result<(), Reject>;

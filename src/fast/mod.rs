@@ -530,12 +530,24 @@ impl FastEngine {
     }
 
     /// Changes the funds of (a, s) with `f`, keeping the side table free of all-zero entries.
+    /// One hash of the key whatever happens (the key is hashed with SipHash, see
+    /// [`AccountIndex`]), and no entry made only to be removed.
     fn update_funds(&mut self, a: AccountIdx, s: SymbolIdx, f: impl FnOnce(&mut PairFunds)) {
-        let table = &mut self.accounts.funds;
-        let funds = table.entry((a, s)).or_default();
-        f(funds);
-        if *funds == PairFunds::default() {
-            table.remove(&(a, s));
+        use hashbrown::hash_map::Entry;
+        match self.accounts.funds.entry((a, s)) {
+            Entry::Occupied(mut held) => {
+                f(held.get_mut());
+                if *held.get() == PairFunds::default() {
+                    held.remove();
+                }
+            }
+            Entry::Vacant(empty) => {
+                let mut funds = PairFunds::default();
+                f(&mut funds);
+                if funds != PairFunds::default() {
+                    empty.insert(funds);
+                }
+            }
         }
     }
 
