@@ -77,7 +77,7 @@ struct Accounts {
     /// See [`PairFunds`]; absent means all zero. Which pairs have an entry is the sender's
     /// choice (and indices are assigned in the order ids first appear), so the key is hashed
     /// with a keyed hash, as in [`AccountIndex`].
-    funds: hashbrown::HashMap<(AccountIdx, SymbolIdx), PairFunds, RandomState>,
+    funds: hashbrown::HashMap<(AccountIdx, SymbolIdx), PairFunds, KeyedState>,
 }
 
 /// Account id → [`AccountIdx`]. Each entry holds only the 4-byte index; the id it stands for
@@ -90,10 +90,14 @@ struct Accounts {
 /// against all of them (200,000 `balance` messages took 43 s instead of 0.1 s). Under an
 /// unknown key a sender cannot aim at a bucket. The cost is one SipHash of 8 bytes per
 /// account message (`benches/engine.rs`, group `apply_1000_account_messages`).
+/// The hash state of every table keyed by what a sender picks: SipHash-1-3 under a key drawn
+/// at random per process (see [`AccountIndex`] for why, and for what it costs).
+type KeyedState = RandomState;
+
 #[derive(Debug, Default)]
 struct AccountIndex {
     table: HashTable<u32>,
-    hasher: RandomState,
+    hasher: KeyedState,
     /// Stored ids compared with a looked-up id so far: the work a crafted id would inflate
     /// (tests only).
     #[cfg(test)]
