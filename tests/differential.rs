@@ -267,6 +267,69 @@ fn rejected_withdrawals_by_unknown_accounts_make_no_account() {
     assert_eq!(fast.accounts().count(), 20_000);
 }
 
+/// A `funding` message is all or nothing (SPEC section 5): when one holder's new balance would
+/// leave SPEC section 1's range, no holder is paid, cross or isolated, on either engine; the
+/// same message at a rate that keeps every balance in range then pays them all.
+#[test]
+fn funding_rejected_for_one_holder_pays_no_one() {
+    let pos = |a: u32, extra: &str| {
+        format!(
+            r#"{{"type":"position","account":{a},"symbol":"BTCUSDT","size":"1","entry_price":"30000"{extra}}}"#
+        )
+    };
+    let query = |a: u32| format!(r#"{{"type":"query","account":{a}}}"#);
+    let lines = [
+        r#"{"type":"balance","account":1,"wallet":"999999999999999"}"#.to_string(),
+        r#"{"type":"balance","account":2,"wallet":"1000"}"#.to_string(),
+        r#"{"type":"balance","account":3,"wallet":"1000"}"#.to_string(),
+        r#"{"type":"margin_mode","account":3,"symbol":"BTCUSDT","mode":"isolated"}"#.to_string(),
+        pos(1, ""),
+        pos(2, ""),
+        pos(3, r#","isolated_margin":"500""#),
+        r#"{"type":"mark","symbol":"BTCUSDT","price":"30000"}"#.to_string(),
+        // Longs receive 300 at -0.01: account 1's wallet would reach 10^15 + 299.
+        r#"{"type":"funding","symbol":"BTCUSDT","rate":"-0.01"}"#.to_string(),
+        query(1),
+        query(2),
+        query(3),
+        // Longs pay 300 at +0.01: every balance stays in range.
+        r#"{"type":"funding","symbol":"BTCUSDT","rate":"0.01"}"#.to_string(),
+        query(1),
+        query(2),
+        query(3),
+    ];
+    let (want, got, fast) = run_both(config("multi_tier"), lines.join("\n").as_bytes());
+    assert_same_events("funding all or nothing", &got, &want);
+    assert_eq!(fast.audit(), Ok(()));
+    let evs: Vec<serde_json::Value> =
+        got.iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let rejects: Vec<&serde_json::Value> = evs.iter().filter(|v| v["type"] == "reject").collect();
+    assert_eq!(rejects.len(), 1, "{got:?}");
+    assert_eq!(
+        (rejects[0]["line"].as_u64(), rejects[0]["code"].as_str()),
+        (Some(9), Some("invalid"))
+    );
+    let seen: Vec<(String, String)> = evs
+        .iter()
+        .filter(|v| v["type"] == "account")
+        .map(|v| {
+            let p = &v["positions"][0];
+            (v["wallet"].as_str().unwrap().to_string(), p["isolated_margin"].to_string())
+        })
+        .collect();
+    let want = [
+        ("999999999999999", "null"),
+        ("1000", "null"),
+        ("1000", r#""500""#),
+        ("999999999999699", "null"),
+        ("700", "null"),
+        ("1000", r#""200""#),
+    ];
+    let want: Vec<(String, String)> =
+        want.iter().map(|(w, m)| (w.to_string(), m.to_string())).collect();
+    assert_eq!(seen, want);
+}
+
 /// Long walks of small marks over accounts with several cross positions, where the random
 /// streams above (at most 60 lines) cannot reach: each position's share of its account's
 /// room is spent a tick at a time, on one symbol or on all at once (`marks`), down into
