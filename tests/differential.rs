@@ -1,6 +1,7 @@
 //! The fast engine against the reference engine on random streams of every message type:
-//! identical events line by line (order within a line is free), the fast engine's trigger
-//! index agrees with its books afterwards, and a full-book sweep then finds nothing new.
+//! identical events line by line (order within a line is free), the same accounts and
+//! (account, symbol) pairs held afterwards (a rejected message makes none), the fast engine's
+//! trigger index agrees with its books afterwards, and a full-book sweep then finds nothing new.
 
 mod common;
 
