@@ -337,7 +337,9 @@ fn golden_streams_match_on_the_fast_engine() {
 }
 
 /// The random streams are not vacuous: over a fixed-seed sample they produce liquidations of
-/// both modes and every state-dependent reject code.
+/// both modes, every state-dependent reject code, and at-risk items of both modes with null
+/// and numeric ratios. (An isolated item left between zero and its maintenance at a stream's
+/// end is too rare here: `tests/at_risk.rs` holds that case by hand.)
 #[test]
 fn random_streams_exercise_the_rules() {
     use proptest::{
@@ -352,7 +354,16 @@ fn random_streams_exercise_the_rules() {
     let mut seen = std::collections::BTreeMap::<String, usize>::new();
     for _ in 0..300 {
         let lines = strategy.new_tree(&mut runner).unwrap().current();
-        let (want, _, _) = run_both(config("multi_tier"), lines.join("\n").as_bytes());
+        let (want, _, fast) = run_both(config("multi_tier"), lines.join("\n").as_bytes());
+        // The at-risk answers compared after each stream hold every kind of item.
+        for item in fast.at_risk(&risk_queries()[0]) {
+            let state = match (item.liquidatable, &item.margin_ratio) {
+                (true, None) => "null_ratio",
+                (true, Some(_)) => "liquidatable",
+                (false, _) => "healthy",
+            };
+            *seen.entry(format!("at_risk/{}/{state}", item.mode.as_str())).or_default() += 1;
+        }
         for e in want {
             let v: serde_json::Value = serde_json::from_str(&e).unwrap();
             let key = match v["type"].as_str().unwrap() {
@@ -376,6 +387,11 @@ fn random_streams_exercise_the_rules() {
         "reject/wrong_mode",
         "reject/insufficient_margin",
         "reject/no_mark",
+        "at_risk/cross/null_ratio",
+        "at_risk/cross/liquidatable",
+        "at_risk/cross/healthy",
+        "at_risk/isolated/null_ratio",
+        "at_risk/isolated/healthy",
     ] {
         assert!(seen.get(key).copied().unwrap_or(0) > 0, "no {key} in {seen:?}");
     }
