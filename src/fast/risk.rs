@@ -41,6 +41,15 @@ use crate::{
 /// far below any ratio difference that matters for how many items are kept.
 const PRESELECT_SLACK: f64 = 1e-12;
 
+/// The least share of `n` items a rayon worker takes in the preselection: a few shares per
+/// worker, so that few heaps fill up apart (each keeps everything until it holds `limit`
+/// keys) and few merges follow. At least a chunk, unless the engine is set to split even
+/// small books (`FastEngine::with_parallel_min`, which tests use to hold the merges to the
+/// reference).
+fn share(n: usize, parallel_min: usize) -> usize {
+    (n / (4 * rayon::current_num_threads())).max(CHUNK.min(parallel_min))
+}
+
 /// Where an at-risk candidate is in the books.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ref {
@@ -123,6 +132,17 @@ impl Preselect {
         }
     }
 
+    /// The preselection of both parts' items: `other`'s kept items (which hold its heap's)
+    /// offered to `self`.
+    fn merge(self, other: Preselect) -> Preselect {
+        let (mut into, from) =
+            if self.kept.len() >= other.kept.len() { (self, other) } else { (other, self) };
+        for (key, at) in from.kept {
+            into.offer(key, at);
+        }
+        into
+    }
+
     fn prune(&mut self) {
         if let Some(least) = self.least() {
             let t = threshold(least);
@@ -199,10 +219,10 @@ impl FastEngine {
         let mut pick = Preselect::new(q.limit);
         let sums = if q.mode != Some(Mode::Isolated) { self.cross_sums() } else { Vec::new() };
         if q.mode != Some(Mode::Isolated) {
-            self.offer_cross(&sums, q.symbol, &mut pick);
+            pick = pick.merge(self.offer_cross(&sums, q.symbol, q.limit));
         }
         if q.mode != Some(Mode::Cross) {
-            self.offer_isolated(q.symbol, &mut pick);
+            pick = pick.merge(self.offer_isolated(q.symbol, q.limit));
         }
         let mut candidates: Vec<Candidate> =
             pick.finish().into_iter().map(|at| self.candidate(&sums, at)).collect();
@@ -211,14 +231,16 @@ impl FastEngine {
             candidates.truncate(q.limit);
         }
         candidates.sort_unstable_by(risk_order);
-        candidates.iter().map(|c| self.risk_item(c)).collect()
+        // Building an item (its strings and liquidation prices) costs microseconds: for a
+        // long list, the workers share it (collect keeps the order).
+        candidates.par_iter().with_min_len(64).map(|c| self.risk_item(c)).collect()
     }
 
     /// Per account `[Σ upnl, Σ (upnl − mm)]` (q16) over its cross positions whose symbol has a
     /// mark; accounts with an unmarked cross symbol are left out by the caller.
     fn cross_sums(&self) -> Vec<[Sum; 2]> {
         let n = self.accounts.id.len();
-        let sums: Vec<[Sum; 2]> = (0..n).map(|_| Default::default()).collect();
+        let sums: Vec<[Sum; 2]> = (0..n).into_par_iter().map(|_| Default::default()).collect();
         let parallel = rayon::current_num_threads() > 1;
         for (book, (sc, t)) in self.cross.iter().zip(self.scales.iter().zip(&self.mark_ticks)) {
             let Some(t) = *t else { continue };
@@ -256,39 +278,59 @@ impl FastEngine {
         (self.accounts.wallet_e8[i] * E8_TO_Q16 + upnl, upnl - buffer)
     }
 
-    /// Offers every cross item (with `symbol`, those holding a cross position in it).
-    fn offer_cross(&self, sums: &[[Sum; 2]], symbol: Option<SymbolIdx>, pick: &mut Preselect) {
-        let mut offer = |a: AccountIdx| {
+    /// Offers every cross item (with `symbol`, those holding a cross position in it), the
+    /// accounts split between rayon workers, each preselecting its share.
+    fn offer_cross(&self, sums: &[[Sum; 2]], symbol: Option<SymbolIdx>, limit: usize) -> Preselect {
+        let offer = |mut pick: Preselect, a: AccountIdx| {
             let h = &self.accounts.hot[a.0 as usize];
             if h.n_cross > 0 && h.n_unmarked == 0 {
                 let (balance, maint) = self.cross_figures(sums, a);
                 pick.offer(key_bits(balance, maint), Ref::Cross(a));
             }
+            pick
         };
+        let new = || Preselect::new(limit);
         match symbol {
             // An index outside the config holds nothing (the reference engine agrees).
             Some(s) => {
                 let held = self.cross.get(s.0 as usize).map_or(&[][..], |b| &b.account[..]);
-                held.iter().copied().for_each(offer)
+                let held = held.par_iter().with_min_len(share(held.len(), self.parallel_min));
+                held.fold(new, |p, &a| offer(p, a)).reduce(new, Preselect::merge)
             }
-            None => (0..self.accounts.id.len()).for_each(|i| offer(AccountIdx(i as u32))),
+            None => {
+                let n = u32::try_from(self.accounts.id.len()).expect("fewer than 2^32 accounts");
+                let all = (0..n).into_par_iter().with_min_len(share(n as usize, self.parallel_min));
+                all.fold(new, |p, a| offer(p, AccountIdx(a))).reduce(new, Preselect::merge)
+            }
         }
     }
 
-    /// Offers every isolated item whose symbol has a mark (with `symbol`, of that symbol).
-    fn offer_isolated(&self, symbol: Option<SymbolIdx>, pick: &mut Preselect) {
+    /// Offers every isolated item whose symbol has a mark (with `symbol`, of that symbol),
+    /// the books cut in chunks that rayon workers take, each preselecting its share.
+    fn offer_isolated(&self, symbol: Option<SymbolIdx>, limit: usize) -> Preselect {
+        let mut chunks = Vec::new();
         for (si, book) in self.isolated.iter().enumerate() {
             let s = SymbolIdx(si as u16);
-            let Some(t) = self.mark_ticks[si].filter(|_| symbol.is_none_or(|w| w == s)) else {
-                continue;
-            };
-            let (sc, quote) = (&self.scales[si], Quote::new(&self.scales[si], t));
-            quote.each_term(&book.lots, &book.base_q16, |k, term| {
-                // balance = isolated margin + upnl = base + value; maintenance = balance − term.
-                let balance = book.base_q16[k] + sc.value_q16(book.lots[k], t);
-                pick.offer(key_bits(balance, balance - term), Ref::Isolated(s, k as u32));
-            });
+            if self.mark_ticks[si].is_some() && symbol.is_none_or(|w| w == s) {
+                chunks.extend((0..book.len()).step_by(CHUNK).map(|lo| (s, lo)));
+            }
         }
+        let offer = |mut pick: Preselect, &(s, lo): &(SymbolIdx, usize)| {
+            let (si, book) = (s.0 as usize, &self.isolated[s.0 as usize]);
+            let t = self.mark_ticks[si].expect("only marked books are cut in chunks");
+            let hi = (lo + CHUNK).min(book.len());
+            let (lots, base) = (&book.lots[lo..hi], &book.base_q16[lo..hi]);
+            let (sc, quote) = (&self.scales[si], Quote::new(&self.scales[si], t));
+            quote.each_term(lots, base, |k, term| {
+                // balance = isolated margin + upnl = base + value; maintenance = balance − term.
+                let balance = base[k] + sc.value_q16(lots[k], t);
+                pick.offer(key_bits(balance, balance - term), Ref::Isolated(s, (lo + k) as u32));
+            });
+            pick
+        };
+        let new = || Preselect::new(limit);
+        let chunks = chunks.par_iter().with_min_len(share(chunks.len(), self.parallel_min));
+        chunks.fold(new, offer).reduce(new, Preselect::merge)
     }
 
     /// The exact figures and tie key of a preselected item.
@@ -334,9 +376,54 @@ impl FastEngine {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use num_bigint::BigInt;
 
     use super::*;
+    use crate::{engine::Engine, protocol::Command, synth};
+
+    /// On a 3,000-account synthetic book whose marks then fall 3 %, the fast answer equals the
+    /// plain exact one ([`report::at_risk`] over every account's view) at every limit and
+    /// filter, with the preselection cut in many shares (so its merges are exercised) and in
+    /// one.
+    #[test]
+    fn fast_at_risk_equals_the_exact_oracle_on_a_book() {
+        let symbols = 6;
+        for parallel_min in [1, usize::MAX] {
+            let cfg = Arc::new(synth::config(symbols));
+            let mut engine = FastEngine::new(cfg.clone()).with_parallel_min(parallel_min);
+            let at = At { line: 0, seq: 0 };
+            for cmd in synth::book_commands(3_000, 8_000, symbols, 11) {
+                engine.apply(&cmd, at, &mut |_| {}).unwrap();
+            }
+            // The last symbol keeps no mark: its holders are left out.
+            let prices = (0..symbols - 1)
+                .map(|s| {
+                    // A multiple of the 0.01 tick, as validation makes every mark.
+                    let e2 = i128::from(synth::base_price_e2(s)) * 97 / 100;
+                    (SymbolIdx(s as u16), D8(e2 * 1_000_000))
+                })
+                .collect();
+            engine.apply(&Command::Marks { prices }, at, &mut |_| {}).unwrap();
+            let views: Vec<_> = engine.accounts.id.iter().map(|&id| engine.view(id)).collect();
+            let mut liquidatable = 0;
+            for limit in [1, 100, usize::MAX] {
+                for symbol in [None, Some(SymbolIdx(0)), Some(SymbolIdx(5))] {
+                    for mode in [None, Some(Mode::Cross), Some(Mode::Isolated)] {
+                        let q = RiskQuery { limit, symbol, mode };
+                        let want = report::at_risk(&cfg, &engine.marks, &views, &q);
+                        let got = engine.at_risk(&q);
+                        assert_eq!(got, want, "{q:?}, parallel_min {parallel_min}");
+                        liquidatable += got.iter().filter(|i| i.liquidatable).count();
+                    }
+                }
+            }
+            assert!(liquidatable > 0, "the fall liquidates some items");
+            let all = engine.at_risk(&RiskQuery { limit: usize::MAX, symbol: None, mode: None });
+            assert!(all.len() > 3_000 && all.iter().any(|i| !i.liquidatable), "{}", all.len());
+        }
+    }
 
     #[test]
     fn mul_wide_is_the_exact_product() {
