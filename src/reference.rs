@@ -13,11 +13,11 @@ use std::{
 
 use crate::{
     config::{Config, Mode, SymbolIdx},
-    engine::{At, Engine, rejects, should_emit},
+    engine::{At, Engine, RiskQuery, rejects, should_emit},
     exact::Exact,
     fixed::D8,
     margin,
-    protocol::{AMOUNT_LIMIT, Command, Event, Reject},
+    protocol::{AMOUNT_LIMIT, AccountReport, Command, Event, Reject, RiskItem},
     report::{self, AccountView, Item, PairView},
 };
 
@@ -477,6 +477,14 @@ impl ReferenceEngine {
 }
 
 impl Engine for ReferenceEngine {
+    fn account_report(&self, account: u64, at: At) -> Option<AccountReport> {
+        self.report_of(account, at)
+    }
+
+    fn at_risk(&self, query: &RiskQuery) -> Vec<RiskItem> {
+        self.risk_items(query)
+    }
+
     fn apply(&mut self, cmd: &Command, at: At, out: &mut dyn FnMut(Event)) -> Result<(), Reject> {
         let plan = self.check(cmd)?;
         let Changed { mut items, rearmed } = self.commit(plan, at, out);
@@ -485,5 +493,20 @@ impl Engine for ReferenceEngine {
         items.extend(rearmed.iter().copied());
         self.evaluate(&items, &rearmed, at, out);
         Ok(())
+    }
+}
+
+/// The read side (SPEC section 9.3): account reports and at-risk lists, recomputed from the
+/// state with [`crate::report`], as every evaluation here is.
+impl ReferenceEngine {
+    fn report_of(&self, account: u64, at: At) -> Option<AccountReport> {
+        self.accounts
+            .contains_key(&account)
+            .then(|| self.view(account).report(&self.cfg, &self.marks, at))
+    }
+
+    fn risk_items(&self, query: &RiskQuery) -> Vec<RiskItem> {
+        let views: Vec<AccountView> = self.accounts.keys().map(|&a| self.view(a)).collect();
+        report::at_risk(&self.cfg, &self.marks, &views, query)
     }
 }

@@ -8,11 +8,11 @@
 use super::{E8_TO_Q16, FastEngine, NO_SLOT, book::AccountIdx, div_round_half_even, in_limits};
 use crate::{
     config::{Mode, SymbolIdx},
-    engine::{At, Engine, rejects},
+    engine::{At, Engine, RiskQuery, rejects},
     exact::Exact,
     fixed::D8,
     margin,
-    protocol::{Command, Event, Reject},
+    protocol::{AccountReport, Command, Event, Reject, RiskItem},
 };
 
 /// What an accepted command will do: every value it writes, decided by [`FastEngine::check`]
@@ -82,6 +82,14 @@ enum Plan<'c> {
 }
 
 impl Engine for FastEngine {
+    fn account_report(&self, account: u64, at: At) -> Option<AccountReport> {
+        self.report_of(account, at)
+    }
+
+    fn at_risk(&self, query: &RiskQuery) -> Vec<RiskItem> {
+        self.risk_items(query)
+    }
+
     fn apply(&mut self, cmd: &Command, at: At, out: &mut dyn FnMut(Event)) -> Result<(), Reject> {
         let plan = self.check(cmd)?;
         self.commit(plan, at, out);

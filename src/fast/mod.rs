@@ -12,6 +12,7 @@
 
 pub mod book;
 mod commands;
+mod risk;
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -99,16 +100,16 @@ struct AccountIndex {
     table: HashTable<u32>,
     hasher: KeyedState,
     /// Stored ids compared with a looked-up id so far: the work a crafted id would inflate
-    /// (tests only).
+    /// (tests only; atomic so that the engine stays `Sync` for its rayon workers).
     #[cfg(test)]
-    compares: std::cell::Cell<u64>,
+    compares: AtomicU64,
 }
 
 impl AccountIndex {
     fn get(&self, id: u64, ids: &[u64]) -> Option<AccountIdx> {
         let found = self.table.find(self.hasher.hash_one(id), |&a| {
             #[cfg(test)]
-            self.compares.set(self.compares.get() + 1);
+            self.compares.fetch_add(1, Ordering::Relaxed);
             // Every index in the table was pushed to `ids` before it was inserted.
             ids[a as usize] == id
         });
@@ -252,6 +253,8 @@ pub struct FastEngine {
     /// unmarked cross book has positions) its count of unmarked cross positions.
     sums: Vec<Sum>,
     unmarked: Vec<u16>,
+    /// An at-risk answer's scratch (see `risk.rs`).
+    risk: risk::Scratch,
 }
 
 /// The phases of a full-book sweep, timed: the cross books (with the pass over the accounts
@@ -401,6 +404,7 @@ impl FastEngine {
             last_sweep: SweepPhases::default(),
             sums: Vec::new(),
             unmarked: Vec::new(),
+            risk: risk::Scratch::default(),
             cfg,
         }
     }
@@ -424,7 +428,8 @@ impl FastEngine {
 
     /// Heap bytes held by the long-lived structures, by part: `books` (position columns and
     /// trigger index), `accounts` (per-account columns), `pairs` (per-pair settings),
-    /// `index` (account id lookup) and `sweep` (a sweep's scratch, once one ran).
+    /// `index` (account id lookup) and `sweep` (a sweep's and an at-risk answer's scratch,
+    /// once one ran).
     /// Capacities, before the allocator's own overhead: set beside resident memory, they show
     /// where it goes.
     pub fn heap_bytes(&self) -> [(&'static str, usize); 5] {
@@ -440,7 +445,7 @@ impl FastEngine {
             ("accounts", columns),
             ("pairs", pairs),
             ("index", self.index.table.allocation_size()),
-            ("sweep", bytes(&self.sums) + bytes(&self.unmarked)),
+            ("sweep", bytes(&self.sums) + bytes(&self.unmarked) + self.risk.heap_bytes()),
         ]
     }
 
@@ -1216,7 +1221,7 @@ mod tests {
                 }
             }
             assert_eq!(engine.n_accounts(), n as usize);
-            let compares = engine.index.compares.get();
+            let compares = engine.index.compares.load(Ordering::Relaxed);
             assert!(compares >= n, "every hit compares at least once: {compares}");
             assert!(compares <= 2 * n, "{compares} compares for {n} ids");
             per_set.push(compares);

@@ -1,0 +1,547 @@
+//! The fast engine's read side (SPEC section 9.3): account reports and at-risk lists.
+//!
+//! An at-risk list needs every item's margin balance and maintenance, and the engine keeps
+//! neither per cross account (its ticks need only the buffer's sign, see `README.md`). So
+//! [`FastEngine::risk_items`] computes them all, the way the sweep does: the cross books one
+//! at a time, each position's `upnl` and `upnl − mm` added to its account's two sums (rayon
+//! workers split a big book; a book holds an account once, so no two workers add to one sum),
+//! then the isolated books. Every figure is exact in `i128` q16.
+//!
+//! Choosing the `limit` items most at risk out of millions then takes two stages:
+//! 1. **Preselection on a float key.** `maintenance / balance` as `f64` (`+∞` for a balance
+//!    <= 0) is within a relative 2⁻⁴⁹ of the exact ratio (see [`approx`]). A min-heap holds the `limit`
+//!    largest keys seen; an item whose key is below the heap's least times `1 − 10⁻¹²` can
+//!    never be among the `limit` most at risk, and is dropped. What is kept is a superset of
+//!    the answer, ties included (see [`Preselect`]).
+//! 2. **Exact order** of that superset: ratios compared by cross-multiplying in 256 bits
+//!    ([`mul_wide`]), ties by account id and symbol. The float never decides the order.
+//!
+//! Only the `limit` items returned get exact decimal strings and liquidation prices, through
+//! the same path as liquidation events (`FastEngine::liquidation_event`).
+
+use std::{
+    cmp::Ordering,
+    collections::BinaryHeap,
+    sync::{Mutex, PoisonError},
+};
+
+use rayon::prelude::*;
+
+use super::{
+    CHUNK, FastEngine, PREFETCH_AHEAD, Sum,
+    book::{AccountIdx, E8_TO_Q16, Quote},
+    prefetch,
+};
+use crate::{
+    config::{Mode, SymbolIdx},
+    engine::{At, RiskQuery},
+    exact::{Exact, round8_ratio},
+    fixed::D8,
+    protocol::{AccountReport, RiskItem},
+    report::{self, Item},
+};
+
+/// What an at-risk answer keeps between answers: per account `[Σ upnl, Σ (upnl − mm)]`,
+/// zero between answers (32 bytes per account, allocated by the first answer). Allocating
+/// them afresh took more time than computing them: the kernel zeroes every fresh page.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    sums: Mutex<Sums>,
+}
+
+#[derive(Debug, Default)]
+struct Sums {
+    sums: Vec<[Sum; 2]>,
+    /// Every sum is zero.
+    clean: bool,
+}
+
+/// Sets every sum to zero.
+fn zero(sums: &[[Sum; 2]]) {
+    sums.par_iter().with_min_len(CHUNK).flatten().for_each(|s| s.set(0));
+}
+
+impl Scratch {
+    /// Heap bytes held.
+    pub(super) fn heap_bytes(&self) -> usize {
+        let sums = self.sums.lock().unwrap_or_else(PoisonError::into_inner);
+        sums.sums.capacity() * size_of::<[Sum; 2]>()
+    }
+}
+
+/// Relative slack of the preselection: far above the float key's error (2⁻⁴⁹ ≈ 1.8e-15),
+/// far below any ratio difference that matters for how many items are kept.
+const PRESELECT_SLACK: f64 = 1e-12;
+
+/// The least share of `n` items a rayon worker takes in the preselection: a few shares per
+/// worker, so that few heaps fill up apart (each keeps everything until it holds `limit`
+/// keys) and few merges follow. At least a chunk, unless the engine is set to split even
+/// small books (`FastEngine::with_parallel_min`, which tests use to hold the merges to the
+/// reference).
+fn share(n: usize, parallel_min: usize) -> usize {
+    (n / (4 * rayon::current_num_threads())).max(CHUNK.min(parallel_min))
+}
+
+/// Where an at-risk candidate is in the books.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ref {
+    Cross(AccountIdx),
+    /// Symbol and slot in its isolated book.
+    Isolated(SymbolIdx, u32),
+}
+
+/// A candidate with its exact figures (q16) and its tie key.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    at: Ref,
+    balance_q16: i128,
+    maint_q16: i128,
+    account: u64,
+    /// `None` for a cross item (before the account's isolated items on a tie).
+    symbol: Option<SymbolIdx>,
+}
+
+/// The preselection key of an item: `maintenance / balance` as a float, `+∞` when the balance
+/// is <= 0 (a null ratio ranks first). Non-negative (maintenance is > 0 for a non-zero
+/// position), so its bit pattern orders as the float does.
+#[inline(always)]
+fn key_bits(balance_q16: i128, maint_q16: i128) -> u64 {
+    debug_assert!(maint_q16 >= 0, "maintenance of non-zero positions is positive");
+    let key =
+        if balance_q16 <= 0 { f64::INFINITY } else { approx(maint_q16) / approx(balance_q16) };
+    key.to_bits()
+}
+
+/// `x` as a float within a relative 6·2⁻⁵³, in hardware conversions (`x as f64` on an `i128`
+/// is a library call, and the preselection makes two per item). Beyond `i64`, `x` is
+/// `hi·2⁶⁴ + lo` with `|x| >= 2⁶³`: each part's conversion and their sum round once each, so
+/// the error is at most 2⁻⁵³ (|hi|·2⁶⁴ + 2⁶⁴ + |x|) <= 6·2⁻⁵³ |x|.
+#[inline(always)]
+fn approx(x: i128) -> f64 {
+    match i64::try_from(x) {
+        Ok(v) => v as f64,
+        Err(_) => ((x >> 64) as i64) as f64 * 18_446_744_073_709_551_616.0 + (x as u64) as f64,
+    }
+}
+
+/// The float threshold below which a key cannot be among the `limit` largest, given that the
+/// `limit`-th largest key seen so far is `least`.
+fn threshold(least: u64) -> f64 {
+    f64::from_bits(least) * (1.0 - PRESELECT_SLACK)
+}
+
+/// Stage 1: keeps a superset of the `limit` items of largest exact ratio.
+///
+/// Why a superset: let τ be the `limit`-th largest key at the end. At least `limit` items
+/// have a key >= τ, so an exact ratio >= τ / (1 + ε); every item of the exact top `limit`
+/// (ties included) therefore has an exact ratio >= τ / (1 + ε) and a key >= τ (1 − ε) /
+/// (1 + ε) > τ (1 − 10⁻¹²). The heap's least only grows, so an item dropped on the way had a
+/// key below the final threshold too. (A key of `+∞` is exact: only null ratios have it.)
+struct Preselect<T> {
+    limit: usize,
+    /// The `limit` largest keys seen (a min-heap).
+    heap: BinaryHeap<std::cmp::Reverse<u64>>,
+    /// `threshold` of the heap's least once it holds `limit` keys, `−∞` before: a key below
+    /// it is dropped with one comparison.
+    cut: f64,
+    kept: Vec<(u64, T)>,
+}
+
+impl<T> Preselect<T> {
+    fn new(limit: usize) -> Preselect<T> {
+        Preselect { limit, heap: BinaryHeap::new(), cut: f64::NEG_INFINITY, kept: Vec::new() }
+    }
+
+    /// Offers an item of key `key`; `make` builds what is kept of it, if it is kept.
+    #[inline]
+    fn offer(&mut self, key: u64, make: impl FnOnce() -> T) {
+        if self.limit == 0 || f64::from_bits(key) < self.cut {
+            return;
+        }
+        if self.heap.len() < self.limit {
+            self.heap.push(std::cmp::Reverse(key));
+        } else if self.heap.peek().is_some_and(|least| key > least.0) {
+            self.heap.pop();
+            self.heap.push(std::cmp::Reverse(key));
+        }
+        if self.heap.len() >= self.limit {
+            self.cut = threshold(self.heap.peek().expect("limit > 0 keys").0);
+            if f64::from_bits(key) < self.cut {
+                return;
+            }
+        }
+        self.kept.push((key, make()));
+        // Keys arriving in rising order would keep everything: drop what fell behind.
+        if self.kept.len() >= self.limit.max(1024).saturating_mul(4) {
+            self.prune();
+        }
+    }
+
+    /// The preselection of both parts' items: `other`'s kept items (which hold its heap's)
+    /// offered to `self`.
+    fn merge(self, other: Preselect<T>) -> Preselect<T> {
+        let (mut into, from) =
+            if self.kept.len() >= other.kept.len() { (self, other) } else { (other, self) };
+        for (key, item) in from.kept {
+            into.offer(key, || item);
+        }
+        into
+    }
+
+    fn prune(&mut self) {
+        let cut = self.cut;
+        self.kept.retain(|&(k, _)| f64::from_bits(k) >= cut);
+    }
+
+    fn finish(mut self) -> Vec<T> {
+        self.prune();
+        self.kept.into_iter().map(|(_, item)| item).collect()
+    }
+}
+
+/// `a · b` as 256 bits `(high, low)`.
+pub(super) fn mul_wide(a: u128, b: u128) -> (u128, u128) {
+    const LO: u128 = u64::MAX as u128;
+    let (a1, a0, b1, b0) = (a >> 64, a & LO, b >> 64, b & LO);
+    let (p00, p01, p10, p11) = (a0 * b0, a0 * b1, a1 * b0, a1 * b1);
+    // Each term is below 2^64, so the sum is below 3 · 2^64.
+    let mid = (p00 >> 64) + (p01 & LO) + (p10 & LO);
+    let low = (p00 & LO) | (mid << 64);
+    let high = p11 + (p01 >> 64) + (p10 >> 64) + (mid >> 64);
+    (high, low)
+}
+
+/// Stage 2: the at-risk order of [`crate::engine::Engine::at_risk`] on exact q16 figures:
+/// `Less` when `a` is more at risk. Liquidatable first, a null ratio (balance <= 0) next,
+/// then `mm_a / bal_a` against `mm_b / bal_b` as `mm_a · bal_b` against `mm_b · bal_a` in 256
+/// bits (both factors non-negative here), then account id and symbol.
+fn risk_order(a: &Candidate, b: &Candidate) -> Ordering {
+    let liquidatable = |c: &Candidate| c.balance_q16 < c.maint_q16;
+    let by_ratio = || match (a.balance_q16 > 0, b.balance_q16 > 0) {
+        (false, false) => Ordering::Equal,
+        (false, true) => Ordering::Less,
+        (true, false) => Ordering::Greater,
+        (true, true) => {
+            let wide = |x: i128, y: i128| {
+                mul_wide(u128::try_from(x).unwrap_or(0), u128::try_from(y).unwrap_or(0))
+            };
+            wide(b.maint_q16, a.balance_q16).cmp(&wide(a.maint_q16, b.balance_q16))
+        }
+    };
+    (liquidatable(b).cmp(&liquidatable(a)))
+        .then_with(by_ratio)
+        .then_with(|| (a.account, a.symbol).cmp(&(b.account, b.symbol)))
+}
+
+/// `round8(maint / balance)` as text, `None` for a balance <= 0 (SPEC section 4).
+fn ratio_text(balance_q16: i128, maint_q16: i128) -> Option<String> {
+    if balance_q16 <= 0 {
+        return None;
+    }
+    match maint_q16.checked_mul(10i128.pow(8)) {
+        Some(num) => Some(D8(super::div_round_half_even(num, balance_q16)).to_string()),
+        // Maintenance near the limits: the exact path.
+        None => Some(
+            round8_ratio(&Exact::from_int(maint_q16), &Exact::from_int(balance_q16)).to_string(),
+        ),
+    }
+}
+
+impl FastEngine {
+    /// See [`crate::engine::Engine::account_report`].
+    pub(super) fn report_of(&self, account: u64, at: At) -> Option<AccountReport> {
+        self.lookup(account)?;
+        Some(self.view(account).report(&self.cfg, &self.marks, at))
+    }
+
+    /// See [`crate::engine::Engine::at_risk`] and this module's doc.
+    pub(super) fn risk_items(&self, q: &RiskQuery) -> Vec<RiskItem> {
+        if q.limit == 0 {
+            return Vec::new();
+        }
+        // On a worker thread each parallel loop within is a cheap fork-join; from the engine
+        // thread each would wait for a hand-off (as in the sweep).
+        rayon::scope(|_| self.risk_items_on_workers(q))
+    }
+
+    fn risk_items_on_workers(&self, q: &RiskQuery) -> Vec<RiskItem> {
+        let mut pick = Preselect::new(q.limit);
+        if q.mode != Some(Mode::Isolated) {
+            // Kept between answers, zero between them; a panic mid-answer leaves it marked
+            // not clean, and the next answer zeroes it first.
+            let mut guard = self.risk.sums.lock().unwrap_or_else(PoisonError::into_inner);
+            let Sums { sums, clean } = &mut *guard;
+            if !*clean {
+                zero(sums);
+            }
+            sums.resize_with(self.accounts.id.len(), Default::default);
+            *clean = false;
+            self.add_cross_sums(sums);
+            pick = pick.merge(self.offer_cross(sums, q.symbol, q.limit));
+            *clean = true;
+        }
+        if q.mode != Some(Mode::Cross) {
+            pick = pick.merge(self.offer_isolated(q.symbol, q.limit));
+        }
+        let mut candidates = pick.finish();
+        if candidates.len() > q.limit {
+            candidates.select_nth_unstable_by(q.limit - 1, risk_order);
+            candidates.truncate(q.limit);
+        }
+        candidates.sort_unstable_by(risk_order);
+        // Building an item (its strings and liquidation prices) costs microseconds: for a
+        // long list, the workers share it (collect keeps the order).
+        candidates.par_iter().with_min_len(64).map(|c| self.risk_item(c)).collect()
+    }
+
+    /// Adds to each account's `[Σ upnl, Σ (upnl − mm)]` (q16, zero before) its cross
+    /// positions whose symbol has a mark; accounts with an unmarked cross symbol are left out
+    /// by the caller.
+    fn add_cross_sums(&self, sums: &[[Sum; 2]]) {
+        let parallel = rayon::current_num_threads() > 1;
+        for (book, (sc, t)) in self.cross.iter().zip(self.scales.iter().zip(&self.mark_ticks)) {
+            let Some(t) = *t else { continue };
+            let quote = Quote::new(sc, t);
+            let add = |c: usize| {
+                let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(book.len()));
+                let ahead = book.account.get(lo + PREFETCH_AHEAD..).unwrap_or_default();
+                let (held, lots) = (&book.account[lo..hi], &book.lots[lo..hi]);
+                let base = &book.base_q16[lo..hi];
+                quote.each_term(lots, base, |k, term| {
+                    if let Some(b) = ahead.get(k) {
+                        sums.get(b.0 as usize).map(prefetch);
+                    }
+                    let [upnl, buffer] = &sums[held[k].0 as usize];
+                    upnl.add(base[k] + sc.value_q16(lots[k], t));
+                    buffer.add(term);
+                });
+            };
+            let chunks = book.len().div_ceil(CHUNK);
+            if parallel && book.len() >= self.parallel_min && chunks > 1 {
+                (0..chunks).into_par_iter().for_each(add);
+            } else {
+                (0..chunks).for_each(add);
+            }
+        }
+    }
+
+    /// Offers every cross item (with `symbol`, those holding a cross position in it), the
+    /// accounts split between rayon workers, each preselecting its share. Leaves every sum
+    /// at zero.
+    fn offer_cross(
+        &self,
+        sums: &[[Sum; 2]],
+        symbol: Option<SymbolIdx>,
+        limit: usize,
+    ) -> Preselect<Candidate> {
+        // The account's figures, from its sums (taken, when `take`, leaving zero).
+        let offer = |mut pick: Preselect<Candidate>, a: AccountIdx, take: bool| {
+            let i = a.0 as usize;
+            let [upnl, buffer] = &sums[i];
+            let (upnl, buffer) =
+                if take { (upnl.take(), buffer.take()) } else { (upnl.get(), buffer.get()) };
+            let h = &self.accounts.hot[i];
+            if h.n_cross > 0 && h.n_unmarked == 0 {
+                let (balance_q16, maint_q16) =
+                    (self.accounts.wallet_e8[i] * E8_TO_Q16 + upnl, upnl - buffer);
+                pick.offer(key_bits(balance_q16, maint_q16), || Candidate {
+                    at: Ref::Cross(a),
+                    balance_q16,
+                    maint_q16,
+                    account: self.accounts.id[i],
+                    symbol: None,
+                });
+            }
+            pick
+        };
+        let new = || Preselect::new(limit);
+        match symbol {
+            // An index outside the config holds nothing (the reference engine agrees).
+            Some(s) => {
+                let held = self.cross.get(s.0 as usize).map_or(&[][..], |b| &b.account[..]);
+                let held = held.par_iter().with_min_len(share(held.len(), self.parallel_min));
+                let pick = held.fold(new, |p, &a| offer(p, a, false)).reduce(new, Preselect::merge);
+                zero(sums);
+                pick
+            }
+            None => {
+                // Every account is read once, and its sums taken on the way.
+                let n = u32::try_from(sums.len()).expect("fewer than 2^32 accounts");
+                let all = (0..n).into_par_iter().with_min_len(share(n as usize, self.parallel_min));
+                all.fold(new, |p, a| offer(p, AccountIdx(a), true)).reduce(new, Preselect::merge)
+            }
+        }
+    }
+
+    /// Offers every isolated item whose symbol has a mark (with `symbol`, of that symbol),
+    /// the books cut in chunks that rayon workers take, each preselecting its share.
+    fn offer_isolated(&self, symbol: Option<SymbolIdx>, limit: usize) -> Preselect<Candidate> {
+        let mut chunks = Vec::new();
+        for (si, book) in self.isolated.iter().enumerate() {
+            let s = SymbolIdx(si as u16);
+            if self.mark_ticks[si].is_some() && symbol.is_none_or(|w| w == s) {
+                chunks.extend((0..book.len()).step_by(CHUNK).map(|lo| (s, lo)));
+            }
+        }
+        let offer = |mut pick: Preselect<Candidate>, &(s, lo): &(SymbolIdx, usize)| {
+            let (si, book) = (s.0 as usize, &self.isolated[s.0 as usize]);
+            let t = self.mark_ticks[si].expect("only marked books are cut in chunks");
+            let hi = (lo + CHUNK).min(book.len());
+            let (lots, base) = (&book.lots[lo..hi], &book.base_q16[lo..hi]);
+            let (sc, quote) = (&self.scales[si], Quote::new(&self.scales[si], t));
+            quote.each_term(lots, base, |k, term| {
+                // balance = isolated margin + upnl = base + value; maintenance = balance − term.
+                let balance_q16 = base[k] + sc.value_q16(lots[k], t);
+                let maint_q16 = balance_q16 - term;
+                pick.offer(key_bits(balance_q16, maint_q16), || Candidate {
+                    at: Ref::Isolated(s, (lo + k) as u32),
+                    balance_q16,
+                    maint_q16,
+                    account: self.accounts.id[book.account[lo + k].0 as usize],
+                    symbol: Some(s),
+                });
+            });
+            pick
+        };
+        let new = || Preselect::new(limit);
+        // Chunks are already a worker's unit (a share as in `share`, counted in chunks).
+        let chunks = chunks.par_iter().with_min_len(share(chunks.len(), 1));
+        chunks.fold(new, offer).reduce(new, Preselect::merge)
+    }
+
+    /// The at-risk entry of a chosen candidate: its figures and positions as its liquidation
+    /// event would give them, and its ratio.
+    fn risk_item(&self, c: &Candidate) -> RiskItem {
+        let (a, isolated) = match c.at {
+            Ref::Cross(a) => (a, None),
+            Ref::Isolated(s, slot) => (self.isolated[s.0 as usize].account[slot as usize], Some(s)),
+        };
+        let at = At { line: 0, seq: 0 };
+        let l = self.liquidation_event(a, isolated, at).unwrap_or_else(|| {
+            // Products past i128 (amounts near the limits): the exact path, as for events.
+            let item = isolated.map_or(Item::Cross(c.account), |s| Item::Isolated(c.account, s));
+            self.view(c.account).liquidation(&self.cfg, &self.marks, item, at)
+        });
+        debug_assert_eq!(l.margin_balance, super::q16_text(c.balance_q16));
+        debug_assert_eq!(l.maintenance_margin, super::q16_text(c.maint_q16));
+        let ratio = ratio_text(c.balance_q16, c.maint_q16);
+        report::risk_item_of(l, ratio, c.balance_q16 < c.maint_q16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use num_bigint::BigInt;
+
+    use super::*;
+    use crate::{engine::Engine, protocol::Command, synth};
+
+    /// On a 3,000-account synthetic book whose marks then fall 3 %, the fast answer equals the
+    /// plain exact one ([`report::at_risk`] over every account's view) at every limit and
+    /// filter, with the preselection cut in many shares (so its merges are exercised) and in
+    /// one.
+    #[test]
+    fn fast_at_risk_equals_the_exact_oracle_on_a_book() {
+        let symbols = 6;
+        for parallel_min in [1, usize::MAX] {
+            let cfg = Arc::new(synth::config(symbols));
+            let mut engine = FastEngine::new(cfg.clone()).with_parallel_min(parallel_min);
+            let at = At { line: 0, seq: 0 };
+            for cmd in synth::book_commands(3_000, 8_000, symbols, 11) {
+                engine.apply(&cmd, at, &mut |_| {}).unwrap();
+            }
+            // The last symbol keeps no mark: its holders are left out.
+            let prices = (0..symbols - 1)
+                .map(|s| {
+                    // A multiple of the 0.01 tick, as validation makes every mark.
+                    let e2 = i128::from(synth::base_price_e2(s)) * 97 / 100;
+                    (SymbolIdx(s as u16), D8(e2 * 1_000_000))
+                })
+                .collect();
+            engine.apply(&Command::Marks { prices }, at, &mut |_| {}).unwrap();
+            let views: Vec<_> = engine.accounts.id.iter().map(|&id| engine.view(id)).collect();
+            let mut liquidatable = 0;
+            for limit in [1, 100, usize::MAX] {
+                for symbol in [None, Some(SymbolIdx(0)), Some(SymbolIdx(5))] {
+                    for mode in [None, Some(Mode::Cross), Some(Mode::Isolated)] {
+                        let q = RiskQuery { limit, symbol, mode };
+                        let want = report::at_risk(&cfg, &engine.marks, &views, &q);
+                        let got = engine.at_risk(&q);
+                        assert_eq!(got, want, "{q:?}, parallel_min {parallel_min}");
+                        liquidatable += got.iter().filter(|i| i.liquidatable).count();
+                    }
+                }
+            }
+            assert!(liquidatable > 0, "the fall liquidates some items");
+            let scratch = engine.risk.sums.lock().unwrap();
+            assert!(scratch.clean && scratch.sums.len() == 3_000);
+            let zero = scratch.sums.iter().flatten().all(|s| s.get() == 0);
+            assert!(zero, "an answer leaves its sums at zero");
+            drop(scratch);
+            let all = engine.at_risk(&RiskQuery { limit: usize::MAX, symbol: None, mode: None });
+            assert!(all.len() > 3_000 && all.iter().any(|i| !i.liquidatable), "{}", all.len());
+        }
+    }
+
+    #[test]
+    fn mul_wide_is_the_exact_product() {
+        let samples =
+            [0, 1, 2, u64::MAX as u128, 1 << 64, (1 << 127) - 1, u128::MAX, 12_345_678_901];
+        let mut rng = crate::synth::Rng::new(3);
+        let random =
+            (0..200).map(|_| (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64()));
+        let values: Vec<u128> = samples.into_iter().chain(random).collect();
+        for &a in &values {
+            for &b in values.iter().step_by(7) {
+                let (high, low) = mul_wide(a, b);
+                let got = (BigInt::from(high) << 128) + BigInt::from(low);
+                assert_eq!(got, BigInt::from(a) * BigInt::from(b), "{a} * {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn approx_is_within_its_bound() {
+        let mut rng = crate::synth::Rng::new(9);
+        let edges = [0, 1, -1, i64::MAX as i128, i64::MAX as i128 + 1, i64::MIN as i128 - 1];
+        let random = (0..10_000).map(|k| {
+            let x = ((u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64())) as i128;
+            x >> (k % 120) // every magnitude
+        });
+        for x in edges.into_iter().chain([i128::MAX, i128::MIN + 1]).chain(random) {
+            let (got, nearest) = (approx(x), x as f64);
+            // `nearest` is within 2⁻⁵³ of x, so got must be within 7·2⁻⁵³ of it.
+            assert!((got - nearest).abs() <= 7.0 * f64::EPSILON / 2.0 * nearest.abs(), "{x}");
+        }
+    }
+
+    /// The preselection keeps every item of the exact top `limit` even when keys differ by
+    /// less than a float can tell, and drops what is clearly behind.
+    #[test]
+    fn preselect_keeps_a_superset_of_the_top() {
+        let at = |i: u32| Ref::Cross(AccountIdx(i));
+        // (balance, maint): ratios 0.5, 2, 2 + 1e-30 (a float cannot tell it from 2), null.
+        let big = 10i128.pow(36);
+        let items = [(2 * big, big), (big, 2 * big), (big, 2 * big + 10_000), (-1, 5), (4, 1)];
+        for limit in 1..=items.len() {
+            let mut pick = Preselect::new(limit);
+            for (i, &(b, m)) in items.iter().enumerate() {
+                pick.offer(key_bits(b, m), || at(i as u32));
+            }
+            let kept = pick.finish();
+            // Exact order: null (3), 2 + 1e-30 (2), 2 (1), 0.5 (0), 0.25 (4).
+            let top = [3, 2, 1, 0, 4];
+            for &i in &top[..limit] {
+                assert!(kept.contains(&at(i)), "limit {limit}: {i} dropped, kept {kept:?}");
+            }
+            if limit == 1 {
+                assert_eq!(kept, vec![at(3)], "only the null ratio has an infinite key");
+            }
+            if limit == 2 {
+                assert_eq!(kept.len(), 3, "both ratios near 2 are kept, not 0.5: {kept:?}");
+            }
+        }
+    }
+}
