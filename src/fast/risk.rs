@@ -222,8 +222,10 @@ fn risk_order(a: &Candidate, b: &Candidate) -> Ordering {
         (false, true) => Ordering::Less,
         (true, false) => Ordering::Greater,
         (true, true) => {
+            // Maintenance is >= 0 (a sum of non-negative mm) and both balances are > 0 here.
             let wide = |x: i128, y: i128| {
-                mul_wide(u128::try_from(x).unwrap_or(0), u128::try_from(y).unwrap_or(0))
+                debug_assert!(x >= 0 && y > 0, "maintenance {x}, balance {y}");
+                mul_wide(x.unsigned_abs(), y.unsigned_abs())
             };
             wide(b.maint_q16, a.balance_q16).cmp(&wide(a.maint_q16, b.balance_q16))
         }
