@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressState, ProgressStyle, style::ProgressTracker};
+use indicatif::{
+    MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle,
+    style::ProgressTracker,
+};
 use liqscan::{
     chart::{self, ChartError},
     config::Config,
@@ -427,7 +430,13 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
     let out = BufWriter::with_capacity(1 << 16, out);
     let started = Instant::now();
     let shown = bar_wanted(args.out.is_none());
-    // One bar per phase, each with its name and unit; a finished phase's bar stays on screen.
+    // One bar per phase, each with its name and unit, stacked: a finished phase's bar stays
+    // above the next one's until the end, when all are cleared for the summary line.
+    let bars = if shown {
+        MultiProgress::new()
+    } else {
+        MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+    };
     let mut bar: Option<(Phase, ProgressBar)> = None;
     let result = generator::generate(&opts, out, &mut |phase, done| {
         if bar.as_ref().is_none_or(|(p, _)| *p != phase) {
@@ -439,15 +448,17 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
                 name = phase.name,
                 unit = phase.unit,
             );
-            bar = Some((phase, progress_bar(shown, Some(phase.total), phase.unit, &template)));
+            let new = bars.add(progress_bar(shown, Some(phase.total), phase.unit, &template));
+            bar = Some((phase, new));
         }
         if let Some((_, b)) = &bar {
             b.set_position(done);
         }
     });
     if let Some((_, b)) = bar {
-        b.finish_and_clear();
+        b.finish();
     }
+    let _ = bars.clear();
     let stats = result.context("gen failed")?;
     let secs = started.elapsed().as_secs_f64();
     let faults: Vec<String> = Fault::ALL

@@ -132,7 +132,10 @@ fn hdr_log_and_charts_from_replay_and_plot() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not part of an HdrHistogram interval log"));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("is not part of an HdrHistogram interval log")
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -28,6 +28,7 @@ fn opts(accounts: u64, symbols: usize, messages: u64, seed: u64) -> GenOptions {
 
 #[test]
 fn gen_cli_is_deterministic_and_quiet_when_piped() {
+    common::long_test("gen_cli_is_deterministic_and_quiet_when_piped");
     let dir = std::env::temp_dir().join(format!("liqscan-gen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let run = |seed: &str, name: &str| {
@@ -68,6 +69,7 @@ fn gen_cli_is_deterministic_and_quiet_when_piped() {
 
 #[test]
 fn without_faults_nothing_is_rejected_and_both_engines_agree() {
+    common::long_test("without_faults_nothing_is_rejected_and_both_engines_agree");
     for snapshot in [true, false] {
         let mut o = opts(150, 8, 12_000, 21);
         o.snapshot = snapshot;
@@ -109,6 +111,7 @@ fn without_faults_nothing_is_rejected_and_both_engines_agree() {
 
 #[test]
 fn every_injected_fault_is_rejected_with_its_code() {
+    common::long_test("every_injected_fault_is_rejected_with_its_code");
     let mut o = opts(200, 10, 30_000, 9);
     o.fault_rate = 0.05;
     let text = generator::generate_string(&o);
@@ -175,6 +178,7 @@ fn every_injected_fault_is_rejected_with_its_code() {
 
 #[test]
 fn a_long_replay_keeps_liquidations_flowing_and_the_book_whole() {
+    common::long_test("a_long_replay_keeps_liquidations_flowing_and_the_book_whole");
     let o = opts(1000, 10, 60_000, 11);
     let text = generator::generate_string(&o);
     let cfg = Arc::new(synth::config(10));
