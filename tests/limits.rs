@@ -243,15 +243,13 @@ fn many_symbols(n: usize) -> String {
     )
 }
 
-/// `marks` messages setting every one of `n` symbols to `price`, 8,192 symbols a line (a
-/// line stays under 1 MiB).
+/// One `marks` message setting every one of `n` symbols to `price`: with 65,535 symbols it
+/// is just under the 1 MiB line limit.
 fn all_marks(n: usize, price: u32) -> String {
-    let mut text = String::new();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(8192) {
-        let prices: Vec<String> = chunk.iter().map(|i| format!(r#""S{i}":"{price}""#)).collect();
-        text += &format!("{{\"type\":\"marks\",\"prices\":{{{}}}}}\n", prices.join(","));
-    }
-    text
+    let prices: Vec<String> = (0..n).map(|i| format!(r#""S{i}":"{price}""#)).collect();
+    let line = format!("{{\"type\":\"marks\",\"prices\":{{{}}}}}\n", prices.join(","));
+    assert!(line.len() < liqscan::protocol::MAX_LINE_BYTES, "{} bytes", line.len());
+    line
 }
 
 /// Positions of `account` in the symbols `range`, one line each.
@@ -279,7 +277,7 @@ fn the_largest_symbol_count_runs_the_same_on_both_engines() {
     stream += &positions(2, N - 64..N);
     stream += &all_marks(N, 100);
     // Each account: balance 150 against maintenance 64 * 100 * 0.01 = 64; at 98 its balance
-    // is 150 - 128 = 22 < 62.72: both are liquidated by one `marks` line each.
+    // is 150 - 128 = 22 < 62.72: both are liquidated by the second `marks` line.
     stream += &all_marks(N, 98);
     stream += "{\"type\":\"query\",\"account\":2}\n";
     let evs = both_engines("65,535 symbols", &many_symbols(N), &stream);
