@@ -1,6 +1,7 @@
 //! liqscan: a liquidation scanner for perpetual-futures exchanges.
 //!
-//! The contract is `SPEC.md` (shared with the project); `docs/` explains it for users.
+//! `docs/` is the user reference. "SPEC section N" in the docs below names the section of
+//! the project's specification that an item implements.
 //!
 //! # Layout
 //!
