@@ -354,6 +354,12 @@ impl<'o, W: Write> Gen<'o, W> {
         progress(phase, 0);
         let mut reported = 0;
         while !self.full() {
+            // First in the loop: the account-opening branch below `continue`s, and with no
+            // snapshot it may fill the whole stream.
+            if self.live_lines >= reported + 16_384 {
+                reported = self.live_lines;
+                progress(phase, self.live_lines);
+            }
             if !self.opts.snapshot && self.opened() < self.opts.accounts {
                 // Open accounts evenly over the first half of the stream.
                 let due = (u128::from(self.opts.accounts) * (2 * u128::from(self.live_lines))
@@ -373,10 +379,6 @@ impl<'o, W: Write> Gen<'o, W> {
                 self.mark_step()?;
             } else {
                 self.other_step()?;
-            }
-            if self.live_lines >= reported + 16_384 {
-                reported = self.live_lines;
-                progress(phase, self.live_lines);
             }
         }
         progress(phase, self.live_lines);

@@ -529,3 +529,40 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_follows_the_last_window_not_the_start() {
+        // TC1: 10 s at 100 MB/s (a fast start), then 20 s at 2 MB/s, sampled every 200 ms.
+        let t0 = Instant::now();
+        let mut recent = Recent::default();
+        let mut pos = 0u64;
+        for tick in 0..=150u64 {
+            let now = t0 + Duration::from_millis(tick * 200);
+            pos += if tick <= 50 { 20_000_000 } else { 400_000 };
+            recent.record(now, pos);
+        }
+        let now = t0 + Duration::from_millis(150 * 200);
+        let rate = recent.per_sec(now, pos).unwrap();
+        assert!((1.9e6..=2.1e6).contains(&rate), "{rate}");
+        // TC2: the window holds about 5 s of samples, not the whole run.
+        assert!(recent.samples.len() <= 27, "{}", recent.samples.len());
+        // TC3: no span yet, no rate.
+        let mut fresh = Recent::default();
+        fresh.record(t0, 5);
+        assert_eq!(fresh.per_sec(t0 + Duration::from_millis(50), 10), None);
+    }
+
+    #[test]
+    fn eta_reads_as_minutes_and_hours() {
+        // (seconds, text)
+        for (secs, want) in
+            [(0.2, "1s"), (42.0, "42s"), (187.0, "3m07s"), (7500.0, "2h05m"), (1e30, "277777h46m")]
+        {
+            assert_eq!(eta_text(secs), want, "{secs}");
+        }
+    }
+}

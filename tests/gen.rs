@@ -232,3 +232,31 @@ fn marks_reach_symbols_evenly_unless_they_follow_popularity() {
     let (first, last) = count(true);
     assert!(first > 5 * last, "Zipf: {first} vs {last}");
 }
+
+#[test]
+fn progress_names_each_phase_with_its_unit_and_never_goes_back() {
+    // (label, snapshot, the phases reported in order)
+    for (label, snapshot, want) in [
+        ("TC1 snapshot", true, vec![("snapshot", "accounts", 10_000), ("stream", "lines", 40_000)]),
+        ("TC2 no snapshot", false, vec![("stream", "lines", 40_000)]),
+    ] {
+        let mut o = opts(10_000, 4, 40_000, 5);
+        o.snapshot = snapshot;
+        let mut calls: Vec<(generator::Phase, u64)> = Vec::new();
+        let stats =
+            generator::generate(&o, std::io::sink(), &mut |p, done| calls.push((p, done))).unwrap();
+        let mut phases: Vec<(&str, &str, u64)> =
+            calls.iter().map(|(p, _)| (p.name, p.unit, p.total)).collect();
+        phases.dedup();
+        assert_eq!(phases, want, "{label}");
+        for (name, _, total) in &want {
+            let done: Vec<u64> =
+                calls.iter().filter(|(p, _)| p.name == *name).map(|&(_, d)| d).collect();
+            assert_eq!(done.first(), Some(&0), "{label}: {name} starts at 0, named");
+            assert!(done.windows(2).all(|w| w[0] <= w[1]), "{label}: {name} went back");
+            assert_eq!(done.last(), Some(total), "{label}: {name} ends full");
+            assert!(done.len() > 2, "{label}: {name} reports on the way: {done:?}");
+        }
+        assert!(stats.lines >= 40_000);
+    }
+}
