@@ -308,3 +308,133 @@ fn one_account_in_every_one_of_65535_symbols() {
     let liq = evs.iter().find(|e| e["type"] == "liquidation").unwrap();
     assert_eq!(liq["positions"].as_array().unwrap().len(), N);
 }
+
+// ---- random streams on a config at the limits, through the library ---------------------
+
+mod random {
+    use std::sync::Arc;
+
+    use liqscan::{
+        config::Config, engine::At, fast::FastEngine, fixed::D8, reference::ReferenceEngine, replay,
+    };
+    use proptest::prelude::*;
+
+    use super::{largest_below, one_symbol_config};
+    use crate::common::{assert_same_events, canonical, events};
+
+    /// Three symbols at the grid limits, each with brackets up to the largest cap.
+    fn config() -> (Arc<Config>, Vec<(D8, D8)>) {
+        let brackets = r#"{"notional_cap":"0.01","max_leverage":9999,"mmr":"0.0001"},
+            {"notional_cap":"1000000","max_leverage":100,"mmr":"0.0005"},
+            {"notional_cap":"999999999999999.98","max_leverage":2,"mmr":"0.25"},
+            {"notional_cap":"999999999999999.99","max_leverage":1,"mmr":"0.9999"}"#;
+        let grids = [
+            ("999999999.9999", "0.00000001"),
+            ("0.0001", "99999999.99999999"),
+            ("0.00000001", "0.0001"),
+        ];
+        let symbols: Vec<String> = grids
+            .iter()
+            .enumerate()
+            .map(|(i, (tick, step))| {
+                let one = one_symbol_config(tick, step, brackets, "20");
+                let start = one.find(r#"{"symbol""#).unwrap();
+                let end = one.rfind("]}").unwrap();
+                one[start..end].replacen(r#""symbol":"X""#, &format!(r#""symbol":"L{i}""#), 1)
+            })
+            .collect();
+        let text = format!(
+            r#"{{"default_margin_mode":"cross","default_leverage":100000000000000000000,"symbols":[{}]}}"#,
+            symbols.join(",")
+        );
+        let cfg = Arc::new(Config::parse(&text).unwrap());
+        let grids = grids
+            .iter()
+            .map(|(t, s)| (D8::parse(t, 8).unwrap(), D8::parse(s, 8).unwrap()))
+            .collect();
+        (cfg, grids)
+    }
+
+    /// A multiple of `unit` below `limit` (units of 10^-8): the smallest, the largest, or
+    /// one in between.
+    fn on_grid(unit: D8, limit: i128) -> impl Strategy<Value = D8> + Clone {
+        let top = largest_below(limit, unit).0 / unit.0;
+        prop_oneof![Just(1i128), Just(top), 1..=top].prop_map(move |k| D8(k * unit.0))
+    }
+
+    fn amount() -> impl Strategy<Value = String> {
+        let big = 99_999_999_999_999_999_999_999i128; // 10^15 - 10^-8
+        prop_oneof![Just(big), Just(-big), Just(1), Just(-1), -big..=big]
+            .prop_map(|raw| D8(raw).to_string())
+    }
+
+    fn message(grids: Vec<(D8, D8)>) -> impl Strategy<Value = String> {
+        let price = 1_000_000_000 * 100_000_000;
+        let size = 100_000_000 * 100_000_000;
+        (0..grids.len(), 1..4u64, any::<bool>()).prop_flat_map(move |(s, account, short)| {
+            let (tick, step) = grids[s];
+            let sym = format!("L{s}");
+            let (p, q, e) = (on_grid(tick, price), on_grid(step, size), on_grid(D8(1), price));
+            prop_oneof![
+                4 => p.clone().prop_map({
+                    let sym = sym.clone();
+                    move |p| format!(r#"{{"type":"mark","symbol":"{sym}","price":"{p}"}}"#)
+                }),
+                1 => p.clone().prop_map({
+                    let sym = sym.clone();
+                    move |p| format!(r#"{{"type":"marks","prices":{{"{sym}":"{p}"}}}}"#)
+                }),
+                2 => amount().prop_map(move |w| {
+                    format!(r#"{{"type":"balance","account":{account},"wallet":"{w}"}}"#)
+                }),
+                1 => amount().prop_map(move |a| {
+                    format!(r#"{{"type":"transfer","account":{account},"amount":"{a}"}}"#)
+                }),
+                4 => (q, e).prop_map({
+                    let sym = sym.clone();
+                    move |(q, e)| {
+                        let q = if short { format!("-{q}") } else { q.to_string() };
+                        format!(
+                            r#"{{"type":"position","account":{account},"symbol":"{sym}","size":"{q}","entry_price":"{e}"}}"#
+                        )
+                    }
+                }),
+                1 => (1..10_000u64).prop_map({
+                    let sym = sym.clone();
+                    move |l| {
+                        format!(
+                            r#"{{"type":"leverage","account":{account},"symbol":"{sym}","leverage":{l}}}"#
+                        )
+                    }
+                }),
+                1 => prop_oneof![Just("0.99999999"), Just("-0.99999999"), Just("0.00000001")]
+                    .prop_map({
+                        let sym = sym.clone();
+                        move |r| format!(r#"{{"type":"funding","symbol":"{sym}","rate":"{r}"}}"#)
+                    }),
+                1 => Just(format!(r#"{{"type":"query","account":{account}}}"#)),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_streams_at_the_limits_agree(lines in prop::collection::vec(message(config().1), 1..40)) {
+            let (cfg, _) = config();
+            let input = lines.join("\n");
+            let mut reference = ReferenceEngine::new(cfg.clone());
+            let mut fast = FastEngine::new(cfg.clone());
+            let (mut want, mut got) = (Vec::new(), Vec::new());
+            replay::replay(cfg.clone(), &mut reference, input.as_bytes(), &mut want).unwrap();
+            replay::replay(cfg, &mut fast, input.as_bytes(), &mut got).unwrap();
+            let norm = |o: Vec<u8>| canonical(events(&String::from_utf8(o).unwrap()));
+            assert_same_events("fast vs reference at the limits", &norm(got), &norm(want));
+            prop_assert_eq!(fast.audit(), Ok(()));
+            let mut swept = Vec::new();
+            fast.sweep(At { line: 0, seq: 0 }, &mut |e| swept.push(e));
+            prop_assert!(swept.is_empty(), "a sweep found items the messages missed: {:?}", swept);
+        }
+    }
+}
