@@ -17,7 +17,7 @@
 //! | [`margin`] | the margin arithmetic: notional, upnl, brackets, mm, im, ratio, liquidation price, funding | 4 |
 //! | [`engine`] | the `Engine` trait and the emission rule | 6 |
 //! | [`report`] | exact figures of an account view: totals, available, event contents | 4, 7 |
-//! | [`reference`] | the reference engine: state of section 3, apply + evaluate, exact and plain | 3–6 |
+//! | [`reference`](mod@reference) | the reference engine: state of section 3, apply + evaluate, exact and plain | 3–6 |
 //! | [`fast`] | the fast engine: struct-of-arrays books, i128 fixed point, trigger index, parallel sweeps (see `src/fast/README.md`) | 3–6 |
 //! | [`latency`] | HdrHistogram latency distributions | 7, 8 |
 //! | [`replay`] | `liqscan replay`: the reader → engine → writer pipeline, summary and report | 8 |
