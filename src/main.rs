@@ -405,8 +405,11 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
     let stdout = if args.out.is_none() { Some(stdout_file()?) } else { None };
     let config_out = match (&args.config_out, &args.out) {
         (Some(path), _) => Some(path.clone()),
-        (None, Some(out)) => Some(out.with_extension("config.json")),
-        (None, None) => None,
+        // Next to a stream file; not next to a device or a pipe (`--out /dev/stdout`).
+        (None, Some(out)) if std::fs::metadata(out).map_or(true, |m| m.is_file()) => {
+            Some(out.with_extension("config.json"))
+        }
+        (None, _) => None,
     };
     if let Some(path) = &config_out {
         std::fs::write(path, generator::config_text(opts.symbols))
@@ -416,7 +419,7 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
         }
     } else {
         say!(
-            "liqscan gen: warning: no config written (the stream is on stdout; give \
+            "liqscan gen: warning: no config written (the stream is not a file; give \
              --config-out FILE to write the config a replay of this stream needs)"
         );
     }
