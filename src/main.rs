@@ -130,8 +130,8 @@ struct GenArgs {
     #[arg(long)]
     marks_follow_popularity: bool,
     /// Write the config (JSON) here. Without it, the config goes next to --out as
-    /// NAME.config.json (stream.ndjson -> stream.config.json); with the stream on stdout and
-    /// no --config-out, no config is written and a warning says so.
+    /// NAME.config.json (stream.ndjson -> stream.config.json); with the stream on stdout (or
+    /// --out not a file) and no --config-out, no config is written and a warning says so.
     #[arg(long, value_name = "FILE")]
     config_out: Option<PathBuf>,
     /// Write the stream here instead of stdout.
