@@ -30,11 +30,14 @@ fn percentile_label(x: f64) -> String {
     if (x - x.round()).abs() > 1e-6 {
         return String::new();
     }
+    // The axis runs from 0 to at most 7; anything else (plotters may ask about values
+    // outside the range) gets no label rather than a wrapped repeat count.
     match x.round() as i32 {
         0 => "0%".into(),
         1 => "90%".into(),
         2 => "99%".into(),
-        k => format!("99.{}%", "9".repeat((k - 2) as usize)),
+        k @ 3..=12 => format!("99.{}%", "9".repeat((k - 2) as usize)),
+        _ => String::new(),
     }
 }
 
@@ -56,17 +59,29 @@ pub fn human_ns(ns: f64) -> String {
     }
 }
 
+/// Why a chart was not drawn.
+#[derive(Debug, thiserror::Error)]
+pub enum ChartError {
+    /// Every distribution was empty: there is nothing to draw (not a failure to write).
+    #[error("no latency values to plot")]
+    Empty,
+    /// Drawing or writing the file failed (the path, and the backend's reason).
+    #[error("{0}")]
+    Draw(String),
+}
+
 /// Draws `series` (name, distribution in ns) to an SVG file. Empty distributions are left
-/// out; at least one must hold values.
+/// out; at least one must hold values ([`ChartError::Empty`] otherwise). A file that cannot
+/// be written is [`ChartError::Draw`].
 pub fn percentile_spectrum(
     path: &Path,
     title: &str,
     series: &[(String, Latency)],
-) -> Result<(), String> {
+) -> Result<(), ChartError> {
     let series: Vec<&(String, Latency)> =
         series.iter().filter(|(_, l)| !l.histogram().is_empty()).collect();
     if series.is_empty() {
-        return Err("no latency values to plot".into());
+        return Err(ChartError::Empty);
     }
     // x reaches the percentile that one sample in the largest series still resolves.
     let most = series.iter().map(|(_, l)| l.histogram().len()).max().unwrap_or(1) as f64;
@@ -75,8 +90,23 @@ pub fn percentile_spectrum(
     let hi = series.iter().map(|(_, l)| l.histogram().max()).max().unwrap_or(1).max(2) as f64;
     let (y_lo, y_hi) = (10f64.powf(lo.log10().floor()), 10f64.powf(hi.log10().ceil()));
 
-    let root = SVGBackend::new(path, (1000, 620)).into_drawing_area();
-    let draw = |e: DrawingAreaErrorKind<_>| format!("cannot draw {}: {e}", path.display());
+    // Drawn into memory, then written here: plotters' file target writes through a
+    // `BufWriter` it drops unflushed, so a full disk would pass unnoticed.
+    let mut svg = String::new();
+    draw_svg(&mut svg, title, &series, x_max, (y_lo, y_hi))?;
+    std::fs::write(path, svg)
+        .map_err(|e| ChartError::Draw(format!("cannot write chart {}: {e}", path.display())))
+}
+
+fn draw_svg(
+    svg: &mut String,
+    title: &str,
+    series: &[&(String, Latency)],
+    x_max: f64,
+    (y_lo, y_hi): (f64, f64),
+) -> Result<(), ChartError> {
+    let root = SVGBackend::with_string(svg, (1000, 620)).into_drawing_area();
+    let draw = |e: DrawingAreaErrorKind<_>| ChartError::Draw(format!("cannot draw chart: {e}"));
     root.fill(&WHITE).map_err(draw)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
@@ -88,7 +118,7 @@ pub fn percentile_spectrum(
         .map_err(draw)?;
     chart
         .configure_mesh()
-        .x_labels(x_max as usize + 1)
+        .x_labels(x_max as usize + 1) // x_max is clamped to 2..=7 above
         .x_label_formatter(&|x| percentile_label(*x))
         .y_label_formatter(&|y| human_ns(*y))
         .x_desc("percentile")
@@ -97,7 +127,7 @@ pub fn percentile_spectrum(
         .draw()
         .map_err(draw)?;
     for (i, (name, latency)) in series.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
+        let colour = COLOURS[i % COLOURS.len()]; // in range: a remainder
         let h = latency.histogram();
         let points = h
             .iter_quantiles(4)
@@ -144,6 +174,8 @@ mod tests {
         assert_eq!(percentile_label(3.0), "99.9%");
         assert_eq!(percentile_label(4.0), "99.99%");
         assert_eq!(percentile_label(2.5), "");
+        assert_eq!(percentile_label(-1.0), "", "no label (and no panic) outside the axis");
+        assert_eq!(percentile_label(1e9), "");
         assert!((x_of(99.9) - 3.0).abs() < 1e-9);
         assert_eq!(human_ns(850.0), "850 ns");
         assert_eq!(human_ns(12_300.0), "12 µs");

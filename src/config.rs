@@ -10,6 +10,16 @@ use serde_json::value::RawValue;
 
 use crate::fixed::{D8, SCALE_D8};
 
+/// The most symbols a config may hold (SPEC section 2): a [`SymbolIdx`] is a `u16`, and the
+/// fast engine counts an account's cross positions (at most one per symbol) in a `u16`.
+pub const MAX_SYMBOLS: usize = 65_535;
+/// `tick_size` is below this (SPEC section 2): prices are below 10^9 too.
+pub const TICK_SIZE_LIMIT: D8 = D8::from_int(1_000_000_000);
+/// `step_size` is below this (SPEC section 2): sizes are below 10^8 too.
+pub const STEP_SIZE_LIMIT: D8 = D8::from_int(100_000_000);
+/// `notional_cap` is below this (SPEC section 2).
+pub const CAP_LIMIT: D8 = D8::from_int(1_000_000_000_000_000);
+
 /// Dense index of a symbol, assigned in config order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SymbolIdx(pub u16);
@@ -62,6 +72,7 @@ impl Symbol {
     /// The index of the bracket holding `notional`: the first with `notional < cap`, else the
     /// last. Generic over the caller's number type through the comparison it supplies.
     pub fn bracket_index_by(&self, below_cap: impl Fn(D8) -> bool) -> usize {
+        // A loaded symbol has at least one bracket (checked in `Symbol::from_raw`).
         self.brackets.iter().position(|b| below_cap(b.cap)).unwrap_or(self.brackets.len() - 1)
     }
 
@@ -132,13 +143,19 @@ fn decimal_text(raw: &RawValue) -> Option<String> {
     if t.starts_with('"') { serde_json::from_str::<String>(t).ok() } else { Some(t.to_string()) }
 }
 
-/// A positive JSON integer that fits in u32 (leverages).
+/// A JSON integer >= 1 of any size (leverages), saturated to `u32::MAX`: SPEC section 2
+/// bounds neither, and every use takes a minimum with a bracket's `max_leverage`, which the
+/// `mmr` rules keep below 10^4 (`mmr >= 0.0001` and `mmr * max_leverage < 1`).
 fn positive_int(raw: &RawValue) -> Option<u32> {
     let t = raw.get();
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    t.parse::<u32>().ok().filter(|&n| n >= 1)
+    let digits = t.trim_start_matches('0');
+    if digits.is_empty() {
+        return None; // zero
+    }
+    Some(digits.parse::<u32>().unwrap_or(u32::MAX))
 }
 
 impl Config {
@@ -160,6 +177,12 @@ impl Config {
         if raw.symbols.is_empty() {
             return Err(rule("symbols must list at least one symbol".into()));
         }
+        if raw.symbols.len() > MAX_SYMBOLS {
+            return Err(rule(format!(
+                "symbols lists {} symbols; at most {MAX_SYMBOLS} are allowed",
+                raw.symbols.len()
+            )));
+        }
         let mut symbols = Vec::with_capacity(raw.symbols.len());
         let mut index = HashMap::new();
         for rs in raw.symbols {
@@ -167,9 +190,9 @@ impl Config {
             if sym.name.is_empty() {
                 return Err(rule("a symbol has an empty name".into()));
             }
-            let idx =
-                u16::try_from(symbols.len()).map_err(|_| rule("more than 65535 symbols".into()))?;
-            if index.insert(sym.name.clone(), SymbolIdx(idx)).is_some() {
+            // Below MAX_SYMBOLS (checked above), so every index fits u16.
+            let idx = SymbolIdx(symbols.len() as u16);
+            if index.insert(sym.name.clone(), idx).is_some() {
                 return Err(rule(format!("symbol {}: listed twice", sym.name)));
             }
             symbols.push(sym);
@@ -181,6 +204,8 @@ impl Config {
         self.index.get(name).copied()
     }
 
+    /// The symbol of an index this config gave out ([`Config::symbol_idx`]); an index from
+    /// another config may panic.
     pub fn symbol(&self, idx: SymbolIdx) -> &Symbol {
         &self.symbols[idx.0 as usize]
     }
@@ -188,6 +213,7 @@ impl Config {
     /// Leverage of a pair whose leverage was never set:
     /// `min(default_leverage, max_leverage of the first bracket)`.
     pub fn default_leverage_for(&self, idx: SymbolIdx) -> u32 {
+        // Every loaded symbol has a first bracket.
         self.default_leverage.min(self.symbol(idx).brackets[0].max_leverage)
     }
 }
@@ -205,6 +231,12 @@ impl Symbol {
         if tick_size.0 <= 0 || step_size.0 <= 0 {
             return Err(format!("symbol {name}: tick_size and step_size must be positive"));
         }
+        if tick_size >= TICK_SIZE_LIMIT {
+            return Err(format!("symbol {name}: tick_size {tick_size} must be below 10^9"));
+        }
+        if step_size >= STEP_SIZE_LIMIT {
+            return Err(format!("symbol {name}: step_size {step_size} must be below 10^8"));
+        }
         if tick_size.decimals() + step_size.decimals() > 12 {
             return Err(format!(
                 "symbol {name}: tick_size and step_size decimals add up to more than 12"
@@ -213,12 +245,11 @@ impl Symbol {
         if rs.brackets.is_empty() {
             return Err(format!("symbol {name}: needs at least one bracket"));
         }
-        let limit_cap = D8::from_int(1_000_000_000_000_000);
         let mut brackets: Vec<Bracket> = Vec::with_capacity(rs.brackets.len());
         for (k, rb) in rs.brackets.into_iter().enumerate() {
             let at = |rule: &str| format!("symbol {name}, bracket {k}: {rule}");
             let cap = dec("notional_cap", rb.notional_cap, 2).map_err(|e| at(&e))?;
-            if cap.0 <= 0 || cap >= limit_cap {
+            if cap.0 <= 0 || cap >= CAP_LIMIT {
                 return Err(at("notional_cap must be > 0 and below 10^15"));
             }
             let max_leverage = positive_int(rb.max_leverage)
@@ -227,7 +258,8 @@ impl Symbol {
             if mmr.0 <= 0 || mmr.0 >= SCALE_D8 {
                 return Err(at("mmr must satisfy 0 < mmr < 1"));
             }
-            // mmr < 1 / max_leverage  <=>  mmr * max_leverage < 1
+            // mmr < 1 / max_leverage  <=>  mmr * max_leverage < 1 (at most 10^8 * 2^32: no
+            // overflow)
             if mmr.0 * i128::from(max_leverage) >= SCALE_D8 {
                 return Err(at("mmr must be below 1/max_leverage"));
             }
@@ -244,7 +276,9 @@ impl Symbol {
                         return Err(at("max_leverage must be non-increasing"));
                     }
                     // cum_k = cum_(k-1) + floor_k * (mmr_k - mmr_(k-1)); floor has 2
-                    // decimals and the rates 4, so the product has 6: exact in D8.
+                    // decimals and the rates 4, so the product has 6: exact in D8. Caps are
+                    // below 10^23 raw and rates below 10^8 raw: the product fits i128, and
+                    // cum_k < cap_(k-1) * mmr_(k-1) < 10^15.
                     let step = prev.cap.0 * (mmr.0 - prev.mmr.0);
                     debug_assert_eq!(step % SCALE_D8, 0);
                     (prev.cap, D8(prev.cum.0 + step / SCALE_D8))
@@ -370,6 +404,135 @@ mod tests {
             {"notional_cap":"100","max_leverage":10,"mmr":"0.01"}]}]}"#;
         let err = Config::parse(text).unwrap_err().to_string();
         assert!(err.contains("more than 12"), "{err}");
+    }
+
+    fn config_with_symbol(tick: &str, step: &str, bracket: &str) -> String {
+        format!(
+            r#"{{"default_margin_mode":"cross","default_leverage":20,"symbols":[
+            {{"symbol":"Z","tick_size":"{tick}","step_size":"{step}","brackets":[{bracket}]}}]}}"#
+        )
+    }
+
+    #[test]
+    fn every_limit_is_accepted_at_the_limit_and_refused_one_step_past() {
+        let one = r#"{"notional_cap":"100","max_leverage":10,"mmr":"0.01"}"#;
+        // (label, tick, step, bracket, expected: None = accepted, Some(fragment) = refused)
+        let cases = [
+            ("TC1 largest tick", "999999999.9999", "0.00000001", one, None),
+            (
+                "TC2 tick 10^9",
+                "1000000000",
+                "1",
+                one,
+                Some("tick_size 1000000000 must be below 10^9"),
+            ),
+            ("TC3 largest step", "0.0001", "99999999.99999999", one, None),
+            (
+                "TC4 step 10^8",
+                "1",
+                "100000000",
+                one,
+                Some("step_size 100000000 must be below 10^8"),
+            ),
+            ("TC5 step 10^11", "1", "100000000000", one, Some("must be below 10^8")),
+            ("TC6 decimals 12", "0.00000001", "0.0001", one, None),
+            ("TC7 decimals 13", "0.00000001", "0.00001", one, Some("more than 12")),
+            ("TC8 tick 9 decimals", "0.000000001", "1", one, Some("more than 8 decimal places")),
+            ("TC9 zero step", "1", "0", one, Some("must be positive")),
+            (
+                "TC10 largest cap",
+                "1",
+                "1",
+                r#"{"notional_cap":"999999999999999.99","max_leverage":1,"mmr":"0.9999"}"#,
+                None,
+            ),
+            (
+                "TC11 cap 10^15",
+                "1",
+                "1",
+                r#"{"notional_cap":"1000000000000000","max_leverage":1,"mmr":"0.5"}"#,
+                Some("bracket 0: notional_cap must be > 0 and below 10^15"),
+            ),
+            (
+                "TC12 largest leverage",
+                "1",
+                "1",
+                r#"{"notional_cap":"1","max_leverage":9999,"mmr":"0.0001"}"#,
+                None,
+            ),
+            (
+                "TC13 leverage 10^4 at the smallest mmr",
+                "1",
+                "1",
+                r#"{"notional_cap":"1","max_leverage":10000,"mmr":"0.0001"}"#,
+                Some("below 1/max_leverage"),
+            ),
+            (
+                "TC14 leverage beyond u64",
+                "1",
+                "1",
+                r#"{"notional_cap":"1","max_leverage":123456789012345678901234567890,"mmr":"0.0001"}"#,
+                Some("below 1/max_leverage"),
+            ),
+        ];
+        for (label, tick, step, bracket, want) in cases {
+            let got = Config::parse(&config_with_symbol(tick, step, bracket));
+            match (want, got) {
+                (None, Ok(_)) => {}
+                (None, Err(e)) => panic!("{label}: refused: {e}"),
+                (Some(_), Ok(_)) => panic!("{label}: accepted"),
+                (Some(fragment), Err(e)) => {
+                    let e = e.to_string();
+                    assert!(e.contains(fragment) && e.contains("symbol Z"), "{label}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn default_leverage_is_any_integer_from_1() {
+        let text = |lev: &str| {
+            format!(
+                r#"{{"default_margin_mode":"cross","default_leverage":{lev},"symbols":[
+                {{"symbol":"Z","tick_size":"1","step_size":"1","brackets":[
+                {{"notional_cap":"100","max_leverage":10,"mmr":"0.01"}}]}}]}}"#
+            )
+        };
+        // (label, default_leverage, the leverage of a pair never set)
+        for (label, lev, want) in [
+            ("TC1 one", "1", 1),
+            ("TC2 below the bracket", "7", 7),
+            ("TC3 u32::MAX + 1", "4294967296", 10),
+            ("TC4 beyond u64", "100000000000000000000000000000000000000000", 10),
+        ] {
+            let cfg = Config::parse(&text(lev)).unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_eq!(cfg.default_leverage_for(SymbolIdx(0)), want, "{label}");
+        }
+        for bad in ["0", "-1", "1.5", "\"20\"", "1e3"] {
+            let err = Config::parse(&text(bad)).unwrap_err().to_string();
+            assert!(err.contains("default_leverage must be an integer >= 1"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn symbol_count_is_bounded() {
+        let symbols = |n: usize| -> String {
+            let list: Vec<String> = (0..n)
+                .map(|i| {
+                    format!(
+                        r#"{{"symbol":"S{i}","tick_size":"1","step_size":"1","brackets":[{{"notional_cap":"100","max_leverage":10,"mmr":"0.01"}}]}}"#
+                    )
+                })
+                .collect();
+            format!(
+                r#"{{"default_margin_mode":"cross","default_leverage":20,"symbols":[{}]}}"#,
+                list.join(",")
+            )
+        };
+        let cfg = Config::parse(&symbols(MAX_SYMBOLS)).unwrap();
+        assert_eq!(cfg.symbol_idx("S65534"), Some(SymbolIdx(65_534)));
+        let err = Config::parse(&symbols(MAX_SYMBOLS + 1)).unwrap_err().to_string();
+        assert!(err.contains("65536 symbols; at most 65535"), "{err}");
     }
 
     #[test]

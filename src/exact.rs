@@ -30,6 +30,7 @@ pub const SCALE: u32 = 20;
 fn pow10(n: u32) -> &'static BigInt {
     static POWERS: LazyLock<Vec<BigInt>> =
         LazyLock::new(|| (0..=SCALE).map(|k| BigInt::from(10u8).pow(k)).collect());
+    // Callers pass the constants 8, SCALE - 8 and SCALE: in range.
     &POWERS[n as usize]
 }
 
@@ -84,6 +85,7 @@ impl Exact {
 
     /// `ceil8(self / n)` for a positive integer `n` (initial margin).
     pub fn div_int_ceil8(&self, n: u64) -> Exact {
+        // Leverages are >= 1: a message's by validation, a default by the config's rules.
         assert!(n > 0, "division by a non-positive leverage");
         let unit = pow10(SCALE - 8) * BigInt::from(n);
         Exact(self.0.div_ceil(&unit) * pow10(SCALE - 8))
@@ -106,6 +108,8 @@ impl Exact {
 
 /// `round8(num / den)` as an exact value, ties to even; `den` must not be zero.
 pub fn round8_ratio(num: &Exact, den: &Exact) -> Exact {
+    // Callers divide by a positive margin balance, or by a liquidation slope that mmr < 1
+    // keeps non-zero.
     assert!(!den.is_zero(), "ratio with a zero denominator");
     // num/den in units of 10^-8 is num * 10^8 / den.
     let q = div_round_half_even(&(&num.0 * pow10(8)), &den.0);
@@ -145,6 +149,9 @@ impl Mul for &Exact {
     /// does not is a bug in the caller, and rounding it silently would hide that.
     fn mul(self, rhs: &Exact) -> Exact {
         let (q, r) = (&self.0 * &rhs.0).div_rem(pow10(SCALE));
+        // Within SPEC sections 1 and 2 no product needs more: size * price at most 8 + 8
+        // decimals, notional (tick + step <= 12) * mmr (4) 16, notional * funding rate (8)
+        // 20. Config validation enforces the decimal counts.
         assert!(r.is_zero(), "product needs more than {SCALE} decimals");
         Exact(q)
     }

@@ -84,7 +84,7 @@ impl ParsedDecimal {
         if self.scale > 8 {
             return None;
         }
-        let factor = 10i128.pow(8 - self.scale);
+        let factor = 10i128.pow(8 - self.scale); // scale <= 8, checked above
         self.mantissa.checked_mul(factor).map(D8)
     }
 }
@@ -94,6 +94,7 @@ impl D8 {
 
     /// The integer `n` as a `D8`.
     pub const fn from_int(n: i64) -> D8 {
+        // |n| < 2^63, times 10^8 < 2^90: fits i128.
         D8(n as i128 * SCALE_D8)
     }
 
@@ -125,7 +126,8 @@ impl D8 {
         self.0 == 0
     }
 
-    /// True when `self` is an exact multiple of `unit` (which must be positive).
+    /// True when `self` is an exact multiple of `unit` (which must be positive: ticks and
+    /// steps are, by config validation; a zero unit panics).
     pub fn is_multiple_of(self, unit: D8) -> bool {
         debug_assert!(unit.0 > 0);
         self.0 % unit.0 == 0
@@ -150,6 +152,7 @@ pub fn format_digits(negative: bool, digits: &str, scale: u32, out: &mut String)
     } else {
         digits
     };
+    // Padded above to at least scale + 1 digits: the split is in range.
     let (int_part, frac_part) = digits.split_at(digits.len() - scale);
     let frac_part = frac_part.trim_end_matches('0');
     if negative && !(int_part.bytes().all(|b| b == b'0') && frac_part.is_empty()) {

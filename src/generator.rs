@@ -54,7 +54,9 @@ impl GenOptions {
     pub fn new(accounts: u64, symbols: usize, messages: u64, seed: u64) -> GenOptions {
         GenOptions {
             accounts,
-            positions: accounts * (symbols as u64).min(3),
+            // Saturating: a huge --accounts is refused by `check` (or runs out of memory as
+            // the book grows), never an overflow here.
+            positions: accounts.saturating_mul((symbols as u64).min(3)),
             symbols,
             messages,
             seed,
@@ -70,10 +72,17 @@ impl GenOptions {
         if self.accounts == 0 || self.symbols == 0 {
             return Err("--accounts and --symbols must be at least 1".into());
         }
+        if self.accounts > u64::from(u32::MAX) {
+            return Err(format!(
+                "--accounts {} is above the {} accounts the generator's engine indexes",
+                self.accounts,
+                u32::MAX
+            ));
+        }
         if self.symbols > 10_000 {
             return Err(format!("--symbols {} is above the generator's 10000", self.symbols));
         }
-        if self.positions > self.accounts * self.symbols as u64 {
+        if self.positions > self.accounts.saturating_mul(self.symbols as u64) {
             return Err(format!(
                 "--positions {} exceeds one per (account, symbol): {} accounts x {} symbols",
                 self.positions, self.accounts, self.symbols
@@ -165,8 +174,27 @@ pub struct GenStats {
     pub left_out: u64,
 }
 
-/// Progress reports: (phase, done, total) every few thousand lines and at each phase's end.
-pub type Progress<'a> = &'a mut dyn FnMut(&'static str, u64, u64);
+/// A stage of generation as progress reports name it: what it counts, in which unit, and
+/// how many it will count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phase {
+    /// `"snapshot"` (the start-up book) or `"stream"` (the lines after it).
+    pub name: &'static str,
+    /// What `done` counts: `"accounts"` (opened in the snapshot) or `"lines"` (written after
+    /// it).
+    pub unit: &'static str,
+    pub total: u64,
+}
+
+/// The snapshot phase counts accounts opened; each writes its balance, modes and positions.
+const SNAPSHOT: &str = "snapshot";
+/// The stream phase counts the lines of `--messages`.
+const STREAM: &str = "stream";
+
+/// Progress reports: (phase, done). Each phase is reported first with 0 done, then every few
+/// thousand of its units, and last with all done; phases come in order (snapshot, unless
+/// there is none, then stream) and a phase's count never goes back.
+pub type Progress<'a> = &'a mut dyn FnMut(Phase, u64);
 
 /// The config text for `symbols` symbols (see [`synth::config_text`]).
 pub fn config_text(symbols: usize) -> String {
@@ -186,7 +214,10 @@ pub fn generate<W: Write>(
 /// The stream of `opts` as one string (tests and benchmarks).
 pub fn generate_string(opts: &GenOptions) -> String {
     let mut out = Vec::new();
-    generate(opts, &mut out, &mut |_, _, _| {}).expect("writing to memory");
+    // Writing to a Vec cannot fail, and `generate` only fails on writes or on options that
+    // `check` refuses, which callers of this test helper do not pass.
+    generate(opts, &mut out, &mut |_, _| {}).expect("writing to memory");
+    // Every line is built from ASCII JSON and `format!` of numbers and names.
     String::from_utf8(out).expect("the generator writes UTF-8")
 }
 
@@ -288,6 +319,7 @@ impl<'o, W: Write> Gen<'o, W> {
     }
 
     fn opened(&self) -> u64 {
+        // `first_booked` starts as [0] and only grows.
         self.first_booked.len() as u64 - 1
     }
 
@@ -305,22 +337,32 @@ impl<'o, W: Write> Gen<'o, W> {
             self.offer()?;
         }
         if self.opts.snapshot {
+            let phase = Phase { name: SNAPSHOT, unit: "accounts", total: self.opts.accounts };
+            progress(phase, 0);
             while self.opened() < self.opts.accounts {
                 self.open_account()?;
                 if self.opened() % 4096 == 0 {
-                    progress("snapshot", self.opened(), self.opts.accounts);
+                    progress(phase, self.opened());
                 }
             }
-            progress("snapshot", self.opened(), self.opts.accounts);
+            progress(phase, self.opened());
         }
         self.stats.snapshot_lines = self.stats.lines;
         self.live = true;
         let total = self.opts.messages;
+        let phase = Phase { name: STREAM, unit: "lines", total };
+        progress(phase, 0);
         let mut reported = 0;
         while !self.full() {
+            // First in the loop: the account-opening branch below `continue`s, and with no
+            // snapshot it may fill the whole stream.
+            if self.live_lines >= reported + 16_384 {
+                reported = self.live_lines;
+                progress(phase, self.live_lines);
+            }
             if !self.opts.snapshot && self.opened() < self.opts.accounts {
                 // Open accounts evenly over the first half of the stream.
-                let due = (u128::from(self.opts.accounts) * u128::from(2 * self.live_lines)
+                let due = (u128::from(self.opts.accounts) * (2 * u128::from(self.live_lines))
                     / u128::from(total.max(1)))
                 .min(u128::from(self.opts.accounts)) as u64;
                 if self.opened() <= due {
@@ -329,7 +371,7 @@ impl<'o, W: Write> Gen<'o, W> {
                 }
             }
             if self.pending.front().is_some_and(|p| p.due <= self.live_lines) {
-                let p = self.pending.pop_front().expect("checked");
+                let p = self.pending.pop_front().expect("front checked just above");
                 self.reopen(p)?;
             } else if self.rng.unit() < self.opts.fault_rate {
                 self.fault()?;
@@ -338,12 +380,8 @@ impl<'o, W: Write> Gen<'o, W> {
             } else {
                 self.other_step()?;
             }
-            if self.live_lines >= reported + 16_384 {
-                reported = self.live_lines;
-                progress("stream", self.live_lines, total);
-            }
         }
-        progress("stream", self.live_lines, total);
+        progress(phase, self.live_lines);
         self.out.flush()?;
         Ok(self.stats)
     }
@@ -357,6 +395,7 @@ impl<'o, W: Write> Gen<'o, W> {
         if let Some(tag) = tag {
             let _ = write!(self.line, r#""_fault":"{tag}","#);
         }
+        // Every body is a JSON object built here: it starts with `{`.
         self.line.push_str(&self.body[1..]);
         self.line.push('\n');
         self.seq = seq;
@@ -414,6 +453,8 @@ impl<'o, W: Write> Gen<'o, W> {
                     .positions
                     .iter()
                     .map(|p| {
+                        // The event comes from this generator's engine on its own config: its
+                        // symbol is configured and its size is a valid 8-decimal text.
                         let symbol = self.cfg.symbol_idx(&p.symbol).expect("a configured symbol");
                         (symbol, D8::parse(&p.size, 8).expect("the engine's own size"))
                     })
@@ -430,6 +471,7 @@ impl<'o, W: Write> Gen<'o, W> {
 
     // ---- message bodies -------------------------------------------------------------------
 
+    /// `s` < `opts.symbols` <= 10,000 (`GenOptions::check`): a symbol of the config.
     fn name(&self, s: usize) -> &str {
         &self.cfg.symbol(SymbolIdx(s as u16)).name
     }
@@ -495,6 +537,7 @@ impl<'o, W: Write> Gen<'o, W> {
             self.first_booked.push(self.booked.len());
             return Ok(());
         };
+        // `synth::book_commands` opens every account with its balance.
         let account = first.account().expect("a balance");
         let mut cmd = Some(first);
         while let Some(c) = cmd.take() {
@@ -656,6 +699,7 @@ impl<'o, W: Write> Gen<'o, W> {
             55..65 => {
                 // Only on a pair the account holds no position in: never locked.
                 let s = self.rng.below(self.opts.symbols as u64) as u16;
+                // `account` < opened(), and `first_booked` has opened() + 1 entries.
                 let range =
                     self.first_booked[account as usize]..self.first_booked[account as usize + 1];
                 if self.booked[range].iter().any(|b| b.symbol == s) {
@@ -745,6 +789,7 @@ impl<'o, W: Write> Gen<'o, W> {
             }
         };
         if written {
+            // `fault` was drawn from `Fault::ALL`.
             let i = Fault::ALL.iter().position(|&f| f == fault).expect("listed");
             self.stats.faults[i] += 1;
         }

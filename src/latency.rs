@@ -11,7 +11,9 @@ use hdrhistogram::{
     Histogram,
     serialization::{
         Deserializer, V2DeflateSerializer,
-        interval_log::{IntervalLogIterator, IntervalLogWriterBuilder, LogEntry, Tag},
+        interval_log::{
+            IntervalLogIterator, IntervalLogWriterBuilder, LogEntry, LogIteratorError, Tag,
+        },
     },
 };
 
@@ -30,6 +32,7 @@ pub struct Latency {
 
 impl Default for Latency {
     fn default() -> Self {
+        // Constant bounds that hdrhistogram accepts (1 <= low, high >= 2 * low, 3 digits).
         Latency { hist: Histogram::new_with_bounds(1, MAX_NS, 3).expect("valid histogram bounds") }
     }
 }
@@ -51,6 +54,8 @@ impl Latency {
     }
 
     pub fn merge(&mut self, other: &Latency) {
+        // Both were made by `Latency::default` or `read_log` (which adds into one): the same
+        // bounds, and a histogram always takes another of its own bounds.
         self.hist.add(&other.hist).expect("histograms with the same bounds merge");
     }
 
@@ -105,29 +110,34 @@ pub fn write_log<W: Write>(
             io::Error::new(io::ErrorKind::InvalidInput, format!("bad histogram tag {name:?}"))
         })?;
         log.write_histogram(&latency.hist, Duration::ZERO, elapsed, Some(tag))
-            .map_err(|e| io::Error::other(format!("cannot write histogram {name}: {e:?}")))?;
+            .map_err(|e| io::Error::other(format!("cannot write histogram {name}: {e}")))?;
     }
     Ok(())
 }
 
 /// Reads an HdrHistogram interval log: one distribution per tag (untagged intervals under
 /// `""`), intervals of the same tag added up, in order of first appearance.
+///
+/// Errors are sentences for a person: the line that is not part of a log (with its first
+/// characters), or the interval whose histogram cannot be decoded and why.
 pub fn read_log(text: &[u8]) -> Result<Vec<(String, Latency)>, String> {
     let mut out: Vec<(String, Latency)> = Vec::new();
     let mut deserializer = Deserializer::new();
     for entry in IntervalLogIterator::new(text) {
-        let LogEntry::Interval(interval) =
-            entry.map_err(|e| format!("not an HdrHistogram interval log: {e:?}"))?
-        else {
-            continue;
+        let interval = match entry {
+            Ok(LogEntry::Interval(interval)) => interval,
+            Ok(_) => continue,
+            Err(LogIteratorError::ParseError { offset }) => {
+                return Err(not_a_log_line(text, offset));
+            }
         };
         let name = interval.tag().map(|t| t.as_str().to_owned()).unwrap_or_default();
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(interval.encoded_histogram())
-            .map_err(|e| format!("interval {name:?}: bad base64: {e}"))?;
+            .map_err(|e| format!("interval {name:?}: its histogram is not base64 ({e})"))?;
         let hist: Histogram<u64> = deserializer
             .deserialize(&mut &bytes[..])
-            .map_err(|e| format!("interval {name:?}: bad histogram: {e:?}"))?;
+            .map_err(|e| format!("interval {name:?}: its histogram cannot be decoded ({e})"))?;
         let i = match out.iter().position(|(n, _)| *n == name) {
             Some(i) => i,
             None => {
@@ -135,9 +145,23 @@ pub fn read_log(text: &[u8]) -> Result<Vec<(String, Latency)>, String> {
                 out.len() - 1
             }
         };
-        out[i].1.hist.add(&hist).map_err(|e| format!("interval {:?}: {e:?}", out[i].0))?;
+        out[i].1.hist.add(&hist).map_err(|e| {
+            format!("interval {:?}: values beyond liqscan's one-hour range ({e})", out[i].0)
+        })?;
     }
     Ok(out)
+}
+
+/// "line 3 is not part of an HdrHistogram interval log: "{"default_m..."".
+fn not_a_log_line(text: &[u8], offset: usize) -> String {
+    // The iterator reports an offset inside `text`; clamp anyway, a wrong offset must not
+    // turn a parse error into a panic.
+    let offset = offset.min(text.len());
+    let line = 1 + text[..offset].iter().filter(|&&b| b == b'\n').count();
+    let rest = &text[offset..];
+    let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len()).min(40);
+    let shown = String::from_utf8_lossy(&rest[..end]);
+    format!("line {line} is not part of an HdrHistogram interval log (it reads \"{shown}\")")
 }
 
 #[cfg(test)]
@@ -172,6 +196,34 @@ mod tests {
         assert_eq!(names, ["event", "apply"], "empty ones left out");
         assert_eq!(back[0].1.summary(), a.summary());
         assert_eq!(back[1].1.summary(), b.summary());
-        assert!(read_log(b"Tag=x,0.0,1.0,2.0,not-base64!\n").is_err());
+        let err = read_log(b"Tag=x,0.0,1.0,2.0,not-base64!\n").err().unwrap();
+        assert!(err.starts_with("interval \"x\": its histogram is not base64"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_log_is_refused_in_words() {
+        // (label, text, expected message)
+        let cases: [(&str, &[u8], &str); 3] = [
+            (
+                "TC1 JSON",
+                b"{\"default_margin_mode\":\"cross\"}\n",
+                r#"line 1 is not part of an HdrHistogram interval log (it reads "{"default_margin_mode":"cross"}")"#,
+            ),
+            (
+                "TC2 after a comment",
+                b"#[a comment]\nhello\n",
+                r#"line 2 is not part of an HdrHistogram interval log (it reads "hello")"#,
+            ),
+            (
+                "TC3 bad histogram",
+                b"Tag=x,0.0,1.0,2.0,AAAA\n",
+                "interval \"x\": its histogram cannot be decoded",
+            ),
+        ];
+        for (label, text, want) in cases {
+            let err = read_log(text).err().unwrap();
+            assert!(err.starts_with(want), "{label}: {err}");
+            assert!(!err.contains("ParseError") && !err.contains("offset"), "{label}: {err}");
+        }
     }
 }

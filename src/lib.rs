@@ -1,6 +1,7 @@
 //! liqscan: a liquidation scanner for perpetual-futures exchanges.
 //!
-//! The contract is `SPEC.md` (shared with the project); `docs/` explains it for users.
+//! `docs/` is the user reference. "SPEC section N" in the docs below names the section of
+//! the project's specification that an item implements.
 //!
 //! # Layout
 //!
@@ -16,7 +17,7 @@
 //! | [`margin`] | the margin arithmetic: notional, upnl, brackets, mm, im, ratio, liquidation price, funding | 4 |
 //! | [`engine`] | the `Engine` trait (each command checked, then committed: a reject leaves no trace; account reports and at-risk lists, the read side the daemon's HTTP serves) and the emission rule | 5, 6, 9.3 |
 //! | [`report`] | exact figures of an account view: totals, available, event contents in O(positions); the at-risk order | 4, 7, 9.3 |
-//! | [`reference`] | the reference engine: state of section 3, check + commit + evaluate, exact and plain | 3–6 |
+//! | [`reference`](mod@reference) | the reference engine: state of section 3, check + commit + evaluate, exact and plain | 3–6 |
 //! | [`fast`] | the fast engine: struct-of-arrays books, i128 fixed point, trigger index, parallel sweeps, keyed account index, check + commit in `fast/commands.rs`, at-risk selection in `fast/risk.rs` (see `src/fast/README.md`) | 3–6, 9.3 |
 //! | [`latency`] | HdrHistogram latency distributions | 7, 8 |
 //! | [`replay`] | `liqscan replay`: the reader → engine → writer pipeline, summary and report | 8 |

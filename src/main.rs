@@ -1,6 +1,8 @@
 //! The `liqscan` command line (SPEC section 8).
 
 use std::{
+    collections::VecDeque,
+    fmt,
     fs::File,
     io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write},
     path::{Path, PathBuf},
@@ -11,17 +13,30 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{
+    MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle,
+    style::ProgressTracker,
+};
 use liqscan::{
-    chart,
+    chart::{self, ChartError},
     config::Config,
     engine::Engine,
     fast::FastEngine,
-    generator::{self, Fault, GenOptions},
+    generator::{self, Fault, GenOptions, Phase},
     latency,
     reference::ReferenceEngine,
     replay,
 };
+
+/// Writes a line to stderr and ignores a failure: stderr carries diagnostics (the summary,
+/// warnings, errors), and a closed or broken stderr must neither panic (as `eprintln!` does)
+/// nor change the exit status the run earned. Events and streams go to stdout, whose write
+/// errors are errors.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
 
 // mimalloc: the engine allocates event strings and per-message scratch from several threads
 // (ingest, engine, writer, rayon workers); mimalloc's thread-local free lists keep those
@@ -59,6 +74,7 @@ enum Command {
         plot: Option<PathBuf>,
         /// Offer the input at this many lines per second, as a live sender would, instead of
         /// as fast as possible (where event latency measures the queue, not the engine).
+        /// Any positive number, fractions allowed.
         #[arg(long, value_name = "LINES_PER_S", value_parser = positive_rate)]
         rate: Option<f64>,
         /// Input stream: newline-delimited JSON messages, or - for stdin.
@@ -113,7 +129,9 @@ struct GenArgs {
     /// Pick each mark's symbol by popularity (Zipf) instead of at an even cadence.
     #[arg(long)]
     marks_follow_popularity: bool,
-    /// Write the config (JSON) here.
+    /// Write the config (JSON) here. Without it, the config goes next to --out as
+    /// NAME.config.json (stream.ndjson -> stream.config.json); with the stream on stdout (or
+    /// --out not a file) and no --config-out, no config is written and a warning says so.
     #[arg(long, value_name = "FILE")]
     config_out: Option<PathBuf>,
     /// Write the stream here instead of stdout.
@@ -145,27 +163,152 @@ fn positive_rate(s: &str) -> Result<f64, String> {
 
 fn load_config(path: &std::path::Path) -> Result<Arc<Config>, ExitCode> {
     Config::load(path).map(Arc::new).map_err(|e| {
-        eprintln!("liqscan: config {}: {e}", path.display());
+        say!("liqscan: config {}: {e}", path.display());
         ExitCode::from(2)
     })
 }
 
-/// A progress bar on stderr when stderr is a terminal; a hidden one otherwise, so piped and
-/// redirected runs never carry bar output.
-fn progress_bar(len: Option<u64>, template: &str) -> ProgressBar {
-    if !io::stderr().is_terminal() {
+/// Standard output as a file of its own, for events and streams: writes go through our
+/// buffer only, and every error is reported (Rust's `io::stdout()` would swallow `EBADF`,
+/// turning a closed descriptor into a silent success).
+///
+/// A descriptor 1 closed before start cannot be seen here: Rust's runtime opens `/dev/null`
+/// in its place before `main`, which looks exactly like `> /dev/null` (or Python's
+/// `stdout=DEVNULL`), a deliberate discard. What can fail (a pipe whose reader left, a full
+/// disk) fails on write, and that is an error with exit status 1.
+fn stdout_file() -> anyhow::Result<File> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        let fd = io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("standard output is closed: there is nowhere to write")?;
+        Ok(File::from(fd))
+    }
+    #[cfg(not(unix))]
+    {
+        bail!("liqscan writes its output to a unix standard output")
+    }
+}
+
+/// Whether to draw a progress bar on stderr: only when stderr is a terminal, and never when
+/// stdout, carrying the run's output, is a terminal too (a bar redrawn between events would
+/// be mixed into them, since both reach the same screen). So a bar shows exactly when the
+/// output goes to a file or a pipe and stderr is watched.
+fn bar_wanted(stdout_carries_output: bool) -> bool {
+    io::stderr().is_terminal() && !(stdout_carries_output && io::stdout().is_terminal())
+}
+
+/// How far back the progress bars' rate and ETA look.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+
+/// Position samples over the last [`RATE_WINDOW`]: the rate the bars show is the progress
+/// over that window, and the ETA the rest at that rate. indicatif's own estimator weighs
+/// the last 15 s (and, doubly smoothed, much of what came before), so a replay whose start
+/// (a snapshot, or the first fill of the pipeline's queues) runs many times faster than its
+/// body showed a rate decaying over the whole run and an ETA a fraction of the truth.
+#[derive(Debug, Clone, Default)]
+struct Recent {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl Recent {
+    fn record(&mut self, now: Instant, pos: u64) {
+        // Keep one sample older than the window, so the span covers all of it.
+        while self.samples.len() >= 2 && now.duration_since(self.samples[1].0) > RATE_WINDOW {
+            self.samples.pop_front();
+        }
+        match self.samples.back() {
+            Some(&(t, _)) if now.duration_since(t) < Duration::from_millis(100) => {}
+            _ => self.samples.push_back((now, pos)),
+        }
+    }
+
+    /// Units per second over the window, given the position and time now; `None` until
+    /// there is a span to measure.
+    fn per_sec(&self, now: Instant, pos: u64) -> Option<f64> {
+        let &(t0, p0) = self.samples.front()?;
+        let secs = now.duration_since(t0).as_secs_f64();
+        (secs >= 0.2).then(|| pos.saturating_sub(p0) as f64 / secs)
+    }
+}
+
+/// One of the bar's custom keys, computed from [`Recent`].
+#[derive(Debug, Clone)]
+enum Shown {
+    /// `{rate}`: the rate with its unit ("MB/s" for bytes, else "lines/s", "accounts/s").
+    Rate { unit: &'static str },
+    /// `{eta}`: the rest at the rate of the window.
+    Eta,
+}
+
+#[derive(Debug, Clone)]
+struct WindowTracker {
+    recent: Recent,
+    shown: Shown,
+}
+
+impl ProgressTracker for WindowTracker {
+    fn clone_box(&self) -> Box<dyn ProgressTracker> {
+        Box::new(self.clone())
+    }
+
+    fn tick(&mut self, state: &ProgressState, now: Instant) {
+        self.recent.record(now, state.pos());
+    }
+
+    fn reset(&mut self, _: &ProgressState, _: Instant) {
+        self.recent = Recent::default();
+    }
+
+    fn write(&self, state: &ProgressState, w: &mut dyn fmt::Write) {
+        let rate = self.recent.per_sec(Instant::now(), state.pos());
+        let _ = match (&self.shown, rate) {
+            (Shown::Rate { unit: "bytes" }, Some(r)) => {
+                write!(w, "{}/s", indicatif::DecimalBytes(r as u64))
+            }
+            (Shown::Rate { unit }, Some(r)) => {
+                write!(w, "{} {unit}/s", indicatif::HumanCount(r as u64))
+            }
+            (Shown::Rate { .. }, None) => w.write_str("-"),
+            (Shown::Eta, Some(r)) if r > 0.0 => match state.len() {
+                Some(len) => w.write_str(&eta_text(len.saturating_sub(state.pos()) as f64 / r)),
+                None => w.write_str("-"),
+            },
+            (Shown::Eta, _) => w.write_str("-"),
+        };
+    }
+}
+
+/// "42s", "3m07s", "2h05m".
+fn eta_text(secs: f64) -> String {
+    let s = secs.ceil().min(1e9) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// A progress bar on stderr when `shown` (see [`bar_wanted`]); a hidden one otherwise, so
+/// piped and redirected runs never carry bar output. `unit` names what the position counts
+/// ("bytes" is shown in MB). The template may use `{rate}` and `{eta}`: both look at the
+/// last [`RATE_WINDOW`] of progress.
+fn progress_bar(shown: bool, len: Option<u64>, unit: &'static str, template: &str) -> ProgressBar {
+    if !shown {
         return ProgressBar::hidden();
     }
     let bar = match len {
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::new_spinner(),
     };
-    let style = ProgressStyle::with_template(template).expect("a valid template").with_key(
-        "rate",
-        |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-            let _ = write!(w, "{:.0}/s", state.per_sec());
-        },
-    );
+    let tracker = |shown| WindowTracker { recent: Recent::default(), shown };
+    // The templates are constants of this file; a typo shows as a plain bar, not a panic.
+    let style = ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key("rate", tracker(Shown::Rate { unit }))
+        .with_key("eta", tracker(Shown::Eta));
     bar.set_style(style);
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
@@ -182,35 +325,41 @@ struct ReplayArgs {
 }
 
 fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let stdout = stdout_file()?;
     let cfg = match load_config(&args.config) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let out = BufWriter::with_capacity(1 << 16, io::stdout());
+    let out = BufWriter::with_capacity(1 << 16, stdout);
     let mut engine: Box<dyn Engine> = match args.engine {
         EngineKind::Fast => Box::new(FastEngine::new(cfg.clone())),
         EngineKind::Reference => Box::new(ReferenceEngine::new(cfg.clone())),
     };
     let started = SystemTime::now();
-    let template = "{spinner} replay [{elapsed_precise}] {wide_bar} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} eta {eta}";
+    // The bar counts bytes as the reader takes them, at most the pipeline's queues (16
+    // batches of 1,024 lines) ahead of the engine.
+    let template = "{spinner} replay [{elapsed_precise}] {wide_bar} {decimal_bytes}/{decimal_total_bytes} {rate} eta {eta}";
+    let shown = bar_wanted(true);
     let (input, bar): (Box<dyn BufRead + Send>, ProgressBar) = if args.input == "-" {
         let bar = progress_bar(
+            shown,
             None,
-            "{spinner} replay [{elapsed_precise}] {decimal_bytes} {decimal_bytes_per_sec}",
+            "bytes",
+            "{spinner} replay [{elapsed_precise}] {decimal_bytes} {rate}",
         );
         (Box::new(BufReader::with_capacity(1 << 16, bar.wrap_read(io::stdin()))), bar)
     } else {
         let file =
             File::open(&args.input).with_context(|| format!("cannot open input {}", args.input))?;
-        let bar = progress_bar(file.metadata().ok().map(|m| m.len()), template);
+        let bar = progress_bar(shown, file.metadata().ok().map(|m| m.len()), "bytes", template);
         (Box::new(BufReader::with_capacity(1 << 16, bar.wrap_read(file))), bar)
     };
     let opts = replay::Options { rate: args.rate, ..replay::Options::default() };
-    let summary =
-        replay::replay_with(cfg, engine.as_mut(), input, out, opts).context("replay failed")?;
+    let summary = replay::replay_with(cfg, engine.as_mut(), input, out, opts);
     bar.finish_and_clear();
+    let summary = summary.context("replay failed")?;
     let name = args.engine.name();
-    eprint!("{}", summary.human(name));
+    let _ = io::stderr().write_all(summary.human(name).as_bytes());
     if let Some(path) = &args.report {
         let json = serde_json::to_string_pretty(&summary.to_json(name))?;
         std::fs::write(path, json + "\n")
@@ -233,8 +382,11 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         let owned: Vec<(String, latency::Latency)> =
             series.iter().map(|(n, l)| ((*n).to_owned(), (*l).clone())).collect();
         let title = format!("liqscan replay ({name} engine): latency by percentile");
-        if let Err(e) = chart::percentile_spectrum(path, &title, &owned) {
-            eprintln!("liqscan: no chart: {e}");
+        match chart::percentile_spectrum(path, &title, &owned) {
+            Ok(()) => {}
+            // An input with no messages has no latencies: nothing to draw is not a failure.
+            Err(ChartError::Empty) => say!("liqscan: no chart: no latency values to plot"),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -250,32 +402,67 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = opts.check() {
         bail!("gen: {e}");
     }
-    if let Some(path) = &args.config_out {
+    let stdout = if args.out.is_none() { Some(stdout_file()?) } else { None };
+    let config_out = match (&args.config_out, &args.out) {
+        (Some(path), _) => Some(path.clone()),
+        // Next to a stream file; not next to a device or a pipe (`--out /dev/stdout`).
+        (None, Some(out)) if std::fs::metadata(out).map_or(true, |m| m.is_file()) => {
+            Some(out.with_extension("config.json"))
+        }
+        (None, _) => None,
+    };
+    if let Some(path) = &config_out {
         std::fs::write(path, generator::config_text(opts.symbols))
             .with_context(|| format!("cannot write config {}", path.display()))?;
+        if args.config_out.is_none() {
+            say!("liqscan gen: config written to {} (--config-out sets where)", path.display());
+        }
+    } else {
+        say!(
+            "liqscan gen: warning: no config written (the stream is not a file; give \
+             --config-out FILE to write the config a replay of this stream needs)"
+        );
     }
-    let out: Box<dyn Write> = match &args.out {
-        Some(path) => Box::new(
+    let out: Box<dyn Write> = match (&args.out, stdout) {
+        (Some(path), _) => Box::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
         ),
-        None => Box::new(io::stdout()),
+        (None, Some(stdout)) => Box::new(stdout),
+        (None, None) => unreachable!("stdout is taken when there is no --out"),
     };
     let out = BufWriter::with_capacity(1 << 16, out);
     let started = Instant::now();
-    let template = "{spinner} gen {msg} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {rate} eta {eta}";
-    let bar = progress_bar(Some(opts.accounts), template);
-    let mut phase = "";
-    let stats = generator::generate(&opts, out, &mut |name, done, total| {
-        if name != phase {
-            phase = name;
-            bar.set_message(name);
-            bar.set_length(total);
-            bar.reset();
+    let shown = bar_wanted(args.out.is_none());
+    // One bar per phase, each with its name and unit, stacked: a finished phase's bar stays
+    // above the next one's until the end, when all are cleared for the summary line.
+    let bars = if shown {
+        MultiProgress::new()
+    } else {
+        MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+    };
+    let mut bar: Option<(Phase, ProgressBar)> = None;
+    let result = generator::generate(&opts, out, &mut |phase, done| {
+        if bar.as_ref().is_none_or(|(p, _)| *p != phase) {
+            if let Some((_, old)) = bar.take() {
+                old.finish();
+            }
+            let template = format!(
+                "{{spinner}} gen {name:<8} [{{elapsed_precise}}] {{wide_bar}} {{human_pos}}/{{human_len}} {unit} {{rate}} eta {{eta}}",
+                name = phase.name,
+                unit = phase.unit,
+            );
+            let new = bars.add(progress_bar(shown, Some(phase.total), phase.unit, &template));
+            bar = Some((phase, new));
         }
-        bar.set_position(done);
-    })
-    .context("gen failed")?;
-    bar.finish_and_clear();
+        if let Some((_, b)) = &bar {
+            b.set_position(done);
+        }
+    });
+    if let Some((_, b)) = bar {
+        b.finish();
+    }
+    let _ = bars.clear();
+    let stats = result.context("gen failed")?;
     let secs = started.elapsed().as_secs_f64();
     let faults: Vec<String> = Fault::ALL
         .iter()
@@ -283,7 +470,7 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
         .filter(|(_, n)| *n > 0)
         .map(|(f, n)| format!("{} {n}", f.tag()))
         .collect();
-    eprintln!(
+    say!(
         "liqscan gen: {} lines ({} snapshot) in {secs:.1} s ({:.0} lines/s); its engine saw {} liquidations and acted {} times; faults: {}; {} generated messages left out (refused by the engine)",
         stats.lines,
         stats.snapshot_lines,
@@ -299,12 +486,37 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
 fn run_plot(log: &Path, out: &Path, title: &str) -> anyhow::Result<ExitCode> {
     let text = std::fs::read(log).with_context(|| format!("cannot read {}", log.display()))?;
     let series = latency::read_log(&text).map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?;
-    chart::percentile_spectrum(out, title, &series).map_err(|e| anyhow::anyhow!(e))?;
+    chart::percentile_spectrum(out, title, &series).map_err(|e| match e {
+        ChartError::Empty => anyhow::anyhow!("{}: holds no latency values to plot", log.display()),
+        e => e.into(),
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// Parses the command line. Help and version go to stdout: when they cannot be written that
+/// is exit 1 (with a word on stderr), not the silent success clap's `exit` gives; usage
+/// errors are exit 2, as clap gives them.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| {
+        let printed = e.print();
+        let code = e.exit_code();
+        match printed {
+            Err(io) if code == 0 => {
+                say!("liqscan: cannot write to standard output: {io}");
+                ExitCode::FAILURE
+            }
+            // A failure to print a usage error to stderr changes nothing: exit 2 already says
+            // the command line was wrong.
+            _ => ExitCode::from(u8::try_from(code).unwrap_or(2)),
+        }
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let result = match cli.command {
         Command::Replay { config, report, engine, hdr_out, plot, rate, input } => {
             run_replay(ReplayArgs { config, report, engine, hdr_out, plot, rate, input })
@@ -315,8 +527,45 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("liqscan: {e:#}");
+            say!("liqscan: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_follows_the_last_window_not_the_start() {
+        // TC1: 10 s at 100 MB/s (a fast start), then 20 s at 2 MB/s, sampled every 200 ms.
+        let t0 = Instant::now();
+        let mut recent = Recent::default();
+        let mut pos = 0u64;
+        for tick in 0..=150u64 {
+            let now = t0 + Duration::from_millis(tick * 200);
+            pos += if tick <= 50 { 20_000_000 } else { 400_000 };
+            recent.record(now, pos);
+        }
+        let now = t0 + Duration::from_millis(150 * 200);
+        let rate = recent.per_sec(now, pos).unwrap();
+        assert!((1.9e6..=2.1e6).contains(&rate), "{rate}");
+        // TC2: the window holds about 5 s of samples, not the whole run.
+        assert!(recent.samples.len() <= 27, "{}", recent.samples.len());
+        // TC3: no span yet, no rate.
+        let mut fresh = Recent::default();
+        fresh.record(t0, 5);
+        assert_eq!(fresh.per_sec(t0 + Duration::from_millis(50), 10), None);
+    }
+
+    #[test]
+    fn eta_reads_as_minutes_and_hours() {
+        // (seconds, text)
+        for (secs, want) in
+            [(0.2, "1s"), (42.0, "42s"), (187.0, "3m07s"), (7500.0, "2h05m"), (1e30, "277777h46m")]
+        {
+            assert_eq!(eta_text(secs), want, "{secs}");
         }
     }
 }

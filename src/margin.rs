@@ -57,13 +57,15 @@ pub fn funding_payment(size: &Exact, mark: &Exact, rate: &Exact) -> Exact {
 /// bracket 0 is taken to extend below zero so that a root <= 0 is found there too. The result
 /// is `round8(root)`, or `None` when the root is not > 0.
 pub fn liquidation_price(sym: &Symbol, size: &Exact, entry: &Exact, m: &Exact) -> Option<Exact> {
+    // Callers report liquidation prices of non-zero positions only.
     assert!(!size.is_zero(), "liquidation price of a flat position");
     let q = size.abs();
-    let last = sym.brackets.len() - 1;
+    let last = sym.brackets.len() - 1; // a loaded symbol has at least one bracket
     for (k, b) in sym.brackets.iter().enumerate() {
         let mmr = Exact::from_d8(b.mmr);
         let mut num = &(m + &Exact::from_d8(b.cum)) - &(size * entry);
         let mut den = &(&q * &mmr) - size;
+        // |size| * mmr - size is zero only if mmr = 1 (long) or -1: the config keeps 0 < mmr < 1.
         assert!(!den.is_zero(), "mmr < 1 makes the slope non-zero");
         if den.signum() < 0 {
             num = -&num;

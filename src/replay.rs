@@ -76,7 +76,7 @@ impl Summary {
              rejects       {}\n\
              gaps          {}\n\
              duplicates    {}\n\
-             account       {}\n\
+             account events {}\n\
              event latency ns  p50 {} p90 {} p99 {} p99.9 {} max {} (n={})\n\
              apply latency ns  p50 {} p90 {} p99 {} p99.9 {} max {} (n={})\n",
             self.messages,

@@ -41,8 +41,11 @@ impl Rng {
 }
 
 /// A config of `n` symbols `S000`, `S001`, ... with tick 0.01, step 0.001 and a five-tier
-/// bracket table (125x at 0.4 % up to 10x at 5 %).
+/// bracket table (125x at 0.4 % up to 10x at 5 %). `n` must be 1 to 65,535 (the config's
+/// symbol count); `liqscan gen` allows 1 to 10,000.
 pub fn config(n: usize) -> Config {
+    // Every rule holds for the fixed table above; only `n` could break one.
+    assert!((1..=crate::config::MAX_SYMBOLS).contains(&n), "{n} symbols");
     Config::parse(&config_text(n)).expect("the synthetic config is valid")
 }
 
@@ -95,6 +98,7 @@ impl Zipf {
 
     pub fn sample(&self, rng: &mut Rng) -> usize {
         let x = rng.unit() * self.cumulative.last().copied().unwrap_or(0.0);
+        // `n` >= 1 symbols (a config holds at least one): `len() - 1` does not wrap.
         self.cumulative.partition_point(|&c| c <= x).min(self.cumulative.len() - 1)
     }
 }
@@ -129,7 +133,7 @@ pub fn book_commands(
         let mut cross_notional_e2 = 0i64;
         for s in chosen {
             let isolated = rng.below(4) == 0;
-            let symbol = SymbolIdx(s as u16);
+            let symbol = SymbolIdx(s as u16); // s < symbols <= 65,535
             if isolated {
                 cmds.push(Command::MarginMode { account: a, symbol, mode: Mode::Isolated });
             }

@@ -132,6 +132,202 @@ fn hdr_log_and_charts_from_replay_and_plot() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an HdrHistogram interval log"));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("is not part of an HdrHistogram interval log")
+    );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---- output that cannot be written -------------------------------------------------------
+
+/// A stream whose reader is already gone: every write to it fails with a broken pipe, as a
+/// pipe's does once its reader has exited (a socket pair, since `std::io::pipe` is newer
+/// than the crate's minimum Rust).
+fn broken_pipe() -> Stdio {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    drop(ours);
+    Stdio::from(std::os::fd::OwnedFd::from(theirs))
+}
+
+/// `/dev/full`: opens, and every write fails with "no space left on device".
+fn full() -> Stdio {
+    Stdio::from(std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap())
+}
+
+/// Runs `args` with the given stdout and stderr (piped when `None`, so they can be read);
+/// returns the exit code and what was read of stdout and stderr.
+fn run_with(args: &[&str], stdout: Option<Stdio>, stderr: Option<Stdio>) -> (i32, String, String) {
+    let out = liqscan()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout.unwrap_or_else(Stdio::piped))
+        .stderr(stderr.unwrap_or_else(Stdio::piped))
+        .output()
+        .unwrap();
+    let code = out.status.code().expect("exited, not killed by a signal");
+    assert_ne!(code, 101, "{args:?} panicked");
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    let (stdout, stderr) = (text(out.stdout), text(out.stderr));
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    (code, stdout, stderr)
+}
+
+fn replay_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let cfg: &'static str = Box::leak(fixture("config/multi_tier.json").into_boxed_str());
+    let input: &'static str = Box::leak(fixture("golden/cross_basics.ndjson").into_boxed_str());
+    let mut args = vec!["replay", "--config", cfg];
+    args.extend_from_slice(extra);
+    args.push(input);
+    args
+}
+
+#[test]
+fn a_broken_stderr_changes_no_exit_status_and_loses_no_event() {
+    // The summary cannot be printed; the events all go out and the exit status is 0.
+    let (code, stdout, _) = run_with(&replay_args(&[]), None, Some(broken_pipe()));
+    assert_eq!(code, 0);
+    assert_eq!(stdout.lines().filter(|l| l.contains("\"liquidation\"")).count(), 6);
+    // A bad config is still exit 2, and a missing input still 1.
+    let bad = fixture("golden/cross_basics.ndjson");
+    let (code, _, _) = run_with(&["replay", "--config", &bad, "-"], None, Some(broken_pipe()));
+    assert_eq!(code, 2);
+    let cfg = fixture("config/multi_tier.json");
+    let args = ["replay", "--config", &cfg, "/nonexistent/input"];
+    assert_eq!(run_with(&args, None, Some(broken_pipe())).0, 1);
+    // A usage error is 2, help is 0.
+    assert_eq!(run_with(&["replay"], None, Some(broken_pipe())).0, 2);
+    assert_eq!(run_with(&["--help"], None, Some(broken_pipe())).0, 0);
+    // gen and plot alike.
+    let dir = std::env::temp_dir().join(format!("liqscan-stderr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (stream, again) = (dir.join("s.ndjson"), dir.join("again.ndjson"));
+    let gen_args = ["gen", "--accounts", "20", "--symbols", "2", "--messages", "200", "--out"];
+    let with_out = |path: &std::path::Path| {
+        let mut args = gen_args.to_vec();
+        args.push(path.to_str().unwrap());
+        args.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    let args = with_out(&stream);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(run_with(&args, None, Some(broken_pipe())).0, 0);
+    let args = with_out(&again);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, stderr) = run_with(&args, None, None);
+    assert_eq!(code, 0, "{stderr}");
+    let written = std::fs::read(&stream).unwrap();
+    assert!(written.len() > 1000, "the whole stream is written");
+    assert_eq!(written, std::fs::read(&again).unwrap());
+    let plot = ["plot", &bad, "--out", "/dev/null"];
+    assert_eq!(run_with(&plot, None, Some(broken_pipe())).0, 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn output_that_cannot_be_written_is_an_error_with_a_message() {
+    let gen_args = ["gen", "--accounts", "20", "--symbols", "2", "--messages", "200"];
+    // (label, args, stdout, what stderr must say)
+    let cases: Vec<(&str, Vec<&str>, Stdio, &str)> = vec![
+        ("replay, stdout broken", replay_args(&[]), broken_pipe(), "Broken pipe"),
+        ("replay, stdout full", replay_args(&[]), full(), "No space left"),
+        (
+            "replay --report full",
+            replay_args(&["--report", "/dev/full"]),
+            Stdio::null(),
+            "cannot write report /dev/full",
+        ),
+        (
+            "replay --hdr-out full",
+            replay_args(&["--hdr-out", "/dev/full"]),
+            Stdio::null(),
+            "cannot write /dev/full",
+        ),
+        (
+            "replay --plot full",
+            replay_args(&["--plot", "/dev/full"]),
+            Stdio::null(),
+            "cannot write chart /dev/full",
+        ),
+        ("gen, stdout broken", gen_args.to_vec(), broken_pipe(), "Broken pipe"),
+        ("gen, stdout full", gen_args.to_vec(), full(), "No space left"),
+        ("help, stdout full", vec!["--help"], full(), "cannot write to standard output"),
+        (
+            "version, stdout broken",
+            vec!["--version"],
+            broken_pipe(),
+            "cannot write to standard output",
+        ),
+    ];
+    for (label, args, stdout, want) in cases {
+        let (code, _, stderr) = run_with(&args, Some(stdout), None);
+        assert_eq!(code, 1, "{label}: {stderr}");
+        assert!(stderr.contains(want), "{label}: {stderr}");
+    }
+    // gen's config and plot's chart alike.
+    let mut args = gen_args.to_vec();
+    args.extend(["--config-out", "/dev/full"]);
+    let (code, _, stderr) = run_with(&args, Some(Stdio::null()), None);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot write config /dev/full"), "{stderr}");
+    let dir = std::env::temp_dir().join(format!("liqscan-full-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("lat.hlog");
+    let (code, _, stderr) =
+        run_with(&replay_args(&["--hdr-out", log.to_str().unwrap()]), Some(Stdio::null()), None);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) =
+        run_with(&["plot", log.to_str().unwrap(), "--out", "/dev/full"], None, None);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot write chart /dev/full"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn plot_of_a_file_that_is_not_a_log_says_so_in_words() {
+    let cfg = fixture("config/multi_tier.json");
+    let (code, _, stderr) = run_with(&["plot", &cfg, "--out", "/dev/null"], None, None);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("multi_tier.json: line 1 is not part of an HdrHistogram interval log"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("ParseError"), "no Rust debug value: {stderr}");
+}
+
+#[test]
+fn gen_writes_its_config_next_to_out_or_warns_that_it_did_not() {
+    let dir = std::env::temp_dir().join(format!("liqscan-gencfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let stream = dir.join("stream.ndjson");
+    let gen_args = ["gen", "--accounts", "20", "--symbols", "3", "--messages", "100"];
+    let mut args = gen_args.to_vec();
+    args.extend(["--out", stream.to_str().unwrap()]);
+    let (code, _, stderr) = run_with(&args, None, None);
+    assert_eq!(code, 0, "{stderr}");
+    let written = dir.join("stream.config.json");
+    assert!(stderr.contains("config written to") && stderr.contains("stream.config.json"));
+    let cfg = liqscan::config::Config::load(&written).unwrap();
+    assert_eq!(cfg.symbols.len(), 3);
+    // The config next to the stream replays it with no reject.
+    let (code, _, stderr) = run_with(
+        &["replay", "--config", written.to_str().unwrap(), stream.to_str().unwrap()],
+        Some(Stdio::null()),
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("rejects       0"), "{stderr}");
+    // On stdout with no --config-out: a warning, and no file.
+    let (code, stdout, stderr) = run_with(&gen_args, None, None);
+    assert_eq!(code, 0);
+    assert!(stdout.lines().count() > 100);
+    assert!(stderr.contains("warning: no config written"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_summary_says_what_it_counts() {
+    let (code, _, stderr) = run_with(&replay_args(&[]), Some(Stdio::null()), None);
+    assert_eq!(code, 0);
+    // cross_basics.ndjson holds two queries: each answer is one `account` event.
+    assert!(stderr.contains("account events 2"), "{stderr}");
 }

@@ -28,6 +28,7 @@ fn opts(accounts: u64, symbols: usize, messages: u64, seed: u64) -> GenOptions {
 
 #[test]
 fn gen_cli_is_deterministic_and_quiet_when_piped() {
+    common::long_test("gen_cli_is_deterministic_and_quiet_when_piped");
     let dir = std::env::temp_dir().join(format!("liqscan-gen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let run = |seed: &str, name: &str| {
@@ -68,6 +69,7 @@ fn gen_cli_is_deterministic_and_quiet_when_piped() {
 
 #[test]
 fn without_faults_nothing_is_rejected_and_both_engines_agree() {
+    common::long_test("without_faults_nothing_is_rejected_and_both_engines_agree");
     for snapshot in [true, false] {
         let mut o = opts(150, 8, 12_000, 21);
         o.snapshot = snapshot;
@@ -109,6 +111,7 @@ fn without_faults_nothing_is_rejected_and_both_engines_agree() {
 
 #[test]
 fn every_injected_fault_is_rejected_with_its_code() {
+    common::long_test("every_injected_fault_is_rejected_with_its_code");
     let mut o = opts(200, 10, 30_000, 9);
     o.fault_rate = 0.05;
     let text = generator::generate_string(&o);
@@ -175,6 +178,7 @@ fn every_injected_fault_is_rejected_with_its_code() {
 
 #[test]
 fn a_long_replay_keeps_liquidations_flowing_and_the_book_whole() {
+    common::long_test("a_long_replay_keeps_liquidations_flowing_and_the_book_whole");
     let o = opts(1000, 10, 60_000, 11);
     let text = generator::generate_string(&o);
     let cfg = Arc::new(synth::config(10));
@@ -227,4 +231,32 @@ fn marks_reach_symbols_evenly_unless_they_follow_popularity() {
     assert!(first < 2 * last && last < 2 * first, "even cadence: {first} vs {last}");
     let (first, last) = count(true);
     assert!(first > 5 * last, "Zipf: {first} vs {last}");
+}
+
+#[test]
+fn progress_names_each_phase_with_its_unit_and_never_goes_back() {
+    // (label, snapshot, the phases reported in order)
+    for (label, snapshot, want) in [
+        ("TC1 snapshot", true, vec![("snapshot", "accounts", 10_000), ("stream", "lines", 40_000)]),
+        ("TC2 no snapshot", false, vec![("stream", "lines", 40_000)]),
+    ] {
+        let mut o = opts(10_000, 4, 40_000, 5);
+        o.snapshot = snapshot;
+        let mut calls: Vec<(generator::Phase, u64)> = Vec::new();
+        let stats =
+            generator::generate(&o, std::io::sink(), &mut |p, done| calls.push((p, done))).unwrap();
+        let mut phases: Vec<(&str, &str, u64)> =
+            calls.iter().map(|(p, _)| (p.name, p.unit, p.total)).collect();
+        phases.dedup();
+        assert_eq!(phases, want, "{label}");
+        for (name, _, total) in &want {
+            let done: Vec<u64> =
+                calls.iter().filter(|(p, _)| p.name == *name).map(|&(_, d)| d).collect();
+            assert_eq!(done.first(), Some(&0), "{label}: {name} starts at 0, named");
+            assert!(done.windows(2).all(|w| w[0] <= w[1]), "{label}: {name} went back");
+            assert_eq!(done.last(), Some(total), "{label}: {name} ends full");
+            assert!(done.len() > 2, "{label}: {name} reports on the way: {done:?}");
+        }
+        assert!(stats.lines >= 40_000);
+    }
 }

@@ -33,6 +33,7 @@ const GENERATED: &[(&str, &str)] = &[
 
 #[test]
 fn generated_fixtures_are_reproducible_and_golden() {
+    common::long_test("generated_fixtures_are_reproducible_and_golden");
     let bless = std::env::var_os("LIQSCAN_BLESS").is_some();
     let dir = root().join("fixtures/gen");
     let tmp = std::env::temp_dir().join(format!("liqscan-golden-gen-{}", std::process::id()));
@@ -77,6 +78,7 @@ fn generated_fixtures_are_reproducible_and_golden() {
 
 #[test]
 fn golden_streams() {
+    common::long_test("golden_streams");
     let bless = std::env::var_os("LIQSCAN_BLESS").is_some();
     for &(name, cfg) in CASES {
         let dir = root().join("fixtures/golden");

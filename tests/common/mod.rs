@@ -7,6 +7,15 @@ use std::{path::PathBuf, sync::Arc};
 use liqscan::{config::Config, reference::ReferenceEngine, replay};
 use serde_json::Value;
 
+/// Says on the terminal that a long test is running, so a quiet `cargo test` does not look
+/// stuck. It writes to the process's stderr directly: libtest captures only the `print!`
+/// family of macros, so this line shows even when the test passes (and `cargo test -q`
+/// stays one line per long test).
+pub fn long_test(name: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "    (long test running: {name})");
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
