@@ -106,6 +106,12 @@ pub enum Admit {
 }
 
 impl Sequencer {
+    /// A sequencer whose last effective seq is `last`: a stream resumed after it (a restored
+    /// daemon, or `liqscan feed` resuming after a daemon's hello).
+    pub fn resume(last: u64) -> Sequencer {
+        Sequencer { last }
+    }
+
     pub fn admit(&mut self, seq: Option<u64>) -> Admit {
         let expected = self.last.saturating_add(1);
         match seq {

@@ -17,6 +17,7 @@ use liqscan::{
     config::Config,
     engine::Engine,
     fast::FastEngine,
+    feed,
     generator::{self, Fault, GenOptions},
     latency,
     reference::ReferenceEngine,
@@ -67,6 +68,10 @@ enum Command {
     /// Generate a config and a message stream for load tests: deterministic for a seed,
     /// written as it is made. The stream goes to stdout unless --out is given.
     Gen(GenArgs),
+    /// Play a stream into a daemon's --listen address as a matching engine would: read the
+    /// hello, send from the first message after its last_seq, reconnect with back-off when
+    /// the connection drops (SPEC section 9.1).
+    Feed(FeedArgs),
     /// Draw the percentile spectrum of an HdrHistogram interval log (as written by
     /// `replay --hdr-out`) to an SVG file: one line per tag.
     Plot {
@@ -119,6 +124,40 @@ struct GenArgs {
     /// Write the stream here instead of stdout.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct FeedArgs {
+    /// The daemon's engine address (its --listen), host:port.
+    #[arg(long, value_name = "ADDR")]
+    to: String,
+    /// Send this many lines per second instead of as fast as the daemon reads them.
+    #[arg(long, value_name = "LINES_PER_S", value_parser = positive_rate)]
+    rate: Option<f64>,
+    /// Also subscribe to the daemon's events (its --events address) and time each event
+    /// from the message's ts to its arrival; implies --stamp-ts.
+    #[arg(long, value_name = "ADDR")]
+    events: Option<String>,
+    /// Set "ts" (ns since the epoch, at send time) on every message that has none.
+    #[arg(long)]
+    stamp_ts: bool,
+    /// Give up when no connection can be made for this long (e.g. 500ms, 30s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    give_up_after: std::time::Duration,
+    /// With --events: after the last line, stop once no event came for this long.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    events_idle: std::time::Duration,
+    /// Write the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// With --events: write the ts-to-event histogram (ns) as an HdrHistogram interval log.
+    #[arg(long, value_name = "FILE")]
+    hdr_out: Option<PathBuf>,
+    /// With --events: draw its percentile spectrum to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// The stream to send (a file: a reconnect resends from the daemon's last seq).
+    input: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -296,6 +335,38 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_feed(args: FeedArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = feed::FeedOptions::new(args.to);
+    opts.rate = args.rate;
+    opts.stamp_ts = args.stamp_ts || args.events.is_some();
+    opts.events = args.events;
+    opts.give_up_after = args.give_up_after;
+    opts.events_idle = args.events_idle;
+    let started = SystemTime::now();
+    let summary = feed::feed(&args.input, &opts)?;
+    let _ = io::stderr().write_all(summary.human().as_bytes());
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&summary.to_json())?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write report {}", path.display()))?;
+    }
+    let series = [("ts_to_event", &summary.ts_to_event)];
+    if let Some(path) = &args.hdr_out {
+        let mut file = BufWriter::new(
+            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        );
+        latency::write_log(&mut file, started, summary.elapsed, &series)
+            .and_then(|()| file.flush())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        let owned = vec![("ts_to_event".to_owned(), summary.ts_to_event.clone())];
+        chart::percentile_spectrum(path, "liqscan feed: ts to event at the subscriber", &owned)
+            .map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_plot(log: &Path, out: &Path, title: &str) -> anyhow::Result<ExitCode> {
     let text = std::fs::read(log).with_context(|| format!("cannot read {}", log.display()))?;
     let series = latency::read_log(&text).map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?;
@@ -310,6 +381,7 @@ fn main() -> ExitCode {
             run_replay(ReplayArgs { config, report, engine, hdr_out, plot, rate, input })
         }
         Command::Gen(args) => run_gen(args),
+        Command::Feed(args) => run_feed(args),
         Command::Plot { log, out, title } => run_plot(&log, &out, &title),
     };
     match result {
