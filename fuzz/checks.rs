@@ -127,7 +127,13 @@ fn run_both(cfg: Arc<Config>, data: &[u8]) {
             apply_one(&mut reference, &ingested.outcome, ingested.line),
             apply_one(&mut fast, &ingested.outcome, ingested.line),
         );
-        assert_eq!(r, f, "engines disagree on line {}: {:?}", ingested.line, String::from_utf8_lossy(line));
+        assert_eq!(
+            r,
+            f,
+            "engines disagree on line {}: {:?}",
+            ingested.line,
+            String::from_utf8_lossy(line)
+        );
         if let Outcome::Command { seq, .. } = ingested.outcome {
             last = At { line: ingested.line, seq };
         }
