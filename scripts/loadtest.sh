@@ -3,8 +3,18 @@
 # engine, and leave under a results folder: the config, the summary (stderr of the replay),
 # the report JSON, the HdrHistogram log and the latency chart (SVG).
 #
-# Needs: the Rust toolchain only (it builds liqscan in release). Disk: ~90 bytes a message
-# (about 1.3 GB for the defaults). Memory: ~600 MB per million accounts. Installs nothing.
+# MODE=daemon also runs the daemon on the same stream, on loopback: `liqscan run` with an
+# engine port, an events port and HTTP; `liqscan feed` plays the stream into it and is the
+# one subscriber, timing each event from the message's `ts` (stamped at send) to its arrival.
+# It leaves daemon.log, feed.txt, feed.json (the feed's report), metrics.txt (the daemon's
+# /metrics at the end), and latency.hlog / latency.svg of the subscriber's latency; the
+# replay's report is replay.json. STALLED=1 connects a second subscriber that never reads.
+# summary.json holds the figures of the run, with the daemon's throughput as a ratio to the
+# replay's in the same run.
+#
+# Needs: the Rust toolchain (it builds liqscan in release); MODE=daemon also needs curl and
+# jq. Disk: ~90 bytes a message (about 1.3 GB for the defaults). Memory: ~600 MB per million
+# accounts. Installs nothing.
 #
 # Usage: scripts/loadtest.sh [RESULTS_DIR]
 # Sizes come from the environment (defaults in brackets):
@@ -13,6 +23,8 @@
 #   RATE [unset]: offer the stream at this many lines/s (replay --rate) so that event
 #   latency shows the engine at that load; unset replays as fast as possible, where event
 #   latency is the time lines wait in the saturated pipeline's queues.
+#   MODE [replay]: replay, or daemon (see above); STALLED [0]: daemon mode with a stalled
+#   subscriber.
 #   KEEP_STREAM=1 keeps the generated stream, KEEP_EVENTS=1 the events (both are large, so
 #   by default the stream is deleted at the end and the events are not written).
 set -euo pipefail
@@ -23,6 +35,8 @@ SYMBOLS=${SYMBOLS:-1000}
 MESSAGES=${MESSAGES:-10000000}
 SEED=${SEED:-1}
 MARK_RATIO=${MARK_RATIO:-0.9}
+MODE=${MODE:-replay}
+STALLED=${STALLED:-0}
 FAULT_RATE=${FAULT_RATE:-0}
 OUT=${1:-results/loadtest-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
@@ -49,5 +63,53 @@ if [[ -n "${RATE:-}" ]]; then rate=(--rate "$RATE"); fi
   --hdr-out "$OUT/latency.hlog" --plot "$OUT/latency.svg" "$OUT/stream.ndjson" \
   > "$events" 2> "$OUT/summary.txt"
 cat "$OUT/summary.txt" >&2
+
+if [[ "$MODE" == daemon ]]; then
+  mv "$OUT/report.json" "$OUT/replay.json"
+  mv "$OUT/latency.hlog" "$OUT/replay-latency.hlog"
+  mv "$OUT/latency.svg" "$OUT/replay-latency.svg"
+  echo "== daemon (fast engine) + feed${RATE:+ at $RATE lines/s}$( [[ $STALLED == 1 ]] && echo ", with a stalled subscriber")" >&2
+  "$BIN" run --config "$OUT/config.json" --listen 127.0.0.1:0 --events 127.0.0.1:0 \
+    --http 127.0.0.1:0 2> "$OUT/daemon.log" &
+  daemon=$!
+  trap 'kill -9 "$daemon" 2>/dev/null || true' EXIT
+  # The daemon logs the addresses it bound (port 0 picks free ones).
+  addr() { grep "role=\"$1\"" "$OUT/daemon.log" | grep -o 'addr=[0-9.:]*' | head -1 | cut -d= -f2; }
+  for _ in $(seq 300); do
+    [[ -n "$(addr http)" ]] && break
+    kill -0 "$daemon" 2>/dev/null || { cat "$OUT/daemon.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  engine_addr=$(addr engine); events_addr=$(addr events); http_addr=$(addr http)
+  [[ -n "$http_addr" ]] || { echo "the daemon did not start" >&2; cat "$OUT/daemon.log" >&2; exit 1; }
+  if [[ "$STALLED" == 1 ]]; then
+    # A subscriber that connects and never reads: the daemon must cut it, not slow down.
+    exec 3<>"/dev/tcp/${events_addr%:*}/${events_addr##*:}"
+  fi
+  "$BIN" feed --to "$engine_addr" --events "$events_addr" "${rate[@]}" --report "$OUT/feed.json" \
+    --hdr-out "$OUT/latency.hlog" --plot "$OUT/latency.svg" "$OUT/stream.ndjson" 2> "$OUT/feed.txt"
+  cat "$OUT/feed.txt" >&2
+  curl -sf "http://$http_addr/metrics" > "$OUT/metrics.txt"
+  kill -TERM "$daemon"
+  wait "$daemon" || { echo "the daemon exited with $?" >&2; exit 1; }
+  trap - EXIT
+  [[ "$STALLED" == 1 ]] && exec 3>&-
+  metric() { awk -v m="$1" '$1 == m { print $2 }' "$OUT/metrics.txt"; }
+  jq -n --slurpfile replay "$OUT/replay.json" --slurpfile feed "$OUT/feed.json" \
+    --arg dropped "$(metric liqscan_subscribers_dropped_total)" \
+    --arg liquidations "$(awk '/^liqscan_liquidations_total/ { n += $2 } END { print n }' "$OUT/metrics.txt")" \
+    --arg stalled "$STALLED" --arg rate "${RATE:-}" '{
+      mode: "daemon", stalled: ($stalled == "1"), rate: (if $rate == "" then null else ($rate | tonumber) end),
+      replay_messages_per_s: $replay[0].messages_per_s,
+      daemon_lines_per_s: $feed[0].lines_per_s,
+      daemon_to_replay: ($feed[0].lines_per_s / $replay[0].messages_per_s),
+      liquidations_replay: $replay[0].liquidations,
+      liquidations_daemon: ($liquidations | tonumber),
+      liquidations_at_subscriber: $feed[0].liquidations,
+      subscribers_dropped: ($dropped | tonumber),
+      ts_to_event_at_subscriber_ns: $feed[0].latency_ns.ts_to_event,
+    }' > "$OUT/summary.json"
+  cat "$OUT/summary.json" >&2
+fi
 if [[ "${KEEP_STREAM:-0}" != 1 ]]; then rm -f "$OUT/stream.ndjson"; fi
-echo "results in $OUT: report.json, latency.hlog, latency.svg, summary.txt, gen.txt" >&2
+echo "results in $OUT" >&2

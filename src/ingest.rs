@@ -112,6 +112,12 @@ pub enum Admit {
 }
 
 impl Sequencer {
+    /// A sequencer whose last effective seq is `last`: a stream resumed after it (a restored
+    /// daemon, or `liqscan feed` resuming after a daemon's hello).
+    pub fn resume(last: u64) -> Sequencer {
+        Sequencer { last }
+    }
+
     /// Decides a parsed message's fate by its `seq` field (SPEC section 6): a duplicate, the
     /// next effective seq (with the gap it skipped, if any), or, past 2^64 − 1 without a
     /// `seq`, none left to take.

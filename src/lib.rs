@@ -21,6 +21,7 @@
 //! | [`fast`] | the fast engine: struct-of-arrays books, i128 fixed point, trigger index, parallel sweeps, keyed account index, check + commit in `fast/commands.rs`, at-risk selection in `fast/risk.rs` (see `src/fast/README.md`) | 3–6, 9.3 |
 //! | [`latency`] | HdrHistogram latency distributions | 7, 8 |
 //! | [`replay`] | `liqscan replay`: the reader → engine → writer pipeline, summary and report | 8 |
+//! | [`feed`] | `liqscan feed`: the engine's side of a daemon connection (hello, resend, pacing, reconnect), and a timing subscriber | 9.1, 9.2 |
 //! | [`chart`] | the latency percentile-spectrum chart (SVG) | — |
 //! | [`synth`] | deterministic synthetic configs, books, mark walks | — |
 //! | [`generator`] | `liqscan gen`: streaming, engine-played message streams with injected faults | 8 |
@@ -33,6 +34,7 @@ pub mod config;
 pub mod engine;
 pub mod exact;
 pub mod fast;
+pub mod feed;
 pub mod fixed;
 pub mod generator;
 pub mod ingest;

@@ -22,6 +22,7 @@ use liqscan::{
     config::Config,
     engine::Engine,
     fast::FastEngine,
+    feed,
     generator::{self, Fault, GenOptions, Phase},
     latency,
     reference::ReferenceEngine,
@@ -83,6 +84,10 @@ enum Command {
     /// Generate a config and a message stream for load tests: deterministic for a seed,
     /// written as it is made. The stream goes to stdout unless --out is given.
     Gen(GenArgs),
+    /// Play a stream into a daemon's --listen address as a matching engine would: read the
+    /// hello, send from the first message after its last_seq, reconnect with back-off when
+    /// the connection drops (SPEC section 9.1).
+    Feed(FeedArgs),
     /// Draw the percentile spectrum of an HdrHistogram interval log (as written by
     /// `replay --hdr-out`) to an SVG file: one line per tag.
     Plot {
@@ -137,6 +142,40 @@ struct GenArgs {
     /// Write the stream here instead of stdout.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct FeedArgs {
+    /// The daemon's engine address (its --listen), host:port.
+    #[arg(long, value_name = "ADDR")]
+    to: String,
+    /// Send this many lines per second instead of as fast as the daemon reads them.
+    #[arg(long, value_name = "LINES_PER_S", value_parser = positive_rate)]
+    rate: Option<f64>,
+    /// Also subscribe to the daemon's events (its --events address) and time each event
+    /// from the message's ts to its arrival; implies --stamp-ts.
+    #[arg(long, value_name = "ADDR")]
+    events: Option<String>,
+    /// Set "ts" (ns since the epoch, at send time) on every message that has none.
+    #[arg(long)]
+    stamp_ts: bool,
+    /// Give up when no connection can be made for this long (e.g. 500ms, 30s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    give_up_after: std::time::Duration,
+    /// With --events: after the last line, stop once no event came for this long.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    events_idle: std::time::Duration,
+    /// Write the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// With --events: write the ts-to-event histogram (ns) as an HdrHistogram interval log.
+    #[arg(long, value_name = "FILE")]
+    hdr_out: Option<PathBuf>,
+    /// With --events: draw its percentile spectrum to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// The stream to send (a file: a reconnect resends from the daemon's last seq).
+    input: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -360,36 +399,63 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let summary = summary.context("replay failed")?;
     let name = args.engine.name();
     let _ = io::stderr().write_all(summary.human(name).as_bytes());
-    if let Some(path) = &args.report {
-        let json = serde_json::to_string_pretty(&summary.to_json(name))?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("cannot write report {}", path.display()))?;
-    }
-    let series = [
-        ("event", &summary.event_latency),
-        ("ts_to_event", &summary.ts_latency),
-        ("apply", &summary.apply_latency),
-    ];
-    if let Some(path) = &args.hdr_out {
-        let mut file = BufWriter::new(
-            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-        );
-        latency::write_log(&mut file, started, summary.elapsed, &series)
-            .and_then(|()| file.flush())
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    if let Some(path) = &args.plot {
-        let owned: Vec<(String, latency::Latency)> =
-            series.iter().map(|(n, l)| ((*n).to_owned(), (*l).clone())).collect();
-        let title = format!("liqscan replay ({name} engine): latency by percentile");
-        match chart::percentile_spectrum(path, &title, &owned) {
-            Ok(()) => {}
-            // An input with no messages has no latencies: nothing to draw is not a failure.
-            Err(ChartError::Empty) => say!("liqscan: no chart: no latency values to plot"),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let outputs = Outputs { report: args.report, hdr_out: args.hdr_out, plot: args.plot };
+    outputs.write(
+        &summary.to_json(name),
+        started,
+        summary.elapsed,
+        &[
+            ("event", &summary.event_latency),
+            ("ts_to_event", &summary.ts_latency),
+            ("apply", &summary.apply_latency),
+        ],
+        &format!("liqscan replay ({name} engine): latency by percentile"),
+    )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The files a run may leave besides its stream: `--report`, `--hdr-out`, `--plot`.
+struct Outputs {
+    report: Option<PathBuf>,
+    hdr_out: Option<PathBuf>,
+    plot: Option<PathBuf>,
+}
+
+impl Outputs {
+    /// Writes the report JSON, the HdrHistogram log of `series` and its chart, as asked.
+    fn write(
+        &self,
+        report: &serde_json::Value,
+        started: SystemTime,
+        elapsed: Duration,
+        series: &[(&str, &latency::Latency)],
+        title: &str,
+    ) -> anyhow::Result<()> {
+        if let Some(path) = &self.report {
+            let json = serde_json::to_string_pretty(report)?;
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("cannot write report {}", path.display()))?;
+        }
+        if let Some(path) = &self.hdr_out {
+            let mut file = BufWriter::new(
+                File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            );
+            latency::write_log(&mut file, started, elapsed, series)
+                .and_then(|()| file.flush())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        if let Some(path) = &self.plot {
+            let owned: Vec<(String, latency::Latency)> =
+                series.iter().map(|(n, l)| ((*n).to_owned(), (*l).clone())).collect();
+            match chart::percentile_spectrum(path, title, &owned) {
+                Ok(()) => {}
+                // An input with no messages has no latencies: nothing to draw is not a failure.
+                Err(ChartError::Empty) => say!("liqscan: no chart: no latency values to plot"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
 }
 
 fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
@@ -483,6 +549,27 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_feed(args: FeedArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = feed::FeedOptions::new(args.to);
+    opts.rate = args.rate;
+    opts.stamp_ts = args.stamp_ts || args.events.is_some();
+    opts.events = args.events;
+    opts.give_up_after = args.give_up_after;
+    opts.events_idle = args.events_idle;
+    let started = SystemTime::now();
+    let summary = feed::feed(&args.input, &opts)?;
+    let _ = io::stderr().write_all(summary.human().as_bytes());
+    let outputs = Outputs { report: args.report, hdr_out: args.hdr_out, plot: args.plot };
+    outputs.write(
+        &summary.to_json(),
+        started,
+        summary.elapsed,
+        &[("ts_to_event", &summary.ts_to_event)],
+        "liqscan feed: message ts to event at the subscriber",
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_plot(log: &Path, out: &Path, title: &str) -> anyhow::Result<ExitCode> {
     let text = std::fs::read(log).with_context(|| format!("cannot read {}", log.display()))?;
     let series = latency::read_log(&text).map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?;
@@ -522,6 +609,7 @@ fn main() -> ExitCode {
             run_replay(ReplayArgs { config, report, engine, hdr_out, plot, rate, input })
         }
         Command::Gen(args) => run_gen(args),
+        Command::Feed(args) => run_feed(args),
         Command::Plot { log, out, title } => run_plot(&log, &out, &title),
     };
     match result {

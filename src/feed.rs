@@ -1,0 +1,660 @@
+//! `liqscan feed`: the matching engine's side of SPEC section 9.1, for load tests and for
+//! people trying the daemon.
+//!
+//! It connects to a daemon's `--listen` address, reads the `hello` line, and sends the input
+//! from the first line whose effective seq (SPEC section 6) is above the hello's `last_seq`,
+//! optionally paced. When the connection drops it reconnects with back-off and resends from
+//! the new hello, so a daemon that restarts (or one that replaced the connection) ends with
+//! every line applied once: anything resent at or below its last seq is a duplicate there.
+//!
+//! With `--events ADDR` it is also a subscriber (SPEC section 9.2): it reads the daemon's
+//! events and measures, per event, the time from the `ts` it stamped on the message to the
+//! event's arrival.
+//!
+//! This is a client tool: plain blocking `std::net` sockets, no async runtime.
+
+use std::{
+    fs::File,
+    io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write},
+    net::{Shutdown, TcpStream, ToSocketAddrs},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use crate::{
+    ingest::{Admit, Line, LineReader, Sequencer},
+    latency::Latency,
+    protocol::{self, MAX_LINE_BYTES},
+};
+
+/// Lines between two resume checkpoints of the input index.
+const CHECKPOINT_LINES: u64 = 4096;
+
+/// Send times kept for matching events to the `ts` of their message, by seq modulo this.
+/// An event that arrives more than this many messages after its message is not timed.
+const TS_RING: usize = 1 << 20;
+
+/// How `feed` runs.
+#[derive(Debug, Clone)]
+pub struct FeedOptions {
+    /// The daemon's `--listen` address (`host:port`).
+    pub to: String,
+    /// Lines per second; `None` sends as fast as the connection takes them.
+    pub rate: Option<f64>,
+    /// Stamp `"ts"` (ns since the epoch, at send time) on every message that has none.
+    pub stamp_ts: bool,
+    /// The daemon's `--events` address: subscribe and time events.
+    pub events: Option<String>,
+    /// Give up when no connection could be made (or kept) for this long.
+    pub give_up_after: Duration,
+    /// With `events`: after the last line, wait until no event came for this long.
+    pub events_idle: Duration,
+    /// How long to wait for the `hello` line and for the daemon to close after our last line.
+    pub io_timeout: Duration,
+}
+
+impl FeedOptions {
+    /// Defaults for sending to `to`: unpaced, no stamping, give up after 30 s without a
+    /// connection.
+    pub fn new(to: impl Into<String>) -> FeedOptions {
+        FeedOptions {
+            to: to.into(),
+            rate: None,
+            stamp_ts: false,
+            events: None,
+            give_up_after: Duration::from_secs(30),
+            events_idle: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a feed did.
+#[derive(Clone, Default)]
+pub struct FeedSummary {
+    /// Lines written to a connection, resent ones included.
+    pub lines_sent: u64,
+    /// Bytes written, newlines included.
+    pub bytes_sent: u64,
+    /// Lines of the input (the last effective seq of the input is `last_seq`).
+    pub input_lines: u64,
+    /// The input's last effective seq.
+    pub last_seq: u64,
+    /// Connections made (each began with a hello).
+    pub connections: u64,
+    /// Lines sent more than once (after a reconnect resumed below what was sent).
+    pub lines_resent: u64,
+    /// The `last_seq` of each hello, in order.
+    pub hellos: Vec<u64>,
+    pub elapsed: Duration,
+    /// Events read as a subscriber, and how many of them were liquidations.
+    pub events: u64,
+    pub liquidations: u64,
+    /// Stamped `ts` to the event's arrival, for events whose message feed stamped.
+    pub ts_to_event: Latency,
+}
+
+impl FeedSummary {
+    /// Lines sent per second of wall time.
+    pub fn lines_per_s(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 { self.lines_sent as f64 / s } else { 0.0 }
+    }
+
+    /// The human summary for stderr.
+    pub fn human(&self) -> String {
+        let mut s = format!(
+            "liqscan feed\n\
+             sent          {} lines ({} bytes) in {:.3} s ({:.0} lines/s)\n\
+             input         {} lines, last seq {}\n\
+             connections   {} (hello last_seq: {})\n\
+             resent        {} lines\n",
+            self.lines_sent,
+            self.bytes_sent,
+            self.elapsed.as_secs_f64(),
+            self.lines_per_s(),
+            self.input_lines,
+            self.last_seq,
+            self.connections,
+            self.hellos.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+            self.lines_resent,
+        );
+        if self.events > 0 || self.ts_to_event.summary().count > 0 {
+            let l = self.ts_to_event.summary();
+            s += &format!(
+                "events        {} received, {} liquidations\n\
+                 ts→event ns   p50 {} p90 {} p99 {} p99.9 {} max {} (n={})\n",
+                self.events, self.liquidations, l.p50, l.p90, l.p99, l.p999, l.max, l.count
+            );
+        }
+        s
+    }
+
+    /// The `--report` JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "lines_sent": self.lines_sent,
+            "bytes_sent": self.bytes_sent,
+            "input_lines": self.input_lines,
+            "last_seq": self.last_seq,
+            "connections": self.connections,
+            "hellos": self.hellos,
+            "lines_resent": self.lines_resent,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "lines_per_s": self.lines_per_s(),
+            "events": self.events,
+            "liquidations": self.liquidations,
+            "latency_ns": { "ts_to_event": self.ts_to_event.summary().to_json() },
+        })
+    }
+}
+
+/// Why a feed stopped before the end of its input.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("cannot read input {path}: {source}")]
+    Input { path: PathBuf, source: io::Error },
+    #[error("no connection to {to} for {secs:.1} s (last error: {last})")]
+    GaveUp { to: String, secs: f64, last: String },
+    #[error("{to} did not answer with a hello line: {reason}")]
+    NoHello { to: String, reason: String },
+    #[error("cannot subscribe to events at {addr}: {source}")]
+    Subscribe { addr: String, source: io::Error },
+}
+
+/// A point of the input where sending can resume: the byte offset of a line, its line
+/// number, and the sequencer's last effective seq before it.
+#[derive(Debug, Clone, Copy)]
+struct Checkpoint {
+    offset: u64,
+    line: u64,
+    seq_before: u64,
+}
+
+/// The input file with a sparse index of checkpoints, built as it is first read.
+struct Input {
+    path: PathBuf,
+    checkpoints: Vec<Checkpoint>,
+    /// How far the index reaches: every line before this offset is indexed.
+    indexed_to: u64,
+}
+
+impl Input {
+    fn open(path: &Path) -> Result<Input, FeedError> {
+        File::open(path).map_err(|source| FeedError::Input { path: path.to_owned(), source })?;
+        Ok(Input {
+            path: path.to_owned(),
+            checkpoints: vec![Checkpoint { offset: 0, line: 0, seq_before: 0 }],
+            indexed_to: 0,
+        })
+    }
+
+    /// The latest known checkpoint at which the sequencer had not passed `last_seq`. The
+    /// sequencer's last seq never decreases, so the checkpoints are ordered by it.
+    fn resume_point(&self, last_seq: u64) -> Checkpoint {
+        let i = self.checkpoints.partition_point(|c| c.seq_before <= last_seq);
+        // i >= 1: the first checkpoint has seq_before 0 <= any last_seq.
+        self.checkpoints[i.saturating_sub(1)]
+    }
+
+    fn err(&self, source: io::Error) -> FeedError {
+        FeedError::Input { path: self.path.clone(), source }
+    }
+}
+
+/// Nanoseconds since the epoch now.
+fn now_epoch_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Send times by seq, shared with the subscriber thread: slot `seq % TS_RING` holds
+/// `(seq, ts)`.
+struct TsRing {
+    slots: Vec<[AtomicU64; 2]>,
+}
+
+impl TsRing {
+    fn new() -> TsRing {
+        TsRing { slots: (0..TS_RING).map(|_| Default::default()).collect() }
+    }
+
+    fn put(&self, seq: u64, ts: u64) {
+        let slot = &self.slots[(seq % TS_RING as u64) as usize];
+        slot[0].store(0, Ordering::Release); // invalid while being written
+        slot[1].store(ts, Ordering::Release);
+        slot[0].store(seq, Ordering::Release);
+    }
+
+    fn get(&self, seq: u64) -> Option<u64> {
+        let slot = &self.slots[(seq % TS_RING as u64) as usize];
+        let ts = slot[1].load(Ordering::Acquire);
+        (slot[0].load(Ordering::Acquire) == seq && seq != 0).then_some(ts)
+    }
+}
+
+/// How one connection ended.
+enum Connection {
+    /// Every line was sent and the daemon closed its side after reading them.
+    Done,
+    /// The connection failed; reconnect and resume from the next hello.
+    Lost(String),
+}
+
+/// Sends `input` to the daemon at `opts.to` as SPEC section 9.1 describes, reconnecting
+/// until every line past the daemon's `last_seq` was sent on a connection the daemon then
+/// closed cleanly, or until `opts.give_up_after` passes with no connection.
+///
+/// Errors: the input cannot be read, no connection for `give_up_after`, a peer that does
+/// not speak the hello, or (with `events`) a subscription that cannot be made.
+pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> {
+    let started = Instant::now();
+    let mut input = Input::open(input)?;
+    let mut summary = FeedSummary::default();
+    let ring = Arc::new(TsRing::new());
+    let subscriber = match &opts.events {
+        Some(addr) => Some(Subscriber::start(addr, ring.clone())?),
+        None => None,
+    };
+    let mut sent_up_to = 0u64; // highest line number ever sent, for counting resends
+    let mut last_error;
+    let mut backoff = Duration::from_millis(50);
+    let mut failing_since: Option<Instant> = None;
+    let mut paced = Pacer::new(opts.rate);
+    loop {
+        let attempt = connect(&opts.to, opts.io_timeout).and_then(|(stream, last_seq)| {
+            summary.connections += 1;
+            summary.hellos.push(last_seq);
+            failing_since = None;
+            backoff = Duration::from_millis(50);
+            send_from(
+                &mut input,
+                stream,
+                last_seq,
+                opts,
+                &ring,
+                &mut paced,
+                &mut summary,
+                &mut sent_up_to,
+            )
+        });
+        match attempt {
+            Ok(Connection::Done) => break,
+            Ok(Connection::Lost(e)) | Err(Attempt::Retry(e)) => last_error = e,
+            Err(Attempt::Fatal(e)) => return Err(e),
+        }
+        let since = *failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= opts.give_up_after {
+            return Err(FeedError::GaveUp {
+                to: opts.to.clone(),
+                secs: since.elapsed().as_secs_f64(),
+                last: last_error,
+            });
+        }
+        thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    summary.elapsed = started.elapsed();
+    if let Some(sub) = subscriber {
+        let (events, liquidations, latency) = sub.finish(opts.events_idle);
+        summary.events = events;
+        summary.liquidations = liquidations;
+        summary.ts_to_event = latency;
+    }
+    Ok(summary)
+}
+
+/// A connection attempt that failed.
+enum Attempt {
+    Retry(String),
+    Fatal(FeedError),
+}
+
+impl From<FeedError> for Attempt {
+    fn from(e: FeedError) -> Attempt {
+        Attempt::Fatal(e)
+    }
+}
+
+/// Connects and reads the hello line; returns the stream and the hello's `last_seq`.
+fn connect(to: &str, io_timeout: Duration) -> Result<(TcpStream, u64), Attempt> {
+    let addrs: Vec<_> = to
+        .to_socket_addrs()
+        .map_err(|e| Attempt::Retry(format!("cannot resolve {to}: {e}")))?
+        .collect();
+    let mut last = format!("{to} resolves to no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, io_timeout) {
+            Ok(stream) => {
+                let last_seq = read_hello(&stream, to, io_timeout)?;
+                return Ok((stream, last_seq));
+            }
+            Err(e) => last = format!("connect {addr}: {e}"),
+        }
+    }
+    Err(Attempt::Retry(last))
+}
+
+/// Reads the hello line byte by byte (so nothing after it is consumed) within `timeout`.
+fn read_hello(mut stream: &TcpStream, to: &str, timeout: Duration) -> Result<u64, Attempt> {
+    stream.set_read_timeout(Some(timeout)).map_err(|e| Attempt::Retry(e.to_string()))?;
+    let mut line = Vec::with_capacity(128);
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return Err(Attempt::Retry(format!("{to} closed before its hello"))),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() >= 4096 => {
+                return Err(no_hello(to, "first line over 4096 bytes"));
+            }
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Attempt::Retry(format!("reading hello from {to}: {e}"))),
+        }
+    }
+    stream.set_read_timeout(None).map_err(|e| Attempt::Retry(e.to_string()))?;
+    #[derive(serde::Deserialize)]
+    struct Hello {
+        #[serde(rename = "type")]
+        kind: String,
+        last_seq: u64,
+    }
+    match serde_json::from_slice::<Hello>(&line) {
+        Ok(h) if h.kind == "hello" => Ok(h.last_seq),
+        Ok(h) => Err(no_hello(to, &format!("first line has type {:?}", h.kind))),
+        Err(e) => Err(no_hello(to, &format!("{e}: {}", String::from_utf8_lossy(&line)))),
+    }
+}
+
+fn no_hello(to: &str, reason: &str) -> Attempt {
+    Attempt::Fatal(FeedError::NoHello { to: to.to_owned(), reason: reason.to_owned() })
+}
+
+/// Offered load: line n of the run is let out at `n / rate` seconds after the first.
+struct Pacer {
+    rate: Option<f64>,
+    start: Option<Instant>,
+    n: u64,
+}
+
+impl Pacer {
+    fn new(rate: Option<f64>) -> Pacer {
+        Pacer { rate, start: None, n: 0 }
+    }
+
+    /// How long to wait before the next line (zero when unpaced or late).
+    fn wait(&mut self) -> Duration {
+        let Some(rate) = self.rate else { return Duration::ZERO };
+        let start = *self.start.get_or_insert_with(Instant::now);
+        let due = start + Duration::from_secs_f64(self.n as f64 / rate);
+        self.n += 1;
+        due.saturating_duration_since(Instant::now())
+    }
+}
+
+/// Sends the input on one connection from the first line whose effective seq is above
+/// `last_seq`; then half-closes and waits for the daemon to close after reading it all.
+#[allow(clippy::too_many_arguments)] // one call site; the parts are the feed's whole state
+fn send_from(
+    input: &mut Input,
+    stream: TcpStream,
+    last_seq: u64,
+    opts: &FeedOptions,
+    ring: &TsRing,
+    pacer: &mut Pacer,
+    summary: &mut FeedSummary,
+    sent_up_to: &mut u64,
+) -> Result<Connection, Attempt> {
+    let from = input.resume_point(last_seq);
+    let mut file = File::open(&input.path).map_err(|e| input.err(e))?;
+    file.seek(SeekFrom::Start(from.offset)).map_err(|e| input.err(e))?;
+    let mut reader = LineReader::new(BufReader::with_capacity(1 << 16, file), MAX_LINE_BYTES);
+    let mut seq = Sequencer::resume(from.seq_before);
+    let (mut offset, mut line_no) = (from.offset, from.line);
+    let mut sending = false;
+    let mut out = BufWriter::with_capacity(1 << 16, &stream);
+    let mut stamped = Vec::with_capacity(256);
+    loop {
+        let (bytes, consumed) = match reader.next_line().map_err(|e| input.err(e))? {
+            None => break,
+            Some(Line::TooLong(n)) => (None, n),
+            Some(Line::Bytes(b)) => (Some(b), b.len()),
+        };
+        // The reader does not say whether the line ended in '\n'; the last line of a file
+        // may not. Offsets are only used at checkpoints, which the next line confirms.
+        let line_offset = offset;
+        offset += consumed as u64 + 1;
+        line_no += 1;
+        if line_offset >= input.indexed_to && line_no > 1 && (line_no - 1) % CHECKPOINT_LINES == 0 {
+            input.checkpoints.push(Checkpoint {
+                offset: line_offset,
+                line: line_no - 1,
+                seq_before: seq.last(),
+            });
+        }
+        input.indexed_to = input.indexed_to.max(offset);
+        let parsed = bytes.and_then(|b| protocol::parse_envelope(b).ok());
+        let admitted = parsed.as_ref().map(|p| seq.admit(p.seq));
+        let effective = match admitted {
+            Some(Admit::Next { seq, .. }) => Some(seq),
+            _ => None,
+        };
+        if !sending {
+            match effective {
+                Some(s) if s > last_seq => sending = true,
+                _ => continue,
+            }
+        }
+        let wait = pacer.wait();
+        if !wait.is_zero() {
+            if let Err(e) = out.flush() {
+                return Ok(Connection::Lost(format!("send: {e}")));
+            }
+            thread::sleep(wait);
+        }
+        let Some(bytes) = bytes else {
+            // An over-long line is sent as a line of its length, so the daemon rejects it
+            // as it would the original (malformed, over 1 MiB).
+            if let Err(e) = write_long_line(&mut out, consumed) {
+                return Ok(Connection::Lost(format!("send: {e}")));
+            }
+            count_sent(summary, sent_up_to, line_no, consumed);
+            continue;
+        };
+        let has_ts = parsed.as_ref().is_some_and(|p| p.envelope.ts.is_some());
+        let result = if opts.stamp_ts && parsed.is_some() && !has_ts {
+            let ts = now_epoch_ns();
+            if let Some(s) = effective {
+                ring.put(s, ts);
+            }
+            stamped.clear();
+            stamp(bytes, ts, &mut stamped);
+            out.write_all(&stamped)
+        } else {
+            out.write_all(bytes).and_then(|()| out.write_all(b"\n"))
+        };
+        if let Err(e) = result {
+            return Ok(Connection::Lost(format!("send: {e}")));
+        }
+        count_sent(summary, sent_up_to, line_no, bytes.len());
+    }
+    summary.input_lines = summary.input_lines.max(line_no);
+    summary.last_seq = summary.last_seq.max(seq.last());
+    if let Err(e) = out.flush() {
+        return Ok(Connection::Lost(format!("send: {e}")));
+    }
+    drop(out);
+    Ok(wait_for_close(&stream, opts.io_timeout))
+}
+
+fn count_sent(summary: &mut FeedSummary, sent_up_to: &mut u64, line_no: u64, len: usize) {
+    summary.lines_sent += 1;
+    summary.bytes_sent += len as u64 + 1;
+    if line_no <= *sent_up_to {
+        summary.lines_resent += 1;
+    }
+    *sent_up_to = (*sent_up_to).max(line_no);
+}
+
+/// Writes `n` filler bytes and a newline: a line the daemon must reject as over-long.
+fn write_long_line(out: &mut impl Write, n: usize) -> io::Result<()> {
+    let chunk = [b'x'; 4096];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(chunk.len());
+        out.write_all(&chunk[..k])?;
+        left -= k;
+    }
+    out.write_all(b"\n")
+}
+
+/// The line with `"ts":<ts>,` inserted after its opening brace, and a newline. Only called
+/// for a line that parsed as a JSON object without a `ts` field.
+fn stamp(line: &[u8], ts: u64, out: &mut Vec<u8>) {
+    // A parsed object starts with '{' after optional white space.
+    let brace = line.iter().position(|&b| b == b'{').map_or(0, |i| i + 1);
+    let (head, rest) = line.split_at(brace);
+    let empty = rest.iter().all(|b| b.is_ascii_whitespace() || *b == b'}');
+    out.extend_from_slice(head);
+    out.extend_from_slice(format!("\"ts\":{ts}{}", if empty { "" } else { "," }).as_bytes());
+    out.extend_from_slice(rest);
+    out.push(b'\n');
+}
+
+/// After the last line: half-close, then wait for the daemon to close its side, which it
+/// does once it has read everything we sent.
+fn wait_for_close(stream: &TcpStream, timeout: Duration) -> Connection {
+    if let Err(e) = stream.shutdown(Shutdown::Write) {
+        return Connection::Lost(format!("shutdown: {e}"));
+    }
+    let _ = stream.set_read_timeout(Some(timeout));
+    let mut sink = [0u8; 4096];
+    let mut reader = stream;
+    loop {
+        match reader.read(&mut sink) {
+            Ok(0) => return Connection::Done,
+            Ok(_) => {} // nothing is expected after the hello; ignore it
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                // The daemon keeps the connection open: it has our bytes in its socket and
+                // will read them; TCP delivered everything we wrote.
+                return Connection::Done;
+            }
+            Err(e) => return Connection::Lost(format!("waiting for the daemon to close: {e}")),
+        }
+    }
+}
+
+/// The subscriber side of `--events`: reads events, times those whose message was stamped.
+struct Subscriber {
+    handle: thread::JoinHandle<(u64, u64, Latency)>,
+    /// Unset (`u64::MAX`) while lines are being sent; then how long a quiet spell ends it.
+    idle_ns: Arc<AtomicU64>,
+}
+
+impl Subscriber {
+    fn start(addr: &str, ring: Arc<TsRing>) -> Result<Subscriber, FeedError> {
+        let err = |source| FeedError::Subscribe { addr: addr.to_owned(), source };
+        let stream = TcpStream::connect(addr).map_err(err)?;
+        // A short read timeout lets the thread notice a quiet spell.
+        stream.set_read_timeout(Some(Duration::from_millis(50))).map_err(err)?;
+        let idle_ns = Arc::new(AtomicU64::new(u64::MAX));
+        let idle = idle_ns.clone();
+        let handle = thread::spawn(move || subscribe(stream, &ring, &idle));
+        Ok(Subscriber { handle, idle_ns })
+    }
+
+    /// Waits until no event came for `idle` (or the daemon closed), then returns the counts.
+    fn finish(self, idle: Duration) -> (u64, u64, Latency) {
+        self.idle_ns.store(idle.as_nanos().min(u64::MAX as u128 - 1) as u64, Ordering::Relaxed);
+        self.handle.join().unwrap_or_default()
+    }
+}
+
+/// The subscriber thread: reads events until the daemon closes, or until a quiet spell of
+/// `idle_ns` once that is set.
+fn subscribe(stream: TcpStream, ring: &TsRing, idle_ns: &AtomicU64) -> (u64, u64, Latency) {
+    #[derive(serde::Deserialize)]
+    struct EventHead {
+        #[serde(rename = "type")]
+        kind: String,
+        seq: Option<u64>,
+    }
+    let mut reader = BufReader::with_capacity(1 << 16, stream);
+    let (mut events, mut liquidations, mut latency) = (0u64, 0u64, Latency::default());
+    let mut line = Vec::with_capacity(1024);
+    let mut last_event = Instant::now();
+    loop {
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => break, // the daemon closed the subscription
+            Ok(_) if line.ends_with(b"\n") => {
+                let now = now_epoch_ns();
+                last_event = Instant::now();
+                events += 1;
+                if let Ok(head) = serde_json::from_slice::<EventHead>(&line) {
+                    if head.kind == "liquidation" {
+                        liquidations += 1;
+                    }
+                    if let Some(ts) = head.seq.and_then(|s| ring.get(s)) {
+                        latency.record(now.saturating_sub(ts));
+                    }
+                }
+                line.clear();
+            }
+            Ok(_) => {} // a partial line: the rest follows
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                let idle = idle_ns.load(Ordering::Relaxed);
+                if idle != u64::MAX && last_event.elapsed().as_nanos() >= u128::from(idle) {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    (events, liquidations, latency)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_inserts_ts_first() {
+        let table: [(&str, &[u8], &str); 3] = [
+            ("TC1 fields", br#"{"type":"mark"}"#, "{\"ts\":7,\"type\":\"mark\"}\n"),
+            ("TC2 leading space", br#"  {"a":1}"#, "  {\"ts\":7,\"a\":1}\n"),
+            ("TC3 empty object", b"{ }", "{\"ts\":7 }\n"),
+        ];
+        for (label, line, want) in table {
+            let mut out = Vec::new();
+            stamp(line, 7, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{label}");
+        }
+    }
+
+    #[test]
+    fn ts_ring_keeps_the_newest_seq_per_slot() {
+        let ring = TsRing::new();
+        ring.put(5, 100);
+        assert_eq!(ring.get(5), Some(100));
+        ring.put(5 + TS_RING as u64, 200);
+        assert_eq!(ring.get(5), None, "overwritten by a later seq");
+        assert_eq!(ring.get(5 + TS_RING as u64), Some(200));
+        assert_eq!(ring.get(0), None);
+    }
+
+    #[test]
+    fn pacer_spaces_lines() {
+        let mut p = Pacer::new(None);
+        assert!(p.wait().is_zero());
+        let mut p = Pacer::new(Some(10.0));
+        assert!(p.wait() <= Duration::from_millis(1), "the first line goes at once");
+        let w = p.wait();
+        assert!(w > Duration::from_millis(50) && w <= Duration::from_millis(100), "{w:?}");
+    }
+}

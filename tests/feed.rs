@@ -1,0 +1,287 @@
+//! `liqscan feed` against a scripted daemon in the test (SPEC section 9.1): the real binary,
+//! on loopback, every wait bounded.
+//!
+//! The scripted side plays the daemon's part exactly as far as the feed can see it: a hello
+//! with `last_seq`, then reading lines, closing when told. What it expects to receive is
+//! derived here from the fixture's own `seq` fields, not from liqscan's sequencer.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+struct Proc(Option<Child>);
+
+impl Proc {
+    /// Waits at most `limit` for the child to exit and returns its output.
+    fn wait(mut self, limit: Duration) -> Output {
+        let mut child = self.0.take().expect("waited once");
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if child.try_wait().expect("try_wait").is_some() {
+                return child.wait_with_output().expect("output");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("output");
+        panic!(
+            "feed did not exit within {limit:?}; stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn fixture(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(p)
+}
+
+fn feed(args: &[&str]) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_liqscan"))
+        .arg("feed")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn liqscan feed");
+    Proc(Some(child))
+}
+
+/// Accepts one connection within 10 s.
+fn accept(listener: &TcpListener) -> TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                return s;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "feed did not connect within 10 s");
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+fn hello(stream: &mut TcpStream, last_seq: u64) {
+    writeln!(stream, r#"{{"type":"hello","last_seq":{last_seq},"version":"test"}}"#).unwrap();
+}
+
+/// Reads up to `max` lines (all until EOF when `None`).
+fn read_lines(reader: &mut BufReader<TcpStream>, max: Option<usize>) -> Vec<String> {
+    let mut lines = Vec::new();
+    while max.is_none_or(|m| lines.len() < m) {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => lines.push(line.trim_end_matches('\n').to_owned()),
+            Err(e) => panic!("reading from feed: {e} after {} lines", lines.len()),
+        }
+    }
+    lines
+}
+
+fn seq_of(line: &str) -> Option<u64> {
+    serde_json::from_str::<Value>(line).ok()?.get("seq")?.as_u64()
+}
+
+fn fixture_lines(name: &str) -> Vec<String> {
+    std::fs::read_to_string(fixture(name)).unwrap().lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn sends_from_the_line_after_the_hellos_last_seq() {
+    let lines = fixture_lines("gen/live_open.ndjson");
+    // (label, hello last_seq): every line of this stream carries its seq, 1, 2, 3, ...
+    let table = [("TC1 empty daemon", 0u64), ("TC2 midway", 3217), ("TC3 all but one", 0)];
+    for (label, mut last_seq) in table {
+        if label.starts_with("TC3") {
+            last_seq = seq_of(lines.last().unwrap()).unwrap() - 1;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let proc = feed(&["--to", &addr, fixture("gen/live_open.ndjson").to_str().unwrap()]);
+        let mut conn = accept(&listener);
+        hello(&mut conn, last_seq);
+        let got = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+        drop(conn); // the daemon closes after the engine's end of stream
+        let out = proc.wait(Duration::from_secs(20));
+        assert!(out.status.success(), "{label}: {}", String::from_utf8_lossy(&out.stderr));
+        let from = lines.iter().position(|l| seq_of(l) == Some(last_seq + 1)).unwrap();
+        assert_eq!(got.len(), lines.len() - from, "{label}");
+        assert!(got == lines[from..], "{label}: lines differ from the fixture's");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("sent          {} lines", got.len())), "{label}: {err}");
+    }
+}
+
+/// The effective seq of every line, computed here from the text alone: the `seq` field, or
+/// the previous effective seq + 1; lines that are not JSON objects and duplicates take none.
+fn effective_seqs(lines: &[String]) -> Vec<Option<u64>> {
+    let mut last = 0u64;
+    lines
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).ok().filter(Value::is_object)?;
+            match v.get("seq") {
+                Some(Value::Number(n)) => {
+                    let s = n.as_u64().filter(|s| *s > 0)?;
+                    (s > last).then(|| {
+                        last = s;
+                        s
+                    })
+                }
+                Some(Value::Null) | None => {
+                    last += 1;
+                    Some(last)
+                }
+                Some(_) => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn reconnects_and_resends_from_the_new_hello() {
+    // The faults stream has malformed lines, duplicates and gaps: resuming must count seqs
+    // as the daemon does.
+    let name = "gen/faults.ndjson";
+    let lines = fixture_lines(name);
+    let seqs = effective_seqs(&lines);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let proc = feed(&["--to", &addr, fixture(name).to_str().unwrap()]);
+
+    // Connection 1: the daemon reads 5,000 lines, then drops the connection.
+    let mut conn = accept(&listener);
+    hello(&mut conn, 0);
+    let first = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), Some(5000));
+    assert_eq!(first.len(), 5000);
+    assert!(first == lines[..5000]);
+    drop(conn);
+
+    // Connection 2: a daemon that lost some lines: its hello says an earlier seq.
+    let resume_after = seqs[..2000].iter().flatten().max().copied().unwrap();
+    let mut conn = accept(&listener);
+    hello(&mut conn, resume_after);
+    let second = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+    drop(conn);
+    let out = proc.wait(Duration::from_secs(30));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let from = seqs.iter().position(|s| s.is_some_and(|s| s > resume_after)).unwrap();
+    assert!(from > 1900 && from <= 2001, "resume point {from}");
+    assert_eq!(second.len(), lines.len() - from);
+    assert!(second == lines[from..], "connection 2 must carry the stream from line {from}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("connections   2 (hello last_seq: 0, {resume_after})")), "{err}");
+    // Connection 1 carried at least the 5,000 lines read (the socket may have taken more):
+    // every line it carried from the resume point on was sent twice.
+    let sent = |what: &str| -> u64 {
+        let l = err.lines().find(|l| l.starts_with(what)).unwrap_or_else(|| panic!("{err}"));
+        l.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let (total, resent) = (sent("sent"), sent("resent"));
+    assert!(resent >= (5000 - from) as u64, "{err}");
+    assert_eq!(total - resent, lines.len() as u64, "{err}");
+}
+
+#[test]
+fn gives_up_when_no_daemon_listens_and_refuses_a_peer_without_hello() {
+    // A port that was free a moment ago: nothing listens there.
+    let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let input = fixture("gen/live_open.ndjson");
+    let out = feed(&["--to", &addr, "--give-up-after", "300ms", input.to_str().unwrap()])
+        .wait(Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no connection to") && !err.contains("panicked"), "{err}");
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let proc = feed(&["--to", &addr, input.to_str().unwrap()]);
+    let mut conn = accept(&listener);
+    writeln!(conn, r#"{{"type":"liquidation","seq":1}}"#).unwrap();
+    let out = proc.wait(Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not answer with a hello"), "{err}");
+}
+
+#[test]
+fn subscriber_times_events_from_the_stamped_ts() {
+    let lines = fixture_lines("gen/live_open.ndjson");
+    let engine = TcpListener::bind("127.0.0.1:0").unwrap();
+    let events = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (engine_addr, events_addr) =
+        (engine.local_addr().unwrap().to_string(), events.local_addr().unwrap().to_string());
+    let dir = std::env::temp_dir().join(format!("liqscan-feed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.json");
+    let proc = feed(&[
+        "--to",
+        &engine_addr,
+        "--events",
+        &events_addr,
+        "--events-idle",
+        "300ms",
+        "--report",
+        report.to_str().unwrap(),
+        fixture("gen/live_open.ndjson").to_str().unwrap(),
+    ]);
+    let mut subscriber = accept(&events);
+    let mut conn = accept(&engine);
+    hello(&mut conn, 0);
+    let got = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+    // One event per message with a seq, as a daemon would send them; every third is a
+    // liquidation. The ts must have been stamped on every message.
+    let mut liquidations = 0;
+    for (i, line) in got.iter().enumerate() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let ts = v["ts"].as_u64().unwrap_or_else(|| panic!("no ts stamped: {line}"));
+        assert!(ts > 1_600_000_000_000_000_000, "ts {ts} is not ns since the epoch");
+        let kind = if i % 3 == 0 { "liquidation" } else { "account" };
+        liquidations += usize::from(i % 3 == 0);
+        writeln!(subscriber, r#"{{"type":"{kind}","seq":{}}}"#, v["seq"]).unwrap();
+    }
+    // Everything but the stamp is as in the fixture.
+    let unstamped: Vec<String> = got
+        .iter()
+        .map(|l| {
+            let i = l.find("\"ts\":").unwrap();
+            let j = i + l[i..].find(',').unwrap() + 1;
+            format!("{}{}", &l[..i], &l[j..])
+        })
+        .collect();
+    assert!(unstamped == lines);
+    drop(conn);
+    let out = proc.wait(Duration::from_secs(30));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut text = String::new();
+    std::fs::File::open(&report).unwrap().read_to_string(&mut text).unwrap();
+    let r: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(r["events"], lines.len());
+    assert_eq!(r["liquidations"], liquidations);
+    assert_eq!(r["latency_ns"]["ts_to_event"]["count"], lines.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
