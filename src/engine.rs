@@ -1,7 +1,7 @@
 //! What every engine provides: apply one validated [`Command`] and evaluate per SPEC
 //! section 6, emitting [`Event`]s.
 //!
-//! The driver ([`crate::replay`]) owns parsing and sequencing; an engine sees only commands
+//! The driver ([`crate::pipeline`]) owns parsing and sequencing; an engine sees only commands
 //! that passed the config checks, together with the line and effective seq they came from.
 
 use crate::protocol::{Command, Event, Reject};

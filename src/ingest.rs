@@ -48,7 +48,15 @@ impl<R: BufRead> LineReader<R> {
     /// The next line without its `\n`; `None` at the end of input. A last line without a
     /// newline still counts.
     pub fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
+        Ok(self.next_line_terminated()?.map(|(line, _)| line))
+    }
+
+    /// The next line without its `\n`, and whether it had one: false when it ran into the
+    /// end of input. A network source drops such a cut-off line (the sender resends it,
+    /// SPEC 9.1); a file's last line counts without its newline.
+    pub fn next_line_terminated(&mut self) -> io::Result<Option<(Line<'_>, bool)>> {
         self.buf.clear();
+        let mut terminated = false;
         let mut overflow: Option<usize> = None;
         let mut started = false;
         loop {
@@ -80,13 +88,15 @@ impl<R: BufRead> LineReader<R> {
             }
             self.inner.consume(used);
             if done {
+                terminated = true;
                 break;
             }
         }
-        Ok(Some(match overflow {
+        let line = match overflow {
             Some(n) => Line::TooLong(n),
             None => Line::Bytes(&self.buf),
-        }))
+        };
+        Ok(Some((line, terminated)))
     }
 }
 
@@ -164,6 +174,17 @@ impl Ingest {
         Ingest { cfg, seq: Sequencer::default(), line: 0 }
     }
 
+    /// A new connection of the same stream: line numbers restart at 1, the seq state carries
+    /// over (SPEC section 9.1).
+    pub fn new_connection(&mut self) {
+        self.line = 0;
+    }
+
+    /// The last effective seq admitted (0 before any): the `last_seq` of a `hello`.
+    pub fn last_seq(&self) -> u64 {
+        self.seq.last()
+    }
+
     /// Ingests the next line of the stream.
     pub fn line(&mut self, line: Line<'_>, read_at: Instant) -> Ingested {
         self.line += 1;
@@ -215,12 +236,13 @@ mod tests {
         input.extend(vec![b'x'; 100]);
         input.extend(b"\nlast");
         let mut r = LineReader::new(io::BufReader::with_capacity(8, &input[..]), 10);
-        assert_eq!(r.next_line().unwrap(), Some(Line::Bytes(b"a")));
+        assert_eq!(r.next_line_terminated().unwrap(), Some((Line::Bytes(b"a"), true)));
         assert!(!r.input_drained(), "more bytes are buffered");
         assert_eq!(r.next_line().unwrap(), Some(Line::Bytes(b"")));
         assert_eq!(r.next_line().unwrap(), Some(Line::Bytes(b"bb\r")));
         assert_eq!(r.next_line().unwrap(), Some(Line::TooLong(100)));
-        assert_eq!(r.next_line().unwrap(), Some(Line::Bytes(b"last")));
+        let last = r.next_line_terminated().unwrap();
+        assert_eq!(last, Some((Line::Bytes(b"last"), false)), "it ran into the end of input");
         assert!(r.input_drained());
         assert_eq!(r.next_line().unwrap(), None);
     }

@@ -19,7 +19,8 @@
 //! | [`reference`] | the reference engine: state of section 3, apply + evaluate, exact and plain | 3–6 |
 //! | [`fast`] | the fast engine: struct-of-arrays books, i128 fixed point, trigger index, parallel sweeps (see `src/fast/README.md`) | 3–6 |
 //! | [`latency`] | HdrHistogram latency distributions | 7, 8 |
-//! | [`replay`] | `liqscan replay`: the reader → engine → writer pipeline, summary and report | 8 |
+//! | [`pipeline`] | the one pipeline of every driver: `Source` → reader thread → engine thread (control requests between two batches) → `Sink`s (see `src/pipeline/README.md`) | 6, 8, 9 |
+//! | [`replay`] | `liqscan replay`: one stream through the pipeline to stdout, summary and report | 8 |
 //! | [`chart`] | the latency percentile-spectrum chart (SVG) | — |
 //! | [`synth`] | deterministic synthetic configs, books, mark walks | — |
 //! | [`generator`] | `liqscan gen`: streaming, engine-played message streams with injected faults | 8 |
@@ -37,6 +38,7 @@ pub mod generator;
 pub mod ingest;
 pub mod latency;
 pub mod margin;
+pub mod pipeline;
 pub mod protocol;
 pub mod reference;
 pub mod replay;
