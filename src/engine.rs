@@ -19,6 +19,12 @@ pub trait Engine {
     /// every item whose inputs changed (or that the command re-arms) has been evaluated, and
     /// its liquidation events, plus any `account` event, have been passed to `out`.
     fn apply(&mut self, cmd: &Command, at: At, out: &mut dyn FnMut(Event)) -> Result<(), Reject>;
+
+    /// Accounts held (SPEC section 3): every account a message has named and created.
+    fn n_accounts(&self) -> u64;
+
+    /// Non-zero positions held, cross and isolated.
+    fn n_positions(&self) -> u64;
 }
 
 /// The emission rule of SPEC section 6 for one evaluated item.

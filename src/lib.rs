@@ -30,6 +30,7 @@
 
 pub mod chart;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod exact;
 pub mod fast;

@@ -347,4 +347,12 @@ impl Engine for ReferenceEngine {
         self.evaluate(&items, &rearmed, at, out);
         Ok(())
     }
+
+    fn n_accounts(&self) -> u64 {
+        self.accounts.len() as u64
+    }
+
+    fn n_positions(&self) -> u64 {
+        self.holders.iter().map(|h| h.len() as u64).sum()
+    }
 }

@@ -1246,6 +1246,14 @@ impl Engine for FastEngine {
         }
         Ok(())
     }
+
+    fn n_accounts(&self) -> u64 {
+        FastEngine::n_accounts(self) as u64
+    }
+
+    fn n_positions(&self) -> u64 {
+        FastEngine::n_positions(self) as u64
+    }
 }
 
 #[cfg(test)]

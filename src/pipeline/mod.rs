@@ -280,7 +280,15 @@ impl EngineLoop<'_, '_> {
                 recv(control_rx) -> control => match control {
                     Ok(control) => {
                         let point = Point { at: self.at, summary: &self.summary };
-                        control(&*self.engine, &point);
+                        let engine = &*self.engine;
+                        // A request only reads the engine, so a panic in one (a bug) leaves
+                        // the state whole: its asker gets no answer, ingest goes on.
+                        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                            || control(engine, &point),
+                        ));
+                        if answered.is_err() {
+                            self.summary.control_panics += 1;
+                        }
                     }
                     Err(_) => controls = None,
                 },

@@ -56,6 +56,8 @@ pub struct Summary {
     pub duplicates: u64,
     /// `account` events (answers to `query` messages).
     pub accounts: u64,
+    /// Control requests that panicked (a bug; their askers got no answer).
+    pub control_panics: u64,
     pub elapsed: Duration,
     /// Line read to event handed to the sinks, per event.
     pub event_latency: Latency,

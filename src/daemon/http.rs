@@ -1,0 +1,227 @@
+//! `--http ADDR` (SPEC 9.3): axum on tokio.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text exposition ([`super::metrics`]) |
+//! | `GET /health` | 200 `{"status":"ok","last_seq":N,"engine_connected":bool,...}` while serving, 503 while starting or stopping |
+//! | `GET /accounts/{id}` | the `account` event of a `query` of `id` at this point of the stream; 404 for an account never mentioned |
+//! | `GET /at-risk?limit=N&symbol=S&mode=cross\|isolated` | the items closest to liquidation (`limit` default 100, capped at 10,000) |
+//!
+//! Every answer that needs the engine is a control request answered on the engine thread
+//! between two messages: one consistent point of the stream, costing ingest only its own
+//! work. The control queue is bounded: when it is full, or the engine has not answered
+//! within [`ENGINE_TIMEOUT`], the answer is 503. A bad request is 400 with a reason, counted
+//! in `liqscan_http_bad_requests_total`. A panic in a handler is caught (500), and
+//! connections over `--max-http-connections` are closed at once and counted.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{Path, RawQuery, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot},
+};
+use tower_http::catch_panic::CatchPanicLayer;
+use tracing::{debug, warn};
+
+use super::{
+    Phase, Shared,
+    metrics::{self, EngineFigures, ListenerLabel},
+};
+use crate::{
+    engine::Engine,
+    pipeline::{Control, Point},
+};
+
+/// How long a handler waits for the engine thread's answer.
+pub const ENGINE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An HTTP answer that is not a success.
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.1 }).to_string();
+        (self.0, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
+fn bad_request(shared: &Shared, reason: impl Into<String>) -> Failure {
+    shared.metrics.http_bad_requests.inc();
+    Failure(StatusCode::BAD_REQUEST, reason.into())
+}
+
+/// Asks the engine thread: `f` runs there between two messages.
+async fn ask<T: Send + 'static>(
+    shared: &Shared,
+    f: impl FnOnce(&dyn Engine, &Point<'_>) -> T + Send + 'static,
+) -> Result<T, Failure> {
+    let (tx, rx) = oneshot::channel();
+    let control: Control = Box::new(move |engine, point| {
+        let _ = tx.send(f(engine, point));
+    });
+    let busy = || Failure(StatusCode::SERVICE_UNAVAILABLE, "the engine is busy or stopping".into());
+    shared.controls.try_send(control).map_err(|_| busy())?;
+    match tokio::time::timeout(ENGINE_TIMEOUT, rx).await {
+        Ok(Ok(answer)) => Ok(answer),
+        _ => Err(busy()),
+    }
+}
+
+async fn get_metrics(State(shared): State<Arc<Shared>>) -> Result<Response, Failure> {
+    let figures = ask(&shared, EngineFigures::read).await?;
+    let text = metrics::render(&shared.metrics, figures).map_err(|_| {
+        Failure(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics".into())
+    })?;
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
+}
+
+/// Never waits on the engine: the figures the engine thread publishes after each batch.
+async fn get_health(State(shared): State<Arc<Shared>>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let phase = shared.phase.get();
+    let (status, code) = match phase {
+        Phase::SERVING => ("ok", StatusCode::OK),
+        Phase::STARTING => ("starting", StatusCode::SERVICE_UNAVAILABLE),
+        _ => ("stopping", StatusCode::SERVICE_UNAVAILABLE),
+    };
+    let body = serde_json::json!({
+        "status": status,
+        "last_seq": shared.progress.last_seq.load(Relaxed),
+        "messages": shared.progress.messages.load(Relaxed),
+        "engine_connected": shared.metrics.engine_connected.get() > 0,
+        "subscribers": shared.metrics.subscribers.get(),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn json(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Answers 404 for every path not routed, with a reason.
+async fn not_found() -> Failure {
+    Failure(
+        StatusCode::NOT_FOUND,
+        "no such endpoint: GET /metrics, /health, /accounts/{id} or /at-risk".into(),
+    )
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(get_metrics))
+        .route("/health", get(get_health))
+        .fallback(not_found)
+        .layer(CatchPanicLayer::new())
+        .with_state(shared)
+}
+
+/// A listener that holds one permit of a semaphore per open connection; a connection over
+/// the bound is closed at once, logged and counted.
+struct BoundedListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+    shared: Arc<Shared>,
+}
+
+/// A connection with its permit, released when the connection closes.
+struct Bounded {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for BoundedListener {
+    type Io = Bounded;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, peer) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    debug!(peer = %peer, "HTTP connection");
+                    return (Bounded { stream, _permit: permit }, peer);
+                }
+                Err(_) => {
+                    let label = ListenerLabel { listener: "http" };
+                    self.shared.metrics.connections_refused.get_or_create(&label).inc();
+                    warn!(peer = %peer, "HTTP connection refused: --max-http-connections reached");
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for Bounded {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Bounded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Serves HTTP on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    max_connections: usize,
+    mut shutdown: broadcast::Receiver<()>,
+) {
+    let listener = BoundedListener {
+        inner: listener,
+        permits: Arc::new(Semaphore::new(max_connections.max(1))),
+        shared: shared.clone(),
+    };
+    let served = axum::serve(listener, router(shared))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.recv().await;
+        })
+        .await;
+    if let Err(e) = served {
+        warn!(error = %e, "HTTP server stopped");
+    }
+}

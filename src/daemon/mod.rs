@@ -1,0 +1,344 @@
+//! `liqscan run`: the sidecar daemon (SPEC section 9). The only module that uses tokio,
+//! axum, prometheus-client and tracing-subscriber; the engines never see them.
+//!
+//! | part | owns | SPEC |
+//! |---|---|---|
+//! | [`input`] | the engine stream: stdin (through a pump thread), or `--listen` TCP with the `hello` and connection replacement | 9.1 |
+//! | [`subscribers`] | `--events` TCP subscribers: per-subscriber byte budget, slow ones cut | 9.2 |
+//! | [`http`] | `--http`: `/metrics`, `/health`, `/accounts/{id}`, `/at-risk`, the connection bound | 9.3 |
+//! | [`metrics`] | the Prometheus exposition | 9.3 |
+//!
+//! Threads: the engine runs the [`crate::pipeline`] on an OS thread of its own (reader and
+//! writer threads beside it); tokio (two workers) runs the subscriber and HTTP tasks, which
+//! reach the engine only through the bounded control queue. Shutdown (SIGINT, SIGTERM, end
+//! of stdin; SPEC 9.5): stop reading, apply what was read, deliver every event to every
+//! healthy sink, exit 0.
+
+pub mod http;
+pub mod input;
+pub mod metrics;
+pub mod subscribers;
+
+use std::{
+    net::{SocketAddr, TcpListener as StdTcpListener},
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+};
+
+use anyhow::Context;
+use crossbeam::channel::bounded;
+use tokio::sync::broadcast;
+use tracing::{error, info, warn};
+
+use crate::{
+    config::Config,
+    engine::Engine,
+    fast::FastEngine,
+    pipeline::{Control, EventsFile, Pipeline, Progress, Sink, Source, Stop, WriterSink},
+    reference::ReferenceEngine,
+};
+
+/// Control requests that may wait for the engine at once; more are answered 503.
+pub const CONTROL_QUEUE: usize = 64;
+
+/// `liqscan run`: the daemon's flags (SPEC 9). Addresses are `HOST:PORT` (IPv6 as `[::1]:PORT`)
+/// or a bare `PORT`, which binds 127.0.0.1; port 0 binds a free port (the log says which).
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Risk config (JSON, SPEC section 2).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Which engine evaluates: the fast struct-of-arrays one, or the exact reference.
+    #[arg(long, value_enum, default_value_t = EngineChoice::Fast)]
+    pub engine: EngineChoice,
+    /// Take the engine stream over TCP on this address (one connection at a time; a new one
+    /// replaces the old) instead of stdin.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub listen: Option<SocketAddr>,
+    /// Accept event subscribers on this address: each gets every event from the moment it
+    /// connects, as NDJSON.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub events: Option<SocketAddr>,
+    /// Append events to this file (flushed at least every 100 ms, fdatasync at most once a
+    /// second and at shutdown).
+    #[arg(long, value_name = "FILE")]
+    pub events_file: Option<PathBuf>,
+    /// Also write events to stdout when --events or --events-file is given (without either,
+    /// events go to stdout).
+    #[arg(long)]
+    pub stdout: bool,
+    /// Serve HTTP on this address: /metrics, /health, /accounts/{id}, /at-risk.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub http: Option<SocketAddr>,
+    /// Bytes of events that may wait for one subscriber (K, M, G suffixes: powers of 1024);
+    /// a subscriber whose backlog would exceed it is disconnected and counted.
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_bytes)]
+    pub subscriber_buffer: usize,
+    /// Subscribers connected at once; more are refused and counted.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_subscribers: usize,
+    /// HTTP connections open at once; more are refused and counted.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_http_connections: usize,
+    /// Log format on stderr; the filter comes from RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--engine`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum EngineChoice {
+    Fast,
+    Reference,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `HOST:PORT`, `[V6]:PORT`, or a bare `PORT` on 127.0.0.1.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!("{s:?} is not an address: give HOST:PORT (e.g. 127.0.0.1:7070) or a port")
+    })
+}
+
+/// A byte count with an optional K, M or G suffix (powers of 1024), at least 1.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&t[..i], t[i..].trim_end_matches(['B', 'b', 'i'])),
+        None => (t, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        _ => return Err(format!("{s:?}: the unit must be K, M or G")),
+    };
+    match digits.parse::<usize>().ok().and_then(|n| n.checked_mul(1 << shift)) {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive number of bytes")),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second initialisation (only in tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// The daemon's phase, for `/health`.
+#[derive(Debug, Default)]
+pub struct Phase(AtomicU8);
+
+impl Phase {
+    pub const STARTING: u8 = 0;
+    pub const SERVING: u8 = 1;
+    pub const STOPPING: u8 = 2;
+
+    pub fn set(&self, phase: u8) {
+        self.0.store(phase, Ordering::Release);
+    }
+
+    pub fn get(&self) -> u8 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// What the HTTP tasks share with the rest of the daemon.
+pub struct Shared {
+    pub cfg: Arc<Config>,
+    pub controls: crossbeam::channel::Sender<Control>,
+    pub progress: Arc<Progress>,
+    pub metrics: metrics::Metrics,
+    pub phase: Phase,
+}
+
+/// Runs the daemon until SIGINT, SIGTERM or the end of stdin. Exit 0 when every event
+/// reached every healthy sink; 2 for a bad config; 1 when it cannot start (an address in
+/// use) or a sink that must not lose events (stdout, the events file) failed.
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let cfg = match Config::load(&args.config) {
+        Ok(cfg) => Arc::new(cfg),
+        Err(e) => {
+            error!(config = %args.config.display(), error = %e, "bad config");
+            eprintln!("liqscan: config {}: {e}", args.config.display());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("liqscan-io")
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let metrics = metrics::Metrics::default();
+    let (stop_tx, stop_rx) = bounded::<()>(0);
+    let (shutdown_tx, _) = broadcast::channel::<()>(1);
+    let (control_tx, control_rx) = bounded::<Control>(CONTROL_QUEUE);
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        controls: control_tx,
+        progress: Arc::default(),
+        metrics: metrics.clone(),
+        phase: Phase::default(),
+    });
+
+    // Bind everything first, so that a bad address fails before anything runs.
+    let mut engine_closer = None;
+    let source: Box<dyn Source<'static>> = match args.listen {
+        Some(addr) => {
+            let listener = StdTcpListener::bind(addr)
+                .with_context(|| format!("cannot listen for the engine on {addr}"))?;
+            let bound = listener.local_addr()?;
+            info!(role = "engine", addr = %bound, "listening for the engine stream");
+            let (source, closer) =
+                input::EngineListener::start(listener, stop_rx.clone(), metrics.clone())?;
+            engine_closer = Some(closer);
+            Box::new(source)
+        }
+        None => {
+            info!(role = "engine", addr = "stdin", "reading the engine stream from stdin");
+            Box::new(input::StdinSource::start(stop_rx.clone(), metrics.clone())?)
+        }
+    };
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(path) = &args.events_file {
+        let file = EventsFile::open(path)
+            .with_context(|| format!("cannot open the events file {}", path.display()))?;
+        info!(role = "events-file", path = %path.display(), "appending events");
+        sinks.push(Box::new(file));
+    }
+    if let Some(addr) = args.events {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("cannot listen for subscribers on {addr}"))?;
+        let bound = listener.local_addr()?;
+        info!(role = "events", addr = %bound, buffer_bytes = args.subscriber_buffer, "listening for event subscribers");
+        let hub = subscribers::Hub::new(args.subscriber_buffer, metrics.clone());
+        runtime.spawn(subscribers::accept(
+            listener,
+            hub.clone(),
+            args.max_subscribers,
+            shutdown_tx.subscribe(),
+        ));
+        sinks.push(Box::new(subscribers::HubSink(hub)));
+    }
+    if sinks.is_empty() || args.stdout {
+        info!(role = "stdout", "writing events to stdout");
+        let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
+        sinks.push(Box::new(WriterSink::new("stdout", out)));
+    }
+    if let Some(addr) = args.http {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("cannot serve HTTP on {addr}"))?;
+        let bound = listener.local_addr()?;
+        info!(role = "http", addr = %bound, "serving HTTP");
+        runtime.spawn(http::serve(
+            listener,
+            shared.clone(),
+            args.max_http_connections,
+            shutdown_tx.subscribe(),
+        ));
+    }
+
+    // Signals: stop reading; the pipeline drains and finishes.
+    let stop = Stop::default();
+    {
+        let (stop, shared) = (stop.clone(), shared.clone());
+        let mut stop_tx = Some(stop_tx);
+        runtime.spawn(async move {
+            let signal = wait_for_signal().await;
+            info!(signal, "stopping: applying what was read, delivering every event");
+            shared.phase.set(Phase::STOPPING);
+            stop.stop();
+            drop(stop_tx.take());
+            if let Some(closer) = engine_closer {
+                closer.close();
+            }
+        });
+    }
+
+    let mut engine: Box<dyn Engine + Send> = match args.engine {
+        EngineChoice::Fast => Box::new(FastEngine::new(cfg.clone())),
+        EngineChoice::Reference => Box::new(ReferenceEngine::new(cfg.clone())),
+    };
+    let pipeline = Pipeline {
+        cfg,
+        source,
+        sinks,
+        controls: Some(control_rx),
+        stop,
+        progress: shared.progress.clone(),
+        opts: Default::default(),
+    };
+    let engine_name = match args.engine {
+        EngineChoice::Fast => "fast",
+        EngineChoice::Reference => "reference",
+    };
+    info!(engine = engine_name, pid = std::process::id(), "liqscan run started");
+    shared.phase.set(Phase::SERVING);
+    let result = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || pipeline.run(engine.as_mut()))
+        .context("cannot start the engine thread")?
+        .join();
+    shared.phase.set(Phase::STOPPING);
+    let _ = shutdown_tx.send(());
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
+        Ok(Ok(summary)) => {
+            info!(
+                messages = summary.messages,
+                liquidations = summary.liquidations,
+                rejects = summary.rejects,
+                duplicates = summary.duplicates,
+                "stopped: every event delivered"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Err(e)) => {
+            error!(error = %e, "stopped: a sink failed");
+            eprintln!("liqscan: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(_) => {
+            error!("the engine thread panicked");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Resolves at the first SIGINT or SIGTERM, with its name.
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        warn!("cannot install signal handlers; stop with the end of input");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
