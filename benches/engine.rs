@@ -1,6 +1,7 @@
 //! Criterion benches of the fast engine's hot paths: full-book sweep, one tick as a function
-//! of the symbol's holder count, NDJSON parse + validate, and integer vs `Decimal`
-//! evaluation of the same positions. `cargo bench --bench engine`.
+//! of the symbol's holder count, NDJSON parse + validate, integer vs `Decimal` evaluation of
+//! the same positions, and an account query as a function of the account's cross positions
+//! (both engines). `cargo bench --bench engine`.
 
 use std::{hint::black_box, str::FromStr, sync::Arc};
 
@@ -11,6 +12,7 @@ use liqscan::{
     fast::{FastEngine, book::Scale},
     fixed::D8,
     protocol::{Command, parse_envelope, validate},
+    reference::ReferenceEngine,
     synth,
 };
 use rust_decimal::Decimal;
@@ -163,5 +165,56 @@ fn integer_vs_decimal(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sweep, tick, parse, integer_vs_decimal);
+/// One account holding `n` cross positions (one per symbol, every symbol marked 1 % above
+/// its entry), applied to `engine`.
+fn one_account_book(engine: &mut dyn Engine, n: usize) {
+    let wallet = D8(1_000_000 * 100_000_000);
+    engine.apply(&Command::Balance { account: 7, wallet }, AT, &mut ignore).unwrap();
+    for s in 0..n {
+        let (symbol, px_e2) = (SymbolIdx(s as u16), i128::from(synth::base_price_e2(s)));
+        let size = D8(if s % 2 == 0 { 10_000_000 } else { -10_000_000 }); // ±0.1
+        let entry_price = Some(D8(px_e2 * 1_000_000));
+        let position =
+            Command::Position { account: 7, symbol, size, entry_price, isolated_margin: None };
+        engine.apply(&position, AT, &mut ignore).unwrap();
+    }
+    let prices =
+        (0..n).map(|s| (SymbolIdx(s as u16), D8(i128::from(synth::base_price_e2(s)) * 1_010_000)));
+    engine.apply(&Command::Marks { prices: prices.collect() }, AT, &mut ignore).unwrap();
+}
+
+/// A `query` of an account holding 10, 1 000 and 10 000 cross positions, on both engines: an
+/// account report costs O(positions) (each position's liquidation price takes its own term
+/// out of one total), so the time per position stays flat.
+fn query(c: &mut Criterion) {
+    let cfg = Arc::new(synth::config(10_000));
+    let mut g = c.benchmark_group("query");
+    g.sample_size(10);
+    for n in [10usize, 1_000, 10_000] {
+        let mut fast = FastEngine::new(cfg.clone());
+        let mut reference = ReferenceEngine::new(cfg.clone());
+        g.throughput(Throughput::Elements(n as u64));
+        for (name, engine) in [
+            ("fast", &mut fast as &mut dyn Engine),
+            ("reference", &mut reference as &mut dyn Engine),
+        ] {
+            one_account_book(engine, n);
+            let mut positions = 0;
+            engine
+                .apply(&Command::Query { account: 7 }, AT, &mut |e| {
+                    if let liqscan::protocol::Event::Account(a) = e {
+                        positions = a.positions.len();
+                    }
+                })
+                .unwrap();
+            assert_eq!(positions, n, "the account holds its positions");
+            g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| engine.apply(&Command::Query { account: 7 }, AT, &mut ignore).unwrap())
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, sweep, tick, parse, integer_vs_decimal, query);
 criterion_main!(benches);

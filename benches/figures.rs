@@ -1,7 +1,7 @@
 //! The figures of `scripts/bench.sh`, printed as one JSON object. Run with
 //! `cargo bench --bench figures` (release profile). Sizes can be scaled down for a quick
 //! look with LIQSCAN_BENCH_ACCOUNTS / _POSITIONS / _MARKS; LIQSCAN_BENCH_ONLY=book prints
-//! the big book's sweep and memory figures alone.
+//! the big book's sweep, at-risk and memory figures alone.
 //!
 //! Every ratio is measured within this one run, since the machines are shared and noisy.
 
@@ -13,7 +13,7 @@ use std::{
 
 use liqscan::{
     config::SymbolIdx,
-    engine::{At, Engine},
+    engine::{At, Engine, RiskQuery},
     fast::{FastEngine, SweepPhases, book::Book},
     fixed::D8,
     generator::{self, GenOptions},
@@ -159,6 +159,23 @@ fn time_sweeps(engine: &mut FastEngine, n: usize) -> Sweeps {
     }
 }
 
+/// Median time of `n` at-risk answers of `limit` items (no filter) on `engine`, after one
+/// untimed warm-up: the engine time a `GET /at-risk?limit=N` costs (SPEC section 9.3).
+fn time_at_risk(engine: &FastEngine, limit: usize, n: usize) -> Duration {
+    let q = RiskQuery { limit, symbol: None, mode: None };
+    let got = engine.at_risk(&q).len();
+    assert_eq!(got, limit.min(engine.n_positions()), "the book holds enough items");
+    median(
+        (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(engine.at_risk(&q));
+                t.elapsed()
+            })
+            .collect(),
+    )
+}
+
 fn time_ticks(engine: &mut FastEngine, cmds: &[Command]) -> Ticks {
     let (t0, e0) = (engine.triggers_read(), engine.positions_evaluated());
     let at = At { line: 0, seq: 0 };
@@ -205,6 +222,11 @@ fn main() {
         "isolated_ms": sweeps.isolated.as_secs_f64() * 1e3,
     });
     let bytes = sweep_bytes(&engine, cross, isolated);
+    let n_at_risk = env("LIQSCAN_BENCH_AT_RISK", 9) as usize;
+    let at_risk = serde_json::json!({
+        "limit_100_ms": time_at_risk(&engine, 100, n_at_risk).as_secs_f64() * 1e3,
+        "limit_10000_ms": time_at_risk(&engine, 10_000, n_at_risk).as_secs_f64() * 1e3,
+    });
     if std::env::var("LIQSCAN_BENCH_ONLY").is_ok_and(|v| v == "book") {
         // A quick look at the big book alone (bandwidth from one thread-pool read).
         let (_, read_all) = mem_read_bps();
@@ -212,6 +234,7 @@ fn main() {
             "sweep_ms": sweep.as_secs_f64() * 1e3,
             "sweep_bandwidth_fraction": bytes / sweep.as_secs_f64() / read_all,
             "sweep_phases": phases,
+            "at_risk": at_risk,
             "rss_bytes_per_position": (rss_after.saturating_sub(rss_before)) as f64 / n as f64,
             "heap_bytes_per_position": heap,
         });
@@ -309,6 +332,7 @@ fn main() {
         "sweep_ms": sweep.as_secs_f64() * 1e3,
         "sweep_bytes_per_position": bytes / n as f64,
         "sweep_phases": phases,
+        "at_risk": at_risk,
         "sweep_positions_per_s": n as f64 / sweep.as_secs_f64(),
         "mem_read_gbps": read_all / 1e9,
         "mem_read_gbps_one_thread": read_1t / 1e9,

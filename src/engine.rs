@@ -4,7 +4,10 @@
 //! The driver ([`crate::pipeline`]) owns parsing and sequencing; an engine sees only commands
 //! that passed the config checks, together with the line and effective seq they came from.
 
-use crate::protocol::{Command, Event, Reject};
+use crate::{
+    config::{Mode, SymbolIdx},
+    protocol::{AccountReport, Command, Event, Reject, RiskItem},
+};
 
 /// Where a command came from: the line number and the message's effective seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,12 +16,50 @@ pub struct At {
     pub seq: u64,
 }
 
+/// What an at-risk answer asks for (SPEC section 9.3, `GET /at-risk`): at most `limit`
+/// items, optionally only those touching `symbol` (isolated items of that symbol, and cross
+/// accounts holding a non-zero cross position in it) and only those of `mode`. The engine
+/// takes any `limit`; the cap of 10,000 is the HTTP layer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RiskQuery {
+    pub limit: usize,
+    pub symbol: Option<SymbolIdx>,
+    pub mode: Option<Mode>,
+}
+
 /// A margin engine.
 pub trait Engine {
     /// Applies `cmd` or rejects it. On `Err` the state must be exactly as before. On `Ok`
     /// every item whose inputs changed (or that the command re-arms) has been evaluated, and
     /// its liquidation events, plus any `account` event, have been passed to `out`.
     fn apply(&mut self, cmd: &Command, at: At, out: &mut dyn FnMut(Event)) -> Result<(), Reject>;
+
+    /// The body of the SPEC section 7 `account` event that a `query` of `account` would emit
+    /// now, with `line` and `seq` from `at` (SPEC section 9.3, `GET /accounts/{id}`): equal
+    /// to what `apply(&Command::Query { account }, at, ..)` emits. `None` for an account the
+    /// engine does not hold (never mentioned by an applied message). Costs O(the account's
+    /// pairs).
+    fn account_report(&self, account: u64, at: At) -> Option<AccountReport>;
+
+    /// The items closest to liquidation (SPEC section 9.3, `GET /at-risk`), at most
+    /// `query.limit`, filtered by `query.symbol` and `query.mode` (see [`RiskQuery`]).
+    ///
+    /// An item is a cross account with at least one non-zero cross position, or a non-zero
+    /// isolated position. Items whose figures need a missing mark (a cross account with any
+    /// unmarked cross symbol, an isolated position whose symbol has no mark) are left out.
+    ///
+    /// Order, most at risk first:
+    /// 1. liquidatable items (margin balance < maintenance) before the others;
+    /// 2. a null margin ratio (margin balance <= 0) before any number;
+    /// 3. margin ratio (maintenance / margin balance) descending, compared exactly, not
+    ///    after `round8` (so two items showing the same rounded ratio keep their exact order);
+    /// 4. ties (equal exact ratios, or both null): account id ascending, then the cross item
+    ///    before the account's isolated ones, these by the symbol's place in the config.
+    ///
+    /// (A null ratio means a balance <= 0 below a positive maintenance, so every null item is
+    /// liquidatable, and a number above 1 means liquidatable: rules 1 to 3 agree; rule 1 is
+    /// kept for clarity.) Both engines give identical answers (`tests/differential.rs`).
+    fn at_risk(&self, query: &RiskQuery) -> Vec<RiskItem>;
 
     /// Accounts held (SPEC section 3): every account a message has named and created.
     fn n_accounts(&self) -> u64;

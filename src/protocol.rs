@@ -635,6 +635,63 @@ pub struct PositionReport {
     pub liquidation_price: Option<String>,
 }
 
+/// One item of an at-risk answer (SPEC section 9.3, `GET /at-risk`): a cross account
+/// (`mode` cross, `symbol` `None`, `positions` all its non-zero cross positions) or an
+/// isolated position (`symbol` set, `positions` that one), with its figures at the current
+/// marks. Amounts are exact decimal strings as in events; `margin_ratio` is
+/// `round8(maintenance / margin balance)`, `None` when the margin balance is <= 0;
+/// `liquidatable` is `margin balance < maintenance` (SPEC section 4). Built by
+/// [`crate::engine::Engine::at_risk`], which also defines the order of a list of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RiskItem {
+    pub account: u64,
+    pub mode: Mode,
+    /// The symbol of an isolated item; `None` for a cross account.
+    pub symbol: Option<String>,
+    pub margin_balance: String,
+    pub maintenance_margin: String,
+    pub margin_ratio: Option<String>,
+    pub liquidatable: bool,
+    pub positions: Vec<LiquidationPosition>,
+}
+
+impl RiskItem {
+    /// Appends the item as one JSON object (no newline): `account`, `mode`, `symbol`,
+    /// `margin_balance`, `maintenance_margin`, `margin_ratio`, `liquidatable`, and
+    /// `positions` with the fields of a `liquidation` event's positions.
+    pub fn write_json(&self, out: &mut String) {
+        let mut w = JsonObject::open(out);
+        w.uint("account", self.account);
+        w.str("mode", self.mode.as_str());
+        w.opt_str("symbol", self.symbol.as_deref());
+        w.str("margin_balance", &self.margin_balance);
+        w.str("maintenance_margin", &self.maintenance_margin);
+        w.opt_str("margin_ratio", self.margin_ratio.as_deref());
+        w.bool("liquidatable", self.liquidatable);
+        w.key("positions");
+        write_liquidation_positions(w.out, &self.positions);
+        w.close();
+    }
+}
+
+/// `[{symbol, size, entry_price, mark_price, liquidation_price}, ...]`
+fn write_liquidation_positions(out: &mut String, positions: &[LiquidationPosition]) {
+    out.push('[');
+    for (i, p) in positions.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let mut o = JsonObject::open(out);
+        o.str("symbol", &p.symbol);
+        o.str("size", &p.size);
+        o.str("entry_price", &p.entry_price);
+        o.str("mark_price", &p.mark_price);
+        o.opt_str("liquidation_price", p.liquidation_price.as_deref());
+        o.close();
+    }
+    out.push(']');
+}
+
 impl Event {
     pub fn line(&self) -> u64 {
         match self {
@@ -667,20 +724,7 @@ impl Event {
                 w.str("margin_balance", &l.margin_balance);
                 w.str("maintenance_margin", &l.maintenance_margin);
                 w.key("positions");
-                w.out.push('[');
-                for (i, p) in l.positions.iter().enumerate() {
-                    if i > 0 {
-                        w.out.push(',');
-                    }
-                    let mut o = JsonObject::open(w.out);
-                    o.str("symbol", &p.symbol);
-                    o.str("size", &p.size);
-                    o.str("entry_price", &p.entry_price);
-                    o.str("mark_price", &p.mark_price);
-                    o.opt_str("liquidation_price", p.liquidation_price.as_deref());
-                    o.close();
-                }
-                w.out.push(']');
+                write_liquidation_positions(w.out, &l.positions);
                 w.uint("latency_ns", l.latency_ns);
             }
             Event::Reject { line, seq, reject } => {
@@ -777,6 +821,11 @@ impl<'a> JsonObject<'a> {
     fn uint(&mut self, k: &str, v: u64) {
         self.key(k);
         let _ = write!(self.out, "{v}");
+    }
+
+    fn bool(&mut self, k: &str, v: bool) {
+        self.key(k);
+        self.out.push_str(if v { "true" } else { "false" });
     }
 
     fn null(&mut self, k: &str) {

@@ -13,11 +13,11 @@ use std::{
 
 use crate::{
     config::{Config, Mode, SymbolIdx},
-    engine::{At, Engine, rejects, should_emit},
+    engine::{At, Engine, RiskQuery, rejects, should_emit},
     exact::Exact,
     fixed::D8,
     margin,
-    protocol::{AMOUNT_LIMIT, Command, Event, Reject},
+    protocol::{AMOUNT_LIMIT, AccountReport, Command, Event, Reject, RiskItem},
     report::{self, AccountView, Item, PairView},
 };
 
@@ -177,6 +177,14 @@ impl ReferenceEngine {
 }
 
 impl Engine for ReferenceEngine {
+    fn account_report(&self, account: u64, at: At) -> Option<AccountReport> {
+        self.report_of(account, at)
+    }
+
+    fn at_risk(&self, query: &RiskQuery) -> Vec<RiskItem> {
+        self.risk_items(query)
+    }
+
     fn apply(&mut self, cmd: &Command, at: At, out: &mut dyn FnMut(Event)) -> Result<(), Reject> {
         // Each arm checks every rule before it mutates anything, then names the items whose
         // inputs changed and the items the message re-arms.
@@ -354,5 +362,20 @@ impl Engine for ReferenceEngine {
 
     fn n_positions(&self) -> u64 {
         self.holders.iter().map(|h| h.len() as u64).sum()
+    }
+}
+
+/// The read side (SPEC section 9.3): account reports and at-risk lists, recomputed from the
+/// state with [`crate::report`], as every evaluation here is.
+impl ReferenceEngine {
+    fn report_of(&self, account: u64, at: At) -> Option<AccountReport> {
+        self.accounts
+            .contains_key(&account)
+            .then(|| self.view(account).report(&self.cfg, &self.marks, at))
+    }
+
+    fn risk_items(&self, query: &RiskQuery) -> Vec<RiskItem> {
+        let views: Vec<AccountView> = self.accounts.keys().map(|&a| self.view(a)).collect();
+        report::at_risk(&self.cfg, &self.marks, &views, query)
     }
 }

@@ -6,13 +6,15 @@
 //! with its own integer arithmetic and calls these only to fill in the events it emits (and
 //! liquidation prices and ratios, which need exact division, are rare and off the hot path).
 
+use std::cmp::Ordering;
+
 use crate::{
     config::{Config, Mode, SymbolIdx},
-    engine::At,
+    engine::{At, RiskQuery},
     exact::Exact,
     fixed::D8,
     margin,
-    protocol::{AccountReport, Liquidation, LiquidationPosition, PositionReport},
+    protocol::{AccountReport, Liquidation, LiquidationPosition, PositionReport, RiskItem},
 };
 
 /// One (account, symbol) pair as an engine holds it.
@@ -50,6 +52,18 @@ pub struct Figures {
     pub upnl: Exact,
     pub mm: Exact,
     pub im: Exact,
+}
+
+/// What a cross position's liquidation price needs of its account (SPEC section 4's `M`),
+/// from [`AccountView::cross_rest`].
+#[derive(Debug, Clone)]
+pub struct CrossRest {
+    /// `W + Σ (upnl − mm)` over the marked non-zero cross positions.
+    pub marked: Exact,
+    /// Non-zero cross positions whose symbol has no mark.
+    pub unmarked: usize,
+    /// The symbol of the last of those.
+    pub last: Option<SymbolIdx>,
 }
 
 /// The marks an engine holds, by symbol index.
@@ -124,19 +138,47 @@ impl AccountView {
         }
     }
 
-    /// Liquidation price of the position in `p` (SPEC section 4), `None` when a needed mark
-    /// is missing or the root is not > 0.
-    pub fn liquidation_price(&self, cfg: &Config, marks: &Marks, p: &PairView) -> Option<Exact> {
-        let m = match p.mode {
-            Mode::Isolated => Exact::from_d8(p.isolated_margin),
-            Mode::Cross => {
-                let mut m = Exact::from_d8(self.wallet);
-                for q in self.cross_positions().filter(|q| q.symbol != p.symbol) {
-                    let f = figures(cfg, marks, q)?;
-                    m = &(&m + &f.upnl) - &f.mm;
-                }
-                m
+    /// `W + Σ (upnl − mm)` over the account's marked cross positions, and which are
+    /// unmarked: one pass, from which every cross position's `M` is one subtraction.
+    pub fn cross_rest(&self, cfg: &Config, marks: &Marks) -> CrossRest {
+        let mut rest = CrossRest { marked: Exact::from_d8(self.wallet), unmarked: 0, last: None };
+        for p in self.cross_positions() {
+            match figures(cfg, marks, p) {
+                Some(f) => rest.marked = &(&rest.marked + &f.upnl) - &f.mm,
+                None => (rest.unmarked, rest.last) = (rest.unmarked + 1, Some(p.symbol)),
             }
+        }
+        rest
+    }
+
+    /// Liquidation price of the position in `p` (SPEC section 4), `None` when a needed mark
+    /// is missing or the root is not > 0. For one position; a report of many takes
+    /// [`AccountView::cross_rest`] once and [`AccountView::liquidation_price_in`] each.
+    pub fn liquidation_price(&self, cfg: &Config, marks: &Marks, p: &PairView) -> Option<Exact> {
+        let rest = self.cross_rest(cfg, marks);
+        self.liquidation_price_in(cfg, p, &rest, figures(cfg, marks, p).as_ref())
+    }
+
+    /// Liquidation price of the non-zero position in `p` given the account's
+    /// [`CrossRest`] and the position's own figures (`None` when its symbol has no mark):
+    /// O(1). For a cross position `M = W + Σ over the other cross positions j of
+    /// (upnl_j − mm_j)` is the marked total with the position's own term taken out; it needs
+    /// every other cross symbol's mark, but not the position's own.
+    pub fn liquidation_price_in(
+        &self,
+        cfg: &Config,
+        p: &PairView,
+        rest: &CrossRest,
+        own: Option<&Figures>,
+    ) -> Option<Exact> {
+        debug_assert!(!p.size.is_zero(), "a liquidation price is of a non-zero position");
+        let m = match (p.mode, own) {
+            (Mode::Isolated, _) => Exact::from_d8(p.isolated_margin),
+            (Mode::Cross, Some(f)) if rest.unmarked == 0 => &rest.marked - &(&f.upnl - &f.mm),
+            (Mode::Cross, None) if rest.unmarked == 1 && rest.last == Some(p.symbol) => {
+                rest.marked.clone()
+            }
+            (Mode::Cross, _) => return None,
         };
         margin::liquidation_price(
             cfg.symbol(p.symbol),
@@ -158,6 +200,7 @@ impl AccountView {
                 self.pair(s).into_iter().collect(),
             ),
         };
+        let rest = self.cross_rest(cfg, marks);
         let positions = positions
             .into_iter()
             .map(|p| LiquidationPosition {
@@ -167,7 +210,9 @@ impl AccountView {
                 mark_price: marks[p.symbol.0 as usize]
                     .expect("a liquidatable item has its marks")
                     .to_string(),
-                liquidation_price: self.liquidation_price(cfg, marks, p).map(|x| x.to_string()),
+                liquidation_price: self
+                    .liquidation_price_in(cfg, p, &rest, figures(cfg, marks, p).as_ref())
+                    .map(|x| x.to_string()),
             })
             .collect();
         Liquidation {
@@ -186,6 +231,7 @@ impl AccountView {
     /// The `account` event (SPEC section 7).
     pub fn report(&self, cfg: &Config, marks: &Marks, at: At) -> AccountReport {
         let cross = self.cross_totals(cfg, marks);
+        let rest = self.cross_rest(cfg, marks);
         let mut used = Some(Exact::zero());
         let mut positions = Vec::new();
         for p in &self.pairs {
@@ -223,7 +269,9 @@ impl AccountView {
                         margin::margin_ratio(&f.mm, &(&Exact::from_d8(p.isolated_margin) + &f.upnl))
                     })
                     .map(|r| r.to_string()),
-                liquidation_price: self.liquidation_price(cfg, marks, p).map(|x| x.to_string()),
+                liquidation_price: self
+                    .liquidation_price_in(cfg, p, &rest, f.as_ref())
+                    .map(|x| x.to_string()),
             });
         }
         AccountReport {
@@ -243,4 +291,90 @@ impl AccountView {
             latency_ns: 0,
         }
     }
+}
+
+// --- at-risk lists (SPEC section 9.3) --------------------------------------------------
+
+/// The at-risk order of [`crate::engine::Engine::at_risk`] on two items' exact
+/// `(margin balance, maintenance)`, ties aside: `Less` when the first is more at risk
+/// (liquidatable first, then a null ratio, then the exact ratio descending).
+pub fn risk_cmp(a: (&Exact, &Exact), b: (&Exact, &Exact)) -> Ordering {
+    let ((bal_a, mm_a), (bal_b, mm_b)) = (a, b);
+    (bal_b < mm_b).cmp(&(bal_a < mm_a)).then_with(|| {
+        match (bal_a.is_positive(), bal_b.is_positive()) {
+            (false, false) => Ordering::Equal,
+            (false, true) => Ordering::Less,
+            (true, false) => Ordering::Greater,
+            // mm_a / bal_a > mm_b / bal_b ⇔ mm_a · bal_b > mm_b · bal_a (both balances > 0);
+            // on the raw integers, since `Exact`'s product keeps the decimal scale.
+            (true, true) => (mm_b.raw() * bal_a.raw()).cmp(&(mm_a.raw() * bal_b.raw())),
+        }
+    })
+}
+
+/// The at-risk entry of `item` of `view`, whose exact totals are `(balance, maint)`.
+pub fn risk_item(
+    cfg: &Config,
+    marks: &Marks,
+    view: &AccountView,
+    item: Item,
+    (balance, maint): (&Exact, &Exact),
+) -> RiskItem {
+    let l = view.liquidation(cfg, marks, item, At { line: 0, seq: 0 });
+    risk_item_of(l, margin::margin_ratio(maint, balance).map(|r| r.to_string()), balance < maint)
+}
+
+/// An at-risk entry from the `liquidation` event of the same item (same figures and
+/// positions), its ratio text and its state.
+pub fn risk_item_of(l: Liquidation, margin_ratio: Option<String>, liquidatable: bool) -> RiskItem {
+    RiskItem {
+        account: l.account,
+        mode: l.mode,
+        symbol: l.symbol,
+        margin_balance: l.margin_balance,
+        maintenance_margin: l.maintenance_margin,
+        margin_ratio,
+        liquidatable,
+        positions: l.positions,
+    }
+}
+
+/// [`crate::engine::Engine::at_risk`] over `views` (any order), exactly and plainly: every
+/// item's totals on [`Exact`] numbers, one sort. The reference engine's answer, and the
+/// oracle the fast engine's is tested against.
+pub fn at_risk(cfg: &Config, marks: &Marks, views: &[AccountView], q: &RiskQuery) -> Vec<RiskItem> {
+    struct Candidate<'a> {
+        view: &'a AccountView,
+        item: Item,
+        /// `None` for the cross item: it ranks before the account's isolated items on a tie.
+        symbol: Option<SymbolIdx>,
+        balance: Exact,
+        maint: Exact,
+    }
+    let wanted = |s: SymbolIdx| q.symbol.is_none_or(|w| w == s);
+    let mut candidates = Vec::new();
+    for view in views {
+        let mut push = |item: Item, symbol: Option<SymbolIdx>| {
+            if let Some((balance, maint)) = view.item_totals(cfg, marks, item) {
+                candidates.push(Candidate { view, item, symbol, balance, maint });
+            }
+        };
+        if q.mode != Some(Mode::Isolated) && view.cross_positions().any(|p| wanted(p.symbol)) {
+            push(Item::Cross(view.account), None);
+        }
+        if q.mode != Some(Mode::Cross) {
+            let isolated = view.pairs.iter().filter(|p| p.mode == Mode::Isolated);
+            for p in isolated.filter(|p| !p.size.is_zero() && wanted(p.symbol)) {
+                push(Item::Isolated(view.account, p.symbol), Some(p.symbol));
+            }
+        }
+    }
+    candidates.sort_by(|a, b| {
+        risk_cmp((&a.balance, &a.maint), (&b.balance, &b.maint))
+            .then_with(|| (a.view.account, a.symbol).cmp(&(b.view.account, b.symbol)))
+    });
+    candidates.truncate(q.limit);
+    (candidates.iter())
+        .map(|c| risk_item(cfg, marks, c.view, c.item, (&c.balance, &c.maint)))
+        .collect()
 }

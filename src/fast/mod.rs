@@ -11,6 +11,7 @@
 //! [`crate::report`] path.
 
 pub mod book;
+mod risk;
 
 use std::sync::{
     Arc,
@@ -23,11 +24,14 @@ use rayon::prelude::*;
 use self::book::{AccountIdx, Book, E8_TO_Q16, Quote, Scale};
 use crate::{
     config::{Config, Mode, SymbolIdx},
-    engine::{At, Engine, rejects, should_emit},
+    engine::{At, Engine, RiskQuery, rejects, should_emit},
     exact::Exact,
     fixed::{D8, scaled_text},
     margin,
-    protocol::{AMOUNT_LIMIT, Command, Event, Liquidation, LiquidationPosition, Reject},
+    protocol::{
+        AMOUNT_LIMIT, AccountReport, Command, Event, Liquidation, LiquidationPosition, Reject,
+        RiskItem,
+    },
     report::{AccountView, Item, PairView},
 };
 
@@ -1069,6 +1073,14 @@ impl FastEngine {
 }
 
 impl Engine for FastEngine {
+    fn account_report(&self, account: u64, at: At) -> Option<AccountReport> {
+        self.report_of(account, at)
+    }
+
+    fn at_risk(&self, query: &RiskQuery) -> Vec<RiskItem> {
+        self.risk_items(query)
+    }
+
     fn apply(&mut self, cmd: &Command, at: At, out: &mut dyn FnMut(Event)) -> Result<(), Reject> {
         self.msg_no += 1;
         match *cmd {
