@@ -45,6 +45,20 @@ impl<R: BufRead> LineReader<R> {
         self.drained
     }
 
+    /// True when a whole next line is already buffered, so reading it will not wait on the
+    /// sender. A pipeline hands its partial batch on when this is false: lines already read
+    /// must not wait behind a line the sender has only partly sent.
+    pub fn next_line_buffered(&mut self) -> bool {
+        if self.drained {
+            return false;
+        }
+        // Not drained: bytes are buffered, so `fill_buf` returns them without reading.
+        match self.inner.fill_buf() {
+            Ok(available) => memchr::memchr(b'\n', available).is_some(),
+            Err(_) => false,
+        }
+    }
+
     /// The next line without its `\n`; `None` at the end of input. A last line without a
     /// newline still counts.
     pub fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
@@ -238,8 +252,10 @@ mod tests {
         let mut r = LineReader::new(io::BufReader::with_capacity(8, &input[..]), 10);
         assert_eq!(r.next_line_terminated().unwrap(), Some((Line::Bytes(b"a"), true)));
         assert!(!r.input_drained(), "more bytes are buffered");
+        assert!(r.next_line_buffered(), "the blank line is buffered whole");
         assert_eq!(r.next_line().unwrap(), Some(Line::Bytes(b"")));
         assert_eq!(r.next_line().unwrap(), Some(Line::Bytes(b"bb\r")));
+        assert!(!r.next_line_buffered(), "only the start of the long line is buffered");
         assert_eq!(r.next_line().unwrap(), Some(Line::TooLong(100)));
         let last = r.next_line_terminated().unwrap();
         assert_eq!(last, Some((Line::Bytes(b"last"), false)), "it ran into the end of input");

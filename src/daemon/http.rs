@@ -18,7 +18,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::{Path, RawQuery, State},
+    extract::{Path, Query, State, rejection::QueryRejection},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -35,9 +35,17 @@ use super::{
     metrics::{self, EngineFigures, ListenerLabel},
 };
 use crate::{
-    engine::Engine,
+    config::Mode,
+    engine::{Engine, RiskQuery},
     pipeline::{Control, Point},
+    protocol::Event,
 };
+
+/// `/at-risk`'s `limit` when none is given.
+pub const AT_RISK_DEFAULT_LIMIT: usize = 100;
+
+/// The largest `/at-risk` answer; a larger `limit` is capped to it.
+pub const AT_RISK_MAX_LIMIT: usize = 10_000;
 
 /// How long a handler waits for the engine thread's answer.
 pub const ENGINE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -106,6 +114,96 @@ fn json(body: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// `GET /accounts/{id}`: the `account` event a `query` would emit now.
+async fn get_account(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let Ok(account) = id.parse::<u64>() else {
+        return Err(bad_request(
+            &shared,
+            format!("account id {id:?} is not an integer in 0..=18446744073709551615"),
+        ));
+    };
+    let report = ask(&shared, move |engine, point| {
+        let report = engine.account_report(account, point.at)?;
+        let mut body = String::with_capacity(1024);
+        Event::Account(report).write_json(&mut body);
+        body.truncate(body.trim_end().len());
+        Some(body)
+    })
+    .await?;
+    match report {
+        Some(body) => Ok(json(body)),
+        None => Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("account {account} has never been mentioned"),
+        )),
+    }
+}
+
+/// The parameters of `/at-risk`, or the reason they are refused.
+fn risk_query(shared: &Shared, params: &[(String, String)]) -> Result<RiskQuery, String> {
+    let mut query = RiskQuery { limit: AT_RISK_DEFAULT_LIMIT, symbol: None, mode: None };
+    let mut seen: Vec<&str> = Vec::new();
+    for (key, value) in params {
+        if seen.contains(&key.as_str()) {
+            return Err(format!("parameter {key:?} is given twice"));
+        }
+        match key.as_str() {
+            "limit" => {
+                let n = value
+                    .parse::<u64>()
+                    .map_err(|_| format!("limit {value:?} is not a non-negative integer"))?;
+                query.limit = n.min(AT_RISK_MAX_LIMIT as u64) as usize;
+            }
+            "symbol" => {
+                let s = shared
+                    .cfg
+                    .symbol_idx(value)
+                    .ok_or_else(|| format!("symbol {value:?} is not in the config"))?;
+                query.symbol = Some(s);
+            }
+            "mode" => {
+                let m = Mode::parse(value)
+                    .ok_or_else(|| format!("mode {value:?} is not cross or isolated"))?;
+                query.mode = Some(m);
+            }
+            _ => return Err(format!("unknown parameter {key:?}: use limit, symbol, mode")),
+        }
+        seen.push(key);
+    }
+    Ok(query)
+}
+
+/// `GET /at-risk`: `{"line":L,"seq":S,"items":[...]}`, the point of the stream and the items
+/// closest to liquidation in the order of [`Engine::at_risk`].
+async fn get_at_risk(
+    State(shared): State<Arc<Shared>>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, Failure> {
+    let params = params.map_err(|e| bad_request(&shared, format!("bad query string: {e}")))?;
+    let query = risk_query(&shared, &params.0).map_err(|reason| bad_request(&shared, reason))?;
+    let body = ask(&shared, move |engine, point| {
+        let items = engine.at_risk(&query);
+        let mut body = String::with_capacity(256 + items.len() * 320);
+        body.push_str(&format!(
+            "{{\"line\":{},\"seq\":{},\"items\":[",
+            point.at.line, point.at.seq
+        ));
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            item.write_json(&mut body);
+        }
+        body.push_str("]}");
+        body
+    })
+    .await?;
+    Ok(json(body))
+}
+
 /// Answers 404 for every path not routed, with a reason.
 async fn not_found() -> Failure {
     Failure(
@@ -118,6 +216,8 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/metrics", get(get_metrics))
         .route("/health", get(get_health))
+        .route("/accounts/{id}", get(get_account))
+        .route("/at-risk", get(get_at_risk))
         .fallback(not_found)
         .layer(CatchPanicLayer::new())
         .with_state(shared)

@@ -79,8 +79,9 @@ impl<'a> Source<'a> for ReadSource<'a> {
 
 /// The reader thread: reads every connection of `source` line by line, ingests each line
 /// (line numbers, parse, sequencing, validation) and hands batches to the engine. A batch
-/// goes on when it is full, when the next read may block (a live stream's lines never wait
-/// for later ones) and at the end of each connection. With `opts.rate`, line n is let in at
+/// goes on when it is full, when the next line is not wholly buffered, so reading it may
+/// block (a live stream's lines never wait for later ones, nor behind a half-sent line), and
+/// at the end of each connection. With `opts.rate`, line n is let in at
 /// n / rate seconds.
 pub(crate) fn reader_thread<'a>(
     cfg: Arc<Config>,
@@ -138,7 +139,9 @@ pub(crate) fn reader_thread<'a>(
             }
             batch.push(ingest.line(line, Instant::now()));
             end.lines += 1;
-            if (batch.len() == opts.batch_lines || lines.input_drained()) && !hand_on(&mut batch) {
+            if (batch.len() == opts.batch_lines || !lines.next_line_buffered())
+                && !hand_on(&mut batch)
+            {
                 return Ok(());
             }
         }
