@@ -21,12 +21,15 @@
 //! | [`latency`] | HdrHistogram latency distributions | 7, 8 |
 //! | [`pipeline`] | the one pipeline of every driver: `Source` → reader thread → engine thread (control requests between two batches) → `Sink`s (see `src/pipeline/README.md`) | 6, 8, 9 |
 //! | [`replay`] | `liqscan replay`: one stream through the pipeline to stdout, summary and report | 8 |
+//! | [`daemon`] | `liqscan run`: stdin or `--listen` engine input, subscribers, events file, HTTP (`/metrics`, `/health`, `/accounts`, `/at-risk`); the only user of tokio, axum, prometheus-client, tracing-subscriber (see `docs/operations.md`) | 9 |
 //! | [`chart`] | the latency percentile-spectrum chart (SVG) | — |
 //! | [`synth`] | deterministic synthetic configs, books, mark walks | — |
 //! | [`generator`] | `liqscan gen`: streaming, engine-played message streams with injected faults | 8 |
 //!
 //! bytes → [`ingest::LineReader`] → [`protocol::parse_envelope`] → [`ingest::Sequencer`] →
-//! [`protocol::validate`] → [`engine::Engine::apply`] → [`protocol::Event`] → sink.
+//! [`protocol::validate`] → [`engine::Engine::apply`] → [`protocol::Event`] →
+//! [`pipeline::Sink`]. Layers point down only: `daemon` and `replay` drive `pipeline`, which
+//! drives an `engine`; the engines know nothing of threads, sockets or async.
 
 pub mod chart;
 pub mod config;

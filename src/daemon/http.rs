@@ -125,16 +125,16 @@ async fn get_account(
             format!("account id {id:?} is not an integer in 0..=18446744073709551615"),
         ));
     };
-    let report = ask(&shared, move |engine, point| {
-        let report = engine.account_report(account, point.at)?;
-        let mut body = String::with_capacity(1024);
-        Event::Account(report).write_json(&mut body);
-        body.truncate(body.trim_end().len());
-        Some(body)
-    })
-    .await?;
+    // Only the report is made on the engine thread; its JSON is written here.
+    let report =
+        ask(&shared, move |engine, point| engine.account_report(account, point.at)).await?;
     match report {
-        Some(body) => Ok(json(body)),
+        Some(report) => {
+            let mut body = String::with_capacity(1024);
+            Event::Account(report).write_json(&mut body);
+            body.truncate(body.trim_end().len());
+            Ok(json(body))
+        }
         None => Err(Failure(
             StatusCode::NOT_FOUND,
             format!("account {account} has never been mentioned"),
@@ -184,23 +184,17 @@ async fn get_at_risk(
 ) -> Result<Response, Failure> {
     let params = params.map_err(|e| bad_request(&shared, format!("bad query string: {e}")))?;
     let query = risk_query(&shared, &params.0).map_err(|reason| bad_request(&shared, reason))?;
-    let body = ask(&shared, move |engine, point| {
-        let items = engine.at_risk(&query);
-        let mut body = String::with_capacity(256 + items.len() * 320);
-        body.push_str(&format!(
-            "{{\"line\":{},\"seq\":{},\"items\":[",
-            point.at.line, point.at.seq
-        ));
-        for (i, item) in items.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            item.write_json(&mut body);
+    // Only the list is made on the engine thread; its JSON is written here.
+    let (at, items) = ask(&shared, move |engine, point| (point.at, engine.at_risk(&query))).await?;
+    let mut body = String::with_capacity(64 + items.len() * 400);
+    body.push_str(&format!("{{\"line\":{},\"seq\":{},\"items\":[", at.line, at.seq));
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
         }
-        body.push_str("]}");
-        body
-    })
-    .await?;
+        item.write_json(&mut body);
+    }
+    body.push_str("]}");
     Ok(json(body))
 }
 

@@ -97,6 +97,8 @@ pub struct EngineFigures {
     pub event: LatencyFigures,
     pub ts_to_event: LatencyFigures,
     pub apply: LatencyFigures,
+    /// Control requests answered before this one.
+    pub control: LatencyFigures,
 }
 
 impl EngineFigures {
@@ -116,6 +118,7 @@ impl EngineFigures {
             event: LatencyFigures::of(&s.event_latency),
             ts_to_event: LatencyFigures::of(&s.ts_latency),
             apply: LatencyFigures::of(&s.apply_latency),
+            control: LatencyFigures::of(&s.control_latency),
         }
     }
 }
@@ -222,6 +225,11 @@ pub fn render(metrics: &Metrics, figures: EngineFigures) -> Result<String, fmt::
             figures.ts_to_event,
         ),
         ("liqscan_apply_latency_seconds", "Apply and evaluate time per command.", figures.apply),
+        (
+            "liqscan_control_hold_seconds",
+            "Time each query (HTTP /accounts, /at-risk, /metrics) held the engine thread.",
+            figures.control,
+        ),
     ];
     registry.register_collector(Box::new(figures));
     let mut out = String::with_capacity(8 << 10);

@@ -281,6 +281,7 @@ impl EngineLoop<'_, '_> {
                     Ok(control) => {
                         let point = Point { at: self.at, summary: &self.summary };
                         let engine = &*self.engine;
+                        let start = Instant::now();
                         // A request only reads the engine, so a panic in one (a bug) leaves
                         // the state whole: its asker gets no answer, ingest goes on.
                         let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
@@ -289,6 +290,8 @@ impl EngineLoop<'_, '_> {
                         if answered.is_err() {
                             self.summary.control_panics += 1;
                         }
+                        // How long ingest waited for it.
+                        self.summary.control_latency.record(start.elapsed().as_nanos() as u64);
                     }
                     Err(_) => controls = None,
                 },

@@ -65,4 +65,6 @@ pub struct Summary {
     pub ts_latency: Latency,
     /// Apply + evaluate time per command.
     pub apply_latency: Latency,
+    /// Time each control request held the engine thread (ingest waited that long).
+    pub control_latency: Latency,
 }

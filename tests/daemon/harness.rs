@@ -14,7 +14,7 @@ use std::{
 use serde_json::Value;
 
 /// The longest any single wait in these tests may take.
-pub const PATIENCE: Duration = Duration::from_secs(30);
+pub const PATIENCE: Duration = Duration::from_secs(120);
 
 pub fn fixture(p: &str) -> String {
     format!("{}/fixtures/{p}", env!("CARGO_MANIFEST_DIR"))
