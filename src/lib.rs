@@ -14,10 +14,10 @@
 //! | [`ingest`] | bounded line reading, line numbers, seq / duplicate / gap rules | 6 |
 //! | [`exact`] | the unbounded exact decimal of the reference engine, `ceil8`, `round8` | 1, 4 |
 //! | [`margin`] | the margin arithmetic: notional, upnl, brackets, mm, im, ratio, liquidation price, funding | 4 |
-//! | [`engine`] | the `Engine` trait and the emission rule | 6 |
-//! | [`report`] | exact figures of an account view: totals, available, event contents | 4, 7 |
+//! | [`engine`] | the `Engine` trait (apply; account reports and at-risk lists, the read side the daemon's HTTP serves) and the emission rule | 6, 9.3 |
+//! | [`report`] | exact figures of an account view: totals, available, event contents in O(positions); the at-risk order | 4, 7, 9.3 |
 //! | [`reference`] | the reference engine: state of section 3, apply + evaluate, exact and plain | 3–6 |
-//! | [`fast`] | the fast engine: struct-of-arrays books, i128 fixed point, trigger index, parallel sweeps (see `src/fast/README.md`) | 3–6 |
+//! | [`fast`] | the fast engine: struct-of-arrays books, i128 fixed point, trigger index, parallel sweeps, at-risk selection (see `src/fast/README.md`) | 3–6, 9.3 |
 //! | [`latency`] | HdrHistogram latency distributions | 7, 8 |
 //! | [`pipeline`] | the one pipeline of every driver: `Source` → reader thread → engine thread (control requests between two batches) → `Sink`s (see `src/pipeline/README.md`) | 6, 8, 9 |
 //! | [`replay`] | `liqscan replay`: one stream through the pipeline to stdout, summary and report | 8 |

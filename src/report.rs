@@ -1,6 +1,10 @@
 //! Exact figures of one account, from an engine-neutral [`AccountView`]: the cross and
 //! isolated totals, available balance, and the contents of `account` and `liquidation`
-//! events (SPEC sections 4 and 7).
+//! events (SPEC sections 4 and 7); and the at-risk order and lists of SPEC section 9.3.
+//!
+//! A report costs O(the account's pairs): each cross position's liquidation price needs
+//! `M = W + Σ over the other cross positions (upnl − mm)`, which is one total over the
+//! account ([`CrossRest`]) with the position's own term taken out, never a sum per position.
 //!
 //! The reference engine decides liquidations with these functions; the fast engine decides
 //! with its own integer arithmetic and calls these only to fill in the events it emits (and
@@ -89,7 +93,8 @@ pub fn figures(cfg: &Config, marks: &Marks, p: &PairView) -> Option<Figures> {
 
 impl AccountView {
     pub fn pair(&self, s: SymbolIdx) -> Option<&PairView> {
-        self.pairs.iter().find(|p| p.symbol == s)
+        debug_assert!(self.pairs.is_sorted_by_key(|p| p.symbol), "pairs sorted by symbol");
+        self.pairs.binary_search_by_key(&s, |p| p.symbol).ok().map(|i| &self.pairs[i])
     }
 
     /// Non-zero cross positions.

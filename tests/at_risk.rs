@@ -97,13 +97,15 @@ fn ids(items: &[RiskItem]) -> Vec<(u64, Option<&str>)> {
     items.iter().map(|i| (i.account, i.symbol.as_deref())).collect()
 }
 
+/// (label, query, the items expected, in order)
+type Case = (&'static str, RiskQuery, Vec<(u64, Option<&'static str>)>);
+
 const B: Option<&str> = Some("BTC-PERP");
 const E: Option<&str> = Some("ETH-PERP");
 
 #[test]
 fn at_risk_order_filters_and_missing_marks() {
-    // (label, query, expected items in order)
-    let before_eth: [(&str, RiskQuery, Vec<(u64, Option<&str>)>); 2] = [
+    let before_eth: [Case; 2] = [
         // TC4, TC5, TC6, TC7 need the ETH mark: left out.
         (
             "all, no ETH mark",
@@ -112,7 +114,7 @@ fn at_risk_order_filters_and_missing_marks() {
         ),
         ("ETH, no ETH mark", q(100, Some(ETH), None), vec![]),
     ];
-    let with_eth: [(&str, RiskQuery, Vec<(u64, Option<&str>)>); 9] = [
+    let with_eth: [Case; 9] = [
         (
             "all",
             q(100, None, None),

@@ -214,6 +214,8 @@ pub struct FastEngine {
     /// unmarked cross book has positions) its count of unmarked cross positions.
     sums: Vec<Sum>,
     unmarked: Vec<u16>,
+    /// An at-risk answer's scratch (see `risk.rs`).
+    risk: risk::Scratch,
 }
 
 /// The phases of a full-book sweep, timed: the cross books (with the pass over the accounts
@@ -355,6 +357,7 @@ impl FastEngine {
             last_sweep: SweepPhases::default(),
             sums: Vec::new(),
             unmarked: Vec::new(),
+            risk: risk::Scratch::default(),
             cfg,
         }
     }
@@ -378,7 +381,8 @@ impl FastEngine {
 
     /// Heap bytes held by the long-lived structures, by part: `books` (position columns and
     /// trigger index), `accounts` (per-account columns), `pairs` (per-pair settings),
-    /// `index` (account id lookup) and `sweep` (a sweep's scratch, once one ran).
+    /// `index` (account id lookup) and `sweep` (a sweep's and an at-risk answer's scratch,
+    /// once one ran).
     /// Capacities, before the allocator's own overhead: set beside resident memory, they show
     /// where it goes.
     pub fn heap_bytes(&self) -> [(&'static str, usize); 5] {
@@ -394,7 +398,7 @@ impl FastEngine {
             ("accounts", columns),
             ("pairs", pairs),
             ("index", self.index.table.allocation_size()),
-            ("sweep", bytes(&self.sums) + bytes(&self.unmarked)),
+            ("sweep", bytes(&self.sums) + bytes(&self.unmarked) + self.risk.heap_bytes()),
         ]
     }
 

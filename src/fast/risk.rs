@@ -19,7 +19,11 @@
 //! Only the `limit` items returned get exact decimal strings and liquidation prices, through
 //! the same path as liquidation events (`FastEngine::liquidation_event`).
 
-use std::{cmp::Ordering, collections::BinaryHeap};
+use std::{
+    cmp::Ordering,
+    collections::BinaryHeap,
+    sync::{Mutex, PoisonError},
+};
 
 use rayon::prelude::*;
 
@@ -37,9 +41,46 @@ use crate::{
     report::{self, Item},
 };
 
+/// What an at-risk answer keeps between answers: per account `[Σ upnl, Σ (upnl − mm)]`,
+/// zero between answers (32 bytes per account, allocated by the first answer). Allocating
+/// them afresh took more time than computing them: the kernel zeroes every fresh page.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    sums: Mutex<Sums>,
+}
+
+#[derive(Debug, Default)]
+struct Sums {
+    sums: Vec<[Sum; 2]>,
+    /// Every sum is zero.
+    clean: bool,
+}
+
+/// Sets every sum to zero.
+fn zero(sums: &[[Sum; 2]]) {
+    sums.par_iter().with_min_len(CHUNK).flatten().for_each(|s| s.set(0));
+}
+
+impl Scratch {
+    /// Heap bytes held.
+    pub(super) fn heap_bytes(&self) -> usize {
+        let sums = self.sums.lock().unwrap_or_else(PoisonError::into_inner);
+        sums.sums.capacity() * size_of::<[Sum; 2]>()
+    }
+}
+
 /// Relative slack of the preselection: far above the float key's error (4·2⁻⁵³ ≈ 4.4e-16),
 /// far below any ratio difference that matters for how many items are kept.
 const PRESELECT_SLACK: f64 = 1e-12;
+
+/// The least share of `n` items a rayon worker takes in the preselection: a few shares per
+/// worker, so that few heaps fill up apart (each keeps everything until it holds `limit`
+/// keys) and few merges follow. At least a chunk, unless the engine is set to split even
+/// small books (`FastEngine::with_parallel_min`, which tests use to hold the merges to the
+/// reference).
+fn share(n: usize, parallel_min: usize) -> usize {
+    (n / (4 * rayon::current_num_threads())).max(CHUNK.min(parallel_min))
+}
 
 /// Where an at-risk candidate is in the books.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,57 +123,65 @@ fn threshold(least: u64) -> f64 {
 /// (ties included) therefore has an exact ratio >= τ / (1 + ε) and a key >= τ (1 − ε) /
 /// (1 + ε) > τ (1 − 10⁻¹²). The heap's least only grows, so an item dropped on the way had a
 /// key below the final threshold too. (A key of `+∞` is exact: only null ratios have it.)
-struct Preselect {
+struct Preselect<T> {
     limit: usize,
     /// The `limit` largest keys seen (a min-heap).
     heap: BinaryHeap<std::cmp::Reverse<u64>>,
-    kept: Vec<(u64, Ref)>,
+    /// `threshold` of the heap's least once it holds `limit` keys, `−∞` before: a key below
+    /// it is dropped with one comparison.
+    cut: f64,
+    kept: Vec<(u64, T)>,
 }
 
-impl Preselect {
-    fn new(limit: usize) -> Preselect {
-        Preselect { limit, heap: BinaryHeap::new(), kept: Vec::new() }
+impl<T> Preselect<T> {
+    fn new(limit: usize) -> Preselect<T> {
+        Preselect { limit, heap: BinaryHeap::new(), cut: f64::NEG_INFINITY, kept: Vec::new() }
     }
 
-    /// The current threshold, once `limit` keys are in.
-    fn least(&self) -> Option<u64> {
-        (self.heap.len() >= self.limit).then(|| self.heap.peek().map_or(u64::MAX, |r| r.0))
-    }
-
-    fn offer(&mut self, key: u64, at: Ref) {
-        if self.limit == 0 {
+    /// Offers an item of key `key`; `make` builds what is kept of it, if it is kept.
+    #[inline]
+    fn offer(&mut self, key: u64, make: impl FnOnce() -> T) {
+        if self.limit == 0 || f64::from_bits(key) < self.cut {
             return;
         }
-        match self.least() {
-            None => self.heap.push(std::cmp::Reverse(key)),
-            Some(least) => {
-                if key > least {
-                    self.heap.pop();
-                    self.heap.push(std::cmp::Reverse(key));
-                }
-                let least = self.least().expect("the heap stays full");
-                if f64::from_bits(key) < threshold(least) {
-                    return;
-                }
+        if self.heap.len() < self.limit {
+            self.heap.push(std::cmp::Reverse(key));
+        } else if self.heap.peek().is_some_and(|least| key > least.0) {
+            self.heap.pop();
+            self.heap.push(std::cmp::Reverse(key));
+        }
+        if self.heap.len() >= self.limit {
+            self.cut = threshold(self.heap.peek().expect("limit > 0 keys").0);
+            if f64::from_bits(key) < self.cut {
+                return;
             }
         }
-        self.kept.push((key, at));
+        self.kept.push((key, make()));
         // Keys arriving in rising order would keep everything: drop what fell behind.
         if self.kept.len() >= self.limit.max(1024).saturating_mul(4) {
             self.prune();
         }
     }
 
-    fn prune(&mut self) {
-        if let Some(least) = self.least() {
-            let t = threshold(least);
-            self.kept.retain(|&(k, _)| f64::from_bits(k) >= t);
+    /// The preselection of both parts' items: `other`'s kept items (which hold its heap's)
+    /// offered to `self`.
+    fn merge(self, other: Preselect<T>) -> Preselect<T> {
+        let (mut into, from) =
+            if self.kept.len() >= other.kept.len() { (self, other) } else { (other, self) };
+        for (key, item) in from.kept {
+            into.offer(key, || item);
         }
+        into
     }
 
-    fn finish(mut self) -> Vec<Ref> {
+    fn prune(&mut self) {
+        let cut = self.cut;
+        self.kept.retain(|&(k, _)| f64::from_bits(k) >= cut);
+    }
+
+    fn finish(mut self) -> Vec<T> {
         self.prune();
-        self.kept.into_iter().map(|(_, at)| at).collect()
+        self.kept.into_iter().map(|(_, item)| item).collect()
     }
 }
 
@@ -196,34 +245,49 @@ impl FastEngine {
         if q.limit == 0 {
             return Vec::new();
         }
+        // On a worker thread each parallel loop within is a cheap fork-join; from the engine
+        // thread each would wait for a hand-off (as in the sweep).
+        rayon::scope(|_| self.risk_items_on_workers(q))
+    }
+
+    fn risk_items_on_workers(&self, q: &RiskQuery) -> Vec<RiskItem> {
         let mut pick = Preselect::new(q.limit);
-        let sums = if q.mode != Some(Mode::Isolated) { self.cross_sums() } else { Vec::new() };
         if q.mode != Some(Mode::Isolated) {
-            self.offer_cross(&sums, q.symbol, &mut pick);
+            // Kept between answers, zero between them; a panic mid-answer leaves it marked
+            // not clean, and the next answer zeroes it first.
+            let mut guard = self.risk.sums.lock().unwrap_or_else(PoisonError::into_inner);
+            let Sums { sums, clean } = &mut *guard;
+            if !*clean {
+                zero(sums);
+            }
+            sums.resize_with(self.accounts.id.len(), Default::default);
+            *clean = false;
+            self.add_cross_sums(sums);
+            pick = pick.merge(self.offer_cross(sums, q.symbol, q.limit));
+            *clean = true;
         }
         if q.mode != Some(Mode::Cross) {
-            self.offer_isolated(q.symbol, &mut pick);
+            pick = pick.merge(self.offer_isolated(q.symbol, q.limit));
         }
-        let mut candidates: Vec<Candidate> =
-            pick.finish().into_iter().map(|at| self.candidate(&sums, at)).collect();
+        let mut candidates = pick.finish();
         if candidates.len() > q.limit {
             candidates.select_nth_unstable_by(q.limit - 1, risk_order);
             candidates.truncate(q.limit);
         }
         candidates.sort_unstable_by(risk_order);
-        candidates.iter().map(|c| self.risk_item(c)).collect()
+        // Building an item (its strings and liquidation prices) costs microseconds: for a
+        // long list, the workers share it (collect keeps the order).
+        candidates.par_iter().with_min_len(64).map(|c| self.risk_item(c)).collect()
     }
 
-    /// Per account `[Σ upnl, Σ (upnl − mm)]` (q16) over its cross positions whose symbol has a
-    /// mark; accounts with an unmarked cross symbol are left out by the caller.
-    fn cross_sums(&self) -> Vec<[Sum; 2]> {
-        let n = self.accounts.id.len();
-        let sums: Vec<[Sum; 2]> = (0..n).map(|_| Default::default()).collect();
+    /// Adds to each account's `[Σ upnl, Σ (upnl − mm)]` (q16, zero before) its cross
+    /// positions whose symbol has a mark; accounts with an unmarked cross symbol are left out
+    /// by the caller.
+    fn add_cross_sums(&self, sums: &[[Sum; 2]]) {
         let parallel = rayon::current_num_threads() > 1;
         for (book, (sc, t)) in self.cross.iter().zip(self.scales.iter().zip(&self.mark_ticks)) {
             let Some(t) = *t else { continue };
             let quote = Quote::new(sc, t);
-            let sums = &sums;
             let add = |c: usize| {
                 let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(book.len()));
                 let ahead = book.account.get(lo + PREFETCH_AHEAD..).unwrap_or_default();
@@ -245,71 +309,90 @@ impl FastEngine {
                 (0..chunks).for_each(add);
             }
         }
-        sums
     }
 
-    /// `(margin balance, maintenance)` of cross account `a` from its sums.
-    fn cross_figures(&self, sums: &[[Sum; 2]], a: AccountIdx) -> (i128, i128) {
-        let i = a.0 as usize;
-        let [upnl, buffer] = &sums[i];
-        let (upnl, buffer) = (upnl.get(), buffer.get());
-        (self.accounts.wallet_e8[i] * E8_TO_Q16 + upnl, upnl - buffer)
-    }
-
-    /// Offers every cross item (with `symbol`, those holding a cross position in it).
-    fn offer_cross(&self, sums: &[[Sum; 2]], symbol: Option<SymbolIdx>, pick: &mut Preselect) {
-        let mut offer = |a: AccountIdx| {
-            let h = &self.accounts.hot[a.0 as usize];
+    /// Offers every cross item (with `symbol`, those holding a cross position in it), the
+    /// accounts split between rayon workers, each preselecting its share. Leaves every sum
+    /// at zero.
+    fn offer_cross(
+        &self,
+        sums: &[[Sum; 2]],
+        symbol: Option<SymbolIdx>,
+        limit: usize,
+    ) -> Preselect<Candidate> {
+        // The account's figures, from its sums (taken, when `take`, leaving zero).
+        let offer = |mut pick: Preselect<Candidate>, a: AccountIdx, take: bool| {
+            let i = a.0 as usize;
+            let [upnl, buffer] = &sums[i];
+            let (upnl, buffer) =
+                if take { (upnl.take(), buffer.take()) } else { (upnl.get(), buffer.get()) };
+            let h = &self.accounts.hot[i];
             if h.n_cross > 0 && h.n_unmarked == 0 {
-                let (balance, maint) = self.cross_figures(sums, a);
-                pick.offer(key_bits(balance, maint), Ref::Cross(a));
+                let (balance_q16, maint_q16) =
+                    (self.accounts.wallet_e8[i] * E8_TO_Q16 + upnl, upnl - buffer);
+                pick.offer(key_bits(balance_q16, maint_q16), || Candidate {
+                    at: Ref::Cross(a),
+                    balance_q16,
+                    maint_q16,
+                    account: self.accounts.id[i],
+                    symbol: None,
+                });
             }
+            pick
         };
+        let new = || Preselect::new(limit);
         match symbol {
             // An index outside the config holds nothing (the reference engine agrees).
             Some(s) => {
                 let held = self.cross.get(s.0 as usize).map_or(&[][..], |b| &b.account[..]);
-                held.iter().copied().for_each(offer)
+                let held = held.par_iter().with_min_len(share(held.len(), self.parallel_min));
+                let pick = held.fold(new, |p, &a| offer(p, a, false)).reduce(new, Preselect::merge);
+                zero(sums);
+                pick
             }
-            None => (0..self.accounts.id.len()).for_each(|i| offer(AccountIdx(i as u32))),
+            None => {
+                // Every account is read once, and its sums taken on the way.
+                let n = u32::try_from(sums.len()).expect("fewer than 2^32 accounts");
+                let all = (0..n).into_par_iter().with_min_len(share(n as usize, self.parallel_min));
+                all.fold(new, |p, a| offer(p, AccountIdx(a), true)).reduce(new, Preselect::merge)
+            }
         }
     }
 
-    /// Offers every isolated item whose symbol has a mark (with `symbol`, of that symbol).
-    fn offer_isolated(&self, symbol: Option<SymbolIdx>, pick: &mut Preselect) {
+    /// Offers every isolated item whose symbol has a mark (with `symbol`, of that symbol),
+    /// the books cut in chunks that rayon workers take, each preselecting its share.
+    fn offer_isolated(&self, symbol: Option<SymbolIdx>, limit: usize) -> Preselect<Candidate> {
+        let mut chunks = Vec::new();
         for (si, book) in self.isolated.iter().enumerate() {
             let s = SymbolIdx(si as u16);
-            let Some(t) = self.mark_ticks[si].filter(|_| symbol.is_none_or(|w| w == s)) else {
-                continue;
-            };
+            if self.mark_ticks[si].is_some() && symbol.is_none_or(|w| w == s) {
+                chunks.extend((0..book.len()).step_by(CHUNK).map(|lo| (s, lo)));
+            }
+        }
+        let offer = |mut pick: Preselect<Candidate>, &(s, lo): &(SymbolIdx, usize)| {
+            let (si, book) = (s.0 as usize, &self.isolated[s.0 as usize]);
+            let t = self.mark_ticks[si].expect("only marked books are cut in chunks");
+            let hi = (lo + CHUNK).min(book.len());
+            let (lots, base) = (&book.lots[lo..hi], &book.base_q16[lo..hi]);
             let (sc, quote) = (&self.scales[si], Quote::new(&self.scales[si], t));
-            quote.each_term(&book.lots, &book.base_q16, |k, term| {
+            quote.each_term(lots, base, |k, term| {
                 // balance = isolated margin + upnl = base + value; maintenance = balance − term.
-                let balance = book.base_q16[k] + sc.value_q16(book.lots[k], t);
-                pick.offer(key_bits(balance, balance - term), Ref::Isolated(s, k as u32));
+                let balance_q16 = base[k] + sc.value_q16(lots[k], t);
+                let maint_q16 = balance_q16 - term;
+                pick.offer(key_bits(balance_q16, maint_q16), || Candidate {
+                    at: Ref::Isolated(s, (lo + k) as u32),
+                    balance_q16,
+                    maint_q16,
+                    account: self.accounts.id[book.account[lo + k].0 as usize],
+                    symbol: Some(s),
+                });
             });
-        }
-    }
-
-    /// The exact figures and tie key of a preselected item.
-    fn candidate(&self, sums: &[[Sum; 2]], at: Ref) -> Candidate {
-        match at {
-            Ref::Cross(a) => {
-                let (balance_q16, maint_q16) = self.cross_figures(sums, a);
-                let account = self.accounts.id[a.0 as usize];
-                Candidate { at, balance_q16, maint_q16, account, symbol: None }
-            }
-            Ref::Isolated(s, slot) => {
-                let (si, k) = (s.0 as usize, slot as usize);
-                let (book, sc) = (&self.isolated[si], &self.scales[si]);
-                let t = self.mark_ticks[si].expect("only marked isolated items are offered");
-                let lots = book.lots[k];
-                let balance_q16 = book.base_q16[k] + sc.value_q16(lots, t);
-                let maint_q16 = sc.mm_q16(sc.notional_n12(lots, t));
-                let account = self.accounts.id[book.account[k].0 as usize];
-                Candidate { at, balance_q16, maint_q16, account, symbol: Some(s) }
-            }
-        }
+            pick
+        };
+        let new = || Preselect::new(limit);
+        // Chunks are already a worker's unit (a share as in `share`, counted in chunks).
+        let chunks = chunks.par_iter().with_min_len(share(chunks.len(), 1));
+        chunks.fold(new, offer).reduce(new, Preselect::merge)
     }
 
     /// The at-risk entry of a chosen candidate: its figures and positions as its liquidation
@@ -334,9 +417,59 @@ impl FastEngine {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use num_bigint::BigInt;
 
     use super::*;
+    use crate::{engine::Engine, protocol::Command, synth};
+
+    /// On a 3,000-account synthetic book whose marks then fall 3 %, the fast answer equals the
+    /// plain exact one ([`report::at_risk`] over every account's view) at every limit and
+    /// filter, with the preselection cut in many shares (so its merges are exercised) and in
+    /// one.
+    #[test]
+    fn fast_at_risk_equals_the_exact_oracle_on_a_book() {
+        let symbols = 6;
+        for parallel_min in [1, usize::MAX] {
+            let cfg = Arc::new(synth::config(symbols));
+            let mut engine = FastEngine::new(cfg.clone()).with_parallel_min(parallel_min);
+            let at = At { line: 0, seq: 0 };
+            for cmd in synth::book_commands(3_000, 8_000, symbols, 11) {
+                engine.apply(&cmd, at, &mut |_| {}).unwrap();
+            }
+            // The last symbol keeps no mark: its holders are left out.
+            let prices = (0..symbols - 1)
+                .map(|s| {
+                    // A multiple of the 0.01 tick, as validation makes every mark.
+                    let e2 = i128::from(synth::base_price_e2(s)) * 97 / 100;
+                    (SymbolIdx(s as u16), D8(e2 * 1_000_000))
+                })
+                .collect();
+            engine.apply(&Command::Marks { prices }, at, &mut |_| {}).unwrap();
+            let views: Vec<_> = engine.accounts.id.iter().map(|&id| engine.view(id)).collect();
+            let mut liquidatable = 0;
+            for limit in [1, 100, usize::MAX] {
+                for symbol in [None, Some(SymbolIdx(0)), Some(SymbolIdx(5))] {
+                    for mode in [None, Some(Mode::Cross), Some(Mode::Isolated)] {
+                        let q = RiskQuery { limit, symbol, mode };
+                        let want = report::at_risk(&cfg, &engine.marks, &views, &q);
+                        let got = engine.at_risk(&q);
+                        assert_eq!(got, want, "{q:?}, parallel_min {parallel_min}");
+                        liquidatable += got.iter().filter(|i| i.liquidatable).count();
+                    }
+                }
+            }
+            assert!(liquidatable > 0, "the fall liquidates some items");
+            let scratch = engine.risk.sums.lock().unwrap();
+            assert!(scratch.clean && scratch.sums.len() == 3_000);
+            let zero = scratch.sums.iter().flatten().all(|s| s.get() == 0);
+            assert!(zero, "an answer leaves its sums at zero");
+            drop(scratch);
+            let all = engine.at_risk(&RiskQuery { limit: usize::MAX, symbol: None, mode: None });
+            assert!(all.len() > 3_000 && all.iter().any(|i| !i.liquidatable), "{}", all.len());
+        }
+    }
 
     #[test]
     fn mul_wide_is_the_exact_product() {
@@ -366,7 +499,7 @@ mod tests {
         for limit in 1..=items.len() {
             let mut pick = Preselect::new(limit);
             for (i, &(b, m)) in items.iter().enumerate() {
-                pick.offer(key_bits(b, m), at(i as u32));
+                pick.offer(key_bits(b, m), || at(i as u32));
             }
             let kept = pick.finish();
             // Exact order: null (3), 2 + 1e-30 (2), 2 (1), 0.5 (0), 0.25 (4).
