@@ -275,6 +275,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             if let Some(closer) = engine_closer {
                 closer.close();
             }
+            // A second signal while draining (a sink that never drains): give up at once.
+            let again = wait_for_signal().await;
+            error!(signal = again, "second signal while stopping: exiting without draining");
+            std::process::exit(1);
         });
     }
 

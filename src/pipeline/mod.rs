@@ -178,16 +178,19 @@ impl<'a> Pipeline<'a> {
             drop(batch_rx); // unblocks the reader if the engine stopped early
             let finished: io::Result<()> =
                 direct.iter_mut().try_for_each(|sink| sink.finish().map_err(|e| named(&**sink, e)));
-            let mut first_error = engine_result.err();
+            // A writer's own error says more than the engine's "a writer stopped".
+            let mut writer_error = None;
             for (tx, handle) in writers {
                 drop(tx);
                 let written = handle.join().unwrap_or_else(|_| {
                     Err(io::Error::other("a writer thread panicked")) // invariant: none panics
                 });
-                first_error = first_error.or(written.err());
+                writer_error = writer_error.or(written.err());
             }
             let read = reader.join().unwrap_or_else(|_| Err(io::Error::other("reader panicked")));
-            if let Some(e) = first_error.or(finished.err()).or(read.err()) {
+            let first_error =
+                writer_error.or(engine_result.err()).or(finished.err()).or(read.err());
+            if let Some(e) = first_error {
                 return Err(e);
             }
             let mut summary = state.summary;
@@ -387,5 +390,52 @@ pub fn dispatch(
             }
             apply_latency.record(start.elapsed().as_nanos() as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Write as _, time::Duration};
+
+    use super::*;
+
+    /// The engine waits on both queues: a control request is answered while the stream is
+    /// open and idle, at the point of the last message applied.
+    #[test]
+    fn a_control_is_answered_on_an_idle_open_stream() {
+        let cfg = Arc::new(crate::synth::config(2));
+        let (pipe_rx, mut pipe_tx) = std::io::pipe().unwrap();
+        let (control_tx, control_rx) = bounded::<Control>(1);
+        let run = std::thread::spawn(move || {
+            let mut engine = crate::fast::FastEngine::new(cfg.clone());
+            let source = ReadSource::new(io::BufReader::new(pipe_rx));
+            let sink = WriterSink::new("sink", io::sink());
+            let mut pipeline = Pipeline::new(cfg, Box::new(source), vec![Box::new(sink)]);
+            pipeline.controls = Some(control_rx);
+            pipeline.run(&mut engine).unwrap()
+        });
+        writeln!(pipe_tx, r#"{{"type":"balance","account":7,"wallet":"5","seq":3}}"#).unwrap();
+        pipe_tx.flush().unwrap();
+        let mut seen = None;
+        for _ in 0..500 {
+            let (answer_tx, answer_rx) = bounded(1);
+            let ask: Control = Box::new(move |engine, point| {
+                let _ = answer_tx.send((point.at, engine.n_accounts(), point.summary.messages));
+            });
+            control_tx.send(ask).unwrap();
+            let answer = answer_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("answered while the stream is open and idle");
+            if answer.0.seq == 3 {
+                seen = Some(answer);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(seen, Some((At { line: 1, seq: 3 }, 1, 1)));
+        drop(pipe_tx);
+        let summary = run.join().unwrap();
+        assert_eq!(summary.messages, 1);
+        assert!(summary.control_latency.summary().count >= 1);
     }
 }
