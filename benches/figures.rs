@@ -243,6 +243,7 @@ fn main() {
         "limit_10000_ms": at_risk_10k.as_secs_f64() * 1e3,
         "limit_10000_cpu_ms": cpu_10k,
         "limit_100_per_sweep": at_risk_100.as_secs_f64() / sweep.as_secs_f64(),
+        "limit_10000_per_sweep": at_risk_10k.as_secs_f64() / sweep.as_secs_f64(),
     });
     if std::env::var("LIQSCAN_BENCH_ONLY").is_ok_and(|v| v == "book") {
         // A quick look at the big book alone (bandwidth from one thread-pool read).
