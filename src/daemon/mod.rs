@@ -32,7 +32,7 @@ use std::{
 use anyhow::Context;
 use crossbeam::channel::bounded;
 use tokio::sync::broadcast;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::{
     config::Config,
@@ -171,6 +171,18 @@ pub struct Shared {
     pub phase: Phase,
 }
 
+/// What start-up wires together before the engine thread starts.
+struct Wiring {
+    runtime: tokio::runtime::Runtime,
+    shared: Arc<Shared>,
+    control_rx: crossbeam::channel::Receiver<Control>,
+    /// Closes when the daemon stops: sources waiting for input leave at once.
+    stop_tx: crossbeam::channel::Sender<()>,
+    stop_rx: input::StopRx,
+    /// Tells the accept loops and the HTTP server to finish.
+    shutdown_tx: broadcast::Sender<()>,
+}
+
 /// Runs the daemon until SIGINT, SIGTERM or the end of stdin. Exit 0 when every event
 /// reached every healthy sink; 2 for a bad config; 1 when it cannot start (an address in
 /// use) or a sink that must not lose events (stdout, the events file) failed.
@@ -190,101 +202,44 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let metrics = metrics::Metrics::default();
     let (stop_tx, stop_rx) = bounded::<()>(0);
-    let (shutdown_tx, _) = broadcast::channel::<()>(1);
     let (control_tx, control_rx) = bounded::<Control>(CONTROL_QUEUE);
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         controls: control_tx,
         progress: Arc::default(),
-        metrics: metrics.clone(),
+        metrics: metrics::Metrics::default(),
         phase: Phase::default(),
     });
-
-    // Bind everything first, so that a bad address fails before anything runs.
-    let mut engine_closer = None;
-    let source: Box<dyn Source<'static>> = match args.listen {
-        Some(addr) => {
-            let listener = StdTcpListener::bind(addr)
-                .with_context(|| format!("cannot listen for the engine on {addr}"))?;
-            let bound = listener.local_addr()?;
-            info!(role = "engine", addr = %bound, "listening for the engine stream");
-            let (source, closer) =
-                input::EngineListener::start(listener, stop_rx.clone(), metrics.clone())?;
-            engine_closer = Some(closer);
-            Box::new(source)
-        }
-        None => {
-            info!(role = "engine", addr = "stdin", "reading the engine stream from stdin");
-            Box::new(input::StdinSource::start(stop_rx.clone(), metrics.clone())?)
-        }
+    let w = Wiring {
+        runtime,
+        shared,
+        control_rx,
+        stop_tx,
+        stop_rx,
+        shutdown_tx: broadcast::channel::<()>(1).0,
     };
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    if let Some(path) = &args.events_file {
-        let file = EventsFile::open(path)
-            .with_context(|| format!("cannot open the events file {}", path.display()))?;
-        info!(role = "events-file", path = %path.display(), "appending events");
-        sinks.push(Box::new(file));
-    }
-    if let Some(addr) = args.events {
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(addr))
-            .with_context(|| format!("cannot listen for subscribers on {addr}"))?;
-        let bound = listener.local_addr()?;
-        info!(role = "events", addr = %bound, buffer_bytes = args.subscriber_buffer, "listening for event subscribers");
-        let hub = subscribers::Hub::new(args.subscriber_buffer, metrics.clone());
-        runtime.spawn(subscribers::accept(
-            listener,
-            hub.clone(),
-            args.max_subscribers,
-            shutdown_tx.subscribe(),
-        ));
-        sinks.push(Box::new(subscribers::HubSink(hub)));
-    }
-    if sinks.is_empty() || args.stdout {
-        info!(role = "stdout", "writing events to stdout");
-        let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
-        sinks.push(Box::new(WriterSink::new("stdout", out)));
-    }
+    // Bind everything first, so that a bad address fails before anything runs.
+    let (source, engine_closer) = open_source(&args, &w)?;
+    let sinks = open_sinks(&args, &w)?;
     if let Some(addr) = args.http {
-        let listener = runtime
+        let listener = w
+            .runtime
             .block_on(tokio::net::TcpListener::bind(addr))
             .with_context(|| format!("cannot serve HTTP on {addr}"))?;
-        let bound = listener.local_addr()?;
-        info!(role = "http", addr = %bound, "serving HTTP");
-        runtime.spawn(http::serve(
-            listener,
-            shared.clone(),
-            args.max_http_connections,
-            shutdown_tx.subscribe(),
-        ));
+        info!(role = "http", addr = %listener.local_addr()?, "serving HTTP");
+        let (shared, shutdown) = (w.shared.clone(), w.shutdown_tx.subscribe());
+        w.runtime.spawn(http::serve(listener, shared, args.max_http_connections, shutdown));
     }
-
-    // Signals: stop reading; the pipeline drains and finishes.
     let stop = Stop::default();
-    {
-        let (stop, shared) = (stop.clone(), shared.clone());
-        let mut stop_tx = Some(stop_tx);
-        runtime.spawn(async move {
-            let signal = wait_for_signal().await;
-            info!(signal, "stopping: applying what was read, delivering every event");
-            shared.phase.set(Phase::STOPPING);
-            stop.stop();
-            drop(stop_tx.take());
-            if let Some(closer) = engine_closer {
-                closer.close();
-            }
-            // A second signal while draining (a sink that never drains): give up at once.
-            let again = wait_for_signal().await;
-            error!(signal = again, "second signal while stopping: exiting without draining");
-            std::process::exit(1);
-        });
-    }
+    spawn_signal_handler(&w, stop.clone(), engine_closer)?;
+    let Wiring { runtime, shared, control_rx, shutdown_tx, stop_tx, .. } = w;
+    // Only the signal handler's clone may keep the stop channel open.
+    drop(stop_tx);
 
-    let mut engine: Box<dyn Engine + Send> = match args.engine {
-        EngineChoice::Fast => Box::new(FastEngine::new(cfg.clone())),
-        EngineChoice::Reference => Box::new(ReferenceEngine::new(cfg.clone())),
+    let (mut engine, engine_name): (Box<dyn Engine + Send>, _) = match args.engine {
+        EngineChoice::Fast => (Box::new(FastEngine::new(cfg.clone())), "fast"),
+        EngineChoice::Reference => (Box::new(ReferenceEngine::new(cfg.clone())), "reference"),
     };
     let pipeline = Pipeline {
         cfg,
@@ -294,10 +249,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         stop,
         progress: shared.progress.clone(),
         opts: Default::default(),
-    };
-    let engine_name = match args.engine {
-        EngineChoice::Fast => "fast",
-        EngineChoice::Reference => "reference",
     };
     info!(engine = engine_name, pid = std::process::id(), "liqscan run started");
     shared.phase.set(Phase::SERVING);
@@ -309,6 +260,109 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     shared.phase.set(Phase::STOPPING);
     let _ = shutdown_tx.send(());
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    Ok(finished(result))
+}
+
+/// The engine stream: `--listen` or stdin, and for `--listen` the handle that shuts the live
+/// connection down at a stop.
+fn open_source(
+    args: &RunArgs,
+    w: &Wiring,
+) -> anyhow::Result<(Box<dyn Source<'static>>, Option<input::EngineCloser>)> {
+    let metrics = w.shared.metrics.clone();
+    let Some(addr) = args.listen else {
+        info!(role = "engine", addr = "stdin", "reading the engine stream from stdin");
+        let source = input::StdinSource::start(w.stop_rx.clone(), metrics)?;
+        return Ok((Box::new(source), None));
+    };
+    let listener = StdTcpListener::bind(addr)
+        .with_context(|| format!("cannot listen for the engine on {addr}"))?;
+    info!(role = "engine", addr = %listener.local_addr()?, "listening for the engine stream");
+    let (source, closer) = input::EngineListener::start(listener, w.stop_rx.clone(), metrics)?;
+    Ok((Box::new(source), Some(closer)))
+}
+
+/// The sinks: `--events-file`, `--events` (its accept loop started), and stdout unless
+/// another sink is named (or with `--stdout`).
+fn open_sinks(args: &RunArgs, w: &Wiring) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(path) = &args.events_file {
+        let file = EventsFile::open(path)
+            .with_context(|| format!("cannot open the events file {}", path.display()))?;
+        info!(role = "events-file", path = %path.display(), "appending events");
+        sinks.push(Box::new(file));
+    }
+    if let Some(addr) = args.events {
+        let listener = w
+            .runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("cannot listen for subscribers on {addr}"))?;
+        let (bound, buffer_bytes) = (listener.local_addr()?, args.subscriber_buffer);
+        info!(role = "events", addr = %bound, buffer_bytes, "listening for event subscribers");
+        let hub = subscribers::Hub::new(buffer_bytes, w.shared.metrics.clone());
+        let shutdown = w.shutdown_tx.subscribe();
+        w.runtime.spawn(subscribers::accept(listener, hub.clone(), args.max_subscribers, shutdown));
+        sinks.push(Box::new(subscribers::HubSink(hub)));
+    }
+    if sinks.is_empty() || args.stdout {
+        info!(role = "stdout", "writing events to stdout");
+        let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
+        sinks.push(Box::new(WriterSink::new("stdout", out)));
+    }
+    Ok(sinks)
+}
+
+/// SIGINT / SIGTERM: stop reading (the pipeline then drains and finishes); a second one
+/// while draining exits at once. The handlers are installed before this returns, so a signal
+/// that comes right after start-up is not missed.
+fn spawn_signal_handler(
+    w: &Wiring,
+    stop: Stop,
+    engine_closer: Option<input::EngineCloser>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _in_runtime = w.runtime.enter();
+    let mut signals = Signals {
+        term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+    };
+    let shared = w.shared.clone();
+    let stop_tx = w.stop_tx.clone();
+    w.runtime.spawn(async move {
+        let signal = signals.next().await;
+        info!(signal, "stopping: applying what was read, delivering every event");
+        shared.phase.set(Phase::STOPPING);
+        stop.stop();
+        drop(stop_tx);
+        if let Some(closer) = engine_closer {
+            closer.close();
+        }
+        // A sink that never drains (a full disk, a stdout nobody reads): give up at once.
+        let again = signals.next().await;
+        error!(signal = again, "second signal while stopping: exiting without draining");
+        std::process::exit(1);
+    });
+    Ok(())
+}
+
+/// The two stop signals.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// The next SIGTERM or SIGINT, by name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// The exit status and the last log line of a run.
+fn finished(result: std::thread::Result<std::io::Result<crate::pipeline::Summary>>) -> ExitCode {
     match result {
         Ok(Ok(summary)) => {
             info!(
@@ -318,31 +372,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 duplicates = summary.duplicates,
                 "stopped: every event delivered"
             );
-            Ok(ExitCode::SUCCESS)
+            ExitCode::SUCCESS
         }
         Ok(Err(e)) => {
             error!(error = %e, "stopped: a sink failed");
             eprintln!("liqscan: {e}");
-            Ok(ExitCode::FAILURE)
+            ExitCode::FAILURE
         }
         Err(_) => {
             error!("the engine thread panicked");
-            Ok(ExitCode::FAILURE)
+            ExitCode::FAILURE
         }
-    }
-}
-
-/// Resolves at the first SIGINT or SIGTERM, with its name.
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        warn!("cannot install signal handlers; stop with the end of input");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
     }
 }

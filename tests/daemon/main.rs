@@ -764,3 +764,19 @@ fn sigterm_mid_stream_delivers_every_event_of_every_applied_message() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A stop while no engine is connected, or while stdin is open and silent, does not wait
+/// for input that may never come.
+#[test]
+fn sigterm_while_waiting_for_input_exits_at_once() {
+    for (args, input) in [(vec!["--listen", "127.0.0.1:0"], Input::Null), (vec![], Input::Pipe)] {
+        let mut all = vec!["--config".to_owned(), fixture("config/multi_tier.json")];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut d = Daemon::start(&all, input);
+        d.wait_log("start", |v| v["message"] == "liqscan run started");
+        d.sigterm();
+        assert!(d.wait_exit().success(), "{args:?}: {:#?}", d.log());
+        assert_eq!(messages_applied(&d), 0);
+    }
+}
