@@ -192,7 +192,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(cfg) => Arc::new(cfg),
         Err(e) => {
             error!(config = %args.config.display(), error = %e, "bad config");
-            eprintln!("liqscan: config {}: {e}", args.config.display());
+            say(&format!("liqscan: config {}: {e}", args.config.display()));
             return Ok(ExitCode::from(2));
         }
     };
@@ -361,6 +361,13 @@ impl Signals {
     }
 }
 
+/// One line to stderr for a person, besides the log. A closed stderr is no reason to panic
+/// (as `eprintln!` would): the exit status still tells.
+fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// The exit status and the last log line of a run.
 fn finished(result: std::thread::Result<std::io::Result<crate::pipeline::Summary>>) -> ExitCode {
     match result {
@@ -376,7 +383,7 @@ fn finished(result: std::thread::Result<std::io::Result<crate::pipeline::Summary
         }
         Ok(Err(e)) => {
             error!(error = %e, "stopped: a sink failed");
-            eprintln!("liqscan: {e}");
+            say(&format!("liqscan: {e}"));
             ExitCode::FAILURE
         }
         Err(_) => {

@@ -780,3 +780,26 @@ fn sigterm_while_waiting_for_input_exits_at_once() {
         assert_eq!(messages_applied(&d), 0);
     }
 }
+
+/// Start-up refusals: a bad config exits 2, an address in use exits 1, each with a reason.
+#[test]
+fn start_up_refusals_exit_with_a_reason() {
+    let bin = env!("CARGO_BIN_EXE_liqscan");
+    let out = std::process::Command::new(bin)
+        .args(["run", "--config", &fixture("golden/cross_basics.ndjson")])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("liqscan: config"));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = std::process::Command::new(bin)
+        .args(["run", "--config", &fixture("config/multi_tier.json"), "--http", &addr])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot serve HTTP on {addr}")), "{err}");
+}
