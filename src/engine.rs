@@ -1,7 +1,7 @@
 //! What every engine provides: apply one validated [`Command`] and evaluate per SPEC
 //! section 6, emitting [`Event`]s.
 //!
-//! The driver ([`crate::replay`]) owns parsing and sequencing; an engine sees only commands
+//! The driver ([`crate::pipeline`]) owns parsing and sequencing; an engine sees only commands
 //! that passed the config checks, together with the line and effective seq they came from.
 
 use crate::{
@@ -62,6 +62,12 @@ pub trait Engine {
     /// liquidatable, and a number above 1 means liquidatable: rules 1 to 3 agree; rule 1 is
     /// kept for clarity.) Both engines give identical answers (`tests/differential.rs`).
     fn at_risk(&self, query: &RiskQuery) -> Vec<RiskItem>;
+
+    /// Accounts held (SPEC section 3): every account a message has named and created.
+    fn n_accounts(&self) -> u64;
+
+    /// Non-zero positions held, cross and isolated.
+    fn n_positions(&self) -> u64;
 }
 
 /// The emission rule of SPEC section 6 for one evaluated item.

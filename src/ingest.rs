@@ -45,10 +45,32 @@ impl<R: BufRead> LineReader<R> {
         self.drained
     }
 
+    /// True when a whole next line is already buffered, so reading it will not wait on the
+    /// sender. A pipeline hands its partial batch on when this is false: lines already read
+    /// must not wait behind a line the sender has only partly sent.
+    pub fn next_line_buffered(&mut self) -> bool {
+        if self.drained {
+            return false;
+        }
+        // Not drained: bytes are buffered, so `fill_buf` returns them without reading.
+        match self.inner.fill_buf() {
+            Ok(available) => memchr::memchr(b'\n', available).is_some(),
+            Err(_) => false,
+        }
+    }
+
     /// The next line without its `\n`; `None` at the end of input. A last line without a
     /// newline still counts.
     pub fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
+        Ok(self.next_line_terminated()?.map(|(line, _)| line))
+    }
+
+    /// The next line without its `\n`, and whether it had one: false when it ran into the
+    /// end of input. A network source drops such a cut-off line (the sender resends it,
+    /// SPEC 9.1); a file's last line counts without its newline.
+    pub fn next_line_terminated(&mut self) -> io::Result<Option<(Line<'_>, bool)>> {
         self.buf.clear();
+        let mut terminated = false;
         let mut overflow: Option<usize> = None;
         let mut started = false;
         loop {
@@ -83,13 +105,15 @@ impl<R: BufRead> LineReader<R> {
             }
             self.inner.consume(used);
             if done {
+                terminated = true;
                 break;
             }
         }
-        Ok(Some(match overflow {
+        let line = match overflow {
             Some(n) => Line::TooLong(n),
             None => Line::Bytes(&self.buf),
-        }))
+        };
+        Ok(Some((line, terminated)))
     }
 }
 
@@ -183,6 +207,17 @@ impl Ingest {
         Ingest { cfg, seq: Sequencer::default(), line: 0 }
     }
 
+    /// A new connection of the same stream: line numbers restart at 1, the seq state carries
+    /// over (SPEC section 9.1).
+    pub fn new_connection(&mut self) {
+        self.line = 0;
+    }
+
+    /// The last effective seq admitted (0 before any): the `last_seq` of a `hello`.
+    pub fn last_seq(&self) -> u64 {
+        self.seq.last()
+    }
+
     /// Ingests the next line of the stream.
     pub fn line(&mut self, line: Line<'_>, read_at: Instant) -> Ingested {
         // Each line is at least one byte read (its newline) or the last one: 2^64 of them
@@ -243,12 +278,15 @@ mod tests {
         input.extend(vec![b'x'; 100]);
         input.extend(b"\nlast");
         let mut r = LineReader::new(io::BufReader::with_capacity(8, &input[..]), 10);
-        assert_eq!(r.next_line().unwrap(), Some(Line::Bytes(b"a")));
+        assert_eq!(r.next_line_terminated().unwrap(), Some((Line::Bytes(b"a"), true)));
         assert!(!r.input_drained(), "more bytes are buffered");
+        assert!(r.next_line_buffered(), "the blank line is buffered whole");
         assert_eq!(r.next_line().unwrap(), Some(Line::Bytes(b"")));
         assert_eq!(r.next_line().unwrap(), Some(Line::Bytes(b"bb\r")));
+        assert!(!r.next_line_buffered(), "only the start of the long line is buffered");
         assert_eq!(r.next_line().unwrap(), Some(Line::TooLong(100)));
-        assert_eq!(r.next_line().unwrap(), Some(Line::Bytes(b"last")));
+        let last = r.next_line_terminated().unwrap();
+        assert_eq!(last, Some((Line::Bytes(b"last"), false)), "it ran into the end of input");
         assert!(r.input_drained());
         assert_eq!(r.next_line().unwrap(), None);
     }

@@ -28,12 +28,18 @@ pub const PERCENTILES: [(&str, f64); 4] =
 #[derive(Clone)]
 pub struct Latency {
     hist: Histogram<u64>,
+    /// The exact sum of the values recorded (saturating), for Prometheus' `_sum`; the log
+    /// format does not carry it, so a distribution read back from a log has 0.
+    sum_ns: u64,
 }
 
 impl Default for Latency {
     fn default() -> Self {
         // Constant bounds that hdrhistogram accepts (1 <= low, high >= 2 * low, 3 digits).
-        Latency { hist: Histogram::new_with_bounds(1, MAX_NS, 3).expect("valid histogram bounds") }
+        Latency {
+            hist: Histogram::new_with_bounds(1, MAX_NS, 3).expect("valid histogram bounds"),
+            sum_ns: 0,
+        }
     }
 }
 
@@ -51,12 +57,19 @@ pub struct Summary {
 impl Latency {
     pub fn record(&mut self, ns: u64) {
         self.hist.saturating_record(ns.max(1));
+        self.sum_ns = self.sum_ns.saturating_add(ns);
     }
 
     pub fn merge(&mut self, other: &Latency) {
         // Both were made by `Latency::default` or `read_log` (which adds into one): the same
         // bounds, and a histogram always takes another of its own bounds.
         self.hist.add(&other.hist).expect("histograms with the same bounds merge");
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+    }
+
+    /// The sum of every value recorded, in ns (saturating at `u64::MAX`, about 584 years).
+    pub fn sum_ns(&self) -> u64 {
+        self.sum_ns
     }
 
     pub fn histogram(&self) -> &Histogram<u64> {

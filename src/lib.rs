@@ -20,17 +20,22 @@
 //! | [`reference`](mod@reference) | the reference engine: state of section 3, check + commit + evaluate, exact and plain | 3–6 |
 //! | [`fast`] | the fast engine: struct-of-arrays books, i128 fixed point, trigger index, parallel sweeps, keyed account index, check + commit in `fast/commands.rs`, at-risk selection in `fast/risk.rs` (see `src/fast/README.md`) | 3–6, 9.3 |
 //! | [`latency`] | HdrHistogram latency distributions | 7, 8 |
-//! | [`replay`] | `liqscan replay`: the reader → engine → writer pipeline, summary and report | 8 |
+//! | [`pipeline`] | the one pipeline of every driver: `Source` → reader thread → engine thread (control requests between two batches) → `Sink`s (see `src/pipeline/README.md`) | 6, 8, 9 |
+//! | [`replay`] | `liqscan replay`: one stream through the pipeline to stdout, summary and report | 8 |
+//! | [`daemon`] | `liqscan run`: stdin or `--listen` engine input, subscribers, events file, HTTP (`/metrics`, `/health`, `/accounts`, `/at-risk`); the only user of tokio, axum, prometheus-client, tracing-subscriber (see `docs/operations.md`) | 9 |
 //! | [`feed`] | `liqscan feed`: the engine's side of a daemon connection (hello, resend, pacing, reconnect), and a timing subscriber | 9.1, 9.2 |
 //! | [`chart`] | the latency percentile-spectrum chart (SVG) | — |
 //! | [`synth`] | deterministic synthetic configs, books, mark walks | — |
 //! | [`generator`] | `liqscan gen`: streaming, engine-played message streams with injected faults | 8 |
 //!
 //! bytes → [`ingest::LineReader`] → [`protocol::parse_envelope`] → [`ingest::Sequencer`] →
-//! [`protocol::validate`] → [`engine::Engine::apply`] → [`protocol::Event`] → sink.
+//! [`protocol::validate`] → [`engine::Engine::apply`] → [`protocol::Event`] →
+//! [`pipeline::Sink`]. Layers point down only: `daemon` and `replay` drive `pipeline`, which
+//! drives an `engine`; the engines know nothing of threads, sockets or async.
 
 pub mod chart;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod exact;
 pub mod fast;
@@ -40,6 +45,7 @@ pub mod generator;
 pub mod ingest;
 pub mod latency;
 pub mod margin;
+pub mod pipeline;
 pub mod protocol;
 pub mod reference;
 pub mod replay;

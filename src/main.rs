@@ -81,6 +81,9 @@ enum Command {
         /// Input stream: newline-delimited JSON messages, or - for stdin.
         input: String,
     },
+    /// The sidecar daemon (SPEC section 9): the engine stream from stdin or TCP, events to
+    /// stdout, a file and TCP subscribers, metrics and live queries over HTTP.
+    Run(liqscan::daemon::RunArgs),
     /// Generate a config and a message stream for load tests: deterministic for a seed,
     /// written as it is made. The stream goes to stdout unless --out is given.
     Gen(GenArgs),
@@ -608,6 +611,7 @@ fn main() -> ExitCode {
         Command::Replay { config, report, engine, hdr_out, plot, rate, input } => {
             run_replay(ReplayArgs { config, report, engine, hdr_out, plot, rate, input })
         }
+        Command::Run(args) => liqscan::daemon::run(args),
         Command::Gen(args) => run_gen(args),
         Command::Feed(args) => run_feed(args),
         Command::Plot { log, out, title } => run_plot(&log, &out, &title),

@@ -494,6 +494,14 @@ impl Engine for ReferenceEngine {
         self.evaluate(&items, &rearmed, at, out);
         Ok(())
     }
+
+    fn n_accounts(&self) -> u64 {
+        self.accounts.len() as u64
+    }
+
+    fn n_positions(&self) -> u64 {
+        self.holders.iter().map(|h| h.len() as u64).sum()
+    }
 }
 
 /// The read side (SPEC section 9.3): account reports and at-risk lists, recomputed from the

@@ -95,6 +95,14 @@ impl Engine for FastEngine {
         self.commit(plan, at, out);
         Ok(())
     }
+
+    fn n_accounts(&self) -> u64 {
+        FastEngine::n_accounts(self) as u64
+    }
+
+    fn n_positions(&self) -> u64 {
+        FastEngine::n_positions(self) as u64
+    }
 }
 
 impl FastEngine {

@@ -1,0 +1,321 @@
+//! `--http ADDR` (SPEC 9.3): axum on tokio.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text exposition ([`super::metrics`]) |
+//! | `GET /health` | 200 `{"status":"ok","last_seq":N,"engine_connected":bool,...}` while serving, 503 while starting or stopping |
+//! | `GET /accounts/{id}` | the `account` event of a `query` of `id` at this point of the stream; 404 for an account never mentioned |
+//! | `GET /at-risk?limit=N&symbol=S&mode=cross\|isolated` | the items closest to liquidation (`limit` default 100, capped at 10,000) |
+//!
+//! Every answer that needs the engine is a control request answered on the engine thread
+//! between two messages: one consistent point of the stream, costing ingest only its own
+//! work. The control queue is bounded: when it is full, or the engine has not answered
+//! within [`ENGINE_TIMEOUT`], the answer is 503. A bad request is 400 with a reason, counted
+//! in `liqscan_http_bad_requests_total`. A panic in a handler is caught (500), and
+//! connections over `--max-http-connections` are closed at once and counted.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{Path, Query, State, rejection::QueryRejection},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, broadcast, oneshot},
+};
+use tower_http::catch_panic::CatchPanicLayer;
+use tracing::{debug, warn};
+
+use super::{
+    Phase, Shared,
+    metrics::{self, EngineFigures, ListenerLabel},
+};
+use crate::{
+    config::Mode,
+    engine::{Engine, RiskQuery},
+    pipeline::{Control, Point},
+    protocol::Event,
+};
+
+/// `/at-risk`'s `limit` when none is given.
+pub const AT_RISK_DEFAULT_LIMIT: usize = 100;
+
+/// The largest `/at-risk` answer; a larger `limit` is capped to it.
+pub const AT_RISK_MAX_LIMIT: usize = 10_000;
+
+/// How long a handler waits for the engine thread's answer.
+pub const ENGINE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An HTTP answer that is not a success.
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.1 }).to_string();
+        (self.0, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
+fn bad_request(shared: &Shared, reason: impl Into<String>) -> Failure {
+    shared.metrics.http_bad_requests.inc();
+    Failure(StatusCode::BAD_REQUEST, reason.into())
+}
+
+/// Asks the engine thread: `f` runs there between two messages.
+async fn ask<T: Send + 'static>(
+    shared: &Shared,
+    f: impl FnOnce(&dyn Engine, &Point<'_>) -> T + Send + 'static,
+) -> Result<T, Failure> {
+    let (tx, rx) = oneshot::channel();
+    let control: Control = Box::new(move |engine, point| {
+        let _ = tx.send(f(engine, point));
+    });
+    let busy = || Failure(StatusCode::SERVICE_UNAVAILABLE, "the engine is busy or stopping".into());
+    shared.controls.try_send(control).map_err(|_| busy())?;
+    match tokio::time::timeout(ENGINE_TIMEOUT, rx).await {
+        Ok(Ok(answer)) => Ok(answer),
+        _ => Err(busy()),
+    }
+}
+
+async fn get_metrics(State(shared): State<Arc<Shared>>) -> Result<Response, Failure> {
+    let figures = ask(&shared, EngineFigures::read).await?;
+    let text = metrics::render(&shared.metrics, figures).map_err(|_| {
+        Failure(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics".into())
+    })?;
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
+}
+
+/// Never waits on the engine: the figures the engine thread publishes after each batch.
+async fn get_health(State(shared): State<Arc<Shared>>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let phase = shared.phase.get();
+    let (status, code) = match phase {
+        Phase::SERVING => ("ok", StatusCode::OK),
+        Phase::STARTING => ("starting", StatusCode::SERVICE_UNAVAILABLE),
+        _ => ("stopping", StatusCode::SERVICE_UNAVAILABLE),
+    };
+    let body = serde_json::json!({
+        "status": status,
+        "last_seq": shared.progress.last_seq.load(Relaxed),
+        "messages": shared.progress.messages.load(Relaxed),
+        "engine_connected": shared.metrics.engine_connected.get() > 0,
+        "subscribers": shared.metrics.subscribers.get(),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn json(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `GET /accounts/{id}`: the `account` event a `query` would emit now.
+async fn get_account(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let Ok(account) = id.parse::<u64>() else {
+        return Err(bad_request(
+            &shared,
+            format!("account id {id:?} is not an integer in 0..=18446744073709551615"),
+        ));
+    };
+    // Only the report is made on the engine thread; its JSON is written here.
+    let report =
+        ask(&shared, move |engine, point| engine.account_report(account, point.at)).await?;
+    match report {
+        Some(report) => {
+            let mut body = String::with_capacity(1024);
+            Event::Account(report).write_json(&mut body);
+            body.truncate(body.trim_end().len());
+            Ok(json(body))
+        }
+        None => Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("account {account} has never been mentioned"),
+        )),
+    }
+}
+
+/// The parameters of `/at-risk`, or the reason they are refused.
+fn risk_query(shared: &Shared, params: &[(String, String)]) -> Result<RiskQuery, String> {
+    let mut query = RiskQuery { limit: AT_RISK_DEFAULT_LIMIT, symbol: None, mode: None };
+    let mut seen: Vec<&str> = Vec::new();
+    for (key, value) in params {
+        if seen.contains(&key.as_str()) {
+            return Err(format!("parameter {key:?} is given twice"));
+        }
+        match key.as_str() {
+            "limit" => {
+                let n = value
+                    .parse::<u64>()
+                    .map_err(|_| format!("limit {value:?} is not a non-negative integer"))?;
+                query.limit = n.min(AT_RISK_MAX_LIMIT as u64) as usize;
+            }
+            "symbol" => {
+                let s = shared
+                    .cfg
+                    .symbol_idx(value)
+                    .ok_or_else(|| format!("symbol {value:?} is not in the config"))?;
+                query.symbol = Some(s);
+            }
+            "mode" => {
+                let m = Mode::parse(value)
+                    .ok_or_else(|| format!("mode {value:?} is not cross or isolated"))?;
+                query.mode = Some(m);
+            }
+            _ => return Err(format!("unknown parameter {key:?}: use limit, symbol, mode")),
+        }
+        seen.push(key);
+    }
+    Ok(query)
+}
+
+/// `GET /at-risk`: `{"line":L,"seq":S,"items":[...]}`, the point of the stream and the items
+/// closest to liquidation in the order of [`Engine::at_risk`].
+async fn get_at_risk(
+    State(shared): State<Arc<Shared>>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, Failure> {
+    let params = params.map_err(|e| bad_request(&shared, format!("bad query string: {e}")))?;
+    let query = risk_query(&shared, &params.0).map_err(|reason| bad_request(&shared, reason))?;
+    // Only the list is made on the engine thread; its JSON is written here.
+    let (at, items) = ask(&shared, move |engine, point| (point.at, engine.at_risk(&query))).await?;
+    let mut body = String::with_capacity(64 + items.len() * 400);
+    body.push_str(&format!("{{\"line\":{},\"seq\":{},\"items\":[", at.line, at.seq));
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        item.write_json(&mut body);
+    }
+    body.push_str("]}");
+    Ok(json(body))
+}
+
+/// Answers 404 for every path not routed, with a reason.
+async fn not_found() -> Failure {
+    Failure(
+        StatusCode::NOT_FOUND,
+        "no such endpoint: GET /metrics, /health, /accounts/{id} or /at-risk".into(),
+    )
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(get_metrics))
+        .route("/health", get(get_health))
+        .route("/accounts/{id}", get(get_account))
+        .route("/at-risk", get(get_at_risk))
+        .fallback(not_found)
+        .layer(CatchPanicLayer::new())
+        .with_state(shared)
+}
+
+/// A listener that holds one permit of a semaphore per open connection; a connection over
+/// the bound is closed at once, logged and counted.
+struct BoundedListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+    shared: Arc<Shared>,
+}
+
+/// A connection with its permit, released when the connection closes.
+struct Bounded {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for BoundedListener {
+    type Io = Bounded;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, peer) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match self.permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    debug!(peer = %peer, "HTTP connection");
+                    return (Bounded { stream, _permit: permit }, peer);
+                }
+                Err(_) => {
+                    let label = ListenerLabel { listener: "http" };
+                    self.shared.metrics.connections_refused.get_or_create(&label).inc();
+                    warn!(peer = %peer, "HTTP connection refused: --max-http-connections reached");
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for Bounded {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Bounded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Serves HTTP on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    max_connections: usize,
+    mut shutdown: broadcast::Receiver<()>,
+) {
+    let listener = BoundedListener {
+        inner: listener,
+        permits: Arc::new(Semaphore::new(max_connections.max(1))),
+        shared: shared.clone(),
+    };
+    let served = axum::serve(listener, router(shared))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.recv().await;
+        })
+        .await;
+    if let Err(e) = served {
+        warn!(error = %e, "HTTP server stopped");
+    }
+}

@@ -1,0 +1,394 @@
+//! `liqscan run`: the sidecar daemon (SPEC section 9). The only module that uses tokio,
+//! axum, prometheus-client and tracing-subscriber; the engines never see them.
+//!
+//! | part | owns | SPEC |
+//! |---|---|---|
+//! | [`input`] | the engine stream: stdin (through a pump thread), or `--listen` TCP with the `hello` and connection replacement | 9.1 |
+//! | [`subscribers`] | `--events` TCP subscribers: per-subscriber byte budget, slow ones cut | 9.2 |
+//! | [`http`] | `--http`: `/metrics`, `/health`, `/accounts/{id}`, `/at-risk`, the connection bound | 9.3 |
+//! | [`metrics`] | the Prometheus exposition | 9.3 |
+//!
+//! Threads: the engine runs the [`crate::pipeline`] on an OS thread of its own (reader and
+//! writer threads beside it); tokio (two workers) runs the subscriber and HTTP tasks, which
+//! reach the engine only through the bounded control queue. Shutdown (SIGINT, SIGTERM, end
+//! of stdin; SPEC 9.5): stop reading, apply what was read, deliver every event to every
+//! healthy sink, exit 0.
+
+pub mod http;
+pub mod input;
+pub mod metrics;
+pub mod subscribers;
+
+use std::{
+    net::{SocketAddr, TcpListener as StdTcpListener},
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+};
+
+use anyhow::Context;
+use crossbeam::channel::bounded;
+use tokio::sync::broadcast;
+use tracing::{error, info};
+
+use crate::{
+    config::Config,
+    engine::Engine,
+    fast::FastEngine,
+    pipeline::{Control, EventsFile, Pipeline, Progress, Sink, Source, Stop, WriterSink},
+    reference::ReferenceEngine,
+};
+
+/// Control requests that may wait for the engine at once; more are answered 503.
+pub const CONTROL_QUEUE: usize = 64;
+
+/// `liqscan run`: the daemon's flags (SPEC 9). Addresses are `HOST:PORT` (IPv6 as `[::1]:PORT`)
+/// or a bare `PORT`, which binds 127.0.0.1; port 0 binds a free port (the log says which).
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Risk config (JSON, SPEC section 2).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Which engine evaluates: the fast struct-of-arrays one, or the exact reference.
+    #[arg(long, value_enum, default_value_t = EngineChoice::Fast)]
+    pub engine: EngineChoice,
+    /// Take the engine stream over TCP on this address (one connection at a time; a new one
+    /// replaces the old) instead of stdin.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub listen: Option<SocketAddr>,
+    /// Accept event subscribers on this address: each gets every event from the moment it
+    /// connects, as NDJSON.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub events: Option<SocketAddr>,
+    /// Append events to this file (flushed at least every 100 ms, fdatasync at most once a
+    /// second and at shutdown).
+    #[arg(long, value_name = "FILE")]
+    pub events_file: Option<PathBuf>,
+    /// Also write events to stdout when --events or --events-file is given (without either,
+    /// events go to stdout).
+    #[arg(long)]
+    pub stdout: bool,
+    /// Serve HTTP on this address: /metrics, /health, /accounts/{id}, /at-risk.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub http: Option<SocketAddr>,
+    /// Bytes of events that may wait for one subscriber (K, M, G suffixes: powers of 1024);
+    /// a subscriber whose backlog would exceed it is disconnected and counted.
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_bytes)]
+    pub subscriber_buffer: usize,
+    /// Subscribers connected at once; more are refused and counted.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_subscribers: usize,
+    /// HTTP connections open at once; more are refused and counted.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_http_connections: usize,
+    /// Log format on stderr; the filter comes from RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--engine`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum EngineChoice {
+    Fast,
+    Reference,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `HOST:PORT`, `[V6]:PORT`, or a bare `PORT` on 127.0.0.1.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!("{s:?} is not an address: give HOST:PORT (e.g. 127.0.0.1:7070) or a port")
+    })
+}
+
+/// A byte count with an optional K, M or G suffix (powers of 1024), at least 1.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&t[..i], t[i..].trim_end_matches(['B', 'b', 'i'])),
+        None => (t, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        _ => return Err(format!("{s:?}: the unit must be K, M or G")),
+    };
+    match digits.parse::<usize>().ok().and_then(|n| n.checked_mul(1 << shift)) {
+        Some(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive number of bytes")),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second initialisation (only in tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// The daemon's phase, for `/health`.
+#[derive(Debug, Default)]
+pub struct Phase(AtomicU8);
+
+impl Phase {
+    pub const STARTING: u8 = 0;
+    pub const SERVING: u8 = 1;
+    pub const STOPPING: u8 = 2;
+
+    pub fn set(&self, phase: u8) {
+        self.0.store(phase, Ordering::Release);
+    }
+
+    pub fn get(&self) -> u8 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// What the HTTP tasks share with the rest of the daemon.
+pub struct Shared {
+    pub cfg: Arc<Config>,
+    pub controls: crossbeam::channel::Sender<Control>,
+    pub progress: Arc<Progress>,
+    pub metrics: metrics::Metrics,
+    pub phase: Phase,
+}
+
+/// What start-up wires together before the engine thread starts.
+struct Wiring {
+    runtime: tokio::runtime::Runtime,
+    shared: Arc<Shared>,
+    control_rx: crossbeam::channel::Receiver<Control>,
+    /// Closes when the daemon stops: sources waiting for input leave at once.
+    stop_tx: crossbeam::channel::Sender<()>,
+    stop_rx: input::StopRx,
+    /// Tells the accept loops and the HTTP server to finish.
+    shutdown_tx: broadcast::Sender<()>,
+}
+
+/// Runs the daemon until SIGINT, SIGTERM or the end of stdin. Exit 0 when every event
+/// reached every healthy sink; 2 for a bad config; 1 when it cannot start (an address in
+/// use) or a sink that must not lose events (stdout, the events file) failed.
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let cfg = match Config::load(&args.config) {
+        Ok(cfg) => Arc::new(cfg),
+        Err(e) => {
+            error!(config = %args.config.display(), error = %e, "bad config");
+            say(&format!("liqscan: config {}: {e}", args.config.display()));
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("liqscan-io")
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let (stop_tx, stop_rx) = bounded::<()>(0);
+    let (control_tx, control_rx) = bounded::<Control>(CONTROL_QUEUE);
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        controls: control_tx,
+        progress: Arc::default(),
+        metrics: metrics::Metrics::default(),
+        phase: Phase::default(),
+    });
+    let w = Wiring {
+        runtime,
+        shared,
+        control_rx,
+        stop_tx,
+        stop_rx,
+        shutdown_tx: broadcast::channel::<()>(1).0,
+    };
+    // Bind everything first, so that a bad address fails before anything runs.
+    let (source, engine_closer) = open_source(&args, &w)?;
+    let sinks = open_sinks(&args, &w)?;
+    if let Some(addr) = args.http {
+        let listener = w
+            .runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("cannot serve HTTP on {addr}"))?;
+        info!(role = "http", addr = %listener.local_addr()?, "serving HTTP");
+        let (shared, shutdown) = (w.shared.clone(), w.shutdown_tx.subscribe());
+        w.runtime.spawn(http::serve(listener, shared, args.max_http_connections, shutdown));
+    }
+    let stop = Stop::default();
+    spawn_signal_handler(&w, stop.clone(), engine_closer)?;
+    let Wiring { runtime, shared, control_rx, shutdown_tx, stop_tx, .. } = w;
+    // Only the signal handler's clone may keep the stop channel open.
+    drop(stop_tx);
+
+    let (mut engine, engine_name): (Box<dyn Engine + Send>, _) = match args.engine {
+        EngineChoice::Fast => (Box::new(FastEngine::new(cfg.clone())), "fast"),
+        EngineChoice::Reference => (Box::new(ReferenceEngine::new(cfg.clone())), "reference"),
+    };
+    let pipeline = Pipeline {
+        cfg,
+        source,
+        sinks,
+        controls: Some(control_rx),
+        stop,
+        progress: shared.progress.clone(),
+        opts: Default::default(),
+    };
+    info!(engine = engine_name, pid = std::process::id(), "liqscan run started");
+    shared.phase.set(Phase::SERVING);
+    let result = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || pipeline.run(engine.as_mut()))
+        .context("cannot start the engine thread")?
+        .join();
+    shared.phase.set(Phase::STOPPING);
+    let _ = shutdown_tx.send(());
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    Ok(finished(result))
+}
+
+/// The engine stream: `--listen` or stdin, and for `--listen` the handle that shuts the live
+/// connection down at a stop.
+fn open_source(
+    args: &RunArgs,
+    w: &Wiring,
+) -> anyhow::Result<(Box<dyn Source<'static>>, Option<input::EngineCloser>)> {
+    let metrics = w.shared.metrics.clone();
+    let Some(addr) = args.listen else {
+        info!(role = "engine", addr = "stdin", "reading the engine stream from stdin");
+        let source = input::StdinSource::start(w.stop_rx.clone(), metrics)?;
+        return Ok((Box::new(source), None));
+    };
+    let listener = StdTcpListener::bind(addr)
+        .with_context(|| format!("cannot listen for the engine on {addr}"))?;
+    info!(role = "engine", addr = %listener.local_addr()?, "listening for the engine stream");
+    let (source, closer) = input::EngineListener::start(listener, w.stop_rx.clone(), metrics)?;
+    Ok((Box::new(source), Some(closer)))
+}
+
+/// The sinks: `--events-file`, `--events` (its accept loop started), and stdout unless
+/// another sink is named (or with `--stdout`).
+fn open_sinks(args: &RunArgs, w: &Wiring) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(path) = &args.events_file {
+        let file = EventsFile::open(path)
+            .with_context(|| format!("cannot open the events file {}", path.display()))?;
+        info!(role = "events-file", path = %path.display(), "appending events");
+        sinks.push(Box::new(file));
+    }
+    if let Some(addr) = args.events {
+        let listener = w
+            .runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("cannot listen for subscribers on {addr}"))?;
+        let (bound, buffer_bytes) = (listener.local_addr()?, args.subscriber_buffer);
+        info!(role = "events", addr = %bound, buffer_bytes, "listening for event subscribers");
+        let hub = subscribers::Hub::new(buffer_bytes, w.shared.metrics.clone());
+        let shutdown = w.shutdown_tx.subscribe();
+        w.runtime.spawn(subscribers::accept(listener, hub.clone(), args.max_subscribers, shutdown));
+        sinks.push(Box::new(subscribers::HubSink(hub)));
+    }
+    if sinks.is_empty() || args.stdout {
+        info!(role = "stdout", "writing events to stdout");
+        let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
+        sinks.push(Box::new(WriterSink::new("stdout", out)));
+    }
+    Ok(sinks)
+}
+
+/// SIGINT / SIGTERM: stop reading (the pipeline then drains and finishes); a second one
+/// while draining exits at once. The handlers are installed before this returns, so a signal
+/// that comes right after start-up is not missed.
+fn spawn_signal_handler(
+    w: &Wiring,
+    stop: Stop,
+    engine_closer: Option<input::EngineCloser>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let _in_runtime = w.runtime.enter();
+    let mut signals = Signals {
+        term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+    };
+    let shared = w.shared.clone();
+    let stop_tx = w.stop_tx.clone();
+    w.runtime.spawn(async move {
+        let signal = signals.next().await;
+        info!(signal, "stopping: applying what was read, delivering every event");
+        shared.phase.set(Phase::STOPPING);
+        stop.stop();
+        drop(stop_tx);
+        if let Some(closer) = engine_closer {
+            closer.close();
+        }
+        // A sink that never drains (a full disk, a stdout nobody reads): give up at once.
+        let again = signals.next().await;
+        error!(signal = again, "second signal while stopping: exiting without draining");
+        std::process::exit(1);
+    });
+    Ok(())
+}
+
+/// The two stop signals.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// The next SIGTERM or SIGINT, by name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// One line to stderr for a person, besides the log. A closed stderr is no reason to panic
+/// (as `eprintln!` would): the exit status still tells.
+fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The exit status and the last log line of a run.
+fn finished(result: std::thread::Result<std::io::Result<crate::pipeline::Summary>>) -> ExitCode {
+    match result {
+        Ok(Ok(summary)) => {
+            info!(
+                messages = summary.messages,
+                liquidations = summary.liquidations,
+                rejects = summary.rejects,
+                duplicates = summary.duplicates,
+                "stopped: every event delivered"
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => {
+            error!(error = %e, "stopped: a sink failed");
+            say(&format!("liqscan: {e}"));
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            error!("the engine thread panicked");
+            ExitCode::FAILURE
+        }
+    }
+}

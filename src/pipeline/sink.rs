@@ -1,0 +1,219 @@
+//! Where events go (SPEC sections 8 and 9.2): the [`Sink`] trait, the writer thread that runs
+//! a blocking sink, and the two blocking sinks every driver has: any `Write` (stdout, a
+//! buffer in tests) and an append-only events file.
+//!
+//! The engine hands each sink whole event lines in [`Chunk`]s, one per batch, shared by all
+//! sinks. A blocking sink (a pipe, a file) runs on its own writer thread behind a bounded
+//! queue: when it falls behind, the queue fills and the engine waits (back-pressure, nothing
+//! dropped). A non-blocking sink (the daemon's subscribers) is called on the engine thread
+//! and must never wait: it hands chunks on with `try_send` and cuts whoever cannot keep up.
+
+use std::{
+    fs::File,
+    io::{self, BufWriter, Write},
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crossbeam::channel::{Receiver, RecvTimeoutError};
+
+/// Whole event lines (each ending in `\n`), shared by every sink.
+pub type Chunk = Arc<String>;
+
+/// A destination for events.
+pub trait Sink: Send {
+    /// A name for logs and errors ("stdout", "events file /var/log/liqscan.ndjson").
+    fn name(&self) -> String;
+
+    /// Takes a chunk of whole event lines, in stream order. A blocking sink may buffer it.
+    fn write(&mut self, chunk: &Chunk) -> io::Result<()>;
+
+    /// The engine has nothing more queued: put what is buffered on the wire now, so that a
+    /// live stream's events leave as soon as they are made (issue 11, part 3).
+    fn flush(&mut self) -> io::Result<()>;
+
+    /// The end of the stream (end of input, SIGTERM): deliver everything, flush, and make it
+    /// durable where that applies. Called once, after the last `write`.
+    fn finish(&mut self) -> io::Result<()>;
+
+    /// True when `write` may block (a pipe, a file): such a sink runs on its own writer
+    /// thread. False for a sink that only hands chunks on without waiting: it is called on
+    /// the engine thread.
+    fn blocking(&self) -> bool {
+        true
+    }
+
+    /// For a blocking sink: when it next wants [`Sink::tick`] if no chunk comes first (for
+    /// `--events-file`, 100 ms after the oldest unflushed event: SPEC 9.2). `None`: only
+    /// idle moments and the end flush it.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Does what [`Sink::deadline`] asked for (a timed flush, a sync).
+    fn tick(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the engine sends a writer thread.
+pub(crate) enum WriterMsg {
+    /// Events to write; `flush`: the engine had nothing more queued after them.
+    Chunk { chunk: Chunk, flush: bool },
+    /// The engine went idle after chunks sent without `flush`.
+    Flush,
+}
+
+/// The writer thread of one blocking sink: writes chunks in order, flushes when the engine
+/// goes idle, ticks at the sink's deadlines, finishes when the queue closes. Returns the
+/// first error; the engine sees the queue close and stops.
+pub(crate) fn writer_thread(sink: &mut dyn Sink, rx: Receiver<WriterMsg>) -> io::Result<()> {
+    loop {
+        let msg = match sink.deadline() {
+            Some(due) => match rx.recv_deadline(due) {
+                Ok(msg) => msg,
+                Err(RecvTimeoutError::Timeout) => {
+                    sink.tick()?;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+            None => match rx.recv() {
+                Ok(msg) => msg,
+                Err(_) => break,
+            },
+        };
+        match msg {
+            WriterMsg::Chunk { chunk, flush } => {
+                sink.write(&chunk)?;
+                if flush {
+                    sink.flush()?;
+                }
+                // A busy engine sends chunk after chunk: the deadline is kept here too.
+                if sink.deadline().is_some_and(|due| due <= Instant::now()) {
+                    sink.tick()?;
+                }
+            }
+            WriterMsg::Flush => sink.flush()?,
+        }
+    }
+    sink.finish()
+}
+
+/// A sink over any writer: stdout, a pipe, a `Vec<u8>` in tests. Flushing flushes the writer.
+pub struct WriterSink<W> {
+    name: String,
+    out: W,
+}
+
+impl<W: Write + Send> WriterSink<W> {
+    pub fn new(name: impl Into<String>, out: W) -> Self {
+        WriterSink { name: name.into(), out }
+    }
+}
+
+impl<W: Write + Send> Sink for WriterSink<W> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn write(&mut self, chunk: &Chunk) -> io::Result<()> {
+        self.out.write_all(chunk.as_bytes())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// The longest an event written to an [`EventsFile`] stays in the daemon's buffer (SPEC 9.2).
+pub const EVENTS_FILE_FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// How often an [`EventsFile`] is synced to disk while events are written.
+pub const EVENTS_FILE_SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// `--events-file FILE` (SPEC 9.2): events appended to a file, created if missing.
+///
+/// Durability: each flush (when the engine goes idle, and at most 100 ms after an event was
+/// written while it is busy) hands the bytes to the operating system with `write(2)`, so a
+/// crash of the daemon loses nothing that was flushed. `fdatasync` runs at most once a second
+/// while events are being written (at the latest one second after the first unsynced one)
+/// and at shutdown, so a crash of the machine loses at most about the last second. The
+/// engine's resend after a restart (SPEC 9.4) makes up for what is lost.
+pub struct EventsFile {
+    name: String,
+    out: BufWriter<File>,
+    /// When the oldest event still in `out`'s buffer was written.
+    buffered_since: Option<Instant>,
+    /// When the last `fdatasync` ran.
+    synced_at: Instant,
+    /// Bytes were flushed to the file since the last `fdatasync`.
+    unsynced: bool,
+}
+
+impl EventsFile {
+    /// Opens `path` for appending (creating it), or says why not.
+    pub fn open(path: &Path) -> io::Result<EventsFile> {
+        let file = File::options().create(true).append(true).open(path)?;
+        Ok(EventsFile {
+            name: format!("events file {}", path.display()),
+            out: BufWriter::with_capacity(1 << 16, file),
+            buffered_since: None,
+            synced_at: Instant::now(),
+            unsynced: false,
+        })
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.out.get_ref().sync_data()?;
+        self.synced_at = Instant::now();
+        self.unsynced = false;
+        Ok(())
+    }
+}
+
+impl Sink for EventsFile {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn write(&mut self, chunk: &Chunk) -> io::Result<()> {
+        self.buffered_since.get_or_insert_with(Instant::now);
+        self.out.write_all(chunk.as_bytes())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        if self.buffered_since.take().is_some() {
+            self.unsynced = true;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        self.sync()
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let flush = self.buffered_since.map(|t| t + EVENTS_FILE_FLUSH_EVERY);
+        let sync = self.unsynced.then(|| self.synced_at + EVENTS_FILE_SYNC_EVERY);
+        flush.into_iter().chain(sync).min()
+    }
+
+    fn tick(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        if self.buffered_since.is_some_and(|t| t + EVENTS_FILE_FLUSH_EVERY <= now) {
+            self.flush()?;
+        }
+        if self.unsynced && self.synced_at + EVENTS_FILE_SYNC_EVERY <= now {
+            self.sync()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! Where the engine stream comes from (SPEC sections 8 and 9.1): the [`Source`] trait, the
+//! one-stream source of `replay` and stdin, and the reader thread that turns a source's
+//! connections into batches of [`Ingested`] lines.
+//!
+//! A source hands out connections one after another. Line numbers restart on each, the seq
+//! state carries across (SPEC 9.1), so a reconnecting engine resends after the `hello`'s
+//! `last_seq` and whatever it repeats is a duplicate.
+
+use std::{
+    io::{self, BufRead},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crossbeam::channel::{Receiver, Sender};
+
+use super::{Options, Stop};
+use crate::{
+    config::Config,
+    ingest::{Ingest, Ingested, Line, LineReader},
+    protocol::MAX_LINE_BYTES,
+};
+
+/// One connection of the engine stream: bytes, read until they end.
+pub struct Connection<'a> {
+    pub input: Box<dyn BufRead + Send + 'a>,
+    /// What to do with a last line that the end of the connection cut off before its `\n`:
+    /// `true` drops it (a network connection that died mid-line: the engine resends that
+    /// message, whose seq was never consumed); `false` processes it (a file's last line
+    /// needs no newline).
+    pub drop_cut_off_line: bool,
+}
+
+/// How a connection ended, as the reader thread tells its source.
+#[derive(Debug)]
+pub struct ConnectionEnd {
+    /// Lines read on this connection (the cut-off line not counted).
+    pub lines: u64,
+    /// Bytes of a last line dropped because the connection ended before its `\n`.
+    pub cut_off_bytes: usize,
+    /// The read error that ended it, if one did.
+    pub error: Option<io::Error>,
+    /// The pipeline was asked to stop while this connection was being read.
+    pub stopped: bool,
+}
+
+/// Hands out the connections of an engine stream, one at a time.
+pub trait Source<'a>: Send {
+    /// Blocks until the next connection is there; `None` when the source is done (end of
+    /// input, or stopping). `last_seq` is the last effective seq admitted so far: a network
+    /// source writes it in the `hello` line (SPEC 9.1) before handing the connection on.
+    fn next(&mut self, last_seq: u64) -> Option<Connection<'a>>;
+
+    /// Hears how the last connection ended. An error returned here ends the pipeline with
+    /// it; a source that outlives its connections logs and returns `Ok`.
+    fn ended(&mut self, end: ConnectionEnd) -> io::Result<()>;
+}
+
+/// A source of exactly one stream: a file, stdin, a buffer. Its read error ends the run.
+pub struct ReadSource<'a> {
+    input: Option<Box<dyn BufRead + Send + 'a>>,
+}
+
+impl<'a> ReadSource<'a> {
+    pub fn new(input: impl BufRead + Send + 'a) -> Self {
+        ReadSource { input: Some(Box::new(input)) }
+    }
+}
+
+impl<'a> Source<'a> for ReadSource<'a> {
+    fn next(&mut self, _last_seq: u64) -> Option<Connection<'a>> {
+        self.input.take().map(|input| Connection { input, drop_cut_off_line: false })
+    }
+
+    fn ended(&mut self, end: ConnectionEnd) -> io::Result<()> {
+        end.error.map_or(Ok(()), Err)
+    }
+}
+
+/// The reader thread: reads every connection of `source` line by line, ingests each line
+/// (line numbers, parse, sequencing, validation) and hands batches to the engine. A batch
+/// goes on when it is full, when the next line is not wholly buffered, so reading it may
+/// block (a live stream's lines never wait for later ones, nor behind a half-sent line), and
+/// at the end of each connection. With `opts.rate`, line n is let in at
+/// n / rate seconds.
+pub(crate) fn reader_thread<'a>(
+    cfg: Arc<Config>,
+    mut source: Box<dyn Source<'a> + 'a>,
+    opts: Options,
+    stop: &Stop,
+    batch_tx: Sender<Vec<Ingested>>,
+    spare_rx: Receiver<Vec<Ingested>>,
+) -> io::Result<()> {
+    let mut ingest = Ingest::new(cfg);
+    let mut batch = Vec::with_capacity(opts.batch_lines);
+    // Hands the batch to the engine; false when the engine side stopped (its error is
+    // reported there).
+    let hand_on = |batch: &mut Vec<Ingested>| {
+        let next = spare_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(opts.batch_lines));
+        batch_tx.send(std::mem::replace(batch, next)).is_ok()
+    };
+    let (paced_from, mut n_paced) = (Instant::now(), 0u64);
+    while !stop.is_stopped() {
+        let Some(conn) = source.next(ingest.last_seq()) else { break };
+        ingest.new_connection();
+        let mut lines = LineReader::new(conn.input, MAX_LINE_BYTES);
+        let mut end = ConnectionEnd { lines: 0, cut_off_bytes: 0, error: None, stopped: false };
+        loop {
+            if stop.is_stopped() {
+                end.stopped = true;
+                break;
+            }
+            let (line, terminated) = match lines.next_line_terminated() {
+                Ok(Some(read)) => read,
+                Ok(None) => break,
+                Err(e) => {
+                    end.error = Some(e);
+                    break;
+                }
+            };
+            if conn.drop_cut_off_line && !terminated {
+                end.cut_off_bytes = match line {
+                    Line::Bytes(b) => b.len(),
+                    Line::TooLong(n) => n,
+                };
+                break;
+            }
+            if let Some(rate) = opts.rate {
+                let due = paced_from + Duration::from_secs_f64(n_paced as f64 / rate);
+                n_paced += 1;
+                let wait = due.saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    // What is ready goes on before the wait, as on a live stream.
+                    if !batch.is_empty() && !hand_on(&mut batch) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(wait);
+                }
+            }
+            batch.push(ingest.line(line, Instant::now()));
+            end.lines += 1;
+            if (batch.len() == opts.batch_lines || !lines.next_line_buffered())
+                && !hand_on(&mut batch)
+            {
+                return Ok(());
+            }
+        }
+        // Everything read goes on before the source is asked for what comes next (which may
+        // block waiting for the engine to reconnect).
+        if !batch.is_empty() && !hand_on(&mut batch) {
+            return Ok(());
+        }
+        source.ended(end)?;
+    }
+    Ok(())
+}
