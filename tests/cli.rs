@@ -38,6 +38,7 @@ fn broken_config_exits_2_naming_symbol_bracket_and_rule() {
         "{err}"
     );
     assert!(out.stdout.is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -69,6 +70,8 @@ fn replay_from_stdin_with_report() {
     assert_eq!(r["messages"], 21);
     assert_eq!(r["liquidations"], 6);
     assert!(r["latency_ns"]["event"]["p99"].as_u64().unwrap() > 0);
+    assert_eq!(r["engine"], "fast");
+    std::fs::remove_file(&report).unwrap();
 }
 
 #[test]
