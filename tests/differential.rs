@@ -269,11 +269,20 @@ fn assert_same_reads(
     }
 }
 
+static ANNOUNCED_MATCHES: std::sync::Once = std::sync::Once::new();
+static ANNOUNCED_NO_TRACE: std::sync::Once = std::sync::Once::new();
+
+/// Says once per property that it is running (it takes tens of seconds in a debug build).
+fn announce_once(once: &std::sync::Once, name: &str) {
+    once.call_once(|| long_test(name));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
 
     #[test]
     fn fast_engine_matches_reference(lines in prop::collection::vec(message(), 1..60)) {
+        announce_once(&ANNOUNCED_MATCHES, "fast_engine_matches_reference (3,000 streams)");
         let input = lines.join("\n");
         let (want, got, mut fast) = run_both(config("multi_tier"), input.as_bytes());
         assert_same_events("fast vs reference", &got, &want);
@@ -295,6 +304,7 @@ proptest! {
         lines in prop::collection::vec(prop_oneof![2 => message(), 3 => fresh_message()], 1..80),
         isolated in any::<bool>(),
     ) {
+        announce_once(&ANNOUNCED_NO_TRACE, "rejected_messages_leave_no_trace (600 streams)");
         let input = lines.join("\n");
         let cfg = config(if isolated { "single_tier" } else { "multi_tier" });
         let (want, got, fast) = run_both(cfg, input.as_bytes());
