@@ -70,11 +70,11 @@ if [[ "$MODE" == daemon ]]; then
   mv "$OUT/latency.svg" "$OUT/replay-latency.svg"
   echo "== daemon (fast engine) + feed${RATE:+ at $RATE lines/s}$( [[ $STALLED == 1 ]] && echo ", with a stalled subscriber")" >&2
   "$BIN" run --config "$OUT/config.json" --listen 127.0.0.1:0 --events 127.0.0.1:0 \
-    --http 127.0.0.1:0 2> "$OUT/daemon.log" &
+    --http 127.0.0.1:0 --log-format json 2> "$OUT/daemon.log" &
   daemon=$!
   trap 'kill -9 "$daemon" 2>/dev/null || true' EXIT
   # The daemon logs the addresses it bound (port 0 picks free ones).
-  addr() { grep "role=\"$1\"" "$OUT/daemon.log" | grep -o 'addr=[0-9.:]*' | head -1 | cut -d= -f2; }
+  addr() { jq -r --arg r "$1" 'select(.role? == $r) | .addr' "$OUT/daemon.log" 2>/dev/null | head -1; }
   for _ in $(seq 300); do
     [[ -n "$(addr http)" ]] && break
     kill -0 "$daemon" 2>/dev/null || { cat "$OUT/daemon.log" >&2; exit 1; }

@@ -90,6 +90,10 @@ pub struct Config {
     index: HashMap<String, SymbolIdx>,
 }
 
+/// The largest config file [`Config::load`] reads: 65,535 symbols with a dozen brackets each
+/// take about 100 MiB of JSON.
+pub const MAX_CONFIG_BYTES: u64 = 256 << 20;
+
 /// A config rule that does not hold. The message names the symbol and bracket where it can.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -159,9 +163,22 @@ fn positive_int(raw: &RawValue) -> Option<u32> {
 }
 
 impl Config {
+    /// Reads and validates the config at `path`. Errors: the file cannot be read, is over
+    /// [`MAX_CONFIG_BYTES`] (so `/dev/zero` or a wrong path to a huge file fails fast, not by
+    /// exhausting memory), or breaks a rule of SPEC section 2.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.display().to_string(), source })?;
+        use std::io::Read as _;
+        let io = |source| ConfigError::Io { path: path.display().to_string(), source };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+            .map_err(io)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Rule(format!(
+                "config file is over {} MiB",
+                MAX_CONFIG_BYTES >> 20
+            )));
+        }
         Config::parse(&text)
     }
 

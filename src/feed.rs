@@ -157,13 +157,13 @@ impl FeedSummary {
 /// Why a feed stopped before the end of its input.
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
-    #[error("cannot read input {path}: {source}")]
+    #[error("cannot read input {path}")]
     Input { path: PathBuf, source: io::Error },
     #[error("no connection to {to} for {secs:.1} s (last error: {last})")]
     GaveUp { to: String, secs: f64, last: String },
     #[error("{to} did not answer with a hello line: {reason}")]
     NoHello { to: String, reason: String },
-    #[error("cannot subscribe to events at {addr}: {source}")]
+    #[error("cannot subscribe to events at {addr}")]
     Subscribe { addr: String, source: io::Error },
 }
 
@@ -330,6 +330,9 @@ fn connect(to: &str, io_timeout: Duration) -> Result<(TcpStream, u64), Attempt> 
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, io_timeout) {
             Ok(stream) => {
+                // Lines go out as they are flushed: Nagle's algorithm would hold a paced
+                // line back until the previous one is acknowledged (up to a delayed ACK).
+                let _ = stream.set_nodelay(true);
                 let last_seq = read_hello(&stream, to, io_timeout)?;
                 return Ok((stream, last_seq));
             }

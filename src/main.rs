@@ -4,7 +4,7 @@ use std::{
     collections::VecDeque,
     fmt,
     fs::File,
-    io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write},
+    io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write},
     path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
@@ -553,6 +553,12 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_feed(args: FeedArgs) -> anyhow::Result<ExitCode> {
+    if args.input.as_os_str() == "-" {
+        // A reconnect resends from the daemon's last seq, which needs an input it can reread.
+        bail!(
+            "feed reads a file, not stdin: after a reconnect it resends from the daemon's last seq"
+        );
+    }
     let mut opts = feed::FeedOptions::new(args.to);
     opts.rate = args.rate;
     opts.stamp_ts = args.stamp_ts || args.events.is_some();
@@ -574,7 +580,19 @@ fn run_feed(args: FeedArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_plot(log: &Path, out: &Path, title: &str) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read(log).with_context(|| format!("cannot read {}", log.display()))?;
+    // An interval log is small; a cap keeps a wrong file (or /dev/zero) from eating memory.
+    const MAX_LOG_BYTES: u64 = 256 << 20;
+    let mut text = Vec::new();
+    File::open(log)
+        .and_then(|f| f.take(MAX_LOG_BYTES + 1).read_to_end(&mut text))
+        .with_context(|| format!("cannot read {}", log.display()))?;
+    if text.len() as u64 > MAX_LOG_BYTES {
+        bail!(
+            "{} is over {} MiB: not an HdrHistogram interval log",
+            log.display(),
+            MAX_LOG_BYTES >> 20
+        );
+    }
     let series = latency::read_log(&text).map_err(|e| anyhow::anyhow!("{}: {e}", log.display()))?;
     chart::percentile_spectrum(out, title, &series).map_err(|e| match e {
         ChartError::Empty => anyhow::anyhow!("{}: holds no latency values to plot", log.display()),

@@ -334,3 +334,20 @@ fn the_summary_says_what_it_counts() {
     // cross_basics.ndjson holds two queries: each answer is one `account` event.
     assert!(stderr.contains("account events 2"), "{stderr}");
 }
+
+#[test]
+fn endless_config_and_log_files_are_refused_not_read_into_memory() {
+    // /dev/zero never ends: a size cap must stop the read (before, RSS grew past 5 GB).
+    let out = liqscan()
+        .args(["replay", "--config", "/dev/zero", &fixture("golden/cross_basics.ndjson")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("over 256 MiB"));
+    let svg = std::env::temp_dir().join(format!("liqscan-zero-{}.svg", std::process::id()));
+    let out =
+        liqscan().args(["plot", "/dev/zero", "--out", svg.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("over 256 MiB"));
+    assert!(!svg.exists());
+}

@@ -223,12 +223,35 @@ struct BoundedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
     shared: Arc<Shared>,
+    idle_timeout: Duration,
 }
 
 /// A connection with its permit, released when the connection closes.
 struct Bounded {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    /// Fires when the connection has moved no byte for `idle_timeout`: a client that
+    /// connects and sends nothing (or half a request) must not hold one of
+    /// `--max-http-connections` for ever, locking out health checks and scrapes.
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+    idle_timeout: Duration,
+}
+
+impl Bounded {
+    /// Pushes the idle deadline back after bytes moved.
+    fn active(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.idle_timeout;
+        self.idle.as_mut().reset(deadline);
+    }
+}
+
+/// The bounds on HTTP connections (`--max-http-connections`, `--http-idle-timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Connections open at once; more are refused and counted.
+    pub max_connections: usize,
+    /// A connection that moved no byte for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl axum::serve::Listener for BoundedListener {
@@ -248,7 +271,9 @@ impl axum::serve::Listener for BoundedListener {
             match self.permits.clone().try_acquire_owned() {
                 Ok(permit) => {
                     debug!(peer = %peer, "HTTP connection");
-                    return (Bounded { stream, _permit: permit }, peer);
+                    let idle_timeout = self.idle_timeout;
+                    let idle = Box::pin(tokio::time::sleep(idle_timeout));
+                    return (Bounded { stream, _permit: permit, idle, idle_timeout }, peer);
                 }
                 Err(_) => {
                     let label = ListenerLabel { listener: "http" };
@@ -270,7 +295,24 @@ impl tokio::io::AsyncRead for Bounded {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+        use std::{future::Future as _, task::Poll};
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.active();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "HTTP connection idle too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
     }
 }
 
@@ -280,7 +322,11 @@ impl tokio::io::AsyncWrite for Bounded {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = std::pin::Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.active();
+        }
+        written
     }
 
     fn poll_flush(
@@ -302,13 +348,14 @@ impl tokio::io::AsyncWrite for Bounded {
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    max_connections: usize,
+    bounds: Bounds,
     mut shutdown: broadcast::Receiver<()>,
 ) {
     let listener = BoundedListener {
         inner: listener,
-        permits: Arc::new(Semaphore::new(max_connections.max(1))),
+        permits: Arc::new(Semaphore::new(bounds.max_connections.max(1))),
         shared: shared.clone(),
+        idle_timeout: bounds.idle_timeout,
     };
     let served = axum::serve(listener, router(shared))
         .with_graceful_shutdown(async move {

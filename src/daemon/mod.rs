@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// HTTP connections open at once; more are refused and counted.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_http_connections: usize,
+    /// Close an HTTP connection that moved no byte for this long (500ms, 10s, 1m), so idle or
+    /// stuck clients cannot hold every --max-http-connections slot. Keep it above the 5 s a
+    /// query may wait for the engine.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_idle_timeout: std::time::Duration,
     /// Log format on stderr; the filter comes from RUST_LOG (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -134,14 +139,29 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    // RUST_LOG unset means `info`; set but unreadable also means `info`, said in the log.
+    let (filter, unreadable) = match std::env::var("RUST_LOG") {
+        Ok(spec) => match EnvFilter::try_new(&spec) {
+            Ok(filter) => (filter, None),
+            Err(e) => (EnvFilter::new("info"), Some((spec, e.to_string()))),
+        },
+        Err(_) => (EnvFilter::new("info"), None),
+    };
+    // Colours only on a terminal: a log file or a pipe gets plain text that grep can read.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second initialisation (only in tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    if let Some((spec, error)) = unreadable {
+        tracing::warn!(rust_log = %spec, error = %error, "RUST_LOG cannot be read; logging at info");
+    }
 }
 
 /// The daemon's phase, for `/health`.
@@ -229,7 +249,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot serve HTTP on {addr}"))?;
         info!(role = "http", addr = %listener.local_addr()?, "serving HTTP");
         let (shared, shutdown) = (w.shared.clone(), w.shutdown_tx.subscribe());
-        w.runtime.spawn(http::serve(listener, shared, args.max_http_connections, shutdown));
+        let bounds = http::Bounds {
+            max_connections: args.max_http_connections,
+            idle_timeout: args.http_idle_timeout,
+        };
+        w.runtime.spawn(http::serve(listener, shared, bounds, shutdown));
     }
     let stop = Stop::default();
     spawn_signal_handler(&w, stop.clone(), engine_closer)?;
@@ -377,7 +401,7 @@ fn finished(result: std::thread::Result<std::io::Result<crate::pipeline::Summary
                 liquidations = summary.liquidations,
                 rejects = summary.rejects,
                 duplicates = summary.duplicates,
-                "stopped: every event delivered"
+                "stopped: every event delivered to every healthy sink"
             );
             ExitCode::SUCCESS
         }

@@ -148,7 +148,9 @@ impl Sink for HubSink {
         if drained {
             info!(subscribers = n, "every subscriber got every event");
         } else {
-            warn!(subscribers = n, "subscribers still writing at shutdown were cut");
+            // A task that ended dropped its kill switch's receiver; the rest are cut now.
+            let cut = kills.iter().filter(|kill| !kill.is_closed()).count();
+            warn!(subscribers = n, cut, "subscribers still writing at shutdown were cut");
         }
         drop(kills);
         Ok(())

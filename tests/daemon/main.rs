@@ -661,6 +661,54 @@ fn bad_requests_bad_connections_and_bounds_never_take_it_down() {
 }
 
 #[test]
+fn idle_http_connections_are_closed_so_they_cannot_lock_out_health_checks() {
+    let mut d = Daemon::start(
+        &[
+            "--config",
+            &fixture("config/multi_tier.json"),
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--max-http-connections",
+            "2",
+            "--http-idle-timeout",
+            "300ms",
+        ],
+        Input::Null,
+    );
+    let http = d.addr("http");
+    // Two clients take every slot and send nothing (one half a request line).
+    let mut idle: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(http).unwrap()).collect();
+    std::io::Write::write_all(&mut idle[1], b"GET /hea").unwrap();
+    // The daemon closes both once they have been idle for 300 ms ...
+    for conn in &mut idle {
+        conn.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut rest = Vec::new();
+        let closed = std::io::Read::read_to_end(conn, &mut rest);
+        assert!(closed.is_ok(), "the daemon never closed an idle connection: {closed:?}");
+        assert!(rest.is_empty(), "closed unanswered: {:?}", String::from_utf8_lossy(&rest));
+    }
+    // ... so a health check gets through while those clients still hold their sockets.
+    let until = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(http) {
+            let _ = std::io::Write::write_all(&mut s, b"GET /health HTTP/1.0\r\n\r\n");
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut s, &mut text);
+            if text.starts_with("HTTP/1.0 200") {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < until, "health checks stayed locked out");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(idle);
+    d.sigterm();
+    assert!(d.wait_exit().success());
+}
+
+#[test]
 fn help_documents_every_flag() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_liqscan"))
         .args(["run", "--help"])
@@ -678,6 +726,7 @@ fn help_documents_every_flag() {
         "--subscriber-buffer",
         "--max-subscribers",
         "--max-http-connections",
+        "--http-idle-timeout",
         "--log-format",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
@@ -688,9 +737,12 @@ fn help_documents_every_flag() {
 // SIGTERM mid-stream
 // ---------------------------------------------------------------------------------------
 
-/// The `messages` of the daemon's last log line ("stopped: every event delivered").
+/// The `messages` of the daemon's last log line ("stopped: every event delivered to every
+/// healthy sink").
 fn messages_applied(d: &Daemon) -> usize {
-    let v = d.wait_log("the stop", |v| v["message"] == "stopped: every event delivered");
+    let v = d.wait_log("the stop", |v| {
+        v["message"] == "stopped: every event delivered to every healthy sink"
+    });
     v["messages"].as_u64().unwrap() as usize
 }
 
