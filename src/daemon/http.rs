@@ -118,7 +118,15 @@ fn json(body: String) -> Response {
 async fn get_account(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
+    query: axum::extract::RawQuery,
 ) -> Result<Response, Failure> {
+    // As /at-risk refuses parameters it does not know, so does this endpoint (it takes none).
+    if let Some(q) = query.0.filter(|q| !q.is_empty()) {
+        return Err(bad_request(
+            &shared,
+            format!("unknown parameter in {q:?}: /accounts/{{id}} takes none"),
+        ));
+    }
     let Ok(account) = id.parse::<u64>() else {
         return Err(bad_request(
             &shared,

@@ -79,10 +79,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_bytes)]
     pub subscriber_buffer: usize,
     /// Subscribers connected at once; more are refused and counted.
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = at_least_one)]
     pub max_subscribers: usize,
     /// HTTP connections open at once; more are refused and counted.
-    #[arg(long, value_name = "N", default_value_t = 64)]
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = at_least_one)]
     pub max_http_connections: usize,
     /// Close an HTTP connection that moved no byte for this long (500ms, 10s, 1m), so idle or
     /// stuck clients cannot hold every --max-http-connections slot. Keep it above the 5 s a
@@ -135,6 +135,14 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
     match digits.parse::<usize>().ok().and_then(|n| n.checked_mul(1 << shift)) {
         Some(n) if n > 0 => Ok(n),
         _ => Err(format!("{s:?} is not a positive number of bytes")),
+    }
+}
+
+/// A connection bound: 0 would refuse every connection, which is never what is meant.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number of at least 1")),
     }
 }
 

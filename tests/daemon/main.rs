@@ -604,6 +604,7 @@ fn bad_requests_bad_connections_and_bounds_never_take_it_down() {
         ("/at-risk?symbol=NOPE", "not in the config"),
         ("/at-risk?colour=red", "unknown parameter"),
         ("/at-risk?limit=1&limit=2", "twice"),
+        ("/accounts/1?verbose=1", "unknown parameter"),
     ] {
         let (status, body) = http_json(http, path);
         assert_eq!(status, 400, "{path}: {body}");
@@ -650,7 +651,7 @@ fn bad_requests_bad_connections_and_bounds_never_take_it_down() {
         assert!(std::time::Instant::now() < until, "HTTP never came back");
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    assert_eq!(m.get("liqscan_http_bad_requests_total", &[]), 8.0);
+    assert_eq!(m.get("liqscan_http_bad_requests_total", &[]), 9.0);
     assert_eq!(m.get("liqscan_connections_refused_total", &[("listener", "events")]), 1.0);
     assert!(m.get("liqscan_connections_refused_total", &[("listener", "http")]) >= 1.0);
     assert_eq!(m.get("liqscan_rejects_total", &[("code", "malformed")]), 1.0);
@@ -730,6 +731,16 @@ fn help_documents_every_flag() {
         "--log-format",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+    // A bound of 0 would refuse every connection: a command-line error, not a silent lockout.
+    for flag in ["--max-subscribers", "--max-http-connections"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_liqscan"))
+            .args(["run", "--config", &fixture("config/multi_tier.json"), flag, "0"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} 0");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"), "{flag} 0");
     }
 }
 
