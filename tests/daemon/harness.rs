@@ -193,6 +193,28 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// GET a JSON body.
+/// Waits (at most [`PATIENCE`]) until `GET path` is answered 200, retrying while the server
+/// refuses or drops connections (over a connection bound, say).
+pub fn wait_http_ok(addr: SocketAddr, path: &str, what: &str) {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+            let _ = s.set_read_timeout(Some(PATIENCE));
+            let _ = std::io::Write::write_all(
+                &mut s,
+                format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes(),
+            );
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut s, &mut text);
+            if text.starts_with("HTTP/1.0 200") {
+                return;
+            }
+        }
+        assert!(Instant::now() < until, "waited {PATIENCE:?} for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn http_json(addr: SocketAddr, path: &str) -> (u16, Value) {
     let (status, body) = http_get(addr, path);
     let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));

@@ -637,20 +637,9 @@ fn bad_requests_bad_connections_and_bounds_never_take_it_down() {
     let _ = std::io::Read::read_to_end(&mut over, &mut answer);
     assert!(answer.is_empty(), "refused: {:?}", String::from_utf8_lossy(&answer));
     drop(idle);
-    let until = std::time::Instant::now() + PATIENCE;
-    let m = loop {
-        // The idle connections' permits come back once the server sees them closed.
-        if let Ok(mut s) = std::net::TcpStream::connect(http) {
-            let _ = std::io::Write::write_all(&mut s, b"GET /metrics HTTP/1.0\r\n\r\n");
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut s, &mut text);
-            if text.starts_with("HTTP/1.0 200") {
-                break scrape(http);
-            }
-        }
-        assert!(std::time::Instant::now() < until, "HTTP never came back");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    // The idle connections' permits come back once the server sees them closed.
+    wait_http_ok(http, "/metrics", "HTTP to come back");
+    let m = scrape(http);
     assert_eq!(m.get("liqscan_http_bad_requests_total", &[]), 9.0);
     assert_eq!(m.get("liqscan_connections_refused_total", &[("listener", "events")]), 1.0);
     assert!(m.get("liqscan_connections_refused_total", &[("listener", "http")]) >= 1.0);
@@ -691,19 +680,7 @@ fn idle_http_connections_are_closed_so_they_cannot_lock_out_health_checks() {
         assert!(rest.is_empty(), "closed unanswered: {:?}", String::from_utf8_lossy(&rest));
     }
     // ... so a health check gets through while those clients still hold their sockets.
-    let until = std::time::Instant::now() + PATIENCE;
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(http) {
-            let _ = std::io::Write::write_all(&mut s, b"GET /health HTTP/1.0\r\n\r\n");
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut s, &mut text);
-            if text.starts_with("HTTP/1.0 200") {
-                break;
-            }
-        }
-        assert!(std::time::Instant::now() < until, "health checks stayed locked out");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_http_ok(http, "/health", "health checks to get through");
     drop(idle);
     d.sigterm();
     assert!(d.wait_exit().success());
