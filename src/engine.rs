@@ -4,13 +4,17 @@
 //! The driver ([`crate::pipeline`]) owns parsing and sequencing; an engine sees only commands
 //! that passed the config checks, together with the line and effective seq they came from.
 
+use std::{any::Any, io};
+
 use crate::{
     config::{Mode, SymbolIdx},
+    fixed::D8,
     protocol::{AccountReport, Command, Event, Reject, RiskItem},
+    state::AccountImage,
 };
 
 /// Where a command came from: the line number and the message's effective seq.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct At {
     pub line: u64,
     pub seq: u64,
@@ -68,6 +72,29 @@ pub trait Engine {
 
     /// Non-zero positions held, cross and isolated.
     fn n_positions(&self) -> u64;
+
+    /// An owned copy of the whole state (SPEC section 9.4), taken between two messages on the
+    /// engine thread, so that another thread can write it out while ingest goes on. This is
+    /// the only part of a snapshot that stops ingest, so it copies columns and does nothing
+    /// else. `reuse` is an earlier copy of this engine ([`StateCopy::into_any`]): its buffers
+    /// are written over instead of allocating (and faulting in) new ones.
+    fn copy_state(&self, reuse: Option<Box<dyn Any + Send>>) -> Box<dyn StateCopy>;
+}
+
+/// An engine's state copied by [`Engine::copy_state`], read on the snapshot writer thread.
+pub trait StateCopy: Send {
+    /// Accounts held.
+    fn n_accounts(&self) -> u64;
+
+    /// The mark of each config symbol, in config order.
+    fn marks(&self) -> Vec<Option<D8>>;
+
+    /// Hands `f` each account's image (SPEC section 9.4: wallet, pairs, positions, order
+    /// figures, flags), in a deterministic order; stops at `f`'s first error.
+    fn each_account(&self, f: &mut dyn FnMut(&AccountImage) -> io::Result<()>) -> io::Result<()>;
+
+    /// The copy as a reusable buffer for the next [`Engine::copy_state`].
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
 }
 
 /// The emission rule of SPEC section 6 for one evaluated item.

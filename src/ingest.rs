@@ -207,6 +207,12 @@ impl Ingest {
         Ingest { cfg, seq: Sequencer::default(), line: 0 }
     }
 
+    /// An ingest stage resuming after effective seq `last` (a daemon restored from a
+    /// snapshot, SPEC 9.4): what the engine resends up to `last` is a duplicate.
+    pub fn resume(cfg: Arc<Config>, last: u64) -> Ingest {
+        Ingest { cfg, seq: Sequencer::resume(last), line: 0 }
+    }
+
     /// A new connection of the same stream: line numbers restart at 1, the seq state carries
     /// over (SPEC section 9.1).
     pub fn new_connection(&mut self) {

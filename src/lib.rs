@@ -50,4 +50,5 @@ pub mod protocol;
 pub mod reference;
 pub mod replay;
 pub mod report;
+pub mod state;
 pub mod synth;

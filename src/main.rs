@@ -103,6 +103,19 @@ enum Command {
         #[arg(long, default_value = "liqscan latency by percentile")]
         title: String,
     },
+    /// Snapshots of `liqscan run --state-dir` (SPEC section 9.4).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Print a snapshot's header and counts and check it whole (checksums, body decodes);
+    /// exit 1 when it cannot be used.
+    Inspect {
+        /// A snapshot file (snapshot-SEQ-TIME.liqsnap in a state directory).
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -633,6 +646,9 @@ fn main() -> ExitCode {
         Command::Gen(args) => run_gen(args),
         Command::Feed(args) => run_feed(args),
         Command::Plot { log, out, title } => run_plot(&log, &out, &title),
+        Command::Snapshot(SnapshotCommand::Inspect { file }) => {
+            Ok(liqscan::state::inspect(&file, &mut std::io::stdout().lock()))
+        }
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,8 @@
 //! state with the formulas of [`crate::margin`]; nothing is cached but the per-item
 //! "liquidatable after the last message" flags that SPEC section 6 needs.
 
+mod snapshot;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
@@ -501,6 +503,13 @@ impl Engine for ReferenceEngine {
 
     fn n_positions(&self) -> u64 {
         self.holders.iter().map(|h| h.len() as u64).sum()
+    }
+
+    fn copy_state(
+        &self,
+        _reuse: Option<Box<dyn std::any::Any + Send>>,
+    ) -> Box<dyn crate::engine::StateCopy> {
+        self.copy_into() // src/reference/snapshot.rs
     }
 }
 

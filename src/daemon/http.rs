@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /metrics` | Prometheus text exposition ([`super::metrics`]) |
-//! | `GET /health` | 200 `{"status":"ok","last_seq":N,"engine_connected":bool,...}` while serving, 503 while starting or stopping |
+//! | `GET /health` | 200 `{"status":"ok","last_seq":N,"engine_connected":bool,...}` while serving, 503 while starting, restoring a snapshot or stopping |
 //! | `GET /accounts/{id}` | the `account` event of a `query` of `id` at this point of the stream; 404 for an account never mentioned |
 //! | `GET /at-risk?limit=N&symbol=S&mode=cross\|isolated` | the items closest to liquidation (`limit` default 100, capped at 10,000) |
 //!
@@ -97,6 +97,7 @@ async fn get_health(State(shared): State<Arc<Shared>>) -> Response {
     let (status, code) = match phase {
         Phase::SERVING => ("ok", StatusCode::OK),
         Phase::STARTING => ("starting", StatusCode::SERVICE_UNAVAILABLE),
+        Phase::RESTORING => ("restoring", StatusCode::SERVICE_UNAVAILABLE),
         _ => ("stopping", StatusCode::SERVICE_UNAVAILABLE),
     };
     let body = serde_json::json!({

@@ -8,7 +8,8 @@
 //! `prometheus-client` has no summary type (client_rust issue #40), so the three latency
 //! summaries are written after its output in the exposition format's own summary form:
 //! `name{quantile="0.5"}` ... `name{quantile="1"}`, `name_sum`, `name_count`, quantiles from
-//! the HDR histograms. `liqscan_snapshot_age_seconds` comes with snapshots (SPEC 9.4).
+//! the HDR histograms. With `--state-dir`, `liqscan_snapshot_age_seconds` and the snapshot
+//! writer's figures (SPEC 9.4).
 
 use std::fmt::{self, Write as _};
 
@@ -59,6 +60,75 @@ pub struct Metrics {
     pub connections_refused: Family<ListenerLabel, Counter>,
     /// HTTP requests answered 400.
     pub http_bad_requests: Counter,
+    /// The snapshot writer's figures, with `--state-dir` (SPEC 9.4).
+    pub snapshots: Option<std::sync::Arc<crate::state::store::Stats>>,
+}
+
+/// The `liqscan_snapshot*` figures (SPEC 9.4), read from the writer's atomics.
+#[derive(Debug)]
+struct SnapshotFigures(std::sync::Arc<crate::state::store::Stats>);
+
+impl Collector for SnapshotFigures {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.0;
+        let newest = s.newest_unix_ns.load(Relaxed);
+        if newest > 0 {
+            let age = crate::state::store::now_unix_ns().saturating_sub(newest) as f64 / 1e9;
+            let g = ConstGauge::new(age);
+            g.encode(e.encode_descriptor(
+                "liqscan_snapshot_age_seconds",
+                "Seconds since the newest snapshot on disk was taken (written or restored).",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        counter(
+            &mut e,
+            "liqscan_snapshots_written",
+            "Snapshots written.",
+            s.written.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "liqscan_snapshots_skipped",
+            "Snapshots due while the previous one was still being written (or the control queue was full).",
+            s.skipped.load(Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "liqscan_snapshots_failed",
+            "Snapshots given up: a write failed, or the sinks did not confirm delivery in time.",
+            s.failed.load(Relaxed),
+        )?;
+        gauge(
+            &mut e,
+            "liqscan_snapshot_bytes",
+            "Size of the last snapshot written.",
+            s.last_bytes.load(Relaxed),
+        )?;
+        for (name, help, ns) in [
+            (
+                "liqscan_snapshot_write_seconds",
+                "Time the last snapshot took to encode, write and sync.",
+                s.last_write_ns.load(Relaxed),
+            ),
+            (
+                "liqscan_snapshot_stall_seconds",
+                "Time the engine thread stopped to copy the state for the last snapshot.",
+                s.last_stall_ns.load(Relaxed),
+            ),
+            (
+                "liqscan_snapshot_stall_max_seconds",
+                "Longest such stop since start.",
+                s.max_stall_ns.load(Relaxed),
+            ),
+        ] {
+            let g = ConstGauge::new(seconds(ns));
+            g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        Ok(())
+    }
 }
 
 /// A latency distribution as the exposition shows it.
@@ -232,6 +302,9 @@ pub fn render(metrics: &Metrics, figures: EngineFigures) -> Result<String, fmt::
         ),
     ];
     registry.register_collector(Box::new(figures));
+    if let Some(stats) = &metrics.snapshots {
+        registry.register_collector(Box::new(SnapshotFigures(stats.clone())));
+    }
     let mut out = String::with_capacity(8 << 10);
     prometheus_text::encode(&mut out, &registry)?;
     for (name, help, f) in &latencies {

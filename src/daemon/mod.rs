@@ -7,6 +7,7 @@
 //! | [`subscribers`] | `--events` TCP subscribers: per-subscriber byte budget, slow ones cut | 9.2 |
 //! | [`http`] | `--http`: `/metrics`, `/health`, `/accounts/{id}`, `/at-risk`, the connection bound | 9.3 |
 //! | [`metrics`] | the Prometheus exposition | 9.3 |
+//! | [`state`] | `--state-dir`: restore at start, periodic and shutdown snapshots (format in [`crate::state`]) | 9.4 |
 //!
 //! Threads: the engine runs the [`crate::pipeline`] on an OS thread of its own (reader and
 //! writer threads beside it); tokio (two workers) runs the subscriber and HTTP tasks, which
@@ -17,6 +18,7 @@
 pub mod http;
 pub mod input;
 pub mod metrics;
+pub mod state;
 pub mod subscribers;
 
 use std::{
@@ -89,6 +91,17 @@ pub struct RunArgs {
     /// query may wait for the engine.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub http_idle_timeout: std::time::Duration,
+    /// Keep the state here (SPEC 9.4): restore the newest valid snapshot at start, write one
+    /// every --snapshot-interval and at shutdown; the newest 3 are kept.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Time between snapshots (250ms, 10s, 5m); with --state-dir.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = positive_duration)]
+    pub snapshot_interval: std::time::Duration,
+    /// Restore a snapshot made under another config, then evaluate every item under this
+    /// one and report the liquidatable ones (without it such a snapshot is refused, exit 2).
+    #[arg(long)]
+    pub accept_config_change: bool,
     /// Log format on stderr; the filter comes from RUST_LOG (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -138,6 +151,15 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A duration above zero (humantime: 250ms, 10s, 5m).
+fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(format!("{s:?}: the interval must be above zero")),
+        Err(e) => Err(format!("{s:?} is not a duration (250ms, 10s, 5m): {e}")),
+    }
+}
+
 /// A connection bound: 0 would refuse every connection, which is never what is meant.
 fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -180,6 +202,7 @@ impl Phase {
     pub const STARTING: u8 = 0;
     pub const SERVING: u8 = 1;
     pub const STOPPING: u8 = 2;
+    pub const RESTORING: u8 = 3;
 
     pub fn set(&self, phase: u8) {
         self.0.store(phase, Ordering::Release);
@@ -232,11 +255,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the tokio runtime")?;
     let (stop_tx, stop_rx) = bounded::<()>(0);
     let (control_tx, control_rx) = bounded::<Control>(CONTROL_QUEUE);
+    let snapshot_stats = Arc::new(crate::state::store::Stats::default());
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         controls: control_tx,
         progress: Arc::default(),
-        metrics: metrics::Metrics::default(),
+        metrics: metrics::Metrics {
+            snapshots: args.state_dir.is_some().then(|| snapshot_stats.clone()),
+            ..Default::default()
+        },
         phase: Phase::default(),
     });
     let w = Wiring {
@@ -265,14 +292,60 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let stop = Stop::default();
     spawn_signal_handler(&w, stop.clone(), engine_closer)?;
-    let Wiring { runtime, shared, control_rx, shutdown_tx, stop_tx, .. } = w;
+    let Wiring { runtime, shared, control_rx, shutdown_tx, stop_tx, stop_rx } = w;
     // Only the signal handler's clone may keep the stop channel open.
     drop(stop_tx);
 
-    let (mut engine, engine_name): (Box<dyn Engine + Send>, _) = match args.engine {
-        EngineChoice::Fast => (Box::new(FastEngine::new(cfg.clone())), "fast"),
-        EngineChoice::Reference => (Box::new(ReferenceEngine::new(cfg.clone())), "reference"),
+    let engine_name = match args.engine {
+        EngineChoice::Fast => "fast",
+        EngineChoice::Reference => "reference",
     };
+    let (mut engine, resume, mut writer) = match &args.state_dir {
+        None => {
+            let engine: Box<dyn Engine + Send> = match args.engine {
+                EngineChoice::Fast => Box::new(FastEngine::new(cfg.clone())),
+                EngineChoice::Reference => Box::new(ReferenceEngine::new(cfg.clone())),
+            };
+            (engine, None, None)
+        }
+        Some(dir) => {
+            shared.phase.set(Phase::RESTORING);
+            let dir = crate::state::store::StateDir::open(dir)
+                .with_context(|| format!("cannot open the state directory {}", dir.display()))?;
+            let start = match state::restore(
+                &dir,
+                &cfg,
+                args.engine,
+                args.accept_config_change,
+                &snapshot_stats,
+            ) {
+                Ok(start) => start,
+                Err(e @ state::RestoreError::Io(_)) => return Err(e.into()),
+                Err(e) => {
+                    error!(error = %e, "cannot restore");
+                    say(&format!("liqscan: {e}"));
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let writer = crate::state::store::Writer::start(dir, snapshot_stats.clone())
+                .context("cannot start the snapshot writer")?;
+            let handle = writer.handle(state::meta(&cfg, args.engine));
+            state::spawn_ticker(
+                args.snapshot_interval,
+                handle,
+                shared.controls.clone(),
+                stop_rx,
+                snapshot_stats.clone(),
+            )
+            .context("cannot start the snapshot ticker")?;
+            let mut resume = start.resume.unwrap_or_default();
+            resume.events = start.events;
+            shared.progress.last_seq.store(resume.at.seq, std::sync::atomic::Ordering::Relaxed);
+            (start.engine, Some(resume), Some(writer))
+        }
+    };
+    let restored_seq = resume.as_ref().map_or(0, |r| r.at.seq);
+    let meta = state::meta(&cfg, args.engine);
     let pipeline = Pipeline {
         cfg,
         source,
@@ -281,12 +354,32 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         stop,
         progress: shared.progress.clone(),
         opts: Default::default(),
+        resume,
     };
-    info!(engine = engine_name, pid = std::process::id(), "liqscan run started");
+    info!(
+        engine = engine_name,
+        pid = std::process::id(),
+        last_seq = restored_seq,
+        "liqscan run started"
+    );
     shared.phase.set(Phase::SERVING);
+    let progress = shared.progress.clone();
     let result = std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || pipeline.run(engine.as_mut()))
+        .spawn(move || {
+            let result = pipeline.run(engine.as_mut());
+            // At shutdown, once every event reached every healthy sink (SPEC 9.5).
+            if let (Ok(summary), Some(writer)) = (&result, writer.as_mut()) {
+                use std::sync::atomic::Ordering::Relaxed;
+                let at = crate::engine::At {
+                    line: progress.last_line.load(Relaxed),
+                    seq: progress.last_seq.load(Relaxed),
+                };
+                let counters = crate::state::Counters::of(summary);
+                state::final_snapshot(writer, engine.as_ref(), at, counters, meta);
+            }
+            result
+        })
         .context("cannot start the engine thread")?
         .join();
     shared.phase.set(Phase::STOPPING);

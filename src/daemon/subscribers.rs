@@ -15,8 +15,8 @@ use std::{
     io,
     net::SocketAddr,
     sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -42,6 +42,10 @@ struct Subscriber {
     queued: Arc<AtomicUsize>,
     /// Dropping it tells the task to close the connection at once.
     kill: oneshot::Sender<()>,
+    /// Bytes handed to the task so far, and the task's count of bytes written to the socket
+    /// (gone once the task ended): a snapshot's delivery probe compares the two.
+    handed: u64,
+    written: Weak<AtomicU64>,
 }
 
 struct HubState {
@@ -82,8 +86,16 @@ impl Hub {
         let (tx, rx) = mpsc::unbounded_channel();
         let (kill_tx, kill) = oneshot::channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        state.subscribers.push(Subscriber { peer, tx, queued: queued.clone(), kill: kill_tx });
-        Some(SubscriberTask { rx, queued, kill, _done: done })
+        let written = Arc::new(AtomicU64::new(0));
+        state.subscribers.push(Subscriber {
+            peer,
+            tx,
+            queued: queued.clone(),
+            kill: kill_tx,
+            handed: 0,
+            written: Arc::downgrade(&written),
+        });
+        Some(SubscriberTask { rx, queued, kill, written, _done: done })
     }
 }
 
@@ -99,7 +111,7 @@ impl Sink for HubSink {
         let hub = &self.0;
         let len = chunk.len();
         let mut state = hub.lock();
-        state.subscribers.retain(|s| {
+        state.subscribers.retain_mut(|s| {
             let queued = s.queued.load(Ordering::Acquire);
             if queued > 0 && queued + len > hub.buffer_bytes {
                 hub.metrics.subscribers_dropped.inc();
@@ -112,6 +124,7 @@ impl Sink for HubSink {
                 return false; // dropping `kill` closes the connection
             }
             s.queued.fetch_add(len, Ordering::AcqRel);
+            s.handed += len as u64;
             // A send fails only when the task has ended (the subscriber left).
             s.tx.send(chunk.clone()).is_ok()
         });
@@ -159,6 +172,19 @@ impl Sink for HubSink {
     fn blocking(&self) -> bool {
         false
     }
+
+    /// True once every subscriber connected now has had every byte handed to it so far
+    /// written to its socket (the kernel then delivers it even if the process dies), or has
+    /// gone.
+    fn delivery_probe(&self) -> Option<crate::pipeline::Probe> {
+        let targets: Vec<(Weak<AtomicU64>, u64)> =
+            self.0.lock().subscribers.iter().map(|s| (s.written.clone(), s.handed)).collect();
+        Some(Box::new(move || {
+            targets.iter().all(|(written, handed)| {
+                written.upgrade().is_none_or(|w| w.load(Ordering::Acquire) >= *handed)
+            })
+        }))
+    }
 }
 
 /// What a subscriber's task owns.
@@ -166,6 +192,8 @@ struct SubscriberTask {
     rx: mpsc::UnboundedReceiver<Chunk>,
     queued: Arc<AtomicUsize>,
     kill: oneshot::Receiver<()>,
+    /// Bytes written to the socket so far.
+    written: Arc<AtomicU64>,
     /// Dropped when the task ends: the hub's shutdown waits for all of them.
     _done: cb::Sender<()>,
 }
@@ -234,6 +262,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, mut task: SubscriberTask
                             break "write failed";
                         }
                         task.queued.fetch_sub(chunk.len(), Ordering::AcqRel);
+                        task.written.fetch_add(chunk.len() as u64, Ordering::AcqRel);
                     }
                     _ = &mut task.kill => break "cut",
                 }

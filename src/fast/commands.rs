@@ -103,6 +103,13 @@ impl Engine for FastEngine {
     fn n_positions(&self) -> u64 {
         FastEngine::n_positions(self) as u64
     }
+
+    fn copy_state(
+        &self,
+        reuse: Option<Box<dyn std::any::Any + Send>>,
+    ) -> Box<dyn crate::engine::StateCopy> {
+        self.copy_into(reuse) // src/fast/snapshot.rs
+    }
 }
 
 impl FastEngine {

@@ -13,6 +13,7 @@
 pub mod book;
 mod commands;
 mod risk;
+mod snapshot;
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -26,6 +27,7 @@ use hashbrown::HashTable;
 use rayon::prelude::*;
 
 use self::book::{AccountIdx, Book, E8_TO_Q16, Quote, Scale};
+pub use self::snapshot::FastCopy;
 use crate::{
     config::{Config, Mode, SymbolIdx},
     engine::{At, rejects, should_emit},

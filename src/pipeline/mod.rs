@@ -30,7 +30,7 @@ use crossbeam::{
     channel::{Receiver, Sender, bounded, never},
     select,
 };
-pub use sink::{Chunk, EventsFile, Sink, WriterSink};
+pub use sink::{Chunk, Delivery, EventsFile, Probe, Sink, WriterSink};
 pub use source::{Connection, ConnectionEnd, ReadSource, Source};
 pub use summary::{REJECT_CODES, Summary, mode_index, reject_index};
 
@@ -70,6 +70,22 @@ pub struct Point<'a> {
     pub at: At,
     /// Counts and latencies so far.
     pub summary: &'a Summary,
+    /// Asks every sink to confirm delivery of every event handed to it so far (all events of
+    /// messages up to `at`): what a snapshot waits for before it counts as written, so that
+    /// a crash after it loses no event the engine will not resend (SPEC 9.4).
+    pub delivery: &'a dyn Fn() -> Delivery,
+}
+
+/// Where a pipeline resumes: a daemon restored from a snapshot (SPEC 9.4).
+#[derive(Clone, Default)]
+pub struct Resume {
+    /// The last message the restored state holds; the sequencer resumes after its seq.
+    pub at: At,
+    /// The counts carried over (latencies start empty).
+    pub summary: Summary,
+    /// Events of the restore itself (the liquidatable items of a restore under a changed
+    /// config), sent before the first message.
+    pub events: Vec<Event>,
 }
 
 /// A request answered on the engine thread between two batches, with read access to the
@@ -101,6 +117,8 @@ pub struct Progress {
     pub last_seq: AtomicU64,
     /// Messages handled.
     pub messages: AtomicU64,
+    /// The line of the last effective seq applied.
+    pub last_line: AtomicU64,
 }
 
 /// One run of the pipeline: where lines come from, where events go, who may ask questions.
@@ -113,6 +131,8 @@ pub struct Pipeline<'a> {
     pub stop: Stop,
     pub progress: Arc<Progress>,
     pub opts: Options,
+    /// Start from a restored state's seq and counts instead of from zero.
+    pub resume: Option<Resume>,
 }
 
 impl<'a> Pipeline<'a> {
@@ -130,6 +150,7 @@ impl<'a> Pipeline<'a> {
             stop: Stop::default(),
             progress: Arc::default(),
             opts: Options::default(),
+            resume: None,
         }
     }
 
@@ -137,7 +158,9 @@ impl<'a> Pipeline<'a> {
     /// Errors: the source's read error (a one-stream source), or the first sink that could
     /// not be written; the pipeline stops at it.
     pub fn run(self, engine: &mut dyn Engine) -> io::Result<Summary> {
-        let Pipeline { cfg, source, sinks, controls, stop, progress, opts } = self;
+        let Pipeline { cfg, source, sinks, controls, stop, progress, opts, resume } = self;
+        let mut resume = resume.unwrap_or_default();
+        let initial_events = std::mem::take(&mut resume.events);
         assert!(opts.batch_lines > 0, "a batch holds at least one line");
         assert!(opts.queue_batches > 0, "a queue holds at least one batch");
         let started = Instant::now();
@@ -147,7 +170,8 @@ impl<'a> Pipeline<'a> {
         std::thread::scope(|scope| {
             let stop_reader = stop.clone();
             let reader = scope.spawn(move || {
-                source::reader_thread(cfg, source, opts, &stop_reader, batch_tx, spare_rx)
+                let seq = resume.at.seq;
+                source::reader_thread(cfg, source, opts, &stop_reader, batch_tx, spare_rx, seq)
             });
             let mut writers = Vec::new();
             let mut direct: Vec<Box<dyn Sink + 'a>> = Vec::new();
@@ -168,12 +192,14 @@ impl<'a> Pipeline<'a> {
             let mut fanout = Fanout { writers: senders, direct: &mut direct, unflushed: false };
             let mut state = EngineLoop {
                 engine,
-                summary: Summary::default(),
-                at: At { line: 0, seq: 0 },
+                summary: resume.summary.clone(),
+                at: resume.at,
                 buf: String::with_capacity(1 << 16),
                 progress: &progress,
             };
-            let engine_result = state.run(&batch_rx, &spare_tx, controls, &mut fanout);
+            let engine_result = state
+                .send_initial(initial_events, &mut fanout)
+                .and_then(|()| state.run(&batch_rx, &spare_tx, controls, &mut fanout));
             drop(fanout);
             drop(batch_rx); // unblocks the reader if the engine stopped early
             let finished: io::Result<()> =
@@ -231,6 +257,21 @@ impl Fanout<'_, '_> {
         Ok(())
     }
 
+    /// Asks every sink to confirm delivery of what it was handed so far: a barrier through
+    /// each writer thread's queue (the writer flushes and makes its file durable, then
+    /// answers), and each direct sink's probe.
+    fn delivery(&self) -> Delivery {
+        let mut d = Delivery::default();
+        for tx in &self.writers {
+            let (done_tx, done_rx) = bounded(1);
+            // A writer that stopped never answers: the delivery then never completes.
+            let _ = tx.send(WriterMsg::Barrier(done_tx));
+            d.writers.push(done_rx);
+        }
+        d.probes.extend(self.direct.iter().filter_map(|sink| sink.delivery_probe()));
+        d
+    }
+
     /// The engine went idle: flush what went out since it was last idle.
     fn idle(&mut self) -> io::Result<()> {
         if !std::mem::take(&mut self.unflushed) {
@@ -257,6 +298,19 @@ struct EngineLoop<'e, 'p> {
 }
 
 impl EngineLoop<'_, '_> {
+    /// Sends the events a restore made before any message (see [`Resume::events`]).
+    fn send_initial(&mut self, events: Vec<Event>, fanout: &mut Fanout<'_, '_>) -> io::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        for event in events {
+            emit(&mut self.summary, &mut self.buf, event, now, None);
+        }
+        let chunk = std::mem::replace(&mut self.buf, String::with_capacity(1 << 12));
+        fanout.send(Arc::new(chunk), true)
+    }
+
     fn run(
         &mut self,
         batch_rx: &Receiver<Vec<Ingested>>,
@@ -282,7 +336,9 @@ impl EngineLoop<'_, '_> {
                 }
                 recv(control_rx) -> control => match control {
                     Ok(control) => {
-                        let point = Point { at: self.at, summary: &self.summary };
+                        let fan = &*fanout;
+                        let delivery = || fan.delivery();
+                        let point = Point { at: self.at, summary: &self.summary, delivery: &delivery };
                         let engine = &*self.engine;
                         let start = Instant::now();
                         // A request only reads the engine, so a panic in one (a bug) leaves
@@ -332,6 +388,7 @@ impl EngineLoop<'_, '_> {
         }
         self.summary.apply_latency = apply_latency;
         self.progress.last_seq.store(self.at.seq, Ordering::Relaxed);
+        self.progress.last_line.store(self.at.line, Ordering::Relaxed);
         self.progress.messages.store(self.summary.messages, Ordering::Relaxed);
     }
 }

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossbeam::channel::{Receiver, RecvTimeoutError};
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 
 /// Whole event lines (each ending in `\n`), shared by every sink.
 pub type Chunk = Arc<String>;
@@ -55,6 +55,51 @@ pub trait Sink: Send {
     fn tick(&mut self) -> io::Result<()> {
         Ok(())
     }
+
+    /// For a blocking sink: makes what was written so far survive a crash of the process
+    /// and, where the sink can, of the machine (the events file: flush and `fdatasync`).
+    /// Called on the writer thread before a snapshot counts as written (SPEC 9.4).
+    fn make_durable(&mut self) -> io::Result<()> {
+        self.flush()
+    }
+
+    /// For a non-blocking sink: a probe that turns true once every event handed to the sink
+    /// so far has left the process (or its recipient is gone). `None`: nothing is held.
+    fn delivery_probe(&self) -> Option<Probe> {
+        None
+    }
+}
+
+/// See [`Sink::delivery_probe`].
+pub type Probe = Box<dyn Fn() -> bool + Send>;
+
+/// Confirmation that every sink delivered the events handed to it up to a point of the
+/// stream ([`crate::pipeline::Point::delivery`]).
+#[derive(Default)]
+pub struct Delivery {
+    pub(crate) writers: Vec<Receiver<bool>>,
+    pub(crate) probes: Vec<Probe>,
+}
+
+impl Delivery {
+    /// Waits until every sink confirmed, or `deadline`; true when all did. A writer that
+    /// failed or stopped never confirms.
+    pub fn wait(self, deadline: Instant) -> bool {
+        for rx in &self.writers {
+            if rx.recv_deadline(deadline) != Ok(true) {
+                return false;
+            }
+        }
+        for probe in &self.probes {
+            while !probe() {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        true
+    }
 }
 
 /// What the engine sends a writer thread.
@@ -63,6 +108,8 @@ pub(crate) enum WriterMsg {
     Chunk { chunk: Chunk, flush: bool },
     /// The engine went idle after chunks sent without `flush`.
     Flush,
+    /// Make everything before this durable ([`Sink::make_durable`]), then answer `true`.
+    Barrier(Sender<bool>),
 }
 
 /// The writer thread of one blocking sink: writes chunks in order, flushes when the engine
@@ -96,6 +143,10 @@ pub(crate) fn writer_thread(sink: &mut dyn Sink, rx: Receiver<WriterMsg>) -> io:
                 }
             }
             WriterMsg::Flush => sink.flush()?,
+            WriterMsg::Barrier(done) => {
+                sink.make_durable()?;
+                let _ = done.send(true);
+            }
         }
     }
     sink.finish()
@@ -142,9 +193,11 @@ pub const EVENTS_FILE_SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Durability: each flush (when the engine goes idle, and at most 100 ms after an event was
 /// written while it is busy) hands the bytes to the operating system with `write(2)`, so a
 /// crash of the daemon loses nothing that was flushed. `fdatasync` runs at most once a second
-/// while events are being written (at the latest one second after the first unsynced one)
-/// and at shutdown, so a crash of the machine loses at most about the last second. The
-/// engine's resend after a restart (SPEC 9.4) makes up for what is lost.
+/// while events are being written (at the latest one second after the first unsynced one),
+/// before every snapshot is written (with `--state-dir`: the file then holds every event of
+/// the messages the snapshot covers) and at shutdown, so a crash of the machine loses at
+/// most about the last second, all of it after the newest snapshot: the engine's resend
+/// after a restart (SPEC 9.4) sends those events again.
 pub struct EventsFile {
     name: String,
     out: BufWriter<File>,
@@ -197,6 +250,13 @@ impl Sink for EventsFile {
 
     fn finish(&mut self) -> io::Result<()> {
         self.out.flush()?;
+        self.sync()
+    }
+
+    /// Before each snapshot: flush and `fdatasync`, so that the file holds every event of
+    /// the messages the snapshot covers even after a crash of the machine.
+    fn make_durable(&mut self) -> io::Result<()> {
+        self.flush()?;
         self.sync()
     }
 

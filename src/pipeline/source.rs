@@ -90,8 +90,9 @@ pub(crate) fn reader_thread<'a>(
     stop: &Stop,
     batch_tx: Sender<Vec<Ingested>>,
     spare_rx: Receiver<Vec<Ingested>>,
+    resume_seq: u64,
 ) -> io::Result<()> {
-    let mut ingest = Ingest::new(cfg);
+    let mut ingest = Ingest::resume(cfg, resume_seq);
     let mut batch = Vec::with_capacity(opts.batch_lines);
     // Hands the batch to the engine; false when the engine side stopped (its error is
     // reported there).

@@ -1,0 +1,331 @@
+//! The state directory (`--state-dir DIR`, SPEC section 9.4): writing a snapshot atomically,
+//! keeping the newest [`KEEP`], restoring the newest valid one, and the writer thread that
+//! keeps disk work off the engine thread.
+//!
+//! A snapshot is `snapshot-<seq, 20 digits>-<created ns, 20 digits>.liqsnap`, so names sort
+//! in the order snapshots were made. It is written as `.snapshot-....tmp`, synced, renamed
+//! over, and the directory synced (what SQLite and etcd do): a crash leaves either the whole
+//! new file or none of it, plus perhaps a temporary file, which the next start removes and
+//! logs.
+
+use std::{
+    any::Any,
+    fs::{self, File},
+    io,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use crossbeam::channel::{Receiver, Sender, bounded};
+use tracing::{info, warn};
+
+use super::{
+    file::{self, Header, Meta, SnapshotError},
+    image::{AccountImage, Prelude},
+};
+use crate::{engine::StateCopy, pipeline::Delivery};
+
+/// Snapshots kept in the state directory; older ones are deleted after each write. Three
+/// leave two to fall back on when the newest turns out corrupt.
+pub const KEEP: usize = 3;
+
+/// How long the writer waits for the sinks to confirm delivery of a snapshot's events
+/// before it gives that snapshot up (a subscriber that stopped reading on an idle stream).
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const PREFIX: &str = "snapshot-";
+const SUFFIX: &str = ".liqsnap";
+const TMP_PREFIX: &str = ".snapshot-";
+const TMP_SUFFIX: &str = ".tmp";
+
+pub fn now_unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+/// A snapshot written.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub path: PathBuf,
+    pub header: Header,
+    /// Encoding and writing, then the two syncs and the rename.
+    pub elapsed: Duration,
+}
+
+/// A valid snapshot found at start.
+#[derive(Debug)]
+pub struct Found {
+    pub path: PathBuf,
+    pub header: Header,
+    pub prelude: Prelude,
+    pub accounts: Vec<AccountImage>,
+}
+
+impl StateDir {
+    /// Opens (creating) `dir`.
+    pub fn open(dir: &Path) -> io::Result<StateDir> {
+        fs::create_dir_all(dir)?;
+        Ok(StateDir { dir: dir.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Snapshot files, newest first (by name: seq, then creation time).
+    pub fn snapshots(&self) -> io::Result<Vec<PathBuf>> {
+        let mut found: Vec<(String, PathBuf)> = fs::read_dir(&self.dir)?
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                (name.starts_with(PREFIX) && name.ends_with(SUFFIX)).then(|| (name, e.path()))
+            })
+            .collect();
+        found.sort();
+        Ok(found.into_iter().rev().map(|(_, p)| p).collect())
+    }
+
+    /// Removes temporary files a crash left in the middle of a write, logging each; returns
+    /// how many.
+    pub fn remove_leftovers(&self) -> io::Result<usize> {
+        let mut n = 0;
+        for entry in fs::read_dir(&self.dir)?.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TMP_PREFIX) && name.ends_with(TMP_SUFFIX) {
+                let bytes = entry.metadata().map_or(0, |m| m.len());
+                warn!(file = %entry.path().display(), bytes, "removing a snapshot left half-written by a crash");
+                fs::remove_file(entry.path())?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes a snapshot of `copy` atomically, then deletes all but the newest [`KEEP`].
+    pub fn write(&self, copy: &dyn StateCopy, meta: &Meta) -> io::Result<Written> {
+        let started = Instant::now();
+        let stem = format!("{:020}-{:020}", meta.last_seq, meta.created_unix_ns);
+        let tmp = self.dir.join(format!("{TMP_PREFIX}{stem}{TMP_SUFFIX}"));
+        let path = self.dir.join(format!("{PREFIX}{stem}{SUFFIX}"));
+        let written = (|| {
+            let mut f = File::options().write(true).create_new(true).open(&tmp)?;
+            let header = file::write(&mut f, copy, meta)?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()?;
+            Ok(header)
+        })();
+        let header = match written {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        for old in self.snapshots()?.into_iter().skip(KEEP) {
+            if let Err(e) = fs::remove_file(&old) {
+                warn!(file = %old.display(), error = %e, "cannot delete an old snapshot");
+            }
+        }
+        Ok(Written { path, header, elapsed: started.elapsed() })
+    }
+
+    /// The newest snapshot that reads whole: each newer one that does not (truncated, bad
+    /// checksum, wrong magic or version, undecodable) is logged and skipped. `None` when
+    /// there is none.
+    pub fn newest_valid(&self) -> io::Result<Option<Found>> {
+        for path in self.snapshots()? {
+            match read(&path) {
+                Ok((header, prelude, accounts)) => {
+                    return Ok(Some(Found { path, header, prelude, accounts }));
+                }
+                Err(e) => {
+                    warn!(file = %path.display(), error = %e, "snapshot skipped: it cannot be used");
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Reads, verifies and decodes one snapshot file.
+pub fn read(path: &Path) -> Result<(Header, Prelude, Vec<AccountImage>), SnapshotError> {
+    let bytes = fs::read(path)?;
+    let header = file::verify(&bytes)?;
+    let (prelude, accounts) = file::decode(&bytes, &header)?;
+    Ok((header, prelude, accounts))
+}
+
+/// Figures of the snapshots written, for `/metrics` and the log.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// A write is in progress: the next snapshot due is skipped (counted in `skipped`).
+    pub busy: AtomicBool,
+    pub written: AtomicU64,
+    /// Snapshots due while the previous one was still being written.
+    pub skipped: AtomicU64,
+    /// Snapshots given up: a write failed, or the sinks did not confirm delivery in time.
+    pub failed: AtomicU64,
+    /// Creation time (ns since the epoch) of the newest snapshot on disk, written or
+    /// restored; 0 for none.
+    pub newest_unix_ns: AtomicU64,
+    pub last_bytes: AtomicU64,
+    pub last_write_ns: AtomicU64,
+    /// How long the engine thread stopped to take the last copy.
+    pub last_stall_ns: AtomicU64,
+    pub max_stall_ns: AtomicU64,
+}
+
+/// One snapshot for the writer thread.
+pub struct Job {
+    pub copy: Box<dyn StateCopy>,
+    pub meta: Meta,
+    pub delivery: Delivery,
+}
+
+/// The snapshot writer thread: takes one job at a time (the hand-off holds one: while a
+/// write is in progress, the engine side skips the next snapshot instead of copying),
+/// waits for the sinks to confirm delivery of every event up to the snapshot's seq, writes,
+/// and hands the copy back for reuse.
+pub struct Writer {
+    jobs: Option<Sender<Job>>,
+    reuse: Receiver<Box<dyn Any + Send>>,
+    thread: Option<JoinHandle<()>>,
+    pub stats: Arc<Stats>,
+    pub dir: StateDir,
+}
+
+impl Writer {
+    pub fn start(dir: StateDir, stats: Arc<Stats>) -> io::Result<Writer> {
+        let (jobs, rx) = bounded::<Job>(1);
+        let (reuse_tx, reuse) = bounded::<Box<dyn Any + Send>>(1);
+        let (thread_dir, thread_stats) = (dir.clone(), stats.clone());
+        let thread =
+            std::thread::Builder::new().name("snapshot-writer".into()).spawn(move || {
+                for job in rx {
+                    let copy = write_job(&thread_dir, &thread_stats, job);
+                    let _ = reuse_tx.try_send(copy.into_any());
+                    thread_stats.busy.store(false, Relaxed);
+                }
+            })?;
+        Ok(Writer { jobs: Some(jobs), reuse, thread: Some(thread), stats, dir })
+    }
+
+    /// A handle for the engine thread's snapshot requests.
+    pub fn handle(&self, meta: Meta) -> Handle {
+        Handle {
+            jobs: self.jobs.clone().expect("the writer is running"),
+            reuse: self.reuse.clone(),
+            stats: self.stats.clone(),
+            meta,
+        }
+    }
+
+    /// Waits for the write in progress, if any, and stops the thread.
+    pub fn stop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// An earlier copy to write over, if the writer handed one back.
+    pub fn take_reuse(&self) -> Option<Box<dyn Any + Send>> {
+        self.reuse.try_recv().ok()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What the engine thread needs to take a snapshot.
+#[derive(Clone)]
+pub struct Handle {
+    jobs: Sender<Job>,
+    reuse: Receiver<Box<dyn Any + Send>>,
+    stats: Arc<Stats>,
+    /// Engine, config hash and symbols; seq, line, counters and time are filled per snapshot.
+    meta: Meta,
+}
+
+impl Handle {
+    /// Takes a snapshot at `point` of `engine` (runs on the engine thread, between two
+    /// messages): unless a write is in progress (then it is skipped and counted), copies the
+    /// state, asks the sinks for delivery, and hands both to the writer thread.
+    pub fn take(&self, engine: &dyn crate::engine::Engine, point: &crate::pipeline::Point<'_>) {
+        if self.stats.busy.swap(true, Relaxed) {
+            self.stats.skipped.fetch_add(1, Relaxed);
+            return;
+        }
+        let started = Instant::now();
+        let copy = engine.copy_state(self.reuse.try_recv().ok());
+        let delivery = (point.delivery)();
+        let stall = started.elapsed().as_nanos() as u64;
+        self.stats.last_stall_ns.store(stall, Relaxed);
+        self.stats.max_stall_ns.fetch_max(stall, Relaxed);
+        let mut meta = self.meta.clone();
+        meta.last_seq = point.at.seq;
+        meta.prelude_line = point.at.line;
+        meta.counters = super::image::Counters::of(point.summary);
+        meta.created_unix_ns = now_unix_ns();
+        if self.jobs.try_send(Job { copy, meta, delivery }).is_err() {
+            // Only when the writer thread is gone (the daemon is stopping).
+            self.stats.busy.store(false, Relaxed);
+            self.stats.failed.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Writes one job; returns its copy for reuse.
+fn write_job(dir: &StateDir, stats: &Stats, job: Job) -> Box<dyn StateCopy> {
+    let Job { copy, meta, delivery } = job;
+    if !delivery.wait(Instant::now() + DELIVERY_TIMEOUT) {
+        stats.failed.fetch_add(1, Relaxed);
+        warn!(
+            seq = meta.last_seq,
+            "snapshot given up: the sinks did not confirm delivery of its events in time"
+        );
+        return copy;
+    }
+    match dir.write(&*copy, &meta) {
+        Ok(w) => record(stats, &w),
+        Err(e) => {
+            stats.failed.fetch_add(1, Relaxed);
+            warn!(dir = %dir.path().display(), error = %e, "snapshot write failed");
+        }
+    }
+    copy
+}
+
+/// Counts a written snapshot and logs it.
+pub fn record(stats: &Stats, w: &Written) {
+    let bytes = w.header.body_bytes + file::HEADER_BYTES as u64;
+    stats.written.fetch_add(1, Relaxed);
+    stats.newest_unix_ns.store(w.header.created_unix_ns, Relaxed);
+    stats.last_bytes.store(bytes, Relaxed);
+    stats.last_write_ns.store(w.elapsed.as_nanos() as u64, Relaxed);
+    info!(
+        file = %w.path.display(),
+        seq = w.header.last_seq,
+        accounts = w.header.n_accounts,
+        positions = w.header.n_positions,
+        bytes,
+        write_ms = w.elapsed.as_secs_f64() * 1e3,
+        stall_ms = stats.last_stall_ns.load(Relaxed) as f64 / 1e6,
+        "snapshot written"
+    );
+}
