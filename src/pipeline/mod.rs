@@ -257,17 +257,12 @@ impl Fanout<'_, '_> {
         Ok(())
     }
 
-    /// Asks every sink to confirm delivery of what it was handed so far: a barrier through
-    /// each writer thread's queue (the writer flushes and makes its file durable, then
-    /// answers), and each direct sink's probe.
+    /// What confirms delivery of what every sink was handed so far: a barrier through each
+    /// writer thread's queue (sent by [`Delivery::wait`]; the writer flushes and makes its
+    /// file durable, then answers), and each direct sink's probe.
     fn delivery(&self) -> Delivery {
         let mut d = Delivery::default();
-        for tx in &self.writers {
-            let (done_tx, done_rx) = bounded(1);
-            // A writer that stopped never answers: the delivery then never completes.
-            let _ = tx.send(WriterMsg::Barrier(done_tx));
-            d.writers.push(done_rx);
-        }
+        d.writers.extend(self.writers.iter().map(|&tx| tx.clone()));
         d.probes.extend(self.direct.iter().filter_map(|sink| sink.delivery_probe()));
         d
     }

@@ -75,9 +75,14 @@ pub type Probe = Box<dyn Fn() -> bool + Send>;
 
 /// Confirmation that every sink delivered the events handed to it up to a point of the
 /// stream ([`crate::pipeline::Point::delivery`]).
+///
+/// The barriers to the writer threads are sent by [`Delivery::wait`], on the thread that
+/// waits, not by the engine thread that made the `Delivery`: a writer queue that is full
+/// (a slow disk) then holds up the waiting thread only. A barrier sent later covers the
+/// events handed on in between too, which only confirms more.
 #[derive(Default)]
 pub struct Delivery {
-    pub(crate) writers: Vec<Receiver<bool>>,
+    pub(crate) writers: Vec<Sender<WriterMsg>>,
     pub(crate) probes: Vec<Probe>,
 }
 
@@ -85,7 +90,15 @@ impl Delivery {
     /// Waits until every sink confirmed, or `deadline`; true when all did. A writer that
     /// failed or stopped never confirms.
     pub fn wait(self, deadline: Instant) -> bool {
-        for rx in &self.writers {
+        let mut answers = Vec::with_capacity(self.writers.len());
+        for tx in self.writers {
+            let (done_tx, done_rx) = crossbeam::channel::bounded(1);
+            if tx.send_deadline(WriterMsg::Barrier(done_tx), deadline).is_err() {
+                return false;
+            }
+            answers.push(done_rx);
+        }
+        for rx in &answers {
             if rx.recv_deadline(deadline) != Ok(true) {
                 return false;
             }

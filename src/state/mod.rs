@@ -24,7 +24,6 @@ pub use image::{AccountImage, Counters, Image, PairImage};
 /// `liqscan snapshot inspect FILE`: writes the header, the counts and whether the file is
 /// whole (header and body checksums, the body decodes, its counts match the header's) to
 /// `out`. Exit 0 for a usable snapshot, 1 otherwise (the reason is printed).
-
 pub fn inspect(path: &std::path::Path, out: &mut dyn std::io::Write) -> std::process::ExitCode {
     use std::process::ExitCode;
     let mut lines = Vec::new();

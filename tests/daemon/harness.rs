@@ -119,6 +119,13 @@ impl Daemon {
         self.child.id()
     }
 
+    /// Kills the process with SIGKILL (kill -9: no handler runs, nothing is flushed) and
+    /// reaps it.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) {
         let ok = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();

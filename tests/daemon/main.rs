@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+mod state;
 
 use std::sync::Arc;
 
