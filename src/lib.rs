@@ -15,14 +15,15 @@
 //! | [`ingest`] | bounded line reading, line numbers, seq / duplicate / gap rules | 6 |
 //! | [`exact`] | the unbounded exact decimal of the reference engine, `ceil8`, `round8` | 1, 4 |
 //! | [`margin`] | the margin arithmetic: notional, upnl, brackets, mm, im, ratio, liquidation price, funding | 4 |
-//! | [`engine`] | the `Engine` trait (each command checked, then committed: a reject leaves no trace; account reports and at-risk lists, the read side the daemon's HTTP serves) and the emission rule | 5, 6, 9.3 |
+//! | [`engine`] | the `Engine` trait (each command checked, then committed: a reject leaves no trace; account reports and at-risk lists, the read side the daemon's HTTP serves; `copy_state`, the owned copy a snapshot writes) and the emission rule | 5, 6, 9.3, 9.4 |
 //! | [`report`] | exact figures of an account view: totals, available, event contents in O(positions); the at-risk order | 4, 7, 9.3 |
-//! | [`reference`](mod@reference) | the reference engine: state of section 3, check + commit + evaluate, exact and plain | 3–6 |
-//! | [`fast`] | the fast engine: struct-of-arrays books, i128 fixed point, trigger index, parallel sweeps, keyed account index, check + commit in `fast/commands.rs`, at-risk selection in `fast/risk.rs` (see `src/fast/README.md`) | 3–6, 9.3 |
+//! | [`reference`](mod@reference) | the reference engine: state of section 3, check + commit + evaluate, exact and plain; its snapshot copy and restore in `reference/snapshot.rs` | 3–6, 9.4 |
+//! | [`fast`] | the fast engine: struct-of-arrays books, i128 fixed point, trigger index, parallel sweeps, keyed account index, check + commit in `fast/commands.rs`, at-risk selection in `fast/risk.rs`, snapshot copy and restore in `fast/snapshot.rs` (see `src/fast/README.md`) | 3–6, 9.3, 9.4 |
 //! | [`latency`] | HdrHistogram latency distributions | 7, 8 |
 //! | [`pipeline`] | the one pipeline of every driver: `Source` → reader thread → engine thread (control requests between two batches) → `Sink`s (see `src/pipeline/README.md`) | 6, 8, 9 |
 //! | [`replay`] | `liqscan replay`: one stream through the pipeline to stdout, summary and report | 8 |
-//! | [`daemon`] | `liqscan run`: stdin or `--listen` engine input, subscribers, events file, HTTP (`/metrics`, `/health`, `/accounts`, `/at-risk`); the only user of tokio, axum, prometheus-client, tracing-subscriber (see `docs/operations.md`) | 9 |
+//! | [`state`] | snapshots: the engine-independent image, the file format (header, postcard body, xxh3 checksums), the state directory (atomic writes, the newest 3 kept, restore of the newest valid one) and the writer thread; `liqscan snapshot inspect` | 9.4 |
+//! | [`daemon`] | `liqscan run`: stdin or `--listen` engine input, subscribers, events file, HTTP (`/metrics`, `/health`, `/accounts`, `/at-risk`), `--state-dir` restore and snapshots; the only user of tokio, axum, prometheus-client, tracing-subscriber (see `docs/operations.md`) | 9 |
 //! | [`feed`] | `liqscan feed`: the engine's side of a daemon connection (hello, resend, pacing, reconnect), and a timing subscriber | 9.1, 9.2 |
 //! | [`chart`] | the latency percentile-spectrum chart (SVG) | — |
 //! | [`synth`] | deterministic synthetic configs, books, mark walks | — |

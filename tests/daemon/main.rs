@@ -706,6 +706,9 @@ fn help_documents_every_flag() {
         "--max-subscribers",
         "--max-http-connections",
         "--http-idle-timeout",
+        "--state-dir",
+        "--snapshot-interval",
+        "--accept-config-change",
         "--log-format",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
