@@ -2,7 +2,8 @@
 //! 1M accounts, 3M positions, 50 Zipf-skewed symbols. Prints one JSON object:
 //! - `stall_ms`: how long the engine thread stops to copy its state ([`Engine::copy_state`]),
 //!   the first time (buffers allocated and faulted in) and then into the buffers the writer
-//!   hands back (median and max of 9), which is every snapshot after the first;
+//!   hands back after readying them (`StateCopy::warm`; median and max of 9), which is every
+//!   snapshot after the first (the daemon readies a first copy before the stream starts);
 //! - `write_ms`, `bytes`: encoding the copy, writing, fsync, rename, fsync of the directory;
 //! - `restore_ms`: reading and verifying the file, decoding it, and rebuilding the engine
 //!   (every trigger computed anew), which the restored engine's audit then checks.
@@ -69,13 +70,21 @@ fn main() {
     let t = Instant::now();
     let mut copy = engine.copy_state(None);
     let first = t.elapsed();
+    // Copies into buffers the writer readied (`StateCopy::warm`, as it does after each
+    // write), and into the previous copy's buffers without that.
     let mut warm = Vec::new();
+    let mut plain = Vec::new();
     for _ in 0..9 {
+        copy.warm();
         let t = Instant::now();
         copy = engine.copy_state(Some(copy.into_any()));
         warm.push(t.elapsed());
+        let t = Instant::now();
+        copy = engine.copy_state(Some(copy.into_any()));
+        plain.push(t.elapsed());
     }
     warm.sort();
+    plain.sort();
 
     // The write, as the writer thread does it.
     let dir = std::env::temp_dir().join(format!("liqscan-bench-snapshot-{}", std::process::id()));
@@ -125,6 +134,7 @@ fn main() {
             "reused_median": ms(warm[warm.len() / 2]),
             "reused_max": ms(warm[warm.len() - 1]),
             "reused_min": ms(warm[0]),
+            "reused_unwarmed_median": ms(plain[plain.len() / 2]),
         },
         "bytes": bytes,
         "bytes_per_position": (bytes as f64 / engine.n_positions() as f64 * 10.0).round() / 10.0,

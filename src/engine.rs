@@ -93,6 +93,11 @@ pub trait StateCopy: Send {
     /// figures, flags), in a deterministic order; stops at `f`'s first error.
     fn each_account(&self, f: &mut dyn FnMut(&AccountImage) -> io::Result<()>) -> io::Result<()>;
 
+    /// Readies the copy's buffers for reuse, off the engine thread (the snapshot writer calls
+    /// it once the copy is written): room for the state to grow, with the memory touched, so
+    /// that the next [`Engine::copy_state`] into them neither reallocates nor page-faults.
+    fn warm(&mut self) {}
+
     /// The copy as a reusable buffer for the next [`Engine::copy_state`].
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
 }

@@ -329,6 +329,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             };
             let writer = crate::state::store::Writer::start(dir, snapshot_stats.clone())
                 .context("cannot start the snapshot writer")?;
+            writer.prepare(start.engine.as_ref());
             let handle = writer.handle(state::meta(&cfg, args.engine));
             state::spawn_ticker(
                 args.snapshot_interval,

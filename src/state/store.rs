@@ -201,6 +201,7 @@ pub struct Job {
 pub struct Writer {
     jobs: Option<Sender<Job>>,
     reuse: Receiver<Box<dyn Any + Send>>,
+    reuse_tx: Sender<Box<dyn Any + Send>>,
     thread: Option<JoinHandle<()>>,
     pub stats: Arc<Stats>,
     pub dir: StateDir,
@@ -210,16 +211,25 @@ impl Writer {
     pub fn start(dir: StateDir, stats: Arc<Stats>) -> io::Result<Writer> {
         let (jobs, rx) = bounded::<Job>(1);
         let (reuse_tx, reuse) = bounded::<Box<dyn Any + Send>>(1);
-        let (thread_dir, thread_stats) = (dir.clone(), stats.clone());
+        let (thread_dir, thread_stats, own_reuse_tx) =
+            (dir.clone(), stats.clone(), reuse_tx.clone());
         let thread =
             std::thread::Builder::new().name("snapshot-writer".into()).spawn(move || {
                 for job in rx {
-                    let copy = write_job(&thread_dir, &thread_stats, job);
+                    let mut copy = write_job(&thread_dir, &thread_stats, job);
+                    copy.warm();
                     let _ = reuse_tx.try_send(copy.into_any());
                     thread_stats.busy.store(false, Relaxed);
                 }
             })?;
-        Ok(Writer { jobs: Some(jobs), reuse, thread: Some(thread), stats, dir })
+        Ok(Writer {
+            jobs: Some(jobs),
+            reuse,
+            reuse_tx: own_reuse_tx,
+            thread: Some(thread),
+            stats,
+            dir,
+        })
     }
 
     /// A handle for the engine thread's snapshot requests.
@@ -238,6 +248,15 @@ impl Writer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+
+    /// Takes a first copy of `engine` and readies it for reuse, before the stream starts
+    /// (after a restore the state may be big): the first periodic snapshot then copies into
+    /// resident buffers instead of allocating and faulting them in while ingest waits.
+    pub fn prepare(&self, engine: &dyn crate::engine::Engine) {
+        let mut copy = engine.copy_state(None);
+        copy.warm();
+        let _ = self.reuse_tx.try_send(copy.into_any());
     }
 
     /// An earlier copy to write over, if the writer handed one back.

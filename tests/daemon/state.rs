@@ -422,6 +422,12 @@ pub struct CrashCounts {
     pub kills: usize,
     /// Kills that left a snapshot half-written (its temporary file was found at restart).
     pub kills_during_snapshot_writes: usize,
+    /// Kills while the stream was still being sent (the restarted daemon resumed below the
+    /// stream's end).
+    pub kills_mid_stream: usize,
+    /// Messages the engine had to resend over all restarts: the seq the killed daemon had
+    /// reached (as `/health` last showed it) minus the seq the next one restored.
+    pub resent_messages: u64,
     pub replay_liquidations: usize,
     pub received_liquidations: usize,
     pub repeats: usize,
@@ -459,11 +465,19 @@ fn stable(mut v: Value) -> Value {
 }
 
 /// `cycles` times: start the daemon on one state directory with a short snapshot interval
-/// and a subscriber, feed the stream with `liqscan feed`, kill -9 it at a random moment;
-/// the last cycle lets the stream finish. Then checks every liquidation of an uninterrupted
+/// and a subscriber, feed the stream with `liqscan feed` (at `rate` lines a second, or as
+/// fast as the daemon reads with 0), kill -9 it at a random moment (once it has applied a
+/// random seq in the cycle's share of the stream, plus up to 20 ms, so that the kills are
+/// spread over the whole stream); the last cycle lets the stream finish. Then checks every liquidation of an uninterrupted
 /// replay was received (by seq and item, same content), none that the replay lacks, and
 /// every account's final answer equals the replay's.
-pub fn crash_cycles(cycles: usize, accounts: u64, messages: u64, seed: u64) -> CrashCounts {
+pub fn crash_cycles(
+    cycles: usize,
+    accounts: u64,
+    messages: u64,
+    rate: u64,
+    seed: u64,
+) -> CrashCounts {
     assert!(cycles >= 1);
     let tmp = TempDir::new("crash");
     let (stream, config, dir) =
@@ -506,6 +520,7 @@ pub fn crash_cycles(cycles: usize, accounts: u64, messages: u64, seed: u64) -> C
     let mut rng = Rng(seed | 1);
     let mut got: BTreeMap<_, Value> = BTreeMap::new();
     let mut received = 0;
+    let mut reached = 0u64;
     for cycle in 0..cycles {
         let last = cycle + 1 == cycles;
         let mut args = state_args(&config, &dir, "fast");
@@ -517,19 +532,33 @@ pub fn crash_cycles(cycles: usize, accounts: u64, messages: u64, seed: u64) -> C
         if d.log().iter().any(|v| message(v).starts_with("removing a snapshot left half-written")) {
             counts.kills_during_snapshot_writes += 1;
         }
-        let feed = Guard(
-            Command::new(bin)
-                .args(["feed", "--to", &engine_addr.to_string(), "--rate", "20000"])
-                .args(["--give-up-after", "2s", &stream])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let restored = http_json(http, "/health").1["last_seq"].as_u64().unwrap();
+        if cycle > 0 {
+            counts.resent_messages += reached.saturating_sub(restored);
+            if restored < final_seq {
+                counts.kills_mid_stream += 1;
+            }
+        }
+        let mut feed = Command::new(bin);
+        feed.args(["feed", "--to", &engine_addr.to_string(), "--give-up-after", "2s", &stream]);
+        if rate > 0 {
+            feed.args(["--rate", &rate.to_string()]);
+        }
+        let feed = Guard(feed.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
         if last {
             wait_health(http, "the whole stream", |h| h["last_seq"] == final_seq);
         } else {
-            std::thread::sleep(Duration::from_millis(50 + rng.below(450)));
+            // A random moment in this cycle's share of the stream: once the daemon has
+            // applied up to a random seq around the cycle's stride, plus up to 20 ms.
+            let stride = (final_seq / cycles as u64).max(2);
+            let target =
+                (stride * (cycle as u64 + 1) + rng.below(stride)).saturating_sub(stride / 2);
+            let target = target.clamp(restored + 1, final_seq);
+            wait_health(http, "the cycle's share of the stream", |h| {
+                h["last_seq"].as_u64().is_some_and(|s| s >= target)
+            });
+            std::thread::sleep(Duration::from_millis(rng.below(20)));
+            reached = http_json(http, "/health").1["last_seq"].as_u64().unwrap();
             d.kill_9();
             counts.kills += 1;
         }
@@ -553,6 +582,20 @@ pub fn crash_cycles(cycles: usize, accounts: u64, messages: u64, seed: u64) -> C
         } else {
             sub.until_closed().to_vec()
         };
+        if std::env::var_os("LIQSCAN_CRASH_DEBUG").is_some() {
+            let seqs: Vec<u64> = lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v["type"] == "liquidation")
+                .filter_map(|v| v["seq"].as_u64())
+                .collect();
+            eprintln!(
+                "cycle {cycle}: restored {restored}, reached {reached}, liquidations {} seq {:?}..{:?}",
+                seqs.len(),
+                seqs.first(),
+                seqs.last()
+            );
+        }
         for line in lines {
             let v: Value = serde_json::from_str(&line).unwrap();
             if v["type"] != "liquidation" {
@@ -582,9 +625,10 @@ pub fn crash_cycles(cycles: usize, accounts: u64, messages: u64, seed: u64) -> C
 fn kill_9_at_random_moments_loses_no_liquidation() {
     long_test("kill_9_at_random_moments_loses_no_liquidation");
     let started = Instant::now();
-    let c = crash_cycles(4, 3_000, 20_000, 7);
+    let c = crash_cycles(4, 3_000, 20_000, 0, 7);
     assert_eq!(c.kills, 3);
     assert!(c.replay_liquidations > 0, "{c:?}");
+    assert!(c.kills_mid_stream > 0, "some kill interrupts the stream: {c:?}");
     eprintln!("    crash test: {c:?} in {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -597,14 +641,17 @@ fn crash_cycles_from_env() {
     let cycles = env("LIQSCAN_CRASH_CYCLES", 100) as usize;
     let (accounts, seed) = (env("LIQSCAN_CRASH_ACCOUNTS", 20_000), env("LIQSCAN_CRASH_SEED", 1));
     let messages = env("LIQSCAN_CRASH_MESSAGES", cycles as u64 * 2_500);
+    let rate = env("LIQSCAN_CRASH_RATE", 0);
     let started = Instant::now();
-    let c = crash_cycles(cycles, accounts, messages, seed);
+    let c = crash_cycles(cycles, accounts, messages, rate, seed);
     println!(
         "{}",
         serde_json::json!({
             "cycles": c.cycles,
             "kills": c.kills,
             "kills_during_snapshot_writes": c.kills_during_snapshot_writes,
+            "kills_mid_stream": c.kills_mid_stream,
+            "resent_messages": c.resent_messages,
             "replay_liquidations": c.replay_liquidations,
             "received_liquidations": c.received_liquidations,
             "repeats": c.repeats,
