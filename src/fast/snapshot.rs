@@ -229,24 +229,24 @@ impl StateCopy for FastCopy {
         Ok(())
     }
 
-    /// Each column gets room for an eighth more (at least 1,024 entries) and its spare
-    /// capacity is written once, so its pages are resident before the engine thread copies
-    /// into it.
+    /// Each column gets room for an eighth more and its spare capacity is written once, so
+    /// its pages are resident before the engine thread copies into it. Books get no room
+    /// beyond that eighth: a config may hold 65,535 symbols, most of them with small books.
     fn warm(&mut self) {
-        fn room<T: Copy>(v: &mut Vec<T>, fill: T) {
-            v.reserve(v.len() / 8 + 1024);
+        fn room<T: Copy>(v: &mut Vec<T>, extra: usize, fill: T) {
+            v.reserve(v.len() / 8 + extra);
             v.spare_capacity_mut().fill(std::mem::MaybeUninit::new(fill));
         }
         for book in self.cross.iter_mut().chain(&mut self.isolated) {
-            room(&mut book.account, AccountIdx(0));
-            room(&mut book.lots, 0);
-            room(&mut book.base_q16, 0);
-            room(&mut book.isolated_e8, 0);
-            room(&mut book.liquidatable, false);
+            room(&mut book.account, 0, AccountIdx(0));
+            room(&mut book.lots, 0, 0);
+            room(&mut book.base_q16, 0, 0);
+            room(&mut book.isolated_e8, 0, 0);
+            room(&mut book.liquidatable, 0, false);
         }
-        room(&mut self.id, 0);
-        room(&mut self.wallet_e8, 0);
-        room(&mut self.hot, Hot::default());
+        room(&mut self.id, 1024, 0);
+        room(&mut self.wallet_e8, 1024, 0);
+        room(&mut self.hot, 1024, Hot::default());
         // Only the outer list: an account's own pair list is allocated when it first appears.
         self.pairs.reserve(self.pairs.len() / 8 + 1024);
     }
