@@ -2,15 +2,19 @@
 //! image written on the snapshot writer thread, and the engine rebuilt from an image.
 //!
 //! The copy is the only part that stops ingest. It copies the columns a snapshot needs
-//! (books without their trigger index, account columns, pair lists, the funds side table)
-//! into the buffers of the previous copy, which the writer thread hands back: after the first
-//! snapshot no memory is allocated or faulted in, and the copy is a set of `memcpy`s, split
-//! between two rayon workers (books on one side, accounts and pairs on the other). The
+//! (books without their trigger index, account columns, the funds side table) into the
+//! buffers of the previous copy, which the writer thread hands back and readies
+//! ([`StateCopy::warm`]): after the first snapshot no memory is allocated or faulted in, and
+//! the copy is a set of `memcpy`s split in 64 KiB-element chunks between the rayon workers.
+//! The per-account pair lists (one small allocation each) are flattened into one list and
+//! a column of ends, so a million accounts cost two buffers, not a million. The
 //! trigger index is not kept: a restore computes every trigger anew, which also checks the
 //! flags the snapshot holds (`benches/snapshot.rs` measures the stall, the write and the
 //! restore on the 1M-account book).
 
 use std::{any::Any, io, sync::Arc};
+
+use rayon::prelude::*;
 
 use super::{
     AccountIdx, Book, E8_TO_Q16, FastEngine, Hot, KeyedState, NO_SLOT, Pair, PairFunds, Scale,
@@ -33,17 +37,73 @@ pub struct FastCopy {
     id: Vec<u64>,
     wallet_e8: Vec<i128>,
     hot: Vec<Hot>,
-    pairs: Vec<Vec<Pair>>,
+    /// Every account's pairs, one account after another; account `i`'s are
+    /// `pairs[pair_end[i - 1]..pair_end[i]]`.
+    pairs: Vec<Pair>,
+    pair_end: Vec<u32>,
     funds: hashbrown::HashMap<(AccountIdx, SymbolIdx), PairFunds, KeyedState>,
+}
+
+/// Elements a rayon task copies at once.
+const COPY_CHUNK: usize = 1 << 16;
+
+/// `to = from`, reusing `to`'s buffer: what it already holds is overwritten in parallel
+/// chunks, what `from` holds beyond that is appended.
+fn par_copy<T: Copy + Send + Sync>(to: &mut Vec<T>, from: &[T]) {
+    to.truncate(from.len());
+    let held = to.len();
+    to.extend_from_slice(&from[held..]);
+    if held < 2 * COPY_CHUNK {
+        to[..held].copy_from_slice(&from[..held]);
+        return;
+    }
+    let pieces = to[..held].par_chunks_mut(COPY_CHUNK).zip(from[..held].par_chunks(COPY_CHUNK));
+    pieces.for_each(|(t, f)| t.copy_from_slice(f));
 }
 
 /// Copies the columns a snapshot reads (not the trigger index) into `to`, reusing its buffers.
 fn copy_book(to: &mut Book, from: &Book) {
-    to.account.clone_from(&from.account);
-    to.lots.clone_from(&from.lots);
-    to.base_q16.clone_from(&from.base_q16);
-    to.isolated_e8.clone_from(&from.isolated_e8);
-    to.liquidatable.clone_from(&from.liquidatable);
+    par_copy(&mut to.account, &from.account);
+    par_copy(&mut to.lots, &from.lots);
+    par_copy(&mut to.base_q16, &from.base_q16);
+    par_copy(&mut to.isolated_e8, &from.isolated_e8);
+    par_copy(&mut to.liquidatable, &from.liquidatable);
+}
+
+/// Accounts a rayon task flattens at once.
+const PAIR_CHUNK: usize = 1 << 14;
+
+/// Flattens the per-account pair lists into `pairs` and `ends` (see [`FastCopy::pairs`]).
+fn flatten_pairs(pairs: &mut Vec<Pair>, ends: &mut Vec<u32>, from: &[Vec<Pair>]) {
+    ends.clear();
+    let mut end = 0u32;
+    // A pair is 12 bytes and memory holds far fewer than 2^32 of them per process here
+    // (the columns of 4G pairs would take 48 GB): the running end fits u32.
+    ends.extend(from.iter().map(|p| {
+        end += p.len() as u32;
+        end
+    }));
+    let total = end as usize;
+    pairs.truncate(total);
+    let filler = Pair { symbol: SymbolIdx(0), mode: Mode::Cross, leverage: 0, slot: NO_SLOT };
+    pairs.resize(total, filler);
+    // Disjoint output slices, one per chunk of accounts.
+    let mut outputs = Vec::with_capacity(from.len().div_ceil(PAIR_CHUNK));
+    let mut rest = &mut pairs[..];
+    for (c, lists) in from.chunks(PAIR_CHUNK).enumerate() {
+        let lo = if c == 0 { 0 } else { ends[c * PAIR_CHUNK - 1] as usize };
+        let hi = ends[c * PAIR_CHUNK + lists.len() - 1] as usize;
+        let (mine, more) = std::mem::take(&mut rest).split_at_mut(hi - lo);
+        outputs.push((mine, lists));
+        rest = more;
+    }
+    outputs.into_par_iter().for_each(|(out, lists)| {
+        let mut k = 0;
+        for list in lists {
+            out[k..k + list.len()].clone_from_slice(list);
+            k += list.len();
+        }
+    });
 }
 
 fn copy_books(to: &mut Vec<Book>, from: &[Book], mode: Mode) {
@@ -59,26 +119,23 @@ impl FastEngine {
     pub(super) fn copy_into(&self, reuse: Option<Box<dyn Any + Send>>) -> Box<FastCopy> {
         let mut c = reuse.and_then(|r| r.downcast::<FastCopy>().ok()).unwrap_or_default();
         let acc = &self.accounts;
-        let FastCopy { scales, marks, cross, isolated, id, wallet_e8, hot, pairs, funds } = &mut *c;
+        let FastCopy { scales, marks, cross, isolated, id, wallet_e8, hot, pairs, pair_end, funds } =
+            &mut *c;
         scales.clone_from(&self.scales);
         marks.clone_from(&self.marks);
-        rayon::join(
-            || {
-                copy_books(cross, &self.cross, Mode::Cross);
-                copy_books(isolated, &self.isolated, Mode::Isolated);
-            },
-            || {
-                rayon::join(
-                    || {
-                        id.clone_from(&acc.id);
-                        wallet_e8.clone_from(&acc.wallet_e8);
-                        hot.clone_from(&acc.hot);
-                        funds.clone_from(&acc.funds);
-                    },
-                    || pairs.clone_from(&acc.pairs),
-                )
-            },
-        );
+        // On a rayon worker, each parallel copy below is a cheap fork-join; from the engine
+        // thread each would be a hand-off.
+        rayon::scope(|_| {
+            copy_books(cross, &self.cross, Mode::Cross);
+            copy_books(isolated, &self.isolated, Mode::Isolated);
+            par_copy(id, &acc.id);
+            par_copy(wallet_e8, &acc.wallet_e8);
+            par_copy(hot, &acc.hot);
+            rayon::join(
+                || flatten_pairs(pairs, pair_end, &acc.pairs),
+                || funds.clone_from(&acc.funds),
+            );
+        });
         c
     }
 
@@ -193,7 +250,8 @@ impl StateCopy for FastCopy {
             image.wallet_e8 = self.wallet_e8[i];
             image.cross_liquidatable = self.hot[i].liquidatable;
             image.pairs.clear();
-            for p in &self.pairs[i] {
+            let lo = if i == 0 { 0 } else { self.pair_end[i - 1] as usize };
+            for p in &self.pairs[lo..self.pair_end[i] as usize] {
                 let funds = self.funds.get(&(a, p.symbol)).copied().unwrap_or_default();
                 let si = p.symbol.0 as usize;
                 let sc = &self.scales[si];
@@ -233,9 +291,11 @@ impl StateCopy for FastCopy {
     /// its pages are resident before the engine thread copies into it. Books get no room
     /// beyond that eighth: a config may hold 65,535 symbols, most of them with small books.
     fn warm(&mut self) {
-        fn room<T: Copy>(v: &mut Vec<T>, extra: usize, fill: T) {
+        fn room<T: Clone>(v: &mut Vec<T>, extra: usize, fill: T) {
             v.reserve(v.len() / 8 + extra);
-            v.spare_capacity_mut().fill(std::mem::MaybeUninit::new(fill));
+            for slot in v.spare_capacity_mut() {
+                slot.write(fill.clone());
+            }
         }
         for book in self.cross.iter_mut().chain(&mut self.isolated) {
             room(&mut book.account, 0, AccountIdx(0));
@@ -247,8 +307,9 @@ impl StateCopy for FastCopy {
         room(&mut self.id, 1024, 0);
         room(&mut self.wallet_e8, 1024, 0);
         room(&mut self.hot, 1024, Hot::default());
-        // Only the outer list: an account's own pair list is allocated when it first appears.
-        self.pairs.reserve(self.pairs.len() / 8 + 1024);
+        room(&mut self.pair_end, 1024, 0);
+        let filler = Pair { symbol: SymbolIdx(0), mode: Mode::Cross, leverage: 0, slot: NO_SLOT };
+        room(&mut self.pairs, 4096, filler);
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
@@ -313,8 +374,9 @@ mod tests {
         let (engine, at) = fallen_book();
         let liquidatable = engine.accounts.hot.iter().filter(|h| h.liquidatable).count();
         assert!(liquidatable > 0, "the fall liquidates some cross accounts");
-        let copy = engine.copy_state(None);
+        let mut copy = engine.copy_state(None);
         let image = image_of(&*copy, at);
+        copy.warm();
         let again = engine.copy_state(Some(copy.into_any()));
         assert_eq!(image_of(&*again, at), image, "a reused copy equals a fresh one");
         let mut events = Vec::new();
