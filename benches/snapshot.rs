@@ -86,6 +86,37 @@ fn main() {
     warm.sort();
     plain.sort();
 
+    // What the copy writes (books without triggers, account columns, flattened pairs), and
+    // how long a plain memcpy of that many bytes into a resident buffer takes on this
+    // machine now, on one thread and on all rayon threads (best of 5): the stall's floor, to
+    // read the stall against on a shared machine.
+    let (n_cross, n_isolated) = engine.book_sizes();
+    let copied = n_cross * 28
+        + n_isolated * 45
+        + engine.n_accounts() * (40 + 4)
+        + n_cross * 12
+        + n_isolated * 12;
+    let src = vec![1u8; copied];
+    let mut dst = vec![0u8; copied];
+    let best = |f: &mut dyn FnMut()| {
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .min()
+            .unwrap()
+    };
+    let memcpy_one = best(&mut || dst.copy_from_slice(&src));
+    let memcpy_all = best(&mut || {
+        use rayon::prelude::*;
+        dst.par_chunks_mut(1 << 20)
+            .zip(src.par_chunks(1 << 20))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+    });
+    drop((src, dst));
+
     // The write, as the writer thread does it.
     let dir = std::env::temp_dir().join(format!("liqscan-bench-snapshot-{}", std::process::id()));
     let state = StateDir::open(&dir).unwrap();
@@ -135,6 +166,10 @@ fn main() {
             "reused_max": ms(warm[warm.len() - 1]),
             "reused_min": ms(warm[0]),
             "reused_unwarmed_median": ms(plain[plain.len() / 2]),
+            "bytes_copied": copied,
+            "memcpy_same_bytes_one_thread": ms(memcpy_one),
+            "memcpy_same_bytes_all_threads": ms(memcpy_all),
+            "reused_median_over_memcpy_all_threads": ((warm[warm.len() / 2].as_secs_f64() / memcpy_all.as_secs_f64()) * 100.0).round() / 100.0,
         },
         "bytes": bytes,
         "bytes_per_position": (bytes as f64 / engine.n_positions() as f64 * 10.0).round() / 10.0,
