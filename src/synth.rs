@@ -272,32 +272,63 @@ pub fn book_lines(accounts: u64, positions: u64, symbols: usize, seed: u64) -> S
     out
 }
 
+/// Appends `mantissa / 10^scale` to `out` as [`crate::fixed::format_scaled`] writes it (no
+/// exponent, no trailing zeros after the point, no `-0`), without allocating: the generator
+/// writes millions of these a second.
+pub fn push_scaled(out: &mut String, mantissa: i128, scale: u32) {
+    debug_assert!(scale <= 18, "scale {scale}");
+    let unit = 10u128.pow(scale);
+    let magnitude = mantissa.unsigned_abs();
+    let (int, mut frac) = (magnitude / unit, magnitude % unit);
+    if mantissa < 0 {
+        out.push('-');
+    }
+    let _ = write!(out, "{int}");
+    if frac != 0 {
+        let mut width = scale as usize;
+        while frac % 10 == 0 {
+            frac /= 10;
+            width -= 1;
+        }
+        let _ = write!(out, ".{frac:0width$}");
+    }
+}
+
 /// A command of [`book_commands`] (balance, margin mode or position) as its JSON message,
 /// without a newline.
 pub fn write_book_command(out: &mut String, cfg: &Config, cmd: &Command) {
     let name = |s: SymbolIdx| &cfg.symbol(s).name;
-    let _ = match cmd {
+    match cmd {
         Command::Balance { account, wallet } => {
-            write!(out, r#"{{"type":"balance","account":{account},"wallet":"{wallet}"}}"#)
+            let _ = write!(out, r#"{{"type":"balance","account":{account},"wallet":""#);
+            push_scaled(out, wallet.0, 8);
+            out.push_str("\"}");
         }
-        Command::MarginMode { account, symbol, mode } => write!(
-            out,
-            r#"{{"type":"margin_mode","account":{account},"symbol":"{}","mode":"{}"}}"#,
-            name(*symbol),
-            mode.as_str()
-        ),
-        Command::Position { account, symbol, size, entry_price, isolated_margin } => {
-            let margin =
-                isolated_margin.map(|m| format!(r#","isolated_margin":"{m}""#)).unwrap_or_default();
-            write!(
+        Command::MarginMode { account, symbol, mode } => {
+            let _ = write!(
                 out,
-                r#"{{"type":"position","account":{account},"symbol":"{}","size":"{size}","entry_price":"{}"{margin}}}"#,
+                r#"{{"type":"margin_mode","account":{account},"symbol":"{}","mode":"{}"}}"#,
                 name(*symbol),
-                entry_price.unwrap_or_default()
-            )
+                mode.as_str()
+            );
+        }
+        Command::Position { account, symbol, size, entry_price, isolated_margin } => {
+            let _ = write!(
+                out,
+                r#"{{"type":"position","account":{account},"symbol":"{}","size":""#,
+                name(*symbol)
+            );
+            push_scaled(out, size.0, 8);
+            out.push_str(r#"","entry_price":""#);
+            push_scaled(out, entry_price.unwrap_or_default().0, 8);
+            if let Some(m) = isolated_margin {
+                out.push_str(r#"","isolated_margin":""#);
+                push_scaled(out, m.0, 8);
+            }
+            out.push_str("\"}");
         }
         other => unreachable!("the book holds balances, modes and positions: {other:?}"),
-    };
+    }
 }
 
 #[cfg(test)]
@@ -315,6 +346,24 @@ mod tests {
             counts[z.sample(&mut rng)] += 1;
         }
         assert!(counts[0] > 10 * counts[49], "{counts:?}");
+    }
+
+    #[test]
+    fn push_scaled_writes_what_format_scaled_writes() {
+        let mut rng = Rng::new(9);
+        let mut cases: Vec<(i128, u32)> = vec![(0, 2), (-1, 8), (100, 2), (-100, 2), (5, 0)];
+        for _ in 0..2000 {
+            let m =
+                (rng.next_u64() >> rng.below(64)) as i128 * if rng.below(2) == 0 { 1 } else { -1 };
+            // Trailing zeros in the mantissa are the case to get right.
+            cases.push((m * 10i128.pow(rng.below(6) as u32), [0, 2, 8][rng.below(3) as usize]));
+        }
+        for (m, scale) in cases {
+            let (mut got, mut want) = (String::new(), String::new());
+            push_scaled(&mut got, m, scale);
+            crate::fixed::format_scaled(m, scale, &mut want);
+            assert_eq!(got, want, "{m} at scale {scale}");
+        }
     }
 
     #[test]
