@@ -17,16 +17,19 @@
 # symbols, MESSAGES [10000000]) with the default mix and with MARK_RATIO=0.2, each run's
 # summary.json (throughput, apply latency p99 / p99.9 / max, liquidations against the
 # generator's). It needs jq and ~1.3 GB of disk per run. Time: each loadtest run is a gen
-# and a replay of 14.7M lines; on the 2-core machine (session 7, before issue 14's engine
-# work, load average 3-5) that was about 3 min of gen and 2 min of replay for the default
-# mix and longer for MARK_RATIO=0.2, so count on 15-25 minutes for both on top of the
-# figures. Scale down with MESSAGES / ACCOUNTS (passed through to loadtest.sh).
+# and a replay of 14.7M lines. On the 2-core machine in session 7 (load average 6-10 from
+# other builds, before issue 14's engine work) a 7.7M-line default-mix stream took 90 s to
+# generate and 70 s to replay, so the default mix takes about 5 minutes; the MARK_RATIO=0.2
+# mix is several times slower per line (at 200k accounts its gen ran at 53k lines/s against
+# 300k for the default mix), so count on 30 minutes or more for both until the engine work
+# lands. Not timed at full size in session 7. Scale down with MESSAGES / ACCOUNTS (passed
+# through to loadtest.sh).
 #
 # Needs: the Rust toolchain and jq. About 2 minutes per figures run after the build, and
 # under 3 GiB of memory, at full size on a 2-core machine. Scale down with
 # LIQSCAN_BENCH_ACCOUNTS, LIQSCAN_BENCH_POSITIONS and LIQSCAN_BENCH_MARKS (defaults 1000000,
 # 3000000, 1000000); LIQSCAN_BENCH_ONLY=book prints the big book's sweep and memory
-# figures alone.
+# figures alone, LIQSCAN_BENCH_ONLY=small the 300k-position book's one- vs two-worker sweep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v jq >/dev/null || { echo "bench.sh needs jq (apt-get install jq)" >&2; exit 1; }
