@@ -45,6 +45,13 @@ fn sweep(c: &mut Criterion) {
     g.sample_size(20);
     g.throughput(Throughput::Elements(engine.n_positions() as u64));
     g.bench_function("full_book_300k_positions", |b| b.iter(|| engine.sweep(AT, &mut ignore)));
+    // The same sweep on pools of one and two workers, in the same run: how a small book
+    // scales (issue 14 target 5: two workers at least 1.7x one).
+    for workers in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(workers).build().unwrap();
+        let id = BenchmarkId::new("full_book_300k_positions_workers", workers);
+        g.bench_function(id, |b| b.iter(|| pool.install(|| engine.sweep(AT, &mut ignore))));
+    }
     g.finish();
 }
 

@@ -1,9 +1,12 @@
 //! The figures of `scripts/bench.sh`, printed as one JSON object. Run with
 //! `cargo bench --bench figures` (release profile). Sizes can be scaled down for a quick
 //! look with LIQSCAN_BENCH_ACCOUNTS / _POSITIONS / _MARKS; LIQSCAN_BENCH_ONLY=book prints
-//! the big book's sweep, at-risk and memory figures alone.
+//! the big book's sweep, at-risk and memory figures alone, LIQSCAN_BENCH_ONLY=small the
+//! 300k-position book swept on one worker and on two.
 //!
 //! Every ratio is measured within this one run, since the machines are shared and noisy.
+
+#![recursion_limit = "256"]
 
 use std::{
     hint::black_box,
@@ -42,26 +45,27 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Sequential read bandwidth of a 1 GiB buffer, bytes/s: one thread, and all threads.
-fn mem_read_bps() -> (f64, f64) {
+/// Sequential read bandwidth of a 1 GiB buffer, bytes/s: one thread (best of 5), and all
+/// threads (best of 9, and the median of those 9).
+fn mem_read_bps() -> (f64, f64, f64) {
     let words = (1usize << 30) / 8;
     let buf: Vec<u64> = (0..words as u64).collect();
     let bytes = (words * 8) as f64;
-    let best = |f: &dyn Fn() -> u64| {
-        (0..5)
+    let times = |n: usize, f: &dyn Fn() -> u64| -> Vec<Duration> {
+        (0..n)
             .map(|_| {
                 let t = Instant::now();
                 black_box(f());
                 t.elapsed()
             })
-            .min()
-            .unwrap()
+            .collect()
     };
-    let one = best(&|| buf.iter().fold(0u64, |a, &x| a.wrapping_add(x)));
-    let all = best(&|| {
+    let one = times(5, &|| buf.iter().fold(0u64, |a, &x| a.wrapping_add(x)));
+    let all = times(9, &|| {
         buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum()
     });
-    (bytes / one.as_secs_f64(), bytes / all.as_secs_f64())
+    let best = |v: &[Duration]| v.iter().min().copied().unwrap_or_default().as_secs_f64();
+    (bytes / best(&one), bytes / best(&all), bytes / median(all).as_secs_f64())
 }
 
 // The allocator the `liqscan` binary runs with (see `src/main.rs`), so that resident memory
@@ -137,6 +141,15 @@ struct Ticks {
 struct Sweeps {
     /// The whole sweep.
     total: Duration,
+    /// The fastest sweep.
+    best: Duration,
+    /// Mean time per sweep this process's threads spent runnable but waiting for a core
+    /// (ms): what other processes on the machine took from the sweep.
+    runqueue_wait_ms: f64,
+    /// The median of the sweeps no thread of this process waited for a core in (run-queue
+    /// wait under 2 % of the sweep), and how many there were.
+    quiet: Option<Duration>,
+    n_quiet: usize,
     /// Its phases, as the engine timed them (`FastEngine::last_sweep`).
     cross: Duration,
     isolated: Duration,
@@ -145,15 +158,29 @@ struct Sweeps {
 fn time_sweeps(engine: &mut FastEngine, n: usize) -> Sweeps {
     let at = At { line: 0, seq: 0 };
     engine.sweep(at, &mut ignore);
+    let waited = runqueue_wait_ns();
+    let mut quiet = Vec::new();
     let runs: Vec<(Duration, SweepPhases)> = (0..n)
         .map(|_| {
+            let before = runqueue_wait_ns();
             let t = Instant::now();
             engine.sweep(at, &mut ignore);
-            (t.elapsed(), engine.last_sweep())
+            let elapsed = t.elapsed();
+            if ((runqueue_wait_ns() - before) as f64) < 0.02 * elapsed.as_nanos() as f64 {
+                quiet.push(elapsed);
+            }
+            (elapsed, engine.last_sweep())
         })
         .collect();
+    let runqueue_wait_ms = (runqueue_wait_ns() - waited) as f64 / n as f64 / 1e6;
+    let n_quiet = quiet.len();
+    let quiet = if quiet.is_empty() { None } else { Some(median(quiet)) };
     Sweeps {
         total: median(runs.iter().map(|r| r.0).collect()),
+        best: runs.iter().map(|r| r.0).min().unwrap_or_default(),
+        runqueue_wait_ms,
+        quiet,
+        n_quiet,
         cross: median(runs.iter().map(|r| r.1.cross).collect()),
         isolated: median(runs.iter().map(|r| r.1.isolated).collect()),
     }
@@ -163,11 +190,38 @@ fn time_sweeps(engine: &mut FastEngine, n: usize) -> Sweeps {
 /// (`/proc/self/task/*/schedstat`), so that a figure taken on a shared, busy machine can be
 /// told apart from time spent waiting for a core.
 fn cpu_ns() -> u64 {
+    schedstat_ns(0)
+}
+
+/// Time this process's threads have spent runnable but waiting for a CPU so far, ns (the
+/// second field of `schedstat`): on a shared machine, what the neighbours took.
+fn runqueue_wait_ns() -> u64 {
+    schedstat_ns(1)
+}
+
+/// The sum over this process's threads of field `k` of `/proc/self/task/*/schedstat`.
+fn schedstat_ns(k: usize) -> u64 {
     let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten();
     tasks
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .filter_map(|s| s.split_whitespace().nth(k)?.parse::<u64>().ok())
         .sum()
+}
+
+/// Bytes of this process's memory in transparent huge pages (`AnonHugePages` of
+/// `/proc/self/smaps_rollup`; 0 where the kernel does not say).
+fn anon_huge_bytes() -> u64 {
+    let text = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The 1-minute load average, as `/proc/loadavg` gives it (0 where it cannot be read).
+fn load_average() -> f64 {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
 
 /// Median time of `n` at-risk answers of `limit` items (no filter) on `engine`, after one
@@ -186,6 +240,58 @@ fn time_at_risk(engine: &FastEngine, limit: usize, n: usize) -> (Duration, f64) 
         })
         .collect();
     (median(times), (cpu_ns() - cpu) as f64 / n as f64 / 1e6)
+}
+
+/// The 300k-position book of the Criterion bench (100k accounts, 50 symbols) swept on a pool
+/// of one worker and on a pool of two, alternately, `n` times each: the medians (ms) and the
+/// speedup of two workers over one (issue 14 target 5).
+fn small_book_scaling(n: usize) -> serde_json::Value {
+    let mut engine = build(100_000, 300_000, 50);
+    let at = At { line: 0, seq: 0 };
+    let pools: Vec<rayon::ThreadPool> = [1, 2]
+        .iter()
+        .map(|&k| rayon::ThreadPoolBuilder::new().num_threads(k).build().unwrap())
+        .collect();
+    let mut times = [Vec::new(), Vec::new()];
+    // The sweeps no thread of this process waited for a core in (run-queue wait under 2 %
+    // of the sweep): on a shared machine, the ones the neighbours left alone.
+    let mut quiet = [Vec::new(), Vec::new()];
+    for i in 0..=n {
+        for ((pool, t), q) in pools.iter().zip(&mut times).zip(&mut quiet) {
+            let waited = runqueue_wait_ns();
+            let start = Instant::now();
+            pool.install(|| engine.sweep(at, &mut ignore));
+            let elapsed = start.elapsed();
+            // The first round warms the caches up and is not counted.
+            if i > 0 {
+                t.push(elapsed);
+                if ((runqueue_wait_ns() - waited) as f64) < 0.02 * elapsed.as_nanos() as f64 {
+                    q.push(elapsed);
+                }
+            }
+        }
+    }
+    let best = |v: &[Duration]| v.iter().min().copied().unwrap_or_default().as_secs_f64();
+    let (best_one, best_two) = (best(&times[0]), best(&times[1]));
+    let quiet_n = quiet.each_ref().map(Vec::len);
+    let quiet_ms = quiet.map(|q| if q.is_empty() { None } else { Some(median(q)) });
+    let [one, two] = times.map(median);
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+    serde_json::json!({
+        "one_worker_ms": one.as_secs_f64() * 1e3,
+        "two_workers_ms": two.as_secs_f64() * 1e3,
+        "two_workers_speedup": one.as_secs_f64() / two.as_secs_f64(),
+        "best_one_worker_ms": best_one * 1e3,
+        "best_two_workers_ms": best_two * 1e3,
+        "best_two_workers_speedup": best_one / best_two,
+        "quiet_sweeps": { "one_worker": quiet_n[0], "two_workers": quiet_n[1] },
+        "quiet_one_worker_ms": ms(quiet_ms[0]),
+        "quiet_two_workers_ms": ms(quiet_ms[1]),
+        "quiet_two_workers_speedup": match quiet_ms {
+            [Some(a), Some(b)] => Some(a.as_secs_f64() / b.as_secs_f64()),
+            _ => None,
+        },
+    })
 }
 
 fn time_ticks(engine: &mut FastEngine, cmds: &[Command]) -> Ticks {
@@ -210,6 +316,12 @@ fn time_ticks(engine: &mut FastEngine, cmds: &[Command]) -> Ticks {
 }
 
 fn main() {
+    if std::env::var("LIQSCAN_BENCH_ONLY").is_ok_and(|v| v == "small") {
+        // The small book's scaling alone (issue 14 target 5).
+        let n = env("LIQSCAN_BENCH_SMALL_SWEEPS", 101) as usize;
+        println!("{}", serde_json::to_string_pretty(&small_book_scaling(n)).unwrap());
+        return;
+    }
     let accounts = env("LIQSCAN_BENCH_ACCOUNTS", 1_000_000);
     let positions = env("LIQSCAN_BENCH_POSITIONS", 3_000_000);
     let marks = env("LIQSCAN_BENCH_MARKS", 1_000_000) as usize;
@@ -218,9 +330,11 @@ fn main() {
     // --- the big book ------------------------------------------------------------------
     // Resident memory is measured before anything else has run: an allocator keeps freed
     // pages for reuse, so a buffer freed earlier would hide the book's growth.
+    let load_start = load_average();
     let rss_before = rss_bytes();
     let mut engine = build(accounts, positions, symbols);
     let rss_after = rss_bytes();
+    let huge_book = anon_huge_bytes();
     let n = engine.n_positions();
     let heap: serde_json::Map<_, _> = (engine.heap_bytes().iter())
         .map(|&(part, b)| (part.to_string(), (b as f64 / n as f64).into()))
@@ -232,6 +346,10 @@ fn main() {
     let phases = serde_json::json!({
         "cross_ms": sweeps.cross.as_secs_f64() * 1e3,
         "isolated_ms": sweeps.isolated.as_secs_f64() * 1e3,
+        "best_ms": sweeps.best.as_secs_f64() * 1e3,
+        "runqueue_wait_ms": sweeps.runqueue_wait_ms,
+        "quiet_ms": sweeps.quiet.map(|d| d.as_secs_f64() * 1e3),
+        "n_quiet": sweeps.n_quiet,
     });
     let bytes = sweep_bytes(&engine, cross, isolated);
     let n_at_risk = env("LIQSCAN_BENCH_AT_RISK", 9) as usize;
@@ -247,10 +365,17 @@ fn main() {
     });
     if std::env::var("LIQSCAN_BENCH_ONLY").is_ok_and(|v| v == "book") {
         // A quick look at the big book alone (bandwidth from one thread-pool read).
-        let (_, read_all) = mem_read_bps();
+        let (_, read_all, read_median) = mem_read_bps();
         let figures = serde_json::json!({
+            "load_average_1m": { "start": load_start, "end": load_average() },
+            "anon_huge_bytes_after_build": huge_book,
+            "mem_read_gbps": read_all / 1e9,
+            "mem_read_gbps_median": read_median / 1e9,
             "sweep_ms": sweep.as_secs_f64() * 1e3,
             "sweep_bandwidth_fraction": bytes / sweep.as_secs_f64() / read_all,
+            "sweep_best_bandwidth_fraction": bytes / sweeps.best.as_secs_f64() / read_all,
+            "sweep_quiet_bandwidth_fraction":
+                sweeps.quiet.map(|d| bytes / d.as_secs_f64() / read_all),
             "sweep_phases": phases,
             "at_risk": at_risk,
             "rss_bytes_per_position": (rss_after.saturating_sub(rss_before)) as f64 / n as f64,
@@ -303,6 +428,8 @@ fn main() {
     });
     drop(shuffled);
 
+    let small_book = small_book_scaling(env("LIQSCAN_BENCH_SMALL_SWEEPS", 101) as usize);
+
     // --- replay throughput: 10 000 accounts, mark-heavy --------------------------------
     // The generator plays the matching engine (closes liquidated items, re-opens them, keeps
     // levering up), so liquidations keep a steady, realistic rate.
@@ -337,11 +464,13 @@ fn main() {
     let triggers_per_tick = pipe_engine.triggers_read() as f64 / marks as f64;
 
     // Last, so that its 1 GiB buffer cannot hide in any resident-memory figure above.
-    let (read_1t, read_all) = mem_read_bps();
+    let (read_1t, read_all, read_median) = mem_read_bps();
     let sweep_bps = bytes / sweep.as_secs_f64();
 
     let figures = serde_json::json!({
         "machine": { "cores": std::thread::available_parallelism().map_or(0, |n| n.get()) },
+        "load_average_1m": { "start": load_start, "end": load_average() },
+        "anon_huge_bytes_after_build": huge_book,
         "positions": n,
         "accounts": accounts,
         "symbols": symbols,
@@ -353,8 +482,11 @@ fn main() {
         "at_risk": at_risk,
         "sweep_positions_per_s": n as f64 / sweep.as_secs_f64(),
         "mem_read_gbps": read_all / 1e9,
+        "mem_read_gbps_median": read_median / 1e9,
         "mem_read_gbps_one_thread": read_1t / 1e9,
         "sweep_bandwidth_fraction": sweep_bps / read_all,
+        "sweep_best_bandwidth_fraction": bytes / sweeps.best.as_secs_f64() / read_all,
+        "sweep_quiet_bandwidth_fraction": sweeps.quiet.map(|d| bytes / d.as_secs_f64() / read_all),
         "sweep_shuffled_ms": sweeps_shuffled.total.as_secs_f64() * 1e3,
         "sweep_shuffled_phases": phases_shuffled,
         "sweep_shuffled_bandwidth_fraction":
@@ -369,6 +501,7 @@ fn main() {
         "wick_1m_holders_events": wick.events,
         "wick_1m_holders_bandwidth_fraction": wick_bytes / wick.median.as_secs_f64() / read_all,
         "sweep_1m_holders_ms": sweep_1m.as_secs_f64() * 1e3,
+        "sweep_300k_positions": small_book,
         "tick_latency_ns": { "p50": ticks.p50, "p99": ticks.p99, "p999": ticks.p999, "max": ticks.max },
         "rss_bytes_per_position": (rss_after.saturating_sub(rss_before)) as f64 / n as f64,
         "heap_bytes_per_position": heap,

@@ -9,11 +9,16 @@
 # It leaves daemon.log, feed.txt, feed.json (the feed's report), metrics.txt (the daemon's
 # /metrics at the end), and latency.hlog / latency.svg of the subscriber's latency; the
 # replay's report is replay.json. STALLED=1 connects a second subscriber that never reads.
-# summary.json holds the figures of the run, with the daemon's throughput as a ratio to the
-# replay's in the same run.
+# summary.json holds the figures of the run in one shape for both modes, and is printed as
+# the last thing on stderr: the sizes, the generator's lines/s and liquidation count, the
+# replay's throughput, apply and event latency percentiles (ns), liquidations and peak RSS,
+# whether the replay's liquidations equal the generator's, and under `daemon` (null in
+# replay mode) the daemon's throughput as a ratio to the replay's in the same run.
 #
-# Needs: the Rust toolchain (it builds liqscan in release); MODE=daemon also needs curl and
-# jq. Disk: ~90 bytes a message (about 1.3 GB for the defaults). Memory: ~600 MB per million
+# Needs: the Rust toolchain (it builds liqscan in release) and jq; MODE=daemon also needs
+# curl. Time on the 2-core machine (session 7, load average 6-10): gen ~90 s and replay
+# ~70 s for 1M accounts and 3M messages (7.7M lines); the defaults' 10M messages take about
+# twice that, and MARK_RATIO=0.2 several times longer (see the README's load-test section). Disk: ~90 bytes a message (about 1.3 GB for the defaults). Memory: ~600 MB per million
 # accounts. Installs nothing.
 #
 # Usage: scripts/loadtest.sh [RESULTS_DIR]
@@ -40,6 +45,7 @@ STALLED=${STALLED:-0}
 FAULT_RATE=${FAULT_RATE:-0}
 OUT=${1:-results/loadtest-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
+command -v jq >/dev/null || { echo "loadtest.sh needs jq (apt-get install jq) for summary.json" >&2; exit 1; }
 
 cargo build --release --quiet
 BIN=target/release/liqscan
@@ -98,18 +104,54 @@ if [[ "$MODE" == daemon ]]; then
   jq -n --slurpfile replay "$OUT/replay.json" --slurpfile feed "$OUT/feed.json" \
     --arg dropped "$(metric liqscan_subscribers_dropped_total)" \
     --arg liquidations "$(awk '/^liqscan_liquidations_total/ { n += $2 } END { print n }' "$OUT/metrics.txt")" \
-    --arg stalled "$STALLED" --arg rate "${RATE:-}" '{
-      mode: "daemon", stalled: ($stalled == "1"), rate: (if $rate == "" then null else ($rate | tonumber) end),
-      replay_messages_per_s: $replay[0].messages_per_s,
-      daemon_lines_per_s: $feed[0].lines_per_s,
+    --arg stalled "$STALLED" '{
+      stalled: ($stalled == "1"),
+      lines_per_s: $feed[0].lines_per_s,
       daemon_to_replay: ($feed[0].lines_per_s / $replay[0].messages_per_s),
-      liquidations_replay: $replay[0].liquidations,
-      liquidations_daemon: ($liquidations | tonumber),
+      liquidations: ($liquidations | tonumber),
       liquidations_at_subscriber: $feed[0].liquidations,
       subscribers_dropped: ($dropped | tonumber),
       ts_to_event_at_subscriber_ns: $feed[0].latency_ns.ts_to_event,
-    }' > "$OUT/summary.json"
-  cat "$OUT/summary.json" >&2
+    }' > "$OUT/daemon.json"
+  report="$OUT/replay.json"
+else
+  report="$OUT/report.json"
 fi
+
+# The summary, one shape for both modes. Peak RSS comes from `time -v` where it ran.
+peak_kb() { awk -F': ' '/Maximum resident set size/ { print $2 }' "$1" | tail -1; }
+gen_liquidations=$(sed -n 's/.*its engine saw \([0-9]*\) liquidations.*/\1/p' "$OUT/gen.txt" | tail -1)
+gen_lines=$(sed -n 's/^liqscan gen: \([0-9]*\) lines.*/\1/p' "$OUT/gen.txt" | tail -1)
+gen_s=$(sed -n 's/^liqscan gen: .* lines (.*) in \([0-9.]*\) s.*/\1/p' "$OUT/gen.txt" | tail -1)
+gen_rate=$(sed -n 's/^liqscan gen: .* s (\([0-9]*\) lines\/s).*/\1/p' "$OUT/gen.txt" | tail -1)
+daemon_json=null
+if [[ -f "$OUT/daemon.json" ]]; then daemon_json=$(cat "$OUT/daemon.json"); fi
+jq -n --slurpfile replay "$report" --argjson daemon "$daemon_json" \
+  --arg mode "$MODE" --arg rate "${RATE:-}" --arg accounts "$ACCOUNTS" --arg symbols "$SYMBOLS" \
+  --arg messages "$MESSAGES" --arg seed "$SEED" --arg mark_ratio "$MARK_RATIO" \
+  --arg fault_rate "$FAULT_RATE" --arg gen_liq "${gen_liquidations:-}" \
+  --arg gen_lines "${gen_lines:-}" --arg gen_s "${gen_s:-}" --arg gen_rate "${gen_rate:-}" \
+  --arg gen_rss "$(peak_kb "$OUT/gen.txt")" --arg replay_rss "$(peak_kb "$OUT/summary.txt")" '
+  def num: if . == "" then null else tonumber end;
+  $replay[0] as $r | {
+    mode: $mode, rate: ($rate | num),
+    accounts: ($accounts | num), symbols: ($symbols | num), messages: ($messages | num),
+    seed: ($seed | num), mark_ratio: ($mark_ratio | num), fault_rate: ($fault_rate | num),
+    gen: {
+      lines: ($gen_lines | num), elapsed_s: ($gen_s | num),
+      lines_per_s: ($gen_rate | num),
+      liquidations: ($gen_liq | num),
+      peak_rss_bytes: (($gen_rss | num) | if . then . * 1024 else null end),
+    },
+    replay: {
+      messages: $r.messages, elapsed_s: $r.elapsed_s, messages_per_s: $r.messages_per_s,
+      apply_latency_ns: $r.latency_ns.apply, event_latency_ns: $r.latency_ns.event,
+      liquidations: $r.liquidations, rejects: $r.rejects, account_events: $r.account_events,
+      peak_rss_bytes: (($replay_rss | num) | if . then . * 1024 else null end),
+    },
+    liquidations_equal_generator: ($r.liquidations == ($gen_liq | num)),
+    daemon: $daemon,
+  }' > "$OUT/summary.json"
+cat "$OUT/summary.json" >&2
 if [[ "${KEEP_STREAM:-0}" != 1 ]]; then rm -f "$OUT/stream.ndjson"; fi
 echo "results in $OUT" >&2

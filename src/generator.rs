@@ -281,7 +281,14 @@ struct Gen<'o, W: Write> {
 }
 
 fn cents(v: i64) -> String {
-    scaled_text(i128::from(v), 2)
+    let mut text = String::new();
+    synth::push_scaled(&mut text, i128::from(v), 2);
+    text
+}
+
+/// A price in units of 0.01 as the engine's 8-decimal fixed point.
+fn d8_of_cents(v: i64) -> D8 {
+    D8(i128::from(v) * 1_000_000)
 }
 
 impl<'o, W: Write> Gen<'o, W> {
@@ -333,8 +340,8 @@ impl<'o, W: Write> Gen<'o, W> {
         for chunk in all.chunks(500) {
             let prices: Vec<(usize, i64)> =
                 chunk.iter().map(|&s| (s, self.walk.price_e2(s))).collect();
-            self.marks_body(&prices);
-            self.offer()?;
+            let cmd = self.marks_body(&prices);
+            self.offer_command(&cmd)?;
         }
         if self.opts.snapshot {
             let phase = Phase { name: SNAPSHOT, unit: "accounts", total: self.opts.accounts };
@@ -431,6 +438,42 @@ impl<'o, W: Write> Gen<'o, W> {
         self.offer_with(self.seq + 1, None)
     }
 
+    /// Checks `cmd`, the command `self.body` says, against the engine without parsing the
+    /// body again: the generator made both, and builds with debug assertions check that the
+    /// body validates to exactly `cmd`. A query changes nothing and is never refused, so it
+    /// is not applied (its report would be built for nobody).
+    fn check_command(&mut self, cmd: &Command) -> Result<(), RejectCode> {
+        self.events.clear();
+        debug_assert_eq!(
+            protocol::parse_envelope(self.body.as_bytes())
+                .ok()
+                .and_then(|p| protocol::validate(&p.envelope, &self.cfg).ok())
+                .as_ref(),
+            Some(cmd),
+            "the body {} says another command",
+            self.body
+        );
+        if matches!(cmd, Command::Query { .. }) {
+            return Ok(());
+        }
+        let events = &mut self.events;
+        self.engine.apply(cmd, At { line: 0, seq: 0 }, &mut |e| events.push(e)).map_err(|r| r.code)
+    }
+
+    /// [`Gen::offer`] for a body whose command the generator built itself.
+    fn offer_command(&mut self, cmd: &Command) -> io::Result<bool> {
+        if self.full() {
+            return Ok(false);
+        }
+        if self.check_command(cmd).is_err() {
+            self.stats.left_out += 1;
+            return Ok(false);
+        }
+        self.write_seq(self.seq + 1, None)?;
+        self.schedule();
+        Ok(true)
+    }
+
     fn offer_with(&mut self, seq: u64, tag: Option<&str>) -> io::Result<bool> {
         if self.full() {
             return Ok(false);
@@ -476,20 +519,29 @@ impl<'o, W: Write> Gen<'o, W> {
         &self.cfg.symbol(SymbolIdx(s as u16)).name
     }
 
-    fn mark_body(&mut self, s: usize, px_e2: i64) {
+    /// The body of a mark of `s` at `px_e2`, and its command.
+    fn mark_body(&mut self, s: usize, px_e2: i64) -> Command {
         self.body.clear();
-        let _ =
-            write!(self.body, r#"{{"type":"mark","symbol":"S{s:03}","price":"{}"}}"#, cents(px_e2));
+        let _ = write!(self.body, r#"{{"type":"mark","symbol":"S{s:03}","price":""#);
+        synth::push_scaled(&mut self.body, i128::from(px_e2), 2);
+        self.body.push_str("\"}");
+        // `s` < `opts.symbols` <= 10,000 (`GenOptions::check`).
+        Command::Mark { symbol: SymbolIdx(s as u16), price: d8_of_cents(px_e2) }
     }
 
-    fn marks_body(&mut self, prices: &[(usize, i64)]) {
+    /// The body of a `marks` message (distinct symbols, in this order), and its command.
+    fn marks_body(&mut self, prices: &[(usize, i64)]) -> Command {
         self.body.clear();
         self.body.push_str(r#"{"type":"marks","prices":{"#);
         for (i, &(s, px)) in prices.iter().enumerate() {
             let comma = if i > 0 { "," } else { "" };
-            let _ = write!(self.body, r#"{comma}"S{s:03}":"{}""#, cents(px));
+            let _ = write!(self.body, r#"{comma}"S{s:03}":""#);
+            synth::push_scaled(&mut self.body, i128::from(px), 2);
+            self.body.push('"');
         }
         self.body.push_str("}}");
+        let prices = prices.iter().map(|&(s, px)| (SymbolIdx(s as u16), d8_of_cents(px)));
+        Command::Marks { prices: prices.collect() }
     }
 
     fn position_body(
@@ -554,7 +606,7 @@ impl<'o, W: Write> Gen<'o, W> {
                 });
             }
             self.command_body(&c);
-            self.offer()?;
+            self.offer_command(&c)?;
             cmd = self.book.next();
         }
         self.first_booked.push(self.booked.len());
@@ -595,12 +647,13 @@ impl<'o, W: Write> Gen<'o, W> {
                 prices.insert(s, px);
             }
             let prices: Vec<(usize, i64)> = prices.into_iter().collect();
-            self.marks_body(&prices);
+            let cmd = self.marks_body(&prices);
+            self.offer_command(&cmd)?;
         } else {
             let (s, px) = self.walk.next_mark();
-            self.mark_body(s, px);
+            let cmd = self.mark_body(s, px);
+            self.offer_command(&cmd)?;
         }
-        self.offer()?;
         if self.marks % RELEVER_EVERY == 0 {
             self.relever()?;
         }
@@ -724,7 +777,10 @@ impl<'o, W: Write> Gen<'o, W> {
                     cents(margin)
                 )
             }
-            _ => write!(self.body, r#"{{"type":"query","account":{account}}}"#),
+            _ => {
+                let _ = write!(self.body, r#"{{"type":"query","account":{account}}}"#);
+                return self.offer_command(&Command::Query { account }).map(drop);
+            }
         };
         self.offer().map(drop)
     }
@@ -765,7 +821,7 @@ impl<'o, W: Write> Gen<'o, W> {
             }
             Fault::Gap => {
                 let (s, px) = self.walk.next_mark();
-                self.mark_body(s, px);
+                let _ = self.mark_body(s, px);
                 let seq = self.seq + 2 + self.rng.below(5);
                 self.offer_with(seq, Some(fault.tag()))?
             }

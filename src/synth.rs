@@ -272,32 +272,102 @@ pub fn book_lines(accounts: u64, positions: u64, symbols: usize, seed: u64) -> S
     out
 }
 
+/// Appends `mantissa / 10^scale` to `out` as [`crate::fixed::format_scaled`] writes it (no
+/// exponent, no trailing zeros after the point, no `-0`), without allocating: the generator
+/// writes millions of these a second.
+pub fn push_scaled(out: &mut String, mantissa: i128, scale: u32) {
+    debug_assert!(scale <= 18, "scale {scale}");
+    if mantissa < 0 {
+        out.push('-');
+    }
+    let magnitude = mantissa.unsigned_abs();
+    // Every amount the generator writes fits in 64 bits, where division is one instruction
+    // (a 128-bit one is a library call).
+    let Ok(magnitude) = u64::try_from(magnitude) else {
+        let unit = 10u128.pow(scale);
+        let (int, frac) = (magnitude / unit, magnitude % unit);
+        let _ = write!(out, "{int}");
+        // `frac` < 10^scale <= 10^18 fits in 64 bits.
+        return push_fraction(out, frac as u64, scale);
+    };
+    let unit = 10u64.pow(scale);
+    push_u64(out, magnitude / unit);
+    push_fraction(out, magnitude % unit, scale);
+}
+
+/// Appends `.` and the `scale` digits of `frac` without their trailing zeros (nothing when
+/// `frac` is 0).
+fn push_fraction(out: &mut String, mut frac: u64, scale: u32) {
+    if frac == 0 {
+        return;
+    }
+    let mut width = scale as usize;
+    while frac % 10 == 0 {
+        frac /= 10;
+        width -= 1;
+    }
+    let mut digits = [b'0'; 20];
+    let mut k = digits.len();
+    while frac > 0 {
+        k -= 1;
+        digits[k] = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    // The leading zeros: `width` digits in all (`frac` < 10^width, so k >= 20 - width).
+    out.push('.');
+    out.extend(digits[digits.len() - width..].iter().map(|&b| char::from(b)));
+}
+
+/// Appends `v` in decimal.
+fn push_u64(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut k = digits.len();
+    loop {
+        k -= 1;
+        digits[k] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend(digits[k..].iter().map(|&b| char::from(b)));
+}
+
 /// A command of [`book_commands`] (balance, margin mode or position) as its JSON message,
 /// without a newline.
 pub fn write_book_command(out: &mut String, cfg: &Config, cmd: &Command) {
     let name = |s: SymbolIdx| &cfg.symbol(s).name;
-    let _ = match cmd {
+    match cmd {
         Command::Balance { account, wallet } => {
-            write!(out, r#"{{"type":"balance","account":{account},"wallet":"{wallet}"}}"#)
+            let _ = write!(out, r#"{{"type":"balance","account":{account},"wallet":""#);
+            push_scaled(out, wallet.0, 8);
+            out.push_str("\"}");
         }
-        Command::MarginMode { account, symbol, mode } => write!(
-            out,
-            r#"{{"type":"margin_mode","account":{account},"symbol":"{}","mode":"{}"}}"#,
-            name(*symbol),
-            mode.as_str()
-        ),
-        Command::Position { account, symbol, size, entry_price, isolated_margin } => {
-            let margin =
-                isolated_margin.map(|m| format!(r#","isolated_margin":"{m}""#)).unwrap_or_default();
-            write!(
+        Command::MarginMode { account, symbol, mode } => {
+            let _ = write!(
                 out,
-                r#"{{"type":"position","account":{account},"symbol":"{}","size":"{size}","entry_price":"{}"{margin}}}"#,
+                r#"{{"type":"margin_mode","account":{account},"symbol":"{}","mode":"{}"}}"#,
                 name(*symbol),
-                entry_price.unwrap_or_default()
-            )
+                mode.as_str()
+            );
+        }
+        Command::Position { account, symbol, size, entry_price, isolated_margin } => {
+            let _ = write!(
+                out,
+                r#"{{"type":"position","account":{account},"symbol":"{}","size":""#,
+                name(*symbol)
+            );
+            push_scaled(out, size.0, 8);
+            out.push_str(r#"","entry_price":""#);
+            push_scaled(out, entry_price.unwrap_or_default().0, 8);
+            if let Some(m) = isolated_margin {
+                out.push_str(r#"","isolated_margin":""#);
+                push_scaled(out, m.0, 8);
+            }
+            out.push_str("\"}");
         }
         other => unreachable!("the book holds balances, modes and positions: {other:?}"),
-    };
+    }
 }
 
 #[cfg(test)]
@@ -315,6 +385,26 @@ mod tests {
             counts[z.sample(&mut rng)] += 1;
         }
         assert!(counts[0] > 10 * counts[49], "{counts:?}");
+    }
+
+    #[test]
+    fn push_scaled_writes_what_format_scaled_writes() {
+        let mut rng = Rng::new(9);
+        let mut cases: Vec<(i128, u32)> = vec![(0, 2), (-1, 8), (100, 2), (-100, 2), (5, 0)];
+        // Beyond 64 bits: the wide path.
+        cases.extend([(i128::MAX, 8), (i128::MIN + 1, 8), (-(1i128 << 70) - 10, 2), (1 << 64, 0)]);
+        for _ in 0..2000 {
+            let m =
+                (rng.next_u64() >> rng.below(64)) as i128 * if rng.below(2) == 0 { 1 } else { -1 };
+            // Trailing zeros in the mantissa are the case to get right.
+            cases.push((m * 10i128.pow(rng.below(6) as u32), [0, 2, 8][rng.below(3) as usize]));
+        }
+        for (m, scale) in cases {
+            let (mut got, mut want) = (String::new(), String::new());
+            push_scaled(&mut got, m, scale);
+            crate::fixed::format_scaled(m, scale, &mut want);
+            assert_eq!(got, want, "{m} at scale {scale}");
+        }
     }
 
     #[test]

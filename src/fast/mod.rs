@@ -882,57 +882,117 @@ impl FastEngine {
     }
 
     /// The work of [`FastEngine::sweep`]: returns the cross accounts whose state changed, when
-    /// the cross part was done, and the isolated slots that crossed below maintenance.
+    /// the cross part was done, and the isolated slots that crossed below maintenance. On a
+    /// book small enough for sums per worker the isolated books are evaluated beside the
+    /// cross books, so the cross part's time includes them.
     fn sweep_books(
         &mut self,
         parallel: bool,
         started: std::time::Instant,
     ) -> (Vec<AccountIdx>, std::time::Duration, Vec<(SymbolIdx, u32)>) {
+        // A book of up to this many accounts gives each worker sums of its own (16 bytes an
+        // account a worker, so 8 MiB for two workers at the limit, which stays in cache):
+        // the workers then share out the chunks of every cross book in one parallel job,
+        // where shared sums need a fork-join per book so that no two workers add to one sum.
+        // On the 300k-position Criterion book (100k accounts, 50 books, most of them a chunk
+        // or less) the per-book joins were a third of a two-worker sweep. A bigger book keeps
+        // shared sums: its books are long enough to split, and a second copy of its sums
+        // would be more memory traffic than the joins cost.
+        const OWN_SUMS_MAX_ACCOUNTS: usize = 1 << 18;
         let (scales, marks, cross) = (&self.scales, &self.mark_ticks, &self.cross);
         let (accounts, sums, unmarked) = (&mut self.accounts, &mut self.sums, &mut self.unmarked);
         let n = accounts.hot.len();
-        // Every sum is zero here: new ones are made so, and the check below takes each.
-        sums.resize_with(n, Sum::default);
+        let workers = if parallel { rayon::current_num_threads() } else { 1 };
+        let ways = if parallel && n <= OWN_SUMS_MAX_ACCOUNTS { workers } else { 1 };
+        // Every sum is zero here: new ones are made so, and the check below takes each (so
+        // the layout may change from one sweep to the next).
+        sums.resize_with(n * ways, Sum::default);
         unmarked.clear();
         if (cross.iter().zip(marks)).any(|(b, t)| t.is_none() && !b.is_empty()) {
             unmarked.resize(n, 0);
         }
-        // Each book adds its terms; the workers split the book's slots (a book holds each
-        // account once, so they never add to one sum together) and wait for each other
-        // before the next book.
         let sums: &[Sum] = sums;
-        for (book, (sc, t)) in cross.iter().zip(scales.iter().zip(marks)) {
-            let Some(t) = *t else {
-                book.account.iter().for_each(|a| unmarked[a.0 as usize] += 1);
-                continue;
-            };
-            let quote = Quote::new(sc, t);
-            let add = |c: usize| {
-                let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(book.len()));
-                let ahead = book.account.get(lo + PREFETCH_AHEAD..).unwrap_or_default();
-                let held = &book.account[lo..hi];
-                quote.each_term(&book.lots[lo..hi], &book.base_q16[lo..hi], |k, term| {
-                    if let Some(b) = ahead.get(k) {
-                        sums.get(b.0 as usize).map(prefetch);
-                    }
-                    sums[held[k].0 as usize].add(term);
-                });
-            };
-            let chunks = book.len().div_ceil(CHUNK);
-            if parallel && chunks > 1 {
-                (0..chunks).into_par_iter().for_each(add);
-            } else {
-                (0..chunks).for_each(add);
+        // Adds the terms of chunk `c` of `book` to `sums` (one account per slot of a book).
+        let add = |book: &Book, quote: &Quote, sums: &[Sum], c: usize| {
+            let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(book.len()));
+            let ahead = book.account.get(lo + PREFETCH_AHEAD..).unwrap_or_default();
+            let held = &book.account[lo..hi];
+            quote.each_term(&book.lots[lo..hi], &book.base_q16[lo..hi], |k, term| {
+                if let Some(b) = ahead.get(k) {
+                    sums.get(b.0 as usize).map(prefetch);
+                }
+                sums[held[k].0 as usize].add(term);
+            });
+        };
+        let mut quotes = Vec::with_capacity(cross.len());
+        for (si, (book, (sc, t))) in cross.iter().zip(scales.iter().zip(marks)).enumerate() {
+            match *t {
+                Some(t) if !book.is_empty() => quotes.push((si, Quote::new(sc, t))),
+                Some(_) => {}
+                None => book.account.iter().for_each(|a| unmarked[a.0 as usize] += 1),
             }
         }
-        // Then every account's state at its wallet plus its sum, against its flag.
+        // Isolated books: all of them in one parallel job (most books are too small to split,
+        // and there are many), each big one split in chunks as well. They read no sum, so
+        // with sums of its own per worker they run beside the cross books, and a worker that
+        // is done with one part takes work from the other instead of waiting.
+        let min = self.parallel_min;
+        let isolated = &mut self.isolated;
+        let evaluate = |(si, book): (usize, &mut Book)| match marks[si] {
+            Some(t) => {
+                let s = SymbolIdx(si as u16);
+                evaluate_isolated(book, s, &scales[si], t, false, parallel && book.len() >= min)
+            }
+            None => Vec::new(),
+        };
+        let mut isolated_pass = || -> Vec<(SymbolIdx, u32)> {
+            if parallel {
+                isolated.par_iter_mut().enumerate().flat_map_iter(evaluate).collect()
+            } else {
+                isolated.iter_mut().enumerate().flat_map(evaluate).collect()
+            }
+        };
+        let cross_pass = || {
+            if ways > 1 {
+                // Every chunk of every book in one job; each worker adds to its own sums.
+                let tasks: Vec<(usize, u32)> = (quotes.iter().enumerate())
+                    .flat_map(|(q, (si, _))| {
+                        (0..cross[*si].len().div_ceil(CHUNK) as u32).map(move |c| (q, c))
+                    })
+                    .collect();
+                tasks.into_par_iter().for_each(|(q, c)| {
+                    // Inside the pool (`sweep` runs this under `rayon::scope`), and a worker runs
+                    // one task at a time, so its sums have one writer.
+                    let w = rayon::current_thread_index().expect("a sweep task runs on a worker");
+                    assert!(w < ways, "worker {w} of {ways}");
+                    let (si, quote) = &quotes[q];
+                    add(&cross[*si], quote, &sums[w * n..(w + 1) * n], c as usize);
+                });
+            } else {
+                // Book after book; the workers split a book's chunks (a book holds each account
+                // once, so they never add to one sum together) and wait for each other before the
+                // next book.
+                for (si, quote) in &quotes {
+                    let book = &cross[*si];
+                    let chunks = book.len().div_ceil(CHUNK);
+                    if parallel && chunks > 1 {
+                        (0..chunks).into_par_iter().for_each(|c| add(book, quote, sums, c));
+                    } else {
+                        (0..chunks).for_each(|c| add(book, quote, sums, c));
+                    }
+                }
+            }
+        };
+        // Then every account's state at its wallet plus its sums, against its flag.
         let unmarked: &[u16] = unmarked;
         let wallet = &accounts.wallet_e8;
         let check = |(c, hot): (usize, &mut [Hot])| {
-            let (lo, sums, wallet) = (c * CHUNK, &sums[c * CHUNK..], &wallet[c * CHUNK..]);
+            let (lo, own, wallet) = (c * CHUNK, &sums[c * CHUNK..n], &wallet[c * CHUNK..]);
             let mut changed = Vec::new();
-            for (k, ((h, sum), w)) in hot.iter_mut().zip(sums).zip(wallet).enumerate() {
-                let buffer = w * E8_TO_Q16 + sum.take();
+            for (k, ((h, sum), w)) in hot.iter_mut().zip(own).zip(wallet).enumerate() {
+                // The other workers' sums of this account, when each had its own.
+                let others: i128 = (1..ways).map(|v| sums[v * n + lo + k].take()).sum();
+                let buffer = w * E8_TO_Q16 + sum.take() + others;
                 // Written only when wrong, so that the pass dirties no cache line for nothing.
                 let recount = unmarked.get(lo + k).copied().unwrap_or(0);
                 let recounted = h.n_unmarked != recount;
@@ -946,28 +1006,24 @@ impl FastEngine {
             }
             changed
         };
-        let changed: Vec<AccountIdx> = if parallel {
-            accounts.hot.par_chunks_mut(CHUNK).enumerate().flat_map_iter(check).collect()
-        } else {
-            accounts.hot.chunks_mut(CHUNK).enumerate().flat_map(check).collect()
-        };
-        let cross_done = started.elapsed();
-        // Isolated books: all of them in one parallel job (most books are too small to split,
-        // and there are many), each big one split in chunks as well.
-        let min = self.parallel_min;
-        let evaluate = |(si, book): (usize, &mut Book)| match marks[si] {
-            Some(t) => {
-                let s = SymbolIdx(si as u16);
-                evaluate_isolated(book, s, &scales[si], t, false, parallel && book.len() >= min)
+        let hot = &mut accounts.hot;
+        let mut account_pass = || -> Vec<AccountIdx> {
+            if parallel {
+                hot.par_chunks_mut(CHUNK).enumerate().flat_map_iter(check).collect()
+            } else {
+                hot.chunks_mut(CHUNK).enumerate().flat_map(check).collect()
             }
-            None => Vec::new(),
         };
-        let crossed = if parallel {
-            self.isolated.par_iter_mut().enumerate().flat_map_iter(evaluate).collect()
+        if ways > 1 {
+            let ((), crossed) = rayon::join(cross_pass, isolated_pass);
+            (account_pass(), started.elapsed(), crossed)
         } else {
-            self.isolated.iter_mut().enumerate().flat_map(evaluate).collect()
-        };
-        (changed, cross_done, crossed)
+            // With shared sums the isolated books come after the cross books (a big book's
+            // phases stay apart, as the figures bench reports them).
+            cross_pass();
+            let changed = account_pass();
+            (changed, started.elapsed(), isolated_pass())
+        }
     }
 
     /// How long the phases of the last [`FastEngine::sweep`] took (before its events).
