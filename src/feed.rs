@@ -57,6 +57,9 @@ pub struct FeedOptions {
     pub events_idle: Duration,
     /// How long to wait for the `hello` line and for the daemon to close after our last line.
     pub io_timeout: Duration,
+    /// With `rate`: zero paces by sleeps alone; otherwise the last stretch before a line's
+    /// due time is spun (see [`crate::pipeline::wait`]). `LIQSCAN_SPIN_US` by default.
+    pub pace_spin: Duration,
 }
 
 impl FeedOptions {
@@ -71,6 +74,7 @@ impl FeedOptions {
             give_up_after: Duration::from_secs(30),
             events_idle: Duration::from_secs(1),
             io_timeout: Duration::from_secs(10),
+            pace_spin: crate::pipeline::wait::spin_from_env(),
         }
     }
 }
@@ -422,7 +426,7 @@ fn send_from(
     let mut sending = false;
     let mut out = BufWriter::with_capacity(1 << 16, &stream);
     let mut stamped = Vec::with_capacity(256);
-    let mut spinner = Spinner::default();
+    let mut spinner = Spinner::new(!opts.pace_spin.is_zero());
     loop {
         let (bytes, consumed) = match reader.next_line().map_err(|e| input.err(e))? {
             None => break,

@@ -60,17 +60,21 @@ pub struct Options {
     /// stream's next batch then finds the engine awake: no futex wake-up (tens of µs on a
     /// 2-core virtual machine) between a line's hand-off and its apply. Zero parks at once.
     /// The cost is CPU: up to this long of spinning after the last batch of a burst; a
-    /// preempted spin backs off (see [`wait::Spinner`]).
+    /// preempted spin backs off (see [`wait::Spinner`]). Zero also makes a paced reader
+    /// (`rate`) only sleep.
     pub idle_spin: Duration,
 }
 
-/// The default [`Options::idle_spin`]: several times the gap between two lines at 100,000
-/// lines a second, short enough that an idle daemon parks within a tenth of a millisecond.
-pub const IDLE_SPIN: Duration = Duration::from_micros(50);
-
 impl Default for Options {
+    /// Batches of 1,024 lines, 16 in flight, unpaced, and the spin of
+    /// [`wait::spin_from_env`] (50 µs unless `LIQSCAN_SPIN_US` says otherwise).
     fn default() -> Self {
-        Options { batch_lines: 1024, queue_batches: 16, rate: None, idle_spin: IDLE_SPIN }
+        Options {
+            batch_lines: 1024,
+            queue_batches: 16,
+            rate: None,
+            idle_spin: wait::spin_from_env(),
+        }
     }
 }
 

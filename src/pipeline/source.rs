@@ -100,7 +100,7 @@ pub(crate) fn reader_thread<'a>(
         batch_tx.send(std::mem::replace(batch, next)).is_ok()
     };
     let (paced_from, mut n_paced) = (Instant::now(), 0u64);
-    let mut spinner = Spinner::default();
+    let mut spinner = Spinner::new(!opts.idle_spin.is_zero());
     while !stop.is_stopped() {
         let Some(conn) = source.next(ingest.last_seq()) else { break };
         ingest.new_connection();

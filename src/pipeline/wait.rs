@@ -14,6 +14,23 @@
 
 use std::time::{Duration, Instant};
 
+/// The environment variable that sets how long liqscan's threads may spin instead of
+/// sleeping, in µs (`0`: never spin: the engine parks at once, paced readers only sleep).
+pub const SPIN_ENV: &str = "LIQSCAN_SPIN_US";
+
+/// The spin when [`SPIN_ENV`] is unset: several times the gap between two lines at 100,000
+/// lines a second, short enough that an idle daemon parks within a tenth of a millisecond.
+pub const SPIN_DEFAULT: Duration = Duration::from_micros(50);
+
+/// The spin of this process: [`SPIN_ENV`] when it is set to a number of µs, else
+/// [`SPIN_DEFAULT`]. An unreadable value is ignored (the default holds).
+pub fn spin_from_env() -> Duration {
+    std::env::var(SPIN_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(SPIN_DEFAULT, Duration::from_micros)
+}
+
 /// A gap between two looks at the clock during a spin that means the thread was preempted.
 pub const PREEMPTED: Duration = Duration::from_micros(30);
 
@@ -28,16 +45,30 @@ const SPINS_PER_CHECK: u32 = 64;
 const SLEEP_MARGIN: Duration = Duration::from_micros(150);
 
 /// One thread's spinning policy: spin while it is not preempted.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Spinner {
+    /// Spinning is allowed at all (a zero [`SPIN_ENV`] forbids it).
+    enabled: bool,
     /// No spinning before this: the thread was preempted while spinning.
     quiet_until: Option<Instant>,
 }
 
+impl Default for Spinner {
+    /// A spinner that may spin.
+    fn default() -> Self {
+        Spinner::new(true)
+    }
+}
+
 impl Spinner {
-    /// True when spinning is allowed now (not backing off after a preemption).
+    /// A spinner; `enabled: false` never spins (it only sleeps or returns at once).
+    pub fn new(enabled: bool) -> Spinner {
+        Spinner { enabled, quiet_until: None }
+    }
+
+    /// True when spinning is allowed now (enabled, and not backing off after a preemption).
     pub fn may_spin(&self, now: Instant) -> bool {
-        self.quiet_until.is_none_or(|t| now >= t)
+        self.enabled && self.quiet_until.is_none_or(|t| now >= t)
     }
 
     /// Spins until `ready()` or until `spin` has passed; returns `ready()`'s last answer.
@@ -82,7 +113,7 @@ impl Spinner {
                 return;
             }
             let left = due - now;
-            if left > SLEEP_MARGIN {
+            if left > SLEEP_MARGIN && self.enabled {
                 std::thread::sleep(left - SLEEP_MARGIN);
             } else if !self.may_spin(now) {
                 std::thread::sleep(left);
@@ -112,7 +143,8 @@ mod tests {
 
     #[test]
     fn a_preempted_spinner_backs_off() {
-        let mut s = Spinner { quiet_until: Some(Instant::now() + Duration::from_secs(60)) };
+        let mut s =
+            Spinner { enabled: true, quiet_until: Some(Instant::now() + Duration::from_secs(60)) };
         assert!(!s.may_spin(Instant::now()));
         let t = Instant::now();
         assert!(!s.spin_until(Duration::from_secs(10), || false), "no spin while backing off");
@@ -121,11 +153,22 @@ mod tests {
 
     #[test]
     fn pace_until_waits_for_the_due_time() {
-        let mut s = Spinner::default();
-        for wait_us in [0u64, 20, 400] {
-            let due = Instant::now() + Duration::from_micros(wait_us);
-            s.pace_until(due);
-            assert!(Instant::now() >= due, "{wait_us} µs");
+        for enabled in [true, false] {
+            let mut s = Spinner::new(enabled);
+            for wait_us in [0u64, 20, 400] {
+                let due = Instant::now() + Duration::from_micros(wait_us);
+                s.pace_until(due);
+                assert!(Instant::now() >= due, "{wait_us} µs, spinning {enabled}");
+            }
         }
+    }
+
+    #[test]
+    fn a_disabled_spinner_never_spins() {
+        let mut s = Spinner::new(false);
+        assert!(!s.may_spin(Instant::now()));
+        let t = Instant::now();
+        assert!(!s.spin_until(Duration::from_secs(10), || false));
+        assert!(t.elapsed() < Duration::from_secs(1));
     }
 }
