@@ -4,7 +4,9 @@
 //! A line goes through two steps here, because the SPEC orders the sequencing rules between
 //! them (section 6):
 //! 1. [`parse_envelope`]: UTF-8, JSON object, no duplicate keys, a well-typed `seq`. A failure
-//!    is `malformed` (or `invalid` for the seq) and consumes no seq.
+//!    is `malformed` (or `invalid` for the seq) and consumes no seq. The common line (a flat
+//!    object of plain strings and numbers) is read by a short scanner; every other line, and
+//!    every error, by serde_json, whose messages are the malformed reasons.
 //! 2. [`validate`]: every field rule that needs only the config (types, section-1 limits,
 //!    known symbol, tick and step multiples). A failure consumes the seq.
 //!
