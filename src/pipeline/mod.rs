@@ -67,7 +67,7 @@ pub struct Options {
 
 impl Default for Options {
     /// Batches of 1,024 lines, 16 in flight, unpaced, and the spin of
-    /// [`wait::spin_from_env`] (50 µs unless `LIQSCAN_SPIN_US` says otherwise).
+    /// [`wait::spin_from_env`] (none unless `LIQSCAN_SPIN_US` says otherwise).
     fn default() -> Self {
         Options {
             batch_lines: 1024,

@@ -18,9 +18,13 @@ use std::time::{Duration, Instant};
 /// sleeping, in µs (`0`: never spin: the engine parks at once, paced readers only sleep).
 pub const SPIN_ENV: &str = "LIQSCAN_SPIN_US";
 
-/// The spin when [`SPIN_ENV`] is unset: several times the gap between two lines at 100,000
-/// lines a second, short enough that an idle daemon parks within a tenth of a millisecond.
-pub const SPIN_DEFAULT: Duration = Duration::from_micros(50);
+/// The spin when [`SPIN_ENV`] is unset: none. Measured on the shared 2-core development
+/// machine (load 2), spinning made event latency worse (`replay --rate 200000` of a stream of
+/// cheap messages: p90 85 µs with a 50 µs spin against 17 µs without; see
+/// `src/pipeline/README.md`), since the spinners then compete with the writer and everything
+/// else for the two cores. On a machine with a core to spare, `LIQSCAN_SPIN_US=50` is the
+/// setting to try.
+pub const SPIN_DEFAULT: Duration = Duration::ZERO;
 
 /// The spin of this process: [`SPIN_ENV`] when it is set to a number of µs, else
 /// [`SPIN_DEFAULT`]. An unreadable value is ignored (the default holds).
