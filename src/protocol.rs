@@ -4,7 +4,9 @@
 //! A line goes through two steps here, because the SPEC orders the sequencing rules between
 //! them (section 6):
 //! 1. [`parse_envelope`]: UTF-8, JSON object, no duplicate keys, a well-typed `seq`. A failure
-//!    is `malformed` (or `invalid` for the seq) and consumes no seq.
+//!    is `malformed` (or `invalid` for the seq) and consumes no seq. The common line (a flat
+//!    object of plain strings and numbers) is read by a short scanner; every other line, and
+//!    every error, by serde_json, whose messages are the malformed reasons.
 //! 2. [`validate`]: every field rule that needs only the config (types, section-1 limits,
 //!    known symbol, tick and step multiples). A failure consumes the seq.
 //!
@@ -77,44 +79,62 @@ impl Reject {
     }
 }
 
+/// A JSON value's text exactly as the line has it: a string with its quotes and escapes, a
+/// number token, an object. Read by [`validate`] once the message type says how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raw<'a>(&'a str);
+
+impl<'a> Raw<'a> {
+    /// The value's JSON text.
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'de RawValue>::deserialize(d).map(|raw| Raw(raw.get()))
+    }
+}
+
 /// Every field any message type may carry, each kept as raw JSON text until the message type
 /// says how to read it. Unknown fields are ignored; `null` counts as absent.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Envelope<'a> {
     #[serde(rename = "type", borrow, default)]
-    pub ty: Option<&'a RawValue>,
+    pub ty: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub seq: Option<&'a RawValue>,
+    pub seq: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub ts: Option<&'a RawValue>,
+    pub ts: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub symbol: Option<&'a RawValue>,
+    pub symbol: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub price: Option<&'a RawValue>,
+    pub price: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub prices: Option<&'a RawValue>,
+    pub prices: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub account: Option<&'a RawValue>,
+    pub account: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub wallet: Option<&'a RawValue>,
+    pub wallet: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub amount: Option<&'a RawValue>,
+    pub amount: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub size: Option<&'a RawValue>,
+    pub size: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub entry_price: Option<&'a RawValue>,
+    pub entry_price: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub isolated_margin: Option<&'a RawValue>,
+    pub isolated_margin: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub mode: Option<&'a RawValue>,
+    pub mode: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub leverage: Option<&'a RawValue>,
+    pub leverage: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub open_orders: Option<&'a RawValue>,
+    pub open_orders: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub order_margin: Option<&'a RawValue>,
+    pub order_margin: Option<Raw<'a>>,
     #[serde(borrow, default)]
-    pub rate: Option<&'a RawValue>,
+    pub rate: Option<Raw<'a>>,
 }
 
 impl Envelope<'_> {
@@ -147,13 +167,13 @@ pub fn parse_envelope(line: &[u8]) -> Result<Parsed<'_>, Reject> {
             Err(e) => Reject::malformed(format!("not JSON: {e}")),
         });
     }
-    let envelope: Envelope = serde_json::from_str(text).map_err(|e| {
-        if e.classify() == serde_json::error::Category::Data {
-            Reject::malformed(format!("bad JSON object: {e}"))
-        } else {
-            Reject::malformed(format!("not JSON: {e}"))
-        }
-    })?;
+    // The common line (a flat object of plain strings and well-formed numbers) is read by a
+    // short scanner; anything else, every error included, goes through serde_json, whose
+    // messages are the reasons of the malformed rejects.
+    let envelope = match fast_envelope(text) {
+        Some(envelope) => envelope,
+        None => serde_envelope(text)?,
+    };
     let seq = match envelope.seq {
         None => None,
         Some(raw) => match json_uint(raw) {
@@ -167,6 +187,172 @@ pub fn parse_envelope(line: &[u8]) -> Result<Parsed<'_>, Reject> {
         },
     };
     Ok(Parsed { envelope, seq })
+}
+
+/// The envelope by serde_json: every line the scanner leaves, with serde's error messages.
+fn serde_envelope(text: &str) -> Result<Envelope<'_>, Reject> {
+    serde_json::from_str(text).map_err(|e| {
+        if e.classify() == serde_json::error::Category::Data {
+            Reject::malformed(format!("bad JSON object: {e}"))
+        } else {
+            Reject::malformed(format!("not JSON: {e}"))
+        }
+    })
+}
+
+/// The envelope of a line that is one flat JSON object whose keys and string values have no
+/// escapes or control characters, whose values are strings, well-formed numbers, `true`,
+/// `false` or `null`, and which names no envelope field twice; `None` for anything else
+/// (nested values, escapes, any error), which serde_json then reads. On the lines it accepts
+/// it yields what serde_json yields (the test `fast_envelope_equals_serde` checks it): the
+/// same raw text per field, `null` as absent, unknown fields ignored.
+fn fast_envelope(text: &str) -> Option<Envelope<'_>> {
+    let mut scan = Scan { b: text.as_bytes(), at: 0 };
+    let mut env = Envelope::default();
+    let mut seen = 0u32;
+    scan.ws();
+    scan.eat(b'{')?;
+    scan.ws();
+    if scan.eat(b'}').is_none() {
+        loop {
+            let key = scan.plain_string()?;
+            scan.ws();
+            scan.eat(b':')?;
+            scan.ws();
+            let value = scan.scalar()?;
+            let raw = &text[value.0..value.1];
+            // The key's span includes its quotes; a plain string's bytes are its text.
+            let slot = match &text[key.0 + 1..key.1 - 1] {
+                "type" => Some((0, &mut env.ty)),
+                "seq" => Some((1, &mut env.seq)),
+                "ts" => Some((2, &mut env.ts)),
+                "symbol" => Some((3, &mut env.symbol)),
+                "price" => Some((4, &mut env.price)),
+                "prices" => Some((5, &mut env.prices)),
+                "account" => Some((6, &mut env.account)),
+                "wallet" => Some((7, &mut env.wallet)),
+                "amount" => Some((8, &mut env.amount)),
+                "size" => Some((9, &mut env.size)),
+                "entry_price" => Some((10, &mut env.entry_price)),
+                "isolated_margin" => Some((11, &mut env.isolated_margin)),
+                "mode" => Some((12, &mut env.mode)),
+                "leverage" => Some((13, &mut env.leverage)),
+                "open_orders" => Some((14, &mut env.open_orders)),
+                "order_margin" => Some((15, &mut env.order_margin)),
+                "rate" => Some((16, &mut env.rate)),
+                _ => None,
+            };
+            if let Some((bit, field)) = slot {
+                if seen & (1 << bit) != 0 {
+                    return None; // a duplicate field: serde's error names it
+                }
+                seen |= 1 << bit;
+                *field = (raw != "null").then_some(Raw(raw));
+            }
+            scan.ws();
+            if scan.eat(b',').is_some() {
+                scan.ws();
+                continue;
+            }
+            scan.eat(b'}')?;
+            break;
+        }
+    }
+    scan.ws();
+    (scan.at == scan.b.len()).then_some(env)
+}
+
+/// A cursor over a line for [`fast_envelope`]; every method fails (`None`) rather than judge
+/// anything it does not know to be well-formed JSON.
+struct Scan<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Scan<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.at).copied()
+    }
+
+    /// Skips JSON white space.
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.at += 1)
+    }
+
+    fn digits(&mut self) -> usize {
+        let from = self.at;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.at += 1;
+        }
+        self.at - from
+    }
+
+    /// A string without escapes or control characters: its span, quotes included.
+    fn plain_string(&mut self) -> Option<(usize, usize)> {
+        let from = self.at;
+        self.eat(b'"')?;
+        // Strings here are short (names, decimals): a plain loop beats a memchr set-up.
+        loop {
+            match self.peek()? {
+                b'"' => break,
+                b'\\' | 0..0x20 => return None,
+                _ => self.at += 1,
+            }
+        }
+        self.at += 1;
+        Some((from, self.at))
+    }
+
+    /// A number by the JSON grammar, `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`:
+    /// its span.
+    fn number(&mut self) -> Option<(usize, usize)> {
+        let from = self.at;
+        let _ = self.eat(b'-');
+        match self.peek()? {
+            b'0' => self.at += 1,
+            b'1'..=b'9' => {
+                self.digits();
+            }
+            _ => return None,
+        }
+        if self.eat(b'.').is_some() && self.digits() == 0 {
+            return None;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        Some((from, self.at))
+    }
+
+    /// A string, a number, `true`, `false` or `null`: its span. An object or array: `None`.
+    fn scalar(&mut self) -> Option<(usize, usize)> {
+        let from = self.at;
+        let word: &[u8] = match self.peek()? {
+            b'"' => return self.plain_string(),
+            b'-' | b'0'..=b'9' => return self.number(),
+            b't' => b"true",
+            b'f' => b"false",
+            b'n' => b"null",
+            _ => return None,
+        };
+        if !self.b.get(from..)?.starts_with(word) {
+            return None;
+        }
+        self.at += word.len();
+        Some((from, self.at))
+    }
 }
 
 /// The reject for a line longer than [`MAX_LINE_BYTES`].
@@ -393,7 +579,7 @@ pub fn validate(env: &Envelope<'_>, cfg: &Config) -> Result<Command, Reject> {
     })
 }
 
-fn required<'a>(raw: Option<&'a RawValue>, name: &str) -> Result<&'a RawValue, Reject> {
+fn required<'a>(raw: Option<Raw<'a>>, name: &str) -> Result<Raw<'a>, Reject> {
     raw.ok_or_else(|| Reject::invalid(format!("missing field {name}")))
 }
 
@@ -406,7 +592,7 @@ fn clip(s: &str) -> &str {
 }
 
 /// A JSON string's contents, unescaped only when it has escapes.
-fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
+fn json_string(raw: Raw<'_>) -> Option<Cow<'_, str>> {
     let t = raw.get();
     let inner = t.strip_prefix('"')?.strip_suffix('"')?;
     if inner.contains('\\') {
@@ -416,13 +602,13 @@ fn json_string(raw: &RawValue) -> Option<Cow<'_, str>> {
     }
 }
 
-fn string_field<'a>(raw: Option<&'a RawValue>, name: &str) -> Result<Cow<'a, str>, Reject> {
+fn string_field<'a>(raw: Option<Raw<'a>>, name: &str) -> Result<Cow<'a, str>, Reject> {
     let raw = required(raw, name)?;
     json_string(raw)
         .ok_or_else(|| Reject::invalid(format!("{name} {} is not a string", clip(raw.get()))))
 }
 
-fn symbol_field(raw: Option<&RawValue>, cfg: &Config) -> Result<SymbolIdx, Reject> {
+fn symbol_field(raw: Option<Raw<'_>>, cfg: &Config) -> Result<SymbolIdx, Reject> {
     let name = string_field(raw, "symbol")?;
     lookup_symbol(&name, cfg)
 }
@@ -437,7 +623,7 @@ fn lookup_symbol(name: &str, cfg: &Config) -> Result<SymbolIdx, Reject> {
 }
 
 /// A non-negative JSON integer token (no sign, fraction or exponent) that fits in u64.
-fn json_uint(raw: &RawValue) -> Option<u64> {
+fn json_uint(raw: Raw<'_>) -> Option<u64> {
     let t = raw.get();
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -447,7 +633,7 @@ fn json_uint(raw: &RawValue) -> Option<u64> {
 
 /// A JSON integer >= 1. Integers above u64 saturate: they are still integers, and the
 /// engine's bound check then names them `leverage_exceeds_max`.
-fn json_int_at_least_1(raw: &RawValue, name: &str) -> Result<u64, Reject> {
+fn json_int_at_least_1(raw: Raw<'_>, name: &str) -> Result<u64, Reject> {
     let t = raw.get();
     let digits = t.strip_prefix('-').unwrap_or(t);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -462,7 +648,7 @@ fn json_int_at_least_1(raw: &RawValue, name: &str) -> Result<u64, Reject> {
 }
 
 /// A decimal field of the given kind, from a JSON string or a plain JSON number.
-fn decimal(raw: Option<&RawValue>, name: &str, kind: Kind) -> Result<D8, Reject> {
+fn decimal(raw: Option<Raw<'_>>, name: &str, kind: Kind) -> Result<D8, Reject> {
     let raw = required(raw, name)?;
     let t = raw.get();
     let text: Cow<str> = if t.starts_with('"') {
@@ -517,7 +703,7 @@ fn on_tick(price: D8, symbol: SymbolIdx, cfg: &Config, name: &str) -> Result<D8,
 const MARKS_SCAN_MAX: usize = 32;
 
 /// The `prices` object of a `marks` message, in written order. Any bad entry fails it all.
-fn marks_prices(raw: Option<&RawValue>, cfg: &Config) -> Result<Vec<(SymbolIdx, D8)>, Reject> {
+fn marks_prices(raw: Option<Raw<'_>>, cfg: &Config) -> Result<Vec<(SymbolIdx, D8)>, Reject> {
     let raw = required(raw, "prices")?;
     let entries: Entries = serde_json::from_str(raw.get())
         .map_err(|_| Reject::invalid(format!("prices {} is not an object", clip(raw.get()))))?;
@@ -547,7 +733,7 @@ fn marks_prices(raw: Option<&RawValue>, cfg: &Config) -> Result<Vec<(SymbolIdx, 
             return Err(Reject::invalid(format!("prices lists {name} twice")));
         }
         let field = format!("price of {}", clip(&name));
-        let price = decimal(Some(value), &field, Kind::Price)?;
+        let price = decimal(Some(Raw(value.get())), &field, Kind::Price)?;
         out.push((symbol, on_tick(price, symbol, cfg, &field)?));
     }
     Ok(out)
@@ -1047,6 +1233,85 @@ mod tests {
         }
         let unknown_then_dup = r#"{"type":"marks","prices":{"NOPE":"1","S001":"1","S001":"1"}}"#;
         assert_eq!(run(unknown_then_dup).unwrap_err().code, RejectCode::UnknownSymbol);
+    }
+
+    /// The scanner agrees with serde_json on every line it accepts: handmade edge cases, every
+    /// line of the committed fixtures and fuzz corpus, and every prefix and one-byte change of
+    /// the first lines of each (bounded: about 10^5 inputs). It must also take the common
+    /// lines, or it would be dead weight.
+    #[test]
+    fn fast_envelope_equals_serde() {
+        let check = |text: &str| -> bool {
+            let Some(fast) = fast_envelope(text) else { return false };
+            match serde_envelope(text) {
+                Ok(slow) => assert_eq!(fast, slow, "{text:?}"),
+                Err(e) => panic!("the scanner took a line serde refuses: {text:?}: {e}"),
+            }
+            true
+        };
+        // (label, line, taken by the scanner)
+        let table = [
+            ("TC1 plain", r#"{"type":"mark","symbol":"S1","price":"1.5"}"#, true),
+            ("TC2 white space", " { \"type\" : \"query\" ,\t\"account\":1 }\r", true),
+            ("TC3 null is absent", r#"{"type":"query","account":1,"seq":null}"#, true),
+            ("TC4 unknown fields", r#"{"x":true,"y":false,"z":-0.5e+3,"type":"query"}"#, true),
+            ("TC5 empty", "{}", true),
+            ("TC6 nested", r#"{"type":"marks","prices":{"S1":"1"}}"#, false),
+            ("TC7 escape", r#"{"type":"m\u0061rk"}"#, false),
+            ("TC8 duplicate", r#"{"type":"mark","type":"mark"}"#, false),
+            ("TC9 duplicate null", r#"{"seq":null,"seq":1}"#, false),
+            ("TC10 trailing comma", r#"{"type":"mark",}"#, false),
+            ("TC11 leading zero", r#"{"account":01}"#, false),
+            ("TC12 bare minus", r#"{"account":-}"#, false),
+            ("TC13 fraction without digits", r#"{"price":1.}"#, false),
+            ("TC14 exponent without digits", r#"{"price":1e}"#, false),
+            ("TC15 trailing text", r#"{"type":"mark"} x"#, false),
+            ("TC16 truex", r#"{"a":truex}"#, false),
+            ("TC17 control character", "{\"type\":\"a\u{1}b\"}", false),
+            ("TC18 array", r#"{"a":[1]}"#, false),
+            ("TC19 unicode text", r#"{"type":"mark","symbol":"ÄÖ€"}"#, true),
+            ("TC20 huge number", r#"{"leverage":99999999999999999999999e999}"#, true),
+        ];
+        for (label, line, taken) in table {
+            assert_eq!(check(line), taken, "{label}");
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        for dir in ["fixtures/golden", "fixtures/gen", "fuzz/corpus/line_path"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_file() {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        let (mut lines, mut taken) = (0usize, 0usize);
+        let specials = [b'"', b'\\', b'{', b'}', b',', b':', b' ', b'0', b'-', b'e', b'.', 1];
+        for path in files {
+            let bytes = std::fs::read(&path).unwrap();
+            for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+                let Ok(text) = std::str::from_utf8(line) else { continue };
+                lines += 1;
+                taken += usize::from(check(text));
+                if i >= 5 {
+                    continue;
+                }
+                for cut in 0..line.len() {
+                    if let Ok(prefix) = std::str::from_utf8(&line[..cut]) {
+                        check(prefix);
+                    }
+                    for &c in &specials {
+                        let mut changed = line.to_vec();
+                        changed[cut] = c;
+                        if let Ok(text) = std::str::from_utf8(&changed) {
+                            check(text);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(taken * 2 > lines, "the scanner took {taken} of {lines} fixture lines");
     }
 
     #[test]

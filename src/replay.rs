@@ -36,6 +36,7 @@ impl Summary {
                 "event": self.event_latency.summary().to_json(),
                 "ts_to_event": self.ts_latency.summary().to_json(),
                 "apply": self.apply_latency.summary().to_json(),
+                "queue": self.queue_latency.summary().to_json(),
             },
         })
     }
@@ -44,6 +45,7 @@ impl Summary {
     pub fn human(&self, engine: &str) -> String {
         let e = self.event_latency.summary();
         let a = self.apply_latency.summary();
+        let q = self.queue_latency.summary();
         format!(
             "liqscan replay ({engine} engine)\n\
              messages      {} in {:.3} s ({:.0} msg/s), {} lines\n\
@@ -53,7 +55,8 @@ impl Summary {
              duplicates    {}\n\
              account events {}\n\
              event latency ns  p50 {} p90 {} p99 {} p99.9 {} max {} (n={})\n\
-             apply latency ns  p50 {} p90 {} p99 {} p99.9 {} max {} (n={})\n",
+             apply latency ns  p50 {} p90 {} p99 {} p99.9 {} max {} (n={})\n\
+             queue latency ns  p50 {} p90 {} p99 {} p99.9 {} max {} (n={})\n",
             self.messages,
             self.elapsed.as_secs_f64(),
             self.messages_per_s(),
@@ -75,6 +78,12 @@ impl Summary {
             a.p999,
             a.max,
             a.count,
+            q.p50,
+            q.p90,
+            q.p99,
+            q.p999,
+            q.max,
+            q.count,
         )
     }
 }

@@ -610,13 +610,19 @@ fn random_streams_exercise_the_rules() {
 }
 
 /// Back-pressure: with one line per batch and one batch in flight, the pipeline blocks at
-/// every step, and still yields the same events in the same order; so does a paced replay.
+/// every step (and the engine parks at once, without polling), and still yields the same
+/// events in the same order; so does a paced replay.
 #[test]
 fn smallest_queues_and_pacing_give_the_same_events() {
     let input = std::fs::read(root().join("fixtures/golden/cross_basics.ndjson")).unwrap();
     let cfg = config("multi_tier");
     let mut outputs = Vec::new();
-    let smallest = replay::Options { batch_lines: 1, queue_batches: 1, rate: None };
+    let smallest = replay::Options {
+        batch_lines: 1,
+        queue_batches: 1,
+        rate: None,
+        idle_spin: std::time::Duration::ZERO,
+    };
     // 22 lines at 400 lines/s: at least 50 ms.
     let paced = replay::Options { rate: Some(400.0), ..replay::Options::default() };
     for opts in [replay::Options::default(), smallest, paced] {

@@ -14,7 +14,7 @@ use std::{
 
 use crossbeam::channel::{Receiver, Sender};
 
-use super::{Options, Stop};
+use super::{Options, Stop, wait::Spinner};
 use crate::{
     config::Config,
     ingest::{Ingest, Ingested, Line, LineReader},
@@ -101,6 +101,7 @@ pub(crate) fn reader_thread<'a>(
         batch_tx.send(std::mem::replace(batch, next)).is_ok()
     };
     let (paced_from, mut n_paced) = (Instant::now(), 0u64);
+    let mut spinner = Spinner::new(!opts.idle_spin.is_zero());
     while !stop.is_stopped() {
         let Some(conn) = source.next(ingest.last_seq()) else { break };
         ingest.new_connection();
@@ -129,13 +130,12 @@ pub(crate) fn reader_thread<'a>(
             if let Some(rate) = opts.rate {
                 let due = paced_from + Duration::from_secs_f64(n_paced as f64 / rate);
                 n_paced += 1;
-                let wait = due.saturating_duration_since(Instant::now());
-                if !wait.is_zero() {
+                if Instant::now() < due {
                     // What is ready goes on before the wait, as on a live stream.
                     if !batch.is_empty() && !hand_on(&mut batch) {
                         return Ok(());
                     }
-                    std::thread::sleep(wait);
+                    spinner.pace_until(due);
                 }
             }
             batch.push(ingest.line(line, Instant::now()));

@@ -65,6 +65,9 @@ pub struct Summary {
     pub ts_latency: Latency,
     /// Apply + evaluate time per command.
     pub apply_latency: Latency,
+    /// Line read to the engine starting on it, per command: the pipeline's own share of event
+    /// latency (batching, queues, wake-ups), apart from the engine's.
+    pub queue_latency: Latency,
     /// Time each control request held the engine thread (ingest waited that long).
     pub control_latency: Latency,
 }

@@ -1,0 +1,178 @@
+//! Short waits without a wake-up: spinning instead of parking, for as long as it pays.
+//!
+//! A thread that parks is woken by a futex (or a timer) and, on a 2-core virtual machine,
+//! runs again tens of µs later: more than the whole budget of a live line (issue 14 asks
+//! 20 µs at p99 from line read to event). So the engine thread polls its queues for a short
+//! while after a batch ([`super::Options::idle_spin`]), and a paced reader (`--rate`, `liqscan
+//! feed --rate`) spins the last stretch before a line's due time instead of sleeping past it.
+//!
+//! Spinning only pays on a core that is otherwise idle. On a busy machine a spinner is a
+//! CPU-bound thread that the scheduler time-slices (preempted for milliseconds), where a
+//! thread that parks is let back in promptly when it is woken. So a [`Spinner`] watches its
+//! own clock: a gap between two looks longer than [`PREEMPTED`] means it was descheduled, and
+//! it then stops spinning for [`BACKOFF`] (parks, or sleeps the whole wait) before trying again.
+
+use std::time::{Duration, Instant};
+
+/// The environment variable that sets how long liqscan's threads may spin instead of
+/// sleeping, in µs (`0`: never spin: the engine parks at once, paced readers only sleep).
+pub const SPIN_ENV: &str = "LIQSCAN_SPIN_US";
+
+/// The spin when [`SPIN_ENV`] is unset: none. Measured on the shared 2-core development
+/// machine (load 2), spinning made event latency worse (`replay --rate 200000` of a stream of
+/// cheap messages: p90 85 µs with a 50 µs spin against 17 µs without; see
+/// `src/pipeline/README.md`), since the spinners then compete with the writer and everything
+/// else for the two cores. On a machine with a core to spare, `LIQSCAN_SPIN_US=50` is the
+/// setting to try.
+pub const SPIN_DEFAULT: Duration = Duration::ZERO;
+
+/// The spin of this process: [`SPIN_ENV`] when it is set to a number of µs, else
+/// [`SPIN_DEFAULT`]. An unreadable value is ignored (the default holds).
+pub fn spin_from_env() -> Duration {
+    std::env::var(SPIN_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(SPIN_DEFAULT, Duration::from_micros)
+}
+
+/// A gap between two looks at the clock during a spin that means the thread was preempted.
+pub const PREEMPTED: Duration = Duration::from_micros(30);
+
+/// How long a [`Spinner`] that was preempted does without spinning.
+pub const BACKOFF: Duration = Duration::from_millis(20);
+
+/// Spin-loop hints between two looks at the clock (a few µs at most).
+const SPINS_PER_CHECK: u32 = 64;
+
+/// How much earlier than its due time a pacing sleep ends: a sleep overshoots by the timer
+/// slack (50 µs by default on Linux) plus the wake-up, so the last stretch is spun.
+const SLEEP_MARGIN: Duration = Duration::from_micros(150);
+
+/// One thread's spinning policy: spin while it is not preempted.
+#[derive(Debug)]
+pub struct Spinner {
+    /// Spinning is allowed at all (a zero [`SPIN_ENV`] forbids it).
+    enabled: bool,
+    /// No spinning before this: the thread was preempted while spinning.
+    quiet_until: Option<Instant>,
+}
+
+impl Default for Spinner {
+    /// A spinner that may spin.
+    fn default() -> Self {
+        Spinner::new(true)
+    }
+}
+
+impl Spinner {
+    /// A spinner; `enabled: false` never spins (it only sleeps or returns at once).
+    pub fn new(enabled: bool) -> Spinner {
+        Spinner { enabled, quiet_until: None }
+    }
+
+    /// True when spinning is allowed now (enabled, and not backing off after a preemption).
+    pub fn may_spin(&self, now: Instant) -> bool {
+        self.enabled && self.quiet_until.is_none_or(|t| now >= t)
+    }
+
+    /// Spins until `ready()` or until `spin` has passed; returns `ready()`'s last answer.
+    /// Returns at once (false) while backing off, and stops early (false) when it finds it
+    /// was preempted, starting a back-off.
+    pub fn spin_until(&mut self, spin: Duration, ready: impl Fn() -> bool) -> bool {
+        if spin.is_zero() {
+            return ready();
+        }
+        let start = Instant::now();
+        if !self.may_spin(start) {
+            return ready();
+        }
+        let mut last = start;
+        loop {
+            for _ in 0..SPINS_PER_CHECK {
+                std::hint::spin_loop();
+            }
+            if ready() {
+                return true;
+            }
+            let now = Instant::now();
+            if now - last > PREEMPTED {
+                self.quiet_until = Some(now + BACKOFF);
+                return false;
+            }
+            if now - start >= spin {
+                return false;
+            }
+            last = now;
+        }
+    }
+
+    /// Waits until `due`: sleeps while it is far, spins the last stretch (sleeps all of it
+    /// while backing off). A sleep of a few µs would overshoot by ~60 µs, so a reader paced at
+    /// 200,000 lines/s (5 µs apart) by sleeps alone takes lines in bursts of a dozen, each
+    /// burst behind a wake-up; spinning lets each line in at its time, as a live line arrives.
+    pub fn pace_until(&mut self, due: Instant) {
+        loop {
+            let now = Instant::now();
+            if now >= due {
+                return;
+            }
+            let left = due - now;
+            if left > SLEEP_MARGIN && self.enabled {
+                std::thread::sleep(left - SLEEP_MARGIN);
+            } else if !self.may_spin(now) {
+                std::thread::sleep(left);
+            } else {
+                self.spin_until(left, || false);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spin_until_sees_ready_and_times_out() {
+        let mut s = Spinner::default();
+        // TC1: ready at once.
+        assert!(s.spin_until(Duration::from_millis(100), || true));
+        // TC2: never ready: returns within a bound (the spin, or sooner if preempted).
+        let t = Instant::now();
+        assert!(!s.spin_until(Duration::from_micros(200), || false));
+        assert!(t.elapsed() < Duration::from_secs(1));
+        // TC3: zero spin only asks once.
+        assert!(!s.spin_until(Duration::ZERO, || false));
+    }
+
+    #[test]
+    fn a_preempted_spinner_backs_off() {
+        let mut s =
+            Spinner { enabled: true, quiet_until: Some(Instant::now() + Duration::from_secs(60)) };
+        assert!(!s.may_spin(Instant::now()));
+        let t = Instant::now();
+        assert!(!s.spin_until(Duration::from_secs(10), || false), "no spin while backing off");
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn pace_until_waits_for_the_due_time() {
+        for enabled in [true, false] {
+            let mut s = Spinner::new(enabled);
+            for wait_us in [0u64, 20, 400] {
+                let due = Instant::now() + Duration::from_micros(wait_us);
+                s.pace_until(due);
+                assert!(Instant::now() >= due, "{wait_us} µs, spinning {enabled}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_disabled_spinner_never_spins() {
+        let mut s = Spinner::new(false);
+        assert!(!s.may_spin(Instant::now()));
+        let t = Instant::now();
+        assert!(!s.spin_until(Duration::from_secs(10), || false));
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+}
