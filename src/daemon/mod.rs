@@ -96,11 +96,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Time between snapshots (250ms, 10s, 5m); with --state-dir.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = positive_duration)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "60s",
+        value_parser = positive_duration,
+        requires = "state_dir"
+    )]
     pub snapshot_interval: std::time::Duration,
     /// Restore a snapshot made under another config, then evaluate every item under this
     /// one and report the liquidatable ones (without it such a snapshot is refused, exit 2).
-    #[arg(long)]
+    #[arg(long, requires = "state_dir")]
     pub accept_config_change: bool,
     /// Log format on stderr; the filter comes from RUST_LOG (default: info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

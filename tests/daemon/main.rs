@@ -846,4 +846,16 @@ fn start_up_refusals_exit_with_a_reason() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot serve HTTP on {addr}")), "{err}");
+    // The snapshot options mean nothing without a state directory: refused, not ignored.
+    for flag in [&["--snapshot-interval", "1s"][..], &["--accept-config-change"][..]] {
+        let out = std::process::Command::new(bin)
+            .args(["run", "--config", &fixture("config/multi_tier.json")])
+            .args(flag)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--state-dir"), "{flag:?}: {err}");
+    }
 }
