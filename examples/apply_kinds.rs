@@ -185,7 +185,8 @@ fn main() -> anyhow::Result<()> {
         "max_line",
         "cpu_max",
         "its_line",
-        "time"
+        "time",
+        "evals/msg"
     );
     for (name, s) in &by_kind {
         s.row(name, total);

@@ -465,7 +465,7 @@ impl FastEngine {
         // Holders are in no account order: each is a cache miss or two, so the records a few
         // holders ahead are asked for first. An account whose reserve takes its payment needs
         // no evaluation (`Hot::absorb`); the others are refreshed when the message ends.
-        const AHEAD: usize = 8;
+        const AHEAD: usize = 64;
         for (k, pay) in cross_pay.into_iter().enumerate() {
             if let Some(&b) = self.cross[si].account.get(k + AHEAD) {
                 super::prefetch(&self.accounts.hot[b.0 as usize]);
