@@ -114,17 +114,36 @@ impl Scale {
     /// continuous across brackets), so the side is a range of ticks ending at `t0`'s far
     /// edge, found exactly with integer evaluations of `f`.
     pub fn trigger(&self, lots: i64, base: i128, t0: i64, v: i128, keep_above: bool) -> i64 {
+        self.trigger_from(lots, base, t0, self.buffer_q16(lots, base, t0), v, keep_above)
+    }
+
+    /// [`Scale::trigger`] given `f0 = buffer_q16(lots, base, t0)`, which the caller has.
+    pub fn trigger_from(
+        &self,
+        lots: i64,
+        base: i128,
+        t0: i64,
+        f0: i128,
+        v: i128,
+        keep_above: bool,
+    ) -> i64 {
         let f = |t: i64| self.buffer_q16(lots, base, t);
+        debug_assert_eq!(f0, f(t0));
         let safe = |t: i64| if keep_above { f(t) >= v } else { f(t) <= v };
         debug_assert!(safe(t0), "the current mark is on the kept side");
         // The side runs from t0 down to 1 (a falling mark leaves it) or up to the limit.
         let down = (lots > 0) == keep_above;
         let (dir, reach) = if down { (-1, t0 - 1) } else { (1, self.max_ticks - t0) };
         // Guess: in t0's bracket f is linear, so the side ends |f0 - v| / slope ticks away.
-        let f0 = f(t0);
         let neighbour = (t0 + dir).clamp(1, self.max_ticks);
         let slope = (f(neighbour) - f0).abs().max(1);
-        let guess = i64::try_from((f0 - v).abs() / slope).unwrap_or(i64::MAX);
+        let gap = (f0 - v).abs();
+        // Both are non-negative; in 64 bits (the common case) the division is one
+        // instruction instead of a library call.
+        let guess = match (u64::try_from(gap), u64::try_from(slope)) {
+            (Ok(g), Ok(d)) => i64::try_from(g / d).unwrap_or(i64::MAX),
+            _ => i64::try_from(gap / slope).unwrap_or(i64::MAX),
+        };
         let k = last_true(reach, guess, |k| safe(t0 + dir * k));
         match (down, k == reach) {
             (_, true) => 0,

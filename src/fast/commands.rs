@@ -5,14 +5,16 @@
 //! was (SPEC section 5: no account, no pair, no flag, no counter), by construction; and
 //! [`Engine::apply`] is the two calls.
 
-use super::{E8_TO_Q16, FastEngine, NO_SLOT, book::AccountIdx, div_round_half_even, in_limits};
+use rayon::prelude::*;
+
+use super::{CHUNK, E8_TO_Q16, FastEngine, NO_SLOT, book::AccountIdx, in_limits};
 use crate::{
     config::{Mode, SymbolIdx},
     engine::{At, Engine, RiskQuery, rejects},
     exact::Exact,
     fixed::D8,
     margin,
-    protocol::{AccountReport, Command, Event, Reject, RiskItem},
+    protocol::{AMOUNT_LIMIT, AccountReport, Command, Event, Reject, RiskItem},
 };
 
 /// What an accepted command will do: every value it writes, decided by [`FastEngine::check`]
@@ -156,8 +158,8 @@ impl FastEngine {
             }
             Plan::Wallet { account, wallet_e8 } => {
                 let a = self.intern(account);
-                self.accounts.wallet_e8[a.0 as usize] = wallet_e8;
-                self.refresh(a, true, at, out);
+                let delta_e8 = wallet_e8 - self.accounts.wallet_e8[a.0 as usize];
+                self.move_wallet_rearmed(a, delta_e8, at, out);
             }
             Plan::Position { account, symbol, mode, lots, entry_e8, isolated_e8 } => {
                 let a = self.commit_position(account, symbol, mode, lots, entry_e8, isolated_e8);
@@ -180,11 +182,10 @@ impl FastEngine {
                 });
             }
             Plan::IsolatedMargin { account, symbol, slot, amount_e8 } => {
-                self.add_wallet(account, -amount_e8);
                 let book = &mut self.isolated[symbol.0 as usize];
                 book.isolated_e8[slot] += amount_e8;
                 book.base_q16[slot] += amount_e8 * E8_TO_Q16;
-                self.refresh(account, true, at, out);
+                self.move_wallet_rearmed(account, -amount_e8, at, out);
                 self.eval_isolated(account, symbol, true, at, out);
             }
             Plan::Funding { symbol, ticks, cross_pay, iso_pay } => {
@@ -192,7 +193,7 @@ impl FastEngine {
                 self.finish_message(at, out);
             }
             Plan::Query { account } => {
-                out(Event::Account(self.view(account).report(&self.cfg, &self.marks, at)));
+                out(Event::Account(self.query_report(account, at)));
             }
             Plan::Nothing => {}
         }
@@ -367,31 +368,54 @@ impl FastEngine {
         let sc = &self.scales[si];
         // round8(size * P * rate): the signed notional (n12, |x| < 10^29 within SPEC section
         // 1's limits) times the rate (e8, |r| < 10^8) is exact at 10^-20 and below 10^37.
-        let pay_e8 = |lots: i64| {
+        let pay_e8 = |&lots: &i64| {
             let signed_n12 = i128::from(lots) * i128::from(t) * sc.lot_tick_n12;
-            div_round_half_even(signed_n12 * rate.0, 10i128.pow(12))
+            super::div_1e12_round_half_even(signed_n12 * rate.0)
         };
         let (cross, isolated) = (&self.cross[si], &self.isolated[si]);
-        let cross_pay: Vec<i128> = cross.lots.iter().map(|&l| pay_e8(l)).collect();
-        let iso_pay: Vec<i128> = isolated.lots.iter().map(|&l| pay_e8(l)).collect();
-        // Of several balances that would leave the range, name the lowest account id, as the
-        // reference engine (which walks ids in order) does.
-        let mut failure: Option<(u64, Reject)> = None;
-        let mut note = |a: AccountIdx, result: Result<i128, Reject>| {
-            if let Err(r) = result {
-                let id = self.accounts.id[a.0 as usize];
-                if failure.as_ref().is_none_or(|(f, _)| id < *f) {
-                    failure = Some((id, r));
-                }
+        // A big book's payments and checks are split between rayon workers: on the most-held
+        // symbol of a 1M-account book (350k holders) they are most of a funding's cost.
+        let parallel = cross.len() + isolated.len() >= self.parallel_min;
+        let pays = |lots: &[i64]| -> Vec<i128> {
+            if parallel {
+                lots.par_iter().with_min_len(CHUNK).map(pay_e8).collect()
+            } else {
+                lots.iter().map(pay_e8).collect()
             }
         };
-        for (&a, &pay) in cross.account.iter().zip(&cross_pay) {
-            note(a, in_limits("wallet", self.accounts.wallet_e8[a.0 as usize] - pay));
-        }
-        let margins = isolated.account.iter().zip(&isolated.isolated_e8);
-        for ((&a, &margin), &pay) in margins.zip(&iso_pay) {
-            note(a, in_limits("isolated margin", margin - pay));
-        }
+        let (cross_pay, iso_pay) = (pays(&cross.lots), pays(&isolated.lots));
+        // Of several balances that would leave the range, name the lowest account id, as the
+        // reference engine (which walks ids in order) does. Most fundings have none, so the
+        // scan only finds the failing slots; their rejects are made after.
+        let wallet = &self.accounts.wallet_e8;
+        let cross_fails = |k: usize| {
+            let a = cross.account[k].0 as usize;
+            in_limits("wallet", wallet[a] - cross_pay[k]).err().map(|r| (self.accounts.id[a], r))
+        };
+        let iso_fails = |k: usize| {
+            let a = isolated.account[k].0 as usize;
+            let left = isolated.isolated_e8[k] - iso_pay[k];
+            in_limits("isolated margin", left).err().map(|r| (self.accounts.id[a], r))
+        };
+        let lowest = |x: Option<(u64, Reject)>, y: Option<(u64, Reject)>| match (x, y) {
+            (Some(x), Some(y)) => Some(if y.0 < x.0 { y } else { x }),
+            (x, y) => x.or(y),
+        };
+        // When even the largest payment on the largest wallet stays in range (nearly always),
+        // no cross holder can fail and their wallets need not be read.
+        let pay_max = cross_pay.iter().map(|p| p.abs()).max().unwrap_or(0);
+        let cross_len = match self.wallet_bound_e8.checked_add(pay_max) {
+            Some(worst) if worst < AMOUNT_LIMIT.0 => 0,
+            _ => cross.len(),
+        };
+        let failure = if parallel {
+            let c = (0..cross_len).into_par_iter().with_min_len(CHUNK).map(cross_fails);
+            let i = (0..isolated.len()).into_par_iter().with_min_len(CHUNK).map(iso_fails);
+            c.chain(i).reduce(|| None, lowest)
+        } else {
+            let c = (0..cross_len).map(cross_fails);
+            c.chain((0..isolated.len()).map(iso_fails)).fold(None, lowest)
+        };
         match failure {
             Some((_, reject)) => Err(reject),
             None => Ok(Plan::Funding { symbol: s, ticks: t, cross_pay, iso_pay }),
@@ -445,18 +469,27 @@ impl FastEngine {
         // The check computed one payment per slot of the books as they are now.
         debug_assert_eq!(cross_pay.len(), self.cross[si].len());
         debug_assert_eq!(iso_pay.len(), self.isolated[si].len());
+        // Holders are in no account order: each is a cache miss or two, so the records a few
+        // holders ahead are asked for first. An account whose reserve takes its payment needs
+        // no evaluation (`Hot::absorb`); the others are refreshed when the message ends.
+        const AHEAD: usize = 64;
         for (k, pay) in cross_pay.into_iter().enumerate() {
+            if let Some(&b) = self.cross[si].account.get(k + AHEAD) {
+                super::prefetch(&self.accounts.hot[b.0 as usize]);
+                super::prefetch(&self.accounts.wallet_e8[b.0 as usize]);
+            }
             let a = self.cross[si].account[k];
-            self.add_wallet(a, -pay);
-            self.touch(a);
+            if !self.move_wallet(a, -pay) {
+                self.touch(a);
+            }
         }
         let book = &mut self.isolated[si];
         let columns = book.isolated_e8.iter_mut().zip(&mut book.base_q16);
-        for ((margin, base), pay) in columns.zip(iso_pay) {
+        for ((margin, base), &pay) in columns.zip(&iso_pay) {
             *margin -= pay;
             *base -= pay * E8_TO_Q16;
         }
         // Re-evaluate the isolated positions at the unchanged mark.
-        self.evaluate_isolated_book(s, ticks, true);
+        self.evaluate_isolated_book(s, ticks, super::Retrigger::Paid(&iso_pay));
     }
 }

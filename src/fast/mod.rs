@@ -97,9 +97,24 @@ struct Accounts {
 /// at random per process (see [`AccountIndex`] for why, and for what it costs).
 type KeyedState = RandomState;
 
+///
+/// **Growth without a stop.** A hash table that doubles rehashes every entry at once: at
+/// 917,504 accounts that took ~100 ms (a SipHash and a random write per account) in which no
+/// message was applied. This index grows incrementally instead: when `table` is full it
+/// becomes `old` and a table of twice the capacity takes its place; every insert then moves
+/// two of `old`'s entries across (they are the indices `0..old_len`, so the next to move is
+/// simply `moved`), and a lookup that misses `table` tries `old`. `old` is empty long before
+/// the new table fills (it holds `n` entries moved at two per insert; the new table has room
+/// for `2n`), and is dropped when empty. What remains of a growth step is allocating the new
+/// table, whose control bytes (one per bucket) are written at once: ~2 MB at 1M accounts.
 #[derive(Debug, Default)]
 struct AccountIndex {
     table: HashTable<u32>,
+    /// The table before the last growth while its entries move to `table`.
+    old: HashTable<u32>,
+    /// The entries of `old` are the indices `0..old_len`; those below `moved` are in `table`.
+    old_len: u32,
+    moved: u32,
     hasher: KeyedState,
     /// Stored ids compared with a looked-up id so far: the work a crafted id would inflate
     /// (tests only; atomic so that the engine stays `Sync` for its rayon workers).
@@ -107,15 +122,24 @@ struct AccountIndex {
     compares: AtomicU64,
 }
 
+/// Entries of the old table moved per insert while the index grows (see [`AccountIndex`]).
+const INDEX_MOVES_PER_INSERT: u32 = 2;
+
 impl AccountIndex {
     fn get(&self, id: u64, ids: &[u64]) -> Option<AccountIdx> {
-        let found = self.table.find(self.hasher.hash_one(id), |&a| {
+        let hash = self.hasher.hash_one(id);
+        let eq = |&a: &u32| {
             #[cfg(test)]
             self.compares.fetch_add(1, Ordering::Relaxed);
-            // Every index in the table was pushed to `ids` before it was inserted.
+            // Every index in either table was pushed to `ids` before it was inserted.
             ids[a as usize] == id
-        });
-        found.map(|&a| AccountIdx(a))
+        };
+        let found = match self.table.find(hash, eq) {
+            Some(&a) => Some(a),
+            None if self.moved < self.old_len => self.old.find(hash, eq).copied(),
+            None => None,
+        };
+        found.map(AccountIdx)
     }
 
     /// Adds `a`, whose id is already `ids[a]` and not in the index yet.
@@ -123,16 +147,48 @@ impl AccountIndex {
         let hasher = &self.hasher;
         // As in `get`: every index in the table, and `a`, is below `ids.len()`.
         let hash = |&a: &u32| hasher.hash_one(ids[a as usize]);
+        if self.table.len() == self.table.capacity() {
+            // The last growth finished long ago: its old table was emptied after n / 2
+            // inserts, and this table had room for n more.
+            assert_eq!(self.moved, self.old_len, "the previous growth is complete");
+            let capacity = (2 * self.table.capacity()).max(64);
+            self.old = std::mem::replace(&mut self.table, HashTable::with_capacity(capacity));
+            (self.old_len, self.moved) = (u32::try_from(self.old.len()).expect("u32 indices"), 0);
+        }
         self.table.insert_unique(hash(&a.0), a.0, hash);
+        if self.moved < self.old_len {
+            let end = (self.moved + INDEX_MOVES_PER_INSERT).min(self.old_len);
+            for b in self.moved..end {
+                // `table` never grows by itself here: it has room for the old entries.
+                debug_assert!(self.table.len() < self.table.capacity());
+                self.table.insert_unique(hash(&b), b, hash);
+            }
+            self.moved = end;
+            if self.moved == self.old_len {
+                self.old = HashTable::new();
+            }
+        }
+    }
+
+    /// Heap bytes of both tables.
+    fn allocation_size(&self) -> usize {
+        self.table.allocation_size() + self.old.allocation_size()
     }
 }
 
-/// The part of a cross account that a tick reads and writes, kept in one 16-byte record:
+/// The part of a cross account that a tick reads and writes, kept in one 32-byte record:
 /// a tick reaches its holders' accounts in random order, so each holder costs one cache
 /// miss here instead of one per column. The account's buffer is not kept: a refresh
 /// computes it from the positions, and a sweep sums it in [`Sum`]s.
 #[derive(Debug, Clone, Copy, Default)]
 struct Hot {
+    /// What the account's triggers guarantee of its buffer, q16 (meaningful only while
+    /// `n_cross > 0 && n_unmarked == 0`; see [`FastEngine::refresh`]): while no trigger of
+    /// the account fires, its buffer stays `>= reserve` (healthy, `reserve >= 0`) or
+    /// `<= reserve` (liquidatable, `reserve <= -1`). A wallet change `d` with `reserve + d`
+    /// still on that side cannot change the state, so it needs no refresh
+    /// ([`Hot::absorb`]): this is what makes funding cost a few nanoseconds per holder.
+    reserve_q16: i128,
     /// The message number that last touched the account (dedupes evaluation per message).
     stamp: u64,
     /// Non-zero cross positions (at most one per symbol, and the config holds < 65536).
@@ -143,14 +199,44 @@ struct Hot {
     liquidatable: bool,
 }
 
-// Four records per 64-byte cache line; a field added here must not grow it.
-const _: () = assert!(std::mem::size_of::<Hot>() == 16);
+// Two records per 64-byte cache line; a field added here must not grow it.
+const _: () = assert!(std::mem::size_of::<Hot>() == 32);
 
 impl Hot {
     /// The cross item's state with buffer `W + Σ (upnl − mm)` (q16) over its marked cross
     /// positions.
     fn liquidatable_at(&self, buffer_q16: i128) -> bool {
         self.n_cross > 0 && self.n_unmarked == 0 && buffer_q16 < 0
+    }
+
+    /// Takes a wallet change of `delta_q16` into the reserve when the account's state
+    /// provably stays what its flag says, its triggers unchanged (they bound each position's
+    /// term, which the wallet is not part of); `false` when the account needs a refresh.
+    #[inline]
+    fn absorb(&mut self, delta_q16: i128) -> bool {
+        if self.n_cross == 0 || self.n_unmarked > 0 {
+            return false;
+        }
+        let Some(reserve) = self.reserve_q16.checked_add(delta_q16) else { return false };
+        let kept = if self.liquidatable { reserve <= -1 } else { reserve >= 0 };
+        if kept {
+            self.reserve_q16 = reserve;
+        }
+        kept
+    }
+}
+
+/// The room a refresh gives each of an account's `n` marked cross positions out of `room`
+/// (>= 0): seven eighths of it split evenly, so that at least an eighth stays in the
+/// account's reserve for wallet changes ([`Hot::absorb`]). One 64-bit division in the
+/// common case.
+#[inline]
+fn share_of(room: i128, n: usize) -> i128 {
+    debug_assert!(room >= 0 && n > 0);
+    let split = room - (room >> 3);
+    match (u64::try_from(split), u64::try_from(n)) {
+        (Ok(split), Ok(n)) => i128::from(split / n),
+        _ => split / n as i128,
     }
 }
 
@@ -232,6 +318,12 @@ pub struct FastEngine {
     isolated: Vec<Book>,
     accounts: Accounts,
     index: AccountIndex,
+    /// At least every `|wallet|` (e8) the engine holds: the largest ever set, never lowered.
+    /// A funding whose largest payment added to it stays within SPEC section 1's limit
+    /// cannot push any wallet out of range, so its check reads no wallet (a random access
+    /// per holder, most of a funding's cost). Derived state: a restored engine sets it to
+    /// the largest `|wallet|` it holds.
+    wallet_bound_e8: i128,
     /// Message counter for `Accounts::stamp`.
     msg_no: u64,
     /// Scratch, reused across messages: cross accounts touched by this message.
@@ -303,9 +395,38 @@ fn evaluate_isolated(
     retrigger: bool,
     parallel: bool,
 ) -> Vec<(SymbolIdx, u32)> {
+    let retrigger = if retrigger { Retrigger::All } else { Retrigger::Flipped };
+    evaluate_isolated_with(book, s, sc, ticks, retrigger, parallel)
+}
+
+/// Which isolated triggers an evaluation of a whole book sets anew.
+#[derive(Debug, Clone, Copy)]
+enum Retrigger<'p> {
+    /// Every one (the mark or every position changed).
+    All,
+    /// Those of positions whose state flipped (a sweep, which finds none unless a trigger
+    /// was wrong).
+    Flipped,
+    /// Funding: each slot `k` paid `pays[k]` (e8) out of its margin. A trigger is the exact
+    /// mark where the state flips; a payment moves that mark towards the current one only
+    /// for a healthy position that paid or a liquidatable one that received, so only those
+    /// (and the flipped) need a new trigger. The others' triggers now fire early, and an
+    /// early trigger only costs an evaluation that finds no flip.
+    Paid(&'p [i128]),
+}
+
+/// [`evaluate_isolated`] with the triggers to set anew chosen by `retrigger`.
+fn evaluate_isolated_with(
+    book: &mut Book,
+    s: SymbolIdx,
+    sc: &Scale,
+    ticks: i64,
+    retrigger: Retrigger<'_>,
+    parallel: bool,
+) -> Vec<(SymbolIdx, u32)> {
     let quote = Quote::new(sc, ticks);
-    // Set when a trigger changed without `retrigger`: the guards then need a rebuild.
-    let flipped = AtomicBool::new(false);
+    // Set when a trigger changed without `Retrigger::All`: the guards then need a rebuild.
+    let changed = AtomicBool::new(false);
     // One chunk of slots starting at `start`; returns the slots that crossed below. The
     // loop over the chunk only sets flags and notes flips (rare), so it stays small enough
     // to inline; triggers are set after it.
@@ -319,11 +440,30 @@ fn evaluate_isolated(
                 }
             });
             let trigger = |k: usize| isolated_trigger(sc, lots[k], base[k], ticks, flags[k]);
-            if retrigger {
-                (triggers.iter_mut().enumerate()).for_each(|(k, t)| *t = trigger(k));
-            } else if !flips.is_empty() {
-                flips.iter().for_each(|&k| triggers[k] = trigger(k));
-                flipped.store(true, Ordering::Relaxed);
+            match retrigger {
+                Retrigger::All => {
+                    (triggers.iter_mut().enumerate()).for_each(|(k, t)| *t = trigger(k));
+                }
+                Retrigger::Flipped => {
+                    if !flips.is_empty() {
+                        flips.iter().for_each(|&k| triggers[k] = trigger(k));
+                        changed.store(true, Ordering::Relaxed);
+                    }
+                }
+                Retrigger::Paid(pays) => {
+                    let pays = &pays[start..start + lots.len()];
+                    let mut any = !flips.is_empty();
+                    flips.iter().for_each(|&k| triggers[k] = trigger(k));
+                    for (k, &pay) in pays.iter().enumerate() {
+                        if (pay > 0 && !flags[k]) || (pay < 0 && flags[k]) {
+                            triggers[k] = trigger(k);
+                            any = true;
+                        }
+                    }
+                    if any {
+                        changed.store(true, Ordering::Relaxed);
+                    }
+                }
             }
             let crossed = flips.into_iter().filter(|&k| flags[k]);
             // A slot of the book, and `Book::push` keeps slots below 2^32.
@@ -341,7 +481,7 @@ fn evaluate_isolated(
     } else {
         evaluate(0, lots, base, flags, triggers)
     };
-    if retrigger || flipped.into_inner() {
+    if matches!(retrigger, Retrigger::All) || changed.into_inner() {
         book.rebuild_guards();
     }
     crossed
@@ -350,12 +490,44 @@ fn evaluate_isolated(
 /// `n / d` rounded to the nearest integer, ties to even (`d > 0`).
 fn div_round_half_even(n: i128, d: i128) -> i128 {
     debug_assert!(d > 0);
-    let (q, r) = (n.div_euclid(d), n.rem_euclid(d));
+    // One library division (the remainder from it, not from a second call).
+    let q = n.div_euclid(d);
+    let r = n - q * d;
     match (2 * r).cmp(&d) {
         std::cmp::Ordering::Less => q,
         std::cmp::Ordering::Greater => q + 1,
         std::cmp::Ordering::Equal => q + (q & 1),
     }
+}
+
+/// `n / 10^12` rounded to the nearest integer, ties to even: [`div_round_half_even`] by
+/// 10^12 in 64-bit steps, for funding payments (one per holder; the `i128` division is a
+/// library call of ~40 ns). `10^12 = 2^12 · 5^12`: the shift is exact floor division, and the
+/// quotient by `5^12 < 2^28` is taken 32 bits at a time, each partial dividend below
+/// `5^12 · 2^32 < 2^61`, so every step is a `u64` division by a constant (a multiply).
+/// Rounding half to even is symmetric, so the magnitude is rounded and the sign put back.
+fn div_1e12_round_half_even(n: i128) -> i128 {
+    const D: u64 = 244_140_625; // 5^12
+    const E12: u128 = 1_000_000_000_000;
+    let m = n.unsigned_abs();
+    let shifted = m >> 12;
+    let (hi, lo) = ((shifted >> 64) as u64, shifted as u64);
+    let (q_hi, r) = (hi / D, hi % D);
+    let x = (r << 32) | (lo >> 32);
+    let (q_mid, r) = (x / D, x % D);
+    let x = (r << 32) | (lo & 0xffff_ffff);
+    let q_lo = x / D;
+    let q = (u128::from(q_hi) << 64) | (u128::from(q_mid) << 32) | u128::from(q_lo);
+    let rem = m - q * E12;
+    debug_assert!(rem < E12);
+    let rounded = match (2 * rem).cmp(&E12) {
+        std::cmp::Ordering::Less => q,
+        std::cmp::Ordering::Greater => q + 1,
+        std::cmp::Ordering::Equal => q + (q & 1),
+    };
+    // |n| < 2^127, so the magnitude and the rounded quotient fit i128.
+    let rounded = rounded as i128;
+    if n < 0 { -rounded } else { rounded }
 }
 
 /// The trigger of an isolated position at `t` ticks in state `liquidatable` (its buffer is
@@ -395,6 +567,7 @@ impl FastEngine {
             isolated: vec![Book::new(Mode::Isolated); n],
             accounts: Accounts::default(),
             index: AccountIndex::default(),
+            wallet_bound_e8: 0,
             msg_no: 0,
             touched: Vec::new(),
             emit_isolated: Vec::new(),
@@ -428,6 +601,11 @@ impl FastEngine {
         (self.cross.iter().map(Book::len).sum(), self.isolated.iter().map(Book::len).sum())
     }
 
+    /// Per symbol, in config order: the non-zero positions of its cross and isolated books.
+    pub fn book_lens(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.cross.iter().zip(&self.isolated).map(|(c, i)| (c.len(), i.len()))
+    }
+
     /// Heap bytes held by the long-lived structures, by part: `books` (position columns and
     /// trigger index), `accounts` (per-account columns), `pairs` (per-pair settings),
     /// `index` (account id lookup) and `sweep` (a sweep's and an at-risk answer's scratch,
@@ -446,7 +624,7 @@ impl FastEngine {
             ("books", books),
             ("accounts", columns),
             ("pairs", pairs),
-            ("index", self.index.table.allocation_size()),
+            ("index", self.index.allocation_size()),
             ("sweep", bytes(&self.sums) + bytes(&self.unmarked) + self.risk.heap_bytes()),
         ]
     }
@@ -630,10 +808,22 @@ impl FastEngine {
         let hot = &mut self.accounts.hot[i];
         let now = hot.liquidatable_at(buffer);
         let was = std::mem::replace(&mut hot.liquidatable, now);
-        let (n, unmarked) = (i128::from(hot.n_cross), hot.n_unmarked > 0);
-        // The divisions below run once per term, and each term is one of the n_cross cross
-        // positions (counts invariant), so they run only with n >= 1.
-        debug_assert!(n >= terms.len() as i128, "a counted position per term");
+        let unmarked = hot.n_unmarked > 0;
+        // Every term is one of the n_cross cross positions (counts invariant); with none
+        // unmarked, they are all of them.
+        debug_assert!(usize::from(hot.n_cross) >= terms.len(), "a counted position per term");
+        debug_assert!(unmarked || usize::from(hot.n_cross) == terms.len());
+        // Each term may move by `share` towards the other state; what is left over stays in
+        // the reserve (see `Hot::reserve_q16`).
+        // (With a cross symbol unmarked the triggers are 0 and the reserve is not used.)
+        let share = match (terms.len(), now) {
+            (0, _) => 0,
+            _ if unmarked => 0,
+            (n, false) => share_of(buffer, n),
+            (n, true) => share_of(-buffer - 1, n),
+        };
+        let n = terms.len() as i128;
+        hot.reserve_q16 = if now { buffer + n * share } else { buffer - n * share };
         for &(s, slot, t, f) in terms.iter() {
             let (book, sc) = (&mut self.cross[s.0 as usize], &scales[s.0 as usize]);
             let trigger = if unmarked {
@@ -641,9 +831,9 @@ impl FastEngine {
             } else {
                 let (lots, base) = (book.lots[slot as usize], book.base_q16[slot as usize]);
                 if now {
-                    sc.trigger(lots, base, t, f + (-buffer - 1) / n, false)
+                    sc.trigger_from(lots, base, t, f, f + share, false)
                 } else {
-                    sc.trigger(lots, base, t, f - buffer / n, true)
+                    sc.trigger_from(lots, base, t, f, f - share, true)
                 }
             };
             book.set_trigger(slot as usize, trigger);
@@ -651,6 +841,37 @@ impl FastEngine {
         self.terms = terms;
         if should_emit(was, now, rearmed) {
             self.emit_cross_event(a, at, out);
+        }
+    }
+
+    /// Changes the wallet of `a` by `delta_e8`; `true` when its reserve takes the change
+    /// ([`Hot::absorb`]), so that its cross item needs no evaluation, `false` when it needs a
+    /// refresh.
+    fn move_wallet(&mut self, a: AccountIdx, delta_e8: i128) -> bool {
+        let i = a.0 as usize;
+        let wallet = &mut self.accounts.wallet_e8[i];
+        *wallet += delta_e8;
+        self.wallet_bound_e8 = self.wallet_bound_e8.max(wallet.abs());
+        self.accounts.hot[i].absorb(delta_e8 * E8_TO_Q16)
+    }
+
+    /// Changes the wallet of `a` by `delta_e8` on a message that re-arms its cross item
+    /// (SPEC section 6): refreshes it unless it is healthy and its reserve takes the change
+    /// (a liquidatable one is refreshed, since re-arming emits).
+    fn move_wallet_rearmed(
+        &mut self,
+        a: AccountIdx,
+        delta_e8: i128,
+        at: At,
+        out: &mut dyn FnMut(Event),
+    ) {
+        let i = a.0 as usize;
+        let wallet = &mut self.accounts.wallet_e8[i];
+        *wallet += delta_e8;
+        self.wallet_bound_e8 = self.wallet_bound_e8.max(wallet.abs());
+        let h = &mut self.accounts.hot[i];
+        if h.liquidatable || !h.absorb(delta_e8 * E8_TO_Q16) {
+            self.refresh(a, true, at, out);
         }
     }
 
@@ -839,20 +1060,19 @@ impl FastEngine {
             hot[a.0 as usize].n_unmarked -= 1;
             touch(hot, &mut self.touched, self.msg_no, a);
         }
-        self.evaluate_isolated_book(s, to, true);
+        self.evaluate_isolated_book(s, to, Retrigger::All);
     }
 
     /// Evaluates every isolated position of `s` at `ticks` (on rayon workers for a big book),
-    /// flipping flags in place and recording those that crossed below maintenance. With
-    /// `retrigger` every trigger is set anew (the positions or the mark changed); without,
-    /// only those of positions whose state flipped (a sweep, which finds none unless a
-    /// trigger was wrong).
-    fn evaluate_isolated_book(&mut self, s: SymbolIdx, ticks: i64, retrigger: bool) {
+    /// flipping flags in place and recording those that crossed below maintenance; `retrigger`
+    /// says which triggers are set anew.
+    fn evaluate_isolated_book(&mut self, s: SymbolIdx, ticks: i64, retrigger: Retrigger<'_>) {
         let si = s.0 as usize;
         let book = &mut self.isolated[si];
         self.positions_evaluated += book.len() as u64;
         let parallel = book.len() >= self.parallel_min;
-        let crossed = evaluate_isolated(book, s, &self.scales[si], ticks, retrigger, parallel);
+        let sc = &self.scales[si];
+        let crossed = evaluate_isolated_with(book, s, sc, ticks, retrigger, parallel);
         self.emit_isolated.extend(crossed);
     }
 
@@ -1073,12 +1293,23 @@ impl FastEngine {
                 ));
             }
         }
+        if let Some(w) = self.accounts.wallet_e8.iter().find(|w| w.abs() > self.wallet_bound_e8) {
+            return Err(format!("wallet {w} above the bound {}", self.wallet_bound_e8));
+        }
         for (i, h) in self.accounts.hot.iter().enumerate() {
             let terms = self.cross_terms(AccountIdx(i as u32)).map(|(_, _, _, f)| f);
             let buffer = self.accounts.wallet_e8[i] * E8_TO_Q16 + terms.sum::<i128>();
             let now = h.n_cross > 0 && h.n_unmarked == 0 && buffer < 0;
             if now != h.liquidatable {
                 return Err(format!("account {}: flag is stale", self.accounts.id[i]));
+            }
+            // The reserve is a bound the triggers keep on the buffer (`Hot::reserve_q16`).
+            let bound = if now { buffer <= h.reserve_q16 } else { buffer >= h.reserve_q16 };
+            if h.n_cross > 0 && h.n_unmarked == 0 && !bound {
+                return Err(format!(
+                    "account {}: buffer {buffer} on the wrong side of its reserve {}",
+                    self.accounts.id[i], h.reserve_q16
+                ));
             }
         }
         Ok(())
@@ -1113,11 +1344,6 @@ impl FastEngine {
         let notional = sc.notional_n12(lots, ticks);
         let unit = i128::from(leverage) * 10_000; // n12 / leverage → e8 units
         (notional + unit - 1).div_euclid(unit) * E8_TO_Q16
-    }
-
-    /// Adds `delta_e8` to the wallet of `a` (the caller refreshes the account).
-    fn add_wallet(&mut self, a: AccountIdx, delta_e8: i128) {
-        self.accounts.wallet_e8[a.0 as usize] += delta_e8;
     }
 
     /// Takes the position of pair (a, s) out of its book and the account's aggregates.
@@ -1306,6 +1532,31 @@ mod tests {
         }
         items.sort();
         items
+    }
+
+    /// The funding division in 64-bit steps equals the `i128` one, at ties, around them and
+    /// at the magnitudes a payment can reach (|n| < 10^37), both signs.
+    #[test]
+    fn funding_division_equals_the_general_one() {
+        let e12 = 10i128.pow(12);
+        let mut rng = crate::synth::Rng::new(3);
+        let mut cases =
+            vec![0, 1, -1, e12 / 2, -e12 / 2, 3 * e12 / 2, -3 * e12 / 2, 10i128.pow(37)];
+        for _ in 0..100_000 {
+            let scale = 10i128.pow(rng.below(37) as u32);
+            let big = i128::from(rng.below(u64::MAX)) * i128::from(rng.below(1 << 62));
+            let base = big % scale;
+            let n = match rng.below(4) {
+                0 => base,
+                1 => (base / e12) * e12 + e12 / 2 + (rng.below(3) as i128 - 1),
+                2 => -base,
+                _ => -((base / e12) * e12 + e12 / 2),
+            };
+            cases.push(n);
+        }
+        for n in cases {
+            assert_eq!(div_1e12_round_half_even(n), div_round_half_even(n, e12), "{n}");
+        }
     }
 
     /// A sweep recomputes every item from its positions, not from the flags it finds: with

@@ -36,8 +36,8 @@ use crate::{
     config::{Mode, SymbolIdx},
     engine::{At, RiskQuery},
     exact::{Exact, round8_ratio},
-    fixed::D8,
-    protocol::{AccountReport, RiskItem},
+    fixed::{self, D8},
+    protocol::{AccountReport, PositionReport, RiskItem},
     report::{self, Item},
 };
 
@@ -236,6 +236,10 @@ fn risk_order(a: &Candidate, b: &Candidate) -> Ordering {
         .then_with(|| (a.account, a.symbol).cmp(&(b.account, b.symbol)))
 }
 
+fn text16(x: Option<i128>) -> Option<String> {
+    x.map(super::q16_text)
+}
+
 /// `round8(maint / balance)` as text, `None` for a balance <= 0 (SPEC section 4).
 fn ratio_text(balance_q16: i128, maint_q16: i128) -> Option<String> {
     if balance_q16 <= 0 {
@@ -253,8 +257,139 @@ fn ratio_text(balance_q16: i128, maint_q16: i128) -> Option<String> {
 impl FastEngine {
     /// See [`crate::engine::Engine::account_report`].
     pub(super) fn report_of(&self, account: u64, at: At) -> Option<AccountReport> {
-        self.lookup(account)?;
-        Some(self.view(account).report(&self.cfg, &self.marks, at))
+        let a = self.lookup(account)?;
+        Some(self.report_of_held(a, at).unwrap_or_else(|| self.exact_report(account, at)))
+    }
+
+    /// The `account` event a `query` of `account` emits now (SPEC section 7): from the
+    /// books' integers ([`FastEngine::report_of_held`]), or for an account the engine does not
+    /// hold (all zero) and at the amount limits on the exact path the reference engine uses.
+    pub(super) fn query_report(&self, account: u64, at: At) -> AccountReport {
+        let ints = self.lookup(account).and_then(|a| self.report_of_held(a, at));
+        ints.unwrap_or_else(|| self.exact_report(account, at))
+    }
+
+    fn exact_report(&self, account: u64, at: At) -> AccountReport {
+        self.view(account).report(&self.cfg, &self.marks, at)
+    }
+
+    /// [`report::AccountView::report`] computed in `i128` at the scales of the books: every
+    /// figure is exact (q16, n12 or e8) and printed by the same rules, so the text is the
+    /// same; the exact path cost ~100 µs a query on big-integer decimals, this one a few µs.
+    /// `None` when a liquidation price's products would overflow `i128` (the caller then
+    /// takes the exact path).
+    fn report_of_held(&self, a: AccountIdx, at: At) -> Option<AccountReport> {
+        let i = a.0 as usize;
+        let wallet_e8 = self.accounts.wallet_e8[i];
+        let wallet_q16 = wallet_e8 * E8_TO_Q16;
+        // A pair, its position, and its figures at the mark if any: (ticks, upnl, mm, im),
+        // amounts in q16.
+        struct Held<'p> {
+            p: &'p super::Pair,
+            lots: i64,
+            cost: i128,
+            at_mark: Option<(i64, i128, i128, i128)>,
+        }
+        let pairs = &self.accounts.pairs[i];
+        let mut held = Vec::with_capacity(pairs.len());
+        // Cross totals: `W + Σ upnl` and `Σ mm` (None when a cross position lacks a mark),
+        // `W + Σ (upnl − mm)` over the marked ones and which are unmarked; used margin and
+        // available balance (None when a cross position lacks a mark).
+        let (mut balance, mut maint) = (Some(wallet_q16), Some(0i128));
+        let (mut rest, mut unmarked, mut last) = (wallet_q16, 0usize, None);
+        let (mut used, mut avail) = (Some(0i128), Some(wallet_q16));
+        for p in pairs {
+            let si = p.symbol.0 as usize;
+            let funds = self.funds(a, p.symbol);
+            avail = avail.map(|v| v - funds.order_margin_e8 * E8_TO_Q16);
+            let (lots, cost) = (self.lots_of(p), self.cost_of(p));
+            let isolated = p.mode == Mode::Isolated;
+            if isolated {
+                let margin = match p.slot {
+                    super::NO_SLOT => funds.idle_isolated_e8,
+                    k => self.isolated[si].isolated_e8[k as usize],
+                };
+                used = used.map(|u| u + margin * E8_TO_Q16);
+            }
+            if lots == 0 {
+                held.push(Held { p, lots, cost, at_mark: None });
+                continue;
+            }
+            let sc = &self.scales[si];
+            let at_mark = self.mark_ticks[si].map(|t| {
+                let upnl = sc.value_q16(lots, t) - cost;
+                let mm = sc.mm_q16(sc.notional_n12(lots, t));
+                (t, upnl, mm, self.im_q16(sc, lots, t, self.leverage_of(p.symbol, p)))
+            });
+            if !isolated {
+                match at_mark {
+                    Some((_, upnl, mm, im)) => {
+                        balance = balance.map(|b| b + upnl);
+                        maint = maint.map(|m| m + mm);
+                        rest += upnl - mm;
+                        used = used.map(|u| u + im);
+                        avail = avail.map(|v| v + upnl - im);
+                    }
+                    None => {
+                        (balance, maint, used, avail) = (None, None, None, None);
+                        (unmarked, last) = (unmarked + 1, Some(p.symbol));
+                    }
+                }
+            }
+            held.push(Held { p, lots, cost, at_mark });
+        }
+        let mut positions = Vec::with_capacity(held.len());
+        for h in held.iter().filter(|h| h.lots != 0) {
+            let (p, si) = (h.p, h.p.symbol.0 as usize);
+            let sc = &self.scales[si];
+            let isolated = p.mode == Mode::Isolated;
+            let margin_e8 = isolated.then(|| self.isolated[si].isolated_e8[p.slot as usize]);
+            // SPEC section 4's M, as `report::AccountView::liquidation_price_in` takes it.
+            let m = match (isolated, h.at_mark) {
+                (true, _) => margin_e8.map(|m| m * E8_TO_Q16),
+                (false, Some((_, upnl, mm, _))) if unmarked == 0 => Some(rest - (upnl - mm)),
+                (false, None) if unmarked == 1 && last == Some(p.symbol) => Some(rest),
+                (false, _) => None,
+            };
+            let liquidation_price = match m {
+                Some(m) => sc.liquidation_price_e8(h.lots, h.cost, m)?,
+                None => None,
+            };
+            let text = |x: Option<i128>, scale: u32| x.map(|v| fixed::scaled_text(v, scale));
+            let figure =
+                |pick: fn(&(i64, i128, i128, i128)) -> i128| text(h.at_mark.as_ref().map(pick), 16);
+            positions.push(PositionReport {
+                symbol: self.cfg.symbol(p.symbol).name.clone(),
+                mode: p.mode,
+                size: D8(i128::from(h.lots) * i128::from(sc.step_e8)).to_string(),
+                entry_price: D8(i128::from(sc.entry_e8(h.lots, h.cost))).to_string(),
+                mark_price: h.at_mark.and(self.marks[si]).map(|m| m.to_string()),
+                leverage: u64::from(self.leverage_of(p.symbol, p)),
+                notional: text(h.at_mark.map(|(t, ..)| sc.notional_n12(h.lots, t)), 12),
+                unrealized_pnl: figure(|f| f.1),
+                initial_margin: figure(|f| f.3),
+                maintenance_margin: figure(|f| f.2),
+                isolated_margin: margin_e8.map(|m| D8(m).to_string()),
+                margin_ratio: match (margin_e8, h.at_mark) {
+                    (Some(m), Some((_, upnl, mm, _))) => ratio_text(m * E8_TO_Q16 + upnl, mm),
+                    _ => None,
+                },
+                liquidation_price: liquidation_price.map(|p| D8(p).to_string()),
+            });
+        }
+        Some(AccountReport {
+            line: at.line,
+            seq: at.seq,
+            account: self.accounts.id[i],
+            wallet: D8(wallet_e8).to_string(),
+            margin_balance: text16(balance),
+            maintenance_margin: text16(maint),
+            margin_ratio: balance.zip(maint).and_then(|(b, m)| ratio_text(b, m)),
+            used_margin: text16(used),
+            available_balance: text16(avail),
+            positions,
+            latency_ns: 0,
+        })
     }
 
     /// See [`crate::engine::Engine::at_risk`] and this module's doc.

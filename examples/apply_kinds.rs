@@ -1,0 +1,214 @@
+//! The fast engine's apply cost per message kind, on a stream from `liqscan gen`: every line
+//! is read, parsed and validated first (outside the timing), then the commands are applied
+//! one by one on this thread, each timed. Prints, per kind, the count, the mean, p99, p99.9
+//! and max apply time and the line of the max, plus the maximum while the start-up snapshot
+//! grows the book (`SNAPSHOT_LINES`), so that engine-thread time is seen apart from the
+//! pipeline's reading and parsing. Also runs one sweep at the end and times it.
+//!
+//! ```sh
+//! cargo run --release --example apply_kinds -- CONFIG STREAM [SNAPSHOT_LINES]
+//! CPU=1 cargo run --release --example apply_kinds -- CONFIG STREAM [SNAPSHOT_LINES]
+//! ```
+//! With `CPU=1` the `cpu_max` column and the slow-message list use each message's thread CPU
+//! time (preemption on a busy machine left out) instead of its wall time.
+//!
+//! Kinds: `first_marks` is a `mark` or `marks` that gives some symbol its first mark;
+//! `marks` a `marks` message (several symbols), `mark` a single one; the account messages by
+//! their type.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::BufReader,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use liqscan::{
+    config::Config,
+    engine::{At, Engine},
+    fast::FastEngine,
+    ingest::{Ingest, LineReader, Outcome},
+    protocol::Command,
+};
+
+/// This thread's CPU time in ns: a message's CPU time leaves out the time the scheduler gave
+/// other processes (on a shared 2-core machine, 4 ms slices), which wall time includes.
+#[allow(unsafe_code)]
+fn cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct Stats {
+    hist: Histogram<u64>,
+    sum_ns: u128,
+    max_line: u64,
+    /// The largest CPU time of one message, and its line.
+    cpu_max: (u64, u64),
+    /// Positions evaluated exactly (`FastEngine::positions_evaluated`).
+    evaluated: u64,
+}
+
+impl Stats {
+    fn new() -> Stats {
+        let hist = Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("bounds");
+        Stats { hist, sum_ns: 0, max_line: 0, cpu_max: (0, 0), evaluated: 0 }
+    }
+
+    fn record(&mut self, ns: u64, cpu: u64, line: u64) {
+        if cpu > self.cpu_max.0 {
+            self.cpu_max = (cpu, line);
+        }
+        if ns > self.hist.max() {
+            self.max_line = line;
+        }
+        self.hist.saturating_record(ns.max(1));
+        self.sum_ns += u128::from(ns);
+    }
+
+    fn row(&self, name: &str, total_ns: u128) {
+        let n = self.hist.len();
+        println!(
+            "{name:<14} {n:>9} {:>9.0} {:>8} {:>8} {:>10} {:>9} {:>10} {:>9} {:>6.1}% {:>9.1}",
+            self.sum_ns as f64 / n.max(1) as f64,
+            self.hist.value_at_quantile(0.99),
+            self.hist.value_at_quantile(0.999),
+            self.hist.max(),
+            self.max_line,
+            self.cpu_max.0,
+            self.cpu_max.1,
+            100.0 * self.sum_ns as f64 / total_ns.max(1) as f64,
+            self.evaluated as f64 / n.max(1) as f64,
+        );
+    }
+}
+
+fn kind(cmd: &Command, marked: &mut [bool]) -> &'static str {
+    match cmd {
+        Command::Mark { symbol, .. } => {
+            if std::mem::replace(&mut marked[symbol.0 as usize], true) {
+                "mark"
+            } else {
+                "first_marks"
+            }
+        }
+        Command::Marks { prices } => {
+            let mut first = false;
+            for (s, _) in prices {
+                first |= !std::mem::replace(&mut marked[s.0 as usize], true);
+            }
+            if first { "first_marks" } else { "marks" }
+        }
+        Command::Balance { .. } => "balance",
+        Command::Transfer { .. } => "transfer",
+        Command::Position { .. } => "position",
+        Command::MarginMode { .. } => "margin_mode",
+        Command::Leverage { .. } => "leverage",
+        Command::Orders { .. } => "orders",
+        Command::IsolatedMargin { .. } => "isolated_margin",
+        Command::Funding { .. } => "funding",
+        Command::Query { .. } => "query",
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    anyhow::ensure!(args.len() >= 3, "usage: apply_kinds CONFIG STREAM [SNAPSHOT_LINES]");
+    let cfg = Arc::new(Config::parse(&std::fs::read_to_string(&args[1])?)?);
+    let snapshot_lines: u64 = args.get(3).map_or(Ok(0), |s| s.parse())?;
+    let started = Instant::now();
+    let mut reader = LineReader::new(BufReader::new(File::open(&args[2])?), 1 << 20);
+    let mut ingest = Ingest::new(cfg.clone());
+    let mut commands = Vec::new();
+    while let Some(line) = reader.next_line()? {
+        let ingested = ingest.line(line, Instant::now());
+        if let Outcome::Command { seq, cmd } = ingested.outcome {
+            commands.push((At { line: ingested.line, seq }, cmd));
+        }
+    }
+    eprintln!("{} commands read in {:.1?}", commands.len(), started.elapsed());
+    let mut engine = FastEngine::new(cfg.clone());
+    let mut marked = vec![false; cfg.symbols.len()];
+    let mut by_kind: BTreeMap<&'static str, Stats> = BTreeMap::new();
+    let (mut all, mut growth, mut live) = (Stats::new(), Stats::new(), Stats::new());
+    let mut events = 0u64;
+    // CPU=1: also take each message's thread CPU time (two system calls a message, which
+    // inflate the means by ~1 µs here), to tell work from preemption in the maxima.
+    let with_cpu = std::env::var("CPU").is_ok_and(|v| v == "1");
+    let mut slow = Vec::new();
+    let wall = Instant::now();
+    for (at, cmd) in &commands {
+        let k = kind(cmd, &mut marked);
+        let cpu_start = if with_cpu { cpu_ns() } else { 0 };
+        let evaluated = engine.positions_evaluated();
+        let start = Instant::now();
+        let _ = engine.apply(cmd, *at, &mut |_| events += 1);
+        let ns = start.elapsed().as_nanos() as u64;
+        let evaluated = engine.positions_evaluated() - evaluated;
+        let cpu = if with_cpu { cpu_ns() - cpu_start } else { ns };
+        let stats = by_kind.entry(k).or_insert_with(Stats::new);
+        stats.record(ns, cpu, at.line);
+        stats.evaluated += evaluated;
+        all.record(ns, cpu, at.line);
+        if cpu > 1_000_000 && slow.len() < 40 {
+            slow.push((at.line, k, cpu, engine.n_accounts()));
+        }
+        if at.line <= snapshot_lines {
+            growth.record(ns, cpu, at.line);
+        } else {
+            live.record(ns, cpu, at.line);
+        }
+    }
+    let wall = wall.elapsed();
+    let total = all.sum_ns;
+    println!(
+        "{} messages applied in {:.3} s ({:.0} msg/s engine-only), {events} events, {} accounts, {} positions",
+        commands.len(),
+        wall.as_secs_f64(),
+        commands.len() as f64 / wall.as_secs_f64(),
+        engine.n_accounts(),
+        engine.n_positions(),
+    );
+    println!(
+        "{:<14} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>10} {:>9} {:>7} {:>9}",
+        "kind",
+        "count",
+        "mean_ns",
+        "p99_ns",
+        "p999_ns",
+        "max_ns",
+        "max_line",
+        "cpu_max",
+        "its_line",
+        "time",
+        "evals/msg"
+    );
+    for (name, s) in &by_kind {
+        s.row(name, total);
+    }
+    all.row("all", total);
+    if snapshot_lines > 0 {
+        growth.row("snapshot", total);
+        live.row("stream", total);
+    }
+    for (line, k, ns, accounts) in &slow {
+        println!(
+            "slow (CPU > 1 ms): line {line} {k} {:.2} ms at {accounts} accounts",
+            *ns as f64 / 1e6
+        );
+    }
+    let mut sizes: Vec<(usize, usize)> = engine.book_lens().collect();
+    sizes.sort_unstable_by_key(|&(c, i)| std::cmp::Reverse(c + i));
+    println!("largest books (cross, isolated positions): {:?}", &sizes[..sizes.len().min(5)]);
+    let start = Instant::now();
+    engine.sweep(At { line: 0, seq: 0 }, &mut |_| {});
+    let sweep: Duration = start.elapsed();
+    println!("sweep: {:.1} ms ({:?})", sweep.as_secs_f64() * 1e3, engine.last_sweep());
+    println!("heap: {:?}", engine.heap_bytes());
+    Ok(())
+}
