@@ -171,7 +171,7 @@ impl FastEngine {
         // Isolated items: every book evaluated with fresh triggers.
         for si in 0..e.isolated.len() {
             if let Some(t) = e.mark_ticks[si] {
-                e.evaluate_isolated_book(SymbolIdx(si as u16), t, true);
+                e.evaluate_isolated_book(SymbolIdx(si as u16), t, super::Retrigger::All);
             }
         }
         if rearm_all {
@@ -199,6 +199,7 @@ impl FastEngine {
         }
         let a = self.intern(account.id);
         self.accounts.wallet_e8[a.0 as usize] = account.wallet_e8;
+        self.wallet_bound_e8 = self.wallet_bound_e8.max(account.wallet_e8.abs());
         for p in &account.pairs {
             let s = SymbolIdx(
                 u16::try_from(p.symbol).map_err(|_| format!("symbol index {}", p.symbol))?,
