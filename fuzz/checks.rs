@@ -5,7 +5,8 @@
 //! - [`line_path`]: any bytes, cut into lines, go through the whole line path (envelope,
 //!   sequencing, validation, apply and evaluate) on both engines, which must agree event for
 //!   event and hold the same accounts and pairs; the fast engine's trigger index must then agree with
-//!   its books, and a sweep must find nothing the messages missed. Nothing may panic.
+//!   its books, and a sweep must find nothing the messages missed. The reader's short JSON
+//!   scanner must read every line it takes exactly as serde_json does. Nothing may panic.
 //! - [`config`]: any bytes go to the config loader; a config it accepts must build both
 //!   engines and run a stream touching every symbol's tick, step and brackets alike.
 #![allow(dead_code)]
@@ -122,6 +123,10 @@ fn run_both(cfg: Arc<Config>, data: &[u8]) {
     let mut fast = FastEngine::new(cfg);
     let mut last = At { line: 0, seq: 0 };
     for line in data.split(|&b| b == b'\n').take(MAX_LINES) {
+        // The reader's short scanner must read every line it takes as serde_json does.
+        if let Err(e) = liqscan::protocol::scanner_disagrees_with_serde(line) {
+            panic!("the envelope scanner disagrees with serde_json: {e}");
+        }
         let ingested = ingest.line(Line::Bytes(line), Instant::now());
         let (r, f) = (
             apply_one(&mut reference, &ingested.outcome, ingested.line),

@@ -189,6 +189,20 @@ pub fn parse_envelope(line: &[u8]) -> Result<Parsed<'_>, Reject> {
     Ok(Parsed { envelope, seq })
 }
 
+/// For the fuzz targets (`fuzz/checks.rs`): `Err` with the line when the short scanner took
+/// a line and read it otherwise than serde_json does (or took one serde refuses). A line the
+/// scanner leaves goes to serde itself, so it agrees by construction.
+#[doc(hidden)]
+pub fn scanner_disagrees_with_serde(line: &[u8]) -> Result<(), String> {
+    let Ok(text) = std::str::from_utf8(line) else { return Ok(()) };
+    let Some(fast) = fast_envelope(text) else { return Ok(()) };
+    match serde_envelope(text) {
+        Ok(slow) if slow == fast => Ok(()),
+        Ok(slow) => Err(format!("{text:?}: scanner {fast:?}, serde {slow:?}")),
+        Err(e) => Err(format!("{text:?}: the scanner took a line serde refuses: {}", e.reason)),
+    }
+}
+
 /// The envelope by serde_json: every line the scanner leaves, with serde's error messages.
 fn serde_envelope(text: &str) -> Result<Envelope<'_>, Reject> {
     serde_json::from_str(text).map_err(|e| {
