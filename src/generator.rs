@@ -348,7 +348,7 @@ impl<'o, W: Write> Gen<'o, W> {
             progress(phase, 0);
             while self.opened() < self.opts.accounts {
                 self.open_account()?;
-                if self.opened() % 4096 == 0 {
+                if self.opened().is_multiple_of(4096) {
                     progress(phase, self.opened());
                 }
             }
@@ -654,7 +654,7 @@ impl<'o, W: Write> Gen<'o, W> {
             let cmd = self.mark_body(s, px);
             self.offer_command(&cmd)?;
         }
-        if self.marks % RELEVER_EVERY == 0 {
+        if self.marks.is_multiple_of(RELEVER_EVERY) {
             self.relever()?;
         }
         Ok(())

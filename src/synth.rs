@@ -302,7 +302,7 @@ fn push_fraction(out: &mut String, mut frac: u64, scale: u32) {
         return;
     }
     let mut width = scale as usize;
-    while frac % 10 == 0 {
+    while frac.is_multiple_of(10) {
         frac /= 10;
         width -= 1;
     }

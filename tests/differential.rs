@@ -417,7 +417,7 @@ fn long_walks_spend_cross_budgets_exactly() {
         }
         for (s, &(name, td, lo, hi, sd, _)) in SYMBOLS.iter().enumerate() {
             let lots = [3_000, 40_000, 5_000][s] * (1 + a as i64 % 3);
-            let size = if (a + s as u64) % 2 == 0 { lots } else { -lots };
+            let size = if (a + s as u64).is_multiple_of(2) { lots } else { -lots };
             let entry = dec((lo + hi) / 2, td);
             let margin =
                 if a > 6 && name == "ETHUSDT" { r#","isolated_margin":"900""# } else { "" };
@@ -432,7 +432,7 @@ fn long_walks_spend_cross_budgets_exactly() {
     let mut ticks: Vec<i64> = SYMBOLS.iter().map(|&(_, _, lo, hi, _, _)| (lo + hi) / 2).collect();
     let mut step = |s: usize, k: usize, rng: &mut liqscan::synth::Rng| {
         let (_, td, lo, hi, _, _) = SYMBOLS[s];
-        let drift = if (k / 700) % 2 == 0 { -12 } else { 12 };
+        let drift = if (k / 700).is_multiple_of(2) { -12 } else { 12 };
         let next = ticks[s] + drift * (s as i64 + 1) + rng.below(41) as i64 - 20;
         ticks[s] = if next < lo || next > hi { ticks[s] - (next - ticks[s]) } else { next };
         (SYMBOLS[s].0, dec(ticks[s], td))

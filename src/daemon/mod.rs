@@ -89,7 +89,7 @@ pub struct RunArgs {
     /// Close an HTTP connection that moved no byte for this long (500ms, 10s, 1m), so idle or
     /// stuck clients cannot hold every --max-http-connections slot. Keep it above the 5 s a
     /// query may wait for the engine.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = http_idle_timeout)]
     pub http_idle_timeout: std::time::Duration,
     /// Keep the state here (SPEC 9.4): restore the newest valid snapshot at start, write one
     /// every --snapshot-interval and at shutdown; the newest 3 are kept.
@@ -100,7 +100,7 @@ pub struct RunArgs {
         long,
         value_name = "DURATION",
         default_value = "60s",
-        value_parser = positive_duration,
+        value_parser = snapshot_interval,
         requires = "state_dir"
     )]
     pub snapshot_interval: std::time::Duration,
@@ -157,13 +157,29 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
     }
 }
 
-/// A duration above zero (humantime: 250ms, 10s, 5m).
-fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
+/// A duration (humantime: 250ms, 10s, 5m) of at least `min`, which `what` names.
+fn duration_at_least(
+    s: &str,
+    min: std::time::Duration,
+    what: &str,
+) -> Result<std::time::Duration, String> {
     match humantime::parse_duration(s) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err(format!("{s:?}: the interval must be above zero")),
+        Ok(d) if d >= min => Ok(d),
+        Ok(_) => Err(format!("{s:?}: {what} must be at least {}", humantime::format_duration(min))),
         Err(e) => Err(format!("{s:?} is not a duration (250ms, 10s, 5m): {e}")),
     }
+}
+
+/// `--snapshot-interval`: at least 10 ms. Shorter would only copy the state back to back
+/// (each snapshot skipped while the previous is written) and keep a thread spinning.
+fn snapshot_interval(s: &str) -> Result<std::time::Duration, String> {
+    duration_at_least(s, std::time::Duration::from_millis(10), "the snapshot interval")
+}
+
+/// `--http-idle-timeout`: at least 100 ms; shorter closes connections before a request
+/// can arrive, and HTTP stops answering.
+fn http_idle_timeout(s: &str) -> Result<std::time::Duration, String> {
+    duration_at_least(s, std::time::Duration::from_millis(100), "the idle timeout")
 }
 
 /// A connection bound: 0 would refuse every connection, which is never what is meant.
@@ -376,6 +392,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .spawn(move || {
             let result = pipeline.run(engine.as_mut());
             // At shutdown, once every event reached every healthy sink (SPEC 9.5).
+            let mut snapshot = Ok(());
             if let (Ok(summary), Some(writer)) = (&result, writer.as_mut()) {
                 use std::sync::atomic::Ordering::Relaxed;
                 let at = crate::engine::At {
@@ -383,9 +400,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     seq: progress.last_seq.load(Relaxed),
                 };
                 let counters = crate::state::Counters::of(summary);
-                state::final_snapshot(writer, engine.as_ref(), at, counters, meta);
+                snapshot = state::final_snapshot(writer, engine.as_ref(), at, counters, meta);
             }
-            result
+            // Every event was delivered, but a restart would resend from an older snapshot:
+            // the exit status says so (1), so that a supervisor notices.
+            result.and_then(|summary| snapshot.map(|()| summary))
         })
         .context("cannot start the engine thread")?
         .join();
@@ -514,7 +533,7 @@ fn finished(result: std::thread::Result<std::io::Result<crate::pipeline::Summary
             ExitCode::SUCCESS
         }
         Ok(Err(e)) => {
-            error!(error = %e, "stopped: a sink failed");
+            error!(error = %e, "stopped with an error");
             say(&format!("liqscan: {e}"));
             ExitCode::FAILURE
         }

@@ -175,13 +175,16 @@ pub fn spawn_ticker(
 
 /// The snapshot at shutdown, after every event reached every healthy sink: waits for the
 /// write in progress, then copies and writes on this thread.
+///
+/// # Errors
+/// The write's I/O error (a full disk, a directory that cannot be written).
 pub fn final_snapshot(
     writer: &mut Writer,
     engine: &dyn Engine,
     at: At,
     counters: Counters,
     mut meta: Meta,
-) {
+) -> std::io::Result<()> {
     writer.stop();
     let started = Instant::now();
     let copy = engine.copy_state(writer.take_reuse());
@@ -191,10 +194,18 @@ pub fn final_snapshot(
     meta.counters = counters;
     meta.created_unix_ns = store::now_unix_ns();
     match writer.dir.write(&*copy, &meta) {
-        Ok(w) => store::record(&writer.stats, &w),
+        Ok(w) => {
+            store::record(&writer.stats, &w);
+            Ok(())
+        }
         Err(e) => {
             writer.stats.failed.fetch_add(1, Relaxed);
-            warn!(dir = %writer.dir.path().display(), error = %e, "the shutdown snapshot could not be written");
+            let dir = writer.dir.path().display();
+            warn!(dir = %dir, error = %e, "the shutdown snapshot could not be written");
+            Err(std::io::Error::new(
+                e.kind(),
+                format!("the shutdown snapshot could not be written in {dir}: {e}"),
+            ))
         }
     }
 }

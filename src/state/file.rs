@@ -205,11 +205,34 @@ struct Hashing<W> {
     inner: W,
     hasher: Xxh3,
     bytes: u64,
+    /// The first write error (a full disk): postcard reports any writer error as its own
+    /// "buffer full", so the cause is kept here and given instead.
+    error: Option<io::Error>,
+}
+
+impl<W: Write> Hashing<W> {
+    /// Encodes `value` into the body; an error is the writer's own when it had one.
+    fn encode<T: serde::Serialize>(&mut self, value: &T) -> io::Result<()> {
+        match postcard::to_io(value, &mut *self) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self
+                .error
+                .take()
+                .unwrap_or_else(|| io::Error::other(format!("snapshot encoding: {e}")))),
+        }
+    }
 }
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = match self.inner.write(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let kept = io::Error::new(e.kind(), e.to_string());
+                self.error.get_or_insert(kept);
+                return Err(e);
+            }
+        };
         self.hasher.update(&buf[..n]);
         self.bytes += n as u64;
         Ok(n)
@@ -244,21 +267,21 @@ pub fn write<W: Write + Seek>(
         inner: io::BufWriter::with_capacity(1 << 20, &mut *out),
         hasher: Xxh3::new(),
         bytes: 0,
+        error: None,
     };
-    let to_io = |e: postcard::Error| io::Error::other(format!("snapshot encoding: {e}"));
     let prelude = Prelude {
         symbols: meta.symbols.clone(),
         marks_e8: copy.marks().iter().map(|m| m.map(|d| d.0)).collect(),
         line: meta.prelude_line,
         counters: meta.counters,
     };
-    postcard::to_io(&prelude, &mut body).map_err(to_io)?;
-    postcard::to_io(&copy.n_accounts(), &mut body).map_err(to_io)?;
+    body.encode(&prelude)?;
+    body.encode(&copy.n_accounts())?;
     let (mut n_accounts, mut n_positions) = (0u64, 0u64);
     copy.each_account(&mut |account: &AccountImage| {
         n_accounts += 1;
         n_positions += account.pairs.iter().filter(|p| p.size_e8 != 0).count() as u64;
-        postcard::to_io(account, &mut body).map(|_| ()).map_err(to_io)
+        body.encode(account)
     })?;
     if n_accounts != copy.n_accounts() {
         return Err(io::Error::other(format!(

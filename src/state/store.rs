@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use crossbeam::channel::{Receiver, Sender, bounded};
+use crossbeam::channel::{Receiver, Sender, bounded, select};
 use tracing::{info, warn};
 
 use super::{
@@ -38,6 +38,7 @@ pub const KEEP: usize = 3;
 /// before it gives that snapshot up (a subscriber that stopped reading on an idle stream).
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
+const LOCK: &str = "lock";
 const PREFIX: &str = "snapshot-";
 const SUFFIX: &str = ".liqsnap";
 const TMP_PREFIX: &str = ".snapshot-";
@@ -51,6 +52,9 @@ pub fn now_unix_ns() -> u64 {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     dir: PathBuf,
+    /// `DIR/lock`, locked (flock) for as long as this process runs: a second daemon on the
+    /// same directory would delete this one's snapshots and restore from a mix.
+    _lock: Arc<File>,
 }
 
 /// A snapshot written.
@@ -73,9 +77,28 @@ pub struct Found {
 
 impl StateDir {
     /// Opens (creating) `dir`.
+    /// Opens (creating it if missing) and locks a state directory.
+    ///
+    /// # Errors
+    /// The path is not a directory, cannot be created or written (the lock file is created
+    /// in it), or another process holds its lock (another liqscan on the same state).
     pub fn open(dir: &Path) -> io::Result<StateDir> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::NotADirectory, "it is not a directory"));
+        }
         fs::create_dir_all(dir)?;
-        Ok(StateDir { dir: dir.to_path_buf() })
+        let lock = File::options().create(true).truncate(false).write(true).open(dir.join(LOCK))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    "another process (another liqscan run?) holds its lock file; one daemon per state directory",
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        }
+        Ok(StateDir { dir: dir.to_path_buf(), _lock: Arc::new(lock) })
     }
 
     pub fn path(&self) -> &Path {
@@ -133,8 +156,18 @@ impl StateDir {
                 return Err(e);
             }
         };
-        for old in self.snapshots()?.into_iter().skip(KEEP) {
-            if let Err(e) = fs::remove_file(&old) {
+        // Only snapshots whose header reads count towards the newest KEEP: a junk or damaged
+        // file with a snapshot's name must not push good ones out (it is left for an operator;
+        // the start logs it).
+        let mut kept = 0;
+        for old in self.snapshots()? {
+            if !header_reads(&old) {
+                continue;
+            }
+            kept += 1;
+            if kept > KEEP
+                && let Err(e) = fs::remove_file(&old)
+            {
                 warn!(file = %old.display(), error = %e, "cannot delete an old snapshot");
             }
         }
@@ -157,6 +190,21 @@ impl StateDir {
         }
         Ok(None)
     }
+}
+
+/// Whether `path` is a regular file whose snapshot header reads (magic, version, header
+/// checksum); the body is not read.
+fn header_reads(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut head = [0u8; file::HEADER_BYTES];
+    File::open(path)
+        .and_then(|mut f| {
+            if !f.metadata()?.is_file() {
+                return Err(io::Error::other("not a file"));
+            }
+            f.read_exact(&mut head)
+        })
+        .is_ok_and(|()| file::read_header(&head).is_ok())
 }
 
 /// Reads, verifies and decodes one snapshot file.
@@ -200,6 +248,9 @@ pub struct Job {
 /// and hands the copy back for reuse.
 pub struct Writer {
     jobs: Option<Sender<Job>>,
+    /// Dropped by [`Writer::stop`]: the thread then ends after the write in progress, even
+    /// while the ticker's handles still hold senders of `jobs`.
+    quit: Option<Sender<()>>,
     reuse: Receiver<Box<dyn Any + Send>>,
     reuse_tx: Sender<Box<dyn Any + Send>>,
     thread: Option<JoinHandle<()>>,
@@ -210,12 +261,18 @@ pub struct Writer {
 impl Writer {
     pub fn start(dir: StateDir, stats: Arc<Stats>) -> io::Result<Writer> {
         let (jobs, rx) = bounded::<Job>(1);
+        let (quit, quit_rx) = bounded::<()>(0);
         let (reuse_tx, reuse) = bounded::<Box<dyn Any + Send>>(1);
         let (thread_dir, thread_stats, own_reuse_tx) =
             (dir.clone(), stats.clone(), reuse_tx.clone());
         let thread =
             std::thread::Builder::new().name("snapshot-writer".into()).spawn(move || {
-                for job in rx {
+                loop {
+                    let job = select! {
+                        recv(rx) -> job => job,
+                        recv(quit_rx) -> _ => break,
+                    };
+                    let Ok(job) = job else { break };
                     let mut copy = write_job(&thread_dir, &thread_stats, job);
                     copy.warm();
                     let _ = reuse_tx.try_send(copy.into_any());
@@ -224,6 +281,7 @@ impl Writer {
             })?;
         Ok(Writer {
             jobs: Some(jobs),
+            quit: Some(quit),
             reuse,
             reuse_tx: own_reuse_tx,
             thread: Some(thread),
@@ -242,9 +300,11 @@ impl Writer {
         }
     }
 
-    /// Waits for the write in progress, if any, and stops the thread.
+    /// Waits for the write in progress, if any, and stops the thread. A job still queued
+    /// is dropped: the shutdown snapshot that follows covers more.
     pub fn stop(&mut self) {
         self.jobs.take();
+        self.quit.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -419,6 +479,44 @@ mod tests {
         fs::write(dir.join(".snapshot-1-2.tmp"), b"half").unwrap();
         assert_eq!(state.remove_leftovers().unwrap(), 1);
         assert_eq!(state.remove_leftovers().unwrap(), 0);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Junk with a snapshot's name (a file that is not one, a directory) sorts newest but
+    /// does not count towards the three kept, and is left alone; a second open of the same
+    /// directory is refused while the first holds its lock; a file is not a directory.
+    #[test]
+    fn junk_does_not_push_good_snapshots_out_and_the_directory_is_locked() {
+        let dir = std::env::temp_dir().join(format!("liqscan-store-junk-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let state = StateDir::open(&dir).unwrap();
+        let junk = dir.join(format!("{PREFIX}{:020}-{:020}{SUFFIX}", u64::MAX, 1));
+        fs::write(&junk, b"junk").unwrap();
+        let junk_dir = dir.join(format!("{PREFIX}{:020}-{:020}{SUFFIX}", u64::MAX, 2));
+        fs::create_dir(&junk_dir).unwrap();
+        let copy = engine().copy_state(None);
+        for seq in 1..=5 {
+            state.write(&*copy, &meta(seq, seq)).unwrap();
+        }
+        let valid: Vec<u64> = state
+            .snapshots()
+            .unwrap()
+            .iter()
+            .filter_map(|p| read(p).ok().map(|(h, _, _)| h.last_seq))
+            .collect();
+        assert_eq!(valid, [5, 4, 3], "three good snapshots kept beside the junk");
+        assert!(junk.exists() && junk_dir.exists(), "junk is left for an operator");
+        assert_eq!(state.newest_valid().unwrap().unwrap().header.last_seq, 5);
+
+        let second = StateDir::open(&dir).unwrap_err();
+        assert_eq!(second.kind(), io::ErrorKind::ResourceBusy, "{second}");
+        drop(state);
+        StateDir::open(&dir).expect("the lock goes with its holder");
+
+        let not_dir = dir.join("plain-file");
+        fs::write(&not_dir, b"x").unwrap();
+        let e = StateDir::open(&not_dir).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -846,6 +846,27 @@ fn start_up_refusals_exit_with_a_reason() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot serve HTTP on {addr}")), "{err}");
+    // Durations that cannot work: refused with the bound.
+    for flag in [["--http-idle-timeout", "0s"], ["--http-idle-timeout", "1ms"]] {
+        let out = std::process::Command::new(bin)
+            .args(["run", "--config", &fixture("config/multi_tier.json")])
+            .args(flag)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("at least"), "{flag:?}");
+    }
+    let dir = std::env::temp_dir().join(format!("liqscan-refusal-{}", std::process::id()));
+    let out = std::process::Command::new(bin)
+        .args(["run", "--config", &fixture("config/multi_tier.json")])
+        .args(["--state-dir", &dir.to_string_lossy(), "--snapshot-interval", "1ns"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 10ms"));
+    assert!(!dir.exists(), "a refused start creates no state directory");
     // The snapshot options mean nothing without a state directory: refused, not ignored.
     for flag in [&["--snapshot-interval", "1s"][..], &["--accept-config-change"][..]] {
         let out = std::process::Command::new(bin)

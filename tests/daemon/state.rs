@@ -661,3 +661,65 @@ fn crash_cycles_from_env() {
         })
     );
 }
+
+/// From a new user's trial: at the end of stdin a daemon with `--state-dir` (default 60 s
+/// interval) stops at once with its shutdown snapshot, rather than at the next tick; a
+/// second daemon on the same state directory is refused (exit 1) while the first runs; a
+/// file given as the state directory is refused as not a directory.
+#[test]
+fn end_of_stdin_stops_at_once_and_a_state_directory_has_one_daemon() {
+    let bin = env!("CARGO_BIN_EXE_liqscan");
+    let tmp = TempDir::new("stdin-end");
+    let state = tmp.path("state");
+    let stream = std::fs::File::open(fixture(STREAM)).unwrap();
+    let mut child = Guard(
+        Command::new(bin)
+            .args(["run", "--config", &fixture(CONFIG), "--state-dir", &state])
+            .stdin(stream)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Bounded: 20 s, a third of the 60 s tick the daemon used to wait for.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not stop at the end of stdin");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let snapshots = std::fs::read_dir(&state)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".liqsnap"))
+        .count();
+    assert_eq!(snapshots, 1, "the shutdown snapshot");
+
+    // A daemon holding the directory (stdin left open), then a second one on it.
+    let config = fixture(CONFIG);
+    let first = Daemon::start(
+        &["--config", &config, "--state-dir", &state, "--http", "127.0.0.1:0"],
+        Input::Pipe,
+    );
+    wait_http_ok(first.addr("http"), "/health", "the first daemon");
+    let out = Command::new(bin)
+        .args(["run", "--config", &fixture(CONFIG), "--state-dir", &state])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("one daemon per state directory"), "{err}");
+
+    let file = tmp.path("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = Command::new(bin)
+        .args(["run", "--config", &fixture(CONFIG), "--state-dir", &file])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"));
+}
