@@ -1412,11 +1412,15 @@ mod tests {
     /// A 3,000-account book (a quarter of its positions isolated) whose marks then fall 4 %
     /// on every symbol, so that some items are liquidatable.
     fn fallen_book(parallel_min: usize) -> FastEngine {
+        let engine = FastEngine::new(Arc::new(synth::config(8))).with_parallel_min(parallel_min);
+        fall(engine, 3_000, 7, At { line: 0, seq: 0 })
+    }
+
+    /// Builds `accounts` accounts (three positions each, from `seed`) into `engine` (of
+    /// `synth::config(8)`), then moves every mark to 100 % and to 96 % of its base price.
+    pub(super) fn fall(mut engine: FastEngine, accounts: u64, seed: u64, at: At) -> FastEngine {
         let symbols = 8;
-        let mut engine =
-            FastEngine::new(Arc::new(synth::config(symbols))).with_parallel_min(parallel_min);
-        let at = At { line: 0, seq: 0 };
-        for cmd in synth::book_commands(3_000, 9_000, symbols, 7) {
+        for cmd in synth::book_commands(accounts, 3 * accounts, symbols, seed) {
             engine.apply(&cmd, at, &mut |_| {}).unwrap();
         }
         for pct in [100, 96] {

@@ -333,20 +333,9 @@ mod tests {
     /// A 2,000-account book whose marks then fall 4 %, so that some items are liquidatable,
     /// and some flat pairs holding orders and idle isolated margin.
     fn fallen_book() -> (FastEngine, At) {
-        let symbols = 8;
-        let mut engine = FastEngine::new(Arc::new(synth::config(symbols)));
         let at = At { line: 9, seq: 42 };
-        for cmd in synth::book_commands(2_000, 6_000, symbols, 11) {
-            engine.apply(&cmd, at, &mut |_| {}).unwrap();
-        }
-        for pct in [100, 96] {
-            let prices = (0..symbols)
-                .map(|s| {
-                    (SymbolIdx(s as u16), D8(i128::from(synth::base_price_e2(s)) * pct * 10_000))
-                })
-                .collect();
-            engine.apply(&Command::Marks { prices }, at, &mut |_| {}).unwrap();
-        }
+        let engine = FastEngine::new(Arc::new(synth::config(8)));
+        let mut engine = super::super::tests::fall(engine, 2_000, 11, at);
         let orders = Command::Orders {
             account: 5,
             symbol: SymbolIdx(7),

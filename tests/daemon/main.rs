@@ -846,37 +846,28 @@ fn start_up_refusals_exit_with_a_reason() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot serve HTTP on {addr}")), "{err}");
-    // Durations that cannot work: refused with the bound.
-    for flag in [["--http-idle-timeout", "0s"], ["--http-idle-timeout", "1ms"]] {
+    // Options that cannot work are refused (exit 2) with a reason: durations under their
+    // bound, and the snapshot options without a state directory.
+    let refused = |flags: &[&str]| {
         let out = std::process::Command::new(bin)
             .args(["run", "--config", &fixture("config/multi_tier.json")])
-            .args(flag)
+            .args(flags)
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{flag:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("at least"), "{flag:?}");
+        assert_eq!(out.status.code(), Some(2), "{flags:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for flags in [["--http-idle-timeout", "0s"], ["--http-idle-timeout", "1ms"]] {
+        assert!(refused(&flags).contains("at least 100ms"), "{flags:?}");
     }
     let dir = std::env::temp_dir().join(format!("liqscan-refusal-{}", std::process::id()));
-    let out = std::process::Command::new(bin)
-        .args(["run", "--config", &fixture("config/multi_tier.json")])
-        .args(["--state-dir", &dir.to_string_lossy(), "--snapshot-interval", "1ns"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 10ms"));
-    assert!(!dir.exists(), "a refused start creates no state directory");
-    // The snapshot options mean nothing without a state directory: refused, not ignored.
-    for flag in [&["--snapshot-interval", "1s"][..], &["--accept-config-change"][..]] {
-        let out = std::process::Command::new(bin)
-            .args(["run", "--config", &fixture("config/multi_tier.json")])
-            .args(flag)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{flag:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("--state-dir"), "{flag:?}: {err}");
+    let dir = dir.to_string_lossy();
+    let err = refused(&["--state-dir", &dir, "--snapshot-interval", "1ns"]);
+    assert!(err.contains("at least 10ms"), "{err}");
+    assert!(!std::path::Path::new(&*dir).exists(), "a refused start creates no state directory");
+    for flags in [&["--snapshot-interval", "1s"][..], &["--accept-config-change"][..]] {
+        let err = refused(flags);
+        assert!(err.contains("--state-dir"), "{flags:?}: {err}");
     }
 }
