@@ -175,6 +175,10 @@ impl<'a> Pipeline<'a> {
         let Pipeline { cfg, source, sinks, controls, stop, progress, opts, resume } = self;
         let mut resume = resume.unwrap_or_default();
         let initial_events = std::mem::take(&mut resume.events);
+        // A restored state's point and counts are the progress until the first batch.
+        progress.last_seq.store(resume.at.seq, Ordering::Relaxed);
+        progress.last_line.store(resume.at.line, Ordering::Relaxed);
+        progress.messages.store(resume.summary.messages, Ordering::Relaxed);
         assert!(opts.batch_lines > 0, "a batch holds at least one line");
         assert!(opts.queue_batches > 0, "a queue holds at least one batch");
         let started = Instant::now();

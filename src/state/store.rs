@@ -297,6 +297,7 @@ impl Writer {
             reuse: self.reuse.clone(),
             stats: self.stats.clone(),
             meta,
+            lines_at_last: Arc::new(AtomicU64::new(u64::MAX)),
         }
     }
 
@@ -339,6 +340,10 @@ pub struct Handle {
     stats: Arc<Stats>,
     /// Engine, config hash and symbols; seq, line, counters and time are filled per snapshot.
     meta: Meta,
+    /// Lines read when the last periodic snapshot was taken (`u64::MAX` before the first):
+    /// a tick that finds none read since changes nothing on disk and is let pass, so an idle
+    /// daemon keeps older snapshots to fall back on instead of three copies of one state.
+    lines_at_last: Arc<AtomicU64>,
 }
 
 impl Handle {
@@ -346,10 +351,14 @@ impl Handle {
     /// messages): unless a write is in progress (then it is skipped and counted), copies the
     /// state, asks the sinks for delivery, and hands both to the writer thread.
     pub fn take(&self, engine: &dyn crate::engine::Engine, point: &crate::pipeline::Point<'_>) {
+        if self.lines_at_last.load(Relaxed) == point.summary.lines {
+            return;
+        }
         if self.stats.busy.swap(true, Relaxed) {
             self.stats.skipped.fetch_add(1, Relaxed);
             return;
         }
+        self.lines_at_last.store(point.summary.lines, Relaxed);
         let started = Instant::now();
         let copy = engine.copy_state(self.reuse.try_recv().ok());
         let delivery = (point.delivery)();

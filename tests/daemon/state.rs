@@ -191,6 +191,10 @@ fn a_restored_daemon_answers_as_the_live_one_did_and_resumes_after_the_hello() {
         assert_eq!(h["last_seq"], seq_k, "{engine}: /health");
         let m = scrape(http);
         assert_eq!(m.get("liqscan_last_seq", &[]), seq_k as f64, "{engine}");
+        // /health counts messages as the metric does: from the restored count on.
+        let restored_messages = m.get("liqscan_messages_total", &[]);
+        assert!(restored_messages > 0.0, "{engine}: the restored count");
+        assert_eq!(h["messages"].as_f64(), Some(restored_messages), "{engine}: /health messages");
         let age = m.get("liqscan_snapshot_age_seconds", &[]);
         assert!((0.0..120.0).contains(&age), "{engine}: snapshot age {age}");
         assert_eq!(accounts_over_http(http, &ids), live, "{engine}: /accounts after restore");
@@ -722,4 +726,29 @@ fn end_of_stdin_stops_at_once_and_a_state_directory_has_one_daemon() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"));
+}
+
+/// From a new user's trial: an idle daemon does not rewrite the same state every interval
+/// (which left three copies of one seq and nothing older to fall back on). Lines are written
+/// on stdin, one snapshot covers them, and ten intervals later there is still only that one.
+#[test]
+fn an_idle_daemon_writes_no_snapshot_of_an_unchanged_state() {
+    let tmp = TempDir::new("idle");
+    let state = tmp.path("state");
+    let config = fixture(CONFIG);
+    let mut d = Daemon::start(
+        &["--config", &config, "--state-dir", &state, "--snapshot-interval", "50ms"],
+        Input::Pipe,
+    );
+    let stream = std::fs::read_to_string(fixture(STREAM)).unwrap();
+    let head = format!("{}\n", stream.lines().take(200).collect::<Vec<_>>().join("\n"));
+    let last_seq = effective_seqs(CONFIG, head.as_bytes()).into_iter().flatten().max().unwrap();
+    d.write_stdin(head.as_bytes());
+    let written_at = |v: &Value| message(v) == "snapshot written" && v["seq"] == last_seq;
+    d.wait_log("a snapshot of every line", written_at);
+    std::thread::sleep(Duration::from_millis(500));
+    let copies = d.log().iter().filter(|v| written_at(v)).count();
+    assert_eq!(copies, 1, "snapshots of the unchanged state at seq {last_seq}");
+    d.close_stdin();
+    assert!(d.wait_exit().success());
 }
