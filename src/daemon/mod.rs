@@ -363,7 +363,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .context("cannot start the snapshot ticker")?;
             let mut resume = start.resume.unwrap_or_default();
             resume.events = start.events;
-            shared.progress.last_seq.store(resume.at.seq, std::sync::atomic::Ordering::Relaxed);
+            // Published before HTTP says "ok" (the pipeline publishes the same at its start,
+            // which may come after the first /health).
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            shared.progress.last_seq.store(resume.at.seq, relaxed);
+            shared.progress.messages.store(resume.summary.messages, relaxed);
             (start.engine, Some(resume), Some(writer))
         }
     };
