@@ -433,6 +433,32 @@ pub struct Book {
     trigger: Vec<i64>,
     /// Per block of [`BLOCK`] slots.
     guards: Vec<Guard>,
+    /// Cross book: per slot, the length of the symbol's funding log when the slot's
+    /// payments were last settled into its account's wallet (lazy funding, see
+    /// `FastEngine::settle`). Isolated book: empty (isolated positions are paid at once).
+    pub fund_from: Vec<u32>,
+    /// Cross book: per slot, its funding trigger (see [`fund_fires`]). Isolated book: empty.
+    fund_trigger: Vec<i128>,
+    /// Cross book: per block of [`BLOCK`] slots, the least funding trigger of its longs and
+    /// of its shorts ([`FUND_NEVER`] when none).
+    fund_guards: Vec<[i128; 2]>,
+    /// At least every `|lots|` the book holds: the largest ever pushed, never lowered (a
+    /// funding's largest payment, without reading every slot).
+    pub max_lots: u64,
+}
+
+/// A funding trigger that never fires.
+pub const FUND_NEVER: i128 = i128::MAX;
+/// A funding trigger that fires on the symbol's next lazy funding.
+pub const FUND_ALWAYS: i128 = i128::MIN;
+
+/// Whether a cross slot of `lots` with funding trigger `trigger` fires when the symbol's
+/// paying cumulatives are `paid = [U, V]` (`FastEngine`'s funding log: `U` rises with what a
+/// long pays, `V` with what a short pays, each with a rounding allowance): a long fires when
+/// `U > trigger`, a short when `V > trigger`.
+#[inline(always)]
+pub fn fund_fires(lots: i64, trigger: i128, paid: [i128; 2]) -> bool {
+    paid[usize::from(lots < 0)] > trigger
 }
 
 impl Book {
@@ -446,6 +472,10 @@ impl Book {
             liquidatable: Vec::new(),
             trigger: Vec::new(),
             guards: Vec::new(),
+            fund_from: Vec::new(),
+            fund_trigger: Vec::new(),
+            fund_guards: Vec::new(),
+            max_lots: 0,
         }
     }
 
@@ -472,17 +502,26 @@ impl Book {
         let slot = u32::try_from(self.len()).expect("fewer than 2^32 positions per book");
         self.account.push(account);
         self.lots.push(lots);
+        self.max_lots = self.max_lots.max(lots.unsigned_abs());
         self.base_q16.push(base_q16);
         match self.mode {
             Mode::Isolated => {
                 self.isolated_e8.push(isolated_e8);
                 self.liquidatable.push(false);
             }
-            Mode::Cross => debug_assert_eq!(isolated_e8, 0, "a cross position has no margin"),
+            Mode::Cross => {
+                debug_assert_eq!(isolated_e8, 0, "a cross position has no margin");
+                // The caller sets where its funding starts (the log's length).
+                self.fund_from.push(0);
+                self.fund_trigger.push(FUND_NEVER);
+            }
         }
         self.trigger.push(0);
         if self.guards.len() * BLOCK < self.len() {
             self.guards.push(Guard::QUIET);
+            if self.mode == Mode::Cross {
+                self.fund_guards.push([FUND_NEVER; 2]);
+            }
         }
         slot
     }
@@ -500,8 +539,16 @@ impl Book {
         }
         self.trigger.swap_remove(i);
         self.guards.truncate(self.len().div_ceil(BLOCK));
+        if self.mode == Mode::Cross {
+            self.fund_from.swap_remove(i);
+            self.fund_trigger.swap_remove(i);
+            self.fund_guards.truncate(self.len().div_ceil(BLOCK));
+        }
         if i < self.len() {
             self.guards[i / BLOCK].include(self.trigger[i]);
+            if self.mode == Mode::Cross {
+                fund_include(&mut self.fund_guards[i / BLOCK], self.lots[i], self.fund_trigger[i]);
+            }
             Some(self.account[i])
         } else {
             None
@@ -525,6 +572,68 @@ impl Book {
     pub fn set_trigger(&mut self, slot: usize, trigger: i64) {
         self.trigger[slot] = trigger;
         self.guards[slot / BLOCK].include(trigger);
+    }
+
+    /// A cross slot's funding trigger (see [`fund_fires`]).
+    pub fn fund_trigger(&self, slot: usize) -> i128 {
+        self.fund_trigger[slot]
+    }
+
+    /// Sets a cross slot's funding trigger; its block's funding guard widens at once.
+    #[inline]
+    pub fn set_fund_trigger(&mut self, slot: usize, trigger: i128) {
+        self.fund_trigger[slot] = trigger;
+        fund_include(&mut self.fund_guards[slot / BLOCK], self.lots[slot], trigger);
+    }
+
+    /// The cross slots whose funding trigger fires at paying cumulatives `paid` (see
+    /// [`fund_fires`]), appended to `fired`; their triggers become [`FUND_NEVER`] (the caller
+    /// refreshes their accounts, which sets new ones). Reads the funding guards and the
+    /// blocks they open, whose guards it tightens. Returns the slots read.
+    pub fn fund_scan(&mut self, paid: [i128; 2], fired: &mut Vec<u32>) -> usize {
+        let mut read = 0;
+        for (b, guard) in self.fund_guards.iter_mut().enumerate() {
+            if paid[0] <= guard[0] && paid[1] <= guard[1] {
+                continue;
+            }
+            let (start, end) = (b * BLOCK, ((b + 1) * BLOCK).min(self.account.len()));
+            read += end - start;
+            let mut tight = [FUND_NEVER; 2];
+            for k in start..end {
+                let (lots, t) = (self.lots[k], &mut self.fund_trigger[k]);
+                if fund_fires(lots, *t, paid) {
+                    fired.push(k as u32);
+                    *t = FUND_NEVER;
+                } else {
+                    fund_include(&mut tight, lots, *t);
+                }
+            }
+            *guard = tight;
+        }
+        read
+    }
+
+    /// Moves every funding trigger by `-by` on its side (`by = [U, V]` at the moment the
+    /// funding log's cumulatives restart from zero), so that each fires exactly where it did.
+    /// [`FUND_NEVER`] and [`FUND_ALWAYS`] stay what they are; a moved trigger past the
+    /// `i128` range saturates, which keeps it never firing (high) or firing at once (low).
+    pub fn rebase_fund_triggers(&mut self, by: [i128; 2]) {
+        for (t, &lots) in self.fund_trigger.iter_mut().zip(&self.lots) {
+            if *t != FUND_NEVER && *t != FUND_ALWAYS {
+                *t = t.saturating_sub(by[usize::from(lots < 0)]);
+            }
+        }
+        self.rebuild_fund_guards();
+    }
+
+    fn rebuild_fund_guards(&mut self) {
+        self.fund_guards.clear();
+        let slots = self.lots.chunks(BLOCK).zip(self.fund_trigger.chunks(BLOCK));
+        self.fund_guards.extend(slots.map(|(lots, triggers)| {
+            let mut g = [FUND_NEVER; 2];
+            lots.iter().zip(triggers).for_each(|(&l, &t)| fund_include(&mut g, l, t));
+            g
+        }));
     }
 
     /// The columns an evaluation of every slot reads (lots, base) and writes (flag, trigger);
@@ -576,11 +685,21 @@ impl Book {
             + bytes(&self.liquidatable)
             + bytes(&self.trigger)
             + bytes(&self.guards)
+            + bytes(&self.fund_from)
+            + bytes(&self.fund_trigger)
+            + bytes(&self.fund_guards)
     }
 
     /// Bytes of column data per position (what a sweep reads).
     pub const BYTES_PER_POSITION: usize =
         size_of::<AccountIdx>() + size_of::<i64>() + size_of::<i128>() + size_of::<bool>();
+}
+
+/// Widens a funding guard to cover a slot of `lots` with funding trigger `trigger`.
+#[inline(always)]
+fn fund_include(guard: &mut [i128; 2], lots: i64, trigger: i128) {
+    let side = &mut guard[usize::from(lots < 0)];
+    *side = (*side).min(trigger);
 }
 
 fn guard_of(triggers: &[i64]) -> Guard {

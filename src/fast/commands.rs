@@ -68,12 +68,16 @@ enum Plan<'c> {
         slot: usize,
         amount_e8: i128,
     },
-    /// Take each position's payment (by book slot, cross then isolated) and re-evaluate the
-    /// symbol's holders at the unchanged mark `ticks`.
+    /// Pay a funding of `c` per lot (10^-20, before rounding) whose largest payment is
+    /// `pay_max` (e8): the cross holders lazily (`cross_pay` is `None`: no wallet can leave
+    /// the range) or each its payment by book slot; the isolated ones each `iso_pay` by
+    /// slot, re-evaluated at the unchanged mark `ticks`.
     Funding {
         symbol: SymbolIdx,
         ticks: i64,
-        cross_pay: Vec<i128>,
+        c: i128,
+        pay_max: i128,
+        cross_pay: Option<Vec<i128>>,
         iso_pay: Vec<i128>,
     },
     Query {
@@ -158,6 +162,7 @@ impl FastEngine {
             }
             Plan::Wallet { account, wallet_e8 } => {
                 let a = self.intern(account);
+                self.settle(a);
                 let delta_e8 = wallet_e8 - self.accounts.wallet_e8[a.0 as usize];
                 self.move_wallet_rearmed(a, delta_e8, at, out);
             }
@@ -182,14 +187,15 @@ impl FastEngine {
                 });
             }
             Plan::IsolatedMargin { account, symbol, slot, amount_e8 } => {
+                self.settle(account);
                 let book = &mut self.isolated[symbol.0 as usize];
                 book.isolated_e8[slot] += amount_e8;
                 book.base_q16[slot] += amount_e8 * E8_TO_Q16;
                 self.move_wallet_rearmed(account, -amount_e8, at, out);
                 self.eval_isolated(account, symbol, true, at, out);
             }
-            Plan::Funding { symbol, ticks, cross_pay, iso_pay } => {
-                self.commit_funding(symbol, ticks, cross_pay, iso_pay);
+            Plan::Funding { symbol, ticks, c, pay_max, cross_pay, iso_pay } => {
+                self.commit_funding(symbol, ticks, c, pay_max, cross_pay, iso_pay);
                 self.finish_message(at, out);
             }
             Plan::Query { account } => {
@@ -211,7 +217,7 @@ impl FastEngine {
                 return Err(rejects::withdrawal_exceeds(amount.abs(), super::q16_text(available)));
             }
         }
-        let wallet_e8 = a.map_or(0, |a| self.accounts.wallet_e8[a.0 as usize]);
+        let wallet_e8 = a.map_or(0, |a| self.wallet_now_e8(a));
         let wallet_e8 = in_limits("wallet", wallet_e8 + amount.0)?;
         Ok(Plan::Wallet { account, wallet_e8 })
     }
@@ -354,24 +360,26 @@ impl FastEngine {
                 ));
             }
         }
-        in_limits("wallet", self.accounts.wallet_e8[a.0 as usize] - amount.0)?;
+        in_limits("wallet", self.wallet_now_e8(a) - amount.0)?;
         in_limits("isolated margin", margin_now + amount.0)?;
         Ok(Plan::IsolatedMargin { account: a, symbol, slot, amount_e8: amount.0 })
     }
 
     /// Every holder's payment `round8(size * P * rate)`, and every new balance checked before
-    /// any is changed (all or nothing, SPEC section 5).
+    /// any is changed (all or nothing, SPEC section 5). When even the largest payment on the
+    /// largest wallet stays in range (nearly always), no cross holder can fail: the plan pays
+    /// them lazily and no wallet is read. Otherwise every cross holder's true wallet is
+    /// checked, and the plan pays each at once.
     fn check_funding(&self, s: SymbolIdx, rate: D8) -> Result<Plan<'static>, Reject> {
         let si = s.0 as usize;
         let t = self.mark_ticks[si]
             .ok_or_else(|| rejects::funding_without_mark(&self.cfg.symbols[si].name))?;
         let sc = &self.scales[si];
-        // round8(size * P * rate): the signed notional (n12, |x| < 10^29 within SPEC section
-        // 1's limits) times the rate (e8, |r| < 10^8) is exact at 10^-20 and below 10^37.
-        let pay_e8 = |&lots: &i64| {
-            let signed_n12 = i128::from(lots) * i128::from(t) * sc.lot_tick_n12;
-            super::div_1e12_round_half_even(signed_n12 * rate.0)
-        };
+        // round8(size * P * rate) = round8(lots * c) with c the per-lot product: the signed
+        // notional (n12, |x| < 10^29 within SPEC section 1's limits) times the rate (e8,
+        // |r| < 10^8) is exact at 10^-20 and below 10^37, and so is c (one lot or more).
+        let c = i128::from(t) * rate.0 * sc.lot_tick_n12;
+        let pay_e8 = |&lots: &i64| super::div_1e12_round_half_even(i128::from(lots) * c);
         let (cross, isolated) = (&self.cross[si], &self.isolated[si]);
         // A big book's payments and checks are split between rayon workers: on the most-held
         // symbol of a 1M-account book (350k holders) they are most of a funding's cost.
@@ -383,14 +391,21 @@ impl FastEngine {
                 lots.iter().map(pay_e8).collect()
             }
         };
-        let (cross_pay, iso_pay) = (pays(&cross.lots), pays(&isolated.lots));
+        // Rounding is monotone and symmetric, so no cross payment exceeds that of the most
+        // lots the book ever held.
+        let pay_max = super::div_1e12_round_half_even(i128::from(cross.max_lots) * c.abs());
+        let lazy = self.wallet_bound_e8.checked_add(pay_max).is_some_and(|w| w < AMOUNT_LIMIT.0);
+        let cross_pay = if lazy { None } else { Some(pays(&cross.lots)) };
+        let iso_pay = pays(&isolated.lots);
         // Of several balances that would leave the range, name the lowest account id, as the
         // reference engine (which walks ids in order) does. Most fundings have none, so the
         // scan only finds the failing slots; their rejects are made after.
-        let wallet = &self.accounts.wallet_e8;
+        let no_pays = Vec::new();
+        let cross_pay_ref = cross_pay.as_ref().unwrap_or(&no_pays);
         let cross_fails = |k: usize| {
-            let a = cross.account[k].0 as usize;
-            in_limits("wallet", wallet[a] - cross_pay[k]).err().map(|r| (self.accounts.id[a], r))
+            let a = cross.account[k];
+            let left = self.wallet_now_e8(a) - cross_pay_ref[k];
+            in_limits("wallet", left).err().map(|r| (self.accounts.id[a.0 as usize], r))
         };
         let iso_fails = |k: usize| {
             let a = isolated.account[k].0 as usize;
@@ -401,13 +416,7 @@ impl FastEngine {
             (Some(x), Some(y)) => Some(if y.0 < x.0 { y } else { x }),
             (x, y) => x.or(y),
         };
-        // When even the largest payment on the largest wallet stays in range (nearly always),
-        // no cross holder can fail and their wallets need not be read.
-        let pay_max = cross_pay.iter().map(|p| p.abs()).max().unwrap_or(0);
-        let cross_len = match self.wallet_bound_e8.checked_add(pay_max) {
-            Some(worst) if worst < AMOUNT_LIMIT.0 => 0,
-            _ => cross.len(),
-        };
+        let cross_len = cross_pay_ref.len();
         let failure = if parallel {
             let c = (0..cross_len).into_par_iter().with_min_len(CHUNK).map(cross_fails);
             let i = (0..isolated.len()).into_par_iter().with_min_len(CHUNK).map(iso_fails);
@@ -418,7 +427,7 @@ impl FastEngine {
         };
         match failure {
             Some((_, reject)) => Err(reject),
-            None => Ok(Plan::Funding { symbol: s, ticks: t, cross_pay, iso_pay }),
+            None => Ok(Plan::Funding { symbol: s, ticks: t, c, pay_max, cross_pay, iso_pay }),
         }
     }
 
@@ -445,6 +454,9 @@ impl FastEngine {
         isolated_e8: i128,
     ) -> AccountIdx {
         let a = self.intern(account);
+        // What its positions owe is paid before one of them moves or goes (a closed slot's
+        // log position would be lost).
+        self.settle(a);
         self.remove_position(a, symbol);
         self.pair_mut(a, symbol); // a mentioned pair exists from now on, flat or not
         if mode == Mode::Isolated {
@@ -462,25 +474,40 @@ impl FastEngine {
         &mut self,
         s: SymbolIdx,
         ticks: i64,
-        cross_pay: Vec<i128>,
+        c: i128,
+        pay_max: i128,
+        cross_pay: Option<Vec<i128>>,
         iso_pay: Vec<i128>,
     ) {
         let si = s.0 as usize;
-        // The check computed one payment per slot of the books as they are now.
-        debug_assert_eq!(cross_pay.len(), self.cross[si].len());
         debug_assert_eq!(iso_pay.len(), self.isolated[si].len());
-        // Holders are in no account order: each is a cache miss or two, so the records a few
-        // holders ahead are asked for first. An account whose reserve takes its payment needs
-        // no evaluation (`Hot::absorb`); the others are refreshed when the message ends.
-        const AHEAD: usize = 64;
-        for (k, pay) in cross_pay.into_iter().enumerate() {
-            if let Some(&b) = self.cross[si].account.get(k + AHEAD) {
-                super::prefetch(&self.accounts.hot[b.0 as usize]);
-                super::prefetch(&self.accounts.wallet_e8[b.0 as usize]);
+        match cross_pay {
+            None => {
+                // Every true wallet was within the bound and moves by at most `pay_max`; the
+                // check found the sum in range.
+                self.wallet_bound_e8 += pay_max;
+                self.fund_lazily(s, c);
             }
-            let a = self.cross[si].account[k];
-            if !self.move_wallet(a, -pay) {
-                self.touch(a);
+            Some(cross_pay) => {
+                // The check computed one payment per slot of the book as it is now.
+                debug_assert_eq!(cross_pay.len(), self.cross[si].len());
+                // Holders are in no account order: each is a cache miss or two, so the records
+                // a few holders ahead are asked for first. Each account is settled first (its
+                // stored wallet is then its true one); one whose reserve takes its payment
+                // needs no evaluation (`Hot::absorb`), the others are refreshed when the
+                // message ends.
+                const AHEAD: usize = 64;
+                for (k, pay) in cross_pay.into_iter().enumerate() {
+                    if let Some(&b) = self.cross[si].account.get(k + AHEAD) {
+                        super::prefetch(&self.accounts.hot[b.0 as usize]);
+                        super::prefetch(&self.accounts.wallet_e8[b.0 as usize]);
+                    }
+                    let a = self.cross[si].account[k];
+                    self.settle(a);
+                    if !self.move_wallet(a, -pay) {
+                        self.touch(a);
+                    }
+                }
             }
         }
         let book = &mut self.isolated[si];

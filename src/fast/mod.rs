@@ -26,7 +26,7 @@ use std::{
 use hashbrown::HashTable;
 use rayon::prelude::*;
 
-use self::book::{AccountIdx, Book, E8_TO_Q16, Quote, Scale};
+use self::book::{AccountIdx, Book, E8_TO_Q16, FUND_ALWAYS, FUND_NEVER, Quote, Scale};
 pub use self::snapshot::FastCopy;
 use crate::{
     config::{Config, Mode, SymbolIdx},
@@ -240,6 +240,18 @@ fn share_of(room: i128, n: usize) -> i128 {
     }
 }
 
+/// `⌊room_q16 / (n · 10^8)⌋`: an even split of `room_q16` (>= 0) between `n` positions, in
+/// e8. One 64-bit division in the common case.
+#[inline]
+fn share_of_e8(room_q16: i128, n: usize) -> i128 {
+    debug_assert!(room_q16 >= 0 && n > 0);
+    let whole = room_q16 / E8_TO_Q16;
+    match (u64::try_from(whole), u64::try_from(n)) {
+        (Ok(w), Ok(n)) => i128::from(w / n),
+        _ => whole / n as i128,
+    }
+}
+
 /// One account's buffer while a sweep sums it (q16). The workers of a sweep split each book's
 /// slots between them, and a book holds at most one position per account, so no two
 /// workers add to one sum at the same time; relaxed loads and stores (plain moves on x86-64
@@ -324,6 +336,11 @@ pub struct FastEngine {
     /// per holder, most of a funding's cost). Derived state: a restored engine sets it to
     /// the largest `|wallet|` it holds.
     wallet_bound_e8: i128,
+    /// Per symbol, its funding log (lazy funding of cross positions; see [`FundingLog`]).
+    funding: Vec<FundingLog>,
+    /// A symbol's funding log is settled into its holders' wallets and restarted when it
+    /// holds this many entries ([`DEFAULT_FUNDING_LOG_MAX`]; tests set it small).
+    funding_log_max: usize,
     /// Message counter for `Accounts::stamp`.
     msg_no: u64,
     /// Scratch, reused across messages: cross accounts touched by this message.
@@ -541,6 +558,66 @@ fn isolated_trigger(sc: &Scale, lots: i64, base: i128, t: i64, liquidatable: boo
     }
 }
 
+/// Default of [`FastEngine::with_funding_log_max`]: 65,536 fundings of one symbol (at three a
+/// day, sixty years).
+pub const DEFAULT_FUNDING_LOG_MAX: usize = 1 << 16;
+
+/// The rounding allowance of one funding entry in the units of [`FundingLog::c`]: a payment
+/// `round8(lots · c / 10^20)` is within half of 10^-8, i.e. `5 · 10^11` units of `c` per lot
+/// at most, of the unrounded one.
+const FUND_ROUNDING: i128 = 500_000_000_000;
+
+/// The paying cumulatives restart (triggers moved, [`Book::rebase_fund_triggers`]) before
+/// either would pass this magnitude, so that adding an entry (`|c| < 10^37 < 2^123`) and a
+/// budget to them never overflows.
+const FUND_PAID_LIMIT: i128 = 1 << 125;
+
+/// A symbol's lazy funding (README, "Lazy funding"). A `funding` message whose every holder
+/// provably stays in range is not paid into the cross holders' wallets: it appends the
+/// per-lot payment before rounding, `c = ticks · rate_e8 · lot_tick_n12` (units of 10^-20
+/// per lot), to `c`. A cross slot owes `Σ round8(lots · c_k)` over the entries from its
+/// `Book::fund_from` (each rounded on its own, as SPEC section 5 pays them), and its
+/// account's true wallet is its `wallet_e8` minus what its cross slots owe
+/// ([`FastEngine::wallet_now_e8`]).
+///
+/// `paid = [U, V]` is what decides which holders a funding must look at: `U` rises by
+/// `c + FUND_ROUNDING` per entry and `V` by `−c + FUND_ROUNDING`. Over the entries since any
+/// point, a long of `lots` pays at most `lots · ΔU / 10^20` and a short at most
+/// `|lots| · ΔV / 10^20` (the rounding of each entry is within `FUND_ROUNDING` per lot of one
+/// lot, so within it per lot of any number of lots); a long receives at most
+/// `lots · ΔV / 10^20`. A slot's funding trigger is the value of its side's cumulative past
+/// which its payments could exceed the budget its account's refresh gave it.
+#[derive(Debug, Clone, Default)]
+struct FundingLog {
+    c: Vec<i128>,
+    paid: [i128; 2],
+}
+
+/// What `lots` owes for the funding entries `owed` (e8): each payment `round8(lots · c)`
+/// rounded on its own, as the eager payment would have been.
+#[inline]
+fn owed_e8(lots: i64, owed: &[i128]) -> i128 {
+    // |lots · c| is a payment before rounding: below 10^37 (see `check_funding`).
+    owed.iter().map(|&c| div_1e12_round_half_even(i128::from(lots) * c)).sum()
+}
+
+/// `⌊budget_e8 · 10^12 / q⌋` (`budget_e8 >= 0`, `q >= 1`), the rise of a side's cumulative a
+/// slot of `q` lots may take before it could pay more than `budget_e8`; `None` past `i128`.
+/// In 64-bit steps when the budget fits `u64` and `q < 2^24` (then `(b mod q) · 10^12 <
+/// 2^64`), the common case.
+#[inline]
+fn fund_room(budget_e8: i128, q: u64) -> Option<i128> {
+    const E12: u64 = 1_000_000_000_000;
+    debug_assert!(budget_e8 >= 0 && q >= 1);
+    if let Ok(b) = u64::try_from(budget_e8)
+        && q < 1 << 24
+    {
+        let (whole, rest) = (b / q, b % q);
+        return Some(i128::from(whole) * i128::from(E12) + i128::from(rest * E12 / q));
+    }
+    budget_e8.checked_mul(i128::from(E12)).map(|x| x / i128::from(q))
+}
+
 fn in_limits(what: &str, v_e8: i128) -> Result<i128, Reject> {
     if v_e8.abs() < AMOUNT_LIMIT.0 { Ok(v_e8) } else { Err(rejects::out_of_range(what, D8(v_e8))) }
 }
@@ -568,6 +645,8 @@ impl FastEngine {
             accounts: Accounts::default(),
             index: AccountIndex::default(),
             wallet_bound_e8: 0,
+            funding: vec![FundingLog::default(); n],
+            funding_log_max: DEFAULT_FUNDING_LOG_MAX,
             msg_no: 0,
             touched: Vec::new(),
             emit_isolated: Vec::new(),
@@ -582,6 +661,14 @@ impl FastEngine {
             risk: risk::Scratch::default(),
             cfg,
         }
+    }
+
+    /// Sets how many lazy fundings a symbol's log holds before it is settled into every
+    /// holder's wallet and restarted (default [`DEFAULT_FUNDING_LOG_MAX`], at least 1): tests
+    /// set it small to exercise that path.
+    pub fn with_funding_log_max(mut self, entries: usize) -> FastEngine {
+        self.funding_log_max = entries.clamp(1, u32::MAX as usize);
+        self
     }
 
     /// Sets the book length from which evaluation runs on rayon workers (default
@@ -606,8 +693,8 @@ impl FastEngine {
         self.cross.iter().zip(&self.isolated).map(|(c, i)| (c.len(), i.len()))
     }
 
-    /// Heap bytes held by the long-lived structures, by part: `books` (position columns and
-    /// trigger index), `accounts` (per-account columns), `pairs` (per-pair settings),
+    /// Heap bytes held by the long-lived structures, by part: `books` (position columns,
+    /// trigger index and funding logs), `accounts` (per-account columns), `pairs` (per-pair settings),
     /// `index` (account id lookup) and `sweep` (a sweep's and an at-risk answer's scratch,
     /// once one ran).
     /// Capacities, before the allocator's own overhead: set beside resident memory, they show
@@ -617,7 +704,8 @@ impl FastEngine {
             v.capacity() * size_of::<T>()
         }
         let acc = &self.accounts;
-        let books = self.cross.iter().chain(&self.isolated).map(Book::heap_bytes).sum();
+        let books = self.cross.iter().chain(&self.isolated).map(Book::heap_bytes).sum::<usize>()
+            + self.funding.iter().map(|f| bytes(&f.c)).sum::<usize>();
         let columns = bytes(&acc.id) + bytes(&acc.wallet_e8) + bytes(&acc.hot) + bytes(&acc.pairs);
         let pairs = acc.pairs.iter().map(bytes).sum::<usize>() + acc.funds.allocation_size();
         [
@@ -781,7 +869,85 @@ impl FastEngine {
                 }
             })
             .collect();
-        AccountView { account: id, wallet: D8(self.accounts.wallet_e8[a.0 as usize]), pairs }
+        AccountView { account: id, wallet: D8(self.wallet_now_e8(a)), pairs }
+    }
+
+    // --- lazy funding ------------------------------------------------------------------
+
+    /// What cross slot `slot` of `s` owes for the lazy fundings since it was last settled
+    /// (e8; see [`FundingLog`]).
+    fn owed_by(&self, s: SymbolIdx, slot: usize) -> i128 {
+        let (book, log) = (&self.cross[s.0 as usize], &self.funding[s.0 as usize]);
+        owed_e8(book.lots[slot], &log.c[book.fund_from[slot] as usize..])
+    }
+
+    /// The true cross wallet of `a` (e8): its stored wallet less what its cross positions owe
+    /// for lazy fundings. Every reader of an account's wallet reads this (or settles first).
+    pub(super) fn wallet_now_e8(&self, a: AccountIdx) -> i128 {
+        let i = a.0 as usize;
+        let owed = self.accounts.pairs[i].iter().filter(|p| p.mode == Mode::Cross);
+        let owed =
+            owed.filter(|p| p.slot != NO_SLOT).map(|p| self.owed_by(p.symbol, p.slot as usize));
+        self.accounts.wallet_e8[i] - owed.sum::<i128>()
+    }
+
+    /// Pays what `a`'s cross positions owe for lazy fundings into its stored wallet, which
+    /// then is its true wallet. Changes no true figure: neither the flag nor the reserve nor a
+    /// trigger (a funding trigger bounds what was paid since the account's last refresh,
+    /// settled or not).
+    fn settle(&mut self, a: AccountIdx) {
+        let i = a.0 as usize;
+        let mut owed = 0;
+        for p in &self.accounts.pairs[i] {
+            if p.mode != Mode::Cross || p.slot == NO_SLOT {
+                continue;
+            }
+            let (si, slot) = (p.symbol.0 as usize, p.slot as usize);
+            let (book, log) = (&mut self.cross[si], &self.funding[si]);
+            let from = std::mem::replace(&mut book.fund_from[slot], log.c.len() as u32);
+            owed += owed_e8(book.lots[slot], &log.c[from as usize..]);
+        }
+        self.accounts.wallet_e8[i] -= owed;
+    }
+
+    /// Settles every cross holder of `s` for the symbol's lazy fundings and empties its log
+    /// (its paying cumulatives and triggers go on as they are).
+    fn settle_symbol(&mut self, s: SymbolIdx) {
+        let si = s.0 as usize;
+        let (book, log) = (&mut self.cross[si], &mut self.funding[si]);
+        let wallet = &mut self.accounts.wallet_e8;
+        for k in 0..book.len() {
+            let from = std::mem::replace(&mut book.fund_from[k], 0) as usize;
+            wallet[book.account[k].0 as usize] -= owed_e8(book.lots[k], &log.c[from..]);
+        }
+        log.c.clear();
+    }
+
+    /// Appends a lazy funding of `c` (see [`FundingLog`]) to the log of `s`, and touches the
+    /// accounts whose funding trigger it fires (they are refreshed when the message ends).
+    fn fund_lazily(&mut self, s: SymbolIdx, c: i128) {
+        let si = s.0 as usize;
+        if self.funding[si].c.len() >= self.funding_log_max {
+            self.settle_symbol(s);
+        }
+        let log = &mut self.funding[si];
+        let step = [c + FUND_ROUNDING, -c + FUND_ROUNDING];
+        let next = |paid: [i128; 2]| [paid[0] + step[0], paid[1] + step[1]];
+        // |c| < 2^123 and |paid| <= 2^125: the sums cannot overflow.
+        if next(log.paid).iter().any(|p| p.abs() > FUND_PAID_LIMIT) {
+            self.cross[si].rebase_fund_triggers(log.paid);
+            log.paid = [0, 0];
+        }
+        log.paid = next(log.paid);
+        log.c.push(c);
+        let mut fired = std::mem::take(&mut self.fired);
+        fired.clear();
+        self.cross[si].fund_scan(log.paid, &mut fired);
+        for &slot in &fired {
+            let a = self.cross[si].account[slot as usize];
+            touch(&mut self.accounts.hot, &mut self.touched, self.msg_no, a);
+        }
+        self.fired = fired;
     }
 
     // --- evaluation --------------------------------------------------------------------
@@ -798,6 +964,7 @@ impl FastEngine {
     /// cross symbol cannot be liquidatable; the first mark of that symbol visits it.
     fn refresh(&mut self, a: AccountIdx, rearmed: bool, at: At, out: &mut dyn FnMut(Event)) {
         let i = a.0 as usize;
+        self.settle(a);
         let mut terms = std::mem::take(&mut self.terms);
         terms.clear();
         terms.extend(self.cross_terms(a));
@@ -824,19 +991,41 @@ impl FastEngine {
         };
         let n = terms.len() as i128;
         hot.reserve_q16 = if now { buffer + n * share } else { buffer - n * share };
+        // Lazy funding: a healthy account's positions each get a funding budget (e8) out of
+        // half of its reserve, which is lowered by what it hands out; its true buffer then
+        // stays at or above the reserve while no trigger fires, funding included. A
+        // liquidatable account's positions fire on their symbols' next funding (receipts
+        // could make it recover); an account with an unmarked cross symbol cannot be
+        // liquidatable, so funding cannot change its state.
+        let budget_e8 = if now || unmarked || n == 0 {
+            0
+        } else {
+            let budget = share_of_e8(hot.reserve_q16 >> 1, terms.len());
+            hot.reserve_q16 -= n * budget * E8_TO_Q16;
+            budget
+        };
         for &(s, slot, t, f) in terms.iter() {
-            let (book, sc) = (&mut self.cross[s.0 as usize], &scales[s.0 as usize]);
+            let si = s.0 as usize;
+            let (book, sc) = (&mut self.cross[si], &scales[si]);
+            let (lots, base) = (book.lots[slot as usize], book.base_q16[slot as usize]);
             let trigger = if unmarked {
                 0
+            } else if now {
+                sc.trigger_from(lots, base, t, f, f + share, false)
             } else {
-                let (lots, base) = (book.lots[slot as usize], book.base_q16[slot as usize]);
-                if now {
-                    sc.trigger_from(lots, base, t, f, f + share, false)
-                } else {
-                    sc.trigger_from(lots, base, t, f, f - share, true)
-                }
+                sc.trigger_from(lots, base, t, f, f - share, true)
             };
             book.set_trigger(slot as usize, trigger);
+            let fund_trigger = if unmarked {
+                FUND_NEVER
+            } else if now {
+                FUND_ALWAYS
+            } else {
+                let paid = self.funding[si].paid[usize::from(lots < 0)];
+                let room = fund_room(budget_e8, lots.unsigned_abs());
+                room.and_then(|r| paid.checked_add(r)).unwrap_or(FUND_NEVER)
+            };
+            book.set_fund_trigger(slot as usize, fund_trigger);
         }
         self.terms = terms;
         if should_emit(was, now, rearmed) {
@@ -909,7 +1098,7 @@ impl FastEngine {
         let i = a.0 as usize;
         // (symbol, lots, cost, upnl − mm) of each position the event lists, in symbol order.
         let mut held = Vec::new();
-        let (mut balance, mut maint) = (self.accounts.wallet_e8[i] * E8_TO_Q16, 0);
+        let (mut balance, mut maint) = (self.wallet_now_e8(a) * E8_TO_Q16, 0);
         for p in &self.accounts.pairs[i] {
             let listed = match isolated {
                 None => p.mode == Mode::Cross,
@@ -1119,7 +1308,8 @@ impl FastEngine {
         // shared sums: its books are long enough to split, and a second copy of its sums
         // would be more memory traffic than the joins cost.
         const OWN_SUMS_MAX_ACCOUNTS: usize = 1 << 18;
-        let (scales, marks, cross) = (&self.scales, &self.mark_ticks, &self.cross);
+        let (scales, marks, cross, funding) =
+            (&self.scales, &self.mark_ticks, &self.cross, &self.funding);
         let (accounts, sums, unmarked) = (&mut self.accounts, &mut self.sums, &mut self.unmarked);
         let n = accounts.hot.len();
         let workers = if parallel { rayon::current_num_threads() } else { 1 };
@@ -1132,16 +1322,19 @@ impl FastEngine {
             unmarked.resize(n, 0);
         }
         let sums: &[Sum] = sums;
-        // Adds the terms of chunk `c` of `book` to `sums` (one account per slot of a book).
-        let add = |book: &Book, quote: &Quote, sums: &[Sum], c: usize| {
+        // Adds the terms of chunk `c` of `book` to `sums` (one account per slot of a book),
+        // less what each slot owes for the lazy fundings in `log`.
+        let add = |book: &Book, log: &[i128], quote: &Quote, sums: &[Sum], c: usize| {
             let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(book.len()));
             let ahead = book.account.get(lo + PREFETCH_AHEAD..).unwrap_or_default();
-            let held = &book.account[lo..hi];
-            quote.each_term(&book.lots[lo..hi], &book.base_q16[lo..hi], |k, term| {
+            let (held, lots, from) =
+                (&book.account[lo..hi], &book.lots[lo..hi], &book.fund_from[lo..hi]);
+            quote.each_term(lots, &book.base_q16[lo..hi], |k, term| {
                 if let Some(b) = ahead.get(k) {
                     sums.get(b.0 as usize).map(prefetch);
                 }
-                sums[held[k].0 as usize].add(term);
+                let owed = owed_e8(lots[k], &log[from[k] as usize..]);
+                sums[held[k].0 as usize].add(term - owed * E8_TO_Q16);
             });
         };
         let mut quotes = Vec::with_capacity(cross.len());
@@ -1186,19 +1379,20 @@ impl FastEngine {
                     let w = rayon::current_thread_index().expect("a sweep task runs on a worker");
                     assert!(w < ways, "worker {w} of {ways}");
                     let (si, quote) = &quotes[q];
-                    add(&cross[*si], quote, &sums[w * n..(w + 1) * n], c as usize);
+                    let own = &sums[w * n..(w + 1) * n];
+                    add(&cross[*si], &funding[*si].c, quote, own, c as usize);
                 });
             } else {
                 // Book after book; the workers split a book's chunks (a book holds each account
                 // once, so they never add to one sum together) and wait for each other before the
                 // next book.
                 for (si, quote) in &quotes {
-                    let book = &cross[*si];
+                    let (book, log) = (&cross[*si], &funding[*si].c[..]);
                     let chunks = book.len().div_ceil(CHUNK);
                     if parallel && chunks > 1 {
-                        (0..chunks).into_par_iter().for_each(|c| add(book, quote, sums, c));
+                        (0..chunks).into_par_iter().for_each(|c| add(book, log, quote, sums, c));
                     } else {
-                        (0..chunks).for_each(|c| add(book, quote, sums, c));
+                        (0..chunks).for_each(|c| add(book, log, quote, sums, c));
                     }
                 }
             }
@@ -1293,12 +1487,29 @@ impl FastEngine {
                 ));
             }
         }
-        if let Some(w) = self.accounts.wallet_e8.iter().find(|w| w.abs() > self.wallet_bound_e8) {
+        // Lazy funding: every cross slot owes for entries of its symbol's log, and no funding
+        // trigger but `FUND_ALWAYS` (a liquidatable account's: it fires on the next funding)
+        // fires at the symbol's paying cumulatives (the holders a funding fired were refreshed
+        // when it ended).
+        for (si, (book, log)) in self.cross.iter().zip(&self.funding).enumerate() {
+            for slot in 0..book.len() {
+                if book.fund_from[slot] as usize > log.c.len() {
+                    return Err(format!("cross slot {slot} of symbol {si}: funded past its log"));
+                }
+                let trigger = book.fund_trigger(slot);
+                if trigger != FUND_ALWAYS && book::fund_fires(book.lots[slot], trigger, log.paid) {
+                    return Err(format!("cross slot {slot} of symbol {si}: funding trigger fires"));
+                }
+            }
+        }
+        let wallets: Vec<i128> =
+            (0..self.accounts.id.len()).map(|i| self.wallet_now_e8(AccountIdx(i as u32))).collect();
+        if let Some(w) = wallets.iter().find(|w| w.abs() > self.wallet_bound_e8) {
             return Err(format!("wallet {w} above the bound {}", self.wallet_bound_e8));
         }
         for (i, h) in self.accounts.hot.iter().enumerate() {
             let terms = self.cross_terms(AccountIdx(i as u32)).map(|(_, _, _, f)| f);
-            let buffer = self.accounts.wallet_e8[i] * E8_TO_Q16 + terms.sum::<i128>();
+            let buffer = wallets[i] * E8_TO_Q16 + terms.sum::<i128>();
             let now = h.n_cross > 0 && h.n_unmarked == 0 && buffer < 0;
             if now != h.liquidatable {
                 return Err(format!("account {}: flag is stale", self.accounts.id[i]));
@@ -1320,7 +1531,7 @@ impl FastEngine {
     /// Available balance in q16 (SPEC section 4); `Err(no_mark)` without a cross mark.
     fn available_q16(&self, a: AccountIdx) -> Result<i128, Reject> {
         let i = a.0 as usize;
-        let mut avail = self.accounts.wallet_e8[i] * E8_TO_Q16;
+        let mut avail = self.wallet_now_e8(a) * E8_TO_Q16;
         for p in &self.accounts.pairs[i] {
             avail -= self.funds(a, p.symbol).order_margin_e8 * E8_TO_Q16;
             if p.mode != Mode::Cross || p.slot == NO_SLOT {
@@ -1353,6 +1564,11 @@ impl FastEngine {
             return;
         }
         let (mode, slot, si) = (p.mode, p.slot, s.0 as usize);
+        debug_assert!(
+            mode == Mode::Isolated
+                || self.cross[si].fund_from[slot as usize] as usize == self.funding[si].c.len(),
+            "a cross position is settled before it is removed"
+        );
         let book = match mode {
             Mode::Cross => &mut self.cross[si],
             Mode::Isolated => &mut self.isolated[si],
@@ -1388,7 +1604,12 @@ impl FastEngine {
         let mode = self.pair_mut(a, s).mode;
         let base_q16 = isolated_e8 * E8_TO_Q16 - self.scales[si].cost_q16(lots, entry_e8);
         let slot = match mode {
-            Mode::Cross => self.cross[si].push(a, lots, base_q16, 0),
+            Mode::Cross => {
+                let slot = self.cross[si].push(a, lots, base_q16, 0);
+                // A new position owes nothing for the fundings before it.
+                self.cross[si].fund_from[slot as usize] = self.funding[si].c.len() as u32;
+                slot
+            }
             Mode::Isolated => self.isolated[si].push(a, lots, base_q16, isolated_e8),
         };
         self.pair_mut(a, s).slot = slot;

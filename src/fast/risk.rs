@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use super::{
     CHUNK, FastEngine, PREFETCH_AHEAD, Sum,
     book::{AccountIdx, E8_TO_Q16, Quote},
-    prefetch,
+    owed_e8, prefetch,
 };
 use crate::{
     config::{Mode, SymbolIdx},
@@ -280,7 +280,7 @@ impl FastEngine {
     /// takes the exact path).
     fn report_of_held(&self, a: AccountIdx, at: At) -> Option<AccountReport> {
         let i = a.0 as usize;
-        let wallet_e8 = self.accounts.wallet_e8[i];
+        let wallet_e8 = self.wallet_now_e8(a);
         let wallet_q16 = wallet_e8 * E8_TO_Q16;
         // A pair, its position, and its figures at the mark if any: (ticks, upnl, mm, im),
         // amounts in q16.
@@ -433,25 +433,30 @@ impl FastEngine {
     }
 
     /// Adds to each account's `[Σ upnl, Σ (upnl − mm)]` (q16, zero before) its cross
-    /// positions whose symbol has a mark; accounts with an unmarked cross symbol are left out
-    /// by the caller.
+    /// positions whose symbol has a mark, each less what it owes for lazy fundings (so that
+    /// `W + Σ upnl` is the true margin balance); accounts with an unmarked cross symbol are
+    /// left out by the caller.
     fn add_cross_sums(&self, sums: &[[Sum; 2]]) {
         let parallel = rayon::current_num_threads() > 1;
-        for (book, (sc, t)) in self.cross.iter().zip(self.scales.iter().zip(&self.mark_ticks)) {
+        let marked = self.scales.iter().zip(&self.mark_ticks);
+        for ((book, log), (sc, t)) in self.cross.iter().zip(&self.funding).zip(marked) {
             let Some(t) = *t else { continue };
             let quote = Quote::new(sc, t);
             let add = |c: usize| {
                 let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(book.len()));
                 let ahead = book.account.get(lo + PREFETCH_AHEAD..).unwrap_or_default();
                 let (held, lots) = (&book.account[lo..hi], &book.lots[lo..hi]);
-                let base = &book.base_q16[lo..hi];
+                let (base, from) = (&book.base_q16[lo..hi], &book.fund_from[lo..hi]);
                 quote.each_term(lots, base, |k, term| {
                     if let Some(b) = ahead.get(k) {
                         sums.get(b.0 as usize).map(prefetch);
                     }
+                    // What the slot owes for lazy fundings comes off the balance (added to
+                    // both sums, so that the maintenance, their difference, is unchanged).
+                    let owed = owed_e8(lots[k], &log.c[from[k] as usize..]) * E8_TO_Q16;
                     let [upnl, buffer] = &sums[held[k].0 as usize];
-                    upnl.add(base[k] + sc.value_q16(lots[k], t));
-                    buffer.add(term);
+                    upnl.add(base[k] + sc.value_q16(lots[k], t) - owed);
+                    buffer.add(term - owed);
                 });
             };
             let chunks = book.len().div_ceil(CHUNK);

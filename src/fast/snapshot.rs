@@ -35,7 +35,12 @@ pub struct FastCopy {
     cross: Vec<Book>,
     isolated: Vec<Book>,
     id: Vec<u64>,
+    /// The stored wallets: the image holds the true ones, these less what each account's
+    /// cross positions owe for lazy fundings (from the books' `fund_from` and `funding`),
+    /// computed on the writer thread.
     wallet_e8: Vec<i128>,
+    /// Per symbol, its funding log's entries (`FundingLog::c`).
+    funding: Vec<Vec<i128>>,
     hot: Vec<Hot>,
     /// Every account's pairs, one account after another; account `i`'s are
     /// `pairs[pair_end[i - 1]..pair_end[i]]`.
@@ -68,6 +73,7 @@ fn copy_book(to: &mut Book, from: &Book) {
     par_copy(&mut to.base_q16, &from.base_q16);
     par_copy(&mut to.isolated_e8, &from.isolated_e8);
     par_copy(&mut to.liquidatable, &from.liquidatable);
+    par_copy(&mut to.fund_from, &from.fund_from);
 }
 
 /// Accounts a rayon task flattens at once.
@@ -119,10 +125,23 @@ impl FastEngine {
     pub(super) fn copy_into(&self, reuse: Option<Box<dyn Any + Send>>) -> Box<FastCopy> {
         let mut c = reuse.and_then(|r| r.downcast::<FastCopy>().ok()).unwrap_or_default();
         let acc = &self.accounts;
-        let FastCopy { scales, marks, cross, isolated, id, wallet_e8, hot, pairs, pair_end, funds } =
-            &mut *c;
+        let FastCopy {
+            scales,
+            marks,
+            cross,
+            isolated,
+            id,
+            wallet_e8,
+            funding,
+            hot,
+            pairs,
+            pair_end,
+            funds,
+        } = &mut *c;
         scales.clone_from(&self.scales);
         marks.clone_from(&self.marks);
+        funding.resize_with(self.funding.len(), Vec::new);
+        funding.iter_mut().zip(&self.funding).for_each(|(to, from)| to.clone_from(&from.c));
         // On a rayon worker, each parallel copy below is a cheap fork-join; from the engine
         // thread each would be a hand-off.
         rayon::scope(|_| {
@@ -274,6 +293,11 @@ impl StateCopy for FastCopy {
                         Mode::Isolated => &self.isolated[si],
                     };
                     let lots = book.lots[k];
+                    if p.mode == Mode::Cross {
+                        // The true wallet: less what the position owes for lazy fundings.
+                        let owed = &self.funding[si][book.fund_from[k] as usize..];
+                        image.wallet_e8 -= super::owed_e8(lots, owed);
+                    }
                     pair.size_e8 = i128::from(lots) * i128::from(sc.step_e8);
                     pair.entry_e8 = i128::from(sc.entry_e8(lots, book.cost_q16(k)));
                     if p.mode == Mode::Isolated {
@@ -304,6 +328,7 @@ impl StateCopy for FastCopy {
             room(&mut book.base_q16, 0, 0);
             room(&mut book.isolated_e8, 0, 0);
             room(&mut book.liquidatable, 0, false);
+            room(&mut book.fund_from, 0, 0);
         }
         room(&mut self.id, 1024, 0);
         room(&mut self.wallet_e8, 1024, 0);
