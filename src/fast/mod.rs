@@ -12,6 +12,8 @@
 
 pub mod book;
 mod commands;
+#[cfg(test)]
+mod funding_tests;
 mod risk;
 mod snapshot;
 

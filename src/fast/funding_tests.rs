@@ -1,0 +1,341 @@
+//! Lazy funding (README, "Lazy funding") held to the reference engine, which pays every
+//! holder at once: every message's result and events, every account's report and the at-risk
+//! lists must be equal, and the fast engine must pass its audit after every message.
+
+use std::sync::Arc;
+
+use super::FastEngine;
+use crate::{
+    config::{Mode, SymbolIdx},
+    engine::{At, Engine, RiskQuery},
+    fixed::D8,
+    protocol::{Command, Event},
+    reference::ReferenceEngine,
+    state::Image,
+    synth,
+};
+
+/// `units` hundredths, in e8.
+fn e2(units: i64) -> D8 {
+    D8(i128::from(units) * 1_000_000)
+}
+
+/// A rate of `units` × 10^-8.
+fn rate(units: i64) -> D8 {
+    D8(i128::from(units))
+}
+
+const S0: SymbolIdx = SymbolIdx(0);
+const S1: SymbolIdx = SymbolIdx(1);
+
+/// Both engines fed the same messages.
+struct Both {
+    fast: FastEngine,
+    reference: ReferenceEngine,
+    line: u64,
+}
+
+impl Both {
+    fn new(fast: FastEngine) -> Both {
+        let reference = ReferenceEngine::new(fast.cfg.clone());
+        Both { fast, reference, line: 0 }
+    }
+
+    fn with_log_max(entries: usize) -> Both {
+        Both::new(FastEngine::new(Arc::new(synth::config(2))).with_funding_log_max(entries))
+    }
+
+    fn at(&self) -> At {
+        At { line: self.line, seq: self.line }
+    }
+
+    /// Applies `cmd` to both; their results and events must be equal (events compared as a
+    /// set: the SPEC leaves their order within a message free), and the fast engine must pass
+    /// its audit. Returns the events.
+    fn apply(&mut self, cmd: Command) -> Vec<Event> {
+        self.line += 1;
+        let at = self.at();
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        let fast = self.fast.apply(&cmd, at, &mut |e| got.push(e));
+        let reference = self.reference.apply(&cmd, at, &mut |e| want.push(e));
+        assert_eq!(fast, reference, "line {}: {cmd:?}", self.line);
+        assert_eq!(fast, Ok(()), "line {}: {cmd:?}: the tests here apply every message", self.line);
+        let key = |e: &Event| format!("{e:?}");
+        got.sort_by_key(key);
+        want.sort_by_key(key);
+        assert_eq!(got, want, "line {}: {cmd:?}", self.line);
+        assert_eq!(self.fast.audit(), Ok(()), "line {}: {cmd:?}", self.line);
+        got
+    }
+
+    fn position(&mut self, account: u64, symbol: SymbolIdx, lots: i64, entry_e2: i64) {
+        let size = D8(i128::from(lots) * 100_000); // step 0.001
+        let entry_price = (lots != 0).then(|| e2(entry_e2));
+        let cmd = Command::Position { account, symbol, size, entry_price, isolated_margin: None };
+        self.apply(cmd);
+    }
+
+    fn mark(&mut self, symbol: SymbolIdx, price_e2: i64) -> Vec<Event> {
+        self.apply(Command::Mark { symbol, price: e2(price_e2) })
+    }
+
+    fn fund(&mut self, symbol: SymbolIdx, units: i64) -> Vec<Event> {
+        self.apply(Command::Funding { symbol, rate: rate(units) })
+    }
+
+    /// Every account's report and the at-risk lists are equal.
+    fn same_reads(&self) {
+        let at = self.at();
+        for id in self.fast.accounts() {
+            let got = self.fast.account_report(id, at);
+            assert_eq!(got, self.reference.account_report(id, at), "account {id}");
+        }
+        for (symbol, mode) in [(None, None), (Some(S0), None), (None, Some(Mode::Cross))] {
+            let q = RiskQuery { limit: 25, symbol, mode };
+            assert_eq!(self.fast.at_risk(&q), self.reference.at_risk(&q), "{q:?}");
+        }
+    }
+
+    /// Whether some cross position still owes for a lazy funding (so that the lazy path,
+    /// not the settled one, is what was compared).
+    fn owes(&self) -> bool {
+        (self.fast.cross.iter().zip(&self.fast.funding))
+            .any(|(b, log)| b.fund_from.iter().any(|&f| (f as usize) < log.c.len()))
+    }
+}
+
+fn liquidations(events: &[Event]) -> Vec<(u64, Option<String>)> {
+    let l = events.iter().filter_map(|e| match e {
+        Event::Liquidation(l) => Some((l.account, l.symbol.clone())),
+        _ => None,
+    });
+    l.collect()
+}
+
+/// Forty accounts, longs and shorts of many sizes in two symbols, with wallets from thin to
+/// thick; both marks set.
+fn book(both: &mut Both) {
+    both.mark(S0, 10_000);
+    both.mark(S1, 30_000);
+    for a in 1..=40u64 {
+        let lots = (a as i64 * 37) % 900 + 1;
+        let sign = if a % 2 == 0 { 1 } else { -1 };
+        both.position(a, S0, sign * lots * 10, 10_000 - (a as i64 % 5) * 10);
+        if a % 3 != 0 {
+            both.position(a, S1, -sign * lots, 30_000 + (a as i64 % 7) * 10);
+        }
+        // From 0.4 % to 12 % of the S0 notional (lots × 0.001 × 100).
+        let wallet = lots * 10 * (a as i64 % 30 + 4) / 10;
+        both.apply(Command::Balance { account: a, wallet: e2(wallet) });
+    }
+}
+
+/// Hundreds of small fundings of both signs leave pending payments unsettled; reads equal the
+/// reference's throughout, and a later fall of the mark liquidates exactly what the reference
+/// liquidates.
+#[test]
+fn many_lazy_fundings_then_a_mark_that_liquidates() {
+    let mut both = Both::with_log_max(super::DEFAULT_FUNDING_LOG_MAX);
+    book(&mut both);
+    let mut rng = synth::Rng::new(5);
+    let mut fired = 0;
+    for k in 0..400 {
+        let s = if rng.below(3) == 0 { S1 } else { S0 };
+        let units = rng.below(2_001) as i64 - 1_000; // ±0.00001
+        fired += both.fund(s, units).len();
+        if k % 50 == 0 {
+            both.same_reads();
+        }
+    }
+    assert!(both.owes(), "some payments are still lazy");
+    both.same_reads();
+    let mut liquidated = Vec::new();
+    for price in [9_950, 9_900, 9_800, 9_700, 9_500, 10_400, 10_800, 11_500] {
+        liquidated.extend(liquidations(&both.mark(S0, price)));
+        both.same_reads();
+    }
+    assert!(liquidated.len() >= 5, "the moves liquidate: {liquidated:?} ({fired} before)");
+}
+
+/// One funding alone makes an account liquidatable, for a long and a short, paying at a
+/// positive and at a negative rate; the side that receives stays healthy.
+#[test]
+fn a_funding_alone_tips_an_account() {
+    for (long, units) in [(true, 200_000), (false, -200_000)] {
+        let mut both = Both::with_log_max(super::DEFAULT_FUNDING_LOG_MAX);
+        both.mark(S0, 10_000);
+        let lots = if long { 1000 } else { -1000 };
+        // 1 unit at 100: maintenance 0.4; a buffer of 0.1 over it. The other side receives.
+        both.position(1, S0, lots, 10_000);
+        both.apply(Command::Balance { account: 1, wallet: e2(50) });
+        both.position(2, S0, -lots, 10_000);
+        both.apply(Command::Balance { account: 2, wallet: e2(50) });
+        // Small fundings first, paid lazily within the budget.
+        for _ in 0..3 {
+            assert!(both.fund(S0, if long { 1 } else { -1 }).is_empty());
+        }
+        // 0.002 of 100 is 0.2: account 1 pays it and falls below maintenance.
+        let events = both.fund(S0, units);
+        assert_eq!(liquidations(&events), vec![(1, None)], "long {long}");
+        both.same_reads();
+        // Paying again does not report it again (nothing re-armed it).
+        assert!(both.fund(S0, units / 100).is_empty());
+        both.same_reads();
+    }
+}
+
+/// A liquidatable account recovers through funding receipts, and a payment then makes it
+/// liquidatable again, which is reported again.
+#[test]
+fn a_liquidatable_account_recovers_by_receipts() {
+    let mut both = Both::with_log_max(super::DEFAULT_FUNDING_LOG_MAX);
+    both.mark(S0, 10_000);
+    both.position(1, S0, 1000, 10_000);
+    both.apply(Command::Balance { account: 1, wallet: e2(30) }); // 0.3 < 0.4: liquidatable
+    both.position(2, S0, -3000, 10_000);
+    both.apply(Command::Balance { account: 2, wallet: e2(10_000) });
+    assert!(both.fast.accounts.hot[0].liquidatable);
+    // Long receives at a negative rate: 0.05 a time, each rounded on its own.
+    for _ in 0..3 {
+        assert!(both.fund(S0, -50_000).is_empty());
+    }
+    assert!(!both.fast.accounts.hot[0].liquidatable, "0.3 + 0.15 >= 0.4: recovered");
+    both.same_reads();
+    let events = both.fund(S0, 100_000);
+    assert_eq!(liquidations(&events), vec![(1, None)]);
+    both.same_reads();
+}
+
+/// Closing a position that owes for lazy fundings pays what it owes first (and the position
+/// moved into its slot keeps what it owes); reopening starts owing nothing for the past.
+#[test]
+fn closing_and_reopening_settle_what_is_owed() {
+    let mut both = Both::with_log_max(super::DEFAULT_FUNDING_LOG_MAX);
+    book(&mut both);
+    for k in 0..30 {
+        both.fund(S0, 300 + k);
+        both.fund(S1, -700 + k);
+    }
+    assert!(both.owes());
+    // Account 3 sits early in S0's book: closing it moves the last slot into its place.
+    both.position(3, S0, 0, 0);
+    both.same_reads();
+    for k in 0..10 {
+        both.fund(S0, -500 - k);
+    }
+    both.position(3, S0, 500, 10_050);
+    both.position(8, S0, -20, 9_990); // changes a position that owes
+    both.apply(Command::Transfer { account: 5, amount: e2(-1) });
+    both.apply(Command::Transfer { account: 6, amount: e2(250) });
+    for k in 0..10 {
+        both.fund(S0, 900 - 90 * k);
+    }
+    both.same_reads();
+    for a in 1..=40 {
+        both.position(a, S1, 0, 0);
+    }
+    both.same_reads();
+}
+
+/// A log that fills is settled into every holder and restarts: with room for 3 entries, a
+/// hundred fundings restart it many times, and nothing differs from the reference.
+#[test]
+fn a_full_funding_log_settles_and_restarts() {
+    let mut both = Both::with_log_max(3);
+    book(&mut both);
+    let mut rng = synth::Rng::new(9);
+    for k in 0..100 {
+        let units = rng.below(40_001) as i64 - 20_000;
+        both.fund(if k % 4 == 0 { S1 } else { S0 }, units);
+        assert!(both.fast.funding.iter().all(|log| log.c.len() <= 3));
+        if k % 10 == 0 {
+            both.same_reads();
+        }
+    }
+    both.mark(S0, 9_000);
+    both.same_reads();
+}
+
+/// Near the amount limit the lazy shortcut does not hold: the funding takes the exact path,
+/// which reads every holder's true wallet, rejects naming the lowest account id, and when
+/// nothing leaves the range pays every holder at once, lazily owed payments included.
+#[test]
+fn near_the_limit_the_exact_path_names_the_lowest_id() {
+    let mut both = Both::with_log_max(super::DEFAULT_FUNDING_LOG_MAX);
+    book(&mut both);
+    for k in 0..20 {
+        both.fund(S0, 1_000 + k);
+    }
+    assert!(both.owes());
+    let near = 99_999_999_999_999_000; // 999,999,999,999,990.00 in hundredths
+    // Accounts 90 and 70 (made in that order) short S0, at the negative end of the range.
+    for a in [90, 70] {
+        both.position(a, S0, -1000, 10_000);
+        both.apply(Command::Balance { account: a, wallet: e2(-near) });
+    }
+    // Account 80 long, at the top.
+    both.position(80, S0, 1000, 10_000);
+    both.apply(Command::Balance { account: 80, wallet: e2(near) });
+    // Shorts pay at a negative rate: 70 and 90 would leave the range; 70 is named.
+    let (mut got, mut want) = (Vec::new(), Vec::new());
+    let cmd = Command::Funding { symbol: S0, rate: rate(-100_000_000 + 1) };
+    let at = At { line: 999, seq: 999 };
+    let fast = both.fast.apply(&cmd, at, &mut |e| got.push(e));
+    let reference = both.reference.apply(&cmd, at, &mut |e| want.push(e));
+    assert!(fast.is_err());
+    assert_eq!(fast, reference);
+    assert!(format!("{fast:?}").contains("wallet"), "{fast:?}");
+    assert_eq!(both.fast.audit(), Ok(()));
+    both.same_reads();
+    // A funding whose largest payment (18 on 9 units) added to the largest wallet could
+    // leave the range takes the exact path though no wallet leaves it (longs pay 0.02,
+    // shorts receive): every holder is paid at once, what it owed lazily as well.
+    let bound = both.fast.wallet_bound_e8;
+    both.fund(S0, 2_000_000);
+    assert!(both.fast.wallet_bound_e8 < bound + 1_800_000_000, "paid at once, not lazily");
+    let (b, log) = (&both.fast.cross[0], &both.fast.funding[0]);
+    assert!(b.fund_from.iter().all(|&f| f as usize == log.c.len()), "every holder settled");
+    both.same_reads();
+    both.fund(S1, -2_000);
+    both.same_reads();
+}
+
+/// A snapshot taken while payments are owed holds the true wallets: the restored engine
+/// (empty funding logs) reports every account as the original does and passes its audit.
+#[test]
+fn a_snapshot_after_lazy_fundings_restores_equal() {
+    let mut both = Both::with_log_max(super::DEFAULT_FUNDING_LOG_MAX);
+    book(&mut both);
+    for k in 0..25 {
+        both.fund(S0, 2_000 - 150 * k);
+        both.fund(S1, 777);
+    }
+    assert!(both.owes());
+    let at = both.at();
+    let copy = both.fast.copy_state(None);
+    let mut accounts = Vec::new();
+    copy.each_account(&mut |a| {
+        accounts.push(a.clone());
+        Ok(())
+    })
+    .unwrap();
+    let image = Image { marks: copy.marks(), accounts, at, counters: Default::default() };
+    let mut events = Vec::new();
+    let restored = FastEngine::restore(both.fast.cfg.clone(), &image, false, &mut |e| {
+        events.push(e);
+    })
+    .expect("restores");
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(restored.audit(), Ok(()));
+    assert!(restored.funding.iter().all(|log| log.c.is_empty()));
+    for id in both.fast.accounts() {
+        assert_eq!(restored.account_report(id, at), both.fast.account_report(id, at), "{id}");
+    }
+    // And it goes on as the original: the same fundings give the same events.
+    let mut again = Both { fast: restored, reference: both.reference, line: both.line };
+    for k in 0..10 {
+        again.fund(S0, 5_000 * (k - 5));
+    }
+    again.mark(S0, 9_600);
+    again.same_reads();
+}
