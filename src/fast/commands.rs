@@ -199,6 +199,10 @@ impl FastEngine {
                 self.finish_message(at, out);
             }
             Plan::Query { account } => {
+                // Paid what it owes for lazy fundings once, rather than on every read.
+                if let Some(a) = self.lookup(account) {
+                    self.settle(a);
+                }
                 out(Event::Account(self.query_report(account, at)));
             }
             Plan::Nothing => {}

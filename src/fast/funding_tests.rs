@@ -339,3 +339,33 @@ fn a_snapshot_after_lazy_fundings_restores_equal() {
     again.mark(S0, 9_600);
     again.same_reads();
 }
+
+/// What a position owes (`owed_e8`, 64-bit when the product fits) equals the sum of each
+/// payment rounded on its own by the general division, at ties, around them, past 2^64 and at
+/// the largest magnitudes, both signs.
+#[test]
+fn owed_payments_equal_the_general_rounding() {
+    let e12 = 10i128.pow(12);
+    let mut rng = synth::Rng::new(21);
+    for _ in 0..20_000 {
+        let bits = rng.below(50);
+        let sign = if rng.below(2) == 0 { 1 } else { -1 };
+        let lots = (1 + rng.below(1 << bits)) as i64 * sign;
+        let log: Vec<i128> = (0..rng.below(6))
+            .map(|_| {
+                let c = match rng.below(4) {
+                    0 => e12 / 2 * (2 * i128::from(rng.below(1000)) + 1),
+                    1 => i128::from(rng.below(u64::MAX)) * i128::from(rng.below(1 << 20)),
+                    2 => 10i128.pow(37) / i128::from(lots.unsigned_abs()),
+                    _ => i128::from(rng.below(1 << 40)),
+                };
+                // Within SPEC section 1's limits a payment is below 10^37 before rounding.
+                let c = c % (10i128.pow(37) / i128::from(lots.unsigned_abs()) + 1);
+                if rng.below(2) == 0 { c } else { -c }
+            })
+            .collect();
+        let want: i128 =
+            log.iter().map(|&c| super::div_round_half_even(i128::from(lots) * c, e12)).sum();
+        assert_eq!(super::owed_e8(lots, &log), want, "{lots} × {log:?}");
+    }
+}

@@ -599,8 +599,24 @@ struct FundingLog {
 /// rounded on its own, as the eager payment would have been.
 #[inline]
 fn owed_e8(lots: i64, owed: &[i128]) -> i128 {
-    // |lots · c| is a payment before rounding: below 10^37 (see `check_funding`).
-    owed.iter().map(|&c| div_1e12_round_half_even(i128::from(lots) * c)).sum()
+    const E12: u64 = 1_000_000_000_000;
+    let lots = i128::from(lots);
+    let pay = |&c: &i128| {
+        // |lots · c| is a payment before rounding: below 10^37 (see `check_funding`).
+        let n = lots * c;
+        // Most payments are below 2^64 before rounding (10^11 in e8): one `u64` division by a
+        // constant, rounded half to even on the magnitude as `div_1e12_round_half_even` does.
+        let Ok(m) = u64::try_from(n.unsigned_abs()) else { return div_1e12_round_half_even(n) };
+        let (q, r) = (m / E12, m % E12);
+        let up = match (2 * u128::from(r)).cmp(&u128::from(E12)) {
+            std::cmp::Ordering::Less => 0,
+            std::cmp::Ordering::Greater => 1,
+            std::cmp::Ordering::Equal => q & 1,
+        };
+        let rounded = i128::from(q + up);
+        if n < 0 { -rounded } else { rounded }
+    };
+    owed.iter().map(pay).sum()
 }
 
 /// `⌊budget_e8 · 10^12 / q⌋` (`budget_e8 >= 0`, `q >= 1`), the rise of a side's cumulative a
@@ -1272,6 +1288,13 @@ impl FastEngine {
     /// without re-arming; an item whose state it finds changed gets fresh triggers.
     pub fn sweep(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         self.msg_no += 1;
+        // Every lazy funding is settled first (and every log emptied), so that the pass below
+        // owes nothing (`Sum`s take the owed payments all the same).
+        for s in 0..self.funding.len() {
+            if !self.funding[s].c.is_empty() {
+                self.settle_symbol(SymbolIdx(s as u16));
+            }
+        }
         let started = std::time::Instant::now();
         let n_cross: usize = self.cross.iter().map(Book::len).sum();
         let n_isolated: usize = self.isolated.iter().map(Book::len).sum();
