@@ -10,7 +10,7 @@
 //! SPEC lets a reader ignore and a test can check.
 //!
 //! Two threads share the work. The generating thread draws the messages, applies each to the
-//! engine as the [`Command`] it built and hands the commands in batches of [`BATCH`] over a
+//! engine as the [`Command`] it built and hands the commands in batches of 4096 over a
 //! bounded channel to a writer thread, which formats the lines ([`synth::write_command`])
 //! and writes them: the engine's thread spends nothing on text but the rare injected
 //! faults, which are made as text because their point is text that validation refuses.
