@@ -8,6 +8,12 @@
 //! nothing; an injected fault is written only when the engine rejects it with the code it
 //! was made for, and it carries that code in an extra field (`"_fault":"invalid"`), which the
 //! SPEC lets a reader ignore and a test can check.
+//!
+//! Two threads share the work. The generating thread draws the messages, applies each to the
+//! engine as the [`Command`] it built and hands the commands in batches of 4096 over a
+//! bounded channel to a writer thread, which formats the lines ([`synth::write_command`])
+//! and writes them: the engine's thread spends nothing on text but the rare injected
+//! faults, which are made as text because their point is text that validation refuses.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -15,6 +21,8 @@ use std::{
     io::{self, Write},
     sync::Arc,
 };
+
+use crossbeam::channel::{Receiver, Sender, bounded};
 
 use crate::{
     config::{Config, Mode, SymbolIdx},
@@ -201,14 +209,106 @@ pub fn config_text(symbols: usize) -> String {
     synth::config_text(symbols)
 }
 
-/// Writes the stream of `opts` to `out`.
-pub fn generate<W: Write>(
+/// Writes the stream of `opts` to `out` (from a writer thread of its own, so `out` must be
+/// `Send`); `progress` is called on the calling thread. The first write error ends the
+/// generation and is returned.
+pub fn generate<W: Write + Send>(
     opts: &GenOptions,
     out: W,
     progress: Progress<'_>,
 ) -> io::Result<GenStats> {
     opts.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    Gen::new(opts, out).run(progress)
+    let cfg = Arc::new(synth::config(opts.symbols));
+    let (full_tx, full_rx) = bounded::<Vec<Rec>>(QUEUE);
+    // Room for every batch there can be (queued, being written, being filled), so that
+    // handing an empty one back never blocks.
+    let (empty_tx, empty_rx) = bounded::<Vec<Rec>>(QUEUE + 2);
+    std::thread::scope(|scope| {
+        let writer_cfg = cfg.clone();
+        let writer = std::thread::Builder::new()
+            .name("gen-writer".into())
+            .spawn_scoped(scope, move || write_lines(&writer_cfg, &full_rx, &empty_tx, out))?;
+        // `run` consumes the generator and with it the sender: the writer then sees the
+        // channel close after the last batch.
+        let generated = Gen::new(opts, cfg, full_tx, empty_rx).run(progress);
+        let written = writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        // A failed write stops the writer, and the generator then fails to hand it a batch:
+        // the writer's error is the one to report.
+        written?;
+        generated
+    })
+}
+
+/// Lines per batch handed to the writer thread.
+const BATCH: usize = 4096;
+/// Batches queued for the writer at most (the generator waits when it is that far ahead).
+const QUEUE: usize = 4;
+
+/// A line as the generating thread hands it to the writer thread.
+enum Rec {
+    /// `{"seq":SEQ,` then `"_fault":"TAG",` if tagged, then the message of the command.
+    Command { seq: u64, tag: Option<&'static str>, cmd: Command },
+    /// The same with a message the generator wrote as text (a fault).
+    Body { seq: u64, tag: Option<&'static str>, body: String },
+    /// The last line with a seq again, with its seq, tagged.
+    Duplicate { tag: &'static str },
+    /// A whole line, newline included (a malformed fault).
+    Raw(String),
+}
+
+/// The writer thread: formats each batch's lines into one buffer and writes it to `out`,
+/// handing the emptied batch back for reuse; ends when the channel closes (then flushes) or
+/// at the first write error.
+fn write_lines<W: Write>(
+    cfg: &Config,
+    full: &Receiver<Vec<Rec>>,
+    empty: &Sender<Vec<Rec>>,
+    mut out: W,
+) -> io::Result<()> {
+    let mut text = String::with_capacity(BATCH * 128);
+    // The last line with a seq: its seq and its message, for duplicates.
+    let (mut seq, mut last, mut body) = (0u64, String::new(), String::new());
+    for mut batch in full.iter() {
+        text.clear();
+        for rec in batch.drain(..) {
+            let tag = match rec {
+                Rec::Raw(line) => {
+                    text.push_str(&line);
+                    continue;
+                }
+                Rec::Duplicate { tag } => {
+                    std::mem::swap(&mut body, &mut last);
+                    Some(tag)
+                }
+                Rec::Command { seq: s, tag, cmd } => {
+                    seq = s;
+                    body.clear();
+                    synth::write_command(&mut body, cfg, &cmd);
+                    tag
+                }
+                Rec::Body { seq: s, tag, body: b } => {
+                    (seq, body) = (s, b);
+                    tag
+                }
+            };
+            text.push_str(r#"{"seq":"#);
+            synth::push_u64(&mut text, seq);
+            text.push(',');
+            if let Some(tag) = tag {
+                text.push_str(r#""_fault":""#);
+                text.push_str(tag);
+                text.push_str(r#"","#);
+            }
+            // Every message is a JSON object: it starts with `{`.
+            text.push_str(&body[1..]);
+            text.push('\n');
+            std::mem::swap(&mut body, &mut last);
+        }
+        out.write_all(text.as_bytes())?;
+        // The generator may have stopped: then nobody wants the batch back.
+        let _ = empty.try_send(batch);
+    }
+    out.flush()
 }
 
 /// The stream of `opts` as one string (tests and benchmarks).
@@ -252,19 +352,23 @@ const ACTION_DELAY: u64 = 3;
 /// One booked position is levered up (thin margin) every this many marks.
 const RELEVER_EVERY: u64 = 100;
 
-struct Gen<'o, W: Write> {
+struct Gen<'o> {
     opts: &'o GenOptions,
     cfg: Arc<Config>,
-    out: W,
+    /// Lines for the writer thread, handed over when [`BATCH`] are in.
+    batch: Vec<Rec>,
+    to_writer: Sender<Vec<Rec>>,
+    /// Batches the writer has emptied, to fill again.
+    emptied: Receiver<Vec<Rec>>,
     engine: FastEngine,
     rng: Rng,
     walk: MarkWalk,
     /// The last effective seq written.
     seq: u64,
-    /// The body of the last line that consumed a seq, for duplicates.
-    last_body: String,
+    /// Whether a line has consumed a seq yet (a duplicate needs one to repeat).
+    any_seq: bool,
+    /// The text of a fault's message.
     body: String,
-    line: String,
     events: Vec<Event>,
     booked: Vec<Booked>,
     /// Index into `booked` of each opened account's first position; one more entry than
@@ -280,20 +384,40 @@ struct Gen<'o, W: Write> {
     stats: GenStats,
 }
 
-fn cents(v: i64) -> String {
-    let mut text = String::new();
-    synth::push_scaled(&mut text, i128::from(v), 2);
-    text
-}
-
 /// A price in units of 0.01 as the engine's 8-decimal fixed point.
 fn d8_of_cents(v: i64) -> D8 {
     D8(i128::from(v) * 1_000_000)
 }
 
-impl<'o, W: Write> Gen<'o, W> {
-    fn new(opts: &'o GenOptions, out: W) -> Self {
-        let cfg = Arc::new(synth::config(opts.symbols));
+/// A position message's command as validation makes it: a closed position (size 0) carries
+/// no entry price and no isolated margin (the generator writes neither for it).
+fn position(account: u64, s: usize, size: D8, entry_e2: i64, margin_e2: Option<i64>) -> Command {
+    let open = !size.is_zero();
+    Command::Position {
+        account,
+        // `s` < `opts.symbols` <= 10,000 (`GenOptions::check`).
+        symbol: SymbolIdx(s as u16),
+        size,
+        entry_price: open.then(|| d8_of_cents(entry_e2)),
+        isolated_margin: margin_e2.filter(|_| open).map(d8_of_cents),
+    }
+}
+
+/// The most records the generator reserves room for at the start.
+const PRESIZE: u64 = 1 << 25;
+
+fn presize(n: u64) -> usize {
+    // At most 2^25: fits any usize.
+    n.min(PRESIZE) as usize
+}
+
+impl<'o> Gen<'o> {
+    fn new(
+        opts: &'o GenOptions,
+        cfg: Arc<Config>,
+        to_writer: Sender<Vec<Rec>>,
+        emptied: Receiver<Vec<Rec>>,
+    ) -> Self {
         let walk_seed = opts.seed ^ 0x5eed;
         let mut book = synth::book_commands(opts.accounts, opts.positions, opts.symbols, opts.seed);
         let book_next = book.next();
@@ -301,7 +425,9 @@ impl<'o, W: Write> Gen<'o, W> {
             opts,
             engine: FastEngine::new(cfg.clone()),
             cfg,
-            out,
+            batch: Vec::with_capacity(BATCH),
+            to_writer,
+            emptied,
             rng: Rng::new(opts.seed ^ 0xac7),
             walk: if opts.marks_follow_popularity {
                 MarkWalk::new(opts.symbols, walk_seed)
@@ -309,12 +435,17 @@ impl<'o, W: Write> Gen<'o, W> {
                 MarkWalk::uniform(opts.symbols, walk_seed)
             },
             seq: 0,
-            last_body: String::new(),
+            any_seq: false,
             body: String::new(),
-            line: String::new(),
             events: Vec::new(),
-            booked: Vec::new(),
-            first_booked: vec![0],
+            // The book's size is known: no reallocation (and copy) of its records while it
+            // is built, up to a reservation of `PRESIZE` (beyond, they grow as they must).
+            booked: Vec::with_capacity(presize(opts.positions)),
+            first_booked: {
+                let mut v = Vec::with_capacity(presize(opts.accounts) + 1);
+                v.push(0);
+                v
+            },
             book: Box::new(book),
             book_next,
             pending: VecDeque::new(),
@@ -340,8 +471,7 @@ impl<'o, W: Write> Gen<'o, W> {
         for chunk in all.chunks(500) {
             let prices: Vec<(usize, i64)> =
                 chunk.iter().map(|&s| (s, self.walk.price_e2(s))).collect();
-            let cmd = self.marks_body(&prices);
-            self.offer_command(&cmd)?;
+            self.offer(Self::marks(&prices))?;
         }
         if self.opts.snapshot {
             let phase = Phase { name: SNAPSHOT, unit: "accounts", total: self.opts.accounts };
@@ -389,37 +519,42 @@ impl<'o, W: Write> Gen<'o, W> {
             }
         }
         progress(phase, self.live_lines);
-        self.out.flush()?;
+        self.hand_over()?;
         Ok(self.stats)
     }
 
     // ---- writing ----------------------------------------------------------------------
 
-    /// Writes `body` (a JSON object) with the next seq and an optional fault tag.
-    fn write_seq(&mut self, seq: u64, tag: Option<&str>) -> io::Result<()> {
-        self.line.clear();
-        let _ = write!(self.line, r#"{{"seq":{seq},"#);
-        if let Some(tag) = tag {
-            let _ = write!(self.line, r#""_fault":"{tag}","#);
+    /// Queues a line for the writer thread, counting it.
+    fn write(&mut self, rec: Rec) -> io::Result<()> {
+        if let Rec::Command { seq, .. } | Rec::Body { seq, .. } = rec {
+            self.seq = seq;
+            self.any_seq = true;
         }
-        // Every body is a JSON object built here: it starts with `{`.
-        self.line.push_str(&self.body[1..]);
-        self.line.push('\n');
-        self.seq = seq;
-        self.last_body.clone_from(&self.body);
-        let line = std::mem::take(&mut self.line);
-        let written = self.write_raw(&line);
-        self.line = line;
-        written
-    }
-
-    fn write_raw(&mut self, text: &str) -> io::Result<()> {
-        self.out.write_all(text.as_bytes())?;
+        self.batch.push(rec);
         self.stats.lines += 1;
         if self.live {
             self.live_lines += 1;
         }
-        Ok(())
+        if self.batch.len() >= BATCH { self.hand_over() } else { Ok(()) }
+    }
+
+    /// Hands the lines queued so far to the writer thread (waiting while it is [`QUEUE`]
+    /// batches behind).
+    fn hand_over(&mut self) -> io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let next = self.emptied.try_recv().unwrap_or_else(|_| Vec::with_capacity(BATCH));
+        let batch = std::mem::replace(&mut self.batch, next);
+        // The writer stops only at a write error, which `generate` reports.
+        self.to_writer.send(batch).map_err(|_| io::Error::other("the writer thread stopped"))
+    }
+
+    /// Writes `self.body` (a fault's JSON object) with `seq` and an optional fault tag.
+    fn write_body(&mut self, seq: u64, tag: Option<&'static str>) -> io::Result<()> {
+        let body = std::mem::take(&mut self.body);
+        self.write(Rec::Body { seq, tag, body })
     }
 
     /// Checks `self.body` against the engine: validation, then apply. `Ok` means applied
@@ -432,27 +567,26 @@ impl<'o, W: Write> Gen<'o, W> {
         self.engine.apply(&cmd, At { line: 0, seq: 0 }, &mut |e| events.push(e)).map_err(|r| r.code)
     }
 
-    /// Offers `self.body` as a normal message: written when the engine applies it, left out
-    /// when it refuses. Returns whether it was written.
-    fn offer(&mut self) -> io::Result<bool> {
-        self.offer_with(self.seq + 1, None)
-    }
-
-    /// Checks `cmd`, the command `self.body` says, against the engine without parsing the
-    /// body again: the generator made both, and builds with debug assertions check that the
-    /// body validates to exactly `cmd`. A query changes nothing and is never refused, so it
-    /// is not applied (its report would be built for nobody).
+    /// Checks `cmd` against the engine. The line will say it as [`synth::write_command`]
+    /// writes it, and builds with debug assertions check here that this text validates to
+    /// exactly `cmd`, so the engine applies what a replay of the line will. A query changes
+    /// nothing and is never refused, so it is not applied (its report would be built for
+    /// nobody).
     fn check_command(&mut self, cmd: &Command) -> Result<(), RejectCode> {
         self.events.clear();
-        debug_assert_eq!(
-            protocol::parse_envelope(self.body.as_bytes())
-                .ok()
-                .and_then(|p| protocol::validate(&p.envelope, &self.cfg).ok())
-                .as_ref(),
-            Some(cmd),
-            "the body {} says another command",
-            self.body
-        );
+        #[cfg(debug_assertions)]
+        {
+            let mut text = String::new();
+            synth::write_command(&mut text, &self.cfg, cmd);
+            debug_assert_eq!(
+                protocol::parse_envelope(text.as_bytes())
+                    .ok()
+                    .and_then(|p| protocol::validate(&p.envelope, &self.cfg).ok())
+                    .as_ref(),
+                Some(cmd),
+                "the line {text} says another command",
+            );
+        }
         if matches!(cmd, Command::Query { .. }) {
             return Ok(());
         }
@@ -460,29 +594,27 @@ impl<'o, W: Write> Gen<'o, W> {
         self.engine.apply(cmd, At { line: 0, seq: 0 }, &mut |e| events.push(e)).map_err(|r| r.code)
     }
 
-    /// [`Gen::offer`] for a body whose command the generator built itself.
-    fn offer_command(&mut self, cmd: &Command) -> io::Result<bool> {
-        if self.full() {
-            return Ok(false);
-        }
-        if self.check_command(cmd).is_err() {
-            self.stats.left_out += 1;
-            return Ok(false);
-        }
-        self.write_seq(self.seq + 1, None)?;
-        self.schedule();
-        Ok(true)
+    /// Offers `cmd` as a normal message: written with the next seq when the engine applies
+    /// it, left out when it refuses. Returns whether it was written.
+    fn offer(&mut self, cmd: Command) -> io::Result<bool> {
+        self.offer_with(cmd, self.seq + 1, None)
     }
 
-    fn offer_with(&mut self, seq: u64, tag: Option<&str>) -> io::Result<bool> {
+    /// [`Gen::offer`] with a given seq and fault tag.
+    fn offer_with(
+        &mut self,
+        cmd: Command,
+        seq: u64,
+        tag: Option<&'static str>,
+    ) -> io::Result<bool> {
         if self.full() {
             return Ok(false);
         }
-        if self.check_body().is_err() {
+        if self.check_command(&cmd).is_err() {
             self.stats.left_out += 1;
             return Ok(false);
         }
-        self.write_seq(seq, tag)?;
+        self.write(Rec::Command { seq, tag, cmd })?;
         self.schedule();
         Ok(true)
     }
@@ -514,70 +646,16 @@ impl<'o, W: Write> Gen<'o, W> {
 
     // ---- message bodies -------------------------------------------------------------------
 
-    /// `s` < `opts.symbols` <= 10,000 (`GenOptions::check`): a symbol of the config.
-    fn name(&self, s: usize) -> &str {
-        &self.cfg.symbol(SymbolIdx(s as u16)).name
-    }
-
-    /// The body of a mark of `s` at `px_e2`, and its command.
-    fn mark_body(&mut self, s: usize, px_e2: i64) -> Command {
-        self.body.clear();
-        let _ = write!(self.body, r#"{{"type":"mark","symbol":"S{s:03}","price":""#);
-        synth::push_scaled(&mut self.body, i128::from(px_e2), 2);
-        self.body.push_str("\"}");
+    /// A mark of `s` at `px_e2`.
+    fn mark(s: usize, px_e2: i64) -> Command {
         // `s` < `opts.symbols` <= 10,000 (`GenOptions::check`).
         Command::Mark { symbol: SymbolIdx(s as u16), price: d8_of_cents(px_e2) }
     }
 
-    /// The body of a `marks` message (distinct symbols, in this order), and its command.
-    fn marks_body(&mut self, prices: &[(usize, i64)]) -> Command {
-        self.body.clear();
-        self.body.push_str(r#"{"type":"marks","prices":{"#);
-        for (i, &(s, px)) in prices.iter().enumerate() {
-            let comma = if i > 0 { "," } else { "" };
-            let _ = write!(self.body, r#"{comma}"S{s:03}":""#);
-            synth::push_scaled(&mut self.body, i128::from(px), 2);
-            self.body.push('"');
-        }
-        self.body.push_str("}}");
+    /// A `marks` message (distinct symbols, in this order).
+    fn marks(prices: &[(usize, i64)]) -> Command {
         let prices = prices.iter().map(|&(s, px)| (SymbolIdx(s as u16), d8_of_cents(px)));
         Command::Marks { prices: prices.collect() }
-    }
-
-    fn position_body(
-        &mut self,
-        account: u64,
-        s: usize,
-        size: D8,
-        entry_e2: i64,
-        margin: Option<i64>,
-    ) {
-        self.body.clear();
-        let _ = write!(
-            self.body,
-            r#"{{"type":"position","account":{account},"symbol":"S{s:03}","size":"{size}""#
-        );
-        if !size.is_zero() {
-            let _ = write!(self.body, r#","entry_price":"{}""#, cents(entry_e2));
-            if let Some(m) = margin {
-                let _ = write!(self.body, r#","isolated_margin":"{}""#, cents(m));
-            }
-        }
-        self.body.push('}');
-    }
-
-    fn balance_body(&mut self, account: u64, wallet_e2: i64) {
-        self.body.clear();
-        let _ = write!(
-            self.body,
-            r#"{{"type":"balance","account":{account},"wallet":"{}"}}"#,
-            cents(wallet_e2)
-        );
-    }
-
-    fn command_body(&mut self, cmd: &Command) {
-        self.body.clear();
-        synth::write_book_command(&mut self.body, &self.cfg, cmd);
     }
 
     // ---- steps ----------------------------------------------------------------------------
@@ -605,8 +683,7 @@ impl<'o, W: Write> Gen<'o, W> {
                     isolated: isolated_margin.is_some(),
                 });
             }
-            self.command_body(&c);
-            self.offer_command(&c)?;
+            self.offer(c)?;
             cmd = self.book.next();
         }
         self.first_booked.push(self.booked.len());
@@ -647,12 +724,10 @@ impl<'o, W: Write> Gen<'o, W> {
                 prices.insert(s, px);
             }
             let prices: Vec<(usize, i64)> = prices.into_iter().collect();
-            let cmd = self.marks_body(&prices);
-            self.offer_command(&cmd)?;
+            self.offer(Self::marks(&prices))?;
         } else {
             let (s, px) = self.walk.next_mark();
-            let cmd = self.mark_body(s, px);
-            self.offer_command(&cmd)?;
+            self.offer(Self::mark(s, px))?;
         }
         if self.marks.is_multiple_of(RELEVER_EVERY) {
             self.relever()?;
@@ -668,12 +743,12 @@ impl<'o, W: Write> Gen<'o, W> {
         let px = self.walk.price_e2(s);
         let notional_e2 = notional_e2(b.size(), px);
         let thin = notional_e2 * (1 + self.rng.below(3) as i64) / 100 + 1;
-        if b.isolated {
-            self.position_body(b.account, s, b.size(), px, Some(thin));
+        let cmd = if b.isolated {
+            position(b.account, s, b.size(), px, Some(thin))
         } else {
-            self.balance_body(b.account, thin);
-        }
-        self.offer().map(drop)
+            Command::Balance { account: b.account, wallet: d8_of_cents(thin) }
+        };
+        self.offer(cmd).map(drop)
     }
 
     /// The engine acts on a liquidation: it closes the item's positions and re-opens them at
@@ -689,19 +764,16 @@ impl<'o, W: Write> Gen<'o, W> {
                 .sum();
             // Above the top bracket's 5 % maintenance rate: healthy at the mark.
             let w = 100_000 + notional * (8 + self.rng.below(43) as i64) / 100;
-            self.balance_body(p.account, w);
-            self.offer()?;
+            self.offer(Command::Balance { account: p.account, wallet: d8_of_cents(w) })?;
         }
         for &(s, size) in &p.held {
             let s = usize::from(s.0);
             let px = self.walk.price_e2(s);
             let margin = p.isolated.then_some(0);
-            self.position_body(p.account, s, D8::ZERO, px, margin);
-            self.offer()?;
+            self.offer(position(p.account, s, D8::ZERO, px, margin))?;
             let margin =
                 p.isolated.then(|| notional_e2(size, px) * (8 + self.rng.below(23) as i64) / 100);
-            self.position_body(p.account, s, size, px, margin);
-            self.offer()?;
+            self.offer(position(p.account, s, size, px, margin))?;
         }
         Ok(())
     }
@@ -709,45 +781,26 @@ impl<'o, W: Write> Gen<'o, W> {
     /// One message of the non-mark mix.
     fn other_step(&mut self) -> io::Result<()> {
         let account = self.random_account();
-        self.body.clear();
-        let _ = match self.rng.below(100) {
+        let cmd = match self.rng.below(100) {
             0..5 => {
-                let s = self.rng.below(self.opts.symbols as u64) as usize;
+                // `s` < `opts.symbols` <= 10,000 (`GenOptions::check`).
+                let symbol = SymbolIdx(self.rng.below(self.opts.symbols as u64) as u16);
                 let rate = (self.rng.below(101) as i128 - 50) * 1000; // ±0.0005
-                write!(
-                    self.body,
-                    r#"{{"type":"funding","symbol":"{}","rate":"{}"}}"#,
-                    self.name(s).to_owned(),
-                    scaled_text(rate, 8)
-                )
+                Command::Funding { symbol, rate: D8(rate) }
             }
             5..25 => {
-                let amount = self.amount_e2(100_000, 10_000);
-                write!(
-                    self.body,
-                    r#"{{"type":"transfer","account":{account},"amount":"{}"}}"#,
-                    cents(amount)
-                )
+                let amount = d8_of_cents(self.amount_e2(100_000, 10_000));
+                Command::Transfer { account, amount }
             }
             25..40 => {
                 let Some(b) = self.booked_of(true) else { return Ok(()) };
-                let amount = self.amount_e2(10_000, 2_000);
-                write!(
-                    self.body,
-                    r#"{{"type":"isolated_margin","account":{},"symbol":"S{:03}","amount":"{}"}}"#,
-                    b.account,
-                    b.symbol,
-                    cents(amount)
-                )
+                let amount = d8_of_cents(self.amount_e2(10_000, 2_000));
+                Command::IsolatedMargin { account: b.account, symbol: SymbolIdx(b.symbol), amount }
             }
             40..55 => {
                 let Some(b) = self.random_booked() else { return Ok(()) };
                 let leverage = [1, 2, 3, 5, 10, 10, 20, 25, 50][self.rng.below(9) as usize];
-                write!(
-                    self.body,
-                    r#"{{"type":"leverage","account":{},"symbol":"S{:03}","leverage":{leverage}}}"#,
-                    b.account, b.symbol
-                )
+                Command::Leverage { account: b.account, symbol: SymbolIdx(b.symbol), leverage }
             }
             55..65 => {
                 // Only on a pair the account holds no position in: never locked.
@@ -759,30 +812,22 @@ impl<'o, W: Write> Gen<'o, W> {
                     return Ok(());
                 }
                 let mode = if self.rng.below(2) == 0 { Mode::Cross } else { Mode::Isolated };
-                write!(
-                    self.body,
-                    r#"{{"type":"margin_mode","account":{account},"symbol":"S{s:03}","mode":"{}"}}"#,
-                    mode.as_str()
-                )
+                Command::MarginMode { account, symbol: SymbolIdx(s), mode }
             }
             65..85 => {
                 let Some(b) = self.random_booked() else { return Ok(()) };
-                let open = self.rng.below(5);
-                let margin = open as i64 * (100 + self.rng.below(5_000) as i64);
-                write!(
-                    self.body,
-                    r#"{{"type":"orders","account":{},"symbol":"S{:03}","open_orders":{open},"order_margin":"{}"}}"#,
-                    b.account,
-                    b.symbol,
-                    cents(margin)
-                )
+                let open_orders = self.rng.below(5);
+                let margin = open_orders as i64 * (100 + self.rng.below(5_000) as i64);
+                Command::Orders {
+                    account: b.account,
+                    symbol: SymbolIdx(b.symbol),
+                    open_orders,
+                    order_margin: d8_of_cents(margin),
+                }
             }
-            _ => {
-                let _ = write!(self.body, r#"{{"type":"query","account":{account}}}"#);
-                return self.offer_command(&Command::Query { account }).map(drop);
-            }
+            _ => Command::Query { account },
         };
-        self.offer().map(drop)
+        self.offer(cmd).map(drop)
     }
 
     // ---- faults ---------------------------------------------------------------------------
@@ -806,24 +851,22 @@ impl<'o, W: Write> Gen<'o, W> {
                     _ => "[{\"_fault\":\"malformed\"}]\n".to_owned(),
                 };
                 debug_assert!(protocol::parse_envelope(text.trim_end().as_bytes()).is_err());
-                self.write_raw(&text)?;
+                self.write(Rec::Raw(text))?;
                 true
             }
             Fault::Duplicate => {
                 // The last seq-consuming message again, with its seq, tagged.
-                if self.last_body.is_empty() || self.full() {
+                if !self.any_seq || self.full() {
                     false
                 } else {
-                    std::mem::swap(&mut self.body, &mut self.last_body);
-                    self.write_seq(self.seq, Some(fault.tag()))?;
+                    self.write(Rec::Duplicate { tag: fault.tag() })?;
                     true
                 }
             }
             Fault::Gap => {
                 let (s, px) = self.walk.next_mark();
-                let _ = self.mark_body(s, px);
                 let seq = self.seq + 2 + self.rng.below(5);
-                self.offer_with(seq, Some(fault.tag()))?
+                self.offer_with(Self::mark(s, px), seq, Some(fault.tag()))?
             }
             _ => {
                 if !self.fault_body(fault, s, px) {
@@ -831,13 +874,13 @@ impl<'o, W: Write> Gen<'o, W> {
                 }
                 match self.check_body() {
                     Err(code) if Some(code) == fault.reject_code() => {
-                        self.write_seq(self.seq + 1, Some(fault.tag()))?;
+                        self.write_body(self.seq + 1, Some(fault.tag()))?;
                         true
                     }
                     Err(_) => false,
                     // Accepted after all (the state allowed it): a normal message then.
                     Ok(()) => {
-                        self.write_seq(self.seq + 1, None)?;
+                        self.write_body(self.seq + 1, None)?;
                         self.schedule();
                         false
                     }

@@ -505,7 +505,8 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
              --config-out FILE to write the config a replay of this stream needs)"
         );
     }
-    let out: Box<dyn Write> = match (&args.out, stdout) {
+    // Sent to the generator's writer thread.
+    let out: Box<dyn Write + Send> = match (&args.out, stdout) {
         (Some(path), _) => Box::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
         ),

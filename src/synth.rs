@@ -266,7 +266,7 @@ pub fn book_lines(accounts: u64, positions: u64, symbols: usize, seed: u64) -> S
     let cfg = config(symbols);
     let mut out = String::new();
     for cmd in book_commands(accounts, positions, symbols, seed) {
-        write_book_command(&mut out, &cfg, &cmd);
+        write_command(&mut out, &cfg, &cmd);
         out.push('\n');
     }
     out
@@ -319,7 +319,7 @@ fn push_fraction(out: &mut String, mut frac: u64, scale: u32) {
 }
 
 /// Appends `v` in decimal.
-fn push_u64(out: &mut String, mut v: u64) {
+pub fn push_u64(out: &mut String, mut v: u64) {
     let mut digits = [0u8; 20];
     let mut k = digits.len();
     loop {
@@ -333,41 +333,104 @@ fn push_u64(out: &mut String, mut v: u64) {
     out.extend(digits[k..].iter().map(|&b| char::from(b)));
 }
 
-/// A command of [`book_commands`] (balance, margin mode or position) as its JSON message,
-/// without a newline.
-pub fn write_book_command(out: &mut String, cfg: &Config, cmd: &Command) {
-    let name = |s: SymbolIdx| &cfg.symbol(s).name;
+/// A command as the JSON message `liqscan gen` writes for it, without `seq` and without a
+/// newline: fields in a fixed order, numbers as [`crate::fixed::format_scaled`] writes them
+/// (no exponent, no trailing zeros), a position's `entry_price` and `isolated_margin` only
+/// when the command has them, an `orders` message always with its `order_margin`. Parsing and
+/// validating the text against `cfg` gives `cmd` back. Written with no `fmt` machinery and
+/// no allocation: the generator's writer thread formats millions of these a second.
+pub fn write_command(out: &mut String, cfg: &Config, cmd: &Command) {
+    let name = |s: SymbolIdx| cfg.symbol(s).name.as_str();
+    let account_field = |out: &mut String, ty: &str, account: u64| {
+        out.push_str(r#"{"type":""#);
+        out.push_str(ty);
+        out.push_str(r#"","account":"#);
+        push_u64(out, account);
+    };
+    let symbol_field = |out: &mut String, s: SymbolIdx| {
+        out.push_str(r#","symbol":""#);
+        out.push_str(name(s));
+        out.push('"');
+    };
+    let decimal_field = |out: &mut String, key: &str, v: D8| {
+        out.push_str(r#",""#);
+        out.push_str(key);
+        out.push_str(r#"":""#);
+        push_scaled(out, v.0, 8);
+        out.push('"');
+    };
     match cmd {
-        Command::Balance { account, wallet } => {
-            let _ = write!(out, r#"{{"type":"balance","account":{account},"wallet":""#);
-            push_scaled(out, wallet.0, 8);
-            out.push_str("\"}");
+        Command::Mark { symbol, price } => {
+            out.push_str(r#"{"type":"mark""#);
+            symbol_field(out, *symbol);
+            decimal_field(out, "price", *price);
         }
-        Command::MarginMode { account, symbol, mode } => {
-            let _ = write!(
-                out,
-                r#"{{"type":"margin_mode","account":{account},"symbol":"{}","mode":"{}"}}"#,
-                name(*symbol),
-                mode.as_str()
-            );
+        Command::Marks { prices } => {
+            out.push_str(r#"{"type":"marks","prices":{"#);
+            for (i, &(s, px)) in prices.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push('"');
+                out.push_str(name(s));
+                out.push_str(r#"":""#);
+                push_scaled(out, px.0, 8);
+                out.push('"');
+            }
+            out.push('}');
+        }
+        Command::Balance { account, wallet } => {
+            account_field(out, "balance", *account);
+            decimal_field(out, "wallet", *wallet);
+        }
+        Command::Transfer { account, amount } => {
+            account_field(out, "transfer", *account);
+            decimal_field(out, "amount", *amount);
         }
         Command::Position { account, symbol, size, entry_price, isolated_margin } => {
-            let _ = write!(
-                out,
-                r#"{{"type":"position","account":{account},"symbol":"{}","size":""#,
-                name(*symbol)
-            );
-            push_scaled(out, size.0, 8);
-            out.push_str(r#"","entry_price":""#);
-            push_scaled(out, entry_price.unwrap_or_default().0, 8);
-            if let Some(m) = isolated_margin {
-                out.push_str(r#"","isolated_margin":""#);
-                push_scaled(out, m.0, 8);
+            account_field(out, "position", *account);
+            symbol_field(out, *symbol);
+            decimal_field(out, "size", *size);
+            if let Some(px) = entry_price {
+                decimal_field(out, "entry_price", *px);
             }
-            out.push_str("\"}");
+            if let Some(m) = isolated_margin {
+                decimal_field(out, "isolated_margin", *m);
+            }
         }
-        other => unreachable!("the book holds balances, modes and positions: {other:?}"),
+        Command::MarginMode { account, symbol, mode } => {
+            account_field(out, "margin_mode", *account);
+            symbol_field(out, *symbol);
+            out.push_str(r#","mode":""#);
+            out.push_str(mode.as_str());
+            out.push('"');
+        }
+        Command::Leverage { account, symbol, leverage } => {
+            account_field(out, "leverage", *account);
+            symbol_field(out, *symbol);
+            out.push_str(r#","leverage":"#);
+            push_u64(out, *leverage);
+        }
+        Command::Orders { account, symbol, open_orders, order_margin } => {
+            account_field(out, "orders", *account);
+            symbol_field(out, *symbol);
+            out.push_str(r#","open_orders":"#);
+            push_u64(out, *open_orders);
+            decimal_field(out, "order_margin", *order_margin);
+        }
+        Command::IsolatedMargin { account, symbol, amount } => {
+            account_field(out, "isolated_margin", *account);
+            symbol_field(out, *symbol);
+            decimal_field(out, "amount", *amount);
+        }
+        Command::Funding { symbol, rate } => {
+            out.push_str(r#"{"type":"funding""#);
+            symbol_field(out, *symbol);
+            decimal_field(out, "rate", *rate);
+        }
+        Command::Query { account } => account_field(out, "query", *account),
     }
+    out.push('}');
 }
 
 #[cfg(test)]
@@ -405,6 +468,83 @@ mod tests {
             crate::fixed::format_scaled(m, scale, &mut want);
             assert_eq!(got, want, "{m} at scale {scale}");
         }
+    }
+
+    #[test]
+    fn write_command_validates_back_to_the_command() {
+        let cfg = config(12);
+        let (s3, s11) = (SymbolIdx(3), SymbolIdx(11));
+        let d = |v: i128| D8(v);
+        let cases = [
+            Command::Mark { symbol: s3, price: d(12_345_000_000) },
+            Command::Marks { prices: vec![(s11, d(100_000_000)), (s3, d(1_000_000))] },
+            Command::Balance { account: 0, wallet: d(-2_500_000_000) },
+            Command::Transfer { account: u64::MAX, amount: d(-100_000_000) },
+            Command::Position {
+                account: 7,
+                symbol: s11,
+                size: d(-123_400_000),
+                entry_price: Some(d(6_000_001_000_000)),
+                isolated_margin: Some(d(0)),
+            },
+            Command::Position {
+                account: 8,
+                symbol: s3,
+                size: d(100_000),
+                entry_price: Some(d(1_000_000)),
+                isolated_margin: None,
+            },
+            // Closed: no entry price, no margin.
+            Command::Position {
+                account: 9,
+                symbol: s3,
+                size: D8::ZERO,
+                entry_price: None,
+                isolated_margin: None,
+            },
+            Command::MarginMode { account: 1, symbol: s3, mode: Mode::Isolated },
+            Command::MarginMode { account: 1, symbol: s11, mode: Mode::Cross },
+            Command::Leverage { account: 2, symbol: s11, leverage: 125 },
+            Command::Orders { account: 3, symbol: s3, open_orders: 0, order_margin: D8::ZERO },
+            Command::Orders { account: 3, symbol: s3, open_orders: 4, order_margin: d(5) },
+            Command::IsolatedMargin { account: 4, symbol: s11, amount: d(-1_000_000) },
+            Command::Funding { symbol: s11, rate: d(-50_000) },
+            Command::Funding { symbol: s3, rate: D8::ZERO },
+            Command::Query { account: 10_000_000_000 },
+        ];
+        for cmd in cases {
+            let mut text = String::new();
+            write_command(&mut text, &cfg, &cmd);
+            let parsed = crate::protocol::parse_envelope(text.as_bytes())
+                .unwrap_or_else(|r| panic!("{text}: {}", r.reason));
+            let back = crate::protocol::validate(&parsed.envelope, &cfg)
+                .unwrap_or_else(|r| panic!("{text}: {}", r.reason));
+            assert_eq!(back, cmd, "{text}");
+            assert!(!text.contains('\n') && text.starts_with("{\"type\":"), "{text}");
+        }
+        // The exact text of a few, as `liqscan gen` has always written them.
+        let text = |cmd: &Command| {
+            let mut text = String::new();
+            write_command(&mut text, &cfg, cmd);
+            text
+        };
+        assert_eq!(
+            text(&Command::Orders {
+                account: 3,
+                symbol: s3,
+                open_orders: 0,
+                order_margin: D8::ZERO
+            }),
+            r#"{"type":"orders","account":3,"symbol":"S003","open_orders":0,"order_margin":"0"}"#
+        );
+        assert_eq!(
+            text(&Command::Marks { prices: vec![(s11, d(100_000_000)), (s3, d(1_000_000))] }),
+            r#"{"type":"marks","prices":{"S011":"1","S003":"0.01"}}"#
+        );
+        assert_eq!(
+            text(&Command::Funding { symbol: s11, rate: d(-50_000) }),
+            r#"{"type":"funding","symbol":"S011","rate":"-0.0005"}"#
+        );
     }
 
     #[test]

@@ -260,3 +260,40 @@ fn progress_names_each_phase_with_its_unit_and_never_goes_back() {
         assert!(stats.lines >= 40_000);
     }
 }
+
+/// A writer that takes `room` bytes, then fails every write.
+struct FailsAfter {
+    room: usize,
+    taken: Vec<u8>,
+}
+
+impl std::io::Write for FailsAfter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.taken.len() + buf.len() > self.room {
+            return Err(std::io::Error::other("disk full (test)"));
+        }
+        self.taken.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failing_output_ends_the_generation_with_its_error() {
+    // Lines go to a writer thread in batches: its first failed write must stop the generator
+    // (no hang with the generator blocked on a full queue) and be the error returned, and
+    // what was written before it is the stream's start, whole lines.
+    let o = opts(2_000, 8, 200_000, 3);
+    let full = generator::generate_string(&o);
+    for room in [0, 1_000, 300_000] {
+        let mut out = FailsAfter { room, taken: Vec::new() };
+        let err = generator::generate(&o, &mut out, &mut |_, _| {}).unwrap_err();
+        assert_eq!(err.to_string(), "disk full (test)", "room {room}");
+        assert!(out.taken.len() <= room, "room {room}");
+        assert!(full.as_bytes().starts_with(&out.taken), "room {room}: not the stream's start");
+        assert!(out.taken.is_empty() || out.taken.ends_with(b"\n"), "room {room}: a cut line");
+    }
+}
