@@ -13,7 +13,7 @@
 #   ACCOUNTS [1000000]  SYMBOLS [1000]  MESSAGES [10000000]  SEED [1]  MARK_RATIO [0.9]
 #   FAULT_RATE [0]  RUNS [1]  PERF [0]
 # Time on the 2-core machine (session 8, load average 5-7): 15-20 s a run at MESSAGES=3000000,
-# 50-60 s at the default 10M. Disk: ~90 bytes a message, one stream at a time.
+# 30-50 s at the default 10M. Disk: ~90 bytes a message, one stream at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -17,7 +17,7 @@
 #
 # Needs: the Rust toolchain (it builds liqscan in release) and jq; MODE=daemon also needs
 # curl. Time on the 2-core machine: gen 15-20 s for 1M accounts and 3M messages (7.7M
-# lines) and 50-60 s for the defaults' 10M (session 8, load average 5-7; about 80 s for
+# lines) and 30-50 s for the defaults' 10M (session 8, load average 5-7.5; about 80 s for
 # MARK_RATIO=0.2 at 3M messages); replay ~70 s for 3M messages (session 7, load average
 # 6-10), about twice that for 10M, and MARK_RATIO=0.2 several times longer (see the README's
 # load-test section). Disk: ~90 bytes a message (about 1.3 GB for the defaults). Memory: ~600 MB per million
