@@ -189,7 +189,9 @@ struct Hot {
     /// the account fires, its buffer stays `>= reserve` (healthy, `reserve >= 0`) or
     /// `<= reserve` (liquidatable, `reserve <= -1`). A wallet change `d` with `reserve + d`
     /// still on that side cannot change the state, so it needs no refresh
-    /// ([`Hot::absorb`]): this is what makes funding cost a few nanoseconds per holder.
+    /// ([`Hot::absorb`]). A refresh hands half of it out as funding budgets and lowers it
+    /// by what it hands out (see [`FundingLog`]): it bounds the true buffer, what lazy
+    /// fundings owe included.
     reserve_q16: i128,
     /// The message number that last touched the account (dedupes evaluation per message).
     stamp: u64,

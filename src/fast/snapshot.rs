@@ -8,6 +8,8 @@
 //! the copy is a set of `memcpy`s split in 64 KiB-element chunks between the rayon workers.
 //! The per-account pair lists (one small allocation each) are flattened into one list and
 //! a column of ends, so a million accounts cost two buffers, not a million. The
+//! cross books' `fund_from` and the funding logs are copied too, so that the writer thread
+//! computes each account's true wallet (what lazy fundings owe taken off) for the image. The
 //! trigger index is not kept: a restore computes every trigger anew, which also checks the
 //! flags the snapshot holds (`benches/snapshot.rs` measures the stall, the write and the
 //! restore on the 1M-account book).
