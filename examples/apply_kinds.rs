@@ -25,6 +25,11 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
+
+// The allocator of the `liqscan` binary, so that growth and event allocations cost here what
+// they cost in `replay` (glibc's malloc, for one, remaps big blocks where mimalloc copies).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use liqscan::{
     config::Config,
     engine::{At, Engine},
@@ -32,6 +37,17 @@ use liqscan::{
     ingest::{Ingest, LineReader, Outcome},
     protocol::Command,
 };
+
+/// CLOCK_MONOTONIC in ns: the clock `perf record -k CLOCK_MONOTONIC` stamps samples with,
+/// so that a slow message's samples can be picked out (`perf script --time START,END`).
+#[allow(unsafe_code)]
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: as in `cpu_ns`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
 
 /// This thread's CPU time in ns: a message's CPU time leaves out the time the scheduler gave
 /// other processes (on a shared 2-core machine, 4 ms slices), which wall time includes.
@@ -146,6 +162,7 @@ fn main() -> anyhow::Result<()> {
         let k = kind(cmd, &mut marked);
         let cpu_start = if with_cpu { cpu_ns() } else { 0 };
         let evaluated = engine.positions_evaluated();
+        let mono = if with_cpu { monotonic_ns() } else { 0 };
         let start = Instant::now();
         let _ = engine.apply(cmd, *at, &mut |_| events += 1);
         let ns = start.elapsed().as_nanos() as u64;
@@ -155,8 +172,8 @@ fn main() -> anyhow::Result<()> {
         stats.record(ns, cpu, at.line);
         stats.evaluated += evaluated;
         all.record(ns, cpu, at.line);
-        if cpu > 1_000_000 && slow.len() < 40 {
-            slow.push((at.line, k, cpu, engine.n_accounts()));
+        if cpu > 1_000_000 {
+            slow.push((at.line, k, cpu, engine.n_accounts(), mono));
         }
         if at.line <= snapshot_lines {
             growth.record(ns, cpu, at.line);
@@ -196,11 +213,23 @@ fn main() -> anyhow::Result<()> {
         growth.row("snapshot", total);
         live.row("stream", total);
     }
-    for (line, k, ns, accounts) in &slow {
-        println!(
-            "slow (CPU > 1 ms): line {line} {k} {:.2} ms at {accounts} accounts",
-            *ns as f64 / 1e6
-        );
+    // The slowest messages of each kind (a run has hundreds of slow fundings, which would
+    // hide the others), with their start on CLOCK_MONOTONIC (with CPU=1) for perf.
+    let mut per_kind: BTreeMap<&str, Vec<_>> = BTreeMap::new();
+    for s in &slow {
+        per_kind.entry(s.1).or_default().push(s);
+    }
+    for (k, mut list) in per_kind {
+        println!("slow (> 1 ms): {k}: {} messages", list.len());
+        list.sort_unstable_by_key(|s| std::cmp::Reverse(s.2));
+        for (line, _, ns, accounts, mono) in list.into_iter().take(5) {
+            println!(
+                "  line {line} {k} {:.2} ms at {accounts} accounts (start {}.{:09})",
+                *ns as f64 / 1e6,
+                mono / 1_000_000_000,
+                mono % 1_000_000_000
+            );
+        }
     }
     let mut sizes: Vec<(usize, usize)> = engine.book_lens().collect();
     sizes.sort_unstable_by_key(|&(c, i)| std::cmp::Reverse(c + i));

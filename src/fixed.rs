@@ -137,8 +137,63 @@ impl D8 {
 /// Formats `mantissa / 10^scale` as the shortest exact decimal: no exponent, no trailing
 /// zeros, `"0"` for zero, never `"-0"`.
 pub fn format_scaled(mantissa: i128, scale: u32, out: &mut String) {
-    let digits = mantissa.unsigned_abs().to_string();
-    format_digits(mantissa < 0, &digits, scale, out);
+    let mut buf = [b'0'; 39];
+    let digits = decimal_digits(mantissa.unsigned_abs(), &mut buf);
+    let scale = scale as usize;
+    // What `format_digits` does, without its allocations: the integer part ("0" when every
+    // digit is a fraction digit), then the fraction without its trailing zeros.
+    let split = digits.len().saturating_sub(scale);
+    let (int_part, frac_part) = digits.split_at(split);
+    let lead = scale.saturating_sub(digits.len());
+    let frac_end = frac_part.iter().rposition(|&d| d != b'0').map_or(0, |k| k + 1);
+    // A non-zero mantissa has a non-zero digit, so it never prints as "-0".
+    if mantissa < 0 {
+        out.push('-');
+    }
+    // Every byte below is an ASCII digit or '.'.
+    out.push_str(if int_part.is_empty() { "0" } else { ascii(int_part) });
+    if frac_end > 0 {
+        out.push('.');
+        (0..lead).for_each(|_| out.push('0'));
+        out.push_str(ascii(&frac_part[..frac_end]));
+    }
+}
+
+/// The decimal digits of `v` (no leading zeros; "0" for zero), written at the end of `buf`
+/// (39 bytes hold `u128::MAX`). At most one 128-bit division: what is above 10^19 is
+/// split off once, and each part is printed in 64-bit steps.
+fn decimal_digits(v: u128, buf: &mut [u8; 39]) -> &[u8] {
+    const E19: u128 = 10_000_000_000_000_000_000;
+    fn put(mut v: u64, buf: &mut [u8], end: usize, min_digits: usize) -> usize {
+        let mut i = end;
+        while v > 0 || end - i < min_digits {
+            i -= 1;
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        i
+    }
+    let start = if v < E19 {
+        put(v as u64, buf, 39, 1)
+    } else {
+        let (hi, lo) = (v / E19, (v % E19) as u64);
+        let mid = put(lo, buf, 39, 19);
+        // hi = v / 10^19 <= u128::MAX / 10^19 < 2^65: split once more if it must be.
+        match u64::try_from(hi) {
+            Ok(hi) => put(hi, buf, mid, 1),
+            Err(_) => {
+                let (top, rest) = ((hi / E19) as u64, (hi % E19) as u64);
+                let mid = put(rest, buf, mid, 19);
+                put(top, buf, mid, 1)
+            }
+        }
+    };
+    &buf[start..]
+}
+
+fn ascii(digits: &[u8]) -> &str {
+    // Only ASCII digits are written by `decimal_digits`.
+    std::str::from_utf8(digits).expect("ASCII digits")
 }
 
 /// Formats a decimal given as its sign and the digits of `|mantissa|`, with `scale` of them
@@ -167,16 +222,22 @@ pub fn format_digits(negative: bool, digits: &str, scale: u32, out: &mut String)
 
 /// `mantissa / 10^scale` as a string (see [`format_scaled`]).
 pub fn scaled_text(mantissa: i128, scale: u32) -> String {
-    let mut s = String::new();
+    // Sign, 39 digits, a point and a leading "0.": one allocation.
+    let mut s = String::with_capacity(43 + scale as usize);
     format_scaled(mantissa, scale, &mut s);
     s
 }
 
 impl fmt::Display for D8 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = String::new();
-        format_scaled(self.0, 8, &mut s);
-        f.write_str(&s)
+        f.write_str(&scaled_text(self.0, 8))
+    }
+}
+
+impl D8 {
+    /// The text of `self` (as `to_string`, with one allocation instead of two).
+    pub fn text(self) -> String {
+        scaled_text(self.0, 8)
     }
 }
 
@@ -232,6 +293,34 @@ mod tests {
         let mut s = String::new();
         format_scaled(-5, 20, &mut s);
         assert_eq!(s, "-0.00000000000000000005");
+    }
+
+    /// The 64-bit formatter equals the general one (`to_string` of the magnitude, then
+    /// `format_digits`) around powers of ten, at the extremes and at random, at every scale.
+    #[test]
+    fn format_scaled_equals_the_general_formatter() {
+        let mut rng = crate::synth::Rng::new(8);
+        let mut cases = vec![0i128, 1, -1, i128::MAX, i128::MIN + 1, -i128::MAX, i128::MIN];
+        for k in 0..39 {
+            let p = 10i128.pow(k);
+            cases.extend([p, p - 1, p + 1, -p, 1 - p, -p - 1, p / 2 + 3, -(p / 3)]);
+        }
+        for _ in 0..20_000 {
+            let v = (i128::from(rng.below(u64::MAX)) << rng.below(64)) + rng.below(1000) as i128;
+            cases.extend([v, -v, v / 1000 * 1000]);
+        }
+        for v in cases {
+            for scale in [0, 1, 8, 12, 16, 20, 38, 40] {
+                let mut want = String::new();
+                let digits = v.unsigned_abs().to_string();
+                format_digits(v < 0, &digits, scale, &mut want);
+                let mut got = String::new();
+                format_scaled(v, scale, &mut got);
+                assert_eq!(got, want, "{v} at scale {scale}");
+            }
+        }
+        assert_eq!(D8(-5).text(), "-0.00000005");
+        assert_eq!(D8(123_000_000).to_string(), "1.23");
     }
 
     #[test]

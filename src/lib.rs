@@ -18,7 +18,7 @@
 //! | [`engine`] | the `Engine` trait (each command checked, then committed: a reject leaves no trace; account reports and at-risk lists, the read side the daemon's HTTP serves; `copy_state`, the owned copy a snapshot writes) and the emission rule | 5, 6, 9.3, 9.4 |
 //! | [`report`] | exact figures of an account view: totals, available, event contents in O(positions); the at-risk order | 4, 7, 9.3 |
 //! | [`reference`](mod@reference) | the reference engine: state of section 3, check + commit + evaluate, exact and plain; its snapshot copy and restore in `reference/snapshot.rs` | 3–6, 9.4 |
-//! | [`fast`] | the fast engine: struct-of-arrays books, i128 fixed point, trigger index, parallel sweeps, keyed account index, check + commit in `fast/commands.rs`, at-risk selection in `fast/risk.rs`, snapshot copy and restore in `fast/snapshot.rs` (see `src/fast/README.md`) | 3–6, 9.3, 9.4 |
+//! | [`fast`] | the fast engine: struct-of-arrays books, i128 fixed point, trigger index, parallel sweeps, keyed account index, check + commit in `fast/commands.rs`, at-risk selection in `fast/risk.rs`, snapshot copy and restore in `fast/snapshot.rs`, columns that grow by `mremap` in `fast/column.rs`, the incrementally grown funds side table in `fast/funds.rs` (see `src/fast/README.md`) | 3–6, 9.3, 9.4 |
 //! | [`latency`] | HdrHistogram latency distributions | 7, 8 |
 //! | [`pipeline`] | the one pipeline of every driver: `Source` → reader thread → engine thread (control requests between two batches) → `Sink`s (see `src/pipeline/README.md`) | 6, 8, 9 |
 //! | [`replay`] | `liqscan replay`: one stream through the pipeline to stdout, summary and report | 8 |

@@ -2,6 +2,7 @@
 //!
 //! See `README.md` beside this file for why the columns are laid out this way.
 
+use super::column::Column;
 use crate::{
     config::{Mode, Symbol},
     fixed::SCALE_D8,
@@ -420,28 +421,28 @@ impl Guard {
 #[derive(Debug, Clone)]
 pub struct Book {
     mode: Mode,
-    pub account: Vec<AccountIdx>,
-    pub lots: Vec<i64>,
+    pub account: Column<AccountIdx>,
+    pub lots: Column<i64>,
     /// `isolated_margin - cost` (isolated book) or `-cost` (cross book), q16.
-    pub base_q16: Vec<i128>,
+    pub base_q16: Column<i128>,
     /// Isolated book: the position's isolated margin, e8. Cross book: empty.
-    pub isolated_e8: Vec<i128>,
+    pub isolated_e8: Column<i128>,
     /// Isolated book: the item's liquidatable flag. Cross book: empty (the flag of a cross
     /// item is its account's).
-    pub liquidatable: Vec<bool>,
+    pub liquidatable: Column<bool>,
     /// Per slot: the mark (ticks) at which the slot fires; 0 until one is set.
-    trigger: Vec<i64>,
+    trigger: Column<i64>,
     /// Per block of [`BLOCK`] slots.
-    guards: Vec<Guard>,
+    guards: Column<Guard>,
     /// Cross book: per slot, the length of the symbol's funding log when the slot's
     /// payments were last settled into its account's wallet (lazy funding, see
     /// `FastEngine::settle`). Isolated book: empty (isolated positions are paid at once).
-    pub fund_from: Vec<u32>,
+    pub fund_from: Column<u32>,
     /// Cross book: per slot, its funding trigger (see [`fund_fires`]). Isolated book: empty.
-    fund_trigger: Vec<i128>,
+    fund_trigger: Column<i128>,
     /// Cross book: per block of [`BLOCK`] slots, the least funding trigger of its longs and
     /// of its shorts ([`FUND_NEVER`] when none).
-    fund_guards: Vec<[i128; 2]>,
+    fund_guards: Column<[i128; 2]>,
     /// At least every `|lots|` the book holds: the largest ever pushed, never lowered (a
     /// funding's largest payment, without reading every slot).
     pub max_lots: u64,
@@ -465,16 +466,16 @@ impl Book {
     pub fn new(mode: Mode) -> Book {
         Book {
             mode,
-            account: Vec::new(),
-            lots: Vec::new(),
-            base_q16: Vec::new(),
-            isolated_e8: Vec::new(),
-            liquidatable: Vec::new(),
-            trigger: Vec::new(),
-            guards: Vec::new(),
-            fund_from: Vec::new(),
-            fund_trigger: Vec::new(),
-            fund_guards: Vec::new(),
+            account: Column::new(),
+            lots: Column::new(),
+            base_q16: Column::new(),
+            isolated_e8: Column::new(),
+            liquidatable: Column::new(),
+            trigger: Column::new(),
+            guards: Column::new(),
+            fund_from: Column::new(),
+            fund_trigger: Column::new(),
+            fund_guards: Column::new(),
             max_lots: 0,
         }
     }
@@ -675,19 +676,16 @@ impl Book {
 
     /// Heap bytes the book's columns hold (capacities: what was allocated, used or not).
     pub fn heap_bytes(&self) -> usize {
-        fn bytes<T>(v: &Vec<T>) -> usize {
-            v.capacity() * size_of::<T>()
-        }
-        bytes(&self.account)
-            + bytes(&self.lots)
-            + bytes(&self.base_q16)
-            + bytes(&self.isolated_e8)
-            + bytes(&self.liquidatable)
-            + bytes(&self.trigger)
-            + bytes(&self.guards)
-            + bytes(&self.fund_from)
-            + bytes(&self.fund_trigger)
-            + bytes(&self.fund_guards)
+        self.account.heap_bytes()
+            + self.lots.heap_bytes()
+            + self.base_q16.heap_bytes()
+            + self.isolated_e8.heap_bytes()
+            + self.liquidatable.heap_bytes()
+            + self.trigger.heap_bytes()
+            + self.guards.heap_bytes()
+            + self.fund_from.heap_bytes()
+            + self.fund_trigger.heap_bytes()
+            + self.fund_guards.heap_bytes()
     }
 
     /// Bytes of column data per position (what a sweep reads).

@@ -11,9 +11,11 @@
 //! [`crate::report`] path.
 
 pub mod book;
+mod column;
 mod commands;
 #[cfg(test)]
 mod funding_tests;
+mod funds;
 mod risk;
 mod snapshot;
 
@@ -29,6 +31,7 @@ use hashbrown::HashTable;
 use rayon::prelude::*;
 
 use self::book::{AccountIdx, Book, E8_TO_Q16, FUND_ALWAYS, FUND_NEVER, Quote, Scale};
+use self::column::Column;
 pub use self::snapshot::FastCopy;
 use crate::{
     config::{Config, Mode, SymbolIdx},
@@ -70,19 +73,19 @@ struct PairFunds {
     idle_isolated_e8: i128,
 }
 
-/// Per-account columns, indexed by [`AccountIdx`].
+/// Per-account columns, indexed by [`AccountIdx`]: [`Column`]s, so that a million accounts
+/// grow without a whole-column copy.
 #[derive(Debug, Default)]
 struct Accounts {
-    id: Vec<u64>,
-    wallet_e8: Vec<i128>,
+    id: Column<u64>,
+    wallet_e8: Column<i128>,
     /// What a tick reads and writes, one record per account.
-    hot: Vec<Hot>,
+    hot: Column<Hot>,
     /// Pairs sorted by symbol.
-    pairs: Vec<Vec<Pair>>,
-    /// See [`PairFunds`]; absent means all zero. Which pairs have an entry is the sender's
-    /// choice (and indices are assigned in the order ids first appear), so the key is hashed
-    /// with a keyed hash, as in [`AccountIndex`].
-    funds: hashbrown::HashMap<(AccountIdx, SymbolIdx), PairFunds, KeyedState>,
+    pairs: Column<Vec<Pair>>,
+    /// See [`PairFunds`]; absent means all zero. Grows without a stop, and hashes its keys
+    /// with the keyed hash of [`AccountIndex`] (see [`funds::FundsTable`]).
+    funds: funds::FundsTable,
 }
 
 /// Account id → [`AccountIdx`]. Each entry holds only the 4-byte index; the id it stands for
@@ -511,6 +514,21 @@ fn evaluate_isolated_with(
 /// `n / d` rounded to the nearest integer, ties to even (`d > 0`).
 fn div_round_half_even(n: i128, d: i128) -> i128 {
     debug_assert!(d > 0);
+    if let (Ok(n), Ok(d)) = (u64::try_from(n), u64::try_from(d)) {
+        // The common case of a report's figures: one hardware division, no library call.
+        let (q, r) = (n / d, n % d);
+        let q = match u128::from(r).cmp(&(u128::from(d) - u128::from(r))) {
+            std::cmp::Ordering::Less => q,
+            std::cmp::Ordering::Greater => q + 1,
+            std::cmp::Ordering::Equal => q + (q & 1),
+        };
+        return i128::from(q);
+    }
+    div_round_half_even_wide(n, d)
+}
+
+/// [`div_round_half_even`] in `i128` whatever the operands.
+fn div_round_half_even_wide(n: i128, d: i128) -> i128 {
     // One library division (the remainder from it, not from a second call).
     let q = n.div_euclid(d);
     let r = n - q * d;
@@ -726,7 +744,10 @@ impl FastEngine {
         let acc = &self.accounts;
         let books = self.cross.iter().chain(&self.isolated).map(Book::heap_bytes).sum::<usize>()
             + self.funding.iter().map(|f| bytes(&f.c)).sum::<usize>();
-        let columns = bytes(&acc.id) + bytes(&acc.wallet_e8) + bytes(&acc.hot) + bytes(&acc.pairs);
+        let columns = acc.id.heap_bytes()
+            + acc.wallet_e8.heap_bytes()
+            + acc.hot.heap_bytes()
+            + acc.pairs.heap_bytes();
         let pairs = acc.pairs.iter().map(bytes).sum::<usize>() + acc.funds.allocation_size();
         [
             ("books", books),
@@ -823,29 +844,13 @@ impl FastEngine {
     }
 
     fn funds(&self, a: AccountIdx, s: SymbolIdx) -> PairFunds {
-        self.accounts.funds.get(&(a, s)).copied().unwrap_or_default()
+        self.accounts.funds.get((a, s))
     }
 
-    /// Changes the funds of (a, s) with `f`, keeping the side table free of all-zero entries.
-    /// One hash of the key whatever happens (the key is hashed with SipHash, see
-    /// [`AccountIndex`]), and no entry made only to be removed.
+    /// Changes the funds of (a, s) with `f`, keeping the side table free of all-zero entries
+    /// ([`funds::FundsTable::update`]).
     fn update_funds(&mut self, a: AccountIdx, s: SymbolIdx, f: impl FnOnce(&mut PairFunds)) {
-        use hashbrown::hash_map::Entry;
-        match self.accounts.funds.entry((a, s)) {
-            Entry::Occupied(mut held) => {
-                f(held.get_mut());
-                if *held.get() == PairFunds::default() {
-                    held.remove();
-                }
-            }
-            Entry::Vacant(empty) => {
-                let mut funds = PairFunds::default();
-                f(&mut funds);
-                if funds != PairFunds::default() {
-                    empty.insert(funds);
-                }
-            }
-        }
+        self.accounts.funds.update((a, s), f);
     }
 
     fn touch(&mut self, a: AccountIdx) {
@@ -1150,10 +1155,10 @@ impl FastEngine {
             let price = sc.liquidation_price_e8(lots, cost, m)?;
             positions.push(LiquidationPosition {
                 symbol: self.cfg.symbol(s).name.clone(),
-                size: D8(i128::from(lots) * i128::from(sc.step_e8)).to_string(),
-                entry_price: D8(i128::from(sc.entry_e8(lots, cost))).to_string(),
-                mark_price: self.marks[s.0 as usize]?.to_string(),
-                liquidation_price: price.map(|p| D8(p).to_string()),
+                size: D8(i128::from(lots) * i128::from(sc.step_e8)).text(),
+                entry_price: D8(i128::from(sc.entry_e8(lots, cost))).text(),
+                mark_price: self.marks[s.0 as usize]?.text(),
+                liquidation_price: price.map(|p| D8(p).text()),
             });
         }
         Some(Liquidation {
@@ -1506,8 +1511,8 @@ impl FastEngine {
                 }
             }
         }
-        for (&(a, s), funds) in &self.accounts.funds {
-            if *funds == PairFunds::default() || self.pair(a, s).is_none() {
+        for ((a, s), funds) in self.accounts.funds.iter() {
+            if funds == PairFunds::default() || self.pair(a, s).is_none() {
                 return Err(format!(
                     "funds of account index {} in symbol {}: {funds:?} without a pair or all zero",
                     a.0, s.0
@@ -1581,7 +1586,11 @@ impl FastEngine {
         debug_assert!(leverage >= 1);
         let notional = sc.notional_n12(lots, ticks);
         let unit = i128::from(leverage) * 10_000; // n12 / leverage → e8 units
-        (notional + unit - 1).div_euclid(unit) * E8_TO_Q16
+        match (u64::try_from(notional + unit - 1), u64::try_from(unit)) {
+            // A notional is >= 0: in 64 bits (the common case) one hardware division.
+            (Ok(n), Ok(u)) => i128::from(n / u) * E8_TO_Q16,
+            _ => (notional + unit - 1).div_euclid(unit) * E8_TO_Q16,
+        }
     }
 
     /// Takes the position of pair (a, s) out of its book and the account's aggregates.
@@ -1808,6 +1817,24 @@ mod tests {
         }
         for n in cases {
             assert_eq!(div_1e12_round_half_even(n), div_round_half_even(n, e12), "{n}");
+        }
+    }
+
+    /// The 64-bit path of the rounded division equals the `i128` one, at ties and around
+    /// them, with odd and even quotients.
+    #[test]
+    fn rounded_division_in_64_bits_equals_the_wide_one() {
+        let mut rng = crate::synth::Rng::new(5);
+        for _ in 0..200_000 {
+            let wide = rng.below(2) == 0;
+            let d = i128::from(1 + rng.below(if wide { u64::MAX - 1 } else { 1000 }));
+            let q = i128::from(rng.below(1 << 20));
+            let n = match rng.below(3) {
+                0 => i128::from(rng.below(u64::MAX)),
+                1 => q * d + d / 2 + (rng.below(3) as i128 - 1),
+                _ => q * d + (d / 2) * i128::from(d % 2 == 0),
+            };
+            assert_eq!(div_round_half_even(n, d), div_round_half_even_wide(n, d), "{n} / {d}");
         }
     }
 

@@ -246,7 +246,7 @@ fn ratio_text(balance_q16: i128, maint_q16: i128) -> Option<String> {
         return None;
     }
     match maint_q16.checked_mul(10i128.pow(8)) {
-        Some(num) => Some(D8(super::div_round_half_even(num, balance_q16)).to_string()),
+        Some(num) => Some(D8(super::div_round_half_even(num, balance_q16)).text()),
         // Maintenance near the limits: the exact path.
         None => Some(
             round8_ratio(&Exact::from_int(maint_q16), &Exact::from_int(balance_q16)).to_string(),
@@ -361,27 +361,27 @@ impl FastEngine {
             positions.push(PositionReport {
                 symbol: self.cfg.symbol(p.symbol).name.clone(),
                 mode: p.mode,
-                size: D8(i128::from(h.lots) * i128::from(sc.step_e8)).to_string(),
-                entry_price: D8(i128::from(sc.entry_e8(h.lots, h.cost))).to_string(),
-                mark_price: h.at_mark.and(self.marks[si]).map(|m| m.to_string()),
+                size: D8(i128::from(h.lots) * i128::from(sc.step_e8)).text(),
+                entry_price: D8(i128::from(sc.entry_e8(h.lots, h.cost))).text(),
+                mark_price: h.at_mark.and(self.marks[si]).map(|m| m.text()),
                 leverage: u64::from(self.leverage_of(p.symbol, p)),
                 notional: text(h.at_mark.map(|(t, ..)| sc.notional_n12(h.lots, t)), 12),
                 unrealized_pnl: figure(|f| f.1),
                 initial_margin: figure(|f| f.3),
                 maintenance_margin: figure(|f| f.2),
-                isolated_margin: margin_e8.map(|m| D8(m).to_string()),
+                isolated_margin: margin_e8.map(|m| D8(m).text()),
                 margin_ratio: match (margin_e8, h.at_mark) {
                     (Some(m), Some((_, upnl, mm, _))) => ratio_text(m * E8_TO_Q16 + upnl, mm),
                     _ => None,
                 },
-                liquidation_price: liquidation_price.map(|p| D8(p).to_string()),
+                liquidation_price: liquidation_price.map(|p| D8(p).text()),
             });
         }
         Some(AccountReport {
             line: at.line,
             seq: at.seq,
             account: self.accounts.id[i],
-            wallet: D8(wallet_e8).to_string(),
+            wallet: D8(wallet_e8).text(),
             margin_balance: text16(balance),
             maintenance_margin: text16(maint),
             margin_ratio: balance.zip(maint).and_then(|(b, m)| ratio_text(b, m)),

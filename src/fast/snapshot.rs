@@ -18,9 +18,7 @@ use std::{any::Any, io, sync::Arc};
 
 use rayon::prelude::*;
 
-use super::{
-    AccountIdx, Book, E8_TO_Q16, FastEngine, Hot, KeyedState, NO_SLOT, Pair, PairFunds, Scale,
-};
+use super::{AccountIdx, Book, Column, E8_TO_Q16, FastEngine, Hot, NO_SLOT, Pair, Scale};
 use crate::{
     config::{Config, Mode, SymbolIdx},
     engine::StateCopy,
@@ -36,19 +34,19 @@ pub struct FastCopy {
     marks: Vec<Option<D8>>,
     cross: Vec<Book>,
     isolated: Vec<Book>,
-    id: Vec<u64>,
+    id: Column<u64>,
     /// The stored wallets: the image holds the true ones, these less what each account's
     /// cross positions owe for lazy fundings (from the books' `fund_from` and `funding`),
     /// computed on the writer thread.
-    wallet_e8: Vec<i128>,
+    wallet_e8: Column<i128>,
     /// Per symbol, its funding log's entries (`FundingLog::c`).
     funding: Vec<Vec<i128>>,
-    hot: Vec<Hot>,
+    hot: Column<Hot>,
     /// Every account's pairs, one account after another; account `i`'s are
     /// `pairs[pair_end[i - 1]..pair_end[i]]`.
-    pairs: Vec<Pair>,
-    pair_end: Vec<u32>,
-    funds: hashbrown::HashMap<(AccountIdx, SymbolIdx), PairFunds, KeyedState>,
+    pairs: Column<Pair>,
+    pair_end: Column<u32>,
+    funds: super::funds::FundsTable,
 }
 
 /// Elements a rayon task copies at once.
@@ -56,7 +54,7 @@ const COPY_CHUNK: usize = 1 << 16;
 
 /// `to = from`, reusing `to`'s buffer: what it already holds is overwritten in parallel
 /// chunks, what `from` holds beyond that is appended.
-fn par_copy<T: Copy + Send + Sync>(to: &mut Vec<T>, from: &[T]) {
+fn par_copy<T: Copy + Send + Sync>(to: &mut Column<T>, from: &[T]) {
     to.truncate(from.len());
     let held = to.len();
     to.extend_from_slice(&from[held..]);
@@ -82,7 +80,7 @@ fn copy_book(to: &mut Book, from: &Book) {
 const PAIR_CHUNK: usize = 1 << 14;
 
 /// Flattens the per-account pair lists into `pairs` and `ends` (see [`FastCopy::pairs`]).
-fn flatten_pairs(pairs: &mut Vec<Pair>, ends: &mut Vec<u32>, from: &[Vec<Pair>]) {
+fn flatten_pairs(pairs: &mut Column<Pair>, ends: &mut Column<u32>, from: &[Vec<Pair>]) {
     ends.clear();
     let mut end = 0u32;
     // A pair is 12 bytes and memory holds far fewer than 2^32 of them per process here
@@ -274,7 +272,7 @@ impl StateCopy for FastCopy {
             image.pairs.clear();
             let lo = if i == 0 { 0 } else { self.pair_end[i - 1] as usize };
             for p in &self.pairs[lo..self.pair_end[i] as usize] {
-                let funds = self.funds.get(&(a, p.symbol)).copied().unwrap_or_default();
+                let funds = self.funds.get((a, p.symbol));
                 let si = p.symbol.0 as usize;
                 let sc = &self.scales[si];
                 let mut pair = PairImage {
@@ -318,7 +316,7 @@ impl StateCopy for FastCopy {
     /// its pages are resident before the engine thread copies into it. Books get no room
     /// beyond that eighth: a config may hold 65,535 symbols, most of them with small books.
     fn warm(&mut self) {
-        fn room<T: Clone>(v: &mut Vec<T>, extra: usize, fill: T) {
+        fn room<T: Clone>(v: &mut Column<T>, extra: usize, fill: T) {
             v.reserve(v.len() / 8 + extra);
             for slot in v.spare_capacity_mut() {
                 slot.write(fill.clone());

@@ -1,0 +1,513 @@
+//! [`Column`]: a growable column, like `Vec`, whose growth never copies what it holds once it
+//! is big.
+//!
+//! A `Vec` that doubles allocates the new buffer, copies every element across and frees the
+//! old one. On the 1M-account book a doubling of the per-account columns copied ~40 MB and
+//! faulted in ~80 MB of new memory in one message (11–56 ms stalls in `replay`, whose
+//! allocator, mimalloc, never remaps), and a doubling of the most-held symbol's book columns
+//! at 262,144 slots took 4.4 ms. A column of at least [`MAP_MIN_BYTES`] lives instead in its
+//! own anonymous mapping, and doubles with `mremap(MREMAP_MAYMOVE)`: the kernel moves the
+//! page-table entries of the pages already written (no data is copied), and the new half is
+//! faulted in page by page as later pushes reach it. Smaller columns (most books of most
+//! symbols) stay on the heap, so a config of 65,535 symbols does not make 65,535 mappings.
+//! Off Linux a column is a `Vec` whatever its size.
+//!
+//! A column dereferences to a slice, so the sweep and every other pass read it exactly as
+//! they read a `Vec`: one contiguous run of memory.
+
+use std::{
+    fmt,
+    ops::{Deref, DerefMut},
+};
+
+/// The size from which a column lives in its own mapping (see the module doc). The last
+/// heap growth copies less than this (~0.1 ms).
+pub const MAP_MIN_BYTES: usize = 1 << 20;
+
+/// A growable column of `T` (see the module doc). Elements are dropped with the column.
+pub struct Column<T> {
+    store: Store<T>,
+}
+
+enum Store<T> {
+    Heap(Vec<T>),
+    /// `len` initialized elements at the start of a mapping of `cap` elements.
+    #[cfg(target_os = "linux")]
+    Mapped(map::Mapping<T>),
+}
+
+impl<T> Column<T> {
+    pub const fn new() -> Column<T> {
+        Column { store: Store::Heap(Vec::new()) }
+    }
+
+    /// Elements the column holds room for without growing.
+    pub fn capacity(&self) -> usize {
+        match &self.store {
+            Store::Heap(v) => v.capacity(),
+            #[cfg(target_os = "linux")]
+            Store::Mapped(m) => m.capacity(),
+        }
+    }
+
+    /// Bytes the column holds room for (what [`Column::capacity`] costs in memory).
+    pub fn heap_bytes(&self) -> usize {
+        self.capacity() * size_of::<T>()
+    }
+
+    pub fn push(&mut self, value: T) {
+        match &mut self.store {
+            Store::Heap(v) => {
+                #[cfg(target_os = "linux")]
+                {
+                    let cap = 2 * v.capacity().max(4);
+                    if v.len() == v.capacity()
+                        && size_of::<T>() > 0
+                        && cap * size_of::<T>() >= MAP_MIN_BYTES
+                    {
+                        let mapped = map::Mapping::from_vec(std::mem::take(v), cap);
+                        self.store = Store::Mapped(mapped);
+                        return self.push(value);
+                    }
+                }
+                v.push(value);
+            }
+            #[cfg(target_os = "linux")]
+            Store::Mapped(m) => m.push(value),
+        }
+    }
+
+    /// Removes the element at `i` by moving the last one into its place, as
+    /// `Vec::swap_remove`. Panics if `i` is out of range.
+    pub fn swap_remove(&mut self, i: usize) -> T {
+        let len = self.len();
+        assert!(i < len, "swap_remove index {i} out of range for length {len}");
+        self.swap(i, len - 1);
+        self.pop().expect("not empty")
+    }
+
+    pub fn pop(&mut self) -> Option<T> {
+        match &mut self.store {
+            Store::Heap(v) => v.pop(),
+            #[cfg(target_os = "linux")]
+            Store::Mapped(m) => m.pop(),
+        }
+    }
+
+    /// Makes room for at least `additional` more elements (at least doubling when it grows,
+    /// as a push would).
+    pub fn reserve(&mut self, additional: usize) {
+        let need = self.len().checked_add(additional).expect("a column's length fits usize");
+        if need <= self.capacity() {
+            return;
+        }
+        match &mut self.store {
+            Store::Heap(v) => {
+                let cap = need.max(2 * v.capacity());
+                #[cfg(target_os = "linux")]
+                if size_of::<T>() > 0 && cap * size_of::<T>() >= MAP_MIN_BYTES {
+                    self.store = Store::Mapped(map::Mapping::from_vec(std::mem::take(v), cap));
+                    return;
+                }
+                v.reserve_exact(cap - v.len());
+            }
+            #[cfg(target_os = "linux")]
+            Store::Mapped(m) => m.grow(need.max(2 * m.capacity())),
+        }
+    }
+
+    /// The room beyond the elements, as `Vec::spare_capacity_mut`: what is written there is
+    /// not an element (a snapshot copy writes it to fault its pages in ahead).
+    pub fn spare_capacity_mut(&mut self) -> &mut [std::mem::MaybeUninit<T>] {
+        match &mut self.store {
+            Store::Heap(v) => v.spare_capacity_mut(),
+            #[cfg(target_os = "linux")]
+            Store::Mapped(m) => m.spare_capacity_mut(),
+        }
+    }
+
+    /// Drops the elements from `len` on (keeps the room).
+    pub fn truncate(&mut self, len: usize) {
+        while self.len() > len {
+            self.pop();
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+}
+
+impl<T: Clone> Column<T> {
+    pub fn extend_from_slice(&mut self, from: &[T]) {
+        self.reserve(from.len());
+        from.iter().for_each(|x| self.push(x.clone()));
+    }
+
+    /// Truncates or pads with `fill` to `len` elements.
+    pub fn resize(&mut self, len: usize, fill: T) {
+        self.truncate(len);
+        self.reserve(len - self.len());
+        while self.len() < len {
+            self.push(fill.clone());
+        }
+    }
+}
+
+impl<T> Default for Column<T> {
+    fn default() -> Column<T> {
+        Column::new()
+    }
+}
+
+impl<T> Deref for Column<T> {
+    type Target = [T];
+
+    #[inline(always)]
+    fn deref(&self) -> &[T] {
+        match &self.store {
+            Store::Heap(v) => v,
+            #[cfg(target_os = "linux")]
+            Store::Mapped(m) => m.as_slice(),
+        }
+    }
+}
+
+impl<T> DerefMut for Column<T> {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut [T] {
+        match &mut self.store {
+            Store::Heap(v) => v,
+            #[cfg(target_os = "linux")]
+            Store::Mapped(m) => m.as_mut_slice(),
+        }
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Column<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a mut Column<T> {
+    type Item = &'a mut T;
+    type IntoIter = std::slice::IterMut<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter_mut()
+    }
+}
+
+impl<T> Extend<T> for Column<T> {
+    fn extend<I: IntoIterator<Item = T>>(&mut self, items: I) {
+        items.into_iter().for_each(|x| self.push(x));
+    }
+}
+
+impl<T> FromIterator<T> for Column<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(items: I) -> Column<T> {
+        let mut c = Column::new();
+        c.extend(items);
+        c
+    }
+}
+
+impl<T: Clone> Clone for Column<T> {
+    fn clone(&self) -> Column<T> {
+        self.iter().cloned().collect()
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Column<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<T: PartialEq> PartialEq for Column<T> {
+    fn eq(&self, other: &Column<T>) -> bool {
+        **self == **other
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+mod map {
+    use std::{marker::PhantomData, ptr::NonNull};
+
+    /// `len` initialized `T`s at the start of an anonymous private mapping with room for `cap`.
+    /// Owns its elements (dropped with it) and its mapping (unmapped with it).
+    pub struct Mapping<T> {
+        ptr: NonNull<T>,
+        len: usize,
+        cap: usize,
+        _owns: PhantomData<T>,
+    }
+
+    // SAFETY: a `Mapping<T>` owns its `T`s as a `Vec<T>` does, and shares nothing else.
+    unsafe impl<T: Send> Send for Mapping<T> {}
+    // SAFETY: `&Mapping<T>` gives out only `&T`s, as `&Vec<T>` does.
+    unsafe impl<T: Sync> Sync for Mapping<T> {}
+
+    fn bytes<T>(cap: usize) -> usize {
+        cap.checked_mul(size_of::<T>()).expect("a column's size fits usize")
+    }
+
+    /// Mappings are sized and aligned in 2 MiB steps and advised as huge-page memory: a
+    /// column is read at random (an account's record, a position's slot), and with 4 KiB
+    /// pages every such read of a 32 MB column would also miss the TLB (a run of the
+    /// 1M-account load test was several times slower so). Aligned, `mremap` moves whole
+    /// huge-page entries.
+    const HUGE: usize = 2 << 20;
+
+    /// An anonymous private read-write mapping of `len` bytes (a multiple of [`HUGE`]) at
+    /// an address aligned to [`HUGE`], advised as huge-page memory.
+    fn map_aligned(len: usize) -> *mut libc::c_void {
+        let over = len.checked_add(HUGE).expect("a column's size fits usize");
+        // SAFETY: a fresh anonymous private mapping: no file, no fixed address.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                over,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(p != libc::MAP_FAILED, "mmap of {over} bytes: {}", last_error());
+        let head = (p as usize).next_multiple_of(HUGE) - p as usize;
+        // SAFETY: the head and the tail are parts of the mapping just made, outside the
+        // aligned `len` bytes kept, and nothing refers to them.
+        unsafe {
+            let aligned = p.cast::<u8>().add(head);
+            if head > 0 {
+                libc::munmap(p, head);
+            }
+            if HUGE - head > 0 {
+                libc::munmap(aligned.add(len).cast(), HUGE - head);
+            }
+            // Advice only: without it (or without THP) the column still works.
+            libc::madvise(aligned.cast(), len, libc::MADV_HUGEPAGE);
+            aligned.cast()
+        }
+    }
+
+    impl<T> Mapping<T> {
+        /// Moves the elements of `v` into a new mapping with room for at least `cap >= v.len()`.
+        ///
+        /// # Panics
+        /// When the system refuses the mapping (out of address space or memory), as an
+        /// allocation failure aborts a `Vec`.
+        pub fn from_vec(mut v: Vec<T>, cap: usize) -> Mapping<T> {
+            assert!(size_of::<T>() > 0 && cap >= v.len());
+            // Mappings are aligned to 2 MiB, more than any column type needs.
+            assert!(align_of::<T>() <= HUGE);
+            let bytes = bytes::<T>(cap).next_multiple_of(HUGE);
+            let ptr = NonNull::new(map_aligned(bytes).cast::<T>()).expect("a mapping is not null");
+            let len = v.len();
+            // SAFETY: the mapping has room for `cap >= len` elements and does not overlap
+            // `v`'s buffer; after the copy the elements are owned by the mapping, so `v` is
+            // emptied without dropping them.
+            unsafe {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), ptr.as_ptr(), len);
+                v.set_len(0);
+            }
+            Mapping { ptr, len, cap: bytes / size_of::<T>(), _owns: PhantomData }
+        }
+
+        /// Bytes mapped: a multiple of [`HUGE`].
+        fn mapped(&self) -> usize {
+            bytes::<T>(self.cap).next_multiple_of(HUGE)
+        }
+
+        pub fn capacity(&self) -> usize {
+            self.cap
+        }
+
+        pub fn as_slice(&self) -> &[T] {
+            // SAFETY: the first `len` elements are initialized and owned by `self`.
+            unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        }
+
+        pub fn as_mut_slice(&mut self) -> &mut [T] {
+            // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+        }
+
+        pub fn push(&mut self, value: T) {
+            if self.len == self.cap {
+                self.grow(2 * self.cap);
+            }
+            // SAFETY: `len < cap`: the slot is inside the mapping and holds no element.
+            unsafe { self.ptr.as_ptr().add(self.len).write(value) };
+            self.len += 1;
+        }
+
+        pub fn pop(&mut self) -> Option<T> {
+            if self.len == 0 {
+                return None;
+            }
+            self.len -= 1;
+            // SAFETY: the slot at the old `len - 1` held an element, which is moved out and
+            // no longer counted.
+            Some(unsafe { self.ptr.as_ptr().add(self.len).read() })
+        }
+
+        pub fn spare_capacity_mut(&mut self) -> &mut [std::mem::MaybeUninit<T>] {
+            // SAFETY: the slots `len..cap` are inside the mapping and hold no element; as
+            // `MaybeUninit` they may hold anything, and `&mut self` makes the borrow unique.
+            unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.ptr.as_ptr().add(self.len).cast(),
+                    self.cap - self.len,
+                )
+            }
+        }
+
+        /// Grows the mapping to room for at least `cap` elements with `mremap` onto a new
+        /// aligned place: the pages already written move with their page-table entries,
+        /// nothing is copied.
+        pub fn grow(&mut self, cap: usize) {
+            let (old, new) = (self.mapped(), bytes::<T>(cap).next_multiple_of(HUGE));
+            if new <= old {
+                return;
+            }
+            let to = map_aligned(new);
+            // SAFETY: `ptr` and `old` describe exactly the mapping this owns, and `to` a
+            // mapping of `new` bytes just made, which MREMAP_FIXED replaces; the elements
+            // move with their pages (a `T` may be moved bitwise). No reference into the
+            // mapping is alive: this takes `&mut self`.
+            let p = unsafe {
+                libc::mremap(
+                    self.ptr.as_ptr().cast(),
+                    old,
+                    new,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    to,
+                )
+            };
+            assert!(p != libc::MAP_FAILED, "mremap to {new} bytes: {}", last_error());
+            self.ptr = NonNull::new(p.cast::<T>()).expect("mremap gives a non-null address");
+            self.cap = new / size_of::<T>();
+        }
+    }
+
+    impl<T> Drop for Mapping<T> {
+        fn drop(&mut self) {
+            // SAFETY: the first `len` elements are initialized and owned; then the mapping
+            // (exactly `ptr` and `cap` elements) is unmapped, and nothing refers to it.
+            unsafe {
+                std::ptr::drop_in_place(self.as_mut_slice());
+                libc::munmap(self.ptr.as_ptr().cast(), self.mapped());
+            }
+        }
+    }
+
+    fn last_error() -> std::io::Error {
+        std::io::Error::last_os_error()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::Cell, rc::Rc};
+
+    use super::*;
+
+    /// Counts its live copies, to check that the column drops each element exactly once.
+    #[derive(Debug)]
+    struct Counted(Rc<Cell<i64>>, u64);
+
+    impl Clone for Counted {
+        fn clone(&self) -> Counted {
+            Counted::new(&self.0, self.1)
+        }
+    }
+
+    impl Counted {
+        fn new(live: &Rc<Cell<i64>>, v: u64) -> Counted {
+            live.set(live.get() + 1);
+            Counted(live.clone(), v)
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() - 1);
+        }
+    }
+
+    impl PartialEq for Counted {
+        fn eq(&self, other: &Counted) -> bool {
+            self.1 == other.1
+        }
+    }
+
+    /// Pushes, swap-removes, writes and truncations across the move from the heap to a
+    /// mapping and through several mapped growths equal the same operations on a `Vec`, and
+    /// every element is dropped exactly once.
+    #[test]
+    fn equals_a_vec_across_the_move_to_a_mapping_and_its_growths() {
+        let live = Rc::new(Cell::new(0));
+        {
+            let mut rng = crate::synth::Rng::new(3);
+            let mut col: Column<Counted> = Column::new();
+            let mut want: Vec<Counted> = Vec::new();
+            let per_element = size_of::<Counted>();
+            let mut mapped_caps = Vec::new();
+            for round in 0..400_000u64 {
+                match rng.below(10) {
+                    0 if !want.is_empty() => {
+                        let i = rng.below(want.len() as u64) as usize;
+                        assert_eq!(col.swap_remove(i), want.swap_remove(i), "round {round}");
+                    }
+                    1 if !want.is_empty() => {
+                        let i = rng.below(want.len() as u64) as usize;
+                        col[i] = Counted::new(&live, round);
+                        want[i] = Counted::new(&live, round);
+                    }
+                    _ => {
+                        col.push(Counted::new(&live, round));
+                        want.push(Counted::new(&live, round));
+                    }
+                }
+                if col.capacity() * per_element >= MAP_MIN_BYTES
+                    && mapped_caps.last() != Some(&col.capacity())
+                {
+                    mapped_caps.push(col.capacity());
+                }
+                if round % 50_021 == 0 {
+                    assert!(col[..] == want[..], "round {round}");
+                }
+            }
+            assert!(col[..] == want[..]);
+            assert!(mapped_caps.len() >= 3, "grew {mapped_caps:?} while mapped");
+            let copy = col.clone();
+            assert!(copy == col);
+            col.truncate(10);
+            want.truncate(10);
+            assert!(col[..] == want[..]);
+            assert_eq!(live.get(), (10 + copy.len() + 10) as i64);
+        }
+        assert_eq!(live.get(), 0, "every element dropped once");
+    }
+
+    /// A column of plain numbers past the mapping size reads back what was written, and a
+    /// pop of an empty column is `None`.
+    #[test]
+    fn numbers_survive_growths_and_pops() {
+        let mut col: Column<i128> = Column::new();
+        assert_eq!(col.pop(), None);
+        let n = 4 * MAP_MIN_BYTES / size_of::<i128>() + 3;
+        col.extend((0..n).map(|k| k as i128 * 7));
+        assert!(col.iter().enumerate().all(|(k, &v)| v == k as i128 * 7));
+        assert_eq!(col.pop(), Some((n as i128 - 1) * 7));
+        col.clear();
+        assert!(col.is_empty() && col.capacity() >= n);
+    }
+}
