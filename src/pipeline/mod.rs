@@ -15,6 +15,7 @@
 
 pub mod sink;
 pub mod source;
+pub mod stalls;
 mod summary;
 pub mod wait;
 
@@ -213,9 +214,11 @@ impl<'a> Pipeline<'a> {
                 summary: resume.summary.clone(),
                 at: resume.at,
                 buf: String::with_capacity(1 << 16),
+                pending: Pending::default(),
                 progress: &progress,
                 idle_spin: opts.idle_spin,
                 spinner: wait::Spinner::default(),
+                stalls: stalls::threshold_from_env().map(stalls::StallLog::new),
             };
             let engine_result = state
                 .send_initial(initial_events, &mut fanout)
@@ -307,12 +310,16 @@ struct EngineLoop<'e, 'p> {
     engine: &'e mut dyn Engine,
     summary: Summary,
     at: At,
-    /// Events of the current batch, serialized.
+    /// Events not yet handed to the sinks, serialized.
     buf: String,
+    /// The events in `buf`, whose latencies are recorded when they are handed on.
+    pending: Pending,
     progress: &'p Progress,
     /// [`Options::idle_spin`].
     idle_spin: Duration,
     spinner: wait::Spinner,
+    /// `LIQSCAN_STALL_US`: slow batches logged with the thread's own accounting.
+    stalls: Option<stalls::StallLog>,
 }
 
 impl EngineLoop<'_, '_> {
@@ -323,10 +330,18 @@ impl EngineLoop<'_, '_> {
         }
         let now = Instant::now();
         for event in events {
-            emit(&mut self.summary, &mut self.buf, event, now, None);
+            emit(&mut self.summary, &mut self.buf, &mut self.pending, event, now, None);
         }
+        self.hand_on(fanout, true)
+    }
+
+    /// Hands the events in `buf` to every sink (`flush`: put them on the wire now) and
+    /// records their latencies: line read to hand-off, `ts` to hand-off.
+    fn hand_on(&mut self, fanout: &mut Fanout<'_, '_>, flush: bool) -> io::Result<()> {
         let chunk = std::mem::replace(&mut self.buf, String::with_capacity(1 << 12));
-        fanout.send(Arc::new(chunk), true)
+        let result = fanout.send(Arc::new(chunk), flush);
+        self.pending.handed(&mut self.summary);
+        result
     }
 
     fn run(
@@ -345,12 +360,11 @@ impl EngineLoop<'_, '_> {
             select! {
                 recv(batch_rx) -> batch => {
                     let Ok(mut batch) = batch else { return Ok(()) };
-                    self.apply_batch(&mut batch);
+                    self.apply_batch(&mut batch, fanout)?;
                     let _ = spare_tx.try_send(batch);
                     let idle = batch_rx.is_empty();
                     if !self.buf.is_empty() {
-                        let chunk = std::mem::replace(&mut self.buf, String::with_capacity(1 << 12));
-                        fanout.send(Arc::new(chunk), idle)?;
+                        self.hand_on(fanout, idle)?;
                     } else if idle {
                         fanout.idle()?;
                     }
@@ -379,8 +393,21 @@ impl EngineLoop<'_, '_> {
         }
     }
 
-    fn apply_batch(&mut self, batch: &mut Vec<Ingested>) {
+    /// Applies a batch. Events go to the sinks at the end of the batch, or earlier once the
+    /// oldest of them has waited [`HAND_ON_AFTER`] (checked at each event and after each
+    /// message): a message that fires thousands of items, or a long batch, does not hold its
+    /// first events back until its last is made. Errors: a sink that failed.
+    fn apply_batch(
+        &mut self,
+        batch: &mut Vec<Ingested>,
+        fanout: &mut Fanout<'_, '_>,
+    ) -> io::Result<()> {
+        let mut failed: Option<io::Error> = None;
+        if let Some(s) = self.stalls.as_mut() {
+            s.start();
+        }
         for ingested in batch.drain(..) {
+            let line = ingested.line;
             let counts = &mut self.summary;
             counts.lines += 1;
             match &ingested.outcome {
@@ -401,35 +428,117 @@ impl EngineLoop<'_, '_> {
                 }
             }
             let (read_at, ts) = (ingested.read_at, ingested.ts);
-            let (summary, buf) = (&mut self.summary, &mut self.buf);
-            let applied =
-                dispatch(ingested, self.engine, &mut |e| emit(summary, buf, e, read_at, ts));
+            let (summary, buf, pending) = (&mut self.summary, &mut self.buf, &mut self.pending);
+            let applied = dispatch(ingested, self.engine, &mut |e| {
+                emit(summary, buf, pending, e, read_at, ts);
+                if failed.is_none()
+                    && let Err(e) = hand_on_if_due(summary, buf, pending, fanout)
+                {
+                    failed = Some(e);
+                }
+            });
             if let Some(applied) = applied {
                 let queued = applied.started.saturating_duration_since(read_at);
                 self.summary.queue_latency.record(queued.as_nanos() as u64);
                 self.summary.apply_latency.record(applied.apply_ns);
             }
+            if let Some(s) = self.stalls.as_mut() {
+                s.line(line, applied.map(|a| a.apply_ns));
+            }
+            if let Some(e) = failed.take() {
+                return Err(e);
+            }
+            hand_on_if_due(&mut self.summary, &mut self.buf, &mut self.pending, fanout)?;
+        }
+        if let Some(s) = self.stalls.as_mut() {
+            s.end();
         }
         self.progress.last_seq.store(self.at.seq, Ordering::Relaxed);
         self.progress.last_line.store(self.at.line, Ordering::Relaxed);
         self.progress.messages.store(self.summary.messages, Ordering::Relaxed);
+        Ok(())
     }
+}
+
+/// How long the oldest event made may wait for the end of its batch before the events made
+/// so far are handed to the sinks (and flushed). A wick that fires 3,600 items takes 14 ms
+/// or more to build them; without this its first event waited all of that. Checked when an
+/// event is made and after each message; at most one hand-off (a write per sink) per this
+/// long, so a saturated pipeline pays little for it.
+pub const HAND_ON_AFTER: Duration = Duration::from_micros(100);
+
+/// The events serialized but not yet handed to the sinks.
+#[derive(Default)]
+struct Pending {
+    /// Per event: when its line was read, and its message's `ts`.
+    events: Vec<(Instant, Option<u64>)>,
+    /// When the oldest of them was made.
+    first_made: Option<Instant>,
+}
+
+impl Pending {
+    fn push(&mut self, read_at: Instant, ts: Option<u64>, now: Instant) {
+        self.first_made.get_or_insert(now);
+        self.events.push((read_at, ts));
+    }
+
+    /// The oldest event has waited [`HAND_ON_AFTER`].
+    fn due(&self) -> bool {
+        self.first_made.is_some_and(|t| t.elapsed() >= HAND_ON_AFTER)
+    }
+
+    /// The events were handed on now: records line read → hand-off, and `ts` → hand-off.
+    fn handed(&mut self, summary: &mut Summary) {
+        self.first_made = None;
+        if self.events.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let epoch_ns = now_epoch_ns();
+        for (read_at, ts) in self.events.drain(..) {
+            summary.event_latency.record(now.saturating_duration_since(read_at).as_nanos() as u64);
+            if let Some(ts) = ts {
+                summary.ts_latency.record(epoch_ns.saturating_sub(ts));
+            }
+        }
+    }
+}
+
+/// Hands the events made so far to the sinks (flushed) once the oldest has waited
+/// [`HAND_ON_AFTER`].
+fn hand_on_if_due(
+    summary: &mut Summary,
+    buf: &mut String,
+    pending: &mut Pending,
+    fanout: &mut Fanout<'_, '_>,
+) -> io::Result<()> {
+    if !pending.due() {
+        return Ok(());
+    }
+    let chunk = std::mem::replace(buf, String::with_capacity(1 << 12));
+    let result = fanout.send(Arc::new(chunk), true);
+    pending.handed(summary);
+    result
 }
 
 fn now_epoch_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
-/// The engine side's event hand-off: stamps latency, counts, and serializes into `buf`.
+/// The engine side's event hand-off: stamps the event's `latency_ns` (line read to the event
+/// made), counts, serializes into `buf`; its latencies are recorded when `buf` is handed on.
 fn emit(
     summary: &mut Summary,
     buf: &mut String,
+    pending: &mut Pending,
     mut event: Event,
     read_at: Instant,
     ts: Option<u64>,
 ) {
-    let latency = read_at.elapsed().as_nanos() as u64;
+    let now = Instant::now();
+    let latency = now.saturating_duration_since(read_at).as_nanos() as u64;
     event.set_latency_ns(latency);
+    pending.push(read_at, ts, now);
     match &event {
         Event::Liquidation(l) => {
             summary.liquidations += 1;
@@ -441,10 +550,6 @@ fn emit(
         }
         Event::Gap { .. } => summary.gaps += 1,
         Event::Account(_) => summary.accounts += 1,
-    }
-    summary.event_latency.record(latency);
-    if let Some(ts) = ts {
-        summary.ts_latency.record(now_epoch_ns().saturating_sub(ts));
     }
     event.write_json(buf);
 }
@@ -490,6 +595,131 @@ mod tests {
     use std::{io::Write as _, time::Duration};
 
     use super::*;
+
+    /// An engine that takes `per_event` to make each event: a message that fires many.
+    struct SlowEvents {
+        inner: crate::fast::FastEngine,
+        per_event: Duration,
+    }
+
+    impl Engine for SlowEvents {
+        fn apply(
+            &mut self,
+            cmd: &crate::protocol::Command,
+            at: At,
+            out: &mut dyn FnMut(Event),
+        ) -> Result<(), crate::protocol::Reject> {
+            let per_event = self.per_event;
+            self.inner.apply(cmd, at, &mut |e| {
+                std::thread::sleep(per_event);
+                out(e);
+            })
+        }
+        fn account_report(&self, account: u64, at: At) -> Option<crate::protocol::AccountReport> {
+            self.inner.account_report(account, at)
+        }
+        fn at_risk(&self, query: &crate::engine::RiskQuery) -> Vec<crate::protocol::RiskItem> {
+            self.inner.at_risk(query)
+        }
+        fn n_accounts(&self) -> u64 {
+            Engine::n_accounts(&self.inner)
+        }
+        fn n_positions(&self) -> u64 {
+            Engine::n_positions(&self.inner)
+        }
+        fn copy_state(
+            &self,
+            reuse: Option<Box<dyn std::any::Any + Send>>,
+        ) -> Box<dyn crate::engine::StateCopy> {
+            self.inner.copy_state(reuse)
+        }
+    }
+
+    /// A sink that notes when each chunk came.
+    struct Timed(Arc<std::sync::Mutex<Vec<(Instant, String)>>>);
+
+    impl Sink for Timed {
+        fn name(&self) -> String {
+            "timed".into()
+        }
+        fn write(&mut self, chunk: &Chunk) -> io::Result<()> {
+            self.0.lock().unwrap().push((Instant::now(), chunk.to_string()));
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn finish(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A message that fires many items hands its first events to the sinks while the engine
+    /// still builds the rest, in order, none lost.
+    #[test]
+    fn a_long_message_hands_its_events_on_as_they_are_made() {
+        const N: u64 = 8;
+        const PER_EVENT: Duration = Duration::from_millis(2);
+        let cfg = Arc::new(crate::synth::config(1));
+        let mut stream =
+            String::from("{\"type\":\"mark\",\"symbol\":\"S000\",\"price\":\"100\"}\n");
+        for a in 1..=N {
+            stream += &format!("{{\"type\":\"balance\",\"account\":{a},\"wallet\":\"5\"}}\n");
+            stream += &format!(
+                "{{\"type\":\"position\",\"account\":{a},\"symbol\":\"S000\",\"size\":\"1\",\"entry_price\":\"100\"}}\n"
+            );
+        }
+        // Every account's 5 of wallet is lost 19 times over: all N are liquidated by it.
+        stream += "{\"type\":\"mark\",\"symbol\":\"S000\",\"price\":\"1\"}\n";
+        let chunks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut engine =
+            SlowEvents { inner: crate::fast::FastEngine::new(cfg.clone()), per_event: PER_EVENT };
+        let source = ReadSource::new(io::Cursor::new(stream.clone().into_bytes()));
+        // A direct (non-blocking) sink, as the daemon's subscribers are: called on the engine
+        // thread at each hand-off.
+        struct Direct(Timed);
+        impl Sink for Direct {
+            fn name(&self) -> String {
+                self.0.name()
+            }
+            fn write(&mut self, chunk: &Chunk) -> io::Result<()> {
+                self.0.write(chunk)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+            fn finish(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+            fn blocking(&self) -> bool {
+                false
+            }
+        }
+        let sink = Direct(Timed(chunks.clone()));
+        let summary = Pipeline::new(cfg.clone(), Box::new(source), vec![Box::new(sink)])
+            .run(&mut engine)
+            .unwrap();
+        assert_eq!(summary.liquidations, N, "every account is liquidated");
+        let chunks = chunks.lock().unwrap();
+        let with_events: Vec<_> =
+            chunks.iter().filter(|(_, c)| c.contains("liquidation")).collect();
+        // Each event takes 2 ms to make and events wait at most HAND_ON_AFTER (0.1 ms): the
+        // first goes on long before the last is made.
+        assert!(with_events.len() >= 2, "{} chunks", with_events.len());
+        let (first, last) = (with_events[0].0, with_events[with_events.len() - 1].0);
+        assert!(last - first >= PER_EVENT * (N as u32 - 2), "{:?}", last - first);
+        // The same events, in the same order, as a plain replay of the stream.
+        let mut plain = Vec::new();
+        let mut fast = crate::fast::FastEngine::new(cfg.clone());
+        crate::replay::replay(cfg, &mut fast, io::Cursor::new(stream.into_bytes()), &mut plain)
+            .unwrap();
+        let strip = |s: &str| -> Vec<String> {
+            s.lines().map(|l| l.split("\"latency_ns\"").next().unwrap_or(l).to_owned()).collect()
+        };
+        let handed: String = chunks.iter().map(|(_, c)| c.as_str()).collect();
+        assert_eq!(strip(&handed), strip(&String::from_utf8(plain).unwrap()));
+        assert_eq!(summary.event_latency.summary().count, N);
+    }
 
     /// The engine waits on both queues: a control request is answered while the stream is
     /// open and idle, at the point of the last message applied.

@@ -101,6 +101,7 @@ pub(crate) fn reader_thread<'a>(
         batch_tx.send(std::mem::replace(batch, next)).is_ok()
     };
     let (paced_from, mut n_paced) = (Instant::now(), 0u64);
+    let paced = opts.rate.is_some();
     let mut spinner = Spinner::new(!opts.idle_spin.is_zero());
     while !stop.is_stopped() {
         let Some(conn) = source.next(ingest.last_seq()) else { break };
@@ -140,7 +141,11 @@ pub(crate) fn reader_thread<'a>(
             }
             batch.push(ingest.line(line, Instant::now()));
             end.lines += 1;
-            if (batch.len() == opts.batch_lines || !lines.next_line_buffered())
+            // Paced, the engine keeps up by construction: a line it has room for goes on at
+            // once rather than behind the rest of a burst (a sleep that overshot lets a dozen
+            // lines in at once), and the engine's wake-up overlaps their reading.
+            let engine_waits = paced && batch_tx.is_empty();
+            if (batch.len() == opts.batch_lines || engine_waits || !lines.next_line_buffered())
                 && !hand_on(&mut batch)
             {
                 return Ok(());

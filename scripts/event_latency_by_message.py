@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Event latency grouped by message: how much of it is the wait before a message's first
+event (lines queued behind slow messages, the pipeline) and how much is events waiting for
+the events of their own message built before them (the engine's cost per item).
+
+usage: scripts/event_latency_by_message.py EVENTS.ndjson   (the stdout of `liqscan replay`)
+Reads each event's `line` and `latency_ns` (line read -> event made). See docs/latency.md.
+"""
+import sys
+from collections import defaultdict
+
+
+def pct(v, ps=(50, 90, 99, 99.9)):
+    v = sorted(v)
+    n = len(v)
+    out = " ".join(f"p{p}={v[min(n - 1, int(n * p / 100))] / 1000:.1f}us" for p in ps)
+    return out + f" max={v[-1] / 1000:.1f}us n={n}"
+
+
+def main(path):
+    lines, order = defaultdict(list), []
+    for l in open(path):
+        i, j = l.find('"line":'), l.find('"latency_ns":')
+        if i < 0 or j < 0:
+            continue
+        ln = int(l[i + 7:l.index(",", i)])
+        lat = int(l[j + 13:].split(",")[0].split("}")[0])
+        if ln not in lines:
+            order.append(ln)
+        lines[ln].append(lat)
+    if not order:
+        sys.exit("no event with line and latency_ns")
+    allv = [x for ln in order for x in lines[ln]]
+    print("all events        ", pct(allv))
+    print("first of message  ", pct([lines[ln][0] for ln in order]))
+    print("k-th minus first  ", pct([x - lines[ln][0] for ln in order for x in lines[ln]]))
+    idx = sorted(k for ln in order for k in range(len(lines[ln])))
+    n = len(idx)
+    print("index within its message: " + " ".join(
+        f"p{q}={idx[min(n - 1, int(n * q / 100))]}" for q in (50, 90, 99, 99.9)))
+    p99 = sorted(allv)[int(n * 0.99)]
+    over = [(x - lines[ln][0], lines[ln][0]) for ln in order for x in lines[ln] if x >= p99]
+    print(f"events at or above p99: {len(over)}, waiting more on their own message: "
+          f"{sum(1 for w, f in over if w > f)}")
+    costs = sorted((v[-1] - v[0]) / (len(v) - 1) for v in lines.values() if len(v) >= 100)
+    if costs:
+        c = len(costs)
+        print(f"messages firing >= 100: {c}; ns per item p10 {costs[c // 10]:.0f} "
+              f"p50 {costs[c // 2]:.0f} p90 {costs[c * 9 // 10]:.0f}")
+    for ln in sorted(order, key=lambda ln: -len(lines[ln]))[:3]:
+        v = lines[ln]
+        print(f"  line {ln}: {len(v)} events, first {v[0] / 1e3:.1f} us, last {v[-1] / 1e6:.1f} ms")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,162 @@
+//! Where the engine thread's wall time goes when a batch takes long: an opt-in diagnostic.
+//!
+//! With `LIQSCAN_STALL_US=N`, every batch whose apply took at least N µs of wall time is
+//! logged on stderr with the engine thread's own accounting over the same interval: CPU time
+//! and time spent runnable but waiting for a CPU (the scheduler's run-queue delay, from
+//! `/proc/thread-self/schedstat`), minor and major page faults (`stat`), voluntary and
+//! involuntary context switches (`status`), and the batch's slowest message. Wall time minus
+//! CPU time minus run-queue delay is time the thread was blocked (a page fault that waited
+//! on I/O, a lock). So a stall reads at once as engine work (CPU ≈ wall), preemption (run
+//! queue ≈ wall − CPU) or faults (`minflt`, whose kernel time is in the CPU time).
+//!
+//! Off by default: it reads three small `/proc` files twice per batch.
+
+use std::time::{Duration, Instant};
+
+/// The environment variable: log batches whose apply took at least this many µs.
+pub const STALL_ENV: &str = "LIQSCAN_STALL_US";
+
+/// The threshold of this process, when [`STALL_ENV`] is set to a number of µs.
+pub fn threshold_from_env() -> Option<Duration> {
+    std::env::var(STALL_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_micros)
+}
+
+/// The engine thread's counters at one moment, from `/proc/thread-self` (zeros where the
+/// system does not say).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThreadTimes {
+    /// CPU time, ns (`schedstat`: the scheduler's own accounting, not ticks).
+    pub cpu_ns: u64,
+    /// Time runnable but not running (waiting on a run queue), ns.
+    pub runqueue_ns: u64,
+    /// Page faults without and with I/O.
+    pub minflt: u64,
+    pub majflt: u64,
+    /// Voluntary (blocked) and involuntary (preempted) context switches.
+    pub nvcsw: u64,
+    pub nivcsw: u64,
+}
+
+impl ThreadTimes {
+    /// The calling thread's counters now.
+    pub fn now() -> ThreadTimes {
+        let mut t = ThreadTimes::default();
+        // "run time, run-queue wait time, timeslices", in ns.
+        if let Ok(s) = std::fs::read_to_string("/proc/thread-self/schedstat") {
+            let mut f = s.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+            t.cpu_ns = f.next().unwrap_or(0);
+            t.runqueue_ns = f.next().unwrap_or(0);
+        }
+        // proc(5): after the command name in parentheses, field 10 is minflt and 12 majflt.
+        if let Ok(s) = std::fs::read_to_string("/proc/thread-self/stat") {
+            let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+            // `rest` starts at field 3 (state).
+            t.minflt = f.get(10 - 3).copied().unwrap_or(0);
+            t.majflt = f.get(12 - 3).copied().unwrap_or(0);
+        }
+        if let Ok(s) = std::fs::read_to_string("/proc/thread-self/status") {
+            for l in s.lines() {
+                let value = |l: &str| l.split_whitespace().nth(1).and_then(|v| v.parse().ok());
+                if l.starts_with("voluntary_ctxt_switches") {
+                    t.nvcsw = value(l).unwrap_or(0);
+                } else if l.starts_with("nonvoluntary_ctxt_switches") {
+                    t.nivcsw = value(l).unwrap_or(0);
+                }
+            }
+        }
+        t
+    }
+}
+
+/// Watches one batch at a time.
+#[derive(Debug)]
+pub struct StallLog {
+    threshold: Duration,
+    started: Instant,
+    before: ThreadTimes,
+    /// The slowest message of the batch: (line, apply ns).
+    slowest: (u64, u64),
+    first_line: u64,
+    lines: u64,
+}
+
+impl StallLog {
+    pub fn new(threshold: Duration) -> StallLog {
+        StallLog {
+            threshold,
+            started: Instant::now(),
+            before: ThreadTimes::default(),
+            slowest: (0, 0),
+            first_line: 0,
+            lines: 0,
+        }
+    }
+
+    /// A batch starts.
+    pub fn start(&mut self) {
+        self.before = ThreadTimes::now();
+        self.started = Instant::now();
+        self.slowest = (0, 0);
+        self.lines = 0;
+    }
+
+    /// One line of the batch was handled; `apply_ns` when the engine applied it.
+    pub fn line(&mut self, line: u64, apply_ns: Option<u64>) {
+        if self.lines == 0 {
+            self.first_line = line;
+        }
+        self.lines += 1;
+        if let Some(ns) = apply_ns.filter(|&ns| ns >= self.slowest.1) {
+            self.slowest = (line, ns);
+        }
+    }
+
+    /// The batch ended: logs it when it took at least the threshold.
+    pub fn end(&mut self) {
+        let wall = self.started.elapsed();
+        if wall < self.threshold {
+            return;
+        }
+        let (a, b) = (self.before, ThreadTimes::now());
+        let us = |ns: u64| ns / 1000;
+        eprintln!(
+            "liqscan stall: lines {}+{} wall {} us cpu {} us runqueue {} us \
+             minflt {} majflt {} nvcsw {} nivcsw {} slowest line {} apply {} us",
+            self.first_line,
+            self.lines,
+            wall.as_micros(),
+            us(b.cpu_ns.saturating_sub(a.cpu_ns)),
+            us(b.runqueue_ns.saturating_sub(a.runqueue_ns)),
+            b.minflt.saturating_sub(a.minflt),
+            b.majflt.saturating_sub(a.majflt),
+            b.nvcsw.saturating_sub(a.nvcsw),
+            b.nivcsw.saturating_sub(a.nivcsw),
+            self.slowest.0,
+            us(self.slowest.1),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counters move the right way: CPU work shows as CPU time.
+    #[test]
+    fn thread_times_count_cpu_work() {
+        let a = ThreadTimes::now();
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let b = ThreadTimes::now();
+        // On a loaded machine the thread may get less than all of the 30 ms, never nothing.
+        assert!(b.cpu_ns >= a.cpu_ns + 1_000_000, "{a:?} {b:?}");
+        assert!(b.cpu_ns + b.runqueue_ns >= a.cpu_ns + a.runqueue_ns + 25_000_000, "{a:?} {b:?}");
+    }
+}
