@@ -47,9 +47,10 @@ def main(path):
         c = len(costs)
         print(f"messages firing >= 100: {c}; ns per item p10 {costs[c // 10]:.0f} "
               f"p50 {costs[c // 2]:.0f} p90 {costs[c * 9 // 10]:.0f}")
+    print("messages that fired the most events:")
     for ln in sorted(order, key=lambda ln: -len(lines[ln]))[:3]:
         v = lines[ln]
-        print(f"  line {ln}: {len(v)} events, first {v[0] / 1e3:.1f} us, last {v[-1] / 1e6:.1f} ms")
+        print(f"  line {ln}: {len(v)} events, first {v[0] / 1e3:.1f} us, last {v[-1] / 1e3:.1f} us")
 
 
 if __name__ == "__main__":
