@@ -10,7 +10,8 @@
 //! CPU=1 cargo run --release --example apply_kinds -- CONFIG STREAM [SNAPSHOT_LINES]
 //! ```
 //! With `CPU=1` the `cpu_max` column and the slow-message list use each message's thread CPU
-//! time (preemption on a busy machine left out) instead of its wall time.
+//! time (preemption on a busy machine left out) instead of its wall time, and the list gives
+//! each slow message's minor page faults. `UNTIL=N` reads only the first `N` lines.
 //!
 //! Kinds: `first_marks` is a `mark` or `marks` that gives some symbol its first mark;
 //! `marks` a `marks` message (several symbols), `mark` a single one; the account messages by
@@ -58,6 +59,18 @@ fn cpu_ns() -> u64 {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     debug_assert_eq!(rc, 0);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// This thread's minor page faults so far (each a page the kernel found or zeroed for it):
+/// with `CPU=1`, a slow message's count tells growth into new memory from work.
+#[allow(unsafe_code)]
+fn minor_faults() -> u64 {
+    // SAFETY: an all-zero `rusage` is a valid value, and `getrusage` only writes into it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage; RUSAGE_THREAD is a constant Linux knows.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    debug_assert_eq!(rc, 0);
+    ru.ru_minflt as u64
 }
 
 struct Stats {
@@ -141,7 +154,14 @@ fn main() -> anyhow::Result<()> {
     let mut reader = LineReader::new(BufReader::new(File::open(&args[2])?), 1 << 20);
     let mut ingest = Ingest::new(cfg.clone());
     let mut commands = Vec::new();
+    // UNTIL=N: read only the first N lines (e.g. the snapshot section, to look at growth alone).
+    let until: u64 = std::env::var("UNTIL").map_or(Ok(u64::MAX), |s| s.parse())?;
+    let mut read = 0u64;
     while let Some(line) = reader.next_line()? {
+        read += 1;
+        if read > until {
+            break;
+        }
         let ingested = ingest.line(line, Instant::now());
         if let Outcome::Command { seq, cmd } = ingested.outcome {
             commands.push((At { line: ingested.line, seq }, cmd));
@@ -160,7 +180,8 @@ fn main() -> anyhow::Result<()> {
     let wall = Instant::now();
     for (at, cmd) in &commands {
         let k = kind(cmd, &mut marked);
-        let cpu_start = if with_cpu { cpu_ns() } else { 0 };
+        let (cpu_start, faults_start) =
+            if with_cpu { (cpu_ns(), minor_faults()) } else { (0, 0) };
         let evaluated = engine.positions_evaluated();
         let mono = if with_cpu { monotonic_ns() } else { 0 };
         let start = Instant::now();
@@ -168,12 +189,13 @@ fn main() -> anyhow::Result<()> {
         let ns = start.elapsed().as_nanos() as u64;
         let evaluated = engine.positions_evaluated() - evaluated;
         let cpu = if with_cpu { cpu_ns() - cpu_start } else { ns };
+        let faults = if with_cpu { minor_faults() - faults_start } else { 0 };
         let stats = by_kind.entry(k).or_insert_with(Stats::new);
         stats.record(ns, cpu, at.line);
         stats.evaluated += evaluated;
         all.record(ns, cpu, at.line);
         if cpu > 1_000_000 {
-            slow.push((at.line, k, cpu, engine.n_accounts(), mono));
+            slow.push((at.line, k, cpu, engine.n_accounts(), mono, faults));
         }
         if at.line <= snapshot_lines {
             growth.record(ns, cpu, at.line);
@@ -222,9 +244,9 @@ fn main() -> anyhow::Result<()> {
     for (k, mut list) in per_kind {
         println!("slow (> 1 ms): {k}: {} messages", list.len());
         list.sort_unstable_by_key(|s| std::cmp::Reverse(s.2));
-        for (line, _, ns, accounts, mono) in list.into_iter().take(5) {
+        for (line, _, ns, accounts, mono, faults) in list.into_iter().take(5) {
             println!(
-                "  line {line} {k} {:.2} ms at {accounts} accounts (start {}.{:09})",
+                "  line {line} {k} {:.2} ms at {accounts} accounts, {faults} page faults (start {}.{:09})",
                 *ns as f64 / 1e6,
                 mono / 1_000_000_000,
                 mono % 1_000_000_000

@@ -13,7 +13,7 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
-use super::{AccountIdx, KeyedState, PairFunds};
+use super::{AccountIdx, KeyedState, PairFunds, ahead, ahead_min_capacity, faulted_table};
 use crate::config::SymbolIdx;
 
 type Key = (AccountIdx, SymbolIdx);
@@ -31,6 +31,8 @@ pub(super) struct FundsTable {
     /// Buckets of `old` moved per insert.
     step: usize,
     hasher: KeyedState,
+    /// The next `table`, allocated ahead of need on another thread (as the account index's).
+    next: Option<ahead::Ahead<HashTable<(Key, PairFunds)>>>,
 }
 
 impl Clone for FundsTable {
@@ -45,6 +47,8 @@ impl Clone for FundsTable {
         self.table.clone_from(&from.table);
         self.old.clone_from(&from.old);
         (self.cursor, self.step, self.hasher) = (from.cursor, from.step, from.hasher.clone());
+        // A table being allocated ahead holds nothing; the copy allocates its own if it grows.
+        self.next = None;
     }
 }
 
@@ -87,13 +91,29 @@ impl FundsTable {
             // The last growth is complete (see `step` below), so nothing is left in `old`.
             debug_assert!(self.old.is_empty());
             let capacity = (2 * self.table.len()).max(64);
-            self.old = std::mem::replace(&mut self.table, HashTable::with_capacity(capacity));
+            let next = match self.next.take() {
+                Some(next) => next.take(),
+                None => HashTable::with_capacity(capacity),
+            };
+            debug_assert!(next.is_empty() && next.capacity() >= capacity);
+            self.old = std::mem::replace(&mut self.table, next);
             // Every bucket of `old` moved within `old.len() / 2` inserts: the new table then
             // holds at most `1.5 · old.len()` entries, below its capacity of `2 · old.len()`.
             self.step = self.old.num_buckets().div_ceil((self.old.len() / 2).max(1));
             self.cursor = 0;
         }
         self.table.insert_unique(hash, (key, funds), rehash);
+        if self.next.is_none()
+            && self.old.allocation_size() == 0
+            && self.table.capacity() >= ahead_min_capacity() / 2
+            && self.table.len() >= self.table.capacity() / 4 * 3
+        {
+            // The next growth asks for twice the live entries when the table is full, that
+            // is twice its capacity: allocate that ahead (see `super::ahead`).
+            let capacity = 2 * self.table.capacity();
+            let fill = ((AccountIdx(u32::MAX), SymbolIdx(u16::MAX)), PairFunds::default());
+            self.next = ahead::Ahead::start(move || faulted_table(capacity, fill));
+        }
         if !self.old.is_empty() {
             let end = (self.cursor + self.step).min(self.old.num_buckets());
             for b in self.cursor..end {
@@ -109,7 +129,10 @@ impl FundsTable {
         }
         if self.old.is_empty() && self.old.allocation_size() > 0 {
             // Emptied by moves, or by `update`s that cleared its last entries.
-            self.old = HashTable::new();
+            let old = std::mem::take(&mut self.old);
+            if old.capacity() >= ahead_min_capacity() / 2 {
+                ahead::drop_elsewhere(old);
+            }
         }
     }
 
@@ -186,5 +209,62 @@ mod tests {
         assert!(growths >= 8, "{growths} growths");
         assert!(moving_inserts > 10_000, "{moving_inserts} inserts during growths");
         assert_eq!(table.get((AccountIdx(99_999), SymbolIdx(0))), PairFunds::default());
+    }
+
+    /// The table equals a plain map whether its next table was allocated ahead and ready,
+    /// still pending at the growth (a slow allocation planted here, which the growth waits
+    /// for), or absent (allocated inline); a table dropped with a next table pending, and a
+    /// copy of a table with one, are fine.
+    #[test]
+    fn equals_a_plain_map_whether_the_next_table_is_ready_pending_or_absent() {
+        let mut rng = crate::synth::Rng::new(5);
+        let mut table = FundsTable::default();
+        let mut want: HashMap<Key, PairFunds> = HashMap::new();
+        let (mut growths, mut planted, mut ahead_used) = (0, 0, 0);
+        for round in 0..150_000u64 {
+            let key = (AccountIdx(rng.below(1 << 20) as u32), SymbolIdx(rng.below(8) as u16));
+            let capacity = table.table.capacity();
+            if table.table.len() == capacity && capacity >= 512 {
+                match growths % 3 {
+                    0 => {
+                        table.next = ahead::Ahead::start(move || {
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                            HashTable::with_capacity(2 * capacity)
+                        });
+                        planted += 1;
+                    }
+                    1 => table.next = None,
+                    _ => ahead_used += usize::from(table.next.is_some()),
+                }
+            }
+            let n = 1 + rng.below(1000);
+            if rng.below(6) == 0 {
+                table.update(key, |f| *f = PairFunds::default());
+                want.remove(&key);
+            } else {
+                table.update(key, |f| *f = funds(n));
+                want.insert(key, funds(n));
+            }
+            growths += usize::from(table.table.capacity() != capacity);
+            if round % 9_973 == 0 {
+                assert_eq!(table.len(), want.len(), "round {round}");
+                for (&k, &v) in &want {
+                    assert_eq!(table.get(k), v, "round {round}");
+                }
+            }
+        }
+        for (&k, &v) in &want {
+            assert_eq!(table.get(k), v);
+        }
+        assert!(growths >= 8 && planted >= 2 && ahead_used >= 2, "{growths} {planted} {ahead_used}");
+        let capacity = table.table.capacity();
+        table.next = ahead::Ahead::start(move || HashTable::with_capacity(2 * capacity));
+        let copy = table.clone();
+        assert!(copy.next.is_none());
+        assert_eq!(copy.len(), want.len());
+        drop(table);
+        for (&k, &v) in &want {
+            assert_eq!(copy.get(k), v);
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! Only the contents of emitted events (and queries) go through the exact, slower
 //! [`crate::report`] path.
 
+mod ahead;
 pub mod book;
 mod column;
 mod commands;
@@ -110,8 +111,14 @@ type KeyedState = RandomState;
 /// two of `old`'s entries across (they are the indices `0..old_len`, so the next to move is
 /// simply `moved`), and a lookup that misses `table` tries `old`. `old` is empty long before
 /// the new table fills (it holds `n` entries moved at two per insert; the new table has room
-/// for `2n`), and is dropped when empty. What remains of a growth step is allocating the new
-/// table, whose control bytes (one per bucket) are written at once: ~2 MB at 1M accounts.
+/// for `2n`), and is dropped when empty.
+///
+/// Allocating the new table (~10 MB at 1M accounts: control bytes written at once, slots
+/// faulted in by the inserts that follow) and freeing the old one cost 1–38 ms of engine CPU
+/// in the kernel and the allocator, so neither happens on the engine thread once the table
+/// is big ([`AHEAD_MIN_CAPACITY`]): when `table` is three quarters full the next one is
+/// allocated and faulted in on a thread of its own ([`ahead::Ahead`]), and an emptied `old` is
+/// freed on another ([`ahead::drop_elsewhere`]).
 #[derive(Debug, Default)]
 struct AccountIndex {
     table: HashTable<u32>,
@@ -121,6 +128,8 @@ struct AccountIndex {
     old_len: u32,
     moved: u32,
     hasher: KeyedState,
+    /// The next `table`, allocated ahead of need (see above).
+    next: Option<ahead::Ahead<HashTable<u32>>>,
     /// Stored ids compared with a looked-up id so far: the work a crafted id would inflate
     /// (tests only; atomic so that the engine stays `Sync` for its rayon workers).
     #[cfg(test)]
@@ -157,8 +166,19 @@ impl AccountIndex {
             // inserts, and this table had room for n more.
             assert_eq!(self.moved, self.old_len, "the previous growth is complete");
             let capacity = (2 * self.table.capacity()).max(64);
-            self.old = std::mem::replace(&mut self.table, HashTable::with_capacity(capacity));
+            let next = match self.next.take() {
+                Some(next) => next.take(),
+                None => HashTable::with_capacity(capacity),
+            };
+            debug_assert!(next.is_empty() && next.capacity() >= capacity);
+            self.old = std::mem::replace(&mut self.table, next);
             (self.old_len, self.moved) = (u32::try_from(self.old.len()).expect("u32 indices"), 0);
+        } else if self.next.is_none()
+            && self.table.capacity() >= ahead_min_capacity() / 2
+            && self.table.len() >= self.table.capacity() / 4 * 3
+        {
+            let capacity = 2 * self.table.capacity();
+            self.next = ahead::Ahead::start(move || faulted_table(capacity, 0u32));
         }
         self.table.insert_unique(hash(&a.0), a.0, hash);
         if self.moved < self.old_len {
@@ -170,7 +190,10 @@ impl AccountIndex {
             }
             self.moved = end;
             if self.moved == self.old_len {
-                self.old = HashTable::new();
+                let old = std::mem::take(&mut self.old);
+                if old.capacity() >= ahead_min_capacity() / 2 {
+                    ahead::drop_elsewhere(old);
+                }
             }
         }
     }
@@ -179,6 +202,30 @@ impl AccountIndex {
     fn allocation_size(&self) -> usize {
         self.table.allocation_size() + self.old.allocation_size()
     }
+}
+
+/// Tables that grow to at least this many entries are allocated ahead and freed on another
+/// thread (see [`AccountIndex`]); below it, allocating one costs less than starting a thread.
+/// Unit tests lower it, so that their small books take the threaded path too.
+const AHEAD_MIN_CAPACITY: usize = 1 << 16;
+
+const fn ahead_min_capacity() -> usize {
+    if cfg!(test) { 64 } else { AHEAD_MIN_CAPACITY }
+}
+
+/// An empty table with room for `capacity` entries whose memory is all faulted in: every
+/// slot is written once (by an insert that needs no hash), then the table is cleared, which
+/// rewrites only its control bytes. Built on another thread (see [`AccountIndex`]), so that
+/// the inserts after a growth find their pages present.
+fn faulted_table<T: Copy>(capacity: usize, fill: T) -> HashTable<T> {
+    let mut table = HashTable::with_capacity(capacity);
+    for h in 0..table.capacity() as u64 {
+        // hashbrown places an entry at its hash's bucket when free; the table never grows
+        // here (at most `capacity()` inserts), so the rehash function is never called.
+        table.insert_unique(h, fill, |_| unreachable!("no growth below capacity"));
+    }
+    table.clear();
+    table
 }
 
 /// The part of a cross account that a tick reads and writes, kept in one 32-byte record:
@@ -1663,6 +1710,8 @@ impl FastEngine {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::{engine::Engine, protocol::Command, synth};
 
@@ -1730,6 +1779,80 @@ mod tests {
             assert!(found.is_some());
         }
         compares
+    }
+
+    /// The account index equals a plain map through many growths, whether the next table
+    /// was allocated ahead and ready, still pending when the growth came (a slow allocation
+    /// planted here), or absent (a thread could not be started, modelled by clearing it); and
+    /// an index dropped while its next table is pending frees everything (no panic, no leak
+    /// of the detached thread's table beyond that thread).
+    #[test]
+    fn account_index_equals_a_map_whether_the_next_table_is_ready_pending_or_absent() {
+        let mut rng = crate::synth::Rng::new(77);
+        let mut index = AccountIndex::default();
+        let mut ids: Vec<u64> = Vec::new();
+        let mut want: HashMap<u64, u32> = HashMap::new();
+        let (mut growths, mut ahead_used, mut planted) = (0, 0, 0);
+        for k in 0..200_000u32 {
+            let id = rng.next_u64();
+            if want.contains_key(&id) {
+                continue;
+            }
+            let a = ids.len() as u32;
+            ids.push(id);
+            want.insert(id, a);
+            let capacity = index.table.capacity();
+            let full = index.table.len() == capacity;
+            if full && capacity >= 1024 {
+                match growths % 3 {
+                    // Pending: a next table that takes a while; the growth waits for it.
+                    0 => {
+                        index.next = ahead::Ahead::start(move || {
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                            faulted_table(2 * capacity, 0u32)
+                        });
+                        planted += 1;
+                    }
+                    // Absent: allocated inline.
+                    1 => index.next = None,
+                    // Ready or nearly: as the index left it.
+                    _ => ahead_used += usize::from(index.next.is_some()),
+                }
+            }
+            index.insert(AccountIdx(a), &ids);
+            if index.table.capacity() != capacity {
+                growths += 1;
+                assert!(full, "insert {k}: grew before the table was full");
+            }
+            if k % 4_999 == 0 {
+                for (&id, &a) in &want {
+                    assert_eq!(index.get(id, &ids), Some(AccountIdx(a)), "insert {k}");
+                }
+                assert_eq!(index.get(rng.next_u64() | 1 << 63, &ids), None);
+            }
+        }
+        for (&id, &a) in &want {
+            assert_eq!(index.get(id, &ids), Some(AccountIdx(a)));
+        }
+        assert!(growths >= 10 && planted >= 2 && ahead_used >= 2, "{growths} {planted} {ahead_used}");
+        // Dropped with a next table pending.
+        let capacity = index.table.capacity();
+        index.next = ahead::Ahead::start(move || faulted_table(2 * capacity, 0u32));
+        drop(index);
+    }
+
+    /// A table faulted in ahead is empty and has the room asked for.
+    #[test]
+    fn faulted_tables_are_empty_with_the_room_asked_for() {
+        for capacity in [1, 64, 1000, 100_000] {
+            let mut t = faulted_table(capacity, 7u32);
+            assert!(t.is_empty() && t.capacity() >= capacity);
+            assert!(t.find(0, |_| true).is_none());
+            for h in 0..capacity as u64 {
+                t.insert_unique(h.wrapping_mul(0x9E37_79B9_7F4A_7C15), h as u32, |_| unreachable!());
+            }
+            assert_eq!(t.len(), capacity);
+        }
     }
 
     /// Part 2 of issue 11: sender-chosen account ids cannot make the fast engine's index
