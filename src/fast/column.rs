@@ -245,8 +245,6 @@ mod map {
         ptr: NonNull<T>,
         len: usize,
         cap: usize,
-        /// The thread faulting in the room past the elements (see [`Mapping::fault_in_ahead`]).
-        faulting: Option<std::thread::JoinHandle<()>>,
         _owns: PhantomData<T>,
     }
 
@@ -265,9 +263,6 @@ mod map {
     /// 1M-account load test was several times slower so). Aligned, `mremap` moves whole
     /// huge-page entries.
     const HUGE: usize = 2 << 20;
-
-    /// The smallest page size: what [`Mapping::fault_in_ahead`] rounds to.
-    const PAGE: usize = 4096;
 
     /// An anonymous private read-write mapping of `len` bytes (a multiple of [`HUGE`]) at
     /// an address aligned to [`HUGE`], advised as huge-page memory.
@@ -322,45 +317,7 @@ mod map {
                 std::ptr::copy_nonoverlapping(v.as_ptr(), ptr.as_ptr(), len);
                 v.set_len(0);
             }
-            let mut m =
-                Mapping { ptr, len, cap: bytes / size_of::<T>(), faulting: None, _owns: PhantomData };
-            m.fault_in_ahead(len * size_of::<T>());
-            m
-        }
-
-        /// Faults in the mapping from byte `from` to its end on a thread of its own
-        /// (`MADV_POPULATE_WRITE`, Linux 5.14+; ignored where refused), so that the pushes
-        /// that fill it find their pages present instead of each taking a page fault, and a
-        /// growth's cost in the kernel is not paid by the engine thread. The kernel fills the
-        /// page tables only: no byte of the mapping is read or written, so the engine thread
-        /// may push into the same pages meanwhile. The thread is joined before the mapping
-        /// moves or is unmapped ([`Mapping::wait_faulted`]).
-        fn fault_in_ahead(&mut self, from: usize) {
-            self.wait_faulted();
-            let (start, end) = (from.next_multiple_of(PAGE), self.mapped());
-            if start >= end {
-                return;
-            }
-            let (at, len) = (self.ptr.as_ptr() as usize + start, end - start);
-            let builder = std::thread::Builder::new().name("liqscan-fault".into());
-            // A refused thread leaves the faults to the pushes, as without this.
-            self.faulting = builder
-                .spawn(move || {
-                    // SAFETY: `at..at + len` is inside the mapping, which stays mapped at
-                    // this address until this thread is joined (`wait_faulted` runs before
-                    // every `mremap` and `munmap` of it); MADV_POPULATE_WRITE reads and
-                    // writes no byte of it. An error (an old kernel) changes nothing.
-                    unsafe { libc::madvise(at as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) };
-                })
-                .ok();
-        }
-
-        /// Waits for [`Mapping::fault_in_ahead`]'s thread, if any.
-        fn wait_faulted(&mut self) {
-            if let Some(thread) = self.faulting.take() {
-                // The thread only makes a system call; it cannot panic.
-                let _ = thread.join();
-            }
+            Mapping { ptr, len, cap: bytes / size_of::<T>(), _owns: PhantomData }
         }
 
         /// Bytes mapped: a multiple of [`HUGE`].
@@ -420,7 +377,6 @@ mod map {
             if new <= old {
                 return;
             }
-            self.wait_faulted();
             let to = map_aligned(new);
             // SAFETY: `ptr` and `old` describe exactly the mapping this owns, and `to` a
             // mapping of `new` bytes just made, which MREMAP_FIXED replaces; the elements
@@ -438,13 +394,11 @@ mod map {
             assert!(p != libc::MAP_FAILED, "mremap to {new} bytes: {}", last_error());
             self.ptr = NonNull::new(p.cast::<T>()).expect("mremap gives a non-null address");
             self.cap = new / size_of::<T>();
-            self.fault_in_ahead(old);
         }
     }
 
     impl<T> Drop for Mapping<T> {
         fn drop(&mut self) {
-            self.wait_faulted();
             // SAFETY: the first `len` elements are initialized and owned; then the mapping
             // (exactly `ptr` and `cap` elements) is unmapped, and nothing refers to it.
             unsafe {
