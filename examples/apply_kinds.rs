@@ -180,8 +180,7 @@ fn main() -> anyhow::Result<()> {
     let wall = Instant::now();
     for (at, cmd) in &commands {
         let k = kind(cmd, &mut marked);
-        let (cpu_start, faults_start) =
-            if with_cpu { (cpu_ns(), minor_faults()) } else { (0, 0) };
+        let (cpu_start, faults_start) = if with_cpu { (cpu_ns(), minor_faults()) } else { (0, 0) };
         let evaluated = engine.positions_evaluated();
         let mono = if with_cpu { monotonic_ns() } else { 0 };
         let start = Instant::now();

@@ -256,7 +256,10 @@ mod tests {
         for (&k, &v) in &want {
             assert_eq!(table.get(k), v);
         }
-        assert!(growths >= 8 && planted >= 2 && ahead_used >= 2, "{growths} {planted} {ahead_used}");
+        assert!(
+            growths >= 8 && planted >= 2 && ahead_used >= 2,
+            "{growths} {planted} {ahead_used}"
+        );
         let capacity = table.table.capacity();
         table.next = ahead::Ahead::start(move || HashTable::with_capacity(2 * capacity));
         let copy = table.clone();

@@ -1834,7 +1834,10 @@ mod tests {
         for (&id, &a) in &want {
             assert_eq!(index.get(id, &ids), Some(AccountIdx(a)));
         }
-        assert!(growths >= 10 && planted >= 2 && ahead_used >= 2, "{growths} {planted} {ahead_used}");
+        assert!(
+            growths >= 10 && planted >= 2 && ahead_used >= 2,
+            "{growths} {planted} {ahead_used}"
+        );
         // Dropped with a next table pending.
         let capacity = index.table.capacity();
         index.next = ahead::Ahead::start(move || faulted_table(2 * capacity, 0u32));
@@ -1849,7 +1852,11 @@ mod tests {
             assert!(t.is_empty() && t.capacity() >= capacity);
             assert!(t.find(0, |_| true).is_none());
             for h in 0..capacity as u64 {
-                t.insert_unique(h.wrapping_mul(0x9E37_79B9_7F4A_7C15), h as u32, |_| unreachable!());
+                t.insert_unique(
+                    h.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    h as u32,
+                    |_| unreachable!(),
+                );
             }
             assert_eq!(t.len(), capacity);
         }
