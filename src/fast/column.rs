@@ -651,6 +651,38 @@ mod tests {
         assert_eq!(live.get(), 0, "every element dropped once");
     }
 
+    /// The mapping made ahead for the move from the heap is used by a push or a `reserve`,
+    /// and unmapped when the column is dropped first; the room a lead is faulting in can be
+    /// handed out (`spare_capacity_mut` waits for the lead) and the elements stay intact.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn premapped_and_led_room_is_used_or_freed() {
+        let half = MAP_MIN_BYTES / size_of::<u64>() / 2;
+        // Dropped with a mapping made ahead and never taken.
+        let mut col: Column<u64> = Column::new();
+        let three_quarters = (half / 4 * 3) as u64;
+        col.extend(0..three_quarters);
+        assert!(col.premapped.is_some(), "a mapping is made ahead at half way");
+        drop(col);
+        // Taken by a push, then by a reserve.
+        for by_reserve in [false, true] {
+            let mut col: Column<u64> = Column::new();
+            col.extend(0..three_quarters);
+            assert!(col.premapped.is_some());
+            if by_reserve {
+                col.reserve(half);
+            }
+            col.extend(three_quarters..6 * half as u64);
+            assert!(col.premapped.is_none() && matches!(col.store, Store::Mapped(_)));
+            let spare = col.spare_capacity_mut().len();
+            assert!(spare > 0);
+            col.spare_capacity_mut()[spare - 1].write(7);
+            assert!(col.iter().copied().eq(0..6 * half as u64));
+            col.truncate(3);
+            assert_eq!(col[..], [0, 1, 2]);
+        }
+    }
+
     /// A column of plain numbers past the mapping size reads back what was written, and a
     /// pop of an empty column is `None`.
     #[test]
