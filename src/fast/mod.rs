@@ -656,8 +656,12 @@ fn owed_e8(lots: i64, owed: &[i128]) -> i128 {
     const E12: u64 = 1_000_000_000_000;
     let lots = i128::from(lots);
     let pay = |&c: &i128| {
-        // |lots · c| is a payment before rounding: below 10^37 (see `check_funding`).
-        let n = lots * c;
+        // |lots · c| is a payment before rounding: below 10^37 (see `check_funding`). Most
+        // entries fit `i64`, and then the product is one widening multiplication.
+        let n = match i64::try_from(c) {
+            Ok(c) => lots * i128::from(c),
+            Err(_) => lots * c,
+        };
         // Most payments are below 2^64 before rounding (10^11 in e8): one `u64` division by a
         // constant, rounded half to even on the magnitude as `div_1e12_round_half_even` does.
         let Ok(m) = u64::try_from(n.unsigned_abs()) else { return div_1e12_round_half_even(n) };
