@@ -434,9 +434,10 @@ pub struct Book {
     trigger: Column<i64>,
     /// Per block of [`BLOCK`] slots.
     guards: Column<Guard>,
-    /// Cross book: per slot, the length of the symbol's funding log when the slot's
-    /// payments were last settled into its account's wallet (lazy funding, see
-    /// `FastEngine::settle`). Isolated book: empty (isolated positions are paid at once).
+    /// Cross book: per slot, the number of the first entry of the symbol's funding log that
+    /// the slot owes for: the log's end when its payments were last settled into its
+    /// account's wallet (lazy funding, see `FastEngine::settle` and `FundingLog`). Isolated
+    /// book: empty (isolated positions are paid at once).
     pub fund_from: Column<u32>,
     /// Cross book: per slot, its funding trigger (see [`fund_fires`]). Isolated book: empty.
     fund_trigger: Column<i128>,

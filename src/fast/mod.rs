@@ -392,9 +392,13 @@ pub struct FastEngine {
     wallet_bound_e8: i128,
     /// Per symbol, its funding log (lazy funding of cross positions; see [`FundingLog`]).
     funding: Vec<FundingLog>,
-    /// A symbol's funding log is settled into its holders' wallets and restarted when it
-    /// holds this many entries ([`DEFAULT_FUNDING_LOG_MAX`]; tests set it small).
-    funding_log_max: usize,
+    /// Every cross slot is settled within this many lazy fundings of its symbol (the
+    /// progressive settle, [`FastEngine::settle_some`]), so a log holds fewer than twice as
+    /// many entries ([`DEFAULT_FUNDING_SETTLE_ROUNDS`]; tests set it small).
+    settle_rounds: u32,
+    /// The paying cumulatives restart before either would pass this magnitude
+    /// ([`FUND_PAID_LIMIT`]; a test lowers it to drive the restart).
+    fund_paid_limit: i128,
     /// Message counter for `Accounts::stamp`.
     msg_no: u64,
     /// Scratch, reused across messages: cross accounts touched by this message.
@@ -627,9 +631,10 @@ fn isolated_trigger(sc: &Scale, lots: i64, base: i128, t: i64, liquidatable: boo
     }
 }
 
-/// Default of [`FastEngine::with_funding_log_max`]: 65,536 fundings of one symbol (at three a
-/// day, sixty years).
-pub const DEFAULT_FUNDING_LOG_MAX: usize = 1 << 16;
+/// Default of [`FastEngine::with_funding_settle_rounds`]: every cross position is settled
+/// within 16 lazy fundings of its symbol, so a log holds at most 31 entries and a position
+/// owes for at most 31 fundings (README, "Lazy funding", for the costs this trades).
+pub const DEFAULT_FUNDING_SETTLE_ROUNDS: u32 = 16;
 
 /// The rounding allowance of one funding entry in the units of [`FundingLog::c`]: a payment
 /// `round8(lots · c / 10^20)` is within half of 10^-8, i.e. `5 · 10^11` units of `c` per lot
@@ -649,6 +654,14 @@ const FUND_PAID_LIMIT: i128 = 1 << 125;
 /// account's true wallet is its `wallet_e8` minus what its cross slots owe
 /// ([`FastEngine::wallet_now_e8`]).
 ///
+/// Entries are numbered from the symbol's first lazy funding, modulo 2^32 (`c[0]` is number
+/// `first`); a slot's `fund_from` is the number of the first entry it owes, so
+/// [`FundingLog::since`] is its slice. The progressive settle ([`FastEngine::settle_some`])
+/// walks the book in rounds of at most `settle_rounds` lazy fundings, settling a share of
+/// the slots at each, and drops the entries every slot has settled past when a round ends:
+/// the log holds fewer than `2 · settle_rounds` entries, far below 2^32, so the wrapping
+/// numbers never meet.
+///
 /// `paid = [U, V]` is what decides which holders a funding must look at: `U` rises by
 /// `c + FUND_ROUNDING` per entry and `V` by `−c + FUND_ROUNDING`. Over the entries since any
 /// point, a long of `lots` pays at most `lots · ΔU / 10^20` and a short at most
@@ -659,7 +672,28 @@ const FUND_PAID_LIMIT: i128 = 1 << 125;
 #[derive(Debug, Clone, Default)]
 struct FundingLog {
     c: Vec<i128>,
+    /// The number of the entry `c[0]`.
+    first: u32,
     paid: [i128; 2],
+    /// The progressive settle's round: every slot below `cursor` has been settled since
+    /// entry number `round_start` (and every slot since `first`, the previous round's start);
+    /// `round_fundings` lazy fundings of the round are done.
+    cursor: u32,
+    round_start: u32,
+    round_fundings: u32,
+}
+
+impl FundingLog {
+    /// The number the next entry gets: what a settled slot's `fund_from` is set to.
+    fn end(&self) -> u32 {
+        self.first.wrapping_add(self.c.len() as u32)
+    }
+
+    /// The entries a slot whose `fund_from` is `from` owes for.
+    #[inline]
+    fn since(&self, from: u32) -> &[i128] {
+        &self.c[from.wrapping_sub(self.first) as usize..]
+    }
 }
 
 /// What `lots` owes for the funding entries `owed` (e8): each payment `round8(lots · c)`
@@ -669,8 +703,12 @@ fn owed_e8(lots: i64, owed: &[i128]) -> i128 {
     const E12: u64 = 1_000_000_000_000;
     let lots = i128::from(lots);
     let pay = |&c: &i128| {
-        // |lots · c| is a payment before rounding: below 10^37 (see `check_funding`).
-        let n = lots * c;
+        // |lots · c| is a payment before rounding: below 10^37 (see `check_funding`). Most
+        // entries fit `i64`, and then the product is one widening multiplication.
+        let n = match i64::try_from(c) {
+            Ok(c) => lots * i128::from(c),
+            Err(_) => lots * c,
+        };
         // Most payments are below 2^64 before rounding (10^11 in e8): one `u64` division by a
         // constant, rounded half to even on the magnitude as `div_1e12_round_half_even` does.
         let Ok(m) = u64::try_from(n.unsigned_abs()) else { return div_1e12_round_half_even(n) };
@@ -731,7 +769,8 @@ impl FastEngine {
             index: AccountIndex::default(),
             wallet_bound_e8: 0,
             funding: vec![FundingLog::default(); n],
-            funding_log_max: DEFAULT_FUNDING_LOG_MAX,
+            settle_rounds: DEFAULT_FUNDING_SETTLE_ROUNDS,
+            fund_paid_limit: FUND_PAID_LIMIT,
             msg_no: 0,
             touched: Vec::new(),
             emit_isolated: Vec::new(),
@@ -748,11 +787,20 @@ impl FastEngine {
         }
     }
 
-    /// Sets how many lazy fundings a symbol's log holds before it is settled into every
-    /// holder's wallet and restarted (default [`DEFAULT_FUNDING_LOG_MAX`], at least 1): tests
-    /// set it small to exercise that path.
-    pub fn with_funding_log_max(mut self, entries: usize) -> FastEngine {
-        self.funding_log_max = entries.clamp(1, u32::MAX as usize);
+    /// Sets within how many lazy fundings of its symbol every cross position is settled
+    /// (default [`DEFAULT_FUNDING_SETTLE_ROUNDS`], at least 1; a symbol's funding log then
+    /// holds fewer than twice as many entries): tests set it small to exercise the rounds.
+    pub fn with_funding_settle_rounds(mut self, fundings: u32) -> FastEngine {
+        self.settle_rounds = fundings.clamp(1, 1 << 24);
+        self
+    }
+
+    /// Lowers the magnitude past which the paying cumulatives restart ([`FUND_PAID_LIMIT`],
+    /// unreachable within SPEC section 1's limits while a book has holders), so that a test
+    /// drives the restart ([`Book::rebase_fund_triggers`]).
+    #[cfg(test)]
+    fn with_fund_paid_limit(mut self, limit: i128) -> FastEngine {
+        self.fund_paid_limit = limit.clamp(1, FUND_PAID_LIMIT);
         self
     }
 
@@ -950,7 +998,7 @@ impl FastEngine {
     /// (e8; see [`FundingLog`]).
     fn owed_by(&self, s: SymbolIdx, slot: usize) -> i128 {
         let (book, log) = (&self.cross[s.0 as usize], &self.funding[s.0 as usize]);
-        owed_e8(book.lots[slot], &log.c[book.fund_from[slot] as usize..])
+        owed_e8(book.lots[slot], log.since(book.fund_from[slot]))
     }
 
     /// The true cross wallet of `a` (e8): its stored wallet less what its cross positions owe
@@ -976,45 +1024,78 @@ impl FastEngine {
             }
             let (si, slot) = (p.symbol.0 as usize, p.slot as usize);
             let (book, log) = (&mut self.cross[si], &self.funding[si]);
-            let from = std::mem::replace(&mut book.fund_from[slot], log.c.len() as u32);
-            owed += owed_e8(book.lots[slot], &log.c[from as usize..]);
+            let from = std::mem::replace(&mut book.fund_from[slot], log.end());
+            owed += owed_e8(book.lots[slot], log.since(from));
         }
         self.accounts.wallet_e8[i] -= owed;
     }
 
-    /// Settles every cross holder of `s` for the symbol's lazy fundings and empties its log
-    /// (its paying cumulatives and triggers go on as they are).
-    fn settle_symbol(&mut self, s: SymbolIdx) {
-        let si = s.0 as usize;
-        let (book, log) = (&mut self.cross[si], &mut self.funding[si]);
-        let wallet = &mut self.accounts.wallet_e8;
-        for k in 0..book.len() {
-            let from = std::mem::replace(&mut book.fund_from[k], 0) as usize;
-            wallet[book.account[k].0 as usize] -= owed_e8(book.lots[k], &log.c[from..]);
-        }
-        log.c.clear();
+    /// Settles cross slot `slot` of `si` alone: pays what it owes into its account's stored
+    /// wallet (no true figure changes, as in [`FastEngine::settle`]).
+    fn settle_slot(&mut self, si: usize, slot: usize) {
+        let (book, log) = (&mut self.cross[si], &self.funding[si]);
+        let from = std::mem::replace(&mut book.fund_from[slot], log.end());
+        let owed = owed_e8(book.lots[slot], log.since(from));
+        self.accounts.wallet_e8[book.account[slot].0 as usize] -= owed;
     }
 
-    /// Appends a lazy funding of `c` (see [`FundingLog`]) to the log of `s`, and touches the
-    /// accounts whose funding trigger it fires (they are refreshed when the message ends).
+    /// The progressive settle, one step per lazy funding of `si` (README, "Lazy funding"):
+    /// settles the next `⌈(len − cursor) / (rounds − done)⌉` slots of the cross book in slot
+    /// order, so that a round of at most `settle_rounds` fundings visits every slot; when the
+    /// round ends, every slot has settled since the round's start, and the entries before it
+    /// are dropped. A slot that a removal moves below the cursor from above it is settled then
+    /// ([`FastEngine::remove_position`]), and a new slot owes nothing, so every slot below
+    /// the cursor has settled in this round. Cost: the slots settled (one random access each
+    /// to the account's wallet, prefetched) and their payments, each computed once.
+    fn settle_some(&mut self, si: usize) {
+        const AHEAD: usize = 16;
+        let rounds = self.settle_rounds;
+        let (book, log) = (&mut self.cross[si], &mut self.funding[si]);
+        let wallet = &mut self.accounts.wallet_e8;
+        let len = book.len() as u32;
+        let cursor = log.cursor.min(len);
+        // Fundings left in the round, this one included: at least 1.
+        let left = rounds.saturating_sub(log.round_fundings).max(1);
+        let upto = cursor + (len - cursor).div_ceil(left);
+        let end = log.end();
+        for k in cursor as usize..upto as usize {
+            if let Some(&b) = book.account.get(k + AHEAD) {
+                prefetch(&wallet[b.0 as usize]);
+            }
+            let from = std::mem::replace(&mut book.fund_from[k], end);
+            wallet[book.account[k].0 as usize] -= owed_e8(book.lots[k], log.since(from));
+        }
+        log.cursor = upto;
+        log.round_fundings += 1;
+        if upto >= len {
+            // Every slot has settled since the round's start: none owes an entry before it.
+            let settled = log.round_start.wrapping_sub(log.first) as usize;
+            log.c.drain(..settled);
+            log.first = log.round_start;
+            (log.round_start, log.cursor, log.round_fundings) = (end, 0, 0);
+        }
+    }
+
+    /// Appends a lazy funding of `c` (see [`FundingLog`]) to the log of `s`, settles the
+    /// progressive settle's share of its holders ([`FastEngine::settle_some`]), and touches
+    /// the accounts whose funding trigger it fires (they are refreshed when the message ends).
     fn fund_lazily(&mut self, s: SymbolIdx, c: i128) {
         let si = s.0 as usize;
-        if self.funding[si].c.len() >= self.funding_log_max {
-            self.settle_symbol(s);
-        }
         let log = &mut self.funding[si];
         let step = [c + FUND_ROUNDING, -c + FUND_ROUNDING];
         let next = |paid: [i128; 2]| [paid[0] + step[0], paid[1] + step[1]];
         // |c| < 2^123 and |paid| <= 2^125: the sums cannot overflow.
-        if next(log.paid).iter().any(|p| p.abs() > FUND_PAID_LIMIT) {
+        if next(log.paid).iter().any(|p| p.abs() > self.fund_paid_limit) {
             self.cross[si].rebase_fund_triggers(log.paid);
             log.paid = [0, 0];
         }
         log.paid = next(log.paid);
         log.c.push(c);
+        let paid = log.paid;
+        self.settle_some(si);
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
-        self.cross[si].fund_scan(log.paid, &mut fired);
+        self.cross[si].fund_scan(paid, &mut fired);
         for &slot in &fired {
             let a = self.cross[si].account[slot as usize];
             touch(&mut self.accounts.hot, &mut self.touched, self.msg_no, a);
@@ -1342,13 +1423,9 @@ impl FastEngine {
     /// without re-arming; an item whose state it finds changed gets fresh triggers.
     pub fn sweep(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         self.msg_no += 1;
-        // Every lazy funding is settled first (and every log emptied), so that the pass below
-        // owes nothing (`Sum`s take the owed payments all the same).
-        for s in 0..self.funding.len() {
-            if !self.funding[s].c.is_empty() {
-                self.settle_symbol(SymbolIdx(s as u16));
-            }
-        }
+        // Nothing is settled first: the pass takes off what each slot owes for lazy fundings
+        // (at most `2 · settle_rounds − 1` entries, the progressive settle's bound), which
+        // costs the payments a settle would compute without a random access per slot.
         let started = std::time::Instant::now();
         let n_cross: usize = self.cross.iter().map(Book::len).sum();
         let n_isolated: usize = self.isolated.iter().map(Book::len).sum();
@@ -1403,7 +1480,7 @@ impl FastEngine {
         let sums: &[Sum] = sums;
         // Adds the terms of chunk `c` of `book` to `sums` (one account per slot of a book),
         // less what each slot owes for the lazy fundings in `log`.
-        let add = |book: &Book, log: &[i128], quote: &Quote, sums: &[Sum], c: usize| {
+        let add = |book: &Book, log: &FundingLog, quote: &Quote, sums: &[Sum], c: usize| {
             let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(book.len()));
             let ahead = book.account.get(lo + PREFETCH_AHEAD..).unwrap_or_default();
             let (held, lots, from) =
@@ -1412,7 +1489,7 @@ impl FastEngine {
                 if let Some(b) = ahead.get(k) {
                     sums.get(b.0 as usize).map(prefetch);
                 }
-                let owed = owed_e8(lots[k], &log[from[k] as usize..]);
+                let owed = owed_e8(lots[k], log.since(from[k]));
                 sums[held[k].0 as usize].add(term - owed * E8_TO_Q16);
             });
         };
@@ -1459,14 +1536,14 @@ impl FastEngine {
                     assert!(w < ways, "worker {w} of {ways}");
                     let (si, quote) = &quotes[q];
                     let own = &sums[w * n..(w + 1) * n];
-                    add(&cross[*si], &funding[*si].c, quote, own, c as usize);
+                    add(&cross[*si], &funding[*si], quote, own, c as usize);
                 });
             } else {
                 // Book after book; the workers split a book's chunks (a book holds each account
                 // once, so they never add to one sum together) and wait for each other before the
                 // next book.
                 for (si, quote) in &quotes {
-                    let (book, log) = (&cross[*si], &funding[*si].c[..]);
+                    let (book, log) = (&cross[*si], &funding[*si]);
                     let chunks = book.len().div_ceil(CHUNK);
                     if parallel && chunks > 1 {
                         (0..chunks).into_par_iter().for_each(|c| add(book, log, quote, sums, c));
@@ -1570,10 +1647,23 @@ impl FastEngine {
         // trigger but `FUND_ALWAYS` (a liquidatable account's: it fires on the next funding)
         // fires at the symbol's paying cumulatives (the holders a funding fired were refreshed
         // when it ended).
+        // The progressive settle's bound: a log holds fewer than `2 · settle_rounds` entries,
+        // and every slot below the round's cursor has settled since the round's start.
         for (si, (book, log)) in self.cross.iter().zip(&self.funding).enumerate() {
+            if log.c.len() >= 2 * self.settle_rounds as usize {
+                return Err(format!("symbol {si}: funding log of {} entries", log.c.len()));
+            }
+            let round_start = log.round_start.wrapping_sub(log.first) as usize;
+            if round_start > log.c.len() || log.cursor as usize > book.len() {
+                return Err(format!("symbol {si}: settle round out of its log or book"));
+            }
             for slot in 0..book.len() {
-                if book.fund_from[slot] as usize > log.c.len() {
+                let from = book.fund_from[slot].wrapping_sub(log.first) as usize;
+                if from > log.c.len() {
                     return Err(format!("cross slot {slot} of symbol {si}: funded past its log"));
+                }
+                if slot < log.cursor as usize && from < round_start {
+                    return Err(format!("cross slot {slot} of symbol {si}: missed by its round"));
                 }
                 let trigger = book.fund_trigger(slot);
                 if trigger != FUND_ALWAYS && book::fund_fires(book.lots[slot], trigger, log.paid) {
@@ -1649,7 +1739,7 @@ impl FastEngine {
         let (mode, slot, si) = (p.mode, p.slot, s.0 as usize);
         debug_assert!(
             mode == Mode::Isolated
-                || self.cross[si].fund_from[slot as usize] as usize == self.funding[si].c.len(),
+                || self.cross[si].fund_from[slot as usize] == self.funding[si].end(),
             "a cross position is settled before it is removed"
         );
         let book = match mode {
@@ -1661,6 +1751,15 @@ impl FastEngine {
         }
         self.pair_mut(a, s).slot = NO_SLOT;
         if mode == Mode::Cross {
+            // The progressive settle's round (`settle_some`): the last slot, which the round
+            // had not reached, moved below its cursor; it settles now, so that every slot below
+            // the cursor has settled in this round. A cursor past the end is at the end.
+            let (len, log) = (self.cross[si].len() as u32, &mut self.funding[si]);
+            if slot < log.cursor && len >= log.cursor && slot < len {
+                self.settle_slot(si, slot as usize);
+            }
+            let log = &mut self.funding[si];
+            log.cursor = log.cursor.min(len);
             // The position being removed is a counted cross position (and an unmarked one
             // while its symbol has no mark): counts invariant.
             let h = &mut self.accounts.hot[a.0 as usize];
@@ -1690,7 +1789,7 @@ impl FastEngine {
             Mode::Cross => {
                 let slot = self.cross[si].push(a, lots, base_q16, 0);
                 // A new position owes nothing for the fundings before it.
-                self.cross[si].fund_from[slot as usize] = self.funding[si].c.len() as u32;
+                self.cross[si].fund_from[slot as usize] = self.funding[si].end();
                 slot
             }
             Mode::Isolated => self.isolated[si].push(a, lots, base_q16, isolated_e8),

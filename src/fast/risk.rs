@@ -453,7 +453,7 @@ impl FastEngine {
                     }
                     // What the slot owes for lazy fundings comes off the balance (added to
                     // both sums, so that the maintenance, their difference, is unchanged).
-                    let owed = owed_e8(lots[k], &log.c[from[k] as usize..]) * E8_TO_Q16;
+                    let owed = owed_e8(lots[k], log.since(from[k])) * E8_TO_Q16;
                     let [upnl, buffer] = &sums[held[k].0 as usize];
                     upnl.add(base[k] + sc.value_q16(lots[k], t) - owed);
                     buffer.add(term - owed);

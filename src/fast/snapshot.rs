@@ -39,8 +39,9 @@ pub struct FastCopy {
     /// cross positions owe for lazy fundings (from the books' `fund_from` and `funding`),
     /// computed on the writer thread.
     wallet_e8: Column<i128>,
-    /// Per symbol, its funding log's entries (`FundingLog::c`).
-    funding: Vec<Vec<i128>>,
+    /// Per symbol, its funding log: the number of its first entry and its entries
+    /// (`FundingLog::first` and `FundingLog::c`; at most `2 · settle_rounds` of them).
+    funding: Vec<(u32, Vec<i128>)>,
     hot: Column<Hot>,
     /// Every account's pairs, one account after another; account `i`'s are
     /// `pairs[pair_end[i - 1]..pair_end[i]]`.
@@ -140,8 +141,11 @@ impl FastEngine {
         } = &mut *c;
         scales.clone_from(&self.scales);
         marks.clone_from(&self.marks);
-        funding.resize_with(self.funding.len(), Vec::new);
-        funding.iter_mut().zip(&self.funding).for_each(|(to, from)| to.clone_from(&from.c));
+        funding.resize_with(self.funding.len(), Default::default);
+        for (to, from) in funding.iter_mut().zip(&self.funding) {
+            to.0 = from.first;
+            to.1.clone_from(&from.c);
+        }
         // On a rayon worker, each parallel copy below is a cheap fork-join; from the engine
         // thread each would be a hand-off.
         rayon::scope(|_| {
@@ -295,7 +299,8 @@ impl StateCopy for FastCopy {
                     let lots = book.lots[k];
                     if p.mode == Mode::Cross {
                         // The true wallet: less what the position owes for lazy fundings.
-                        let owed = &self.funding[si][book.fund_from[k] as usize..];
+                        let (first, log) = &self.funding[si];
+                        let owed = &log[book.fund_from[k].wrapping_sub(*first) as usize..];
                         image.wallet_e8 -= super::owed_e8(lots, owed);
                     }
                     pair.size_e8 = i128::from(lots) * i128::from(sc.step_e8);
