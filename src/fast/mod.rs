@@ -270,6 +270,15 @@ struct Sum {
     hi: AtomicI64,
 }
 
+/// A copy of the value (for `Column::resize`).
+impl Clone for Sum {
+    fn clone(&self) -> Sum {
+        let sum = Sum::default();
+        sum.set(self.get());
+        sum
+    }
+}
+
 impl Sum {
     #[inline(always)]
     fn get(&self) -> i128 {
@@ -369,7 +378,9 @@ pub struct FastEngine {
     last_sweep: SweepPhases,
     /// A sweep's scratch: per account its buffer being summed, and (only while some
     /// unmarked cross book has positions) its count of unmarked cross positions.
-    sums: Vec<Sum>,
+    /// A [`Column`], so that from 1 MiB on the sums sit in huge pages (a sweep adds to them
+    /// in random order: on 4 KiB pages most of those adds would also miss the TLB).
+    sums: Column<Sum>,
     unmarked: Vec<u16>,
     /// An at-risk answer's scratch (see `risk.rs`).
     risk: risk::Scratch,
@@ -694,7 +705,7 @@ impl FastEngine {
             triggers_read: 0,
             parallel_min: PARALLEL_MIN_POSITIONS,
             last_sweep: SweepPhases::default(),
-            sums: Vec::new(),
+            sums: Column::new(),
             unmarked: Vec::new(),
             risk: risk::Scratch::default(),
             cfg,
@@ -754,7 +765,7 @@ impl FastEngine {
             ("accounts", columns),
             ("pairs", pairs),
             ("index", self.index.allocation_size()),
-            ("sweep", bytes(&self.sums) + bytes(&self.unmarked) + self.risk.heap_bytes()),
+            ("sweep", self.sums.heap_bytes() + bytes(&self.unmarked) + self.risk.heap_bytes()),
         ]
     }
 
@@ -1331,24 +1342,27 @@ impl FastEngine {
         parallel: bool,
         started: std::time::Instant,
     ) -> (Vec<AccountIdx>, std::time::Duration, Vec<(SymbolIdx, u32)>) {
-        // A book of up to this many accounts gives each worker sums of its own (16 bytes an
-        // account a worker, so 8 MiB for two workers at the limit, which stays in cache):
-        // the workers then share out the chunks of every cross book in one parallel job,
-        // where shared sums need a fork-join per book so that no two workers add to one sum.
-        // On the 300k-position Criterion book (100k accounts, 50 books, most of them a chunk
-        // or less) the per-book joins were a third of a two-worker sweep. A bigger book keeps
-        // shared sums: its books are long enough to split, and a second copy of its sums
-        // would be more memory traffic than the joins cost.
-        const OWN_SUMS_MAX_ACCOUNTS: usize = 1 << 18;
+        // While every worker's sums together take at most this many bytes (16 an account a
+        // worker: 2 workers up to 2M accounts), each worker gets sums of its own, and the
+        // workers share out the chunks of every cross book in one parallel job, the isolated
+        // books beside them. Shared sums need a fork-join per book so that no two workers add
+        // to one sum, and a book shorter than two chunks then runs on one worker while the
+        // others wait: on the 300k-position Criterion book (100k accounts, 50 books, most of
+        // them a chunk or less) the joins were a third of a two-worker sweep, and on the
+        // 3M-position bench book (1M accounts) own sums took the sweep from 13.0 to 11.1 ms,
+        // although the pass over the accounts then reads and clears a second 16 MB of sums.
+        // Beyond the limit (many workers, or many accounts) the sums are shared.
+        const OWN_SUMS_MAX_BYTES: usize = 64 << 20;
         let (scales, marks, cross, funding) =
             (&self.scales, &self.mark_ticks, &self.cross, &self.funding);
         let (accounts, sums, unmarked) = (&mut self.accounts, &mut self.sums, &mut self.unmarked);
         let n = accounts.hot.len();
         let workers = if parallel { rayon::current_num_threads() } else { 1 };
-        let ways = if parallel && n <= OWN_SUMS_MAX_ACCOUNTS { workers } else { 1 };
+        let own = n.saturating_mul(workers).saturating_mul(size_of::<Sum>()) <= OWN_SUMS_MAX_BYTES;
+        let ways = if parallel && own { workers } else { 1 };
         // Every sum is zero here: new ones are made so, and the check below takes each (so
         // the layout may change from one sweep to the next).
-        sums.resize_with(n * ways, Sum::default);
+        sums.resize(n * ways, Sum::default());
         unmarked.clear();
         if (cross.iter().zip(marks)).any(|(b, t)| t.is_none() && !b.is_empty()) {
             unmarked.resize(n, 0);
@@ -1359,9 +1373,21 @@ impl FastEngine {
         let add = |book: &Book, log: &[i128], quote: &Quote, sums: &[Sum], c: usize| {
             let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(book.len()));
             let ahead = book.account.get(lo + PREFETCH_AHEAD..).unwrap_or_default();
-            let (held, lots, from) =
-                (&book.account[lo..hi], &book.lots[lo..hi], &book.fund_from[lo..hi]);
-            quote.each_term(lots, &book.base_q16[lo..hi], |k, term| {
+            let (held, lots, base) =
+                (&book.account[lo..hi], &book.lots[lo..hi], &book.base_q16[lo..hi]);
+            if log.is_empty() {
+                // Nothing is owed (the sweep settled every log first): the loop reads neither
+                // `fund_from` nor the log, and stays small enough to inline.
+                quote.each_term(lots, base, |k, term| {
+                    if let Some(b) = ahead.get(k) {
+                        sums.get(b.0 as usize).map(prefetch);
+                    }
+                    sums[held[k].0 as usize].add(term);
+                });
+                return;
+            }
+            let from = &book.fund_from[lo..hi];
+            quote.each_term(lots, base, |k, term| {
                 if let Some(b) = ahead.get(k) {
                     sums.get(b.0 as usize).map(prefetch);
                 }
