@@ -737,6 +737,22 @@ impl FastEngine {
         (self.cross.iter().map(Book::len).sum(), self.isolated.iter().map(Book::len).sum())
     }
 
+    /// Bytes the pass of a full sweep must read or write, from the sizes of what it touches:
+    /// per cross position its account, lots and base (the sweep settles every funding log
+    /// first, so the pass reads no `fund_from`); per isolated position its lots, base and
+    /// flag; per account its wallet, its hot record and its sum (read, then written back to
+    /// zero). Adding each term to its account's sum, the other workers' sums and the
+    /// triggers of the rare item whose state changed are not counted, so the figure errs
+    /// low. The figures bench divides it by the sweep's time and the machine's read
+    /// bandwidth.
+    pub fn sweep_bytes(&self) -> usize {
+        let per_cross = size_of::<AccountIdx>() + size_of::<i64>() + size_of::<i128>();
+        let per_isolated = size_of::<i64>() + size_of::<i128>() + size_of::<bool>();
+        let per_account = size_of::<i128>() + size_of::<Hot>() + 2 * size_of::<Sum>();
+        let (cross, isolated) = self.book_sizes();
+        cross * per_cross + isolated * per_isolated + self.accounts.hot.len() * per_account
+    }
+
     /// Per symbol, in config order: the non-zero positions of its cross and isolated books.
     pub fn book_lens(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.cross.iter().zip(&self.isolated).map(|(c, i)| (c.len(), i.len()))
