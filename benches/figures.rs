@@ -2,7 +2,8 @@
 //! `cargo bench --bench figures` (release profile). Sizes can be scaled down for a quick
 //! look with LIQSCAN_BENCH_ACCOUNTS / _POSITIONS / _MARKS; LIQSCAN_BENCH_ONLY=book prints
 //! the big book's sweep, at-risk and memory figures alone, LIQSCAN_BENCH_ONLY=small the
-//! 300k-position book swept on one worker and on two.
+//! 300k-position book swept on one worker and on two. LIQSCAN_BENCH_THP=0 turns transparent
+//! huge pages off for this process (to measure what they are worth).
 //!
 //! Every ratio is measured within this one run, since the machines are shared and noisy.
 
