@@ -2,7 +2,8 @@
 //! `cargo bench --bench figures` (release profile). Sizes can be scaled down for a quick
 //! look with LIQSCAN_BENCH_ACCOUNTS / _POSITIONS / _MARKS; LIQSCAN_BENCH_ONLY=book prints
 //! the big book's sweep, at-risk and memory figures alone, LIQSCAN_BENCH_ONLY=small the
-//! 300k-position book swept on one worker and on two.
+//! 300k-position book swept on one worker and on two. LIQSCAN_BENCH_THP=0 turns transparent
+//! huge pages off for this process (to measure what they are worth).
 //!
 //! Every ratio is measured within this one run, since the machines are shared and noisy.
 
@@ -45,27 +46,107 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Sequential read bandwidth of a 1 GiB buffer, bytes/s: one thread (best of 5), and all
-/// threads (best of 9, and the median of those 9).
-fn mem_read_bps() -> (f64, f64, f64) {
-    let words = (1usize << 30) / 8;
-    let buf: Vec<u64> = (0..words as u64).collect();
-    let bytes = (words * 8) as f64;
-    let times = |n: usize, f: &dyn Fn() -> u64| -> Vec<Duration> {
-        (0..n)
-            .map(|_| {
-                let t = Instant::now();
-                black_box(f());
-                t.elapsed()
-            })
-            .collect()
-    };
-    let one = times(5, &|| buf.iter().fold(0u64, |a, &x| a.wrapping_add(x)));
-    let all = times(9, &|| {
-        buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x))).sum()
-    });
+/// The 1 GiB buffer [`mem_read_bps`] reads: larger than any cache, so that a read of it
+/// streams from memory (and leaves nothing of a sweep's data in the caches).
+fn read_buffer() -> Vec<u64> {
+    (0..(1u64 << 30) / 8).collect()
+}
+
+/// One read of `buf` on every worker, and its time.
+fn read_once(buf: &[u64]) -> Duration {
+    let t = Instant::now();
+    black_box(
+        buf.par_chunks(1 << 16)
+            .map(|c| c.iter().fold(0u64, |a, &x| a.wrapping_add(x)))
+            .sum::<u64>(),
+    );
+    t.elapsed()
+}
+
+/// Sequential read bandwidth of `buf`, bytes/s: one thread (best of 5), and all threads
+/// (best of 9, and the median of those 9).
+fn mem_read_bps(buf: &[u64]) -> (f64, f64, f64) {
+    let bytes = std::mem::size_of_val(buf) as f64;
+    let one: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(buf.iter().fold(0u64, |a, &x| a.wrapping_add(x)));
+            t.elapsed()
+        })
+        .collect();
+    let all: Vec<Duration> = (0..9).map(|_| read_once(buf)).collect();
     let best = |v: &[Duration]| v.iter().min().copied().unwrap_or_default().as_secs_f64();
     (bytes / best(&one), bytes / best(&all), bytes / median(all).as_secs_f64())
+}
+
+/// Sweeps of `engine`, each right after a read of `buf` on every worker: the sweep then
+/// finds none of its data in the caches (on a machine whose last-level cache holds much of
+/// a warm sweep's 200 MB, the warm figure depends on what the neighbours left there), and
+/// each sweep is compared with a bandwidth measured the moment before, so that a change of
+/// load between the two measurements cannot skew the ratio. Returns the median sweep, the
+/// median read bandwidth (bytes/s) and the median of the per-pair ratios of the sweep's
+/// rate (`bytes` a sweep) to the read's.
+fn time_cold_sweeps(
+    engine: &mut FastEngine,
+    buf: &[u64],
+    bytes: f64,
+    n: usize,
+) -> serde_json::Value {
+    let at = At { line: 0, seq: 0 };
+    let read_bytes = std::mem::size_of_val(buf) as f64;
+    let pairs: Vec<(Duration, Duration)> = (0..n)
+        .map(|_| {
+            let read = read_once(buf);
+            let t = Instant::now();
+            engine.sweep(at, &mut ignore);
+            (t.elapsed(), read)
+        })
+        .collect();
+    let mut fractions: Vec<f64> = (pairs.iter())
+        .map(|(s, r)| (bytes / s.as_secs_f64()) / (read_bytes / r.as_secs_f64()))
+        .collect();
+    fractions.sort_by(f64::total_cmp);
+    let sweep = median(pairs.iter().map(|p| p.0).collect());
+    let read = median(pairs.iter().map(|p| p.1).collect());
+    serde_json::json!({
+        "sweep_ms": sweep.as_secs_f64() * 1e3,
+        "mem_read_gbps": read_bytes / read.as_secs_f64() / 1e9,
+        "bandwidth_fraction": fractions[fractions.len() / 2],
+    })
+}
+
+/// Nanoseconds a step of a dependent multiply-add chain takes (best of 3 runs of 2^24
+/// steps): the speed of the core this thread runs on, which a virtual machine's CPU
+/// frequency or a neighbour on the same physical core changes from run to run.
+fn cpu_ns_per_step() -> f64 {
+    const STEPS: u64 = 1 << 24;
+    let once = || {
+        let t = Instant::now();
+        let mut x = black_box(1u64);
+        for _ in 0..STEPS {
+            x = black_box(x)
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+        }
+        black_box(x);
+        t.elapsed()
+    };
+    (0..3).map(|_| once()).min().unwrap_or_default().as_secs_f64() * 1e9 / STEPS as f64
+}
+
+/// With LIQSCAN_BENCH_THP=0, turns transparent huge pages off for this process
+/// (`PR_SET_THP_DISABLE`: `MADV_HUGEPAGE` regions included), to measure what they are
+/// worth without touching the machine's settings. Returns whether they are off.
+fn thp_off_if_asked() -> bool {
+    if !std::env::var("LIQSCAN_BENCH_THP").is_ok_and(|v| v == "0") {
+        return false;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) only sets a flag of this process; no
+    // memory is passed.
+    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "prctl(PR_SET_THP_DISABLE): {}", std::io::Error::last_os_error());
+    true
 }
 
 // The allocator the `liqscan` binary runs with (see `src/main.rs`), so that resident memory
@@ -108,11 +189,10 @@ fn book_of(symbols: usize, cmds: impl Iterator<Item = Command>) -> FastEngine {
     engine
 }
 
-/// Bytes a full sweep must read or write: per cross position its account, lots and base; per
-/// isolated position its lots, base and flag; per account its wallet, its sum (read and
-/// zeroed at the end) and its hot record. (Adding the terms to the sums is not counted, so
-/// the figure errs low.)
-fn sweep_bytes(engine: &FastEngine, cross: usize, isolated: usize) -> f64 {
+/// What session 8's figures counted as the bytes of a full sweep (hot records as 16 bytes,
+/// where they are 32), kept so that a fraction can be compared with the old ones:
+/// [`FastEngine::sweep_bytes`] is the count now.
+fn sweep_bytes_session8(engine: &FastEngine, cross: usize, isolated: usize) -> f64 {
     let cross_b = cross * (4 + 8 + 16);
     let iso_b = isolated * (8 + 16 + 1);
     let acct_b = engine.n_accounts() * (16 + 2 * 16 + 16);
@@ -316,6 +396,8 @@ fn time_ticks(engine: &mut FastEngine, cmds: &[Command]) -> Ticks {
 }
 
 fn main() {
+    let thp_off = thp_off_if_asked();
+    let cpu_start = cpu_ns_per_step();
     if std::env::var("LIQSCAN_BENCH_ONLY").is_ok_and(|v| v == "small") {
         // The small book's scaling alone (issue 14 target 5).
         let n = env("LIQSCAN_BENCH_SMALL_SWEEPS", 101) as usize;
@@ -351,7 +433,9 @@ fn main() {
         "quiet_ms": sweeps.quiet.map(|d| d.as_secs_f64() * 1e3),
         "n_quiet": sweeps.n_quiet,
     });
-    let bytes = sweep_bytes(&engine, cross, isolated);
+    let huge_swept = anon_huge_bytes();
+    let bytes = engine.sweep_bytes() as f64;
+    let bytes8 = sweep_bytes_session8(&engine, cross, isolated);
     let n_at_risk = env("LIQSCAN_BENCH_AT_RISK", 9) as usize;
     let (at_risk_100, cpu_100) = time_at_risk(&engine, 100, n_at_risk);
     let (at_risk_10k, cpu_10k) = time_at_risk(&engine, 10_000, n_at_risk);
@@ -365,14 +449,23 @@ fn main() {
     });
     if std::env::var("LIQSCAN_BENCH_ONLY").is_ok_and(|v| v == "book") {
         // A quick look at the big book alone (bandwidth from one thread-pool read).
-        let (_, read_all, read_median) = mem_read_bps();
+        let buf = read_buffer();
+        let cold =
+            time_cold_sweeps(&mut engine, &buf, bytes, env("LIQSCAN_BENCH_SWEEPS", 15) as usize);
+        let (_, read_all, read_median) = mem_read_bps(&buf);
         let figures = serde_json::json!({
             "load_average_1m": { "start": load_start, "end": load_average() },
+            "thp_off": thp_off,
+            "cpu_ns_per_step": { "start": cpu_start, "end": cpu_ns_per_step() },
             "anon_huge_bytes_after_build": huge_book,
+            "anon_huge_bytes_after_sweeps": huge_swept,
             "mem_read_gbps": read_all / 1e9,
             "mem_read_gbps_median": read_median / 1e9,
             "sweep_ms": sweep.as_secs_f64() * 1e3,
+            "sweep_bytes_per_position": bytes / n as f64,
             "sweep_bandwidth_fraction": bytes / sweep.as_secs_f64() / read_all,
+            "sweep_bandwidth_fraction_session8_count": bytes8 / sweep.as_secs_f64() / read_all,
+            "sweep_after_cold_read": cold,
             "sweep_best_bandwidth_fraction": bytes / sweeps.best.as_secs_f64() / read_all,
             "sweep_quiet_bandwidth_fraction":
                 sweeps.quiet.map(|d| bytes / d.as_secs_f64() / read_all),
@@ -397,6 +490,10 @@ fn main() {
     }
     let ticks = tick_latency.summary();
     let rss_steady = rss_bytes();
+    // The 1 GiB buffer of the bandwidth figures, made only now so that it cannot hide in a
+    // resident-memory figure above.
+    let buf = read_buffer();
+    let cold = time_cold_sweeps(&mut engine, &buf, bytes, env("LIQSCAN_BENCH_SWEEPS", 15) as usize);
     drop(engine);
 
     // --- one symbol with 1M holders -------------------------------------------------------
@@ -463,14 +560,16 @@ fn main() {
     let holders_per_tick = pipe_engine.positions_evaluated() as f64 / marks as f64;
     let triggers_per_tick = pipe_engine.triggers_read() as f64 / marks as f64;
 
-    // Last, so that its 1 GiB buffer cannot hide in any resident-memory figure above.
-    let (read_1t, read_all, read_median) = mem_read_bps();
+    let (read_1t, read_all, read_median) = mem_read_bps(&buf);
     let sweep_bps = bytes / sweep.as_secs_f64();
 
     let figures = serde_json::json!({
         "machine": { "cores": std::thread::available_parallelism().map_or(0, |n| n.get()) },
         "load_average_1m": { "start": load_start, "end": load_average() },
+        "thp_off": thp_off,
+        "cpu_ns_per_step": { "start": cpu_start, "end": cpu_ns_per_step() },
         "anon_huge_bytes_after_build": huge_book,
+        "anon_huge_bytes_after_sweeps": huge_swept,
         "positions": n,
         "accounts": accounts,
         "symbols": symbols,
@@ -485,6 +584,8 @@ fn main() {
         "mem_read_gbps_median": read_median / 1e9,
         "mem_read_gbps_one_thread": read_1t / 1e9,
         "sweep_bandwidth_fraction": sweep_bps / read_all,
+        "sweep_bandwidth_fraction_session8_count": bytes8 / sweep.as_secs_f64() / read_all,
+        "sweep_after_cold_read": cold,
         "sweep_best_bandwidth_fraction": bytes / sweeps.best.as_secs_f64() / read_all,
         "sweep_quiet_bandwidth_fraction": sweeps.quiet.map(|d| bytes / d.as_secs_f64() / read_all),
         "sweep_shuffled_ms": sweeps_shuffled.total.as_secs_f64() * 1e3,

@@ -29,7 +29,12 @@
 # under 3 GiB of memory, at full size on a 2-core machine. Scale down with
 # LIQSCAN_BENCH_ACCOUNTS, LIQSCAN_BENCH_POSITIONS and LIQSCAN_BENCH_MARKS (defaults 1000000,
 # 3000000, 1000000); LIQSCAN_BENCH_ONLY=book prints the big book's sweep and memory
-# figures alone, LIQSCAN_BENCH_ONLY=small the 300k-position book's one- vs two-worker sweep.
+# figures alone, LIQSCAN_BENCH_ONLY=small the 300k-position book's one- vs two-worker sweep;
+# LIQSCAN_BENCH_THP=0 runs the bench with transparent huge pages off for its process.
+# Besides each figure, a run reports what tells a disturbed run from a quiet one: the load
+# average, the run-queue wait per sweep, a CPU-speed probe (cpu_ns_per_step), the bytes in
+# huge pages, and sweeps after a cold 1 GiB read, each against the read of the moment before
+# (sweep_after_cold_read; see src/fast/README.md, "Where the variance comes from").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v jq >/dev/null || { echo "bench.sh needs jq (apt-get install jq)" >&2; exit 1; }
