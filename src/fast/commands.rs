@@ -19,8 +19,10 @@ use crate::{
 
 /// What an accepted command will do: every value it writes, decided by [`FastEngine::check`]
 /// from the state before it. Accounts are named by id where the commit may create them (an
-/// applied message creates what it first names, SPEC section 3) and by index where the check
-/// found them.
+/// applied message creates what it first names, SPEC section 3), with the index the check
+/// found for the id if any (`found`: the commit does not look the id up again; nothing
+/// happens between the two, and accounts are never removed), and by index alone where the
+/// check found them.
 #[derive(Debug)]
 enum Plan<'c> {
     /// Move one symbol's mark.
@@ -36,12 +38,14 @@ enum Plan<'c> {
     /// account's cross item.
     Transfer {
         account: u64,
+        found: Option<AccountIdx>,
         amount_e8: i128,
     },
     /// Replace the pair's position (`lots == 0` closes it); `isolated_e8` is its isolated
     /// margin, 0 in cross mode.
     Position {
         account: u64,
+        found: Option<AccountIdx>,
         symbol: SymbolIdx,
         mode: Mode,
         lots: i64,
@@ -51,11 +55,13 @@ enum Plan<'c> {
     /// Change the mode of a pair without position or open orders.
     MarginMode {
         account: u64,
+        found: Option<AccountIdx>,
         symbol: SymbolIdx,
         mode: Mode,
     },
     Leverage {
         account: u64,
+        found: Option<AccountIdx>,
         symbol: SymbolIdx,
         leverage: u32,
     },
@@ -172,22 +178,23 @@ impl FastEngine {
                 let delta_e8 = wallet_e8 - self.accounts.wallet_e8[a.0 as usize];
                 self.move_wallet_rearmed(a, delta_e8, at, out);
             }
-            Plan::Transfer { account, amount_e8 } => {
-                let a = self.intern(account);
+            Plan::Transfer { account, found, amount_e8 } => {
+                let a = self.intern_found(account, found);
                 self.settle(a);
                 self.move_wallet_rearmed(a, amount_e8, at, out);
             }
-            Plan::Position { account, symbol, mode, lots, entry_e8, isolated_e8 } => {
-                let a = self.commit_position(account, symbol, mode, lots, entry_e8, isolated_e8);
+            Plan::Position { account, found, symbol, mode, lots, entry_e8, isolated_e8 } => {
+                let a = self.intern_found(account, found);
+                self.commit_position(a, symbol, mode, lots, entry_e8, isolated_e8);
                 self.refresh(a, true, at, out);
                 self.eval_isolated(a, symbol, true, at, out);
             }
-            Plan::MarginMode { account, symbol, mode } => {
-                let a = self.intern(account);
+            Plan::MarginMode { account, found, symbol, mode } => {
+                let a = self.intern_found(account, found);
                 self.pair_mut(a, symbol).mode = mode;
             }
-            Plan::Leverage { account, symbol, leverage } => {
-                let a = self.intern(account);
+            Plan::Leverage { account, found, symbol, leverage } => {
+                let a = self.intern_found(account, found);
                 self.pair_mut(a, symbol).leverage = leverage;
             }
             Plan::Orders { account, symbol, open_orders, order_margin_e8 } => {
@@ -212,10 +219,11 @@ impl FastEngine {
             }
             Plan::Query { account } => {
                 // Paid what it owes for lazy fundings once, rather than on every read.
-                if let Some(a) = self.lookup(account) {
+                let found = self.lookup(account);
+                if let Some(a) = found {
                     self.settle(a);
                 }
-                out(Event::Account(self.query_report(account, at)));
+                out(Event::Account(self.query_report(account, found, at)));
             }
             Plan::Nothing => {}
         }
@@ -250,7 +258,7 @@ impl FastEngine {
         } else if let Some(wallet_e8) = wallet_e8 {
             in_limits("wallet", wallet_e8 + amount.0)?;
         }
-        Ok(Plan::Transfer { account, amount_e8: amount.0 })
+        Ok(Plan::Transfer { account, found: a, amount_e8: amount.0 })
     }
 
     fn check_position(
@@ -261,7 +269,8 @@ impl FastEngine {
         entry_price: Option<D8>,
         isolated_margin: Option<D8>,
     ) -> Result<Plan<'static>, Reject> {
-        let mode = self.mode_of(self.lookup(account), symbol);
+        let found = self.lookup(account);
+        let mode = self.mode_of(found, symbol);
         match (mode, isolated_margin) {
             (Mode::Cross, Some(_)) => return Err(rejects::isolated_margin_on_cross()),
             (Mode::Isolated, None) if !size.is_zero() => {
@@ -276,7 +285,7 @@ impl FastEngine {
         // An entry price is below 10^9 (section 1), so its e8 value is below 10^17.
         let entry_e8 = entry_price.map_or(0, |e| e.0 as i64);
         let isolated_e8 = isolated_margin.map_or(0, |m| m.0);
-        Ok(Plan::Position { account, symbol, mode, lots, entry_e8, isolated_e8 })
+        Ok(Plan::Position { account, found, symbol, mode, lots, entry_e8, isolated_e8 })
     }
 
     /// Same mode: applied, nothing to do. Otherwise locked while the pair holds a position
@@ -299,7 +308,7 @@ impl FastEngine {
             let size = p.map_or(D8::ZERO, |p| D8(i128::from(self.lots_of(p)) * step_e8));
             return Err(rejects::mode_locked(size, open_orders));
         }
-        Ok(Plan::MarginMode { account, symbol, mode })
+        Ok(Plan::MarginMode { account, found: a, symbol, mode })
     }
 
     /// Leverage up to the max of the bracket at the current notional: at the mark, else at
@@ -329,7 +338,9 @@ impl FastEngine {
         };
         let max = sym.brackets[k].max_leverage;
         match u32::try_from(leverage) {
-            Ok(leverage) if leverage <= max => Ok(Plan::Leverage { account, symbol, leverage }),
+            Ok(leverage) if leverage <= max => {
+                Ok(Plan::Leverage { account, found: a, symbol, leverage })
+            }
             _ => {
                 // The reason's notional, exactly as the reference engine words it.
                 let notional = self
@@ -497,16 +508,21 @@ impl FastEngine {
         self.tick(s, ticks as i64);
     }
 
+    /// The account `account`: the index its check found, or a new one.
+    fn intern_found(&mut self, account: u64, found: Option<AccountIdx>) -> AccountIdx {
+        debug_assert_eq!(found, self.lookup(account));
+        found.unwrap_or_else(|| self.intern(account))
+    }
+
     fn commit_position(
         &mut self,
-        account: u64,
+        a: AccountIdx,
         symbol: SymbolIdx,
         mode: Mode,
         lots: i64,
         entry_e8: i64,
         isolated_e8: i128,
-    ) -> AccountIdx {
-        let a = self.intern(account);
+    ) {
         // What its positions owe is paid before one of them moves or goes (a closed slot's
         // log position would be lost).
         self.settle(a);
@@ -520,7 +536,6 @@ impl FastEngine {
         if lots != 0 {
             self.insert_position(a, symbol, lots, entry_e8, isolated_e8);
         }
-        a
     }
 
     fn commit_funding(
