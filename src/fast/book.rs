@@ -107,6 +107,27 @@ impl Scale {
         base_q16 + self.value_q16(lots, ticks) - self.mm_q16(self.notional_n12(lots, ticks))
     }
 
+    /// The least change of a position's buffer term `f(t) = buffer_q16(lots, base, t)` per
+    /// tick, q16 (`lots != 0`): `|f(t2) - f(t1)| >= |t2 - t1| · slope_floor_q16(lots)` for
+    /// any marks. The value `lots · t · lot_tick` moves by `|lots| · lot_tick_q16` a tick,
+    /// and mm, continuous with non-decreasing rates `mmr_k` (SPEC section 2: `cum` makes it
+    /// continuous, rates never fall), moves the same way as the notional by between 0 and
+    /// `mmr_max` of it. A long's term rises by at least `|lots| · lot_tick_n12 · (10^4 −
+    /// mmr_max_e4)` a tick (every mmr is below 1, so this is positive); a short's falls by
+    /// at least `|lots| · lot_tick_q16`, since its mm rises as its value falls.
+    #[inline]
+    pub fn slope_floor_q16(&self, lots: i64) -> i128 {
+        debug_assert_ne!(lots, 0);
+        let q = i128::from(lots.unsigned_abs() as i64);
+        if lots > 0 {
+            // Rates never fall from one bracket to the next: the last is the largest.
+            let mmr_max = *self.mmr_e4.last().expect("a symbol has a bracket");
+            q * self.lot_tick_n12 * (10_000 - mmr_max)
+        } else {
+            q * self.lot_tick_q16
+        }
+    }
+
     /// The trigger (see [`fires`]) of a position at mark `t0` whose buffer term
     /// `f(t) = buffer_q16(lots, base, t)` must stay on one side of `v`: `f(t) >= v` when
     /// `keep_above`, else `f(t) <= v`. `t0` must be on that side. The trigger fires on the
@@ -447,6 +468,10 @@ pub struct Book {
     /// At least every `|lots|` the book holds: the largest ever pushed, never lowered (a
     /// funding's largest payment, without reading every slot).
     pub max_lots: u64,
+    /// Isolated book: at least every `|isolated_e8|` the book holds (e8): raised by
+    /// [`Book::push`] and by every writer of a margin, never lowered. A funding whose largest
+    /// payment keeps it in range (nearly always) needs no per-slot range check. Cross: 0.
+    pub margin_bound_e8: i128,
 }
 
 /// A funding trigger that never fires.
@@ -478,6 +503,7 @@ impl Book {
             fund_trigger: Column::new(),
             fund_guards: Column::new(),
             max_lots: 0,
+            margin_bound_e8: 0,
         }
     }
 
@@ -508,6 +534,7 @@ impl Book {
         self.base_q16.push(base_q16);
         match self.mode {
             Mode::Isolated => {
+                self.margin_bound_e8 = self.margin_bound_e8.max(isolated_e8.abs());
                 self.isolated_e8.push(isolated_e8);
                 self.liquidatable.push(false);
             }

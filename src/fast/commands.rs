@@ -19,24 +19,33 @@ use crate::{
 
 /// What an accepted command will do: every value it writes, decided by [`FastEngine::check`]
 /// from the state before it. Accounts are named by id where the commit may create them (an
-/// applied message creates what it first names, SPEC section 3) and by index where the check
-/// found them.
+/// applied message creates what it first names, SPEC section 3), with the index the check
+/// found for the id if any (`found`: the commit does not look the id up again; nothing
+/// happens between the two, and accounts are never removed), and by index alone where the
+/// check found them.
 #[derive(Debug)]
 enum Plan<'c> {
     /// Move one symbol's mark.
     Mark(SymbolIdx, D8),
     /// Move several marks at one evaluation point (`marks`: distinct symbols, validated).
     Marks(&'c [(SymbolIdx, D8)]),
-    /// Set the cross wallet (a `balance`, or a `transfer` within its rules) and re-arm the
-    /// account's cross item.
+    /// Set the cross wallet (a `balance`) and re-arm the account's cross item.
     Wallet {
         account: u64,
         wallet_e8: i128,
+    },
+    /// Move the cross wallet by `amount_e8` (a `transfer` within its rules) and re-arm the
+    /// account's cross item.
+    Transfer {
+        account: u64,
+        found: Option<AccountIdx>,
+        amount_e8: i128,
     },
     /// Replace the pair's position (`lots == 0` closes it); `isolated_e8` is its isolated
     /// margin, 0 in cross mode.
     Position {
         account: u64,
+        found: Option<AccountIdx>,
         symbol: SymbolIdx,
         mode: Mode,
         lots: i64,
@@ -46,11 +55,13 @@ enum Plan<'c> {
     /// Change the mode of a pair without position or open orders.
     MarginMode {
         account: u64,
+        found: Option<AccountIdx>,
         symbol: SymbolIdx,
         mode: Mode,
     },
     Leverage {
         account: u64,
+        found: Option<AccountIdx>,
         symbol: SymbolIdx,
         leverage: u32,
     },
@@ -68,17 +79,18 @@ enum Plan<'c> {
         slot: usize,
         amount_e8: i128,
     },
-    /// Pay a funding of `c` per lot (10^-20, before rounding) whose largest payment is
+    /// Pay a funding of `c` per lot (10^-20, before rounding) whose largest cross payment is
     /// `pay_max` (e8): the cross holders lazily (`cross_pay` is `None`: no wallet can leave
-    /// the range) or each its payment by book slot; the isolated ones each `iso_pay` by
-    /// slot, re-evaluated at the unchanged mark `ticks`.
+    /// the range) or each its payment by book slot; the isolated ones at once, at the
+    /// unchanged mark `ticks`, each `round8(lots · c)` (`iso_pay` is `None`: no margin can
+    /// leave the range) or its payment by slot as the check computed it.
     Funding {
         symbol: SymbolIdx,
         ticks: i64,
         c: i128,
         pay_max: i128,
         cross_pay: Option<Vec<i128>>,
-        iso_pay: Vec<i128>,
+        iso_pay: Option<Vec<i128>>,
     },
     Query {
         account: u64,
@@ -166,17 +178,23 @@ impl FastEngine {
                 let delta_e8 = wallet_e8 - self.accounts.wallet_e8[a.0 as usize];
                 self.move_wallet_rearmed(a, delta_e8, at, out);
             }
-            Plan::Position { account, symbol, mode, lots, entry_e8, isolated_e8 } => {
-                let a = self.commit_position(account, symbol, mode, lots, entry_e8, isolated_e8);
+            Plan::Transfer { account, found, amount_e8 } => {
+                let a = self.intern_found(account, found);
+                self.settle(a);
+                self.move_wallet_rearmed(a, amount_e8, at, out);
+            }
+            Plan::Position { account, found, symbol, mode, lots, entry_e8, isolated_e8 } => {
+                let a = self.intern_found(account, found);
+                self.commit_position(a, symbol, mode, lots, entry_e8, isolated_e8);
                 self.refresh(a, true, at, out);
                 self.eval_isolated(a, symbol, true, at, out);
             }
-            Plan::MarginMode { account, symbol, mode } => {
-                let a = self.intern(account);
+            Plan::MarginMode { account, found, symbol, mode } => {
+                let a = self.intern_found(account, found);
                 self.pair_mut(a, symbol).mode = mode;
             }
-            Plan::Leverage { account, symbol, leverage } => {
-                let a = self.intern(account);
+            Plan::Leverage { account, found, symbol, leverage } => {
+                let a = self.intern_found(account, found);
                 self.pair_mut(a, symbol).leverage = leverage;
             }
             Plan::Orders { account, symbol, open_orders, order_margin_e8 } => {
@@ -190,6 +208,7 @@ impl FastEngine {
                 self.settle(account);
                 let book = &mut self.isolated[symbol.0 as usize];
                 book.isolated_e8[slot] += amount_e8;
+                book.margin_bound_e8 = book.margin_bound_e8.max(book.isolated_e8[slot].abs());
                 book.base_q16[slot] += amount_e8 * E8_TO_Q16;
                 self.move_wallet_rearmed(account, -amount_e8, at, out);
                 self.eval_isolated(account, symbol, true, at, out);
@@ -200,10 +219,11 @@ impl FastEngine {
             }
             Plan::Query { account } => {
                 // Paid what it owes for lazy fundings once, rather than on every read.
-                if let Some(a) = self.lookup(account) {
+                let found = self.lookup(account);
+                if let Some(a) = found {
                     self.settle(a);
                 }
-                out(Event::Account(self.query_report(account, at)));
+                out(Event::Account(self.query_report(account, found, at)));
             }
             Plan::Nothing => {}
         }
@@ -213,17 +233,32 @@ impl FastEngine {
 
     /// A deposit, or a withdrawal within the available balance (SPEC section 5); an account
     /// not seen yet has wallet 0 and nothing else, so it may only deposit.
+    ///
+    /// What the account owes for lazy fundings is computed at most once here (a withdrawal's
+    /// available balance needs it), and a deposit whose sum stays in range on the bound of
+    /// every true wallet (`wallet_bound_e8`, nearly always) needs it not at all: the commit
+    /// settles the account and moves its wallet by the amount.
     fn check_transfer(&self, account: u64, amount: D8) -> Result<Plan<'static>, Reject> {
         let a = self.lookup(account);
-        if amount.0 < 0 {
-            let available = a.map_or(Ok(0), |a| self.available_q16(a))?;
+        let wallet_e8 = if amount.0 < 0 {
+            let wallet_e8 = a.map_or(0, |a| self.wallet_now_e8(a));
+            let available = a.map_or(Ok(0), |a| self.available_q16(a, wallet_e8))?;
             if available + amount.0 * E8_TO_Q16 < 0 {
                 return Err(rejects::withdrawal_exceeds(amount.abs(), super::q16_text(available)));
             }
+            Some(wallet_e8)
+        } else {
+            None
+        };
+        // |true wallet| <= wallet_bound_e8 (see `FastEngine::wallet_bound_e8`).
+        if wallet_e8.is_none()
+            && self.wallet_bound_e8.checked_add(amount.0).is_none_or(|w| w >= AMOUNT_LIMIT.0)
+        {
+            in_limits("wallet", a.map_or(0, |a| self.wallet_now_e8(a)) + amount.0)?;
+        } else if let Some(wallet_e8) = wallet_e8 {
+            in_limits("wallet", wallet_e8 + amount.0)?;
         }
-        let wallet_e8 = a.map_or(0, |a| self.wallet_now_e8(a));
-        let wallet_e8 = in_limits("wallet", wallet_e8 + amount.0)?;
-        Ok(Plan::Wallet { account, wallet_e8 })
+        Ok(Plan::Transfer { account, found: a, amount_e8: amount.0 })
     }
 
     fn check_position(
@@ -234,7 +269,8 @@ impl FastEngine {
         entry_price: Option<D8>,
         isolated_margin: Option<D8>,
     ) -> Result<Plan<'static>, Reject> {
-        let mode = self.mode_of(self.lookup(account), symbol);
+        let found = self.lookup(account);
+        let mode = self.mode_of(found, symbol);
         match (mode, isolated_margin) {
             (Mode::Cross, Some(_)) => return Err(rejects::isolated_margin_on_cross()),
             (Mode::Isolated, None) if !size.is_zero() => {
@@ -249,7 +285,7 @@ impl FastEngine {
         // An entry price is below 10^9 (section 1), so its e8 value is below 10^17.
         let entry_e8 = entry_price.map_or(0, |e| e.0 as i64);
         let isolated_e8 = isolated_margin.map_or(0, |m| m.0);
-        Ok(Plan::Position { account, symbol, mode, lots, entry_e8, isolated_e8 })
+        Ok(Plan::Position { account, found, symbol, mode, lots, entry_e8, isolated_e8 })
     }
 
     /// Same mode: applied, nothing to do. Otherwise locked while the pair holds a position
@@ -272,7 +308,7 @@ impl FastEngine {
             let size = p.map_or(D8::ZERO, |p| D8(i128::from(self.lots_of(p)) * step_e8));
             return Err(rejects::mode_locked(size, open_orders));
         }
-        Ok(Plan::MarginMode { account, symbol, mode })
+        Ok(Plan::MarginMode { account, found: a, symbol, mode })
     }
 
     /// Leverage up to the max of the bracket at the current notional: at the mark, else at
@@ -302,7 +338,9 @@ impl FastEngine {
         };
         let max = sym.brackets[k].max_leverage;
         match u32::try_from(leverage) {
-            Ok(leverage) if leverage <= max => Ok(Plan::Leverage { account, symbol, leverage }),
+            Ok(leverage) if leverage <= max => {
+                Ok(Plan::Leverage { account, found: a, symbol, leverage })
+            }
             _ => {
                 // The reason's notional, exactly as the reference engine words it.
                 let notional = self
@@ -339,8 +377,13 @@ impl FastEngine {
         let slot = p.slot as usize;
         let book = &self.isolated[si];
         let margin_now = book.isolated_e8[slot];
+        // What the account owes for lazy fundings, computed once: an addition needs it for the
+        // available balance; a removal only when the wallet's bound leaves the sum in doubt.
+        let mut wallet_now = None;
         if amount.0 > 0 {
-            let available = self.available_q16(a)?;
+            let wallet_e8 = self.wallet_now_e8(a);
+            wallet_now = Some(wallet_e8);
+            let available = self.available_q16(a, wallet_e8)?;
             if available - amount.0 * E8_TO_Q16 < 0 {
                 return Err(rejects::addition_exceeds(amount, super::q16_text(available)));
             }
@@ -364,7 +407,12 @@ impl FastEngine {
                 ));
             }
         }
-        in_limits("wallet", self.wallet_now_e8(a) - amount.0)?;
+        // An addition lowers the wallet, and |true wallet| <= wallet_bound_e8.
+        let bounded = self.wallet_bound_e8.checked_add(amount.0.abs());
+        if bounded.is_none_or(|w| w >= AMOUNT_LIMIT.0) {
+            let wallet_e8 = wallet_now.unwrap_or_else(|| self.wallet_now_e8(a));
+            in_limits("wallet", wallet_e8 - amount.0)?;
+        }
         in_limits("isolated margin", margin_now + amount.0)?;
         Ok(Plan::IsolatedMargin { account: a, symbol, slot, amount_e8: amount.0 })
     }
@@ -372,8 +420,10 @@ impl FastEngine {
     /// Every holder's payment `round8(size * P * rate)`, and every new balance checked before
     /// any is changed (all or nothing, SPEC section 5). When even the largest payment on the
     /// largest wallet stays in range (nearly always), no cross holder can fail: the plan pays
-    /// them lazily and no wallet is read. Otherwise every cross holder's true wallet is
-    /// checked, and the plan pays each at once.
+    /// them lazily and no wallet is read. Likewise, when the largest payment on the book's
+    /// margin bound stays in range, no isolated holder can fail, and the check reads no slot:
+    /// the commit computes each payment as it pays it. Otherwise every holder's true wallet
+    /// or margin is checked, and the plan carries each payment.
     fn check_funding(&self, s: SymbolIdx, rate: D8) -> Result<Plan<'static>, Reject> {
         let si = s.0 as usize;
         let t = self.mark_ticks[si]
@@ -399,6 +449,13 @@ impl FastEngine {
         // lots the book ever held.
         let pay_max = super::div_1e12_round_half_even(i128::from(cross.max_lots) * c.abs());
         let lazy = self.wallet_bound_e8.checked_add(pay_max).is_some_and(|w| w < AMOUNT_LIMIT.0);
+        let iso_pay_max = super::div_1e12_round_half_even(i128::from(isolated.max_lots) * c.abs());
+        let iso_safe =
+            isolated.margin_bound_e8.checked_add(iso_pay_max).is_some_and(|m| m < AMOUNT_LIMIT.0);
+        if lazy && iso_safe {
+            let (cross_pay, iso_pay) = (None, None);
+            return Ok(Plan::Funding { symbol: s, ticks: t, c, pay_max, cross_pay, iso_pay });
+        }
         let cross_pay = if lazy { None } else { Some(pays(&cross.lots)) };
         let iso_pay = pays(&isolated.lots);
         // Of several balances that would leave the range, name the lowest account id, as the
@@ -431,7 +488,10 @@ impl FastEngine {
         };
         match failure {
             Some((_, reject)) => Err(reject),
-            None => Ok(Plan::Funding { symbol: s, ticks: t, c, pay_max, cross_pay, iso_pay }),
+            None => {
+                let iso_pay = Some(iso_pay);
+                Ok(Plan::Funding { symbol: s, ticks: t, c, pay_max, cross_pay, iso_pay })
+            }
         }
     }
 
@@ -448,16 +508,21 @@ impl FastEngine {
         self.tick(s, ticks as i64);
     }
 
+    /// The account `account`: the index its check found, or a new one.
+    fn intern_found(&mut self, account: u64, found: Option<AccountIdx>) -> AccountIdx {
+        debug_assert_eq!(found, self.lookup(account));
+        found.unwrap_or_else(|| self.intern(account))
+    }
+
     fn commit_position(
         &mut self,
-        account: u64,
+        a: AccountIdx,
         symbol: SymbolIdx,
         mode: Mode,
         lots: i64,
         entry_e8: i64,
         isolated_e8: i128,
-    ) -> AccountIdx {
-        let a = self.intern(account);
+    ) {
         // What its positions owe is paid before one of them moves or goes (a closed slot's
         // log position would be lost).
         self.settle(a);
@@ -471,7 +536,6 @@ impl FastEngine {
         if lots != 0 {
             self.insert_position(a, symbol, lots, entry_e8, isolated_e8);
         }
-        a
     }
 
     fn commit_funding(
@@ -481,10 +545,9 @@ impl FastEngine {
         c: i128,
         pay_max: i128,
         cross_pay: Option<Vec<i128>>,
-        iso_pay: Vec<i128>,
+        iso_pay: Option<Vec<i128>>,
     ) {
         let si = s.0 as usize;
-        debug_assert_eq!(iso_pay.len(), self.isolated[si].len());
         match cross_pay {
             None => {
                 // Every true wallet was within the bound and moves by at most `pay_max`; the
@@ -514,13 +577,97 @@ impl FastEngine {
                 }
             }
         }
-        let book = &mut self.isolated[si];
-        let columns = book.isolated_e8.iter_mut().zip(&mut book.base_q16);
-        for ((margin, base), &pay) in columns.zip(&iso_pay) {
-            *margin -= pay;
-            *base -= pay * E8_TO_Q16;
-        }
-        // Re-evaluate the isolated positions at the unchanged mark.
-        self.evaluate_isolated_book(s, ticks, super::Retrigger::Paid(&iso_pay));
+        self.pay_isolated(s, ticks, c, iso_pay.as_deref());
     }
+
+    /// Pays funding `c` (per lot, 10^-20) out of every isolated position of `s` at the
+    /// unchanged mark `ticks`: each `round8(lots · c)`, or `pays[k]` when the check computed
+    /// them. A payment that moves a position away from its flip (a healthy one receiving, a
+    /// liquidatable one paying) leaves its state and trigger valid (the trigger fires early
+    /// at most). One that moves it towards its flip moves its trigger by [`paid_trigger`]
+    /// when that keeps the mark on the trigger's safe side (the state is then unchanged, so
+    /// nothing is evaluated), and is evaluated exactly otherwise. One pass over the book,
+    /// no evaluation of the others: the exact search of every payer's trigger was most of a
+    /// funding's cost on the trade-heavy mix.
+    fn pay_isolated(&mut self, s: SymbolIdx, ticks: i64, c: i128, pays: Option<&[i128]>) {
+        let si = s.0 as usize;
+        let (book, sc) = (&mut self.isolated[si], &self.scales[si]);
+        debug_assert!(pays.is_none_or(|p| p.len() == book.len()));
+        // Every |margin| was within the bound and moves by at most the largest payment (of
+        // the most lots the book ever held: rounding is monotone and symmetric); the check
+        // found the sum in range.
+        let pay_max = super::div_1e12_round_half_even(i128::from(book.max_lots) * c.abs());
+        book.margin_bound_e8 += pay_max;
+        let mut evaluated = 0;
+        for k in 0..book.len() {
+            let lots = book.lots[k];
+            let pay = match pays {
+                Some(pays) => pays[k],
+                None => super::div_1e12_round_half_even(i128::from(lots) * c),
+            };
+            if pay == 0 {
+                continue;
+            }
+            book.isolated_e8[k] -= pay;
+            book.base_q16[k] -= pay * E8_TO_Q16;
+            let was = book.liquidatable[k];
+            if (pay > 0) == was {
+                continue;
+            }
+            match paid_trigger(sc, lots, book.trigger(k), pay, ticks) {
+                Some(trigger) => book.set_trigger(k, trigger),
+                None => {
+                    evaluated += 1;
+                    let base = book.base_q16[k];
+                    let now = sc.buffer_q16(lots, base, ticks) < 0;
+                    book.liquidatable[k] = now;
+                    book.set_trigger(k, super::isolated_trigger(sc, lots, base, ticks, now));
+                    if now && !was {
+                        // A slot of the book, and `Book::push` keeps slots below 2^32.
+                        self.emit_isolated.push((s, k as u32));
+                    }
+                }
+            }
+        }
+        self.positions_evaluated += evaluated;
+    }
+}
+
+/// The trigger of an isolated position of `lots` after a funding moved its margin by
+/// `-pay_e8` towards its flip (a healthy one paid, a liquidatable one received), at the
+/// unchanged mark `t`, given its trigger `old` from before: `old` moved `d = ⌈|pay| ·
+/// 10^8 / s⌉` ticks towards `t`, with `s` the least move of its buffer term a tick
+/// ([`Scale::slope_floor_q16`](super::book::Scale::slope_floor_q16)). `None` when `old` is 0
+/// (never) or the moved trigger would fire at `t`: then the position is evaluated exactly.
+///
+/// Why it is valid: a trigger's safe side (the marks it does not fire on) is a ray of
+/// marks ending at the trigger, on which the term was on the flag's side (`f >= 0`
+/// healthy, `f <= −1` liquidatable). Every mark `m` of the moved ray has `m ∓ d` in the old
+/// ray, `d` ticks further from the flip, so the term at `m` is at least `d · s >= |pay|`
+/// (in q16) further from the flip than the old bound: after the payment it is still on the
+/// flag's side. So the moved trigger still fires before the state can flip, and, with `t`
+/// on its safe side, the state at `t` is unchanged. It fires early by at most the rounding
+/// of `d` and the gap between the floor and the true slope (mm's rate of the position's
+/// bracket instead of the largest); a mark that fires it evaluates and re-triggers exactly.
+pub(super) fn paid_trigger(
+    sc: &super::book::Scale,
+    lots: i64,
+    old: i64,
+    pay_e8: i128,
+    t: i64,
+) -> Option<i64> {
+    if old == 0 {
+        return None;
+    }
+    // |pay| < 10^25 e8 (SPEC section 1's limits, see `check_funding`), so the q16 move fits.
+    let need = pay_e8.unsigned_abs() * E8_TO_Q16 as u128;
+    let slope = sc.slope_floor_q16(lots).unsigned_abs();
+    let d = match (u64::try_from(need), u64::try_from(slope)) {
+        (Ok(n), Ok(s)) => u128::from(n.div_ceil(s)),
+        _ => need.div_ceil(slope),
+    };
+    let moved = old.checked_add(i64::try_from(d).ok()?)?;
+    // `old > 0` fires below it (safe: marks >= it); `old < 0` fires above `-old`.
+    let safe_at_t = if old > 0 { moved <= t } else { moved <= -t };
+    safe_at_t.then_some(moved)
 }

@@ -17,6 +17,8 @@ mod commands;
 #[cfg(test)]
 mod funding_tests;
 mod funds;
+#[cfg(test)]
+mod isolated_funding_tests;
 mod risk;
 mod snapshot;
 
@@ -502,18 +504,12 @@ fn evaluate_isolated(
 
 /// Which isolated triggers an evaluation of a whole book sets anew.
 #[derive(Debug, Clone, Copy)]
-enum Retrigger<'p> {
+enum Retrigger {
     /// Every one (the mark or every position changed).
     All,
     /// Those of positions whose state flipped (a sweep, which finds none unless a trigger
     /// was wrong).
     Flipped,
-    /// Funding: each slot `k` paid `pays[k]` (e8) out of its margin. A trigger is the exact
-    /// mark where the state flips; a payment moves that mark towards the current one only
-    /// for a healthy position that paid or a liquidatable one that received, so only those
-    /// (and the flipped) need a new trigger. The others' triggers now fire early, and an
-    /// early trigger only costs an evaluation that finds no flip.
-    Paid(&'p [i128]),
 }
 
 /// [`evaluate_isolated`] with the triggers to set anew chosen by `retrigger`.
@@ -522,7 +518,7 @@ fn evaluate_isolated_with(
     s: SymbolIdx,
     sc: &Scale,
     ticks: i64,
-    retrigger: Retrigger<'_>,
+    retrigger: Retrigger,
     parallel: bool,
 ) -> Vec<(SymbolIdx, u32)> {
     let quote = Quote::new(sc, ticks);
@@ -548,20 +544,6 @@ fn evaluate_isolated_with(
                 Retrigger::Flipped => {
                     if !flips.is_empty() {
                         flips.iter().for_each(|&k| triggers[k] = trigger(k));
-                        changed.store(true, Ordering::Relaxed);
-                    }
-                }
-                Retrigger::Paid(pays) => {
-                    let pays = &pays[start..start + lots.len()];
-                    let mut any = !flips.is_empty();
-                    flips.iter().for_each(|&k| triggers[k] = trigger(k));
-                    for (k, &pay) in pays.iter().enumerate() {
-                        if (pay > 0 && !flags[k]) || (pay < 0 && flags[k]) {
-                            triggers[k] = trigger(k);
-                            any = true;
-                        }
-                    }
-                    if any {
                         changed.store(true, Ordering::Relaxed);
                     }
                 }
@@ -1451,7 +1433,7 @@ impl FastEngine {
     /// Evaluates every isolated position of `s` at `ticks` (on rayon workers for a big book),
     /// flipping flags in place and recording those that crossed below maintenance; `retrigger`
     /// says which triggers are set anew.
-    fn evaluate_isolated_book(&mut self, s: SymbolIdx, ticks: i64, retrigger: Retrigger<'_>) {
+    fn evaluate_isolated_book(&mut self, s: SymbolIdx, ticks: i64, retrigger: Retrigger) {
         let si = s.0 as usize;
         let book = &mut self.isolated[si];
         self.positions_evaluated += book.len() as u64;
@@ -1719,6 +1701,11 @@ impl FastEngine {
                 }
             }
         }
+        for (si, book) in self.isolated.iter().enumerate() {
+            if let Some(m) = book.isolated_e8.iter().find(|m| m.abs() > book.margin_bound_e8) {
+                return Err(format!("symbol {si}: isolated margin {m} above the book's bound"));
+            }
+        }
         let wallets: Vec<i128> =
             (0..self.accounts.id.len()).map(|i| self.wallet_now_e8(AccountIdx(i as u32))).collect();
         if let Some(w) = wallets.iter().find(|w| w.abs() > self.wallet_bound_e8) {
@@ -1745,10 +1732,13 @@ impl FastEngine {
 
     // --- state rules ---------------------------------------------------------------------
 
-    /// Available balance in q16 (SPEC section 4); `Err(no_mark)` without a cross mark.
-    fn available_q16(&self, a: AccountIdx) -> Result<i128, Reject> {
+    /// Available balance in q16 (SPEC section 4) of `a` whose true wallet is `wallet_now_e8`
+    /// ([`FastEngine::wallet_now_e8`], which the caller has); `Err(no_mark)` without a cross
+    /// mark.
+    fn available_q16(&self, a: AccountIdx, wallet_now_e8: i128) -> Result<i128, Reject> {
         let i = a.0 as usize;
-        let mut avail = self.wallet_now_e8(a) * E8_TO_Q16;
+        debug_assert_eq!(wallet_now_e8, self.wallet_now_e8(a));
+        let mut avail = wallet_now_e8 * E8_TO_Q16;
         for p in &self.accounts.pairs[i] {
             avail -= self.funds(a, p.symbol).order_margin_e8 * E8_TO_Q16;
             if p.mode != Mode::Cross || p.slot == NO_SLOT {

@@ -261,11 +261,18 @@ impl FastEngine {
         Some(self.report_of_held(a, at).unwrap_or_else(|| self.exact_report(account, at)))
     }
 
-    /// The `account` event a `query` of `account` emits now (SPEC section 7): from the
-    /// books' integers ([`FastEngine::report_of_held`]), or for an account the engine does not
-    /// hold (all zero) and at the amount limits on the exact path the reference engine uses.
-    pub(super) fn query_report(&self, account: u64, at: At) -> AccountReport {
-        let ints = self.lookup(account).and_then(|a| self.report_of_held(a, at));
+    /// The `account` event a `query` of `account` (index `found`, as the caller looked it
+    /// up) emits now (SPEC section 7): from the books' integers
+    /// ([`FastEngine::report_of_held`]), or for an account the engine does not hold (all zero)
+    /// and at the amount limits on the exact path the reference engine uses.
+    pub(super) fn query_report(
+        &self,
+        account: u64,
+        found: Option<AccountIdx>,
+        at: At,
+    ) -> AccountReport {
+        debug_assert_eq!(found, self.lookup(account));
+        let ints = found.and_then(|a| self.report_of_held(a, at));
         ints.unwrap_or_else(|| self.exact_report(account, at))
     }
 

@@ -1,0 +1,191 @@
+//! Isolated positions paid by a funding (`FastEngine::pay_isolated`): a payer's trigger is
+//! moved by `paid_trigger` instead of searched again, and must still fire before the state
+//! can flip. Held to the exact state at every mark (unit test) and to the reference engine
+//! message for message, with the fast engine's audit after each.
+
+use std::sync::Arc;
+
+use super::{E8_TO_Q16, FastEngine, book::Scale, commands::paid_trigger, isolated_trigger};
+use crate::{
+    config::{Mode, SymbolIdx},
+    engine::{At, Engine},
+    fixed::D8,
+    protocol::{Command, Event},
+    reference::ReferenceEngine,
+    synth,
+};
+
+const S0: SymbolIdx = SymbolIdx(0);
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// For positions of every side, state and bracket of the synthetic symbol (five brackets,
+/// mmr 0.4 % to 5 %), and payments from 10^-8 to far past the buffer: whenever the moved
+/// trigger is given, the term after the payment is on the flag's side at the trigger's
+/// edge mark (so, being monotone, on its whole safe side) and the mark is on that side;
+/// whenever the state at the mark flipped, no trigger is given.
+#[test]
+fn a_moved_trigger_fires_before_the_state_can_flip() {
+    let cfg = synth::config(1);
+    let sc = Scale::new(cfg.symbol(S0));
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut moved, mut declined) = (0, 0);
+    for _ in 0..20_000 {
+        // Up to 10,000 lots of 0.001 at marks 1.00 to 20,000.00: notionals across brackets.
+        let lots = (1 + rng.below(10_000) as i64) * if rng.below(2) == 0 { 1 } else { -1 };
+        let t = 100 + rng.below(2_000_000) as i64;
+        let notional_q16 = sc.notional_n12(lots, t) * 10_000;
+        // A margin from 0.1 % to 20 % of the notional, an entry within 5 % of the mark.
+        let margin_q16 = notional_q16 * (1 + rng.below(200) as i128) / 1000;
+        let entry_t = t * (950 + rng.below(100) as i64) / 1000;
+        let base = margin_q16 - sc.value_q16(lots, entry_t);
+        let liquidatable = sc.buffer_q16(lots, base, t) < 0;
+        let old = isolated_trigger(&sc, lots, base, t, liquidatable);
+        // Towards the flip: a healthy position pays, a liquidatable one receives.
+        let magnitude = match rng.below(3) {
+            0 => 1 + rng.below(1_000) as i128,
+            1 => 1 + (notional_q16 / E8_TO_Q16) * rng.below(100) as i128 / 100_000,
+            _ => 1 + (notional_q16 / E8_TO_Q16) * rng.below(100) as i128 / 1000,
+        };
+        let pay_e8 = if liquidatable { -magnitude } else { magnitude };
+        let paid = base - pay_e8 * E8_TO_Q16;
+        let flipped = (sc.buffer_q16(lots, paid, t) < 0) != liquidatable;
+        match paid_trigger(&sc, lots, old, pay_e8, t) {
+            None => declined += 1,
+            Some(m) => {
+                moved += 1;
+                assert!(!flipped, "lots {lots} t {t}: a flipped position kept a moved trigger");
+                assert!(!super::book::fires(m, t), "lots {lots} t {t}: {m} fires at the mark");
+                let edge = m.abs();
+                let f = sc.buffer_q16(lots, paid, edge);
+                let kept = if liquidatable { f <= -1 } else { f >= 0 };
+                assert!(kept, "lots {lots} t {t} old {old} pay {pay_e8}: term {f} at edge {edge}");
+            }
+        }
+    }
+    assert!(moved > 10_000 && declined > 100, "moved {moved}, declined {declined}");
+}
+
+/// A payment that brings an isolated long's buffer exactly to zero keeps it healthy (the
+/// edge, `f >= 0`); one more 10^-8 on the next funding makes it liquidatable, and that
+/// funding must emit. The same at the next mark one tick down after the first funding.
+#[test]
+fn a_payment_exactly_at_the_edge_and_one_past_it() {
+    for fall_after in [false, true] {
+        let mut both = Both::new();
+        both.mark(10_000); // 100.00
+        both.apply(Command::MarginMode { account: 1, symbol: S0, mode: Mode::Isolated });
+        // 1 lot of 0.001... 10 (10,000 lots) at 100.00: notional 1,000, mm 4 (0.4 %).
+        let lots = 10_000;
+        let sc = Scale::new(both.fast.cfg.symbol(S0));
+        let mm_e8 = sc.mm_q16(sc.notional_n12(lots, 10_000)) / E8_TO_Q16;
+        // A rate of 10^-5 pays 1,000 × 10^-5 = 0.01 (10^6 e8); the margin leaves exactly that
+        // above maintenance.
+        let margin = D8(mm_e8 + 1_000_000);
+        let size = D8(i128::from(lots) * 100_000);
+        let entry_price = Some(D8(100 * 100_000_000));
+        let cmd = Command::Position {
+            account: 1,
+            symbol: S0,
+            size,
+            entry_price,
+            isolated_margin: Some(margin),
+        };
+        assert!(both.apply(cmd).is_empty());
+        assert!(both.fund(1_000).is_empty(), "at the edge: healthy");
+        let slot = both.fast.pair(both.fast.lookup(1).unwrap(), S0).unwrap().slot as usize;
+        assert_eq!(sc.buffer_q16(lots, both.fast.isolated[0].base_q16[slot], 10_000), 0);
+        let events = if fall_after { both.mark(9_999) } else { both.fund(1) };
+        assert_eq!(events.len(), 1, "one past the edge: liquidatable ({fall_after})");
+        assert!(matches!(&events[0], Event::Liquidation(l) if l.account == 1));
+    }
+}
+
+/// Both engines fed the same messages.
+struct Both {
+    fast: FastEngine,
+    reference: ReferenceEngine,
+    line: u64,
+}
+
+impl Both {
+    fn new() -> Both {
+        let cfg = Arc::new(synth::config(1));
+        let reference = ReferenceEngine::new(cfg.clone());
+        Both { fast: FastEngine::new(cfg), reference, line: 0 }
+    }
+
+    /// Applies `cmd` to both: results and events equal (as sets), the audit passes.
+    fn apply(&mut self, cmd: Command) -> Vec<Event> {
+        self.line += 1;
+        let at = At { line: self.line, seq: self.line };
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        let fast = self.fast.apply(&cmd, at, &mut |e| got.push(e));
+        let reference = self.reference.apply(&cmd, at, &mut |e| want.push(e));
+        assert_eq!(fast, reference, "line {}: {cmd:?}", self.line);
+        let key = |e: &Event| format!("{e:?}");
+        got.sort_by_key(key);
+        want.sort_by_key(key);
+        assert_eq!(got, want, "line {}: {cmd:?}", self.line);
+        assert_eq!(self.fast.audit(), Ok(()), "line {}: {cmd:?}", self.line);
+        got
+    }
+
+    fn mark(&mut self, price_e2: i64) -> Vec<Event> {
+        self.apply(Command::Mark { symbol: S0, price: D8(i128::from(price_e2) * 1_000_000) })
+    }
+
+    /// A funding at `units` × 10^-8.
+    fn fund(&mut self, units: i64) -> Vec<Event> {
+        self.apply(Command::Funding { symbol: S0, rate: D8(i128::from(units)) })
+    }
+}
+
+/// Sixty isolated longs and shorts with margins from thin to thick, under hundreds of
+/// fundings of both signs (most small, some large) and a mark walking around 100.00: every
+/// message's events equal the reference engine's and the audit passes after each, so no
+/// moved trigger let an item cross unseen.
+#[test]
+fn isolated_fundings_and_marks_equal_the_reference() {
+    let mut both = Both::new();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut price = 10_000i64;
+    both.mark(price);
+    for a in 1..=60u64 {
+        both.apply(Command::MarginMode { account: a, symbol: S0, mode: Mode::Isolated });
+        let lots = (1 + rng.below(5_000) as i128) * if a % 2 == 0 { 1 } else { -1 };
+        // A margin of 0.5 % to 6 % of the notional (lots × 0.001 × 100).
+        let margin_e2 = lots.abs() * 10 * (5 + rng.below(55) as i128) / 1000;
+        let cmd = Command::Position {
+            account: a,
+            symbol: S0,
+            size: D8(lots * 100_000),
+            entry_price: Some(D8(i128::from(price) * 1_000_000)),
+            isolated_margin: Some(D8(margin_e2 * 1_000_000 + 1)),
+        };
+        both.apply(cmd);
+    }
+    let mut liquidations = 0;
+    for _ in 0..600 {
+        let events = match rng.below(4) {
+            0 => {
+                price = (price + rng.below(41) as i64 - 20).max(1);
+                both.mark(price)
+            }
+            1 => both.fund(rng.below(20_001) as i64 - 10_000),
+            _ => both.fund(rng.below(401) as i64 - 200),
+        };
+        liquidations += events.iter().filter(|e| matches!(e, Event::Liquidation(_))).count();
+    }
+    assert!(liquidations > 0, "the fundings and marks liquidated some items");
+}
