@@ -394,6 +394,11 @@ const CHUNK: usize = 4096;
 /// 25 to 29 s. In the sweep of the 3M-position bench book it took 42 ms to 11 ms.
 const PREFETCH_AHEAD: usize = 160;
 
+/// How many accounts (or fired slots) apart the steps of a message's prefetch are (see
+/// [`FastEngine::prefetch_ahead`]): each account asks for a dozen or more lines, so a few
+/// accounts ahead keep the CPU's line-fill buffers busy.
+const REFRESH_AHEAD: usize = 4;
+
 /// Asks the CPU to bring `r`'s cache line in (a hint: no effect on results).
 #[inline(always)]
 #[allow(unsafe_code)]
@@ -1123,7 +1128,10 @@ impl FastEngine {
         let i = a.0 as usize;
         // (symbol, lots, cost, upnl − mm) of each position the event lists, in symbol order.
         let mut held = Vec::new();
-        let (mut balance, mut maint) = (self.wallet_now_e8(a) * E8_TO_Q16, 0);
+        // An isolated item's balance is its isolated margin (set below): the cross wallet,
+        // which walks the account's cross positions, is read for cross items only.
+        let wallet = if isolated.is_none() { self.wallet_now_e8(a) } else { 0 };
+        let (mut balance, mut maint) = (wallet * E8_TO_Q16, 0);
         for p in &self.accounts.pairs[i] {
             let listed = match isolated {
                 None => p.mode == Mode::Cross,
@@ -1218,21 +1226,67 @@ impl FastEngine {
 
     /// Refreshes the cross accounts touched by this message and emits the isolated items
     /// that crossed, then clears the scratch lists.
+    ///
+    /// The accounts are known before they are refreshed, and each is in no order in memory
+    /// (its pair list, wallet and id, then each position's columns: a dozen or more cache
+    /// misses an account), so the records of accounts a few places ahead are asked for in
+    /// three steps (see [`FastEngine::prefetch_ahead`]), as a funding does.
     fn finish_message(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         // Book order, which is deterministic; the SPEC leaves the order within a message free.
         let mut touched = std::mem::take(&mut self.touched);
-        for &a in &touched {
+        for (j, &a) in touched.iter().enumerate() {
+            self.prefetch_ahead(&touched, j, true);
             self.refresh(a, false, at, out);
         }
         touched.clear();
         self.touched = touched;
         let mut isolated = std::mem::take(&mut self.emit_isolated);
-        for &(s, slot) in &isolated {
+        for (j, &(s, slot)) in isolated.iter().enumerate() {
+            if let Some(&(t, k)) = isolated.get(j + 2 * REFRESH_AHEAD) {
+                let b = self.isolated[t.0 as usize].account[k as usize].0 as usize;
+                prefetch(&self.accounts.pairs[b]);
+                prefetch(&self.accounts.id[b]);
+            }
+            if let Some(&(t, k)) = isolated.get(j + REFRESH_AHEAD) {
+                let b = self.isolated[t.0 as usize].account[k as usize].0 as usize;
+                self.accounts.pairs[b].first().map(prefetch);
+                self.accounts.pairs[b].last().map(prefetch);
+            }
             let a = self.isolated[s.0 as usize].account[slot as usize];
             self.emit_isolated_event(a, s, at, out);
         }
         isolated.clear();
         self.emit_isolated = isolated;
+    }
+
+    /// Asks the CPU for the records of the accounts that `list[j..]` will refresh (or, with
+    /// `columns` false, only read the pairs of), `REFRESH_AHEAD` apart: the pair list's
+    /// header, wallet and id of `list[j + 3K]`; the pairs of `list[j + 2K]` (their header
+    /// came in a step before); the cross positions' columns of `list[j + K]` (their pairs
+    /// came in a step before). A hint: no effect on results.
+    #[inline]
+    fn prefetch_ahead(&self, list: &[AccountIdx], j: usize, columns: bool) {
+        if let Some(&b) = list.get(j + 3 * REFRESH_AHEAD) {
+            let i = b.0 as usize;
+            prefetch(&self.accounts.pairs[i]);
+            prefetch(&self.accounts.wallet_e8[i]);
+            prefetch(&self.accounts.id[i]);
+        }
+        if let Some(&b) = list.get(j + 2 * REFRESH_AHEAD) {
+            let pairs = &self.accounts.pairs[b.0 as usize];
+            pairs.first().map(prefetch);
+            pairs.last().map(prefetch);
+        }
+        if !columns {
+            return;
+        }
+        if let Some(&b) = list.get(j + REFRESH_AHEAD) {
+            for p in &self.accounts.pairs[b.0 as usize] {
+                if p.mode == Mode::Cross && p.slot != NO_SLOT {
+                    self.cross[p.symbol.0 as usize].prefetch_slot(p.slot as usize);
+                }
+            }
+        }
     }
 
     /// Moves symbol `s` to `to` ticks. Only the positions whose trigger the move fires are
@@ -1248,13 +1302,26 @@ impl FastEngine {
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
         self.triggers_read += self.cross[si].scan(to, &mut fired) as u64;
-        for &slot in &fired {
-            let a = self.cross[si].account[slot as usize];
+        // The fired slots are sparse in the book and their accounts in no order: the account
+        // column a few slots ahead, and the account record of the next ones, are asked for
+        // first.
+        let book = &self.cross[si];
+        for (j, &slot) in fired.iter().enumerate() {
+            if let Some(&k) = fired.get(j + 2 * REFRESH_AHEAD) {
+                prefetch(&book.account[k as usize]);
+            }
+            if let Some(&k) = fired.get(j + REFRESH_AHEAD) {
+                prefetch(&self.accounts.hot[book.account[k as usize].0 as usize]);
+            }
+            let a = book.account[slot as usize];
             touch(&mut self.accounts.hot, &mut self.touched, self.msg_no, a);
         }
         fired.clear();
         self.triggers_read += self.isolated[si].scan(to, &mut fired) as u64;
-        for &slot in &fired {
+        for (j, &slot) in fired.iter().enumerate() {
+            if let Some(&k) = fired.get(j + REFRESH_AHEAD) {
+                self.isolated[si].prefetch_slot(k as usize);
+            }
             let (was, now) = self.settle_isolated(s, slot as usize, to);
             if now && !was {
                 self.emit_isolated.push((s, slot));
