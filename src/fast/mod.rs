@@ -18,6 +18,8 @@ mod funding_tests;
 mod funds;
 mod risk;
 mod snapshot;
+#[cfg(test)]
+mod wick_tests;
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -354,6 +356,12 @@ pub struct FastEngine {
     touched: Vec<AccountIdx>,
     /// Scratch: isolated slots of this message that crossed below maintenance.
     emit_isolated: Vec<(SymbolIdx, u32)>,
+    /// Scratch: cross accounts whose refresh at the end of this message emits (while
+    /// `defer_cross_events`; see [`FastEngine::finish_message`]).
+    emit_cross: Vec<AccountIdx>,
+    /// Set while `finish_message` refreshes: a refresh that emits then records its account
+    /// in `emit_cross` instead of building the event at once.
+    defer_cross_events: bool,
     /// Scratch: slots a tick fired.
     fired: Vec<u32>,
     /// Scratch: an account's marked cross positions during a refresh (symbol, slot, mark,
@@ -398,6 +406,12 @@ const PREFETCH_AHEAD: usize = 160;
 /// [`FastEngine::prefetch_ahead`]): each account asks for a dozen or more lines, so a few
 /// accounts ahead keep the CPU's line-fill buffers busy.
 const REFRESH_AHEAD: usize = 4;
+
+/// A message that emits at least this many liquidations (a wick) builds their events on the
+/// rayon workers, `EVENT_CHUNK` a task (an event costs about a microsecond; a fork-join
+/// some microseconds).
+const PARALLEL_EVENTS: usize = 128;
+const EVENT_CHUNK: usize = 64;
 
 /// Asks the CPU to bring `r`'s cache line in (a hint: no effect on results).
 #[inline(always)]
@@ -693,6 +707,8 @@ impl FastEngine {
             msg_no: 0,
             touched: Vec::new(),
             emit_isolated: Vec::new(),
+            emit_cross: Vec::new(),
+            defer_cross_events: false,
             fired: Vec::new(),
             terms: Vec::new(),
             positions_evaluated: 0,
@@ -1059,7 +1075,11 @@ impl FastEngine {
         }
         self.terms = terms;
         if should_emit(was, now, rearmed) {
-            self.emit_cross_event(a, at, out);
+            if self.defer_cross_events {
+                self.emit_cross.push(a);
+            } else {
+                self.emit_cross_event(a, at, out);
+            }
         }
     }
 
@@ -1107,11 +1127,15 @@ impl FastEngine {
     }
 
     fn emit_cross_event(&self, a: AccountIdx, at: At, out: &mut dyn FnMut(Event)) {
-        let ev = self.liquidation_event(a, None, at).unwrap_or_else(|| {
+        out(Event::Liquidation(self.cross_liquidation(a, at)));
+    }
+
+    /// The liquidation event of cross account `a` (see [`FastEngine::liquidation_event`]).
+    fn cross_liquidation(&self, a: AccountIdx, at: At) -> Liquidation {
+        self.liquidation_event(a, None, at).unwrap_or_else(|| {
             let id = self.accounts.id[a.0 as usize];
             self.view(id).liquidation(&self.cfg, &self.marks, Item::Cross(id), at)
-        });
-        out(Event::Liquidation(ev));
+        })
     }
 
     /// The `liquidation` event of cross account `a` (`isolated` = `None`) or of its isolated
@@ -1217,46 +1241,100 @@ impl FastEngine {
     }
 
     fn emit_isolated_event(&self, a: AccountIdx, s: SymbolIdx, at: At, out: &mut dyn FnMut(Event)) {
-        let ev = self.liquidation_event(a, Some(s), at).unwrap_or_else(|| {
-            let id = self.accounts.id[a.0 as usize];
-            self.view(id).liquidation(&self.cfg, &self.marks, Item::Isolated(id, s), at)
-        });
-        out(Event::Liquidation(ev));
+        out(Event::Liquidation(self.isolated_liquidation(a, s, at)));
     }
 
-    /// Refreshes the cross accounts touched by this message and emits the isolated items
-    /// that crossed, then clears the scratch lists.
+    /// The liquidation event of `a`'s isolated item in `s` (see
+    /// [`FastEngine::liquidation_event`]).
+    fn isolated_liquidation(&self, a: AccountIdx, s: SymbolIdx, at: At) -> Liquidation {
+        self.liquidation_event(a, Some(s), at).unwrap_or_else(|| {
+            let id = self.accounts.id[a.0 as usize];
+            self.view(id).liquidation(&self.cfg, &self.marks, Item::Isolated(id, s), at)
+        })
+    }
+
+    /// Refreshes the cross accounts touched by this message, then emits the cross items
+    /// that crossed (in the order of their refreshes) and the isolated items that crossed
+    /// (in the order the ticks found them), and clears the scratch lists.
     ///
     /// The accounts are known before they are refreshed, and each is in no order in memory
     /// (its pair list, wallet and id, then each position's columns: a dozen or more cache
     /// misses an account), so the records of accounts a few places ahead are asked for in
     /// three steps (see [`FastEngine::prefetch_ahead`]), as a funding does.
+    ///
+    /// The events are built after every refresh: an event reads only its own account (its
+    /// wallet, pairs and positions) and the marks, which another account's refresh does not
+    /// change, so it is the event the refresh would have built. Many events (a wick) are
+    /// built on the rayon workers in chunks and handed out in the same order.
     fn finish_message(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         // Book order, which is deterministic; the SPEC leaves the order within a message free.
         let mut touched = std::mem::take(&mut self.touched);
+        self.defer_cross_events = true;
         for (j, &a) in touched.iter().enumerate() {
             self.prefetch_ahead(&touched, j, true);
             self.refresh(a, false, at, out);
         }
+        self.defer_cross_events = false;
         touched.clear();
         self.touched = touched;
-        let mut isolated = std::mem::take(&mut self.emit_isolated);
-        for (j, &(s, slot)) in isolated.iter().enumerate() {
-            if let Some(&(t, k)) = isolated.get(j + 2 * REFRESH_AHEAD) {
-                let b = self.isolated[t.0 as usize].account[k as usize].0 as usize;
+        let (mut cross, mut isolated) =
+            (std::mem::take(&mut self.emit_cross), std::mem::take(&mut self.emit_isolated));
+        if cross.len() + isolated.len() < PARALLEL_EVENTS {
+            let mut emit = |ev| out(Event::Liquidation(ev));
+            self.cross_events(&cross, at, &mut emit);
+            self.isolated_events(&isolated, at, &mut emit);
+        } else {
+            let this = &*self;
+            let built: Vec<Vec<Liquidation>> = cross
+                .par_chunks(EVENT_CHUNK)
+                .map(|c| {
+                    let mut v = Vec::with_capacity(c.len());
+                    this.cross_events(c, at, &mut |ev| v.push(ev));
+                    v
+                })
+                .chain(isolated.par_chunks(EVENT_CHUNK).map(|c| {
+                    let mut v = Vec::with_capacity(c.len());
+                    this.isolated_events(c, at, &mut |ev| v.push(ev));
+                    v
+                }))
+                .collect();
+            built.into_iter().flatten().for_each(|ev| out(Event::Liquidation(ev)));
+        }
+        cross.clear();
+        isolated.clear();
+        (self.emit_cross, self.emit_isolated) = (cross, isolated);
+    }
+
+    /// The liquidation events of the cross accounts `list`, in order.
+    fn cross_events(&self, list: &[AccountIdx], at: At, emit: &mut dyn FnMut(Liquidation)) {
+        for (j, &a) in list.iter().enumerate() {
+            self.prefetch_ahead(list, j, false);
+            emit(self.cross_liquidation(a, at));
+        }
+    }
+
+    /// The liquidation events of the isolated slots `list`, in order.
+    fn isolated_events(
+        &self,
+        list: &[(SymbolIdx, u32)],
+        at: At,
+        emit: &mut dyn FnMut(Liquidation),
+    ) {
+        let account =
+            |(s, slot): (SymbolIdx, u32)| self.isolated[s.0 as usize].account[slot as usize];
+        for (j, &(s, slot)) in list.iter().enumerate() {
+            if let Some(&item) = list.get(j + 2 * REFRESH_AHEAD) {
+                let b = account(item).0 as usize;
                 prefetch(&self.accounts.pairs[b]);
                 prefetch(&self.accounts.id[b]);
             }
-            if let Some(&(t, k)) = isolated.get(j + REFRESH_AHEAD) {
-                let b = self.isolated[t.0 as usize].account[k as usize].0 as usize;
-                self.accounts.pairs[b].first().map(prefetch);
-                self.accounts.pairs[b].last().map(prefetch);
+            if let Some(&item) = list.get(j + REFRESH_AHEAD) {
+                let pairs = &self.accounts.pairs[account(item).0 as usize];
+                pairs.first().map(prefetch);
+                pairs.last().map(prefetch);
             }
-            let a = self.isolated[s.0 as usize].account[slot as usize];
-            self.emit_isolated_event(a, s, at, out);
+            emit(self.isolated_liquidation(account((s, slot)), s, at));
         }
-        isolated.clear();
-        self.emit_isolated = isolated;
     }
 
     /// Asks the CPU for the records of the accounts that `list[j..]` will refresh (or, with
