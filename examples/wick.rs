@@ -10,7 +10,9 @@
 //! accounts recover) and line `LINE`'s mark again (they fire again), and prints the CPU time
 //! of each wick: a repeatable load for `perf`. With `PERF_CTL=FIFO` it writes `enable` to that
 //! fifo before the first wick and `disable` after the last, so that
-//! `perf record --control fifo:FIFO -D -1 ...` samples the wicks only.
+//! `perf record --control fifo:FIFO -D -1 ...` samples the wicks only. `PARALLEL_EVENTS=N`
+//! builds the events of a message with at least N liquidations on the rayon workers
+//! (`FastEngine::with_parallel_events`; off by default, as in `liqscan`).
 
 use std::{
     fs::File,
@@ -82,6 +84,9 @@ fn main() -> anyhow::Result<()> {
     let mut reader = LineReader::new(BufReader::new(File::open(&args[2])?), 1 << 20);
     let mut ingest = Ingest::new(cfg.clone());
     let mut engine = FastEngine::new(cfg.clone());
+    if let Ok(n) = std::env::var("PARALLEL_EVENTS") {
+        engine = engine.with_parallel_events(n.parse()?);
+    }
     let mut last_mark: Vec<Option<Command>> = vec![None; cfg.symbols.len()];
     let started = Instant::now();
     let (mut wick, mut n) = (None, 0u64);

@@ -373,6 +373,9 @@ pub struct FastEngine {
     triggers_read: u64,
     /// Books at least this long go to rayon workers.
     parallel_min: usize,
+    /// A message emitting at least this many liquidations builds them on rayon workers
+    /// (see [`FastEngine::with_parallel_events`]).
+    parallel_events: usize,
     /// How long the last sweep's phases took.
     last_sweep: SweepPhases,
     /// A sweep's scratch: per account its buffer being summed, and (only while some
@@ -407,10 +410,8 @@ const PREFETCH_AHEAD: usize = 160;
 /// accounts ahead keep the CPU's line-fill buffers busy.
 const REFRESH_AHEAD: usize = 4;
 
-/// A message that emits at least this many liquidations (a wick) builds their events on the
-/// rayon workers, `EVENT_CHUNK` a task (an event costs about a microsecond; a fork-join
-/// some microseconds).
-const PARALLEL_EVENTS: usize = 128;
+/// Events a rayon task builds at once when a message's events go to the workers (see
+/// [`FastEngine::with_parallel_events`]; an event costs about a microsecond, a fork-join some).
 const EVENT_CHUNK: usize = 64;
 
 /// Asks the CPU to bring `r`'s cache line in (a hint: no effect on results).
@@ -714,6 +715,7 @@ impl FastEngine {
             positions_evaluated: 0,
             triggers_read: 0,
             parallel_min: PARALLEL_MIN_POSITIONS,
+            parallel_events: usize::MAX,
             last_sweep: SweepPhases::default(),
             sums: Vec::new(),
             unmarked: Vec::new(),
@@ -734,6 +736,18 @@ impl FastEngine {
     /// [`PARALLEL_MIN_POSITIONS`]); tests set 1 to check the parallel paths on small books.
     pub fn with_parallel_min(mut self, positions: usize) -> FastEngine {
         self.parallel_min = positions.max(1);
+        self
+    }
+
+    /// Builds the liquidation events of a message that emits at least `events` of them (a
+    /// wick) on the rayon workers, in chunks, handed out in the same order (default: never,
+    /// every event is built on the engine thread). On the shared 2-core machine the hand-off
+    /// cut the engine thread's CPU time of a 3,623-event wick from ~6 to ~5 ms but made its
+    /// wall time longer (the workers wait for a core that the reader, the writer and other
+    /// processes hold), so it is off until measured on a quiet machine
+    /// (`src/fast/README.md`, "Wicks").
+    pub fn with_parallel_events(mut self, events: usize) -> FastEngine {
+        self.parallel_events = events.max(1);
         self
     }
 
@@ -1264,8 +1278,9 @@ impl FastEngine {
     ///
     /// The events are built after every refresh: an event reads only its own account (its
     /// wallet, pairs and positions) and the marks, which another account's refresh does not
-    /// change, so it is the event the refresh would have built. Many events (a wick) are
-    /// built on the rayon workers in chunks and handed out in the same order.
+    /// change, so it is the event the refresh would have built. With
+    /// [`FastEngine::with_parallel_events`], many events (a wick) are built on the rayon
+    /// workers in chunks and handed out in the same order.
     fn finish_message(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         // Book order, which is deterministic; the SPEC leaves the order within a message free.
         let mut touched = std::mem::take(&mut self.touched);
@@ -1279,7 +1294,7 @@ impl FastEngine {
         self.touched = touched;
         let (mut cross, mut isolated) =
             (std::mem::take(&mut self.emit_cross), std::mem::take(&mut self.emit_isolated));
-        if cross.len() + isolated.len() < PARALLEL_EVENTS {
+        if cross.len() + isolated.len() < self.parallel_events {
             let mut emit = |ev| out(Event::Liquidation(ev));
             self.cross_events(&cross, at, &mut emit);
             self.isolated_events(&isolated, at, &mut emit);

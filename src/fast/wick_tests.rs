@@ -1,13 +1,13 @@
-//! Wicks (README, "Messages that cost more than a millisecond"): a mark that fires thousands
-//! of items refreshes their accounts with prefetching and builds their events after every
-//! refresh, on the rayon workers when there are many. Held to the reference engine message
-//! by message: equal events (as a set; the SPEC leaves their order within a message free),
-//! the fast engine's audit passing after each, and the events of one run in the same order
-//! whatever the rayon pool.
+//! Wicks (README, "Wicks"): a mark that fires thousands of items refreshes their accounts
+//! with prefetching and builds their events after every refresh, on the rayon workers when
+//! there are many and the engine is set so (`FastEngine::with_parallel_events`). Held to the
+//! reference engine message by message: equal events (as a set; the SPEC leaves their order
+//! within a message free), the fast engine's audit passing after each, and the events of one
+//! run in the same order whatever the rayon pool.
 
 use std::sync::Arc;
 
-use super::{FastEngine, PARALLEL_EVENTS};
+use super::FastEngine;
 use crate::{
     config::{Mode, SymbolIdx},
     engine::{At, Engine},
@@ -24,10 +24,14 @@ fn price(s: usize, pct_e1: i64) -> D8 {
     D8(i128::from(synth::base_price_e2(s) * pct_e1 / 1000) * 1_000_000)
 }
 
+/// A message with at least this many liquidations builds them on the rayon workers here.
+const PARALLEL_EVENTS: usize = 128;
+
 /// A 3,000-account book on both engines, every symbol marked at its base price.
 fn book() -> (FastEngine, ReferenceEngine) {
     let cfg = Arc::new(synth::config(SYMBOLS));
-    let (mut fast, mut reference) = (FastEngine::new(cfg.clone()), ReferenceEngine::new(cfg));
+    let fast = FastEngine::new(cfg.clone()).with_parallel_events(PARALLEL_EVENTS);
+    let (mut fast, mut reference) = (fast, ReferenceEngine::new(cfg));
     let at = At { line: 0, seq: 0 };
     let marks = Command::Marks { prices: (0..SYMBOLS).map(|s| (sym(s), price(s, 1000))).collect() };
     for cmd in synth::book_commands(3_000, 9_000, SYMBOLS, 11).chain([marks]) {
