@@ -21,6 +21,8 @@ mod funds;
 mod isolated_funding_tests;
 mod risk;
 mod snapshot;
+#[cfg(test)]
+mod wick_tests;
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -416,6 +418,12 @@ pub struct FastEngine {
     touched: Vec<AccountIdx>,
     /// Scratch: isolated slots of this message that crossed below maintenance.
     emit_isolated: Vec<(SymbolIdx, u32)>,
+    /// Scratch: cross accounts whose refresh at the end of this message emits (while
+    /// `defer_cross_events`; see [`FastEngine::finish_message`]).
+    emit_cross: Vec<AccountIdx>,
+    /// Set while `finish_message` refreshes: a refresh that emits then records its account
+    /// in `emit_cross` instead of building the event at once.
+    defer_cross_events: bool,
     /// Scratch: slots a tick fired.
     fired: Vec<u32>,
     /// Scratch: an account's marked cross positions during a refresh (symbol, slot, mark,
@@ -427,6 +435,9 @@ pub struct FastEngine {
     triggers_read: u64,
     /// Books at least this long go to rayon workers.
     parallel_min: usize,
+    /// A message emitting at least this many liquidations builds them on rayon workers
+    /// (see [`FastEngine::with_parallel_events`]).
+    parallel_events: usize,
     /// How long the last sweep's phases took.
     last_sweep: SweepPhases,
     /// A sweep gives each worker sums of its own while all of them take at most this many
@@ -472,6 +483,15 @@ const CHUNK: usize = 4096;
 /// every holder): 16 ahead cut the replay from 72 to 47 s, 48 to 28 s; 96 to 256 all gave
 /// 25 to 29 s. In the sweep of the 3M-position bench book it took 42 ms to 11 ms.
 const PREFETCH_AHEAD: usize = 160;
+
+/// How many accounts (or fired slots) apart the steps of a message's prefetch are (see
+/// [`FastEngine::prefetch_ahead`]): each account asks for a dozen or more lines, so a few
+/// accounts ahead keep the CPU's line-fill buffers busy.
+const REFRESH_AHEAD: usize = 4;
+
+/// Events a rayon task builds at once when a message's events go to the workers (see
+/// [`FastEngine::with_parallel_events`]; an event costs about a microsecond, a fork-join some).
+const EVENT_CHUNK: usize = 64;
 
 /// Asks the CPU to bring `r`'s cache line in (a hint: no effect on results).
 #[inline(always)]
@@ -782,12 +802,15 @@ impl FastEngine {
             msg_no: 0,
             touched: Vec::new(),
             emit_isolated: Vec::new(),
+            emit_cross: Vec::new(),
+            defer_cross_events: false,
             fired: Vec::new(),
             terms: Vec::new(),
             positions_evaluated: 0,
             triggers_read: 0,
             parallel_min: PARALLEL_MIN_POSITIONS,
             own_sums_max_bytes: OWN_SUMS_MAX_BYTES,
+            parallel_events: usize::MAX,
             last_sweep: SweepPhases::default(),
             sums: Column::new(),
             unmarked: Vec::new(),
@@ -817,6 +840,18 @@ impl FastEngine {
     /// [`PARALLEL_MIN_POSITIONS`]); tests set 1 to check the parallel paths on small books.
     pub fn with_parallel_min(mut self, positions: usize) -> FastEngine {
         self.parallel_min = positions.max(1);
+        self
+    }
+
+    /// Builds the liquidation events of a message that emits at least `events` of them (a
+    /// wick) on the rayon workers, in chunks, handed out in the same order (default: never,
+    /// every event is built on the engine thread). On the shared 2-core machine the hand-off
+    /// cut the engine thread's CPU time of a 3,623-event wick from ~6 to ~5 ms but made its
+    /// wall time longer (the workers wait for a core that the reader, the writer and other
+    /// processes hold), so it is off until measured on a quiet machine
+    /// (`src/fast/README.md`, "Wicks").
+    pub fn with_parallel_events(mut self, events: usize) -> FastEngine {
+        self.parallel_events = events.max(1);
         self
     }
 
@@ -1207,7 +1242,11 @@ impl FastEngine {
         }
         self.terms = terms;
         if should_emit(was, now, rearmed) {
-            self.emit_cross_event(a, at, out);
+            if self.defer_cross_events {
+                self.emit_cross.push(a);
+            } else {
+                self.emit_cross_event(a, at, out);
+            }
         }
     }
 
@@ -1255,11 +1294,15 @@ impl FastEngine {
     }
 
     fn emit_cross_event(&self, a: AccountIdx, at: At, out: &mut dyn FnMut(Event)) {
-        let ev = self.liquidation_event(a, None, at).unwrap_or_else(|| {
+        out(Event::Liquidation(self.cross_liquidation(a, at)));
+    }
+
+    /// The liquidation event of cross account `a` (see [`FastEngine::liquidation_event`]).
+    fn cross_liquidation(&self, a: AccountIdx, at: At) -> Liquidation {
+        self.liquidation_event(a, None, at).unwrap_or_else(|| {
             let id = self.accounts.id[a.0 as usize];
             self.view(id).liquidation(&self.cfg, &self.marks, Item::Cross(id), at)
-        });
-        out(Event::Liquidation(ev));
+        })
     }
 
     /// The `liquidation` event of cross account `a` (`isolated` = `None`) or of its isolated
@@ -1276,7 +1319,10 @@ impl FastEngine {
         let i = a.0 as usize;
         // (symbol, lots, cost, upnl − mm) of each position the event lists, in symbol order.
         let mut held = Vec::new();
-        let (mut balance, mut maint) = (self.wallet_now_e8(a) * E8_TO_Q16, 0);
+        // An isolated item's balance is its isolated margin (set below): the cross wallet,
+        // which walks the account's cross positions, is read for cross items only.
+        let wallet = if isolated.is_none() { self.wallet_now_e8(a) } else { 0 };
+        let (mut balance, mut maint) = (wallet * E8_TO_Q16, 0);
         for p in &self.accounts.pairs[i] {
             let listed = match isolated {
                 None => p.mode == Mode::Cross,
@@ -1362,30 +1408,131 @@ impl FastEngine {
     }
 
     fn emit_isolated_event(&self, a: AccountIdx, s: SymbolIdx, at: At, out: &mut dyn FnMut(Event)) {
-        let ev = self.liquidation_event(a, Some(s), at).unwrap_or_else(|| {
-            let id = self.accounts.id[a.0 as usize];
-            self.view(id).liquidation(&self.cfg, &self.marks, Item::Isolated(id, s), at)
-        });
-        out(Event::Liquidation(ev));
+        out(Event::Liquidation(self.isolated_liquidation(a, s, at)));
     }
 
-    /// Refreshes the cross accounts touched by this message and emits the isolated items
-    /// that crossed, then clears the scratch lists.
+    /// The liquidation event of `a`'s isolated item in `s` (see
+    /// [`FastEngine::liquidation_event`]).
+    fn isolated_liquidation(&self, a: AccountIdx, s: SymbolIdx, at: At) -> Liquidation {
+        self.liquidation_event(a, Some(s), at).unwrap_or_else(|| {
+            let id = self.accounts.id[a.0 as usize];
+            self.view(id).liquidation(&self.cfg, &self.marks, Item::Isolated(id, s), at)
+        })
+    }
+
+    /// Refreshes the cross accounts touched by this message, then emits the cross items
+    /// that crossed (in the order of their refreshes) and the isolated items that crossed
+    /// (in the order the ticks found them), and clears the scratch lists.
+    ///
+    /// The accounts are known before they are refreshed, and each is in no order in memory
+    /// (its pair list, wallet and id, then each position's columns: a dozen or more cache
+    /// misses an account), so the records of accounts a few places ahead are asked for in
+    /// three steps (see [`FastEngine::prefetch_ahead`]), as a funding does.
+    ///
+    /// The events are built after every refresh: an event reads only its own account (its
+    /// wallet, pairs and positions) and the marks, which another account's refresh does not
+    /// change, so it is the event the refresh would have built. With
+    /// [`FastEngine::with_parallel_events`], many events (a wick) are built on the rayon
+    /// workers in chunks and handed out in the same order.
     fn finish_message(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         // Book order, which is deterministic; the SPEC leaves the order within a message free.
         let mut touched = std::mem::take(&mut self.touched);
-        for &a in &touched {
+        self.defer_cross_events = true;
+        for (j, &a) in touched.iter().enumerate() {
+            self.prefetch_ahead(&touched, j, true);
             self.refresh(a, false, at, out);
         }
+        self.defer_cross_events = false;
         touched.clear();
         self.touched = touched;
-        let mut isolated = std::mem::take(&mut self.emit_isolated);
-        for &(s, slot) in &isolated {
-            let a = self.isolated[s.0 as usize].account[slot as usize];
-            self.emit_isolated_event(a, s, at, out);
+        let (mut cross, mut isolated) =
+            (std::mem::take(&mut self.emit_cross), std::mem::take(&mut self.emit_isolated));
+        if cross.len() + isolated.len() < self.parallel_events {
+            let mut emit = |ev| out(Event::Liquidation(ev));
+            self.cross_events(&cross, at, &mut emit);
+            self.isolated_events(&isolated, at, &mut emit);
+        } else {
+            let this = &*self;
+            let built: Vec<Vec<Liquidation>> = cross
+                .par_chunks(EVENT_CHUNK)
+                .map(|c| {
+                    let mut v = Vec::with_capacity(c.len());
+                    this.cross_events(c, at, &mut |ev| v.push(ev));
+                    v
+                })
+                .chain(isolated.par_chunks(EVENT_CHUNK).map(|c| {
+                    let mut v = Vec::with_capacity(c.len());
+                    this.isolated_events(c, at, &mut |ev| v.push(ev));
+                    v
+                }))
+                .collect();
+            built.into_iter().flatten().for_each(|ev| out(Event::Liquidation(ev)));
         }
+        cross.clear();
         isolated.clear();
-        self.emit_isolated = isolated;
+        (self.emit_cross, self.emit_isolated) = (cross, isolated);
+    }
+
+    /// The liquidation events of the cross accounts `list`, in order.
+    fn cross_events(&self, list: &[AccountIdx], at: At, emit: &mut dyn FnMut(Liquidation)) {
+        for (j, &a) in list.iter().enumerate() {
+            self.prefetch_ahead(list, j, false);
+            emit(self.cross_liquidation(a, at));
+        }
+    }
+
+    /// The liquidation events of the isolated slots `list`, in order.
+    fn isolated_events(
+        &self,
+        list: &[(SymbolIdx, u32)],
+        at: At,
+        emit: &mut dyn FnMut(Liquidation),
+    ) {
+        let account =
+            |(s, slot): (SymbolIdx, u32)| self.isolated[s.0 as usize].account[slot as usize];
+        for (j, &(s, slot)) in list.iter().enumerate() {
+            if let Some(&item) = list.get(j + 2 * REFRESH_AHEAD) {
+                let b = account(item).0 as usize;
+                prefetch(&self.accounts.pairs[b]);
+                prefetch(&self.accounts.id[b]);
+            }
+            if let Some(&item) = list.get(j + REFRESH_AHEAD) {
+                let pairs = &self.accounts.pairs[account(item).0 as usize];
+                pairs.first().map(prefetch);
+                pairs.last().map(prefetch);
+            }
+            emit(self.isolated_liquidation(account((s, slot)), s, at));
+        }
+    }
+
+    /// Asks the CPU for the records of the accounts that `list[j..]` will refresh (or, with
+    /// `columns` false, only read the pairs of), `REFRESH_AHEAD` apart: the pair list's
+    /// header, wallet and id of `list[j + 3K]`; the pairs of `list[j + 2K]` (their header
+    /// came in a step before); the cross positions' columns of `list[j + K]` (their pairs
+    /// came in a step before). A hint: no effect on results.
+    #[inline]
+    fn prefetch_ahead(&self, list: &[AccountIdx], j: usize, columns: bool) {
+        if let Some(&b) = list.get(j + 3 * REFRESH_AHEAD) {
+            let i = b.0 as usize;
+            prefetch(&self.accounts.pairs[i]);
+            prefetch(&self.accounts.wallet_e8[i]);
+            prefetch(&self.accounts.id[i]);
+        }
+        if let Some(&b) = list.get(j + 2 * REFRESH_AHEAD) {
+            let pairs = &self.accounts.pairs[b.0 as usize];
+            pairs.first().map(prefetch);
+            pairs.last().map(prefetch);
+        }
+        if !columns {
+            return;
+        }
+        if let Some(&b) = list.get(j + REFRESH_AHEAD) {
+            for p in &self.accounts.pairs[b.0 as usize] {
+                if p.mode == Mode::Cross && p.slot != NO_SLOT {
+                    self.cross[p.symbol.0 as usize].prefetch_slot(p.slot as usize);
+                }
+            }
+        }
     }
 
     /// Moves symbol `s` to `to` ticks. Only the positions whose trigger the move fires are
@@ -1401,13 +1548,26 @@ impl FastEngine {
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
         self.triggers_read += self.cross[si].scan(to, &mut fired) as u64;
-        for &slot in &fired {
-            let a = self.cross[si].account[slot as usize];
+        // The fired slots are sparse in the book and their accounts in no order: the account
+        // column a few slots ahead, and the account record of the next ones, are asked for
+        // first.
+        let book = &self.cross[si];
+        for (j, &slot) in fired.iter().enumerate() {
+            if let Some(&k) = fired.get(j + 2 * REFRESH_AHEAD) {
+                prefetch(&book.account[k as usize]);
+            }
+            if let Some(&k) = fired.get(j + REFRESH_AHEAD) {
+                prefetch(&self.accounts.hot[book.account[k as usize].0 as usize]);
+            }
+            let a = book.account[slot as usize];
             touch(&mut self.accounts.hot, &mut self.touched, self.msg_no, a);
         }
         fired.clear();
         self.triggers_read += self.isolated[si].scan(to, &mut fired) as u64;
-        for &slot in &fired {
+        for (j, &slot) in fired.iter().enumerate() {
+            if let Some(&k) = fired.get(j + REFRESH_AHEAD) {
+                self.isolated[si].prefetch_slot(k as usize);
+            }
             let (was, now) = self.settle_isolated(s, slot as usize, to);
             if now && !was {
                 self.emit_isolated.push((s, slot));

@@ -1,0 +1,119 @@
+//! Wicks (README, "Wicks"): a mark that fires thousands of items refreshes their accounts
+//! with prefetching and builds their events after every refresh, on the rayon workers when
+//! there are many and the engine is set so (`FastEngine::with_parallel_events`). Held to the
+//! reference engine message by message: equal events (as a set; the SPEC leaves their order
+//! within a message free), the fast engine's audit passing after each, and the events of one
+//! run in the same order whatever the rayon pool.
+
+use std::sync::Arc;
+
+use super::FastEngine;
+use crate::{
+    config::{Mode, SymbolIdx},
+    engine::{At, Engine},
+    fixed::D8,
+    protocol::{Command, Event},
+    reference::ReferenceEngine,
+    synth,
+};
+
+const SYMBOLS: usize = 4;
+
+/// Symbol `s` at `pct_e1` tenths of a percent of its base price, on its 0.01 tick.
+fn price(s: usize, pct_e1: i64) -> D8 {
+    D8(i128::from(synth::base_price_e2(s) * pct_e1 / 1000) * 1_000_000)
+}
+
+/// A message with at least this many liquidations builds them on the rayon workers here.
+const PARALLEL_EVENTS: usize = 128;
+
+/// A 3,000-account book on both engines, every symbol marked at its base price.
+fn book() -> (FastEngine, ReferenceEngine) {
+    let cfg = Arc::new(synth::config(SYMBOLS));
+    let fast = FastEngine::new(cfg.clone()).with_parallel_events(PARALLEL_EVENTS);
+    let (mut fast, mut reference) = (fast, ReferenceEngine::new(cfg));
+    let at = At { line: 0, seq: 0 };
+    let marks = Command::Marks { prices: (0..SYMBOLS).map(|s| (sym(s), price(s, 1000))).collect() };
+    for cmd in synth::book_commands(3_000, 9_000, SYMBOLS, 11).chain([marks]) {
+        fast.apply(&cmd, at, &mut |_| {}).unwrap();
+        reference.apply(&cmd, at, &mut |_| {}).unwrap();
+    }
+    (fast, reference)
+}
+
+fn sym(s: usize) -> SymbolIdx {
+    SymbolIdx(s as u16)
+}
+
+/// Applies `cmds` to both engines; returns the fast engine's events per message, in its
+/// order, after checking each message's against the reference's and the audit.
+fn run(
+    fast: &mut FastEngine,
+    reference: &mut ReferenceEngine,
+    cmds: &[Command],
+) -> Vec<Vec<Event>> {
+    let mut all = Vec::new();
+    for (k, cmd) in cmds.iter().enumerate() {
+        let at = At { line: k as u64 + 1, seq: k as u64 + 1 };
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        assert_eq!(fast.apply(cmd, at, &mut |e| got.push(e)), Ok(()));
+        assert_eq!(reference.apply(cmd, at, &mut |e| want.push(e)), Ok(()));
+        let key = |e: &Event| format!("{e:?}");
+        let mut sorted = got.clone();
+        sorted.sort_by_key(key);
+        want.sort_by_key(key);
+        assert_eq!(sorted, want, "message {k}: {cmd:?}");
+        assert_eq!(fast.audit(), Ok(()), "message {k}: {cmd:?}");
+        all.push(got);
+    }
+    all
+}
+
+/// Wicks down and back on symbol 0 alone, then `marks` messages that move the symbols
+/// apart (an account fired by one symbol's fall may be held up by another's rise, and
+/// recover in the same message), then a one-message wick and its return.
+fn wicks() -> Vec<Command> {
+    let mark = |pct_e1| Command::Mark { symbol: sym(0), price: price(0, pct_e1) };
+    let marks = |pcts: [i64; SYMBOLS]| Command::Marks {
+        prices: (0..SYMBOLS).map(|s| (sym(s), price(s, pcts[s]))).collect(),
+    };
+    vec![
+        mark(985),
+        mark(960),
+        mark(1000),
+        mark(930),
+        mark(1010),
+        marks([950, 1040, 1000, 970]),
+        marks([1040, 940, 960, 1000]),
+        marks([1000, 1000, 1000, 1000]),
+        mark(900),
+        mark(1000),
+        marks([880, 880, 880, 880]),
+        marks([1000, 1000, 1000, 1000]),
+    ]
+}
+
+#[test]
+fn wicks_give_the_reference_events_and_build_many_in_parallel() {
+    let (mut fast, mut reference) = book();
+    let events = run(&mut fast, &mut reference, &wicks());
+    let liquidations =
+        |evs: &Vec<Event>| evs.iter().filter(|e| matches!(e, Event::Liquidation(_))).count();
+    let most = events.iter().map(liquidations).max().unwrap();
+    assert!(most >= PARALLEL_EVENTS, "a wick must take the parallel path (most {most})");
+    let small = events.iter().map(liquidations).filter(|&n| n > 0 && n < PARALLEL_EVENTS);
+    assert!(small.count() > 0, "some message must take the one-by-one path");
+    let kinds = events.iter().flatten().filter_map(|e| match e {
+        Event::Liquidation(l) => Some(l.mode),
+        _ => None,
+    });
+    let isolated = kinds.clone().filter(|&m| m == Mode::Isolated).count();
+    assert!(isolated > 0 && isolated < kinds.count(), "both kinds of item must liquidate");
+
+    // The same stream on one rayon worker (chunks built one after another) gives the events
+    // in the same order: the order does not depend on how the chunks were scheduled.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let (mut fast1, mut reference1) = book();
+    let one = pool.install(|| run(&mut fast1, &mut reference1, &wicks()));
+    assert_eq!(one, events);
+}
