@@ -1663,8 +1663,8 @@ impl FastEngine {
             let ahead = book.account.get(lo + PREFETCH_AHEAD..).unwrap_or_default();
             let (held, lots, base) =
                 (&book.account[lo..hi], &book.lots[lo..hi], &book.base_q16[lo..hi]);
-            if log.is_empty() {
-                // Nothing is owed (the sweep settled every log first): the loop reads neither
+            if log.c.is_empty() {
+                // Nothing is owed (the symbol's log holds no entry): the loop reads neither
                 // `fund_from` nor the log, and stays small enough to inline.
                 quote.each_term(lots, base, |k, term| {
                     if let Some(b) = ahead.get(k) {
