@@ -28,15 +28,15 @@ fn rate(units: i64) -> D8 {
 const S0: SymbolIdx = SymbolIdx(0);
 const S1: SymbolIdx = SymbolIdx(1);
 
-/// Both engines fed the same messages.
-struct Both {
-    fast: FastEngine,
+/// Both engines fed the same messages (also used by `isolated_funding_tests.rs`).
+pub(super) struct Both {
+    pub(super) fast: FastEngine,
     reference: ReferenceEngine,
     line: u64,
 }
 
 impl Both {
-    fn new(fast: FastEngine) -> Both {
+    pub(super) fn new(fast: FastEngine) -> Both {
         let reference = ReferenceEngine::new(fast.cfg.clone());
         Both { fast, reference, line: 0 }
     }
@@ -53,7 +53,7 @@ impl Both {
     /// Applies `cmd` to both; their results and events must be equal (events compared as a
     /// set: the SPEC leaves their order within a message free), and the fast engine must pass
     /// its audit. Returns the events.
-    fn apply(&mut self, cmd: Command) -> Vec<Event> {
+    pub(super) fn apply(&mut self, cmd: Command) -> Vec<Event> {
         self.line += 1;
         let at = self.at();
         let (mut got, mut want) = (Vec::new(), Vec::new());

@@ -5,29 +5,18 @@
 
 use std::sync::Arc;
 
-use super::{E8_TO_Q16, FastEngine, book::Scale, commands::paid_trigger, isolated_trigger};
+use super::{
+    E8_TO_Q16, FastEngine, book::Scale, commands::paid_trigger, funding_tests::Both,
+    isolated_trigger,
+};
 use crate::{
     config::{Mode, SymbolIdx},
-    engine::{At, Engine},
     fixed::D8,
     protocol::{Command, Event},
-    reference::ReferenceEngine,
-    synth,
+    synth::{self, Rng},
 };
 
 const S0: SymbolIdx = SymbolIdx(0);
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
 
 /// For positions of every side, state and bracket of the synthetic symbol (five brackets,
 /// mmr 0.4 % to 5 %), and payments from 10^-8 to far past the buffer: whenever the moved
@@ -38,7 +27,7 @@ impl Rng {
 fn a_moved_trigger_fires_before_the_state_can_flip() {
     let cfg = synth::config(1);
     let sc = Scale::new(cfg.symbol(S0));
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let (mut moved, mut declined) = (0, 0);
     for _ in 0..20_000 {
         // Up to 10,000 lots of 0.001 at marks 1.00 to 20,000.00: notionals across brackets.
@@ -82,8 +71,8 @@ fn a_moved_trigger_fires_before_the_state_can_flip() {
 #[test]
 fn a_payment_exactly_at_the_edge_and_one_past_it() {
     for fall_after in [false, true] {
-        let mut both = Both::new();
-        both.mark(10_000); // 100.00
+        let mut both = both();
+        mark(&mut both, 10_000); // 100.00
         both.apply(Command::MarginMode { account: 1, symbol: S0, mode: Mode::Isolated });
         // 1 lot of 0.001... 10 (10,000 lots) at 100.00: notional 1,000, mm 4 (0.4 %).
         let lots = 10_000;
@@ -102,53 +91,28 @@ fn a_payment_exactly_at_the_edge_and_one_past_it() {
             isolated_margin: Some(margin),
         };
         assert!(both.apply(cmd).is_empty());
-        assert!(both.fund(1_000).is_empty(), "at the edge: healthy");
+        assert!(fund(&mut both, 1_000).is_empty(), "at the edge: healthy");
         let slot = both.fast.pair(both.fast.lookup(1).unwrap(), S0).unwrap().slot as usize;
         assert_eq!(sc.buffer_q16(lots, both.fast.isolated[0].base_q16[slot], 10_000), 0);
-        let events = if fall_after { both.mark(9_999) } else { both.fund(1) };
+        let events = if fall_after { mark(&mut both, 9_999) } else { fund(&mut both, 1) };
         assert_eq!(events.len(), 1, "one past the edge: liquidatable ({fall_after})");
         assert!(matches!(&events[0], Event::Liquidation(l) if l.account == 1));
     }
 }
 
-/// Both engines fed the same messages.
-struct Both {
-    fast: FastEngine,
-    reference: ReferenceEngine,
-    line: u64,
+/// Both engines on the one-symbol synthetic config.
+fn both() -> Both {
+    Both::new(FastEngine::new(Arc::new(synth::config(1))))
 }
 
-impl Both {
-    fn new() -> Both {
-        let cfg = Arc::new(synth::config(1));
-        let reference = ReferenceEngine::new(cfg.clone());
-        Both { fast: FastEngine::new(cfg), reference, line: 0 }
-    }
+/// A mark of `S0` at `price_e2` hundredths.
+fn mark(both: &mut Both, price_e2: i64) -> Vec<Event> {
+    both.apply(Command::Mark { symbol: S0, price: D8(i128::from(price_e2) * 1_000_000) })
+}
 
-    /// Applies `cmd` to both: results and events equal (as sets), the audit passes.
-    fn apply(&mut self, cmd: Command) -> Vec<Event> {
-        self.line += 1;
-        let at = At { line: self.line, seq: self.line };
-        let (mut got, mut want) = (Vec::new(), Vec::new());
-        let fast = self.fast.apply(&cmd, at, &mut |e| got.push(e));
-        let reference = self.reference.apply(&cmd, at, &mut |e| want.push(e));
-        assert_eq!(fast, reference, "line {}: {cmd:?}", self.line);
-        let key = |e: &Event| format!("{e:?}");
-        got.sort_by_key(key);
-        want.sort_by_key(key);
-        assert_eq!(got, want, "line {}: {cmd:?}", self.line);
-        assert_eq!(self.fast.audit(), Ok(()), "line {}: {cmd:?}", self.line);
-        got
-    }
-
-    fn mark(&mut self, price_e2: i64) -> Vec<Event> {
-        self.apply(Command::Mark { symbol: S0, price: D8(i128::from(price_e2) * 1_000_000) })
-    }
-
-    /// A funding at `units` × 10^-8.
-    fn fund(&mut self, units: i64) -> Vec<Event> {
-        self.apply(Command::Funding { symbol: S0, rate: D8(i128::from(units)) })
-    }
+/// A funding of `S0` at `units` × 10^-8.
+fn fund(both: &mut Both, units: i64) -> Vec<Event> {
+    both.apply(Command::Funding { symbol: S0, rate: D8(i128::from(units)) })
 }
 
 /// Sixty isolated longs and shorts with margins from thin to thick, under hundreds of
@@ -157,10 +121,10 @@ impl Both {
 /// moved trigger let an item cross unseen.
 #[test]
 fn isolated_fundings_and_marks_equal_the_reference() {
-    let mut both = Both::new();
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut both = both();
+    let mut rng = Rng::new(0x2545_f491_4f6c_dd1d);
     let mut price = 10_000i64;
-    both.mark(price);
+    mark(&mut both, price);
     for a in 1..=60u64 {
         both.apply(Command::MarginMode { account: a, symbol: S0, mode: Mode::Isolated });
         let lots = (1 + rng.below(5_000) as i128) * if a % 2 == 0 { 1 } else { -1 };
@@ -180,10 +144,10 @@ fn isolated_fundings_and_marks_equal_the_reference() {
         let events = match rng.below(4) {
             0 => {
                 price = (price + rng.below(41) as i64 - 20).max(1);
-                both.mark(price)
+                mark(&mut both, price)
             }
-            1 => both.fund(rng.below(20_001) as i64 - 10_000),
-            _ => both.fund(rng.below(401) as i64 - 200),
+            1 => fund(&mut both, rng.below(20_001) as i64 - 10_000),
+            _ => fund(&mut both, rng.below(401) as i64 - 200),
         };
         liquidations += events.iter().filter(|e| matches!(e, Event::Liquidation(_))).count();
     }

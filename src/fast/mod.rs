@@ -866,8 +866,9 @@ impl FastEngine {
     }
 
     /// Bytes the pass of a full sweep must read or write, from the sizes of what it touches:
-    /// per cross position its account, lots and base (the sweep settles every funding log
-    /// first, so the pass reads no `fund_from`); per isolated position its lots, base and
+    /// per cross position its account, lots and base (and its `fund_from` when its symbol's
+    /// funding log holds entries, not counted here: the bench book has no funding); per
+    /// isolated position its lots, base and
     /// flag; per account its wallet, its hot record and its sum (read, then written back to
     /// zero). Adding each term to its account's sum, the other workers' sums and the
     /// triggers of the rare item whose state changed are not counted, so the figure errs
