@@ -64,13 +64,16 @@ fn timed(engine: &mut FastEngine, cmd: &Command, at: At, what: &str) -> u64 {
     let wall = wall.elapsed();
     let (cpu, all) = (cpu_ns() - cpu, process_cpu_ns() - all);
     println!(
-        "{what}: line {} cpu {:.3} ms (all threads {:.3} ms) wall {:.3} ms, {events} events ({liquidations} liquidations, {isolated} isolated), {} positions evaluated, {:.2} us CPU per event",
+        "{what}: line {} cpu {:.3} ms (all threads {:.3} ms) wall {:.3} ms, {events} events ({liquidations} liquidations, {isolated} isolated), {} positions evaluated, {} CPU per event",
         at.line,
         cpu as f64 / 1e6,
         all as f64 / 1e6,
         wall.as_secs_f64() * 1e3,
         engine.positions_evaluated() - evaluated,
-        cpu as f64 / 1e3 / events.max(1) as f64,
+        match events {
+            0 => "-".to_string(),
+            n => format!("{:.2} us", cpu as f64 / 1e3 / n as f64),
+        },
     );
     cpu
 }
@@ -89,9 +92,10 @@ fn main() -> anyhow::Result<()> {
     }
     let mut last_mark: Vec<Option<Command>> = vec![None; cfg.symbols.len()];
     let started = Instant::now();
-    let (mut wick, mut n) = (None, 0u64);
+    let (mut wick, mut n, mut last_line) = (None, 0u64, 0u64);
     while let Some(line) = reader.next_line()? {
         let ingested = ingest.line(line, Instant::now());
+        last_line = ingested.line;
         let Outcome::Command { seq, cmd } = ingested.outcome else { continue };
         let at = At { line: ingested.line, seq };
         if at.line == target {
@@ -104,7 +108,12 @@ fn main() -> anyhow::Result<()> {
         let _ = engine.apply(&cmd, at, &mut |_| {});
         n += 1;
     }
-    let (at, cmd) = wick.ok_or_else(|| anyhow::anyhow!("line {target} holds no command"))?;
+    let (at, cmd) = wick.ok_or_else(|| match target {
+        t if t > last_line => {
+            anyhow::anyhow!("line {t} is past the stream's end (line {last_line})")
+        }
+        t => anyhow::anyhow!("line {t} holds no command (a blank, rejected or duplicate line)"),
+    })?;
     eprintln!("{n} messages applied in {:.1?}", started.elapsed());
     let mut ctl = match std::env::var("PERF_CTL") {
         Ok(path) => Some(std::fs::OpenOptions::new().write(true).open(path)?),
@@ -118,11 +127,16 @@ fn main() -> anyhow::Result<()> {
         Command::Mark { symbol, .. } => last_mark[symbol.0 as usize].clone(),
         _ => None,
     };
+    if repeat > 0 && back.is_none() {
+        eprintln!(
+            "REPEAT {repeat} ignored: line {target} is not a `mark` of a symbol marked before it"
+        );
+    }
     let mut cpus = Vec::new();
     if let Some(back) = back.filter(|_| repeat > 0) {
         for r in 0..repeat {
             let back_at = At { line: at.line, seq: at.seq + 1 + 2 * r as u64 };
-            timed(&mut engine, &back, back_at, "back");
+            timed(&mut engine, &back, back_at, "back (the mark before it)");
             let again = At { line: at.line, seq: back_at.seq + 1 };
             cpus.push(timed(&mut engine, &cmd, again, "again"));
         }
