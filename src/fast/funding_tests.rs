@@ -84,6 +84,15 @@ impl Both {
         self.apply(Command::Funding { symbol, rate: rate(units) })
     }
 
+    /// A full sweep recomputes every buffer, what each slot still owes taken off, and must
+    /// find every flag as the messages left it: no event, and the audit passes after it.
+    fn sweep_finds_nothing(&mut self) {
+        let mut swept = Vec::new();
+        self.fast.sweep(self.at(), &mut |e| swept.push(e));
+        assert!(swept.is_empty(), "{swept:?}");
+        assert_eq!(self.fast.audit(), Ok(()));
+    }
+
     /// Every account's report and the at-risk lists are equal.
     fn same_reads(&self) {
         let at = self.at();
@@ -303,10 +312,7 @@ fn a_long_run_of_fundings_keeps_the_log_bounded() {
     both.same_reads();
     // The sweep recomputes every buffer, what each slot still owes taken off, and finds
     // every flag as the messages left it.
-    let mut swept = Vec::new();
-    both.fast.sweep(both.at(), &mut |e| swept.push(e));
-    assert!(swept.is_empty(), "{swept:?}");
-    assert_eq!(both.fast.audit(), Ok(()));
+    both.sweep_finds_nothing();
     both.same_reads();
 }
 
@@ -485,8 +491,5 @@ fn funding_entry_numbers_wrap_at_2_to_the_32() {
     assert!(both.fast.funding.iter().all(|log| log.first < 1_000), "the numbers wrapped");
     assert!(both.owes());
     both.same_reads();
-    let mut swept = Vec::new();
-    both.fast.sweep(both.at(), &mut |e| swept.push(e));
-    assert!(swept.is_empty(), "{swept:?}");
-    assert_eq!(both.fast.audit(), Ok(()));
+    both.sweep_finds_nothing();
 }
