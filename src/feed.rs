@@ -300,7 +300,8 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
                 last: last_error,
             });
         }
-        thread::sleep(backoff);
+        // The last wait ends when the give-up time does, so the feed gives up on time.
+        thread::sleep(backoff.min(opts.give_up_after.saturating_sub(since.elapsed())));
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
     summary.elapsed = started.elapsed();

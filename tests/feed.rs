@@ -211,11 +211,16 @@ fn gives_up_when_no_daemon_listens_and_refuses_a_peer_without_hello() {
     // A port that was free a moment ago: nothing listens there.
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let input = fixture("gen/live_open.ndjson");
-    let out = feed(&["--to", &addr, "--give-up-after", "300ms", input.to_str().unwrap()])
+    let out = feed(&["--to", &addr, "--give-up-after", "1s", input.to_str().unwrap()])
         .wait(Duration::from_secs(20));
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no connection to") && !err.contains("panicked"), "{err}");
+    // It gives up when the time is up, not after the back-off it was in: the waits go 50,
+    // 100, 200, 400 ms, and the next one (800 ms) is cut to what is left of the second.
+    let secs: f64 =
+        err.split(" for ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
+    assert!((1.0..1.4).contains(&secs), "gave up after {secs} s: {err}");
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
