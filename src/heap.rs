@@ -33,9 +33,9 @@ pub fn keep_freed_memory() {
 
 /// mimalloc's purge delay in ms (−1: never purges).
 #[allow(unsafe_code)]
-pub fn purge_delay_ms() -> i64 {
+pub fn purge_delay_ms() -> std::ffi::c_long {
     // SAFETY: reads one option.
-    i64::from(unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) })
+    unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
 }
 
 #[cfg(test)]
