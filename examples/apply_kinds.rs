@@ -154,6 +154,12 @@ fn kind(cmd: &Command, marked: &mut [bool]) -> &'static str {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    // As the `liqscan` binary runs (`liqscan::heap`); PURGE=1 keeps mimalloc's default purge.
+    if std::env::var("PURGE").is_ok_and(|v| v == "1") {
+        eprintln!("mimalloc purges freed memory (its default)");
+    } else {
+        liqscan::heap::keep_freed_memory();
+    }
     anyhow::ensure!(args.len() >= 3, "usage: apply_kinds CONFIG STREAM [SNAPSHOT_LINES]");
     let cfg = Arc::new(Config::parse(&std::fs::read_to_string(&args[1])?)?);
     let snapshot_lines: u64 = args.get(3).map_or(Ok(0), |s| s.parse())?;

@@ -25,6 +25,7 @@
 //! | [`state`] | snapshots: the engine-independent image, the file format (header, postcard body, xxh3 checksums), the state directory (atomic writes, the newest 3 kept, restore of the newest valid one) and the writer thread; `liqscan snapshot inspect` | 9.4 |
 //! | [`daemon`] | `liqscan run`: stdin or `--listen` engine input, subscribers, events file, HTTP (`/metrics`, `/health`, `/accounts`, `/at-risk`), `--state-dir` restore and snapshots; the only user of tokio, axum, prometheus-client, tracing-subscriber (see `docs/operations.md`) | 9 |
 //! | [`feed`] | `liqscan feed`: the engine's side of a daemon connection (hello, resend, pacing, reconnect), and a timing subscriber | 9.1, 9.2 |
+//! | [`heap`] | the allocator settings of the binary: mimalloc keeps freed memory (no purge on the engine thread) | — |
 //! | [`chart`] | the latency percentile-spectrum chart (SVG) | — |
 //! | [`synth`] | deterministic synthetic configs, books, mark walks | — |
 //! | [`generator`] | `liqscan gen`: streaming, engine-played message streams with injected faults | 8 |
@@ -43,6 +44,7 @@ pub mod fast;
 pub mod feed;
 pub mod fixed;
 pub mod generator;
+pub mod heap;
 pub mod ingest;
 pub mod latency;
 pub mod margin;

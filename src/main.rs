@@ -635,6 +635,8 @@ fn parse_cli() -> Result<Cli, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // Before anything is freed: no purge of freed memory on the engine thread (`liqscan::heap`).
+    liqscan::heap::keep_freed_memory();
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(code) => return code,
