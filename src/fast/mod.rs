@@ -618,16 +618,34 @@ fn div_round_half_even_wide(n: i128, d: i128) -> i128 {
     }
 }
 
+/// `m / 10^12` rounded to the nearest integer, ties to even, for `m < 2^64`: the quotient and
+/// remainder by the constant are a multiplication each, and the rounding is branch-free.
+#[inline(always)]
+fn round_e12_u64(m: u64) -> u64 {
+    const E12: u64 = 1_000_000_000_000;
+    let (q, r) = (m / E12, m % E12);
+    // r < 10^12, so 2r fits u64. Up when 2r > 10^12, or 2r = 10^12 and q is odd.
+    let up = u64::from(2 * r > E12) | (u64::from(2 * r == E12) & q);
+    q + up
+}
+
 /// `n / 10^12` rounded to the nearest integer, ties to even: [`div_round_half_even`] by
 /// 10^12 in 64-bit steps, for funding payments (one per holder; the `i128` division is a
 /// library call of ~40 ns). `10^12 = 2^12 · 5^12`: the shift is exact floor division, and the
 /// quotient by `5^12 < 2^28` is taken 32 bits at a time, each partial dividend below
 /// `5^12 · 2^32 < 2^61`, so every step is a `u64` division by a constant (a multiply).
 /// Rounding half to even is symmetric, so the magnitude is rounded and the sign put back.
+#[inline]
 fn div_1e12_round_half_even(n: i128) -> i128 {
     const D: u64 = 244_140_625; // 5^12
     const E12: u128 = 1_000_000_000_000;
     let m = n.unsigned_abs();
+    if let Ok(m) = u64::try_from(m) {
+        // Most funding payments are below 2^64 before rounding (10^11 in e8): one `u64`
+        // division by a constant (a multiplication), the common case of every per-holder pass.
+        let rounded = i128::from(round_e12_u64(m));
+        return if n < 0 { -rounded } else { rounded };
+    }
     let shifted = m >> 12;
     let (hi, lo) = ((shifted >> 64) as u64, shifted as u64);
     let (q_hi, r) = (hi / D, hi % D);
@@ -728,7 +746,6 @@ impl FundingLog {
 /// rounded on its own, as the eager payment would have been.
 #[inline]
 fn owed_e8(lots: i64, owed: &[i128]) -> i128 {
-    const E12: u64 = 1_000_000_000_000;
     let lots = i128::from(lots);
     let pay = |&c: &i128| {
         // |lots · c| is a payment before rounding: below 10^37 (see `check_funding`). Most
@@ -740,13 +757,7 @@ fn owed_e8(lots: i64, owed: &[i128]) -> i128 {
         // Most payments are below 2^64 before rounding (10^11 in e8): one `u64` division by a
         // constant, rounded half to even on the magnitude as `div_1e12_round_half_even` does.
         let Ok(m) = u64::try_from(n.unsigned_abs()) else { return div_1e12_round_half_even(n) };
-        let (q, r) = (m / E12, m % E12);
-        let up = match (2 * u128::from(r)).cmp(&u128::from(E12)) {
-            std::cmp::Ordering::Less => 0,
-            std::cmp::Ordering::Greater => 1,
-            std::cmp::Ordering::Equal => q & 1,
-        };
-        let rounded = i128::from(q + up);
+        let rounded = i128::from(round_e12_u64(m));
         if n < 0 { -rounded } else { rounded }
     };
     owed.iter().map(pay).sum()
@@ -1109,22 +1120,31 @@ impl FastEngine {
     /// the cursor has settled in this round. Cost: the slots settled (one random access each
     /// to the account's wallet, prefetched) and their payments, each computed once.
     fn settle_some(&mut self, si: usize) {
-        const AHEAD: usize = 16;
+        // Wallets asked for this many slots ahead: a slot costs its ~16 payments (tens of ns),
+        // so the wallet of the slot 32 ahead has about a microsecond to arrive.
+        const AHEAD: usize = 32;
         let rounds = self.settle_rounds;
         let (book, log) = (&mut self.cross[si], &mut self.funding[si]);
-        let wallet = &mut self.accounts.wallet_e8;
+        let wallet = &mut self.accounts.wallet_e8[..];
         let len = book.len() as u32;
         let cursor = log.cursor.min(len);
         // Fundings left in the round, this one included: at least 1.
         let left = rounds.saturating_sub(log.round_fundings).max(1);
         let upto = cursor + (len - cursor).div_ceil(left);
         let end = log.end();
-        for k in cursor as usize..upto as usize {
-            if let Some(&b) = book.account.get(k + AHEAD) {
+        let (lo, hi) = (cursor as usize, upto as usize);
+        // The round's share as plain slices (a column's store is looked at once, not per slot).
+        let (account, lots) = (&book.account[lo..hi], &book.lots[lo..hi]);
+        let fund_from = &mut book.fund_from[lo..hi];
+        let n = book.account.len();
+        let ahead = &book.account[(lo + AHEAD).min(n)..(hi + AHEAD).min(n)];
+        for (k, (from, (&a, &q))) in fund_from.iter_mut().zip(account.iter().zip(lots)).enumerate()
+        {
+            if let Some(&b) = ahead.get(k) {
                 prefetch(&wallet[b.0 as usize]);
             }
-            let from = std::mem::replace(&mut book.fund_from[k], end);
-            wallet[book.account[k].0 as usize] -= owed_e8(book.lots[k], log.since(from));
+            let from = std::mem::replace(from, end);
+            wallet[a.0 as usize] -= owed_e8(q, log.since(from));
         }
         log.cursor = upto;
         log.round_fundings += 1;
@@ -2231,6 +2251,10 @@ mod tests {
         let mut rng = crate::synth::Rng::new(3);
         let mut cases =
             vec![0, 1, -1, e12 / 2, -e12 / 2, 3 * e12 / 2, -3 * e12 / 2, 10i128.pow(37)];
+        // Both sides of the 64-bit path's edge, and ties just below it.
+        let edge = i128::from(u64::MAX);
+        let tie = (edge / e12 - 1) * e12 + e12 / 2;
+        cases.extend([edge, edge + 1, -edge, -edge - 1, tie, -tie, tie - e12, tie + 1]);
         for _ in 0..100_000 {
             let scale = 10i128.pow(rng.below(37) as u32);
             let big = i128::from(rng.below(u64::MAX)) * i128::from(rng.below(1 << 62));
