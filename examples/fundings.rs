@@ -45,8 +45,8 @@ fn solve3(m: [[f64; 3]; 3], v: [f64; 3]) -> [f64; 3] {
     let mut x = [0.0; 3];
     for (j, xj) in x.iter_mut().enumerate() {
         let mut mj = m;
-        for i in 0..3 {
-            mj[i][j] = v[i];
+        for (row, &vi) in mj.iter_mut().zip(&v) {
+            row[j] = vi;
         }
         *xj = det(mj) / d;
     }
@@ -117,11 +117,11 @@ fn main() -> anyhow::Result<()> {
     let (mut m, mut v) = ([[0.0f64; 3]; 3], [0.0f64; 3]);
     for &(cross, isolated, ns) in &fundings {
         let x = [1.0, cross.div_ceil(rounds) as f64, isolated as f64];
-        for i in 0..3 {
-            for j in 0..3 {
-                m[i][j] += x[i] * x[j];
+        for ((row, vi), &xi) in m.iter_mut().zip(&mut v).zip(&x) {
+            for (mij, &xj) in row.iter_mut().zip(&x) {
+                *mij += xi * xj;
             }
-            v[i] += x[i] * ns as f64;
+            *vi += xi * ns as f64;
         }
     }
     let [a, b, c] = solve3(m, v);

@@ -618,51 +618,39 @@ fn div_round_half_even_wide(n: i128, d: i128) -> i128 {
     }
 }
 
-/// `m / 10^12` rounded to the nearest integer, ties to even, for `m < 2^64`: the quotient and
-/// remainder by the constant are a multiplication each, and the rounding is branch-free.
-#[inline(always)]
-fn round_e12_u64(m: u64) -> u64 {
-    const E12: u64 = 1_000_000_000_000;
-    let (q, r) = (m / E12, m % E12);
-    // r < 10^12, so 2r fits u64. Up when 2r > 10^12, or 2r = 10^12 and q is odd.
-    let up = u64::from(2 * r > E12) | (u64::from(2 * r == E12) & q);
-    q + up
-}
-
 /// `n / 10^12` rounded to the nearest integer, ties to even: [`div_round_half_even`] by
 /// 10^12 in 64-bit steps, for funding payments (one per holder; the `i128` division is a
-/// library call of ~40 ns). `10^12 = 2^12 · 5^12`: the shift is exact floor division, and the
-/// quotient by `5^12 < 2^28` is taken 32 bits at a time, each partial dividend below
-/// `5^12 · 2^32 < 2^61`, so every step is a `u64` division by a constant (a multiply).
-/// Rounding half to even is symmetric, so the magnitude is rounded and the sign put back.
+/// library call of ~40 ns). `10^12 = 2^12 · 5^12`: the shift is exact floor division
+/// (`⌊⌊m / 2^12⌋ / 5^12⌋ = ⌊m / 10^12⌋`), and the quotient by `5^12 < 2^28` is one `u64`
+/// division by a constant (a multiplication) when the shifted magnitude fits 64 bits
+/// (`|n| < 2^76`: a payment below ~7.5 · 10^10 e8 a funding, nearly all of them), else
+/// taken 32 bits at a time, each partial dividend below `5^12 · 2^32 < 2^61`. Rounding half
+/// to even is symmetric, so the magnitude is rounded and the sign put back.
 #[inline]
 fn div_1e12_round_half_even(n: i128) -> i128 {
     const D: u64 = 244_140_625; // 5^12
-    const E12: u128 = 1_000_000_000_000;
+    const E12: u64 = 1_000_000_000_000;
     let m = n.unsigned_abs();
-    if let Ok(m) = u64::try_from(m) {
-        // Most funding payments are below 2^64 before rounding (10^11 in e8): one `u64`
-        // division by a constant (a multiplication), the common case of every per-holder pass.
-        let rounded = i128::from(round_e12_u64(m));
-        return if n < 0 { -rounded } else { rounded };
-    }
     let shifted = m >> 12;
-    let (hi, lo) = ((shifted >> 64) as u64, shifted as u64);
-    let (q_hi, r) = (hi / D, hi % D);
-    let x = (r << 32) | (lo >> 32);
-    let (q_mid, r) = (x / D, x % D);
-    let x = (r << 32) | (lo & 0xffff_ffff);
-    let q_lo = x / D;
-    let q = (u128::from(q_hi) << 64) | (u128::from(q_mid) << 32) | u128::from(q_lo);
-    let rem = m - q * E12;
-    debug_assert!(rem < E12);
-    let rounded = match (2 * rem).cmp(&E12) {
-        std::cmp::Ordering::Less => q,
-        std::cmp::Ordering::Greater => q + 1,
-        std::cmp::Ordering::Equal => q + (q & 1),
+    let q = match u64::try_from(shifted) {
+        Ok(x) => u128::from(x / D),
+        Err(_) => {
+            let (hi, lo) = ((shifted >> 64) as u64, shifted as u64);
+            let (q_hi, r) = (hi / D, hi % D);
+            let x = (r << 32) | (lo >> 32);
+            let (q_mid, r) = (x / D, x % D);
+            let x = (r << 32) | (lo & 0xffff_ffff);
+            let q_lo = x / D;
+            (u128::from(q_hi) << 64) | (u128::from(q_mid) << 32) | u128::from(q_lo)
+        }
     };
+    // Below 10^12, so it fits u64 and so does twice it.
+    let rem = (m - q * u128::from(E12)) as u64;
+    debug_assert!(rem < E12);
+    // Up when 2·rem > 10^12, or 2·rem = 10^12 and q is odd; branch-free.
+    let up = u128::from(2 * rem > E12) | (u128::from(2 * rem == E12) & q & 1);
     // |n| < 2^127, so the magnitude and the rounded quotient fit i128.
-    let rounded = rounded as i128;
+    let rounded = (q + up) as i128;
     if n < 0 { -rounded } else { rounded }
 }
 
@@ -754,11 +742,9 @@ fn owed_e8(lots: i64, owed: &[i128]) -> i128 {
             Ok(c) => lots * i128::from(c),
             Err(_) => lots * c,
         };
-        // Most payments are below 2^64 before rounding (10^11 in e8): one `u64` division by a
-        // constant, rounded half to even on the magnitude as `div_1e12_round_half_even` does.
-        let Ok(m) = u64::try_from(n.unsigned_abs()) else { return div_1e12_round_half_even(n) };
-        let rounded = i128::from(round_e12_u64(m));
-        if n < 0 { -rounded } else { rounded }
+        // Nearly all payments are below 2^76 before rounding: one `u64` division by a
+        // constant (see `div_1e12_round_half_even`).
+        div_1e12_round_half_even(n)
     };
     owed.iter().map(pay).sum()
 }
@@ -2251,10 +2237,11 @@ mod tests {
         let mut rng = crate::synth::Rng::new(3);
         let mut cases =
             vec![0, 1, -1, e12 / 2, -e12 / 2, 3 * e12 / 2, -3 * e12 / 2, 10i128.pow(37)];
-        // Both sides of the 64-bit path's edge, and ties just below it.
-        let edge = i128::from(u64::MAX);
-        let tie = (edge / e12 - 1) * e12 + e12 / 2;
-        cases.extend([edge, edge + 1, -edge, -edge - 1, tie, -tie, tie - e12, tie + 1]);
+        // Both sides of the one-step path's edge (|n| < 2^76), and ties just below it.
+        for edge in [i128::from(u64::MAX), (1i128 << 76) - 1] {
+            let tie = (edge / e12 - 1) * e12 + e12 / 2;
+            cases.extend([edge, edge + 1, -edge, -edge - 1, tie, -tie, tie - e12, tie + 1]);
+        }
         for _ in 0..100_000 {
             let scale = 10i128.pow(rng.below(37) as u32);
             let big = i128::from(rng.below(u64::MAX)) * i128::from(rng.below(1 << 62));
