@@ -402,6 +402,19 @@ pub fn fires(trigger: i64, to: i64) -> bool {
     if trigger > 0 { to < trigger } else { trigger < 0 && to > -trigger }
 }
 
+/// The trigger `old` moved `d` ticks towards the mark `t` (`d >= 0`): a falling trigger
+/// (`old > 0`, fires below it) rises by `d`, a rising one (`old < 0`, fires above `-old`)
+/// falls by `d`. `None` when `old` is 0 (never) or the moved trigger would fire at `t`.
+/// Used by a funding for an isolated position it moved towards its flip: see
+/// `commands::funding_move` for why the moved trigger still fires before the state can flip.
+#[inline(always)]
+pub fn moved_trigger(old: i64, d: i64, t: i64) -> Option<i64> {
+    // `old < 0` cannot overflow; `old > 0` saturates at i64::MAX, which is not <= t.
+    let moved = old.saturating_add(d);
+    let safe = if old > 0 { moved <= t } else { old < 0 && moved <= -t };
+    safe.then_some(moved)
+}
+
 /// Slots per [`Guard`].
 pub const BLOCK: usize = 64;
 
@@ -686,6 +699,52 @@ impl Book {
             lots.iter().zip(triggers).for_each(|(&l, &t)| fund_include(&mut g, l, t));
             g
         }));
+    }
+
+    /// Isolated book: pays a funding out of every slot at the unchanged mark `t` (a
+    /// branch-light pass over the columns in slot order): slot `k` of `lots` pays
+    /// `pay(k, lots)` (e8) out of its margin and base. A payment towards the slot's flip (a
+    /// healthy one paying, a liquidatable one receiving) moves its trigger by
+    /// `moves[side]` ticks towards the mark ([`moved_trigger`]; side 0 long, 1 short), where
+    /// `moves` is at least the move every payment of this funding needs
+    /// (`commands::funding_move`); when the moved trigger would fire at `t` (the payment may
+    /// have flipped the slot) or the trigger was 0, the slot is appended to `evaluate` for
+    /// an exact evaluation by the caller (its flag is left as it was). Returns nothing else:
+    /// a payment away from the flip leaves the state and trigger valid.
+    pub fn pay_funding(
+        &mut self,
+        pay: impl Fn(usize, i64) -> i128,
+        moves: [i64; 2],
+        t: i64,
+        evaluate: &mut Vec<u32>,
+    ) {
+        let n = self.account.len();
+        let (lots, margin, base) =
+            (&self.lots[..n], &mut self.isolated_e8[..n], &mut self.base_q16[..n]);
+        let (flags, triggers) = (&self.liquidatable[..n], &mut self.trigger[..n]);
+        let guards = &mut self.guards[..n.div_ceil(BLOCK)];
+        for k in 0..n {
+            let q = lots[k];
+            let pay = pay(k, q);
+            margin[k] -= pay;
+            base[k] -= pay * E8_TO_Q16;
+            let towards = pay != 0 && (pay > 0) != flags[k];
+            let old = triggers[k];
+            let moved = moved_trigger(old, moves[usize::from(q < 0)], t);
+            // Not towards: unchanged. Towards and moved: the moved trigger. Towards and not
+            // moved: kept for now (the caller evaluates and sets it).
+            let new = if towards { moved.unwrap_or(old) } else { old };
+            triggers[k] = new;
+            // `Guard::include` without its branches: `below` is never negative, so a
+            // trigger <= 0 leaves it; a trigger >= 0 leaves `above`.
+            let g = &mut guards[k / BLOCK];
+            g.below = g.below.max(new);
+            g.above = g.above.min(if new < 0 { -new } else { i64::MAX });
+            if towards && moved.is_none() {
+                // A slot of the book, and `Book::push` keeps slots below 2^32.
+                evaluate.push(k as u32);
+            }
+        }
     }
 
     /// The columns an evaluation of every slot reads (lots, base) and writes (flag, trigger);

@@ -548,6 +548,11 @@ impl FastEngine {
         iso_pay: Option<Vec<i128>>,
     ) {
         let si = s.0 as usize;
+        if c == 0 {
+            // Rate 0: every payment is round8(0) = 0, so no wallet, margin, flag or trigger
+            // moves, and a log entry of 0 would only cost the settle work it schedules.
+            return;
+        }
         match cross_pay {
             None => {
                 // Every true wallet was within the bound and moves by at most `pay_max`; the
@@ -584,90 +589,76 @@ impl FastEngine {
     /// unchanged mark `ticks`: each `round8(lots · c)`, or `pays[k]` when the check computed
     /// them. A payment that moves a position away from its flip (a healthy one receiving, a
     /// liquidatable one paying) leaves its state and trigger valid (the trigger fires early
-    /// at most). One that moves it towards its flip moves its trigger by [`paid_trigger`]
-    /// when that keeps the mark on the trigger's safe side (the state is then unchanged, so
-    /// nothing is evaluated), and is evaluated exactly otherwise. One pass over the book,
-    /// no evaluation of the others: the exact search of every payer's trigger was most of a
-    /// funding's cost on the trade-heavy mix.
+    /// at most). One that moves it towards its flip moves its trigger by this funding's
+    /// [`funding_move`] for its side when that keeps the mark on the trigger's safe side
+    /// (the state is then unchanged, so nothing is evaluated), and is evaluated exactly
+    /// otherwise. One branch-light pass over the book's columns in slot order
+    /// ([`Book::pay_funding`](super::book::Book::pay_funding)), then the few exact
+    /// evaluations: the exact search of every payer's trigger was most of a funding's cost
+    /// on the trade-heavy mix, and a division per payer after it.
     fn pay_isolated(&mut self, s: SymbolIdx, ticks: i64, c: i128, pays: Option<&[i128]>) {
         let si = s.0 as usize;
         let (book, sc) = (&mut self.isolated[si], &self.scales[si]);
         debug_assert!(pays.is_none_or(|p| p.len() == book.len()));
+        if c == 0 || book.is_empty() {
+            // Every payment is round8(0) = 0: nothing moves.
+            return;
+        }
         // Every |margin| was within the bound and moves by at most the largest payment (of
         // the most lots the book ever held: rounding is monotone and symmetric); the check
         // found the sum in range.
         let pay_max = super::div_1e12_round_half_even(i128::from(book.max_lots) * c.abs());
         book.margin_bound_e8 += pay_max;
-        let mut evaluated = 0;
-        for k in 0..book.len() {
-            let lots = book.lots[k];
-            let pay = match pays {
-                Some(pays) => pays[k],
-                None => super::div_1e12_round_half_even(i128::from(lots) * c),
-            };
-            if pay == 0 {
-                continue;
-            }
-            book.isolated_e8[k] -= pay;
-            book.base_q16[k] -= pay * E8_TO_Q16;
-            let was = book.liquidatable[k];
-            if (pay > 0) == was {
-                continue;
-            }
-            match paid_trigger(sc, lots, book.trigger(k), pay, ticks) {
-                Some(trigger) => book.set_trigger(k, trigger),
-                None => {
-                    evaluated += 1;
-                    let base = book.base_q16[k];
-                    let now = sc.buffer_q16(lots, base, ticks) < 0;
-                    book.liquidatable[k] = now;
-                    book.set_trigger(k, super::isolated_trigger(sc, lots, base, ticks, now));
-                    if now && !was {
-                        // A slot of the book, and `Book::push` keeps slots below 2^32.
-                        self.emit_isolated.push((s, k as u32));
-                    }
-                }
+        let moves = [funding_move(sc, c, true), funding_move(sc, c, false)];
+        let mut evaluate = std::mem::take(&mut self.fired);
+        evaluate.clear();
+        match pays {
+            Some(pays) => book.pay_funding(|k, _| pays[k], moves, ticks, &mut evaluate),
+            None => {
+                let pay = |_, lots: i64| super::div_1e12_round_half_even(i128::from(lots) * c);
+                book.pay_funding(pay, moves, ticks, &mut evaluate);
             }
         }
-        self.positions_evaluated += evaluated;
+        for &k in &evaluate {
+            let k = k as usize;
+            let (lots, base, was) = (book.lots[k], book.base_q16[k], book.liquidatable[k]);
+            let now = sc.buffer_q16(lots, base, ticks) < 0;
+            book.liquidatable[k] = now;
+            book.set_trigger(k, super::isolated_trigger(sc, lots, base, ticks, now));
+            if now && !was {
+                self.emit_isolated.push((s, k as u32));
+            }
+        }
+        self.positions_evaluated += evaluate.len() as u64;
+        self.fired = evaluate;
     }
 }
 
-/// The trigger of an isolated position of `lots` after a funding moved its margin by
-/// `-pay_e8` towards its flip (a healthy one paid, a liquidatable one received), at the
-/// unchanged mark `t`, given its trigger `old` from before: `old` moved `d = ⌈|pay| ·
-/// 10^8 / s⌉` ticks towards `t`, with `s` the least move of its buffer term a tick
-/// ([`Scale::slope_floor_q16`](super::book::Scale::slope_floor_q16)). `None` when `old` is 0
-/// (never) or the moved trigger would fire at `t`: then the position is evaluated exactly.
+/// How far (ticks) a funding of `c` (per lot, 10^-20) moves the trigger of an isolated
+/// position of the side `long` that it pays towards its flip (a healthy one paid, a
+/// liquidatable one receiving), whatever its lots: `d = ⌈(|c| + ½·10^12) / (10^4 · K)⌉`, with
+/// `K` the least move of one lot's buffer term a tick
+/// ([`Scale::slope_floor_q16`](super::book::Scale::slope_floor_q16) of one lot:
+/// `lot_tick_n12 · (10^4 − mmr_max)` for a long, `lot_tick_q16` for a short; the floor of
+/// `q` lots is `q · K`).
 ///
-/// Why it is valid: a trigger's safe side (the marks it does not fire on) is a ray of
-/// marks ending at the trigger, on which the term was on the flag's side (`f >= 0`
-/// healthy, `f <= −1` liquidatable). Every mark `m` of the moved ray has `m ∓ d` in the old
-/// ray, `d` ticks further from the flip, so the term at `m` is at least `d · s >= |pay|`
-/// (in q16) further from the flip than the old bound: after the payment it is still on the
-/// flag's side. So the moved trigger still fires before the state can flip, and, with `t`
-/// on its safe side, the state at `t` is unchanged. It fires early by at most the rounding
-/// of `d` and the gap between the floor and the true slope (mm's rate of the position's
-/// bracket instead of the largest); a mark that fires it evaluates and re-triggers exactly.
-pub(super) fn paid_trigger(
-    sc: &super::book::Scale,
-    lots: i64,
-    old: i64,
-    pay_e8: i128,
-    t: i64,
-) -> Option<i64> {
-    if old == 0 {
-        return None;
-    }
-    // |pay| < 10^25 e8 (SPEC section 1's limits, see `check_funding`), so the q16 move fits.
-    let need = pay_e8.unsigned_abs() * E8_TO_Q16 as u128;
-    let slope = sc.slope_floor_q16(lots).unsigned_abs();
-    let d = match (u64::try_from(need), u64::try_from(slope)) {
-        (Ok(n), Ok(s)) => u128::from(n.div_ceil(s)),
-        _ => need.div_ceil(slope),
-    };
-    let moved = old.checked_add(i64::try_from(d).ok()?)?;
-    // `old > 0` fires below it (safe: marks >= it); `old < 0` fires above `-old`.
-    let safe_at_t = if old > 0 { moved <= t } else { moved <= -t };
-    safe_at_t.then_some(moved)
+/// Why every payer of the funding may move by `d`: its payment is `round8(q · c / 10^12)`
+/// (e8), so `|pay| <= q · |c| / 10^12 + ½`, and the move it needs, `|pay| · 10^8 / (q · K)`
+/// ticks (q16 over q16 a tick), is at most `(|c| + ½ · 10^12 / q) / (10^4 · K) <= (|c| + ½ ·
+/// 10^12) / (10^4 · K) <= d`. A trigger's safe side is a ray of marks ending at it, on
+/// which the term was on the flag's side (`f >= 0` healthy, `f <= −1` liquidatable); every
+/// mark `m` of the ray moved by `d` towards the flip has `m ∓ d` in the old ray, so its term
+/// is at least `d · q · K >= |pay|` (q16) further from the flip than the old bound, and after
+/// the payment it is still on the flag's side. So the moved trigger
+/// ([`moved_trigger`](super::book::moved_trigger)) fires before the state can flip, and with
+/// the mark on its safe side the state is unchanged. It fires early by the rounding of `d`,
+/// the gap between `K` and the position's own slope (mm's rate of its bracket instead of
+/// the largest) and at most half of 10^-8 a lot; a mark that fires it evaluates and
+/// re-triggers exactly. One figure per side and funding: no division per position.
+pub(super) fn funding_move(sc: &super::book::Scale, c: i128, long: bool) -> i64 {
+    let k = sc.slope_floor_q16(if long { 1 } else { -1 }).unsigned_abs();
+    // |c| < 2^123 (see `check_funding`), so the sum fits; a slope past u128 / 10^4 gives d = 1,
+    // still at least the move needed (below 1 tick then).
+    let need = c.unsigned_abs() + super::FUND_ROUNDING as u128;
+    i64::try_from(need.div_ceil(k.saturating_mul(10_000))).unwrap_or(i64::MAX)
 }

@@ -493,3 +493,55 @@ fn funding_entry_numbers_wrap_at_2_to_the_32() {
     both.same_reads();
     both.sweep_finds_nothing();
 }
+
+/// A funding at rate 0 pays `round8(0) = 0` to every holder: it changes nothing, so the
+/// engine skips it (no log entry, no settle, no isolated pass). Cross and isolated holders
+/// keep every wallet, margin, trigger and log as they were, and the reads equal the
+/// reference's before and after a later funding and mark.
+#[test]
+fn a_funding_at_rate_zero_changes_nothing() {
+    let mut both = Both::with_rounds(3);
+    book(&mut both);
+    // Accounts 3, 9 and 15 hold no S1 position (`book`): isolated ones of 50 lots there.
+    for a in [3u64, 9, 15] {
+        both.apply(Command::MarginMode { account: a, symbol: S1, mode: Mode::Isolated });
+        let size = D8(50 * 100_000);
+        let (entry_price, isolated_margin) = (Some(e2(30_000)), Some(e2(40 + a as i64)));
+        both.apply(Command::Position {
+            account: a,
+            symbol: S1,
+            size,
+            entry_price,
+            isolated_margin,
+        });
+    }
+    assert_eq!(both.fast.isolated[1].len(), 3);
+    both.fund(S0, 7_000);
+    let before = (
+        both.fast.funding[0].c.clone(),
+        both.fast.cross[0].fund_from.to_vec(),
+        both.fast.cross[0].len(),
+    );
+    let (wallets, margins) =
+        (both.fast.accounts.wallet_e8.to_vec(), both.fast.isolated[1].isolated_e8.to_vec());
+    let triggers: Vec<i64> =
+        (0..both.fast.isolated[1].len()).map(|k| both.fast.isolated[1].trigger(k)).collect();
+    assert!(both.fund(S0, 0).is_empty());
+    assert!(both.fund(S1, 0).is_empty());
+    let after = (
+        both.fast.funding[0].c.clone(),
+        both.fast.cross[0].fund_from.to_vec(),
+        both.fast.cross[0].len(),
+    );
+    assert_eq!(before, after);
+    assert_eq!(wallets, both.fast.accounts.wallet_e8.to_vec());
+    assert_eq!(margins, both.fast.isolated[1].isolated_e8.to_vec());
+    let now: Vec<i64> =
+        (0..both.fast.isolated[1].len()).map(|k| both.fast.isolated[1].trigger(k)).collect();
+    assert_eq!(triggers, now);
+    both.same_reads();
+    both.fund(S1, -9_000);
+    both.mark(S0, 9_000);
+    both.same_reads();
+    both.sweep_finds_nothing();
+}

@@ -1,12 +1,16 @@
 //! Isolated positions paid by a funding (`FastEngine::pay_isolated`): a payer's trigger is
-//! moved by `paid_trigger` instead of searched again, and must still fire before the state
-//! can flip. Held to the exact state at every mark (unit test) and to the reference engine
+//! moved by the funding's `funding_move` for its side instead of searched again, and must
+//! still fire before the state can flip. Held to the exact state at every mark (unit test) and to the reference engine
 //! message for message, with the fast engine's audit after each.
 
 use std::sync::Arc;
 
 use super::{
-    E8_TO_Q16, FastEngine, book::Scale, commands::paid_trigger, funding_tests::Both,
+    E8_TO_Q16, FastEngine,
+    book::{Scale, moved_trigger},
+    commands::funding_move,
+    div_1e12_round_half_even,
+    funding_tests::Both,
     isolated_trigger,
 };
 use crate::{
@@ -19,16 +23,18 @@ use crate::{
 const S0: SymbolIdx = SymbolIdx(0);
 
 /// For positions of every side, state and bracket of the synthetic symbol (five brackets,
-/// mmr 0.4 % to 5 %), and payments from 10^-8 to far past the buffer: whenever the moved
-/// trigger is given, the term after the payment is on the flag's side at the trigger's
-/// edge mark (so, being monotone, on its whole safe side) and the mark is on that side;
-/// whenever the state at the mark flipped, no trigger is given.
+/// mmr 0.4 % to 5 %), and fundings whose payment runs from 10^-8 to far past the buffer: the
+/// funding's move for the side is at least the move the position's own payment needs
+/// (`⌈|pay| · 10^8 / slope⌉`), and whenever the moved trigger is given, the term after the
+/// payment is on the flag's side at the trigger's edge mark (so, being monotone, on its
+/// whole safe side) and the mark is on that side; whenever the state at the mark flipped,
+/// no trigger is given.
 #[test]
 fn a_moved_trigger_fires_before_the_state_can_flip() {
     let cfg = synth::config(1);
     let sc = Scale::new(cfg.symbol(S0));
     let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
-    let (mut moved, mut declined) = (0, 0);
+    let (mut moved, mut declined, mut flips) = (0, 0, 0);
     for _ in 0..20_000 {
         // Up to 10,000 lots of 0.001 at marks 1.00 to 20,000.00: notionals across brackets.
         let lots = (1 + rng.below(10_000) as i64) * if rng.below(2) == 0 { 1 } else { -1 };
@@ -40,16 +46,32 @@ fn a_moved_trigger_fires_before_the_state_can_flip() {
         let base = margin_q16 - sc.value_q16(lots, entry_t);
         let liquidatable = sc.buffer_q16(lots, base, t) < 0;
         let old = isolated_trigger(&sc, lots, base, t, liquidatable);
-        // Towards the flip: a healthy position pays, a liquidatable one receives.
+        // Towards the flip: a healthy position pays, a liquidatable one receives. The
+        // funding's per-lot payment c (10^-20) is drawn so that the payment's size (e8) is
+        // about `magnitude`, with a random remainder below one lot's share.
         let magnitude = match rng.below(3) {
             0 => 1 + rng.below(1_000) as i128,
             1 => 1 + (notional_q16 / E8_TO_Q16) * rng.below(100) as i128 / 100_000,
             _ => 1 + (notional_q16 / E8_TO_Q16) * rng.below(100) as i128 / 1000,
         };
-        let pay_e8 = if liquidatable { -magnitude } else { magnitude };
+        let q = i128::from(lots.unsigned_abs());
+        let per_lot = magnitude * 1_000_000_000_000 / q + rng.below(1_000_000_000_000) as i128;
+        // The sign of c that makes this position pay (pay > 0) or receive (pay < 0).
+        let pays = !liquidatable;
+        let c = if (lots > 0) == pays { per_lot } else { -per_lot };
+        let pay_e8 = div_1e12_round_half_even(i128::from(lots) * c);
+        if pay_e8 == 0 {
+            continue;
+        }
+        assert_eq!(pay_e8 > 0, pays, "lots {lots} c {c}");
+        let d = funding_move(&sc, c, lots > 0);
+        let slope = sc.slope_floor_q16(lots);
+        let own = (pay_e8.abs() * E8_TO_Q16 + slope - 1) / slope;
+        assert!(i128::from(d) >= own, "lots {lots} c {c}: move {d} below the needed {own}");
         let paid = base - pay_e8 * E8_TO_Q16;
         let flipped = (sc.buffer_q16(lots, paid, t) < 0) != liquidatable;
-        match paid_trigger(&sc, lots, old, pay_e8, t) {
+        flips += u32::from(flipped);
+        match moved_trigger(old, d, t) {
             None => declined += 1,
             Some(m) => {
                 moved += 1;
@@ -62,7 +84,7 @@ fn a_moved_trigger_fires_before_the_state_can_flip() {
             }
         }
     }
-    assert!(moved > 10_000 && declined > 100, "moved {moved}, declined {declined}");
+    assert!(moved > 10_000 && declined > 100 && flips > 50, "{moved}, {declined}, {flips}");
 }
 
 /// A payment that brings an isolated long's buffer exactly to zero keeps it healthy (the

@@ -620,31 +620,37 @@ fn div_round_half_even_wide(n: i128, d: i128) -> i128 {
 
 /// `n / 10^12` rounded to the nearest integer, ties to even: [`div_round_half_even`] by
 /// 10^12 in 64-bit steps, for funding payments (one per holder; the `i128` division is a
-/// library call of ~40 ns). `10^12 = 2^12 · 5^12`: the shift is exact floor division, and the
-/// quotient by `5^12 < 2^28` is taken 32 bits at a time, each partial dividend below
-/// `5^12 · 2^32 < 2^61`, so every step is a `u64` division by a constant (a multiply).
-/// Rounding half to even is symmetric, so the magnitude is rounded and the sign put back.
+/// library call of ~40 ns). `10^12 = 2^12 · 5^12`: the shift is exact floor division
+/// (`⌊⌊m / 2^12⌋ / 5^12⌋ = ⌊m / 10^12⌋`), and the quotient by `5^12 < 2^28` is one `u64`
+/// division by a constant (a multiplication) when the shifted magnitude fits 64 bits
+/// (`|n| < 2^76`: a payment below ~7.5 · 10^10 e8 a funding, nearly all of them), else
+/// taken 32 bits at a time, each partial dividend below `5^12 · 2^32 < 2^61`. Rounding half
+/// to even is symmetric, so the magnitude is rounded and the sign put back.
+#[inline]
 fn div_1e12_round_half_even(n: i128) -> i128 {
     const D: u64 = 244_140_625; // 5^12
-    const E12: u128 = 1_000_000_000_000;
+    const E12: u64 = 1_000_000_000_000;
     let m = n.unsigned_abs();
     let shifted = m >> 12;
-    let (hi, lo) = ((shifted >> 64) as u64, shifted as u64);
-    let (q_hi, r) = (hi / D, hi % D);
-    let x = (r << 32) | (lo >> 32);
-    let (q_mid, r) = (x / D, x % D);
-    let x = (r << 32) | (lo & 0xffff_ffff);
-    let q_lo = x / D;
-    let q = (u128::from(q_hi) << 64) | (u128::from(q_mid) << 32) | u128::from(q_lo);
-    let rem = m - q * E12;
-    debug_assert!(rem < E12);
-    let rounded = match (2 * rem).cmp(&E12) {
-        std::cmp::Ordering::Less => q,
-        std::cmp::Ordering::Greater => q + 1,
-        std::cmp::Ordering::Equal => q + (q & 1),
+    let q = match u64::try_from(shifted) {
+        Ok(x) => u128::from(x / D),
+        Err(_) => {
+            let (hi, lo) = ((shifted >> 64) as u64, shifted as u64);
+            let (q_hi, r) = (hi / D, hi % D);
+            let x = (r << 32) | (lo >> 32);
+            let (q_mid, r) = (x / D, x % D);
+            let x = (r << 32) | (lo & 0xffff_ffff);
+            let q_lo = x / D;
+            (u128::from(q_hi) << 64) | (u128::from(q_mid) << 32) | u128::from(q_lo)
+        }
     };
+    // Below 10^12, so it fits u64 and so does twice it.
+    let rem = (m - q * u128::from(E12)) as u64;
+    debug_assert!(rem < E12);
+    // Up when 2·rem > 10^12, or 2·rem = 10^12 and q is odd; branch-free.
+    let up = u128::from(2 * rem > E12) | (u128::from(2 * rem == E12) & q & 1);
     // |n| < 2^127, so the magnitude and the rounded quotient fit i128.
-    let rounded = rounded as i128;
+    let rounded = (q + up) as i128;
     if n < 0 { -rounded } else { rounded }
 }
 
@@ -728,7 +734,6 @@ impl FundingLog {
 /// rounded on its own, as the eager payment would have been.
 #[inline]
 fn owed_e8(lots: i64, owed: &[i128]) -> i128 {
-    const E12: u64 = 1_000_000_000_000;
     let lots = i128::from(lots);
     let pay = |&c: &i128| {
         // |lots · c| is a payment before rounding: below 10^37 (see `check_funding`). Most
@@ -737,17 +742,9 @@ fn owed_e8(lots: i64, owed: &[i128]) -> i128 {
             Ok(c) => lots * i128::from(c),
             Err(_) => lots * c,
         };
-        // Most payments are below 2^64 before rounding (10^11 in e8): one `u64` division by a
-        // constant, rounded half to even on the magnitude as `div_1e12_round_half_even` does.
-        let Ok(m) = u64::try_from(n.unsigned_abs()) else { return div_1e12_round_half_even(n) };
-        let (q, r) = (m / E12, m % E12);
-        let up = match (2 * u128::from(r)).cmp(&u128::from(E12)) {
-            std::cmp::Ordering::Less => 0,
-            std::cmp::Ordering::Greater => 1,
-            std::cmp::Ordering::Equal => q & 1,
-        };
-        let rounded = i128::from(q + up);
-        if n < 0 { -rounded } else { rounded }
+        // Nearly all payments are below 2^76 before rounding: one `u64` division by a
+        // constant (see `div_1e12_round_half_even`).
+        div_1e12_round_half_even(n)
     };
     owed.iter().map(pay).sum()
 }
@@ -1126,22 +1123,31 @@ impl FastEngine {
     /// the cursor has settled in this round. Cost: the slots settled (one random access each
     /// to the account's wallet, prefetched) and their payments, each computed once.
     fn settle_some(&mut self, si: usize) {
-        const AHEAD: usize = 16;
+        // Wallets asked for this many slots ahead: a slot costs its ~16 payments (tens of ns),
+        // so the wallet of the slot 32 ahead has about a microsecond to arrive.
+        const AHEAD: usize = 32;
         let rounds = self.settle_rounds;
         let (book, log) = (&mut self.cross[si], &mut self.funding[si]);
-        let wallet = &mut self.accounts.wallet_e8;
+        let wallet = &mut self.accounts.wallet_e8[..];
         let len = book.len() as u32;
         let cursor = log.cursor.min(len);
         // Fundings left in the round, this one included: at least 1.
         let left = rounds.saturating_sub(log.round_fundings).max(1);
         let upto = cursor + (len - cursor).div_ceil(left);
         let end = log.end();
-        for k in cursor as usize..upto as usize {
-            if let Some(&b) = book.account.get(k + AHEAD) {
+        let (lo, hi) = (cursor as usize, upto as usize);
+        // The round's share as plain slices (a column's store is looked at once, not per slot).
+        let (account, lots) = (&book.account[lo..hi], &book.lots[lo..hi]);
+        let fund_from = &mut book.fund_from[lo..hi];
+        let n = book.account.len();
+        let ahead = &book.account[(lo + AHEAD).min(n)..(hi + AHEAD).min(n)];
+        for (k, (from, (&a, &q))) in fund_from.iter_mut().zip(account.iter().zip(lots)).enumerate()
+        {
+            if let Some(&b) = ahead.get(k) {
                 prefetch(&wallet[b.0 as usize]);
             }
-            let from = std::mem::replace(&mut book.fund_from[k], end);
-            wallet[book.account[k].0 as usize] -= owed_e8(book.lots[k], log.since(from));
+            let from = std::mem::replace(from, end);
+            wallet[a.0 as usize] -= owed_e8(q, log.since(from));
         }
         log.cursor = upto;
         log.round_fundings += 1;
@@ -2248,6 +2254,11 @@ mod tests {
         let mut rng = crate::synth::Rng::new(3);
         let mut cases =
             vec![0, 1, -1, e12 / 2, -e12 / 2, 3 * e12 / 2, -3 * e12 / 2, 10i128.pow(37)];
+        // Both sides of the one-step path's edge (|n| < 2^76), and ties just below it.
+        for edge in [i128::from(u64::MAX), (1i128 << 76) - 1] {
+            let tie = (edge / e12 - 1) * e12 + e12 / 2;
+            cases.extend([edge, edge + 1, -edge, -edge - 1, tie, -tie, tie - e12, tie + 1]);
+        }
         for _ in 0..100_000 {
             let scale = 10i128.pow(rng.below(37) as u32);
             let big = i128::from(rng.below(u64::MAX)) * i128::from(rng.below(1 << 62));

@@ -1,0 +1,138 @@
+//! What a `funding` message costs by the size of its symbol's books: applies a `liqscan gen`
+//! stream (parsed first, outside the timing) on this thread, takes each funding's thread CPU
+//! time with its symbol's cross and isolated book lengths at the time, and prints
+//! - the fundings grouped by book size (count, mean, p99 and max CPU time, mean slots),
+//! - a least-squares fit `ns = a + b · settled + c · isolated` over all fundings, where
+//!   `settled = ⌈cross / 16⌉` is the progressive settle's share of the cross book (the
+//!   default `DEFAULT_FUNDING_SETTLE_ROUNDS`) and `isolated` the isolated book's length:
+//!   `b` is the cost per settled cross position, `c` per paid isolated position.
+//!
+//! ```sh
+//! cargo build --release --example fundings
+//! target/release/examples/fundings /tmp/eng/t.config.json /tmp/eng/t.ndjson
+//! ```
+
+use std::{fs::File, io::BufReader, sync::Arc, time::Instant};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use liqscan::{
+    config::Config,
+    engine::{At, Engine},
+    fast::{DEFAULT_FUNDING_SETTLE_ROUNDS, FastEngine},
+    ingest::{Ingest, LineReader, Outcome},
+    protocol::Command,
+};
+
+/// This thread's CPU time in ns.
+#[allow(unsafe_code)]
+fn cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Solves the 3×3 system `m · x = v` (Cramer's rule; the normal equations of the fit).
+fn solve3(m: [[f64; 3]; 3], v: [f64; 3]) -> [f64; 3] {
+    let det = |m: [[f64; 3]; 3]| {
+        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+    };
+    let d = det(m);
+    let mut x = [0.0; 3];
+    for (j, xj) in x.iter_mut().enumerate() {
+        let mut mj = m;
+        for (row, &vi) in mj.iter_mut().zip(&v) {
+            row[j] = vi;
+        }
+        *xj = det(mj) / d;
+    }
+    x
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    anyhow::ensure!(args.len() == 3, "usage: fundings CONFIG STREAM");
+    let cfg = Arc::new(Config::parse(&std::fs::read_to_string(&args[1])?)?);
+    let mut reader = LineReader::new(BufReader::new(File::open(&args[2])?), 1 << 20);
+    let mut ingest = Ingest::new(cfg.clone());
+    let mut commands = Vec::new();
+    let started = Instant::now();
+    while let Some(line) = reader.next_line()? {
+        let ingested = ingest.line(line, Instant::now());
+        if let Outcome::Command { seq, cmd } = ingested.outcome {
+            commands.push((At { line: ingested.line, seq }, cmd));
+        }
+    }
+    eprintln!("{} commands read in {:.1?}", commands.len(), started.elapsed());
+    let mut engine = FastEngine::new(cfg.clone());
+    // (cross, isolated, ns) per funding.
+    let mut fundings: Vec<(usize, usize, u64)> = Vec::new();
+    for (at, cmd) in &commands {
+        let books = match cmd {
+            Command::Funding { symbol, .. } => engine.book_lens().nth(symbol.0 as usize),
+            _ => None,
+        };
+        let start = cpu_ns();
+        let _ = engine.apply(cmd, *at, &mut |_| {});
+        if let Some((cross, isolated)) = books {
+            fundings.push((cross, isolated, cpu_ns() - start));
+        }
+    }
+    let rounds = DEFAULT_FUNDING_SETTLE_ROUNDS as usize;
+    println!(
+        "{} fundings; by the symbol's book size (cross + isolated positions):",
+        fundings.len()
+    );
+    println!(
+        "{:>16} {:>7} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "holders", "count", "mean_ns", "p99_ns", "max_ns", "cross", "isolated"
+    );
+    let edges = [0, 1_000, 3_000, 10_000, 30_000, 100_000, 200_000, usize::MAX];
+    for w in edges.windows(2) {
+        let mut group: Vec<_> =
+            fundings.iter().filter(|f| (w[0]..w[1]).contains(&(f.0 + f.1))).collect();
+        if group.is_empty() {
+            continue;
+        }
+        group.sort_unstable_by_key(|f| f.2);
+        let n = group.len();
+        let mean = |g: &dyn Fn(&(usize, usize, u64)) -> f64| {
+            group.iter().map(|f| g(f)).sum::<f64>() / n as f64
+        };
+        println!(
+            "{:>16} {n:>7} {:>10.0} {:>10} {:>10} {:>9.0} {:>9.0}",
+            format!("{}..{}", w[0], if w[1] == usize::MAX { "".into() } else { w[1].to_string() }),
+            mean(&|f| f.2 as f64),
+            group[(n * 99 / 100).min(n - 1)].2,
+            group[n - 1].2,
+            mean(&|f| f.0 as f64),
+            mean(&|f| f.1 as f64),
+        );
+    }
+    // Least squares over every funding: ns = a + b · settled + c · isolated.
+    let (mut m, mut v) = ([[0.0f64; 3]; 3], [0.0f64; 3]);
+    for &(cross, isolated, ns) in &fundings {
+        let x = [1.0, cross.div_ceil(rounds) as f64, isolated as f64];
+        for ((row, vi), &xi) in m.iter_mut().zip(&mut v).zip(&x) {
+            for (mij, &xj) in row.iter_mut().zip(&x) {
+                *mij += xi * xj;
+            }
+            *vi += xi * ns as f64;
+        }
+    }
+    let [a, b, c] = solve3(m, v);
+    println!(
+        "fit: {a:.0} ns + {b:.1} ns per settled cross position (cross / {rounds}) + {c:.2} ns per paid isolated position"
+    );
+    let total: u64 = fundings.iter().map(|f| f.2).sum();
+    println!(
+        "mean {:.0} ns CPU a funding, {:.3} s in all",
+        total as f64 / fundings.len().max(1) as f64,
+        total as f64 / 1e9
+    );
+    Ok(())
+}
