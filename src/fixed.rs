@@ -136,6 +136,9 @@ impl D8 {
 
 /// Formats `mantissa / 10^scale` as the shortest exact decimal: no exponent, no trailing
 /// zeros, `"0"` for zero, never `"-0"`.
+///
+/// The text is assembled in a buffer on the stack and appended with one `push_str` (one
+/// UTF-8 check of the whole text, not one per part); digits come two at a time from a table.
 pub fn format_scaled(mantissa: i128, scale: u32, out: &mut String) {
     let mut buf = [b'0'; 39];
     let digits = decimal_digits(mantissa.unsigned_abs(), &mut buf);
@@ -146,30 +149,74 @@ pub fn format_scaled(mantissa: i128, scale: u32, out: &mut String) {
     let (int_part, frac_part) = digits.split_at(split);
     let lead = scale.saturating_sub(digits.len());
     let frac_end = frac_part.iter().rposition(|&d| d != b'0').map_or(0, |k| k + 1);
+    // Sign, integer part (at most 39 digits), point, leading zeros, fraction.
+    let mut text = [0u8; 128];
+    let mut n = 0;
+    fn put(text: &mut [u8; 128], n: &mut usize, bytes: &[u8]) {
+        text[*n..*n + bytes.len()].copy_from_slice(bytes);
+        *n += bytes.len();
+    }
     // A non-zero mantissa has a non-zero digit, so it never prints as "-0".
     if mantissa < 0 {
-        out.push('-');
+        put(&mut text, &mut n, b"-");
     }
-    // Every byte below is an ASCII digit or '.'.
-    out.push_str(if int_part.is_empty() { "0" } else { ascii(int_part) });
+    put(&mut text, &mut n, if int_part.is_empty() { b"0" } else { int_part });
     if frac_end > 0 {
-        out.push('.');
-        (0..lead).for_each(|_| out.push('0'));
-        out.push_str(ascii(&frac_part[..frac_end]));
+        // 1 + 39 + 1 + lead + 39 bytes: past 128 only for scales above 47, which no figure
+        // has (the widest is q16); those take the zeros one push at a time.
+        if n + 1 + lead + frac_end <= text.len() {
+            put(&mut text, &mut n, b".");
+            (0..lead).for_each(|_| put(&mut text, &mut n, b"0"));
+        } else {
+            out.push_str(ascii(&text[..n]));
+            out.push('.');
+            (0..lead).for_each(|_| out.push('0'));
+            n = 0;
+        }
+        put(&mut text, &mut n, &frac_part[..frac_end]);
     }
+    out.push_str(ascii(&text[..n]));
 }
+
+/// Appends the decimal digits of `v` (as `v.to_string()` would write them, without its
+/// formatter machinery): the line numbers, seqs and latencies of events.
+pub fn push_u64(out: &mut String, v: u64) {
+    let mut buf = [b'0'; 39];
+    out.push_str(ascii(decimal_digits(u128::from(v), &mut buf)));
+}
+
+/// "00" "01" ... "99": two decimal digits per lookup.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
 
 /// The decimal digits of `v` (no leading zeros; "0" for zero), written at the end of `buf`
 /// (39 bytes hold `u128::MAX`). At most one 128-bit division: what is above 10^19 is
-/// split off once, and each part is printed in 64-bit steps.
+/// split off once, and each part is printed in 64-bit steps of two digits.
 fn decimal_digits(v: u128, buf: &mut [u8; 39]) -> &[u8] {
     const E19: u128 = 10_000_000_000_000_000_000;
     fn put(mut v: u64, buf: &mut [u8], end: usize, min_digits: usize) -> usize {
         let mut i = end;
-        while v > 0 || end - i < min_digits {
+        while v >= 100 {
+            let r = (v % 100) as usize;
+            v /= 100;
+            i -= 2;
+            buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[2 * r..2 * r + 2]);
+        }
+        if v >= 10 {
+            let r = v as usize;
+            i -= 2;
+            buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[2 * r..2 * r + 2]);
+        } else if v > 0 {
             i -= 1;
-            buf[i] = b'0' + (v % 10) as u8;
-            v /= 10;
+            buf[i] = b'0' + v as u8;
+        }
+        while end - i < min_digits {
+            i -= 1;
+            buf[i] = b'0';
         }
         i
     }
@@ -192,7 +239,7 @@ fn decimal_digits(v: u128, buf: &mut [u8; 39]) -> &[u8] {
 }
 
 fn ascii(digits: &[u8]) -> &str {
-    // Only ASCII digits are written by `decimal_digits`.
+    // Only ASCII digits, '-' and '.' are written by `format_scaled`.
     std::str::from_utf8(digits).expect("ASCII digits")
 }
 
@@ -310,7 +357,8 @@ mod tests {
             cases.extend([v, -v, v / 1000 * 1000]);
         }
         for v in cases {
-            for scale in [0, 1, 8, 12, 16, 20, 38, 40] {
+            // 60 and 100 take the path for texts longer than the stack buffer.
+            for scale in [0, 1, 8, 12, 16, 20, 38, 40, 60, 100] {
                 let mut want = String::new();
                 let digits = v.unsigned_abs().to_string();
                 format_digits(v < 0, &digits, scale, &mut want);
@@ -321,6 +369,56 @@ mod tests {
         }
         assert_eq!(D8(-5).text(), "-0.00000005");
         assert_eq!(D8(123_000_000).to_string(), "1.23");
+    }
+
+    /// The texts events carry (e8 amounts and prices, q16 figures, n12 notionals) equal the
+    /// exact decimal's (`exact::Exact`, big integers): zero, signs, every count of
+    /// decimals, and the largest magnitudes the config and the SPEC allow (amounts below
+    /// 10^18, prices below 10^9, and the q16 sum of 65,535 such terms).
+    #[test]
+    fn event_texts_equal_the_exact_decimal() {
+        use crate::exact::Exact;
+        let e8 = |v: i128| Exact::from_d8(D8(v));
+        // v / 10^16 and v / 10^12, as exact products (no rounding: at most 20 decimals).
+        let q16 = |v: i128| &e8(v) * &e8(1);
+        let n12 = |v: i128| &e8(v) * &e8(10_000);
+        let amount_max = crate::protocol::AMOUNT_LIMIT.0 - 1;
+        let price_max = crate::protocol::PRICE_LIMIT - 1;
+        let mut cases =
+            vec![0, 1, -1, 12_345_678, -99_999_999, 100_000_000, amount_max, -amount_max];
+        cases.extend([price_max, -price_max, 10i128.pow(18), 10i128.pow(19) - 1, 10i128.pow(19)]);
+        // A cross account's q16 total: 65,535 terms, each below 10^33 (src/fast/README.md).
+        cases.extend([65_535 * 10i128.pow(33) - 1, -(65_535 * 10i128.pow(33)) + 7]);
+        let mut rng = crate::synth::Rng::new(14);
+        for _ in 0..5_000 {
+            let v = (i128::from(rng.below(u64::MAX)) << rng.below(50)) - (1 << 40);
+            cases.push(v);
+        }
+        for v in cases {
+            assert_eq!(D8(v).text(), e8(v).to_string(), "{v} e8");
+            assert_eq!(scaled_text(v, 8), e8(v).to_string(), "{v} e8");
+            assert_eq!(scaled_text(v, 16), q16(v).to_string(), "{v} q16");
+            assert_eq!(scaled_text(v, 12), n12(v).to_string(), "{v} n12");
+            let mut appended = String::from("x");
+            format_scaled(v, 16, &mut appended);
+            assert_eq!(appended, format!("x{}", q16(v)), "{v} appended");
+        }
+    }
+
+    #[test]
+    fn push_u64_equals_to_string() {
+        let mut cases = vec![0, 1, 9, 10, 99, 100, 101, u64::MAX, u64::MAX - 1];
+        cases.extend((0..20).flat_map(|k| {
+            let p = 10u64.pow(k);
+            [p - 1, p, p + 1]
+        }));
+        let mut rng = crate::synth::Rng::new(3);
+        cases.extend((0..10_000).map(|_| rng.below(u64::MAX) >> rng.below(64)));
+        for v in cases {
+            let mut s = String::from("x");
+            push_u64(&mut s, v);
+            assert_eq!(s, format!("x{v}"));
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! Rules that need account state (`wrong_mode`, `mode_locked`, `leverage_exceeds_max`,
 //! `insufficient_margin`, `no_mark`) belong to the engines.
 
-use std::{borrow::Cow, fmt, fmt::Write as _};
+use std::{borrow::Cow, fmt, fmt::Write as _, sync::Arc};
 
 use serde::{
     Deserialize, Deserializer,
@@ -805,8 +805,9 @@ pub struct Liquidation {
     pub seq: u64,
     pub account: u64,
     pub mode: Mode,
-    /// The symbol of an isolated item; `None` for a cross account.
-    pub symbol: Option<String>,
+    /// The symbol of an isolated item; `None` for a cross account. Symbol names are shared
+    /// (`Arc<str>`): an engine clones a reference, not the text, per event.
+    pub symbol: Option<Arc<str>>,
     pub margin_balance: String,
     pub maintenance_margin: String,
     pub positions: Vec<LiquidationPosition>,
@@ -815,7 +816,7 @@ pub struct Liquidation {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiquidationPosition {
-    pub symbol: String,
+    pub symbol: Arc<str>,
     pub size: String,
     pub entry_price: String,
     pub mark_price: String,
@@ -839,7 +840,7 @@ pub struct AccountReport {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PositionReport {
-    pub symbol: String,
+    pub symbol: Arc<str>,
     pub mode: Mode,
     pub size: String,
     pub entry_price: String,
@@ -866,7 +867,7 @@ pub struct RiskItem {
     pub account: u64,
     pub mode: Mode,
     /// The symbol of an isolated item; `None` for a cross account.
-    pub symbol: Option<String>,
+    pub symbol: Option<Arc<str>>,
     pub margin_balance: String,
     pub maintenance_margin: String,
     pub margin_ratio: Option<String>,
@@ -1039,7 +1040,7 @@ impl<'a> JsonObject<'a> {
 
     fn uint(&mut self, k: &str, v: u64) {
         self.key(k);
-        let _ = write!(self.out, "{v}");
+        crate::fixed::push_u64(self.out, v);
     }
 
     fn bool(&mut self, k: &str, v: bool) {
@@ -1059,6 +1060,12 @@ impl<'a> JsonObject<'a> {
 
 fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
+    // Decimal texts, symbol names and keys need no escape: one copy.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),

@@ -10,7 +10,7 @@
 //! with its own integer arithmetic and calls these only to fill in the events it emits (and
 //! liquidation prices and ratios, which need exact division, are rare and off the hot path).
 
-use std::cmp::Ordering;
+use std::{cmp::Ordering, sync::Arc};
 
 use crate::{
     config::{Config, Mode, SymbolIdx},
@@ -201,7 +201,7 @@ impl AccountView {
             Item::Cross(_) => (Mode::Cross, None, self.cross_positions().collect()),
             Item::Isolated(_, s) => (
                 Mode::Isolated,
-                Some(cfg.symbol(s).name.clone()),
+                Some(Arc::from(cfg.symbol(s).name.as_str())),
                 self.pair(s).into_iter().collect(),
             ),
         };
@@ -209,7 +209,7 @@ impl AccountView {
         let positions = positions
             .into_iter()
             .map(|p| LiquidationPosition {
-                symbol: cfg.symbol(p.symbol).name.clone(),
+                symbol: Arc::from(cfg.symbol(p.symbol).name.as_str()),
                 size: p.size.to_string(),
                 entry_price: p.entry_price.to_string(),
                 mark_price: marks[p.symbol.0 as usize]
@@ -256,7 +256,7 @@ impl AccountView {
             }
             let text = |get: fn(&Figures) -> &Exact| f.as_ref().map(|f| get(f).to_string());
             positions.push(PositionReport {
-                symbol: cfg.symbol(p.symbol).name.clone(),
+                symbol: Arc::from(cfg.symbol(p.symbol).name.as_str()),
                 mode: p.mode,
                 size: p.size.to_string(),
                 entry_price: p.entry_price.to_string(),

@@ -180,7 +180,7 @@ fn at_risk_order_filters_and_missing_marks() {
         );
         assert_eq!(p[0].liquidation_price.as_deref(), Some("10051.02040816"), "{name}");
         // A cross item lists all its positions, in symbol order.
-        let tc4: Vec<&str> = all[9].positions.iter().map(|p| p.symbol.as_str()).collect();
+        let tc4: Vec<&str> = all[9].positions.iter().map(|p| &*p.symbol).collect();
         assert_eq!(tc4, ["BTC-PERP", "ETH-PERP"], "{name}");
         let mut json = String::new();
         all[0].write_json(&mut json);

@@ -40,6 +40,9 @@ enum Plan<'c> {
         account: u64,
         found: Option<AccountIdx>,
         amount_e8: i128,
+        /// The true wallet of a held account when the check computed it (a withdrawal):
+        /// the commit settles to it instead of summing what the account owes again.
+        wallet_now_e8: Option<i128>,
     },
     /// Replace the pair's position (`lots == 0` closes it); `isolated_e8` is its isolated
     /// margin, 0 in cross mode.
@@ -78,6 +81,9 @@ enum Plan<'c> {
         symbol: SymbolIdx,
         slot: usize,
         amount_e8: i128,
+        /// The account's true wallet when the check computed it (an addition); see
+        /// `Plan::Transfer`.
+        wallet_now_e8: Option<i128>,
     },
     /// Pay a funding of `c` per lot (10^-20, before rounding) whose largest cross payment is
     /// `pay_max` (e8): the cross holders lazily (`cross_pay` is `None`: no wallet can leave
@@ -178,9 +184,9 @@ impl FastEngine {
                 let delta_e8 = wallet_e8 - self.accounts.wallet_e8[a.0 as usize];
                 self.move_wallet_rearmed(a, delta_e8, at, out);
             }
-            Plan::Transfer { account, found, amount_e8 } => {
+            Plan::Transfer { account, found, amount_e8, wallet_now_e8 } => {
                 let a = self.intern_found(account, found);
-                self.settle(a);
+                self.settle_to(a, wallet_now_e8);
                 self.move_wallet_rearmed(a, amount_e8, at, out);
             }
             Plan::Position { account, found, symbol, mode, lots, entry_e8, isolated_e8 } => {
@@ -204,8 +210,8 @@ impl FastEngine {
                     (f.open_orders, f.order_margin_e8) = (open_orders, order_margin_e8);
                 });
             }
-            Plan::IsolatedMargin { account, symbol, slot, amount_e8 } => {
-                self.settle(account);
+            Plan::IsolatedMargin { account, symbol, slot, amount_e8, wallet_now_e8 } => {
+                self.settle_to(account, wallet_now_e8);
                 let book = &mut self.isolated[symbol.0 as usize];
                 book.isolated_e8[slot] += amount_e8;
                 book.margin_bound_e8 = book.margin_bound_e8.max(book.isolated_e8[slot].abs());
@@ -258,7 +264,9 @@ impl FastEngine {
         } else if let Some(wallet_e8) = wallet_e8 {
             in_limits("wallet", wallet_e8 + amount.0)?;
         }
-        Ok(Plan::Transfer { account, found: a, amount_e8: amount.0 })
+        // A held account's wallet as the check computed it (withdrawals only).
+        let wallet_now_e8 = wallet_e8.filter(|_| a.is_some());
+        Ok(Plan::Transfer { account, found: a, amount_e8: amount.0, wallet_now_e8 })
     }
 
     fn check_position(
@@ -414,7 +422,13 @@ impl FastEngine {
             in_limits("wallet", wallet_e8 - amount.0)?;
         }
         in_limits("isolated margin", margin_now + amount.0)?;
-        Ok(Plan::IsolatedMargin { account: a, symbol, slot, amount_e8: amount.0 })
+        Ok(Plan::IsolatedMargin {
+            account: a,
+            symbol,
+            slot,
+            amount_e8: amount.0,
+            wallet_now_e8: wallet_now,
+        })
     }
 
     /// Every holder's payment `round8(size * P * rate)`, and every new balance checked before

@@ -116,7 +116,7 @@ impl Both {
 
 fn liquidations(events: &[Event]) -> Vec<(u64, Option<String>)> {
     let l = events.iter().filter_map(|e| match e {
-        Event::Liquidation(l) => Some((l.account, l.symbol.clone())),
+        Event::Liquidation(l) => Some((l.account, l.symbol.as_deref().map(String::from))),
         _ => None,
     });
     l.collect()

@@ -391,6 +391,8 @@ fn touch(hot: &mut [Hot], touched: &mut Vec<AccountIdx>, msg_no: u64, a: Account
 pub struct FastEngine {
     cfg: Arc<Config>,
     scales: Vec<Scale>,
+    /// The symbols' names, shared by the events (a reference count per event, not a copy).
+    names: Vec<Arc<str>>,
     marks: Vec<Option<D8>>,
     mark_ticks: Vec<Option<i64>>,
     cross: Vec<Book>,
@@ -786,6 +788,7 @@ impl FastEngine {
         assert!(n <= usize::from(u16::MAX), "a config holds at most 65,535 symbols");
         FastEngine {
             scales: cfg.symbols.iter().map(Scale::new).collect(),
+            names: cfg.symbols.iter().map(|s| Arc::from(s.name.as_str())).collect(),
             marks: vec![None; n],
             mark_ticks: vec![None; n],
             cross: vec![Book::new(Mode::Cross); n],
@@ -1105,6 +1108,23 @@ impl FastEngine {
         self.accounts.wallet_e8[i] -= owed;
     }
 
+    /// [`FastEngine::settle`] when the caller already has `a`'s true wallet
+    /// ([`FastEngine::wallet_now_e8`], computed by a check since which nothing changed):
+    /// marks every cross slot settled and stores that wallet, without summing what the slots
+    /// owe a second time. `None`: settles as `settle` does.
+    fn settle_to(&mut self, a: AccountIdx, wallet_now_e8: Option<i128>) {
+        let Some(wallet_e8) = wallet_now_e8 else { return self.settle(a) };
+        debug_assert_eq!(wallet_e8, self.wallet_now_e8(a), "the true wallet, unchanged");
+        let i = a.0 as usize;
+        for p in &self.accounts.pairs[i] {
+            if p.mode == Mode::Cross && p.slot != NO_SLOT {
+                let si = p.symbol.0 as usize;
+                self.cross[si].fund_from[p.slot as usize] = self.funding[si].end();
+            }
+        }
+        self.accounts.wallet_e8[i] = wallet_e8;
+    }
+
     /// Settles cross slot `slot` of `si` alone: pays what it owes into its account's stored
     /// wallet (no true figure changes, as in [`FastEngine::settle`]).
     fn settle_slot(&mut self, si: usize, slot: usize) {
@@ -1377,7 +1397,7 @@ impl FastEngine {
             };
             let price = sc.liquidation_price_e8(lots, cost, m)?;
             positions.push(LiquidationPosition {
-                symbol: self.cfg.symbol(s).name.clone(),
+                symbol: self.names[s.0 as usize].clone(),
                 size: D8(i128::from(lots) * i128::from(sc.step_e8)).text(),
                 entry_price: D8(i128::from(sc.entry_e8(lots, cost))).text(),
                 mark_price: self.marks[s.0 as usize]?.text(),
@@ -1389,7 +1409,7 @@ impl FastEngine {
             seq: at.seq,
             account: self.accounts.id[i],
             mode: if isolated.is_some() { Mode::Isolated } else { Mode::Cross },
-            symbol: isolated.map(|s| self.cfg.symbol(s).name.clone()),
+            symbol: isolated.map(|s| self.names[s.0 as usize].clone()),
             margin_balance: q16_text(balance),
             maintenance_margin: q16_text(maint),
             positions,
@@ -2327,7 +2347,7 @@ mod tests {
             let mut events = Vec::new();
             engine.sweep(At { line: 9, seq: 0 }, &mut |e| {
                 if let Event::Liquidation(l) = e {
-                    events.push((l.account, l.symbol));
+                    events.push((l.account, l.symbol.as_deref().map(String::from)));
                 }
             });
             events.sort();

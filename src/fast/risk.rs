@@ -366,7 +366,7 @@ impl FastEngine {
             let figure =
                 |pick: fn(&(i64, i128, i128, i128)) -> i128| text(h.at_mark.as_ref().map(pick), 16);
             positions.push(PositionReport {
-                symbol: self.cfg.symbol(p.symbol).name.clone(),
+                symbol: self.names[p.symbol.0 as usize].clone(),
                 mode: p.mode,
                 size: D8(i128::from(h.lots) * i128::from(sc.step_e8)).text(),
                 entry_price: D8(i128::from(sc.entry_e8(h.lots, h.cost))).text(),

@@ -334,7 +334,7 @@ fn liquidatable_after(
             (
                 i.account,
                 i.mode.as_str().to_owned(),
-                i.symbol,
+                i.symbol.as_deref().map(String::from),
                 i.margin_balance,
                 i.maintenance_margin,
             )
