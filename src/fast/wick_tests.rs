@@ -117,3 +117,63 @@ fn wicks_give_the_reference_events_and_build_many_in_parallel() {
     let one = pool.install(|| run(&mut fast1, &mut reference1, &wicks()));
     assert_eq!(one, events);
 }
+
+/// The interleaved order (`finish_message`: isolated events first, then the cross accounts
+/// refreshed `WICK_CHUNK` at a time, each chunk's events before the next chunk): a wick that
+/// touches several chunks' worth of accounts, on one symbol and as a `marks` message that
+/// fires several symbols at once, emits every item exactly once (no duplicate, nothing
+/// lost: equal to the reference engine's set), isolated items before cross items, and in
+/// the same order on every run.
+#[test]
+fn interleaved_chunks_emit_every_item_once() {
+    use std::collections::HashSet;
+    let (mut fast, mut reference) = book();
+    // Serial event building, so that the order is the chunked one.
+    fast.parallel_events = usize::MAX;
+    let n_before = fast.positions_evaluated();
+    let cmds = [
+        Command::Mark { symbol: sym(0), price: price(0, 900) },
+        Command::Marks { prices: (0..SYMBOLS).map(|s| (sym(s), price(s, 1000))).collect() },
+        Command::Marks { prices: (0..SYMBOLS).map(|s| (sym(s), price(s, 870))).collect() },
+    ];
+    let events = run(&mut fast, &mut reference, &cmds);
+    // Several chunks of accounts were refreshed, so chunk boundaries fell inside the fired
+    // set (a chunk is of accounts: an account's positions are refreshed in one go, and its
+    // event, listing all of them, comes after its chunk).
+    assert!(
+        fast.positions_evaluated() - n_before > 4 * super::WICK_CHUNK as u64,
+        "the wicks must refresh several chunks"
+    );
+    for (k, evs) in events.iter().enumerate() {
+        let items: Vec<(u64, Mode, Option<String>)> = evs
+            .iter()
+            .filter_map(|e| match e {
+                Event::Liquidation(l) => Some((l.account, l.mode, l.symbol.clone())),
+                _ => None,
+            })
+            .collect();
+        let unique: HashSet<_> = items.iter().cloned().collect();
+        assert_eq!(unique.len(), items.len(), "message {k}: an item emitted twice");
+        let first_cross = items.iter().position(|i| i.1 == Mode::Cross).unwrap_or(items.len());
+        assert!(
+            items[first_cross..].iter().all(|i| i.1 == Mode::Cross),
+            "message {k}: isolated events come before cross events"
+        );
+    }
+    let cross = |k: usize| {
+        events[k].iter().filter(|e| matches!(e, Event::Liquidation(l) if l.mode == Mode::Cross))
+    };
+    assert!(cross(0).count() > 1 && cross(2).count() > 1, "both wicks liquidate cross items");
+    let symbols: HashSet<_> = events[2]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Liquidation(l) if l.mode == Mode::Isolated => l.symbol.clone(),
+            _ => None,
+        })
+        .collect();
+    assert!(symbols.len() > 1, "the marks message fires several symbols: {symbols:?}");
+    // The same stream again gives the same order.
+    let (mut fast2, mut reference2) = book();
+    fast2.parallel_events = usize::MAX;
+    assert_eq!(run(&mut fast2, &mut reference2, &cmds), events);
+}
