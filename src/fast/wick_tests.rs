@@ -1,6 +1,7 @@
-//! Wicks (README, "Wicks"): a mark that fires thousands of items refreshes their accounts
-//! with prefetching and builds their events after every refresh, on the rayon workers when
-//! there are many and the engine is set so (`FastEngine::with_parallel_events`). Held to the
+//! Wicks (README, "Wicks"): a mark that fires thousands of items builds its isolated events
+//! first (on the rayon workers when there are many and the engine is set so,
+//! `FastEngine::with_parallel_events`), then refreshes the cross accounts with prefetching,
+//! a chunk at a time, each chunk's events before the next chunk. Held to the
 //! reference engine message by message: equal events (as a set; the SPEC leaves their order
 //! within a message free), the fast engine's audit passing after each, and the events of one
 //! run in the same order whatever the rayon pool.
