@@ -1428,13 +1428,16 @@ impl FastEngine {
         })
     }
 
-    /// Emits the isolated items of this message that crossed (in the order the ticks found
-    /// them), then refreshes the cross accounts it touched in chunks of [`WICK_CHUNK`],
+    /// Refreshes the cross accounts touched by this message in chunks of [`WICK_CHUNK`],
     /// emitting each chunk's cross items that crossed (in the order of their refreshes) before
-    /// the next chunk is refreshed; clears the scratch lists. The SPEC leaves the order of one
-    /// message's events free (sections 6 and 7), so a wick's first events are made, and
-    /// handed on by the pipeline ([`crate::pipeline::HAND_ON_AFTER`]), while the rest of its
-    /// accounts are still being refreshed.
+    /// the next chunk is refreshed, then emits the isolated items that crossed (in the order
+    /// the ticks found them); clears the scratch lists. So a wick's first events are made,
+    /// and handed on by the pipeline ([`crate::pipeline::HAND_ON_AFTER`]), while the rest of
+    /// its accounts are still being refreshed, and the events come in the order they came in
+    /// before the chunks (every cross event, then every isolated one): `liqscan gen` schedules
+    /// its actions in its engine's event order, so its streams stay the same. (The SPEC leaves
+    /// the order within a message free; building the isolated events first would make a
+    /// wick's first event earlier still, but changes what `gen` writes.)
     ///
     /// The accounts are known before they are refreshed, and each is in no order in memory
     /// (its pair list, wallet and id, then each position's columns: a dozen or more cache
@@ -1449,6 +1452,22 @@ impl FastEngine {
     /// [`FastEngine::with_parallel_events`], a message with many isolated events builds them
     /// on the rayon workers in chunks and hands them out in the same order.
     fn finish_message(&mut self, at: At, out: &mut dyn FnMut(Event)) {
+        // Book order, which is deterministic.
+        let mut touched = std::mem::take(&mut self.touched);
+        self.defer_cross_events = true;
+        for lo in (0..touched.len()).step_by(WICK_CHUNK) {
+            for j in lo..(lo + WICK_CHUNK).min(touched.len()) {
+                self.prefetch_ahead(&touched, j, true);
+                self.refresh(touched[j], false, at, out);
+            }
+            let mut cross = std::mem::take(&mut self.emit_cross);
+            self.cross_events(&cross, at, &mut |ev| out(Event::Liquidation(ev)));
+            cross.clear();
+            self.emit_cross = cross;
+        }
+        self.defer_cross_events = false;
+        touched.clear();
+        self.touched = touched;
         let mut isolated = std::mem::take(&mut self.emit_isolated);
         if isolated.len() < self.parallel_events {
             self.isolated_events(&isolated, at, &mut |ev| out(Event::Liquidation(ev)));
@@ -1466,22 +1485,6 @@ impl FastEngine {
         }
         isolated.clear();
         self.emit_isolated = isolated;
-        // Book order, which is deterministic.
-        let mut touched = std::mem::take(&mut self.touched);
-        self.defer_cross_events = true;
-        for lo in (0..touched.len()).step_by(WICK_CHUNK) {
-            for j in lo..(lo + WICK_CHUNK).min(touched.len()) {
-                self.prefetch_ahead(&touched, j, true);
-                self.refresh(touched[j], false, at, out);
-            }
-            let mut cross = std::mem::take(&mut self.emit_cross);
-            self.cross_events(&cross, at, &mut |ev| out(Event::Liquidation(ev)));
-            cross.clear();
-            self.emit_cross = cross;
-        }
-        self.defer_cross_events = false;
-        touched.clear();
-        self.touched = touched;
     }
 
     /// The liquidation events of the cross accounts `list`, in order.

@@ -1,7 +1,7 @@
-//! Wicks (README, "Wicks"): a mark that fires thousands of items builds its isolated events
-//! first (on the rayon workers when there are many and the engine is set so,
-//! `FastEngine::with_parallel_events`), then refreshes the cross accounts with prefetching,
-//! a chunk at a time, each chunk's events before the next chunk. Held to the
+//! Wicks (README, "Wicks"): a mark that fires thousands of items refreshes its cross
+//! accounts with prefetching, a chunk at a time, each chunk's events before the next chunk,
+//! then builds its isolated events (on the rayon workers when there are many and the engine
+//! is set so, `FastEngine::with_parallel_events`). Held to the
 //! reference engine message by message: equal events (as a set; the SPEC leaves their order
 //! within a message free), the fast engine's audit passing after each, and the events of one
 //! run in the same order whatever the rayon pool.
@@ -119,11 +119,11 @@ fn wicks_give_the_reference_events_and_build_many_in_parallel() {
     assert_eq!(one, events);
 }
 
-/// The interleaved order (`finish_message`: isolated events first, then the cross accounts
-/// refreshed `WICK_CHUNK` at a time, each chunk's events before the next chunk): a wick that
+/// The interleaved order (`finish_message`: the cross accounts refreshed `WICK_CHUNK` at a
+/// time, each chunk's events before the next chunk, then the isolated events): a wick that
 /// touches several chunks' worth of accounts, on one symbol and as a `marks` message that
 /// fires several symbols at once, emits every item exactly once (no duplicate, nothing
-/// lost: equal to the reference engine's set), isolated items before cross items, and in
+/// lost: equal to the reference engine's set), cross items before isolated items, and in
 /// the same order on every run.
 #[test]
 fn interleaved_chunks_emit_every_item_once() {
@@ -155,10 +155,11 @@ fn interleaved_chunks_emit_every_item_once() {
             .collect();
         let unique: HashSet<_> = items.iter().cloned().collect();
         assert_eq!(unique.len(), items.len(), "message {k}: an item emitted twice");
-        let first_cross = items.iter().position(|i| i.1 == Mode::Cross).unwrap_or(items.len());
+        let first_isolated =
+            items.iter().position(|i| i.1 == Mode::Isolated).unwrap_or(items.len());
         assert!(
-            items[first_cross..].iter().all(|i| i.1 == Mode::Cross),
-            "message {k}: isolated events come before cross events"
+            items[first_isolated..].iter().all(|i| i.1 == Mode::Isolated),
+            "message {k}: cross events come before isolated events (gen's order)"
         );
     }
     let cross = |k: usize| {
