@@ -1,6 +1,6 @@
 //! The cost of one message alone, typically a wick (a mark that fires thousands of holders):
 //! applies a `liqscan gen` stream up to line `LINE - 1`, then line `LINE`, and prints that
-//! message's thread CPU time, wall time, events and positions evaluated. Lines after `LINE`
+//! message's thread CPU time, wall time (and when its first event was made), events and positions evaluated. Lines after `LINE`
 //! are not read.
 //!
 //! ```sh
@@ -54,9 +54,11 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 fn timed(engine: &mut FastEngine, cmd: &Command, at: At, what: &str) -> u64 {
     let evaluated = engine.positions_evaluated();
     let (mut events, mut liquidations, mut isolated) = (0u64, 0u64, 0u64);
+    let mut first = None;
     let (cpu, all) = (cpu_ns(), process_cpu_ns());
     let wall = Instant::now();
     let _ = engine.apply(cmd, at, &mut |e| {
+        first.get_or_insert_with(|| wall.elapsed());
         events += 1;
         liquidations += u64::from(matches!(e, Event::Liquidation(_)));
         isolated += u64::from(matches!(e, Event::Liquidation(l) if l.mode == Mode::Isolated));
@@ -64,11 +66,12 @@ fn timed(engine: &mut FastEngine, cmd: &Command, at: At, what: &str) -> u64 {
     let wall = wall.elapsed();
     let (cpu, all) = (cpu_ns() - cpu, process_cpu_ns() - all);
     println!(
-        "{what}: line {} cpu {:.3} ms (all threads {:.3} ms) wall {:.3} ms, {events} events ({liquidations} liquidations, {isolated} isolated), {} positions evaluated, {} CPU per event",
+        "{what}: line {} cpu {:.3} ms (all threads {:.3} ms) wall {:.3} ms (first event at {}), {events} events ({liquidations} liquidations, {isolated} isolated), {} positions evaluated, {} CPU per event",
         at.line,
         cpu as f64 / 1e6,
         all as f64 / 1e6,
         wall.as_secs_f64() * 1e3,
+        first.map_or("-".to_string(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3)),
         engine.positions_evaluated() - evaluated,
         match events {
             0 => "-".to_string(),

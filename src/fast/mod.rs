@@ -491,6 +491,12 @@ const PREFETCH_AHEAD: usize = 160;
 /// accounts ahead keep the CPU's line-fill buffers busy.
 const REFRESH_AHEAD: usize = 4;
 
+/// How many touched accounts `finish_message` refreshes before it builds their events (see
+/// [`FastEngine::finish_message`]): small enough that a wick's first cross events are made
+/// within tens of microseconds, large enough that the event loop's own prefetch has a run
+/// of records to work ahead on.
+const WICK_CHUNK: usize = 64;
+
 /// Events a rayon task builds at once when a message's events go to the workers (see
 /// [`FastEngine::with_parallel_events`]; an event costs about a microsecond, a fork-join some).
 const EVENT_CHUNK: usize = 64;
@@ -843,9 +849,10 @@ impl FastEngine {
         self
     }
 
-    /// Builds the liquidation events of a message that emits at least `events` of them (a
-    /// wick) on the rayon workers, in chunks, handed out in the same order (default: never,
-    /// every event is built on the engine thread). On the shared 2-core machine the hand-off
+    /// Builds the isolated liquidation events of a message that emits at least `events` of
+    /// them (a wick) on the rayon workers, in chunks, handed out in the same order (default:
+    /// never, every event is built on the engine thread; cross events are always built on it,
+    /// a chunk of refreshes at a time, see [`FastEngine::finish_message`]). On the shared 2-core machine the hand-off
     /// cut the engine thread's CPU time of a 3,623-event wick from ~6 to ~5 ms but made its
     /// wall time longer (the workers wait for a core that the reader, the writer and other
     /// processes hold), so it is off until measured on a quiet machine
@@ -1464,57 +1471,63 @@ impl FastEngine {
         })
     }
 
-    /// Refreshes the cross accounts touched by this message, then emits the cross items
-    /// that crossed (in the order of their refreshes) and the isolated items that crossed
-    /// (in the order the ticks found them), and clears the scratch lists.
+    /// Refreshes the cross accounts touched by this message in chunks of [`WICK_CHUNK`],
+    /// emitting each chunk's cross items that crossed (in the order of their refreshes) before
+    /// the next chunk is refreshed, then emits the isolated items that crossed (in the order
+    /// the ticks found them); clears the scratch lists. So a wick's first events are made,
+    /// and handed on by the pipeline ([`crate::pipeline::HAND_ON_AFTER`]), while the rest of
+    /// its accounts are still being refreshed, and the events come in the order they came in
+    /// before the chunks (every cross event, then every isolated one): `liqscan gen` schedules
+    /// its actions in its engine's event order, so its streams stay the same. (The SPEC leaves
+    /// the order within a message free; building the isolated events first would make a
+    /// wick's first event earlier still, but changes what `gen` writes.)
     ///
     /// The accounts are known before they are refreshed, and each is in no order in memory
     /// (its pair list, wallet and id, then each position's columns: a dozen or more cache
     /// misses an account), so the records of accounts a few places ahead are asked for in
-    /// three steps (see [`FastEngine::prefetch_ahead`]), as a funding does.
+    /// three steps (see [`FastEngine::prefetch_ahead`]), as a funding does; the steps run
+    /// over the whole list, across chunk boundaries.
     ///
-    /// The events are built after every refresh: an event reads only its own account (its
-    /// wallet, pairs and positions) and the marks, which another account's refresh does not
-    /// change, so it is the event the refresh would have built. With
-    /// [`FastEngine::with_parallel_events`], many events (a wick) are built on the rayon
-    /// workers in chunks and handed out in the same order.
+    /// An event reads only its own account (its wallet, pairs and positions) and the marks:
+    /// another account's refresh does not change them (a refresh's settle changes a stored
+    /// wallet, never a true one), and an isolated item's event reads no cross record, so each
+    /// event is the one its refresh or tick would have built. With
+    /// [`FastEngine::with_parallel_events`], a message with many isolated events builds them
+    /// on the rayon workers in chunks and hands them out in the same order.
     fn finish_message(&mut self, at: At, out: &mut dyn FnMut(Event)) {
-        // Book order, which is deterministic; the SPEC leaves the order within a message free.
+        // Book order, which is deterministic.
         let mut touched = std::mem::take(&mut self.touched);
         self.defer_cross_events = true;
-        for (j, &a) in touched.iter().enumerate() {
-            self.prefetch_ahead(&touched, j, true);
-            self.refresh(a, false, at, out);
+        for lo in (0..touched.len()).step_by(WICK_CHUNK) {
+            for j in lo..(lo + WICK_CHUNK).min(touched.len()) {
+                self.prefetch_ahead(&touched, j, true);
+                self.refresh(touched[j], false, at, out);
+            }
+            let mut cross = std::mem::take(&mut self.emit_cross);
+            self.cross_events(&cross, at, &mut |ev| out(Event::Liquidation(ev)));
+            cross.clear();
+            self.emit_cross = cross;
         }
         self.defer_cross_events = false;
         touched.clear();
         self.touched = touched;
-        let (mut cross, mut isolated) =
-            (std::mem::take(&mut self.emit_cross), std::mem::take(&mut self.emit_isolated));
-        if cross.len() + isolated.len() < self.parallel_events {
-            let mut emit = |ev| out(Event::Liquidation(ev));
-            self.cross_events(&cross, at, &mut emit);
-            self.isolated_events(&isolated, at, &mut emit);
+        let mut isolated = std::mem::take(&mut self.emit_isolated);
+        if isolated.len() < self.parallel_events {
+            self.isolated_events(&isolated, at, &mut |ev| out(Event::Liquidation(ev)));
         } else {
             let this = &*self;
-            let built: Vec<Vec<Liquidation>> = cross
+            let built: Vec<Vec<Liquidation>> = isolated
                 .par_chunks(EVENT_CHUNK)
                 .map(|c| {
                     let mut v = Vec::with_capacity(c.len());
-                    this.cross_events(c, at, &mut |ev| v.push(ev));
-                    v
-                })
-                .chain(isolated.par_chunks(EVENT_CHUNK).map(|c| {
-                    let mut v = Vec::with_capacity(c.len());
                     this.isolated_events(c, at, &mut |ev| v.push(ev));
                     v
-                }))
+                })
                 .collect();
             built.into_iter().flatten().for_each(|ev| out(Event::Liquidation(ev)));
         }
-        cross.clear();
         isolated.clear();
-        (self.emit_cross, self.emit_isolated) = (cross, isolated);
+        self.emit_isolated = isolated;
     }
 
     /// The liquidation events of the cross accounts `list`, in order.

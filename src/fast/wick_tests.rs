@@ -1,6 +1,7 @@
-//! Wicks (README, "Wicks"): a mark that fires thousands of items refreshes their accounts
-//! with prefetching and builds their events after every refresh, on the rayon workers when
-//! there are many and the engine is set so (`FastEngine::with_parallel_events`). Held to the
+//! Wicks (README, "Wicks"): a mark that fires thousands of items refreshes its cross
+//! accounts with prefetching, a chunk at a time, each chunk's events before the next chunk,
+//! then builds its isolated events (on the rayon workers when there are many and the engine
+//! is set so, `FastEngine::with_parallel_events`). Held to the
 //! reference engine message by message: equal events (as a set; the SPEC leaves their order
 //! within a message free), the fast engine's audit passing after each, and the events of one
 //! run in the same order whatever the rayon pool.
@@ -116,4 +117,65 @@ fn wicks_give_the_reference_events_and_build_many_in_parallel() {
     let (mut fast1, mut reference1) = book();
     let one = pool.install(|| run(&mut fast1, &mut reference1, &wicks()));
     assert_eq!(one, events);
+}
+
+/// The interleaved order (`finish_message`: the cross accounts refreshed `WICK_CHUNK` at a
+/// time, each chunk's events before the next chunk, then the isolated events): a wick that
+/// touches several chunks' worth of accounts, on one symbol and as a `marks` message that
+/// fires several symbols at once, emits every item exactly once (no duplicate, nothing
+/// lost: equal to the reference engine's set), cross items before isolated items, and in
+/// the same order on every run.
+#[test]
+fn interleaved_chunks_emit_every_item_once() {
+    use std::collections::HashSet;
+    let (mut fast, mut reference) = book();
+    // Serial event building, so that the order is the chunked one.
+    fast.parallel_events = usize::MAX;
+    let n_before = fast.positions_evaluated();
+    let cmds = [
+        Command::Mark { symbol: sym(0), price: price(0, 900) },
+        Command::Marks { prices: (0..SYMBOLS).map(|s| (sym(s), price(s, 1000))).collect() },
+        Command::Marks { prices: (0..SYMBOLS).map(|s| (sym(s), price(s, 870))).collect() },
+    ];
+    let events = run(&mut fast, &mut reference, &cmds);
+    // Several chunks of accounts were refreshed, so chunk boundaries fell inside the fired
+    // set (a chunk is of accounts: an account's positions are refreshed in one go, and its
+    // event, listing all of them, comes after its chunk).
+    assert!(
+        fast.positions_evaluated() - n_before > 4 * super::WICK_CHUNK as u64,
+        "the wicks must refresh several chunks"
+    );
+    for (k, evs) in events.iter().enumerate() {
+        let items: Vec<(u64, Mode, Option<String>)> = evs
+            .iter()
+            .filter_map(|e| match e {
+                Event::Liquidation(l) => Some((l.account, l.mode, l.symbol.clone())),
+                _ => None,
+            })
+            .collect();
+        let unique: HashSet<_> = items.iter().cloned().collect();
+        assert_eq!(unique.len(), items.len(), "message {k}: an item emitted twice");
+        let first_isolated =
+            items.iter().position(|i| i.1 == Mode::Isolated).unwrap_or(items.len());
+        assert!(
+            items[first_isolated..].iter().all(|i| i.1 == Mode::Isolated),
+            "message {k}: cross events come before isolated events (gen's order)"
+        );
+    }
+    let cross = |k: usize| {
+        events[k].iter().filter(|e| matches!(e, Event::Liquidation(l) if l.mode == Mode::Cross))
+    };
+    assert!(cross(0).count() > 1 && cross(2).count() > 1, "both wicks liquidate cross items");
+    let symbols: HashSet<_> = events[2]
+        .iter()
+        .filter_map(|e| match e {
+            Event::Liquidation(l) if l.mode == Mode::Isolated => l.symbol.clone(),
+            _ => None,
+        })
+        .collect();
+    assert!(symbols.len() > 1, "the marks message fires several symbols: {symbols:?}");
+    // The same stream again gives the same order.
+    let (mut fast2, mut reference2) = book();
+    fast2.parallel_events = usize::MAX;
+    assert_eq!(run(&mut fast2, &mut reference2, &cmds), events);
 }
