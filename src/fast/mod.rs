@@ -2395,7 +2395,7 @@ mod tests {
             pool.install(|| {
                 engine.sweep(At { line: round as u64, seq: 0 }, &mut |e| {
                     if let Event::Liquidation(l) = e {
-                        events.push((l.account, l.symbol));
+                        events.push((l.account, l.symbol.as_deref().map(String::from)));
                     }
                 })
             });

@@ -149,7 +149,9 @@ fn interleaved_chunks_emit_every_item_once() {
         let items: Vec<(u64, Mode, Option<String>)> = evs
             .iter()
             .filter_map(|e| match e {
-                Event::Liquidation(l) => Some((l.account, l.mode, l.symbol.clone())),
+                Event::Liquidation(l) => {
+                    Some((l.account, l.mode, l.symbol.as_deref().map(String::from)))
+                }
                 _ => None,
             })
             .collect();
