@@ -42,24 +42,14 @@ use liqscan::{
 
 /// CLOCK_MONOTONIC in ns: the clock `perf record -k CLOCK_MONOTONIC` stamps samples with,
 /// so that a slow message's samples can be picked out (`perf script --time START,END`).
-#[allow(unsafe_code)]
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: as in `cpu_ns`.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    debug_assert_eq!(rc, 0);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    liqscan::latency::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// This thread's CPU time in ns: a message's CPU time leaves out the time the scheduler gave
 /// other processes (on a shared 2-core machine, 4 ms slices), which wall time includes.
-#[allow(unsafe_code)]
 fn cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    debug_assert_eq!(rc, 0);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    liqscan::latency::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// This thread's minor page faults so far (each a page the kernel found or zeroed for it):

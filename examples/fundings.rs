@@ -25,13 +25,8 @@ use liqscan::{
 };
 
 /// This thread's CPU time in ns.
-#[allow(unsafe_code)]
 fn cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux knows.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    debug_assert_eq!(rc, 0);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    liqscan::latency::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// Solves the 3×3 system `m · x = v` (Cramer's rule; the normal equations of the fit).
@@ -54,6 +49,8 @@ fn solve3(m: [[f64; 3]; 3], v: [f64; 3]) -> [f64; 3] {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the `liqscan` binary runs: no purge of freed memory (`liqscan::heap`).
+    liqscan::heap::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     anyhow::ensure!(args.len() == 3, "usage: fundings CONFIG STREAM");
     let cfg = Arc::new(Config::parse(&std::fs::read_to_string(&args[1])?)?);

@@ -41,13 +41,8 @@ fn process_cpu_ns() -> u64 {
     clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
-#[allow(unsafe_code)]
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; the clock ids are constants Linux knows.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    debug_assert_eq!(rc, 0);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    liqscan::latency::clock_ns(clock)
 }
 
 /// Applies `cmd` and prints what it cost.
@@ -82,6 +77,8 @@ fn timed(engine: &mut FastEngine, cmd: &Command, at: At, what: &str) -> u64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the `liqscan` binary runs: no purge of freed memory (`liqscan::heap`).
+    liqscan::heap::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     anyhow::ensure!(args.len() >= 4, "usage: wick CONFIG STREAM LINE [REPEAT]");
     let cfg = Arc::new(Config::parse(&std::fs::read_to_string(&args[1])?)?);

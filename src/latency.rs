@@ -177,6 +177,18 @@ fn not_a_log_line(text: &[u8], offset: usize) -> String {
     format!("line {line} is not part of an HdrHistogram interval log (it reads \"{shown}\")")
 }
 
+/// The time of `clock` (a Linux clock id such as `libc::CLOCK_THREAD_CPUTIME_ID` for this
+/// thread's CPU time, or `libc::CLOCK_MONOTONIC`) in ns; the examples that measure the engine
+/// (`examples/apply_kinds`, `fundings`, `wick`) read their clocks through it.
+#[allow(unsafe_code)]
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; `clock_gettime` writes only into it.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    debug_assert_eq!(rc, 0, "clock {clock} cannot be read");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
