@@ -360,7 +360,7 @@ impl EngineLoop<'_, '_> {
             select! {
                 recv(batch_rx) -> batch => {
                     let Ok(mut batch) = batch else { return Ok(()) };
-                    self.apply_batch(&mut batch, fanout)?;
+                    self.apply_batch(&mut batch, batch_rx, fanout)?;
                     let _ = spare_tx.try_send(batch);
                     let idle = batch_rx.is_empty();
                     if !self.buf.is_empty() {
@@ -394,12 +394,14 @@ impl EngineLoop<'_, '_> {
     }
 
     /// Applies a batch. Events go to the sinks at the end of the batch, or earlier once the
-    /// oldest of them has waited [`HAND_ON_AFTER`] (checked at each event and after each
-    /// message): a message that fires thousands of items, or a long batch, does not hold its
-    /// first events back until its last is made. Errors: a sink that failed.
+    /// oldest of them has waited [`HAND_ON_AFTER`] while no other batch is queued (checked at
+    /// each event and after each message): a message that fires thousands of items, or a long
+    /// batch, does not hold its first events back until its last is made. `queued` is the
+    /// engine's input queue. Errors: a sink that failed.
     fn apply_batch(
         &mut self,
         batch: &mut Vec<Ingested>,
+        queued: &Receiver<Vec<Ingested>>,
         fanout: &mut Fanout<'_, '_>,
     ) -> io::Result<()> {
         let mut failed: Option<io::Error> = None;
@@ -432,7 +434,7 @@ impl EngineLoop<'_, '_> {
             let applied = dispatch(ingested, self.engine, &mut |e| {
                 emit(summary, buf, pending, e, read_at, ts);
                 if failed.is_none()
-                    && let Err(e) = hand_on_if_due(summary, buf, pending, fanout)
+                    && let Err(e) = hand_on_if_due(summary, buf, pending, queued, fanout)
                 {
                     failed = Some(e);
                 }
@@ -448,7 +450,7 @@ impl EngineLoop<'_, '_> {
             if let Some(e) = failed.take() {
                 return Err(e);
             }
-            hand_on_if_due(&mut self.summary, &mut self.buf, &mut self.pending, fanout)?;
+            hand_on_if_due(&mut self.summary, &mut self.buf, &mut self.pending, queued, fanout)?;
         }
         if let Some(s) = self.stalls.as_mut() {
             s.end();
@@ -505,14 +507,15 @@ impl Pending {
 }
 
 /// Hands the events made so far to the sinks (flushed) once the oldest has waited
-/// [`HAND_ON_AFTER`].
+/// [`HAND_ON_AFTER`], unless another batch is `queued` (see there).
 fn hand_on_if_due(
     summary: &mut Summary,
     buf: &mut String,
     pending: &mut Pending,
+    queued: &Receiver<Vec<Ingested>>,
     fanout: &mut Fanout<'_, '_>,
 ) -> io::Result<()> {
-    if !pending.due() {
+    if pending.first_made.is_none() || !queued.is_empty() || !pending.due() {
         return Ok(());
     }
     let chunk = std::mem::replace(buf, String::with_capacity(1 << 12));
@@ -658,8 +661,46 @@ mod tests {
     /// still builds the rest, in order, none lost.
     #[test]
     fn a_long_message_hands_its_events_on_as_they_are_made() {
-        const N: u64 = 8;
         const PER_EVENT: Duration = Duration::from_millis(2);
+        let (chunks, handed_in_order) = run_slow_wick(PER_EVENT, None, 0);
+        let with_events: Vec<_> =
+            chunks.iter().filter(|(_, c)| c.contains("liquidation")).collect();
+        // Each event takes 2 ms to make and events wait at most HAND_ON_AFTER (0.1 ms): the
+        // first goes on long before the last is made.
+        assert!(with_events.len() >= 2, "{} chunks", with_events.len());
+        let (first, last) = (with_events[0].0, with_events[with_events.len() - 1].0);
+        assert!(last - first >= PER_EVENT * (WICK_ACCOUNTS as u32 - 2), "{:?}", last - first);
+        assert!(handed_in_order);
+    }
+
+    /// Behind a backlog (a batch per line, lines queued after the wick's) the wick's events
+    /// are not handed on one by one as they are made: they go in one chunk at the end of its
+    /// batch, since they already waited for the queue and each hand-off costs the engine a
+    /// wake of the writer. Nothing is lost or reordered.
+    #[test]
+    fn behind_a_backlog_a_long_message_hands_its_events_on_at_its_end() {
+        // 20 ms an event: the reader, which queues the lines after the wick's within µs of it,
+        // would have to be held off the CPU that long for the queue to look empty.
+        let (chunks, handed_in_order) = run_slow_wick(Duration::from_millis(20), Some(1), 20);
+        let with_events = chunks.iter().filter(|(_, c)| c.contains("liquidation")).count();
+        assert_eq!(with_events, 1, "the wick's events came in one chunk");
+        assert!(handed_in_order);
+    }
+
+    /// Accounts liquidated by [`run_slow_wick`]'s wick.
+    const WICK_ACCOUNTS: u64 = 8;
+
+    /// Runs a stream whose one wick liquidates [`WICK_ACCOUNTS`] accounts, each event taking
+    /// `per_event` to make, followed by `tail` balance lines, through a pipeline of
+    /// `batch_lines` (default when `None`) to a direct sink. Returns the chunks it received
+    /// with their arrival times, and whether they hold the events of a plain replay of the
+    /// stream, in its order.
+    fn run_slow_wick(
+        per_event: Duration,
+        batch_lines: Option<usize>,
+        tail: u64,
+    ) -> (Vec<(Instant, String)>, bool) {
+        const N: u64 = WICK_ACCOUNTS;
         let cfg = Arc::new(crate::synth::config(1));
         let mut stream =
             String::from("{\"type\":\"mark\",\"symbol\":\"S000\",\"price\":\"100\"}\n");
@@ -671,9 +712,12 @@ mod tests {
         }
         // Every account's 5 of wallet is lost 19 times over: all N are liquidated by it.
         stream += "{\"type\":\"mark\",\"symbol\":\"S000\",\"price\":\"1\"}\n";
+        for a in 0..tail {
+            stream +=
+                &format!("{{\"type\":\"balance\",\"account\":{},\"wallet\":\"5\"}}\n", 100 + a);
+        }
         let chunks = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut engine =
-            SlowEvents { inner: crate::fast::FastEngine::new(cfg.clone()), per_event: PER_EVENT };
+        let mut engine = SlowEvents { inner: crate::fast::FastEngine::new(cfg.clone()), per_event };
         let source = ReadSource::new(io::Cursor::new(stream.clone().into_bytes()));
         // A direct (non-blocking) sink, as the daemon's subscribers are: called on the engine
         // thread at each hand-off.
@@ -696,18 +740,13 @@ mod tests {
             }
         }
         let sink = Direct(Timed(chunks.clone()));
-        let summary = Pipeline::new(cfg.clone(), Box::new(source), vec![Box::new(sink)])
-            .run(&mut engine)
-            .unwrap();
+        let mut pipeline = Pipeline::new(cfg.clone(), Box::new(source), vec![Box::new(sink)]);
+        if let Some(lines) = batch_lines {
+            pipeline.opts.batch_lines = lines;
+        }
+        let summary = pipeline.run(&mut engine).unwrap();
         assert_eq!(summary.liquidations, N, "every account is liquidated");
-        let chunks = chunks.lock().unwrap();
-        let with_events: Vec<_> =
-            chunks.iter().filter(|(_, c)| c.contains("liquidation")).collect();
-        // Each event takes 2 ms to make and events wait at most HAND_ON_AFTER (0.1 ms): the
-        // first goes on long before the last is made.
-        assert!(with_events.len() >= 2, "{} chunks", with_events.len());
-        let (first, last) = (with_events[0].0, with_events[with_events.len() - 1].0);
-        assert!(last - first >= PER_EVENT * (N as u32 - 2), "{:?}", last - first);
+        assert_eq!(summary.event_latency.summary().count, N);
         // The same events, in the same order, as a plain replay of the stream.
         let mut plain = Vec::new();
         let mut fast = crate::fast::FastEngine::new(cfg.clone());
@@ -716,9 +755,10 @@ mod tests {
         let strip = |s: &str| -> Vec<String> {
             s.lines().map(|l| l.split("\"latency_ns\"").next().unwrap_or(l).to_owned()).collect()
         };
+        let chunks = std::mem::take(&mut *chunks.lock().unwrap());
         let handed: String = chunks.iter().map(|(_, c)| c.as_str()).collect();
-        assert_eq!(strip(&handed), strip(&String::from_utf8(plain).unwrap()));
-        assert_eq!(summary.event_latency.summary().count, N);
+        let in_order = strip(&handed) == strip(&String::from_utf8(plain).unwrap());
+        (chunks, in_order)
     }
 
     /// The engine waits on both queues: a control request is answered while the stream is

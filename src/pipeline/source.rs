@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossbeam::channel::{Receiver, Sender};
+use crossbeam::channel::{Receiver, Sender, TrySendError};
 
 use super::{Options, Stop, wait::Spinner};
 use crate::{
@@ -98,7 +98,7 @@ pub(crate) fn reader_thread<'a>(
     // reported there).
     let hand_on = |batch: &mut Vec<Ingested>| {
         let next = spare_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(opts.batch_lines));
-        batch_tx.send(std::mem::replace(batch, next)).is_ok()
+        send_when_room(&batch_tx, std::mem::replace(batch, next))
     };
     let (paced_from, mut n_paced) = (Instant::now(), 0u64);
     let paced = opts.rate.is_some();
@@ -159,4 +159,63 @@ pub(crate) fn reader_thread<'a>(
         source.ended(end)?;
     }
     Ok(())
+}
+
+/// How long the reader sleeps before it looks again at a full queue (see [`send_when_room`]).
+pub(crate) const FULL_QUEUE_NAP: Duration = Duration::from_micros(200);
+
+/// Sends `batch` to the engine once its queue has room; false when the engine side is gone.
+///
+/// A full queue means the engine is at least `queue_batches` batches behind, milliseconds of
+/// work even for the cheapest lines. A reader blocked in `send` would be woken by the engine
+/// taking each batch: a futex wake of a parked thread on the engine thread per batch, which
+/// on this 2-core VM cost the engine more than the messages it saved waiting for. So the
+/// reader naps and looks again instead; the engine never wakes it, and the queue cannot run
+/// dry during a nap.
+fn send_when_room(batch_tx: &Sender<Vec<Ingested>>, mut batch: Vec<Ingested>) -> bool {
+    loop {
+        match batch_tx.try_send(batch) {
+            Ok(()) => return true,
+            Err(TrySendError::Disconnected(_)) => return false,
+            Err(TrySendError::Full(back)) => {
+                batch = back;
+                std::thread::sleep(FULL_QUEUE_NAP);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crossbeam::channel::bounded;
+
+    use super::*;
+
+    #[test]
+    fn a_full_queue_takes_the_batch_once_the_engine_makes_room() {
+        let (tx, rx) = bounded::<Vec<Ingested>>(1);
+        tx.send(Vec::new()).unwrap();
+        let taker = std::thread::spawn(move || {
+            std::thread::sleep(FULL_QUEUE_NAP * 5);
+            let first = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            let second = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            (first.capacity(), second.capacity())
+        });
+        let started = Instant::now();
+        assert!(send_when_room(&tx, Vec::with_capacity(7)), "sent once there was room");
+        assert!(started.elapsed() >= FULL_QUEUE_NAP * 5, "it waited for the room");
+        assert_eq!(taker.join().unwrap(), (0, 7), "in order, nothing lost");
+    }
+
+    #[test]
+    fn a_full_queue_whose_engine_is_gone_gives_up() {
+        let (tx, rx) = bounded::<Vec<Ingested>>(1);
+        tx.send(Vec::new()).unwrap();
+        let dropper = std::thread::spawn(move || {
+            std::thread::sleep(FULL_QUEUE_NAP * 3);
+            drop(rx);
+        });
+        assert!(!send_when_room(&tx, Vec::new()));
+        dropper.join().unwrap();
+    }
 }
