@@ -87,6 +87,15 @@ impl FundsTable {
         held
     }
 
+    /// Adds `key`, which has no entry (the caller knows: `Pair::funded`), with `funds`, not
+    /// all zero: [`FundsTable::update`] without its search.
+    pub(super) fn insert_new(&mut self, key: Key, funds: PairFunds) {
+        debug_assert!(funds != PairFunds::default(), "an entry is never all zero");
+        debug_assert!(self.get(key) == PairFunds::default(), "{key:?} has an entry");
+        let hash = self.hasher.hash_one(key);
+        self.insert(hash, key, funds);
+    }
+
     /// Adds `key`, which is in neither table, then moves `step` buckets of `old` across.
     fn insert(&mut self, hash: u64, key: Key, funds: PairFunds) {
         let hasher = &self.hasher;

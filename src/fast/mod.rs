@@ -1021,8 +1021,22 @@ impl FastEngine {
     /// Changes the funds of (a, s) with `f`, keeping the side table free of all-zero entries
     /// ([`funds::FundsTable::update`]) and the pair's `funded` bit in step with it. The pair
     /// exists from now on (every caller has made it already: funds belong to a pair).
+    ///
+    /// A pair without funds has no entry, so its funds are all zero without a look-up: most
+    /// writes (an isolated `position` setting no idle margin, `orders` of 0 on a pair that
+    /// had none) leave them so and touch no table, and the others insert without a search.
     fn update_funds(&mut self, a: AccountIdx, s: SymbolIdx, f: impl FnOnce(&mut PairFunds)) {
-        let held = self.accounts.funds.update((a, s), f);
+        let held = if self.pair_mut(a, s).funded {
+            self.accounts.funds.update((a, s), f)
+        } else {
+            let mut funds = PairFunds::default();
+            f(&mut funds);
+            if funds == PairFunds::default() {
+                return;
+            }
+            self.accounts.funds.insert_new((a, s), funds);
+            true
+        };
         self.pair_mut(a, s).funded = held;
     }
 
