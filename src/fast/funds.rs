@@ -62,15 +62,17 @@ impl FundsTable {
     }
 
     /// Changes the funds of `key` with `f`, keeping the table free of all-zero entries: one
-    /// hash of the key whatever happens, and no entry made only to be removed.
-    pub(super) fn update(&mut self, key: Key, f: impl FnOnce(&mut PairFunds)) {
+    /// hash of the key whatever happens, and no entry made only to be removed. Returns
+    /// whether `key` has an entry after (its funds are not all zero).
+    pub(super) fn update(&mut self, key: Key, f: impl FnOnce(&mut PairFunds)) -> bool {
         let hash = self.hasher.hash_one(key);
         if let Ok(mut held) = self.table.find_entry(hash, |e| e.0 == key) {
             f(&mut held.get_mut().1);
             if held.get().1 == PairFunds::default() {
                 held.remove();
+                return false;
             }
-            return;
+            return true;
         }
         // Not moved yet: take it out of `old`, and put it back in `table` if it stays.
         let mut funds = match self.old.find_entry(hash, |e| e.0 == key) {
@@ -78,9 +80,20 @@ impl FundsTable {
             Err(_) => PairFunds::default(),
         };
         f(&mut funds);
-        if funds != PairFunds::default() {
+        let held = funds != PairFunds::default();
+        if held {
             self.insert(hash, key, funds);
         }
+        held
+    }
+
+    /// Adds `key`, which has no entry (the caller knows: `Pair::funded`), with `funds`, not
+    /// all zero: [`FundsTable::update`] without its search.
+    pub(super) fn insert_new(&mut self, key: Key, funds: PairFunds) {
+        debug_assert!(funds != PairFunds::default(), "an entry is never all zero");
+        debug_assert!(self.get(key) == PairFunds::default(), "{key:?} has an entry");
+        let hash = self.hasher.hash_one(key);
+        self.insert(hash, key, funds);
     }
 
     /// Adds `key`, which is in neither table, then moves `step` buckets of `old` across.
@@ -155,9 +168,97 @@ impl FundsTable {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use std::{collections::HashMap, sync::Arc};
 
     use super::*;
+    use crate::{
+        config::Mode,
+        engine::{At, Engine},
+        fixed::D8,
+        protocol::{Command, Event},
+        synth,
+    };
+
+    /// Every writer of a pair's funds keeps its `funded` bit equal to "the table has an entry"
+    /// (orders set and cleared, an isolated position closed leaving its margin with the pair,
+    /// reopened, closed with none, a snapshot restored), and a query reads the funds of a
+    /// funded pair: its used margin and available balance count them.
+    #[test]
+    fn the_funded_bit_follows_the_table() {
+        let cfg = Arc::new(synth::config(2));
+        let mut e = crate::fast::FastEngine::new(cfg.clone());
+        let at = At { line: 0, seq: 0 };
+        let (s0, s1) = (SymbolIdx(0), SymbolIdx(1));
+        let d8 = |units: i128| D8(units * 100_000_000);
+        let position = |size: i128, margin: Option<i128>| Command::Position {
+            account: 7,
+            symbol: s1,
+            size: d8(size),
+            entry_price: Some(d8(100)),
+            isolated_margin: margin.map(d8),
+        };
+        let orders = |n: u64, m: i128| Command::Orders {
+            account: 7,
+            symbol: s0,
+            open_orders: n,
+            order_margin: d8(m),
+        };
+        let steps = [
+            (Command::Balance { account: 7, wallet: d8(10_000) }, [None, None]),
+            (orders(2, 30), [Some(true), None]),
+            (
+                Command::MarginMode { account: 7, symbol: s1, mode: Mode::Isolated },
+                [Some(true), Some(false)],
+            ),
+            (position(1, Some(50)), [Some(true), Some(false)]),
+            // Closed: the margin stays with the pair (SPEC section 3).
+            (position(0, Some(50)), [Some(true), Some(true)]),
+            (orders(0, 0), [Some(false), Some(true)]),
+            (position(2, Some(80)), [Some(false), Some(false)]),
+            (position(0, Some(0)), [Some(false), Some(false)]),
+            (orders(1, 5), [Some(true), Some(false)]),
+            (position(0, Some(12)), [Some(true), Some(true)]),
+        ];
+        let mut events = Vec::new();
+        for (k, (cmd, want)) in steps.iter().enumerate() {
+            e.apply(cmd, at, &mut |ev| events.push(ev)).unwrap();
+            let a = e.lookup(7).unwrap();
+            for (s, want) in [s0, s1].into_iter().zip(want) {
+                let p = e.pair(a, s);
+                assert_eq!(p.map(|p| p.funded), *want, "step {k}, symbol {}", s.0);
+                let held = e.accounts.funds.get((a, s)) != PairFunds::default();
+                assert_eq!(p.is_some_and(|p| p.funded), held, "step {k}, symbol {}", s.0);
+            }
+            e.audit().unwrap_or_else(|err| panic!("step {k}: {err}"));
+        }
+        // The funds are read through the bit: order margin 5 and idle isolated margin 12.
+        e.apply(&Command::Query { account: 7 }, at, &mut |ev| events.push(ev)).unwrap();
+        let Some(Event::Account(report)) = events.pop() else { panic!("an account event") };
+        assert_eq!(report.used_margin.as_deref(), Some("12"));
+        assert_eq!(report.available_balance.as_deref(), Some("9995"));
+        assert_eq!(e.account_report(7, at), Some(report), "a query reports what a read does");
+        // A restored image sets the bits as the table's writers do.
+        let copy = e.copy_state(None);
+        let mut accounts = Vec::new();
+        copy.each_account(&mut |a| {
+            accounts.push(a.clone());
+            Ok(())
+        })
+        .unwrap();
+        let image = crate::state::image::Image {
+            marks: copy.marks(),
+            accounts,
+            at,
+            counters: Default::default(),
+        };
+        let restored = crate::fast::FastEngine::restore(cfg, &image, false, &mut |_| {}).unwrap();
+        restored.audit().expect("the restored engine passes its audit");
+        let bits = |e: &crate::fast::FastEngine| {
+            e.accounts.pairs.iter().flatten().map(|p| (p.symbol, p.funded)).collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&restored), bits(&e));
+        assert_eq!(restored.account_report(7, at), e.account_report(7, at));
+    }
 
     fn funds(n: u64) -> PairFunds {
         PairFunds { open_orders: n, order_margin_e8: i128::from(n) * 7, idle_isolated_e8: 0 }
@@ -179,12 +280,12 @@ mod tests {
             match rng.below(8) {
                 // Mostly inserts and changes, some clears: the table keeps growing.
                 0 => {
-                    table.update(key, |f| *f = PairFunds::default());
+                    assert!(!table.update(key, |f| *f = PairFunds::default()), "cleared: no entry");
                     want.remove(&key);
                 }
                 _ => {
                     let n = 1 + rng.below(1000);
-                    table.update(key, |f| *f = funds(n));
+                    assert!(table.update(key, |f| *f = funds(n)), "non-zero: an entry");
                     want.insert(key, funds(n));
                 }
             }

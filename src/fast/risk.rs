@@ -258,11 +258,13 @@ impl FastEngine {
     /// See [`crate::engine::Engine::account_report`].
     pub(super) fn report_of(&self, account: u64, at: At) -> Option<AccountReport> {
         let a = self.lookup(account)?;
-        Some(self.report_of_held(a, at).unwrap_or_else(|| self.exact_report(account, at)))
+        let ints = self.report_of_held(a, self.wallet_now_e8(a), at);
+        Some(ints.unwrap_or_else(|| self.exact_report(account, at)))
     }
 
     /// The `account` event a `query` of `account` (index `found`, as the caller looked it
-    /// up) emits now (SPEC section 7): from the books' integers
+    /// up and then settled: its stored wallet is its true one) emits now (SPEC section 7):
+    /// from the books' integers
     /// ([`FastEngine::report_of_held`]), or for an account the engine does not hold (all zero)
     /// and at the amount limits on the exact path the reference engine uses.
     pub(super) fn query_report(
@@ -272,7 +274,11 @@ impl FastEngine {
         at: At,
     ) -> AccountReport {
         debug_assert_eq!(found, self.lookup(account));
-        let ints = found.and_then(|a| self.report_of_held(a, at));
+        let ints = found.and_then(|a| {
+            let wallet_e8 = self.accounts.wallet_e8[a.0 as usize];
+            debug_assert_eq!(wallet_e8, self.wallet_now_e8(a), "settled by the caller");
+            self.report_of_held(a, wallet_e8, at)
+        });
         ints.unwrap_or_else(|| self.exact_report(account, at))
     }
 
@@ -284,10 +290,10 @@ impl FastEngine {
     /// figure is exact (q16, n12 or e8) and printed by the same rules, so the text is the
     /// same; the exact path cost ~100 µs a query on big-integer decimals, this one a few µs.
     /// `None` when a liquidation price's products would overflow `i128` (the caller then
-    /// takes the exact path).
-    fn report_of_held(&self, a: AccountIdx, at: At) -> Option<AccountReport> {
+    /// takes the exact path). `wallet_e8` is the account's true wallet
+    /// ([`FastEngine::wallet_now_e8`], which the caller has).
+    fn report_of_held(&self, a: AccountIdx, wallet_e8: i128, at: At) -> Option<AccountReport> {
         let i = a.0 as usize;
-        let wallet_e8 = self.wallet_now_e8(a);
         let wallet_q16 = wallet_e8 * E8_TO_Q16;
         // A pair, its position, and its figures at the mark if any: (ticks, upnl, mm, im),
         // amounts in q16.
@@ -307,7 +313,7 @@ impl FastEngine {
         let (mut used, mut avail) = (Some(0i128), Some(wallet_q16));
         for p in pairs {
             let si = p.symbol.0 as usize;
-            let funds = self.funds(a, p.symbol);
+            let funds = self.funds(a, p);
             avail = avail.map(|v| v - funds.order_margin_e8 * E8_TO_Q16);
             let (lots, cost) = (self.lots_of(p), self.cost_of(p));
             let isolated = p.mode == Mode::Isolated;

@@ -92,7 +92,8 @@ fn flatten_pairs(pairs: &mut Column<Pair>, ends: &mut Column<u32>, from: &[Vec<P
     }));
     let total = end as usize;
     pairs.truncate(total);
-    let filler = Pair { symbol: SymbolIdx(0), mode: Mode::Cross, leverage: 0, slot: NO_SLOT };
+    let filler =
+        Pair { symbol: SymbolIdx(0), mode: Mode::Cross, funded: false, leverage: 0, slot: NO_SLOT };
     pairs.resize(total, filler);
     // Disjoint output slices, one per chunk of accounts.
     let mut outputs = Vec::with_capacity(from.len().div_ceil(PAIR_CHUNK));
@@ -339,7 +340,13 @@ impl StateCopy for FastCopy {
         room(&mut self.wallet_e8, 1024, 0);
         room(&mut self.hot, 1024, Hot::default());
         room(&mut self.pair_end, 1024, 0);
-        let filler = Pair { symbol: SymbolIdx(0), mode: Mode::Cross, leverage: 0, slot: NO_SLOT };
+        let filler = Pair {
+            symbol: SymbolIdx(0),
+            mode: Mode::Cross,
+            funded: false,
+            leverage: 0,
+            slot: NO_SLOT,
+        };
         room(&mut self.pairs, 4096, filler);
     }
 
