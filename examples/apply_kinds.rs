@@ -12,7 +12,9 @@
 //! With `CPU=1` the `cpu_max` and `cpu_mean` columns and the slow-message list use each
 //! message's thread CPU time (preemption on a busy machine left out) instead of its wall
 //! time, and the list gives each slow message's minor page faults. `UNTIL=N` reads only the
-//! first `N` lines.
+//! first `N` lines. `AHEAD=D` names each command `4D`, `3D`, `2D` and `D` lines before its apply
+//! to `Engine::prefetch`, as the pipeline does (default: the pipeline's distance,
+//! `liqscan::engine::prefetch_ahead`; `AHEAD=0`: no hints).
 //!
 //! Kinds: `first_marks` is a `mark` or `marks` that gives some symbol its first mark;
 //! `marks` a `marks` message (several symbols), `mark` a single one; the account messages by
@@ -34,7 +36,7 @@ use hdrhistogram::Histogram;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use liqscan::{
     config::Config,
-    engine::{At, Engine},
+    engine::{At, Engine, prefetch_steps},
     fast::FastEngine,
     ingest::{Ingest, LineReader, Outcome},
     protocol::Command,
@@ -181,12 +183,22 @@ fn main() -> anyhow::Result<()> {
     let with_cpu = std::env::var("CPU").is_ok_and(|v| v == "1");
     let mut slow = Vec::new();
     let wall = Instant::now();
-    for (at, cmd) in &commands {
+    // AHEAD=D: the hints the pipeline gives (see above). Their time is counted in the
+    // message that gives them.
+    let ahead: usize =
+        std::env::var("AHEAD").map_or(Ok(liqscan::engine::prefetch_ahead()), |s| s.parse())?;
+    eprintln!("prefetch hints: {ahead} messages apart (AHEAD)");
+    for (i, (at, cmd)) in commands.iter().enumerate() {
         let k = kind(cmd, &mut marked);
         let (cpu_start, faults_start) = if with_cpu { (cpu_ns(), minor_faults()) } else { (0, 0) };
         let evaluated = engine.positions_evaluated();
         let mono = if with_cpu { monotonic_ns() } else { 0 };
         let start = Instant::now();
+        for (distance, step) in prefetch_steps(ahead) {
+            if let Some((_, next)) = commands.get(i + distance) {
+                engine.prefetch(next, step);
+            }
+        }
         let _ = engine.apply(cmd, *at, &mut |_| events += 1);
         let ns = start.elapsed().as_nanos() as u64;
         let evaluated = engine.positions_evaluated() - evaluated;

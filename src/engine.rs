@@ -79,6 +79,61 @@ pub trait Engine {
     /// else. `reuse` is an earlier copy of this engine ([`StateCopy::into_any`]): its buffers
     /// are written over instead of allocating (and faulting in) new ones.
     fn copy_state(&self, reuse: Option<Box<dyn Any + Send>>) -> Box<dyn StateCopy>;
+
+    /// A hint that `cmd` will be applied soon (a few messages from now): the engine may ask
+    /// the CPU for the memory `cmd` will touch, `step` saying how far ahead it is. It must not
+    /// change any state or any result, and it may be called for a command that is never
+    /// applied. The pipeline calls it for the messages ahead in its batch ([`prefetch_steps`]);
+    /// issue 14, "random access into per-account records". Default: nothing (the reference
+    /// engine).
+    fn prefetch(&self, cmd: &Command, step: PrefetchStep) {
+        let _ = (cmd, step);
+    }
+}
+
+/// How far ahead of its apply a command is named to [`Engine::prefetch`]: each step fetches
+/// what the step before it brought into the cache, so that no step waits for memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefetchStep {
+    /// `4 × ahead` messages ahead: what the command alone locates (the account index's slot
+    /// for its id, from the id's hash).
+    Slot,
+    /// `3 × ahead`: what that slot points to (the account's records).
+    Record,
+    /// `2 × ahead`: what the records point to (the account's pair list).
+    Pairs,
+    /// `ahead`: what the pair list points to (the account's positions).
+    Columns,
+}
+
+/// The pipeline's default distance ([`prefetch_ahead`]): measured in `src/fast/README.md`,
+/// "Prefetching across messages".
+pub const PREFETCH_AHEAD: usize = 1;
+
+/// The distance the pipeline uses: `LIQSCAN_PREFETCH_AHEAD` (0: no hints, for an A/B in one
+/// binary), read once per process; unset or not a number: [`PREFETCH_AHEAD`].
+pub fn prefetch_ahead() -> usize {
+    static AHEAD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *AHEAD.get_or_init(|| {
+        std::env::var("LIQSCAN_PREFETCH_AHEAD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(PREFETCH_AHEAD)
+    })
+}
+
+/// The hints given before each apply at distance `ahead`: (messages ahead, step), the
+/// farthest first. Empty when `ahead` is 0.
+pub fn prefetch_steps(ahead: usize) -> impl Iterator<Item = (usize, PrefetchStep)> {
+    [
+        (4, PrefetchStep::Slot),
+        (3, PrefetchStep::Record),
+        (2, PrefetchStep::Pairs),
+        (1, PrefetchStep::Columns),
+    ]
+    .into_iter()
+    .filter(move |_| ahead > 0)
+    .map(move |(k, step)| (k * ahead, step))
 }
 
 /// An engine's state copied by [`Engine::copy_state`], read on the snapshot writer thread.

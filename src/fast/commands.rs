@@ -134,6 +134,10 @@ impl Engine for FastEngine {
     ) -> Box<dyn crate::engine::StateCopy> {
         self.copy_into(reuse) // src/fast/snapshot.rs
     }
+
+    fn prefetch(&self, cmd: &Command, step: crate::engine::PrefetchStep) {
+        self.prefetch_command(cmd, step); // src/fast/hint.rs
+    }
 }
 
 impl FastEngine {

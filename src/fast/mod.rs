@@ -17,6 +17,10 @@ mod commands;
 #[cfg(test)]
 mod funding_tests;
 mod funds;
+mod hint;
+#[cfg(test)]
+mod hint_tests;
+mod index;
 #[cfg(test)]
 mod isolated_funding_tests;
 mod risk;
@@ -25,7 +29,7 @@ mod snapshot;
 mod wick_tests;
 
 use std::{
-    hash::{BuildHasher, RandomState},
+    hash::RandomState,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
@@ -37,6 +41,7 @@ use rayon::prelude::*;
 
 use self::book::{AccountIdx, Book, E8_TO_Q16, FUND_ALWAYS, FUND_NEVER, Quote, Scale};
 use self::column::Column;
+use self::index::AccountIndex;
 pub use self::snapshot::FastCopy;
 use crate::{
     config::{Config, Mode, SymbolIdx},
@@ -98,120 +103,11 @@ struct Accounts {
     funds: funds::FundsTable,
 }
 
-/// Account id → [`AccountIdx`]. Each entry holds only the 4-byte index; the id it stands for
-/// is read from the id column. A `HashMap<u64, u32>` entry takes 16 bytes (alignment), this
-/// one 4, which at three positions per account is ~9 bytes per position of resident memory.
-///
-/// Ids are the sender's choice, so they are hashed with a keyed hash: SipHash-1-3 under a
-/// random key per process (std's `RandomState`). An unkeyed hash (FxHash, which this index
-/// used) is invertible: ids crafted to share a bucket and a tag made each lookup compare
-/// against all of them (200,000 `balance` messages took 43 s instead of 0.1 s). Under an
-/// unknown key a sender cannot aim at a bucket. The cost is one SipHash of 8 bytes per
-/// account message (`benches/engine.rs`, group `apply_1000_account_messages`).
-/// The hash state of every table keyed by what a sender picks: SipHash-1-3 under a key drawn
-/// at random per process (see [`AccountIndex`] for why, and for what it costs).
+/// The hash state of the tables keyed by what a sender picks besides the account index
+/// (the funds side table): SipHash-1-3 under a key drawn at random per process (see
+/// [`index::AccountIndex`] for why; the index hashes with [`index::IdHasher`], the same
+/// function written out for one `u64`).
 type KeyedState = RandomState;
-
-///
-/// **Growth without a stop.** A hash table that doubles rehashes every entry at once: at
-/// 917,504 accounts that took ~100 ms (a SipHash and a random write per account) in which no
-/// message was applied. This index grows incrementally instead: when `table` is full it
-/// becomes `old` and a table of twice the capacity takes its place; every insert then moves
-/// two of `old`'s entries across (they are the indices `0..old_len`, so the next to move is
-/// simply `moved`), and a lookup that misses `table` tries `old`. `old` is empty long before
-/// the new table fills (it holds `n` entries moved at two per insert; the new table has room
-/// for `2n`), and is dropped when empty.
-///
-/// Allocating the new table (~10 MB at 1M accounts: control bytes written at once, slots
-/// faulted in by the inserts that follow) and freeing the old one cost 1–38 ms of engine CPU
-/// in the kernel and the allocator, so neither happens on the engine thread once the table
-/// is big ([`AHEAD_MIN_CAPACITY`]): when `table` is three quarters full the next one is
-/// allocated and faulted in on a thread of its own ([`ahead::Ahead`]), and an emptied `old` is
-/// freed on another ([`ahead::drop_elsewhere`]).
-#[derive(Debug, Default)]
-struct AccountIndex {
-    table: HashTable<u32>,
-    /// The table before the last growth while its entries move to `table`.
-    old: HashTable<u32>,
-    /// The entries of `old` are the indices `0..old_len`; those below `moved` are in `table`.
-    old_len: u32,
-    moved: u32,
-    hasher: KeyedState,
-    /// The next `table`, allocated ahead of need (see above).
-    next: Option<ahead::Ahead<HashTable<u32>>>,
-    /// Stored ids compared with a looked-up id so far: the work a crafted id would inflate
-    /// (tests only; atomic so that the engine stays `Sync` for its rayon workers).
-    #[cfg(test)]
-    compares: AtomicU64,
-}
-
-/// Entries of the old table moved per insert while the index grows (see [`AccountIndex`]).
-const INDEX_MOVES_PER_INSERT: u32 = 2;
-
-impl AccountIndex {
-    fn get(&self, id: u64, ids: &[u64]) -> Option<AccountIdx> {
-        let hash = self.hasher.hash_one(id);
-        let eq = |&a: &u32| {
-            #[cfg(test)]
-            self.compares.fetch_add(1, Ordering::Relaxed);
-            // Every index in either table was pushed to `ids` before it was inserted.
-            ids[a as usize] == id
-        };
-        let found = match self.table.find(hash, eq) {
-            Some(&a) => Some(a),
-            None if self.moved < self.old_len => self.old.find(hash, eq).copied(),
-            None => None,
-        };
-        found.map(AccountIdx)
-    }
-
-    /// Adds `a`, whose id is already `ids[a]` and not in the index yet.
-    fn insert(&mut self, a: AccountIdx, ids: &[u64]) {
-        let hasher = &self.hasher;
-        // As in `get`: every index in the table, and `a`, is below `ids.len()`.
-        let hash = |&a: &u32| hasher.hash_one(ids[a as usize]);
-        if self.table.len() == self.table.capacity() {
-            // The last growth finished long ago: its old table was emptied after n / 2
-            // inserts, and this table had room for n more.
-            assert_eq!(self.moved, self.old_len, "the previous growth is complete");
-            let capacity = (2 * self.table.capacity()).max(64);
-            let next = match self.next.take() {
-                Some(next) => next.take(),
-                None => HashTable::with_capacity(capacity),
-            };
-            debug_assert!(next.is_empty() && next.capacity() >= capacity);
-            self.old = std::mem::replace(&mut self.table, next);
-            (self.old_len, self.moved) = (u32::try_from(self.old.len()).expect("u32 indices"), 0);
-        } else if self.next.is_none()
-            && self.table.capacity() >= ahead_min_capacity() / 2
-            && self.table.len() >= self.table.capacity() / 4 * 3
-        {
-            let capacity = 2 * self.table.capacity();
-            self.next = ahead::Ahead::start(move || faulted_table(capacity, 0u32));
-        }
-        self.table.insert_unique(hash(&a.0), a.0, hash);
-        if self.moved < self.old_len {
-            let end = (self.moved + INDEX_MOVES_PER_INSERT).min(self.old_len);
-            for b in self.moved..end {
-                // `table` never grows by itself here: it has room for the old entries.
-                debug_assert!(self.table.len() < self.table.capacity());
-                self.table.insert_unique(hash(&b), b, hash);
-            }
-            self.moved = end;
-            if self.moved == self.old_len {
-                let old = std::mem::take(&mut self.old);
-                if old.capacity() >= ahead_min_capacity() / 2 {
-                    ahead::drop_elsewhere(old);
-                }
-            }
-        }
-    }
-
-    /// Heap bytes of both tables.
-    fn allocation_size(&self) -> usize {
-        self.table.allocation_size() + self.old.allocation_size()
-    }
-}
 
 /// Tables that grow to at least this many entries are allocated ahead and freed on another
 /// thread (see [`AccountIndex`]); below it, allocating one costs less than starting a thread.
@@ -404,6 +300,8 @@ pub struct FastEngine {
     isolated: Vec<Book>,
     accounts: Accounts,
     index: AccountIndex,
+    /// The last account named to each prefetch step (`hint.rs`).
+    hinted: hint::Hinted,
     /// At least every `|wallet|` (e8) the engine holds: the largest ever set, never lowered.
     /// A funding whose largest payment added to it stays within SPEC section 1's limit
     /// cannot push any wallet out of range, so its check reads no wallet (a random access
@@ -806,6 +704,7 @@ impl FastEngine {
             isolated: vec![Book::new(Mode::Isolated); n],
             accounts: Accounts::default(),
             index: AccountIndex::default(),
+            hinted: hint::Hinted::default(),
             wallet_bound_e8: 0,
             funding: vec![FundingLog::default(); n],
             settle_rounds: DEFAULT_FUNDING_SETTLE_ROUNDS,
@@ -2101,7 +2000,7 @@ impl FastEngine {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use std::hash::BuildHasher;
 
     use super::*;
     use crate::{engine::Engine, protocol::Command, synth};
@@ -2170,69 +2069,6 @@ mod tests {
             assert!(found.is_some());
         }
         compares
-    }
-
-    /// The account index equals a plain map through many growths, whether the next table
-    /// was allocated ahead and ready, still pending when the growth came (a slow allocation
-    /// planted here), or absent (a thread could not be started, modelled by clearing it); and
-    /// an index dropped while its next table is pending frees everything (no panic, no leak
-    /// of the detached thread's table beyond that thread).
-    #[test]
-    fn account_index_equals_a_map_whether_the_next_table_is_ready_pending_or_absent() {
-        let mut rng = crate::synth::Rng::new(77);
-        let mut index = AccountIndex::default();
-        let mut ids: Vec<u64> = Vec::new();
-        let mut want: HashMap<u64, u32> = HashMap::new();
-        let (mut growths, mut ahead_used, mut planted) = (0, 0, 0);
-        for k in 0..200_000u32 {
-            let id = rng.next_u64();
-            if want.contains_key(&id) {
-                continue;
-            }
-            let a = ids.len() as u32;
-            ids.push(id);
-            want.insert(id, a);
-            let capacity = index.table.capacity();
-            let full = index.table.len() == capacity;
-            if full && capacity >= 1024 {
-                match growths % 3 {
-                    // Pending: a next table that takes a while; the growth waits for it.
-                    0 => {
-                        index.next = ahead::Ahead::start(move || {
-                            std::thread::sleep(std::time::Duration::from_millis(5));
-                            faulted_table(2 * capacity, 0u32)
-                        });
-                        planted += 1;
-                    }
-                    // Absent: allocated inline.
-                    1 => index.next = None,
-                    // Ready or nearly: as the index left it.
-                    _ => ahead_used += usize::from(index.next.is_some()),
-                }
-            }
-            index.insert(AccountIdx(a), &ids);
-            if index.table.capacity() != capacity {
-                growths += 1;
-                assert!(full, "insert {k}: grew before the table was full");
-            }
-            if k % 4_999 == 0 {
-                for (&id, &a) in &want {
-                    assert_eq!(index.get(id, &ids), Some(AccountIdx(a)), "insert {k}");
-                }
-                assert_eq!(index.get(rng.next_u64() | 1 << 63, &ids), None);
-            }
-        }
-        for (&id, &a) in &want {
-            assert_eq!(index.get(id, &ids), Some(AccountIdx(a)));
-        }
-        assert!(
-            growths >= 10 && planted >= 2 && ahead_used >= 2,
-            "{growths} {planted} {ahead_used}"
-        );
-        // Dropped with a next table pending.
-        let capacity = index.table.capacity();
-        index.next = ahead::Ahead::start(move || faulted_table(2 * capacity, 0u32));
-        drop(index);
     }
 
     /// A table faulted in ahead is empty and has the room asked for.

@@ -38,7 +38,7 @@ pub use summary::{REJECT_CODES, Summary, mode_index, reject_index};
 
 use crate::{
     config::Config,
-    engine::{At, Engine},
+    engine::{At, Engine, prefetch_ahead, prefetch_steps},
     ingest::{Ingested, Outcome},
     protocol::Event,
 };
@@ -408,7 +408,18 @@ impl EngineLoop<'_, '_> {
         if let Some(s) = self.stalls.as_mut() {
             s.start();
         }
-        for ingested in batch.drain(..) {
+        let ahead = prefetch_ahead();
+        let mut lines = batch.drain(..);
+        while let Some(ingested) = lines.next() {
+            // The commands ahead in the batch, named to the engine (a hint; see
+            // `Engine::prefetch`). A batch of one line (a paced stream) has none.
+            for (k, step) in prefetch_steps(ahead) {
+                if let Some(Ingested { outcome: Outcome::Command { cmd, .. }, .. }) =
+                    lines.as_slice().get(k - 1)
+                {
+                    self.engine.prefetch(cmd, step);
+                }
+            }
             let line = ingested.line;
             let counts = &mut self.summary;
             counts.lines += 1;
