@@ -516,9 +516,24 @@ const REFRESH_AHEAD: usize = 4;
 /// of records to work ahead on.
 const WICK_CHUNK: usize = 64;
 
-/// From how many touched cross accounts a message plans their refreshes on the rayon workers
-/// (see [`FastEngine::with_parallel_refresh`]).
+/// From how many touched cross accounts a message may plan their refreshes on the rayon workers
+/// (see [`FastEngine::with_parallel_refresh`]): the threshold measured with, for a caller
+/// that turns it on. Off by default (see [`parallel_refresh_default`]).
 pub const PARALLEL_REFRESH: usize = 256;
+
+/// The default of [`FastEngine::with_parallel_refresh`]: off (`usize::MAX`), unless the
+/// environment variable `LIQSCAN_PARALLEL_REFRESH` holds a threshold (a measuring knob, so
+/// that `liqscan` and the examples can be compared on a quiet machine without a rebuild; see
+/// `src/fast/README.md`, "Wicks", session 11). On the shared 2-core machine the parallel
+/// plans cut a 3,623-event wick's engine-thread CPU from ~8 to ~4.8 ms but made its wall time
+/// longer (12 against 8 ms), and a paced replay's worst wick ended 32.6 ms after its line
+/// against 10.6 ms: the workers wait for a core held by the reader, the writer and others.
+fn parallel_refresh_default() -> usize {
+    std::env::var("LIQSCAN_PARALLEL_REFRESH")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(usize::MAX, |n| n.max(1))
+}
 
 /// Events a rayon task builds at once when a message's events go to the workers (see
 /// [`FastEngine::with_parallel_events`]; an event costs about a microsecond, a fork-join some).
@@ -840,7 +855,7 @@ impl FastEngine {
             parallel_min: PARALLEL_MIN_POSITIONS,
             own_sums_max_bytes: OWN_SUMS_MAX_BYTES,
             parallel_events: usize::MAX,
-            parallel_refresh: PARALLEL_REFRESH,
+            parallel_refresh: parallel_refresh_default(),
             last_sweep: SweepPhases::default(),
             sums: Column::new(),
             unmarked: Vec::new(),
@@ -889,7 +904,9 @@ impl FastEngine {
     /// Plans the refreshes of a message that touches at least `accounts` cross accounts (a
     /// wick, a first mark with holders) on the rayon workers, a wave at a time, and stores
     /// them and hands out their events on the engine thread in the same order (`wick.rs`;
-    /// default [`PARALLEL_REFRESH`]; `usize::MAX`: never). Same events, same state.
+    /// such a message also builds its isolated events on the workers). Default: never
+    /// (`usize::MAX`), or `LIQSCAN_PARALLEL_REFRESH` (see [`parallel_refresh_default`]);
+    /// [`PARALLEL_REFRESH`] is the threshold measured. Same events, same state.
     pub fn with_parallel_refresh(mut self, accounts: usize) -> FastEngine {
         self.parallel_refresh = accounts.max(1);
         self
@@ -1580,9 +1597,13 @@ impl FastEngine {
     fn finish_message(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         // Book order, which is deterministic.
         let mut touched = std::mem::take(&mut self.touched);
+        let mut isolated = std::mem::take(&mut self.emit_isolated);
         if touched.len() >= self.parallel_refresh && rayon::current_num_threads() > 1 {
-            self.refresh_in_parallel(&touched, at, out);
+            // The isolated events are built in the same waves; handed out after the cross ones.
+            let built = self.refresh_in_parallel(&touched, &isolated, at, out);
+            built.into_iter().for_each(|ev| out(Event::Liquidation(ev)));
             touched.clear();
+            isolated.clear();
         }
         self.defer_cross_events = true;
         for lo in (0..touched.len()).step_by(WICK_CHUNK) {
@@ -1598,7 +1619,6 @@ impl FastEngine {
         self.defer_cross_events = false;
         touched.clear();
         self.touched = touched;
-        let mut isolated = std::mem::take(&mut self.emit_isolated);
         if isolated.len() < self.parallel_events {
             self.isolated_events(&isolated, at, &mut |ev| out(Event::Liquidation(ev)));
         } else {
