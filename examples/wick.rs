@@ -12,7 +12,10 @@
 //! fifo before the first wick and `disable` after the last, so that
 //! `perf record --control fifo:FIFO -D -1 ...` samples the wicks only. `PARALLEL_EVENTS=N`
 //! builds the events of a message with at least N liquidations on the rayon workers
-//! (`FastEngine::with_parallel_events`; off by default, as in `liqscan`).
+//! (`FastEngine::with_parallel_events`; off by default, as in `liqscan`). `PARALLEL_REFRESH=N`
+//! plans the refreshes of a message touching at least N cross accounts on the workers and
+//! builds its isolated events there too (`FastEngine::with_parallel_refresh`; off by default,
+//! as in `liqscan` unless `LIQSCAN_PARALLEL_REFRESH` is set).
 
 use std::{
     fs::File,
@@ -89,6 +92,9 @@ fn main() -> anyhow::Result<()> {
     let mut engine = FastEngine::new(cfg.clone());
     if let Ok(n) = std::env::var("PARALLEL_EVENTS") {
         engine = engine.with_parallel_events(n.parse()?);
+    }
+    if let Ok(n) = std::env::var("PARALLEL_REFRESH") {
+        engine = engine.with_parallel_refresh(n.parse()?);
     }
     let mut last_mark: Vec<Option<Command>> = vec![None; cfg.symbols.len()];
     let started = Instant::now();

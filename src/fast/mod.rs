@@ -25,6 +25,7 @@ mod index;
 mod isolated_funding_tests;
 mod risk;
 mod snapshot;
+mod wick;
 #[cfg(test)]
 mod wick_tests;
 
@@ -211,6 +212,21 @@ fn share_of_e8(room_q16: i128, n: usize) -> i128 {
     }
 }
 
+/// What a refresh of one cross account found ([`FastEngine::refresh_plan`]), to be stored by
+/// [`FastEngine::commit_refresh`] (with the account's new triggers, kept beside it).
+#[derive(Debug, Clone, Copy)]
+struct RefreshPlan {
+    a: AccountIdx,
+    /// What its cross slots owed for lazy fundings (e8): the settle takes it off the stored
+    /// wallet.
+    owed_e8: i128,
+    /// Its flag before and after.
+    was: bool,
+    now: bool,
+    /// Its new reserve (see `Hot::reserve_q16`).
+    reserve_q16: i128,
+}
+
 /// One account's buffer while a sweep sums it (q16). The workers of a sweep split each book's
 /// slots between them, and a book holds at most one position per account, so no two
 /// workers add to one sum at the same time; relaxed loads and stores (plain moves on x86-64
@@ -343,6 +359,9 @@ pub struct FastEngine {
     /// A message emitting at least this many liquidations builds them on rayon workers
     /// (see [`FastEngine::with_parallel_events`]).
     parallel_events: usize,
+    /// A message touching at least this many cross accounts plans their refreshes on rayon
+    /// workers (see [`FastEngine::with_parallel_refresh`]).
+    parallel_refresh: usize,
     /// How long the last sweep's phases took.
     last_sweep: SweepPhases,
     /// A sweep gives each worker sums of its own while all of them take at most this many
@@ -399,6 +418,25 @@ const REFRESH_AHEAD: usize = 4;
 /// within tens of microseconds, large enough that the event loop's own prefetch has a run
 /// of records to work ahead on.
 const WICK_CHUNK: usize = 64;
+
+/// From how many touched cross accounts a message may plan their refreshes on the rayon workers
+/// (see [`FastEngine::with_parallel_refresh`]): the threshold measured with, for a caller
+/// that turns it on. Off by default (see [`parallel_refresh_default`]).
+pub const PARALLEL_REFRESH: usize = 256;
+
+/// The default of [`FastEngine::with_parallel_refresh`]: off (`usize::MAX`), unless the
+/// environment variable `LIQSCAN_PARALLEL_REFRESH` holds a threshold (a measuring knob, so
+/// that `liqscan` and the examples can be compared on a quiet machine without a rebuild; see
+/// `src/fast/README.md`, "Wicks", session 11). On the shared 2-core machine the parallel
+/// plans cut a 3,623-event wick's engine-thread CPU from ~8 to ~4.8 ms but made its wall time
+/// longer (12 against 8 ms), and a paced replay's worst wick ended 32.6 ms after its line
+/// against 10.6 ms: the workers wait for a core held by the reader, the writer and others.
+fn parallel_refresh_default() -> usize {
+    std::env::var("LIQSCAN_PARALLEL_REFRESH")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(usize::MAX, |n| n.max(1))
+}
 
 /// Events a rayon task builds at once when a message's events go to the workers (see
 /// [`FastEngine::with_parallel_events`]; an event costs about a microsecond, a fork-join some).
@@ -721,6 +759,7 @@ impl FastEngine {
             parallel_min: PARALLEL_MIN_POSITIONS,
             own_sums_max_bytes: OWN_SUMS_MAX_BYTES,
             parallel_events: usize::MAX,
+            parallel_refresh: parallel_refresh_default(),
             last_sweep: SweepPhases::default(),
             sums: Column::new(),
             unmarked: Vec::new(),
@@ -763,6 +802,17 @@ impl FastEngine {
     /// (`src/fast/README.md`, "Wicks").
     pub fn with_parallel_events(mut self, events: usize) -> FastEngine {
         self.parallel_events = events.max(1);
+        self
+    }
+
+    /// Plans the refreshes of a message that touches at least `accounts` cross accounts (a
+    /// wick, a first mark with holders) on the rayon workers, a wave at a time, and stores
+    /// them and hands out their events on the engine thread in the same order (`wick.rs`;
+    /// such a message also builds its isolated events on the workers). Default: never
+    /// (`usize::MAX`), or `LIQSCAN_PARALLEL_REFRESH` (see [`parallel_refresh_default`]);
+    /// [`PARALLEL_REFRESH`] is the threshold measured. Same events, same state.
+    pub fn with_parallel_refresh(mut self, accounts: usize) -> FastEngine {
+        self.parallel_refresh = accounts.max(1);
         self
     }
 
@@ -1150,18 +1200,41 @@ impl FastEngine {
     /// it stays below zero and cannot have recovered unseen. An account with an unmarked
     /// cross symbol cannot be liquidatable; the first mark of that symbol visits it.
     fn refresh(&mut self, a: AccountIdx, rearmed: bool, at: At, out: &mut dyn FnMut(Event)) {
-        let i = a.0 as usize;
-        self.settle(a);
         let mut terms = std::mem::take(&mut self.terms);
         terms.clear();
-        terms.extend(self.cross_terms(a));
-        let buffer = self.accounts.wallet_e8[i] * E8_TO_Q16
-            + terms.iter().map(|&(_, _, _, f)| f).sum::<i128>();
-        self.positions_evaluated += terms.len() as u64;
-        let scales = &self.scales;
-        let hot = &mut self.accounts.hot[i];
+        let plan = self.refresh_plan(a, &mut terms);
+        self.commit_refresh(&plan, &terms);
+        self.terms = terms;
+        if should_emit(plan.was, plan.now, rearmed) {
+            if self.defer_cross_events {
+                self.emit_cross.push(a);
+            } else {
+                self.emit_cross_event(a, at, out);
+            }
+        }
+    }
+
+    /// The reading half of [`FastEngine::refresh`]: evaluates cross account `a` exactly at
+    /// the current marks and works out its new flag, reserve and triggers, changing nothing
+    /// (so that the refreshes of distinct accounts can be planned on several threads; see
+    /// `wick.rs`). Appends one entry per marked cross position to `triggers`:
+    /// (symbol, slot, price trigger, funding trigger); [`FastEngine::commit_refresh`] stores
+    /// them. The wallet it evaluates is the true one ([`FastEngine::wallet_now_e8`]): what the
+    /// settle would store.
+    fn refresh_plan(
+        &self,
+        a: AccountIdx,
+        triggers: &mut Vec<(SymbolIdx, u32, i64, i128)>,
+    ) -> RefreshPlan {
+        let i = a.0 as usize;
+        let wallet_e8 = self.wallet_now_e8(a);
+        let start = triggers.len();
+        // First the terms, (symbol, slot, mark, term); each becomes its triggers below.
+        triggers.extend(self.cross_terms(a));
+        let terms = &mut triggers[start..];
+        let buffer = wallet_e8 * E8_TO_Q16 + terms.iter().map(|&(_, _, _, f)| f).sum::<i128>();
+        let hot = &self.accounts.hot[i];
         let now = hot.liquidatable_at(buffer);
-        let was = std::mem::replace(&mut hot.liquidatable, now);
         let unmarked = hot.n_unmarked > 0;
         // Every term is one of the n_cross cross positions (counts invariant); with none
         // unmarked, they are all of them.
@@ -1177,7 +1250,7 @@ impl FastEngine {
             (n, true) => share_of(-buffer - 1, n),
         };
         let n = terms.len() as i128;
-        hot.reserve_q16 = if now { buffer + n * share } else { buffer - n * share };
+        let mut reserve_q16 = if now { buffer + n * share } else { buffer - n * share };
         // Lazy funding: a healthy account's positions each get a funding budget (e8) out of
         // half of its reserve, which is lowered by what it hands out; its true buffer then
         // stays at or above the reserve while no trigger fires, funding included. A
@@ -1187,13 +1260,14 @@ impl FastEngine {
         let budget_e8 = if now || unmarked || n == 0 {
             0
         } else {
-            let budget = share_of_e8(hot.reserve_q16 >> 1, terms.len());
-            hot.reserve_q16 -= n * budget * E8_TO_Q16;
+            let budget = share_of_e8(reserve_q16 >> 1, terms.len());
+            reserve_q16 -= n * budget * E8_TO_Q16;
             budget
         };
-        for &(s, slot, t, f) in terms.iter() {
+        for term in terms.iter_mut() {
+            let (s, slot, t, f) = *term;
             let si = s.0 as usize;
-            let (book, sc) = (&mut self.cross[si], &scales[si]);
+            let (book, sc) = (&self.cross[si], &self.scales[si]);
             let (lots, base) = (book.lots[slot as usize], book.base_q16[slot as usize]);
             let trigger = if unmarked {
                 0
@@ -1202,7 +1276,6 @@ impl FastEngine {
             } else {
                 sc.trigger_from(lots, base, t, f, f - share, true)
             };
-            book.set_trigger(slot as usize, trigger);
             let fund_trigger = if unmarked {
                 FUND_NEVER
             } else if now {
@@ -1212,16 +1285,43 @@ impl FastEngine {
                 let room = fund_room(budget_e8, lots.unsigned_abs());
                 room.and_then(|r| paid.checked_add(r)).unwrap_or(FUND_NEVER)
             };
-            book.set_fund_trigger(slot as usize, fund_trigger);
+            *term = (s, slot, trigger, fund_trigger);
         }
-        self.terms = terms;
-        if should_emit(was, now, rearmed) {
-            if self.defer_cross_events {
-                self.emit_cross.push(a);
-            } else {
-                self.emit_cross_event(a, at, out);
+        RefreshPlan {
+            a,
+            owed_e8: self.accounts.wallet_e8[i] - wallet_e8,
+            was: hot.liquidatable,
+            now,
+            reserve_q16,
+        }
+    }
+
+    /// The writing half of [`FastEngine::refresh`]: settles `plan`'s account (every cross
+    /// slot whose symbol's log holds entries is marked settled, and what they owed leaves the
+    /// stored wallet, as [`FastEngine::settle`] does), stores its flag and reserve, and sets
+    /// the triggers [`FastEngine::refresh_plan`] found (`triggers`: that account's entries).
+    fn commit_refresh(&mut self, plan: &RefreshPlan, triggers: &[(SymbolIdx, u32, i64, i128)]) {
+        let i = plan.a.0 as usize;
+        for p in &self.accounts.pairs[i] {
+            if p.mode != Mode::Cross || p.slot == NO_SLOT {
+                continue;
+            }
+            let si = p.symbol.0 as usize;
+            let log = &self.funding[si];
+            if !log.c.is_empty() {
+                self.cross[si].fund_from[p.slot as usize] = log.end();
             }
         }
+        self.accounts.wallet_e8[i] -= plan.owed_e8;
+        let hot = &mut self.accounts.hot[i];
+        hot.liquidatable = plan.now;
+        hot.reserve_q16 = plan.reserve_q16;
+        for &(s, slot, trigger, fund_trigger) in triggers {
+            let book = &mut self.cross[s.0 as usize];
+            book.set_trigger(slot as usize, trigger);
+            book.set_fund_trigger(slot as usize, fund_trigger);
+        }
+        self.positions_evaluated += triggers.len() as u64;
     }
 
     /// Changes the wallet of `a` by `delta_e8`; `true` when its reserve takes the change
@@ -1420,6 +1520,14 @@ impl FastEngine {
     fn finish_message(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         // Book order, which is deterministic.
         let mut touched = std::mem::take(&mut self.touched);
+        let mut isolated = std::mem::take(&mut self.emit_isolated);
+        if touched.len() >= self.parallel_refresh && rayon::current_num_threads() > 1 {
+            // The isolated events are built in the same waves; handed out after the cross ones.
+            let built = self.refresh_in_parallel(&touched, &isolated, at, out);
+            built.into_iter().for_each(|ev| out(Event::Liquidation(ev)));
+            touched.clear();
+            isolated.clear();
+        }
         self.defer_cross_events = true;
         for lo in (0..touched.len()).step_by(WICK_CHUNK) {
             for j in lo..(lo + WICK_CHUNK).min(touched.len()) {
@@ -1434,7 +1542,6 @@ impl FastEngine {
         self.defer_cross_events = false;
         touched.clear();
         self.touched = touched;
-        let mut isolated = std::mem::take(&mut self.emit_isolated);
         if isolated.len() < self.parallel_events {
             self.isolated_events(&isolated, at, &mut |ev| out(Event::Liquidation(ev)));
         } else {

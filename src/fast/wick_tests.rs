@@ -181,3 +181,64 @@ fn interleaved_chunks_emit_every_item_once() {
     fast2.parallel_events = usize::MAX;
     assert_eq!(run(&mut fast2, &mut reference2, &cmds), events);
 }
+
+/// Everything a refresh writes, per account and per slot: stored wallet, flag and reserve;
+/// each cross slot's funding start, trigger and funding trigger; each isolated slot's flag and
+/// trigger.
+fn refresh_state(e: &FastEngine) -> Vec<i128> {
+    let mut v = Vec::new();
+    for (i, hot) in e.accounts.hot.iter().enumerate() {
+        v.extend([e.accounts.wallet_e8[i], i128::from(hot.liquidatable), hot.reserve_q16]);
+    }
+    for book in &e.cross {
+        for slot in 0..book.len() {
+            v.push(i128::from(book.fund_from[slot]));
+            v.extend([i128::from(book.trigger(slot)), book.fund_trigger(slot)]);
+        }
+    }
+    for book in &e.isolated {
+        for slot in 0..book.len() {
+            v.extend([i128::from(book.liquidatable[slot]), i128::from(book.trigger(slot))]);
+        }
+    }
+    v
+}
+
+/// A wick's refreshes planned on the workers (`wick.rs`) give the events of the one-by-one
+/// refreshes, in the same order, and leave the same state after every message: wallets,
+/// flags, reserves, every trigger and funding start. The stream first pays lazy fundings on
+/// every symbol (so that the plans' settles pay something), then runs the wicks, with the
+/// parallel path taken for every touched set (threshold 1) and for the big ones only (64), on
+/// a two-worker pool; the counts of triggers read (which depend on the guards the commits
+/// widen) are equal too.
+#[test]
+fn parallel_refreshes_equal_one_by_one_refreshes() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let fundings: Vec<Command> = (0..SYMBOLS)
+        .flat_map(|s| [1, -2, 3].map(|r| Command::Funding { symbol: sym(s), rate: D8(r * 10_000) }))
+        .collect();
+    let cmds: Vec<Command> = fundings.into_iter().chain(wicks()).collect();
+    let run_with = |threshold: usize| {
+        let (mut fast, mut reference) = book();
+        fast.parallel_refresh = threshold;
+        fast.parallel_events = usize::MAX;
+        let mut states = Vec::new();
+        let mut events = Vec::new();
+        for cmd in &cmds {
+            events
+                .extend(pool.install(|| run(&mut fast, &mut reference, std::slice::from_ref(cmd))));
+            states.push((refresh_state(&fast), fast.positions_evaluated(), fast.triggers_read()));
+        }
+        (events, states)
+    };
+    let (serial_events, serial_states) = run_with(usize::MAX);
+    let most = serial_events.iter().map(Vec::len).max().unwrap();
+    assert!(most > 300, "a wick must touch several waves' worth of accounts (most events {most})");
+    for threshold in [1, 64] {
+        let (events, states) = run_with(threshold);
+        assert_eq!(events, serial_events, "threshold {threshold}: events and their order");
+        for (k, (got, want)) in states.iter().zip(&serial_states).enumerate() {
+            assert!(got == want, "threshold {threshold}: state after message {k} differs");
+        }
+    }
+}

@@ -451,8 +451,8 @@ impl EngineLoop<'_, '_> {
                 }
             });
             if let Some(applied) = applied {
-                let queued = applied.started.saturating_duration_since(read_at);
-                self.summary.queue_latency.record(queued.as_nanos() as u64);
+                let waited = applied.started.saturating_duration_since(read_at);
+                self.summary.queue_latency.record(waited.as_nanos() as u64);
                 self.summary.apply_latency.record(applied.apply_ns);
             }
             if let Some(s) = self.stalls.as_mut() {
