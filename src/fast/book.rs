@@ -399,7 +399,7 @@ fn last_true(reach: i64, guess: i64, ok: impl Fn(i64) -> bool) -> i64 {
 /// when the mark falls below `t`, `t < 0` when it rises above `-t`.
 #[inline(always)]
 pub fn fires(trigger: i64, to: i64) -> bool {
-    if trigger > 0 { to < trigger } else { trigger < 0 && to > -trigger }
+    (trigger > 0) & (to < trigger) | (trigger < 0) & (to > trigger.wrapping_neg())
 }
 
 /// The trigger `old` moved `d` ticks towards the mark `t` (`d >= 0`): a falling trigger
@@ -770,16 +770,22 @@ impl Book {
             let start = b * BLOCK;
             let block = &mut self.trigger[start..(start + BLOCK).min(self.account.len())];
             read += block.len();
-            let mut tight = Guard::QUIET;
+            // Branch-free: in a wick most blocks hold a slot that fires, at no predictable
+            // place, so each slot's index is written and the count advanced by whether it
+            // fired; a fired slot's trigger becomes 0, which widens no guard.
+            let (mut hit, mut n) = ([0u32; BLOCK], 0);
+            let (mut below, mut above) = (Guard::QUIET.below, Guard::QUIET.above);
             for (k, t) in block.iter_mut().enumerate() {
-                if fires(*t, to) {
-                    fired.push((start + k) as u32);
-                    *t = 0;
-                } else {
-                    tight.include(*t);
-                }
+                let f = fires(*t, to);
+                hit[n] = (start + k) as u32;
+                n += usize::from(f);
+                let kept = if f { 0 } else { *t };
+                *t = kept;
+                below = below.max(kept);
+                above = above.min(if kept < 0 { kept.wrapping_neg() } else { i64::MAX });
             }
-            *guard = tight;
+            fired.extend_from_slice(&hit[..n]);
+            *guard = Guard { below, above };
         }
         read
     }
