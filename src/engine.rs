@@ -117,7 +117,7 @@ pub fn prefetch_ahead() -> usize {
     *AHEAD.get_or_init(|| {
         std::env::var("LIQSCAN_PREFETCH_AHEAD")
             .ok()
-            .and_then(|v| v.parse().ok())
+            .and_then(|v| v.trim().parse().ok())
             .unwrap_or(PREFETCH_AHEAD)
     })
 }

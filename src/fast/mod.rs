@@ -425,7 +425,8 @@ const WICK_CHUNK: usize = 64;
 pub const PARALLEL_REFRESH: usize = 256;
 
 /// The default of [`FastEngine::with_parallel_refresh`]: off (`usize::MAX`), unless the
-/// environment variable `LIQSCAN_PARALLEL_REFRESH` holds a threshold (a measuring knob, so
+/// environment variable `LIQSCAN_PARALLEL_REFRESH` holds a threshold of 1 or more (0, or not a
+/// whole number: off, as `LIQSCAN_PREFETCH_AHEAD=0` is; a measuring knob, so
 /// that `liqscan` and the examples can be compared on a quiet machine without a rebuild; see
 /// `src/fast/README.md`, "Wicks", session 11). On the shared 2-core machine the parallel
 /// plans cut a 3,623-event wick's engine-thread CPU from ~8 to ~4.8 ms but made its wall time
@@ -435,7 +436,8 @@ fn parallel_refresh_default() -> usize {
     std::env::var("LIQSCAN_PARALLEL_REFRESH")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
-        .map_or(usize::MAX, |n| n.max(1))
+        .filter(|&n| n > 0)
+        .unwrap_or(usize::MAX)
 }
 
 /// Events a rayon task builds at once when a message's events go to the workers (see
