@@ -360,7 +360,7 @@ impl EngineLoop<'_, '_> {
             select! {
                 recv(batch_rx) -> batch => {
                     let Ok(mut batch) = batch else { return Ok(()) };
-                    self.apply_batch(&mut batch, batch_rx, fanout)?;
+                    self.apply_batch(&mut batch, fanout)?;
                     let _ = spare_tx.try_send(batch);
                     let idle = batch_rx.is_empty();
                     if !self.buf.is_empty() {
@@ -394,16 +394,17 @@ impl EngineLoop<'_, '_> {
     }
 
     /// Applies a batch. Events go to the sinks at the end of the batch, or earlier once the
-    /// oldest of them has waited [`HAND_ON_AFTER`] while no other batch is queued (checked at
+    /// oldest of them has waited [`HAND_ON_AFTER`], unless the engine is behind (checked at
     /// each event and after each message): a message that fires thousands of items, or a long
-    /// batch, does not hold its first events back until its last is made. `queued` is the
-    /// engine's input queue. Errors: a sink that failed.
+    /// batch, does not hold its first events back until its last is made. Errors: a sink that
+    /// failed.
     fn apply_batch(
         &mut self,
         batch: &mut Vec<Ingested>,
-        queued: &Receiver<Vec<Ingested>>,
         fanout: &mut Fanout<'_, '_>,
     ) -> io::Result<()> {
+        // One look at the clock a batch (see `HAND_ON_AFTER`).
+        let behind = batch.first().is_some_and(|l| l.read_at.elapsed() >= BEHIND_AFTER);
         let mut failed: Option<io::Error> = None;
         if let Some(s) = self.stalls.as_mut() {
             s.start();
@@ -445,7 +446,7 @@ impl EngineLoop<'_, '_> {
             let applied = dispatch(ingested, self.engine, &mut |e| {
                 emit(summary, buf, pending, e, read_at, ts);
                 if failed.is_none()
-                    && let Err(e) = hand_on_if_due(summary, buf, pending, queued, fanout)
+                    && let Err(e) = hand_on_if_due(summary, buf, pending, behind, fanout)
                 {
                     failed = Some(e);
                 }
@@ -461,7 +462,7 @@ impl EngineLoop<'_, '_> {
             if let Some(e) = failed.take() {
                 return Err(e);
             }
-            hand_on_if_due(&mut self.summary, &mut self.buf, &mut self.pending, queued, fanout)?;
+            hand_on_if_due(&mut self.summary, &mut self.buf, &mut self.pending, behind, fanout)?;
         }
         if let Some(s) = self.stalls.as_mut() {
             s.end();
@@ -479,14 +480,16 @@ impl EngineLoop<'_, '_> {
 /// event is made and after each message; at most one hand-off (a write per sink) per this
 /// long.
 ///
-/// Only while the engine is not behind: while its input queue is less than half full. A
-/// saturated pipeline (the reader ahead, the queue full) hands its events on once per batch
-/// instead: there an event has already waited for the batches queued before it, the
-/// hand-off would buy it at most the rest of one batch, and each one costs the engine thread
-/// a futex wake of a parked writer (a few µs on this VM: 5.4 % of the engine thread's
-/// samples in an unpaced replay of the trade-heavy stream, about one every 100 µs). A long
-/// message on a live or paced stream queues the lines that arrive meanwhile, a few batches
-/// (a 10 ms wick at 200,000 lines/s: about 2,000 lines), and keeps handing its events on.
+/// Only while the engine is not behind: while the batch being applied was taken less than
+/// [`BEHIND_AFTER`] after its first line was read. A saturated pipeline (the reader ahead,
+/// the queue full) hands its events on once per batch instead: there an event has already
+/// waited for the batches queued before it, the hand-off would buy it at most the rest of one
+/// batch, and each one costs the engine thread a futex wake of a parked writer (a few µs on
+/// this VM: 5.4 % of the engine thread's samples in an unpaced replay of the trade-heavy
+/// stream, about one every 100 µs). A long message on a live or paced stream was taken as
+/// soon as it was read, and keeps handing its events on while the lines that arrive meanwhile
+/// queue up behind it (a paced reader hands them on a line or a few at a time: a count of
+/// queued batches would not tell the two apart).
 pub const HAND_ON_AFTER: Duration = Duration::from_micros(100);
 
 /// The events serialized but not yet handed to the sinks.
@@ -526,22 +529,21 @@ impl Pending {
     }
 }
 
-/// The engine is behind its reader: half of its input queue or more is full (see
-/// [`HAND_ON_AFTER`]).
-fn behind(queued: &Receiver<Vec<Ingested>>) -> bool {
-    queued.capacity().is_some_and(|capacity| 2 * queued.len() >= capacity)
-}
+/// How long a batch's first line may have waited for the engine before the engine counts as
+/// behind its reader (see [`HAND_ON_AFTER`]). A saturated pipeline's batches wait for the 16
+/// batches queued before them: 5 ms or more even at 3M lines/s.
+const BEHIND_AFTER: Duration = Duration::from_millis(2);
 
 /// Hands the events made so far to the sinks (flushed) once the oldest has waited
-/// [`HAND_ON_AFTER`], unless the engine is [`behind`].
+/// [`HAND_ON_AFTER`], unless the engine is `behind` (see there).
 fn hand_on_if_due(
     summary: &mut Summary,
     buf: &mut String,
     pending: &mut Pending,
-    queued: &Receiver<Vec<Ingested>>,
+    behind: bool,
     fanout: &mut Fanout<'_, '_>,
 ) -> io::Result<()> {
-    if pending.first_made.is_none() || behind(queued) || !pending.due() {
+    if pending.first_made.is_none() || behind || !pending.due() {
         return Ok(());
     }
     let chunk = std::mem::replace(buf, String::with_capacity(1 << 12));
@@ -688,7 +690,7 @@ mod tests {
     #[test]
     fn a_long_message_hands_its_events_on_as_they_are_made() {
         const PER_EVENT: Duration = Duration::from_millis(2);
-        let (chunks, handed_in_order) = run_slow_wick(PER_EVENT, None, 0);
+        let (chunks, handed_in_order) = run_slow_wick(PER_EVENT, None, 1);
         let with_events: Vec<_> =
             chunks.iter().filter(|(_, c)| c.contains("liquidation")).collect();
         // Each event takes 2 ms to make and events wait at most HAND_ON_AFTER (0.1 ms): the
@@ -699,48 +701,59 @@ mod tests {
         assert!(handed_in_order);
     }
 
-    /// Behind a backlog (a batch per line, a full queue of lines after the wick's) the
-    /// wick's events are not handed on one by one as they are made: they go in one chunk at
-    /// the end of its batch, since each hand-off costs the engine a wake of the writer.
-    /// Nothing is lost or reordered.
+    /// A batch that waited in the queue (a second wick queued behind a first that takes
+    /// 80 ms) hands its events on in one chunk at its end, since each hand-off costs the
+    /// engine a wake of the writer; the first wick, taken at once, hands its events on as
+    /// they are made. Nothing is lost or reordered.
     #[test]
     fn behind_a_backlog_a_long_message_hands_its_events_on_at_its_end() {
-        // 20 ms an event: the reader, which queues the lines after the wick's within µs of it,
-        // would have to be held off the CPU that long for the queue to look empty.
-        let (chunks, handed_in_order) = run_slow_wick(Duration::from_millis(20), Some(1), 20);
-        let with_events = chunks.iter().filter(|(_, c)| c.contains("liquidation")).count();
-        assert_eq!(with_events, 1, "the wick's events came in one chunk");
+        let (chunks, handed_in_order) = run_slow_wick(Duration::from_millis(10), Some(1), 2);
+        let accounts_in = |c: &str| -> Vec<u64> {
+            c.lines()
+                .filter(|l| l.contains("liquidation"))
+                .filter_map(|l| l.split("\"account\":").nth(1))
+                .filter_map(|t| t.split(|ch: char| !ch.is_ascii_digit()).next())
+                .filter_map(|t| t.parse().ok())
+                .collect()
+        };
+        let chunks_of = |first_wick: bool| {
+            let of_it = |a: &u64| (*a <= WICK_ACCOUNTS) == first_wick;
+            chunks.iter().filter(|(_, c)| accounts_in(c).iter().any(of_it)).count()
+        };
+        assert!(chunks_of(true) >= 2, "the first wick, taken at once, hands on as it goes");
+        assert_eq!(chunks_of(false), 1, "the queued wick's events came in one chunk");
         assert!(handed_in_order);
     }
 
     /// Accounts liquidated by [`run_slow_wick`]'s wick.
     const WICK_ACCOUNTS: u64 = 8;
 
-    /// Runs a stream whose one wick liquidates [`WICK_ACCOUNTS`] accounts, each event taking
-    /// `per_event` to make, followed by `tail` balance lines, through a pipeline of
-    /// `batch_lines` (default when `None`) to a direct sink. Returns the chunks it received
-    /// with their arrival times, and whether they hold the events of a plain replay of the
-    /// stream, in its order.
+    /// Runs a stream of `wicks` wicks, one a symbol, each liquidating [`WICK_ACCOUNTS`]
+    /// accounts (the first wick accounts 1..=N, the next N+1..=2N), each event taking
+    /// `per_event` to make, through a pipeline of `batch_lines` (default when `None`) to a
+    /// direct sink. Returns the chunks it received with their arrival times, and whether they
+    /// hold the events of a plain replay of the stream, in its order.
     fn run_slow_wick(
         per_event: Duration,
         batch_lines: Option<usize>,
-        tail: u64,
+        wicks: u64,
     ) -> (Vec<(Instant, String)>, bool) {
         const N: u64 = WICK_ACCOUNTS;
-        let cfg = Arc::new(crate::synth::config(1));
-        let mut stream =
-            String::from("{\"type\":\"mark\",\"symbol\":\"S000\",\"price\":\"100\"}\n");
-        for a in 1..=N {
-            stream += &format!("{{\"type\":\"balance\",\"account\":{a},\"wallet\":\"5\"}}\n");
-            stream += &format!(
-                "{{\"type\":\"position\",\"account\":{a},\"symbol\":\"S000\",\"size\":\"1\",\"entry_price\":\"100\"}}\n"
-            );
+        let cfg = Arc::new(crate::synth::config(wicks as usize));
+        let mut stream = String::new();
+        for w in 0..wicks {
+            stream += &format!("{{\"type\":\"mark\",\"symbol\":\"S{w:03}\",\"price\":\"100\"}}\n");
+            for a in w * N + 1..=(w + 1) * N {
+                stream += &format!("{{\"type\":\"balance\",\"account\":{a},\"wallet\":\"5\"}}\n");
+                stream += &format!(
+                    "{{\"type\":\"position\",\"account\":{a},\"symbol\":\"S{w:03}\",\"size\":\"1\",\"entry_price\":\"100\"}}\n"
+                );
+            }
         }
-        // Every account's 5 of wallet is lost 19 times over: all N are liquidated by it.
-        stream += "{\"type\":\"mark\",\"symbol\":\"S000\",\"price\":\"1\"}\n";
-        for a in 0..tail {
-            stream +=
-                &format!("{{\"type\":\"balance\",\"account\":{},\"wallet\":\"5\"}}\n", 100 + a);
+        // Every account's 5 of wallet is lost 19 times over: all N of a symbol are
+        // liquidated by its wick.
+        for w in 0..wicks {
+            stream += &format!("{{\"type\":\"mark\",\"symbol\":\"S{w:03}\",\"price\":\"1\"}}\n");
         }
         let chunks = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut engine = SlowEvents { inner: crate::fast::FastEngine::new(cfg.clone()), per_event };
@@ -771,8 +784,8 @@ mod tests {
             pipeline.opts.batch_lines = lines;
         }
         let summary = pipeline.run(&mut engine).unwrap();
-        assert_eq!(summary.liquidations, N, "every account is liquidated");
-        assert_eq!(summary.event_latency.summary().count, N);
+        assert_eq!(summary.liquidations, N * wicks, "every account is liquidated");
+        assert_eq!(summary.event_latency.summary().count, N * wicks);
         // The same events, in the same order, as a plain replay of the stream.
         let mut plain = Vec::new();
         let mut fast = crate::fast::FastEngine::new(cfg.clone());
