@@ -191,10 +191,16 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn a_full_queue_takes_the_batch_once_the_engine_makes_room() {
+    /// A queue of one batch, holding an empty one.
+    fn full_queue() -> (Sender<Vec<Ingested>>, Receiver<Vec<Ingested>>) {
         let (tx, rx) = bounded::<Vec<Ingested>>(1);
         tx.send(Vec::new()).unwrap();
+        (tx, rx)
+    }
+
+    #[test]
+    fn a_full_queue_takes_the_batch_once_the_engine_makes_room() {
+        let (tx, rx) = full_queue();
         let taker = std::thread::spawn(move || {
             std::thread::sleep(FULL_QUEUE_NAP * 5);
             let first = rx.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -209,8 +215,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_whose_engine_is_gone_gives_up() {
-        let (tx, rx) = bounded::<Vec<Ingested>>(1);
-        tx.send(Vec::new()).unwrap();
+        let (tx, rx) = full_queue();
         let dropper = std::thread::spawn(move || {
             std::thread::sleep(FULL_QUEUE_NAP * 3);
             drop(rx);
