@@ -1,7 +1,6 @@
 //! The account index: account id → [`AccountIdx`] (see [`AccountIndex`]), and the staged
 //! look-up that lets the prefetch across messages (`hint.rs`) hide its cache misses.
 
-#[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{ahead, ahead_min_capacity, book::AccountIdx, prefetch};
@@ -158,6 +157,81 @@ impl Slots {
     }
 }
 
+/// Entries of [`Recent`]: a power of two.
+const RECENT: usize = 64;
+
+/// What the last few look-ups of the index found, so that the stages of one message's
+/// look-up (its hints a few messages ahead, then its apply: five look-ups of one id) hash
+/// the id once and probe the table once instead of five times.
+///
+/// Direct-mapped on the id's low bits, [`RECENT`] entries, each overwritten by the next id
+/// that maps to it; nothing is ever invalidated, since an account's index never changes
+/// (accounts are never removed). An entry is a hint, never a result: an account taken from
+/// it is used only after its id is compared with the id column ([`AccountIndex::get`]), and
+/// a remembered hash only steers a prefetch ([`AccountIndex::candidate`]). So ids chosen to
+/// share an entry cost at most one id compare more a look-up (and only when they share the
+/// entry's 32-bit tag too), never a wrong answer.
+///
+/// Atomics (relaxed: plain loads and stores) because the engine is `Sync` for its rayon
+/// workers. `found` is one word (tag and index) and cannot be read torn; `hashed` is two,
+/// and a torn pair gives a wrong hash, which only a prefetch uses.
+#[derive(Debug)]
+struct Recent {
+    /// (id, its hash) as [`AccountIndex::prefetch_slot`] computed it.
+    hashed: [(AtomicU64, AtomicU64); RECENT],
+    /// `(tag << 32) | (index + 1)` of an account found for an id of this entry; 0: none.
+    found: [AtomicU64; RECENT],
+}
+
+impl Default for Recent {
+    fn default() -> Recent {
+        Recent {
+            hashed: [const { (AtomicU64::new(0), AtomicU64::new(0)) }; RECENT],
+            found: [const { AtomicU64::new(0) }; RECENT],
+        }
+    }
+}
+
+impl Recent {
+    /// The entry of `id` and the 32-bit tag that tells its ids apart (the bits above the
+    /// entry's).
+    #[inline]
+    fn entry(id: u64) -> (usize, u64) {
+        (id as usize & (RECENT - 1), (id >> RECENT.trailing_zeros()) & 0xffff_ffff)
+    }
+
+    /// The account last remembered for an id with `id`'s entry and tag: `id`'s account but
+    /// for ids that share both (compare the id before use).
+    #[inline]
+    fn found(&self, id: u64) -> Option<u32> {
+        let (e, tag) = Recent::entry(id);
+        let v = self.found[e].load(Ordering::Relaxed);
+        (v != 0 && v >> 32 == tag).then(|| v as u32 - 1)
+    }
+
+    #[inline]
+    fn remember(&self, id: u64, a: u32) {
+        let (e, tag) = Recent::entry(id);
+        // Indices are below u32::MAX (`AccountIndex::insert`), so a + 1 fits.
+        self.found[e].store(tag << 32 | u64::from(a + 1), Ordering::Relaxed);
+    }
+
+    /// `id`'s hash as last remembered, if its entry still holds it.
+    #[inline]
+    fn hash(&self, id: u64) -> Option<u64> {
+        let (e, _) = Recent::entry(id);
+        let (stored, hash) = &self.hashed[e];
+        (stored.load(Ordering::Relaxed) == id).then(|| hash.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn remember_hash(&self, id: u64, hash: u64) {
+        let (e, _) = Recent::entry(id);
+        self.hashed[e].0.store(id, Ordering::Relaxed);
+        self.hashed[e].1.store(hash, Ordering::Relaxed);
+    }
+}
+
 /// Account id → [`AccountIdx`]. Each slot holds the index and a 32-bit tag of the id's hash
 /// (8 bytes); the id it stands for is read from the id column when the tag matches.
 ///
@@ -202,6 +276,8 @@ pub(super) struct AccountIndex {
     old_len: u32,
     moved: u32,
     hasher: IdHasher,
+    /// The ids looked up last, with their hashes and accounts (see [`Recent`]).
+    recent: Recent,
     /// The next `table`, allocated ahead of need (see above), and its slots.
     next: Option<(ahead::Ahead<Slots>, usize)>,
     /// Stored ids compared with a looked-up id so far: the work a crafted id would inflate
@@ -215,42 +291,59 @@ const INDEX_MOVES_PER_INSERT: u32 = 2;
 
 impl AccountIndex {
     /// The index of the account `id`, whose id is `ids[a]`; `None` if it has none.
+    ///
+    /// An account found for `id` a few messages ago (by the hints of `hint.rs`, or by an
+    /// earlier look-up) is taken from [`Recent`] once its id is compared: no hash, no probe.
     #[inline]
     pub(super) fn get(&self, id: u64, ids: &[u64]) -> Option<AccountIdx> {
-        let hash = self.hasher.hash(id);
         let eq = |a: u32| {
             #[cfg(test)]
             self.compares.fetch_add(1, Ordering::Relaxed);
-            // Every index in either table was pushed to `ids` before it was inserted.
-            ids[a as usize] == id
+            // Every index in either table was pushed to `ids` before it was inserted; a
+            // recent entry holds one of them (or 0, which `Recent::found` never returns).
+            ids.get(a as usize) == Some(&id)
         };
+        if let Some(a) = self.recent.found(id).filter(|&a| eq(a)) {
+            return Some(AccountIdx(a));
+        }
+        let hash = self.hasher.hash(id);
         let found = match self.table.find(hash, eq) {
             Some(a) => Some(a),
             None if self.moved < self.old_len => self.old.find(hash, eq),
             None => None,
         };
+        if let Some(a) = found {
+            self.recent.remember(id, a);
+        }
         found.map(AccountIdx)
     }
 
     /// The second stage of a staged look-up: the index under `id`'s tag, its id not
     /// compared (that would wait for the id column): the account of `id` but for a tag
-    /// collision (odds 2^-32 a probe), for a hint to fetch its records. Not for results.
+    /// collision (odds 2^-32 a probe), for a hint to fetch its records. Not for results:
+    /// [`AccountIndex::get`] compares the id before it uses what this remembers. The hash is
+    /// the one [`AccountIndex::prefetch_slot`] computed, when [`Recent`] still holds it.
     #[inline]
     pub(super) fn candidate(&self, id: u64) -> Option<AccountIdx> {
-        let hash = self.hasher.hash(id);
+        let hash = self.recent.hash(id).unwrap_or_else(|| self.hasher.hash(id));
         let found = match self.table.find(hash, |_| true) {
             Some(a) => Some(a),
             None if self.moved < self.old_len => self.old.find(hash, |_| true),
             None => None,
         };
+        if let Some(a) = found {
+            self.recent.remember(id, a);
+        }
         found.map(AccountIdx)
     }
 
     /// The first stage of a staged look-up: asks for the cache line of `id`'s home slot (in
-    /// both tables while entries move). Reads nothing but the tables' headers.
+    /// both tables while entries move), and remembers the hash for the stages after it.
+    /// Reads nothing but the tables' headers.
     #[inline]
     pub(super) fn prefetch_slot(&self, id: u64) {
         let hash = self.hasher.hash(id);
+        self.recent.remember_hash(id, hash);
         self.table.prefetch(hash);
         if self.moved < self.old_len {
             self.old.prefetch(hash);
@@ -437,6 +530,38 @@ mod tests {
         assert_eq!(t.find(hash, |b| ids[b as usize] == 7), None);
         // Same home, other tag: no id compared.
         assert_eq!(t.find(0x1234_5678_0000_003f, |_| panic!("tag differs")), None);
+    }
+
+    /// What [`Recent`] remembers is never taken on trust: ids that share its entry and tag
+    /// are told apart by the id compare, and a wrong remembered hash (as a torn read would
+    /// give) misleads only the hint stage, never a look-up.
+    #[test]
+    fn recent_look_ups_are_checked_against_the_id() {
+        let mut index = AccountIndex::default();
+        // Same entry (low 6 bits) and tag (the 32 bits above): they differ only in bit 63.
+        let (a_id, b_id) = (0x0000_0012_3456_7801, 0x8000_0012_3456_7801);
+        assert_eq!(Recent::entry(a_id), Recent::entry(b_id));
+        let ids = vec![a_id, b_id];
+        index.insert(AccountIdx(0), &ids);
+        index.insert(AccountIdx(1), &ids);
+        for _ in 0..3 {
+            for (k, &id) in ids.iter().enumerate() {
+                assert_eq!(index.get(id, &ids), Some(AccountIdx(k as u32)));
+                // The other id is what its entry now remembers.
+                assert_eq!(index.recent.found(ids[1 - k]), Some(k as u32));
+            }
+        }
+        // A hash remembered wrongly for `a_id`: the candidate may be anything, the look-up
+        // is still right, and a later hint stage remembers the true hash again.
+        index.recent.remember_hash(a_id, index.hasher.hash(b_id));
+        assert_eq!(index.recent.hash(a_id), Some(index.hasher.hash(b_id)));
+        let _ = index.candidate(a_id);
+        assert_eq!(index.get(a_id, &ids), Some(AccountIdx(0)));
+        assert_eq!(index.get(b_id, &ids), Some(AccountIdx(1)));
+        index.prefetch_slot(a_id);
+        assert_eq!(index.recent.hash(a_id), Some(index.hasher.hash(a_id)));
+        // An id the index does not hold is not found, whatever its entry remembers.
+        assert_eq!(index.get(a_id ^ 1 << 62, &ids), None);
     }
 
     proptest! {
