@@ -469,6 +469,53 @@ fn owed_payments_equal_the_general_rounding() {
     }
 }
 
+/// A log's 64-bit payments ([`super::FundingLog::owed`]: entries split at 10^12) equal the
+/// general ones ([`super::owed_e8`]) from every entry on: at ties of either parity, for
+/// negative entries, for lots on both sides of the 2^24 limit, and with an entry too large
+/// to split in the log (then every slot takes the general path until it is dropped).
+#[test]
+fn split_payments_equal_the_general_ones() {
+    let e12 = 10i128.pow(12);
+    let mut rng = synth::Rng::new(22);
+    let (mut fast_paths, mut ties) = (0, 0);
+    for round in 0..4_000 {
+        let mut log = super::FundingLog { first: u32::MAX - 3, ..Default::default() };
+        let n = 1 + rng.below(31) as usize;
+        let lots_bits = [10, 20, 24, 25][round % 4];
+        let q = 1 + rng.below(1 << lots_bits);
+        for _ in 0..n {
+            let c = match rng.below(5) {
+                // A tie for this q: q · c = 10^12 · (odd or even) + 10^12 / 2.
+                0 if q % 2 == 1 => {
+                    ties += 1;
+                    (e12 / 2) * (2 * i128::from(rng.below(1 << 20)) + 1)
+                }
+                1 => i128::from(rng.below(1 << 40)) * i128::from(rng.below(1 << 30)),
+                2 if round % 50 == 0 => 10i128.pow(31) + i128::from(rng.below(1000)),
+                _ => i128::from(rng.below(1 << 45)),
+            };
+            log.push(if rng.below(2) == 0 { c } else { -c });
+        }
+        for lots in [q as i64, -(q as i64)] {
+            for k in 0..=n {
+                let from = log.first.wrapping_add(k as u32);
+                let want = super::owed_e8(lots, &log.c[k..]);
+                assert_eq!(log.owed(lots, from), want, "{lots} from {k} of {:?}", log.c);
+                fast_paths += usize::from(log.wide == 0 && q < 1 << 24);
+            }
+        }
+        // Dropping the first entries keeps the split in step with the entries.
+        let drop = rng.below(n as u64 + 1) as usize;
+        log.drop_first(drop);
+        log.first = log.first.wrapping_add(drop as u32);
+        assert_eq!(log.split.len(), log.c.len());
+        assert_eq!(log.wide, log.c.iter().filter(|&&c| super::Split::of(c).is_none()).count());
+        let lots = q as i64;
+        assert_eq!(log.owed(lots, log.first), super::owed_e8(lots, &log.c));
+    }
+    assert!(fast_paths > 10_000 && ties > 1_000, "{fast_paths} fast, {ties} ties");
+}
+
 /// Entry numbers wrap at 2^32 (a log's `first`, its round's start and every `fund_from` are
 /// numbers modulo 2^32): an engine whose logs start 20 entries below the wrap goes through
 /// it in rounds of 4 fundings, with reads, closes and a sweep, as the reference does.

@@ -641,7 +641,7 @@ const FUND_PAID_LIMIT: i128 = 1 << 125;
 ///
 /// Entries are numbered from the symbol's first lazy funding, modulo 2^32 (`c[0]` is number
 /// `first`); a slot's `fund_from` is the number of the first entry it owes, so
-/// [`FundingLog::since`] is its slice. The progressive settle ([`FastEngine::settle_some`])
+/// `c[fund_from - first..]` is what it owes for ([`FundingLog::owed`]). The progressive settle ([`FastEngine::settle_some`])
 /// walks the book in rounds of at most `settle_rounds` lazy fundings, settling a share of
 /// the slots at each, and drops the entries every slot has settled past when a round ends:
 /// the log holds fewer than `2 · settle_rounds` entries, far below 2^32, so the wrapping
@@ -657,6 +657,11 @@ const FUND_PAID_LIMIT: i128 = 1 << 125;
 #[derive(Debug, Clone, Default)]
 struct FundingLog {
     c: Vec<i128>,
+    /// `c` split at 10^12 for the 64-bit payment path ([`FundingLog::owed`]), entry for
+    /// entry; `None` for an entry too large for it.
+    split: Vec<Option<Split>>,
+    /// Entries of `split` that are `None`.
+    wide: usize,
     /// The number of the entry `c[0]`.
     first: u32,
     paid: [i128; 2],
@@ -674,10 +679,72 @@ impl FundingLog {
         self.first.wrapping_add(self.c.len() as u32)
     }
 
-    /// The entries a slot whose `fund_from` is `from` owes for.
+    /// Appends entry `c`.
+    fn push(&mut self, c: i128) {
+        let split = Split::of(c);
+        self.wide += usize::from(split.is_none());
+        self.c.push(c);
+        self.split.push(split);
+    }
+
+    /// Drops the first `n` entries (every slot has settled past them); `first` is the
+    /// caller's to move.
+    fn drop_first(&mut self, n: usize) {
+        self.c.drain(..n);
+        self.split.drain(..n);
+        self.wide = self.split.iter().filter(|s| s.is_none()).count();
+    }
+
+    /// What a slot of `lots` whose `fund_from` is `from` owes (e8): [`owed_e8`] of
+    /// the entries from `from` on, in 64-bit steps when every entry splits and `|lots| < 2^24`
+    /// (nearly always).
+    ///
+    /// With `c = 10^12 · whole + frac` (`0 <= frac < 10^12`) and `q = |lots|`,
+    /// `q · c = 10^12 · (q · whole + quo) + rem` where `q · frac = 10^12 · quo + rem`
+    /// (`q · frac < 2^24 · 2^40 = 2^64`: one `u64` product and a division by a constant).
+    /// So the payment's floor is `q · whole + quo` and its remainder `rem`, and rounding half
+    /// to even adds 1 when `2 · rem > 10^12`, or `2 · rem = 10^12` and the floor is odd (its
+    /// parity is that of `(q & whole) ^ quo`). The `q · whole` parts are summed over the
+    /// entries first and multiplied once. A short's payments are the long's negated, since
+    /// rounding half to even is symmetric (as in [`div_1e12_round_half_even`]).
     #[inline]
-    fn since(&self, from: u32) -> &[i128] {
-        &self.c[from.wrapping_sub(self.first) as usize..]
+    fn owed(&self, lots: i64, from: u32) -> i128 {
+        const E12: u64 = 1_000_000_000_000;
+        let k = from.wrapping_sub(self.first) as usize;
+        let q = lots.unsigned_abs();
+        if self.wide > 0 || q >= 1 << 24 {
+            return owed_e8(lots, &self.c[k..]);
+        }
+        let (mut whole, mut rounded) = (0i128, 0u64);
+        for s in self.split[k..].iter().flatten() {
+            let p = q * s.frac;
+            let (quo, rem) = (p / E12, p % E12);
+            let odd = ((q & s.whole as u64) ^ quo) & 1;
+            let up = u64::from(2 * rem > E12) | (u64::from(2 * rem == E12) & odd);
+            whole += i128::from(s.whole);
+            // quo < 2^64 / 10^12 < 2^25, and a log holds fewer than 2^32 entries.
+            rounded += quo + up;
+        }
+        // |whole| < 2^32 · 2^63 and q < 2^24: the product fits i128.
+        let m = i128::from(q) * whole + i128::from(rounded);
+        if lots < 0 { -m } else { m }
+    }
+}
+
+/// A funding entry `c` as `10^12 · whole + frac` with `0 <= frac < 10^12` (floor division):
+/// what [`FundingLog::owed`] pays in 64-bit steps.
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    whole: i64,
+    frac: u64,
+}
+
+impl Split {
+    /// `None` when `whole` does not fit `i64` (`|c|` above ~9.2 · 10^30).
+    fn of(c: i128) -> Option<Split> {
+        const E12: i128 = 1_000_000_000_000;
+        let whole = i64::try_from(c.div_euclid(E12)).ok()?;
+        Some(Split { whole, frac: c.rem_euclid(E12) as u64 })
     }
 }
 
@@ -1046,7 +1113,7 @@ impl FastEngine {
             return 0;
         }
         let book = &self.cross[s.0 as usize];
-        owed_e8(book.lots[slot], log.since(book.fund_from[slot]))
+        log.owed(book.lots[slot], book.fund_from[slot])
     }
 
     /// The true cross wallet of `a` (e8): its stored wallet less what its cross positions owe
@@ -1085,7 +1152,7 @@ impl FastEngine {
             }
             let book = &mut self.cross[si];
             let from = std::mem::replace(&mut book.fund_from[slot], log.end());
-            owed += owed_e8(book.lots[slot], log.since(from));
+            owed += log.owed(book.lots[slot], from);
         }
         self.accounts.wallet_e8[i] -= owed;
     }
@@ -1112,7 +1179,7 @@ impl FastEngine {
     fn settle_slot(&mut self, si: usize, slot: usize) {
         let (book, log) = (&mut self.cross[si], &self.funding[si]);
         let from = std::mem::replace(&mut book.fund_from[slot], log.end());
-        let owed = owed_e8(book.lots[slot], log.since(from));
+        let owed = log.owed(book.lots[slot], from);
         self.accounts.wallet_e8[book.account[slot].0 as usize] -= owed;
     }
 
@@ -1149,14 +1216,14 @@ impl FastEngine {
                 prefetch(&wallet[b.0 as usize]);
             }
             let from = std::mem::replace(from, end);
-            wallet[a.0 as usize] -= owed_e8(q, log.since(from));
+            wallet[a.0 as usize] -= log.owed(q, from);
         }
         log.cursor = upto;
         log.round_fundings += 1;
         if upto >= len {
             // Every slot has settled since the round's start: none owes an entry before it.
             let settled = log.round_start.wrapping_sub(log.first) as usize;
-            log.c.drain(..settled);
+            log.drop_first(settled);
             log.first = log.round_start;
             (log.round_start, log.cursor, log.round_fundings) = (end, 0, 0);
         }
@@ -1176,7 +1243,7 @@ impl FastEngine {
             log.paid = [0, 0];
         }
         log.paid = next(log.paid);
-        log.c.push(c);
+        log.push(c);
         let paid = log.paid;
         self.settle_some(si);
         let mut fired = std::mem::take(&mut self.fired);
@@ -1775,7 +1842,7 @@ impl FastEngine {
                 if let Some(b) = ahead.get(k) {
                     sums.get(b.0 as usize).map(prefetch);
                 }
-                let owed = owed_e8(lots[k], log.since(from[k]));
+                let owed = log.owed(lots[k], from[k]);
                 sums[held[k].0 as usize].add(term - owed * E8_TO_Q16);
             });
         };

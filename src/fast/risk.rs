@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use super::{
     CHUNK, FastEngine, PREFETCH_AHEAD, Sum,
     book::{AccountIdx, E8_TO_Q16, Quote},
-    owed_e8, prefetch,
+    prefetch,
 };
 use crate::{
     config::{Mode, SymbolIdx},
@@ -466,7 +466,7 @@ impl FastEngine {
                     }
                     // What the slot owes for lazy fundings comes off the balance (added to
                     // both sums, so that the maintenance, their difference, is unchanged).
-                    let owed = owed_e8(lots[k], log.since(from[k])) * E8_TO_Q16;
+                    let owed = log.owed(lots[k], from[k]) * E8_TO_Q16;
                     let [upnl, buffer] = &sums[held[k].0 as usize];
                     upnl.add(base[k] + sc.value_q16(lots[k], t) - owed);
                     buffer.add(term - owed);
