@@ -1456,7 +1456,7 @@ impl FastEngine {
     fn liquidation_event(
         &self,
         a: AccountIdx,
-        isolated: Option<SymbolIdx>,
+        isolated: Option<(SymbolIdx, u32)>,
         at: At,
     ) -> Option<Liquidation> {
         let i = a.0 as usize;
@@ -1466,25 +1466,30 @@ impl FastEngine {
         // which walks the account's cross positions, is read for cross items only.
         let wallet = if isolated.is_none() { self.wallet_now_e8(a) } else { 0 };
         let (mut balance, mut maint) = (wallet * E8_TO_Q16, 0);
-        for p in &self.accounts.pairs[i] {
-            let listed = match isolated {
-                None => p.mode == Mode::Cross,
-                Some(s) => p.mode == Mode::Isolated && p.symbol == s,
-            };
-            if !listed || p.slot == NO_SLOT {
-                continue;
-            }
-            let (si, k) = (p.symbol.0 as usize, p.slot as usize);
-            let (book, sc, t) =
-                (self.book(p.mode, p.symbol), &self.scales[si], self.mark_ticks[si]?);
+        let mut add = |mode: Mode, s: SymbolIdx, k: usize| {
+            let si = s.0 as usize;
+            let (book, sc, t) = (self.book(mode, s), &self.scales[si], self.mark_ticks[si]?);
             let (lots, cost) = (book.lots[k], book.cost_q16(k));
-            if isolated.is_some() {
+            if mode == Mode::Isolated {
                 balance = book.isolated_e8[k] * E8_TO_Q16;
             }
             let upnl = sc.value_q16(lots, t) - cost;
             let mm = sc.mm_q16(sc.notional_n12(lots, t));
             (balance, maint) = (balance + upnl, maint + mm);
-            held.push((p.symbol, lots, cost, upnl - mm));
+            held.push((s, lots, cost, upnl - mm));
+            Some(())
+        };
+        match isolated {
+            // The isolated item lists its own position alone: its slot is all it reads (not
+            // the account's pair list, a cache miss or two in a wick's thousands of events).
+            Some((s, slot)) => add(Mode::Isolated, s, slot as usize)?,
+            None => {
+                for p in &self.accounts.pairs[i] {
+                    if p.mode == Mode::Cross && p.slot != NO_SLOT {
+                        add(Mode::Cross, p.symbol, p.slot as usize)?;
+                    }
+                }
+            }
         }
         let mut positions = Vec::with_capacity(held.len());
         for &(s, lots, cost, term) in &held {
@@ -1508,7 +1513,7 @@ impl FastEngine {
             seq: at.seq,
             account: self.accounts.id[i],
             mode: if isolated.is_some() { Mode::Isolated } else { Mode::Cross },
-            symbol: isolated.map(|s| self.names[s.0 as usize].clone()),
+            symbol: isolated.map(|(s, _)| self.names[s.0 as usize].clone()),
             margin_balance: q16_text(balance),
             maintenance_margin: q16_text(maint),
             positions,
@@ -1533,7 +1538,7 @@ impl FastEngine {
         let Some(t) = self.mark_ticks[si] else { return };
         let (was, now) = self.settle_isolated(s, slot, t);
         if should_emit(was, now, rearmed) {
-            self.emit_isolated_event(a, s, at, out);
+            self.emit_isolated_event(s, slot as u32, at, out);
         }
     }
 
@@ -1550,14 +1555,15 @@ impl FastEngine {
         (std::mem::replace(&mut book.liquidatable[slot], now), now)
     }
 
-    fn emit_isolated_event(&self, a: AccountIdx, s: SymbolIdx, at: At, out: &mut dyn FnMut(Event)) {
-        out(Event::Liquidation(self.isolated_liquidation(a, s, at)));
+    fn emit_isolated_event(&self, s: SymbolIdx, slot: u32, at: At, out: &mut dyn FnMut(Event)) {
+        out(Event::Liquidation(self.isolated_liquidation(s, slot, at)));
     }
 
-    /// The liquidation event of `a`'s isolated item in `s` (see
+    /// The liquidation event of the isolated item in slot `slot` of `s`'s isolated book (see
     /// [`FastEngine::liquidation_event`]).
-    fn isolated_liquidation(&self, a: AccountIdx, s: SymbolIdx, at: At) -> Liquidation {
-        self.liquidation_event(a, Some(s), at).unwrap_or_else(|| {
+    fn isolated_liquidation(&self, s: SymbolIdx, slot: u32, at: At) -> Liquidation {
+        let a = self.isolated[s.0 as usize].account[slot as usize];
+        self.liquidation_event(a, Some((s, slot)), at).unwrap_or_else(|| {
             let id = self.accounts.id[a.0 as usize];
             self.view(id).liquidation(&self.cfg, &self.marks, Item::Isolated(id, s), at)
         })
@@ -1644,20 +1650,22 @@ impl FastEngine {
         at: At,
         emit: &mut dyn FnMut(Liquidation),
     ) {
-        let account =
-            |(s, slot): (SymbolIdx, u32)| self.isolated[s.0 as usize].account[slot as usize];
+        // An event reads its slot's columns (the tick just read `lots` and `base`) and its
+        // account's id: the slot's account and margin are asked for two steps ahead, the id
+        // (which needs the account) one step ahead.
         for (j, &(s, slot)) in list.iter().enumerate() {
-            if let Some(&item) = list.get(j + 2 * REFRESH_AHEAD) {
-                let b = account(item).0 as usize;
-                prefetch(&self.accounts.pairs[b]);
-                prefetch(&self.accounts.id[b]);
+            if let Some(&(s, slot)) = list.get(j + 2 * REFRESH_AHEAD) {
+                let book = &self.isolated[s.0 as usize];
+                prefetch(&book.account[slot as usize]);
+                prefetch(&book.isolated_e8[slot as usize]);
             }
-            if let Some(&item) = list.get(j + REFRESH_AHEAD) {
-                let pairs = &self.accounts.pairs[account(item).0 as usize];
-                pairs.first().map(prefetch);
-                pairs.last().map(prefetch);
+            if let Some(&(s, slot)) = list.get(j + REFRESH_AHEAD) {
+                prefetch(
+                    &self.accounts.id
+                        [self.isolated[s.0 as usize].account[slot as usize].0 as usize],
+                );
             }
-            emit(self.isolated_liquidation(account((s, slot)), s, at));
+            emit(self.isolated_liquidation(s, slot, at));
         }
     }
 

@@ -570,12 +570,15 @@ impl FastEngine {
     fn risk_item(&self, c: &Candidate) -> RiskItem {
         let (a, isolated) = match c.at {
             Ref::Cross(a) => (a, None),
-            Ref::Isolated(s, slot) => (self.isolated[s.0 as usize].account[slot as usize], Some(s)),
+            Ref::Isolated(s, slot) => {
+                (self.isolated[s.0 as usize].account[slot as usize], Some((s, slot)))
+            }
         };
         let at = At { line: 0, seq: 0 };
         let l = self.liquidation_event(a, isolated, at).unwrap_or_else(|| {
             // Products past i128 (amounts near the limits): the exact path, as for events.
-            let item = isolated.map_or(Item::Cross(c.account), |s| Item::Isolated(c.account, s));
+            let item =
+                isolated.map_or(Item::Cross(c.account), |(s, _)| Item::Isolated(c.account, s));
             self.view(c.account).liquidation(&self.cfg, &self.marks, item, at)
         });
         debug_assert_eq!(l.margin_balance, super::q16_text(c.balance_q16));

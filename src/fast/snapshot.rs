@@ -204,7 +204,7 @@ impl FastEngine {
                 let s = SymbolIdx(si as u16);
                 for slot in 0..e.isolated[si].len() {
                     if e.isolated[si].liquidatable[slot] {
-                        e.emit_isolated_event(e.isolated[si].account[slot], s, at, out);
+                        e.emit_isolated_event(s, slot as u32, at, out);
                     }
                 }
             }
