@@ -149,7 +149,10 @@ struct Hot {
     /// still on that side cannot change the state, so it needs no refresh
     /// ([`Hot::absorb`]). A refresh hands half of it out as funding budgets and lowers it
     /// by what it hands out (see [`FundingLog`]): it bounds the true buffer, what lazy
-    /// fundings owe included.
+    /// fundings owe included. A fired position re-triggered alone
+    /// ([`FastEngine::retrigger_alone`]) lowers it (raises it, liquidatable) by what the
+    /// position lost past its trigger and the room it is given: still a bound, not the
+    /// `B − n·share − budgets` of a refresh.
     reserve_q16: i128,
     /// The message number that last touched the account (dedupes evaluation per message).
     stamp: u64,
@@ -1209,7 +1212,9 @@ impl FastEngine {
     /// buffer stays `>= B - n·(B / n) >= 0`, so the account cannot have crossed unseen. A
     /// liquidatable account (`B < 0`) lets each rise by `(-B - 1) / n`, so while none fires
     /// it stays below zero and cannot have recovered unseen. An account with an unmarked
-    /// cross symbol cannot be liquidatable; the first mark of that symbol visits it.
+    /// cross symbol cannot be liquidatable; the first mark of that symbol visits it. What a
+    /// refresh leaves also keeps the edge invariant that lets a fired position be
+    /// re-triggered alone (see [`FastEngine::retrigger_alone`]).
     fn refresh(&mut self, a: AccountIdx, rearmed: bool, at: At, out: &mut dyn FnMut(Event)) {
         let mut terms = std::mem::take(&mut self.terms);
         terms.clear();
