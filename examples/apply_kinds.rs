@@ -101,7 +101,7 @@ impl Stats {
     fn row(&self, name: &str, total_ns: u128) {
         let n = self.hist.len();
         println!(
-            "{name:<14} {n:>9} {:>9.0} {:>8} {:>8} {:>10} {:>9} {:>10} {:>9} {:>6.1}% {:>9.1} {:>9.0}",
+            "{name:<14} {n:>9} {:>9.0} {:>8} {:>8} {:>10} {:>9} {:>10} {:>9} {:>6.1}% {:>9.3} {:>9.0}",
             self.sum_ns as f64 / n.max(1) as f64,
             self.hist.value_at_quantile(0.99),
             self.hist.value_at_quantile(0.999),
@@ -226,6 +226,11 @@ fn main() -> anyhow::Result<()> {
         commands.len() as f64 / wall.as_secs_f64(),
         engine.n_accounts(),
         engine.n_positions(),
+    );
+    println!(
+        "{} positions evaluated, {} of them fired cross positions re-triggered alone",
+        engine.positions_evaluated(),
+        engine.positions_retriggered(),
     );
     println!(
         "{:<14} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>10} {:>9} {:>7} {:>9} {:>9}",

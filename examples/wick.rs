@@ -50,7 +50,7 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 
 /// Applies `cmd` and prints what it cost.
 fn timed(engine: &mut FastEngine, cmd: &Command, at: At, what: &str) -> u64 {
-    let evaluated = engine.positions_evaluated();
+    let (evaluated, alone) = (engine.positions_evaluated(), engine.positions_retriggered());
     let (mut events, mut liquidations, mut isolated) = (0u64, 0u64, 0u64);
     let mut first = None;
     let (cpu, all) = (cpu_ns(), process_cpu_ns());
@@ -64,13 +64,14 @@ fn timed(engine: &mut FastEngine, cmd: &Command, at: At, what: &str) -> u64 {
     let wall = wall.elapsed();
     let (cpu, all) = (cpu_ns() - cpu, process_cpu_ns() - all);
     println!(
-        "{what}: line {} cpu {:.3} ms (all threads {:.3} ms) wall {:.3} ms (first event at {}), {events} events ({liquidations} liquidations, {isolated} isolated), {} positions evaluated, {} CPU per event",
+        "{what}: line {} cpu {:.3} ms (all threads {:.3} ms) wall {:.3} ms (first event at {}), {events} events ({liquidations} liquidations, {isolated} isolated), {} positions evaluated ({} fired positions re-triggered alone), {} CPU per event",
         at.line,
         cpu as f64 / 1e6,
         all as f64 / 1e6,
         wall.as_secs_f64() * 1e3,
         first.map_or("-".to_string(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3)),
         engine.positions_evaluated() - evaluated,
+        engine.positions_retriggered() - alone,
         match events {
             0 => "-".to_string(),
             n => format!("{:.2} us", cpu as f64 / 1e3 / n as f64),

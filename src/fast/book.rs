@@ -830,10 +830,12 @@ impl Book {
         self.guards.extend(self.trigger.chunks(BLOCK).map(guard_of));
     }
 
-    /// The slots whose trigger fires at mark `to`, appended to `fired`; their triggers are
-    /// cleared (the caller sets new ones). Reads only the guards, and the blocks whose guard
-    /// `to` crosses, whose guards it then tightens. Returns the slots read.
-    pub fn scan(&mut self, to: i64, fired: &mut Vec<u32>) -> usize {
+    /// The slots whose trigger fires at mark `to`, appended to `fired`, and the triggers
+    /// they held, appended to `old` in the same order (a cross slot's old trigger is the last
+    /// tick on its safe side, which `FastEngine::retrigger_alone` bounds its term by); their
+    /// triggers are cleared (the caller sets new ones). Reads only the guards, and the blocks
+    /// whose guard `to` crosses, whose guards it then tightens. Returns the slots read.
+    pub fn scan(&mut self, to: i64, fired: &mut Vec<u32>, old: &mut Vec<i64>) -> usize {
         let mut read = 0;
         for (b, guard) in self.guards.iter_mut().enumerate() {
             if !guard.open_at(to) {
@@ -845,11 +847,12 @@ impl Book {
             // Branch-free: in a wick most blocks hold a slot that fires, at no predictable
             // place, so each slot's index is written and the count advanced by whether it
             // fired; a fired slot's trigger becomes 0, which widens no guard.
-            let (mut hit, mut n) = ([0u32; BLOCK], 0);
+            let (mut hit, mut was, mut n) = ([0u32; BLOCK], [0i64; BLOCK], 0);
             let (mut below, mut above) = (Guard::QUIET.below, Guard::QUIET.above);
             for (k, t) in block.iter_mut().enumerate() {
                 let f = fires(*t, to);
                 hit[n] = (start + k) as u32;
+                was[n] = *t;
                 n += usize::from(f);
                 let kept = if f { 0 } else { *t };
                 *t = kept;
@@ -857,6 +860,7 @@ impl Book {
                 above = above.min(if kept < 0 { kept.wrapping_neg() } else { i64::MAX });
             }
             fired.extend_from_slice(&hit[..n]);
+            old.extend_from_slice(&was[..n]);
             *guard = Guard { below, above };
         }
         read
@@ -1190,12 +1194,18 @@ mod tests {
             }
             if round % 7 == 0 {
                 let to = 1 + rng.below(1000) as i64;
-                let mut fired = Vec::new();
-                book.scan(to, &mut fired);
+                let (mut fired, mut old) = (Vec::new(), Vec::new());
+                book.scan(to, &mut fired, &mut old);
+                // Each fired slot with the trigger it held.
+                let mut got: Vec<(u32, i64)> = fired.iter().copied().zip(old).collect();
+                assert_eq!(got.len(), fired.len(), "an old trigger per fired slot");
+                got.sort_unstable();
                 fired.sort_unstable();
-                let expected: Vec<u32> =
-                    (0..want.len()).filter(|&k| fires(want[k], to)).map(|k| k as u32).collect();
-                assert_eq!(fired, expected, "round {round}, mark {to}");
+                let expected: Vec<(u32, i64)> = (0..want.len())
+                    .filter(|&k| fires(want[k], to))
+                    .map(|k| (k as u32, want[k]))
+                    .collect();
+                assert_eq!(got, expected, "round {round}, mark {to}");
                 for &k in &fired {
                     want[k as usize] = 0;
                 }

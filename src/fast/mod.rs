@@ -23,6 +23,8 @@ mod hint_tests;
 mod index;
 #[cfg(test)]
 mod isolated_funding_tests;
+#[cfg(test)]
+mod retrigger_tests;
 mod risk;
 mod snapshot;
 mod wick;
@@ -147,7 +149,10 @@ struct Hot {
     /// still on that side cannot change the state, so it needs no refresh
     /// ([`Hot::absorb`]). A refresh hands half of it out as funding budgets and lowers it
     /// by what it hands out (see [`FundingLog`]): it bounds the true buffer, what lazy
-    /// fundings owe included.
+    /// fundings owe included. A fired position re-triggered alone
+    /// ([`FastEngine::retrigger_alone`]) lowers it (raises it, liquidatable) by what the
+    /// position lost past its trigger and the room it is given: still a bound, not the
+    /// `B − n·share − budgets` of a refresh.
     reserve_q16: i128,
     /// The message number that last touched the account (dedupes evaluation per message).
     stamp: u64,
@@ -347,11 +352,16 @@ pub struct FastEngine {
     defer_cross_events: bool,
     /// Scratch: slots a tick fired.
     fired: Vec<u32>,
+    /// Scratch: the triggers the slots in `fired` held before the tick ([`Book::scan`]).
+    fired_old: Vec<i64>,
     /// Scratch: an account's marked cross positions during a refresh (symbol, slot, mark,
     /// buffer term).
     terms: Vec<(SymbolIdx, u32, i64, i128)>,
     /// Positions evaluated so far (see [`FastEngine::positions_evaluated`]).
     positions_evaluated: u64,
+    /// Fired cross positions re-triggered alone so far (see
+    /// [`FastEngine::positions_retriggered`]).
+    positions_retriggered: u64,
     /// Triggers read so far (see [`FastEngine::triggers_read`]).
     triggers_read: u64,
     /// Books at least this long go to rayon workers.
@@ -822,8 +832,10 @@ impl FastEngine {
             emit_cross: Vec::new(),
             defer_cross_events: false,
             fired: Vec::new(),
+            fired_old: Vec::new(),
             terms: Vec::new(),
             positions_evaluated: 0,
+            positions_retriggered: 0,
             triggers_read: 0,
             parallel_min: PARALLEL_MIN_POSITIONS,
             own_sums_max_bytes: OWN_SUMS_MAX_BYTES,
@@ -1267,7 +1279,9 @@ impl FastEngine {
     /// buffer stays `>= B - n·(B / n) >= 0`, so the account cannot have crossed unseen. A
     /// liquidatable account (`B < 0`) lets each rise by `(-B - 1) / n`, so while none fires
     /// it stays below zero and cannot have recovered unseen. An account with an unmarked
-    /// cross symbol cannot be liquidatable; the first mark of that symbol visits it.
+    /// cross symbol cannot be liquidatable; the first mark of that symbol visits it. What a
+    /// refresh leaves also keeps the edge invariant that lets a fired position be
+    /// re-triggered alone (see [`FastEngine::retrigger_alone`]).
     fn refresh(&mut self, a: AccountIdx, rearmed: bool, at: At, out: &mut dyn FnMut(Event)) {
         let mut terms = std::mem::take(&mut self.terms);
         terms.clear();
@@ -1391,6 +1405,94 @@ impl FastEngine {
             book.set_fund_trigger(slot as usize, fund_trigger);
         }
         self.positions_evaluated += triggers.len() as u64;
+    }
+
+    /// Gives the fired cross slot `slot` of symbol `s` (account `a`, trigger `was` before the
+    /// tick to mark `to`) a new trigger alone, without a refresh of its account, when the
+    /// account provably stays in the state its flag says; `false` (nothing changed) when it
+    /// does not, or when `a` is already to be refreshed at the end of this message or has an
+    /// unmarked cross symbol: the caller then touches it. Reads the account's [`Hot`] record
+    /// and the slot's `lots` and `base` only (README, "Session 12: a fired position
+    /// re-triggered alone").
+    ///
+    /// **Why it is exact.** Write `f_j(t)` for cross position `j`'s term `upnl − mm` at mark
+    /// `t` and `e_j` for its *edge*: the last tick on its trigger's safe side (`|trigger|`, or
+    /// for a trigger of 0, which never fires, the end of the tick range on that side: 1 or
+    /// `max_ticks`). Between messages every healthy account with its cross symbols marked
+    /// keeps the **edge invariant** `G = W + Σ_j f_j(e_j) − R >= 0` (`W` its true wallet,
+    /// what lazy fundings owe taken off; `R` its reserve), a liquidatable one `G <= 0`;
+    /// `FastEngine::audit` checks it. `G` does not depend on the marks. A refresh of a healthy
+    /// account with buffer `B = W + Σ T_j` sets each trigger where `f_j` would fall below
+    /// `T_j − share` (so `f_j(e_j) >= T_j − share`) and `R = B − n·share − n·budget`, hence
+    /// `G >= n·budget`; the lazy fundings take at most `budget` a position from `W` before a
+    /// funding trigger fires (which refreshes), a wallet change absorbed moves `W` and `R`
+    /// alike ([`Hot::absorb`]), anything else refreshes. While no trigger of the account has
+    /// fired, each `f_j(now) >= f_j(e_j)` (the mark is on the safe side, `f_j` monotone), so
+    /// `B_true = G + R + Σ_j (f_j(now) − f_j(e_j)) >= R >= 0`: the reserve's old guarantee.
+    ///
+    /// Now position `i` alone has fired (the account is not yet touched in this message, so
+    /// every other trigger still holds the mark on its safe side: `f_j(now) >= f_j(e_j)` for
+    /// `j != i`). Then `B_true >= R + f_i(now) − f_i(e_i) =: R'`, with `e_i = |was|`. If
+    /// `R' >= 0` the account is still healthy. Its new trigger is where `f_i` would fall below
+    /// `f_i(now) − s` (`s = share_of(R', 1)`: seven eighths of `R'`), so the new edge has `f_i(e_i') >= f_i(now) − s`,
+    /// and the new reserve `R' − s` keeps `G' = W + Σ_{j≠i} f_j(e_j) + f_i(e_i') − R' + s >=
+    /// W + Σ_{j≠i} f_j(e_j) + f_i(e_i) − R = G >= 0`. If `R' < 0` the account may have crossed
+    /// and is refreshed. The liquidatable side is the mirror: `B_true <= R'`, kept while
+    /// `R' <= −1`, new bound `f_i(now) + s` with `s = share_of(−R' − 1, 1)`, reserve `R' + s`.
+    /// Funding budgets and funding triggers are not touched: `W` and what the lazy fundings
+    /// may take are as they were. The reserve this leaves is still a bound on the buffer
+    /// (`B_true >= R' − s`), below what a refresh would set, so every reader of it
+    /// ([`Hot::absorb`], the audit) stays correct, only more conservative.
+    ///
+    /// `e_i = |was|` is the last safe tick, not the first unsafe one: with `|was| ∓ 1` the
+    /// bound would be one tick's move too high, and a mark falling one tick at a time would
+    /// never refresh the account (`retrigger_tests.rs` holds it to the reference engine).
+    fn retrigger_alone(
+        &mut self,
+        a: AccountIdx,
+        s: SymbolIdx,
+        slot: usize,
+        was: i64,
+        to: i64,
+    ) -> bool {
+        let i = a.0 as usize;
+        let hot = self.accounts.hot[i];
+        // Touched already: a refresh is due anyway (another position of it fired, or its
+        // first mark, funding or a sweep touched it); with an unmarked cross symbol the
+        // reserve means nothing.
+        if hot.stamp == self.msg_no || hot.n_unmarked > 0 {
+            return false;
+        }
+        // It fired, so `was` is not 0; a cross slot's account counts it.
+        debug_assert!(was != 0 && hot.n_cross > 0);
+        let si = s.0 as usize;
+        let (book, sc) = (&self.cross[si], &self.scales[si]);
+        let (lots, base) = (book.lots[slot], book.base_q16[slot]);
+        let now = sc.buffer_q16(lots, base, to);
+        let edge = sc.buffer_q16(lots, base, was.unsigned_abs() as i64);
+        let Some(bound) = hot.reserve_q16.checked_add(now - edge) else { return false };
+        // The whole room goes to the one position re-triggered, an eighth kept back as a
+        // refresh keeps it (`share_of` with n = 1): splitting it as if between all `n_cross`
+        // positions fired the position again sooner (d: 0.294 positions evaluated a mark
+        // against 0.278, README).
+        let (trigger, reserve) = if !hot.liquidatable {
+            if bound < 0 {
+                return false;
+            }
+            let share = share_of(bound, 1);
+            (sc.trigger_from(lots, base, to, now, now - share, true), bound - share)
+        } else {
+            if bound > -1 {
+                return false;
+            }
+            let share = share_of(-bound - 1, 1);
+            (sc.trigger_from(lots, base, to, now, now + share, false), bound + share)
+        };
+        self.cross[si].set_trigger(slot, trigger);
+        self.accounts.hot[i].reserve_q16 = reserve;
+        self.positions_evaluated += 1;
+        self.positions_retriggered += 1;
+        true
     }
 
     /// Changes the wallet of `a` by `delta_e8`; `true` when its reserve takes the change
@@ -1710,24 +1812,31 @@ impl FastEngine {
             return;
         }
         let mut fired = std::mem::take(&mut self.fired);
+        let mut old = std::mem::take(&mut self.fired_old);
         fired.clear();
-        self.triggers_read += self.cross[si].scan(to, &mut fired) as u64;
+        old.clear();
+        self.triggers_read += self.cross[si].scan(to, &mut fired, &mut old) as u64;
         // The fired slots are sparse in the book and their accounts in no order: the account
-        // column a few slots ahead, and the account record of the next ones, are asked for
-        // first.
-        let book = &self.cross[si];
-        for (j, &slot) in fired.iter().enumerate() {
+        // column a few slots ahead, and the account record and the slot's lots and base of
+        // the next ones, are asked for first.
+        for (j, (&slot, &was)) in fired.iter().zip(&old).enumerate() {
+            let book = &self.cross[si];
             if let Some(&k) = fired.get(j + 2 * REFRESH_AHEAD) {
                 prefetch(&book.account[k as usize]);
             }
             if let Some(&k) = fired.get(j + REFRESH_AHEAD) {
                 prefetch(&self.accounts.hot[book.account[k as usize].0 as usize]);
+                prefetch(&book.lots[k as usize]);
+                prefetch(&book.base_q16[k as usize]);
             }
             let a = book.account[slot as usize];
-            touch(&mut self.accounts.hot, &mut self.touched, self.msg_no, a);
+            if !self.retrigger_alone(a, s, slot as usize, was, to) {
+                touch(&mut self.accounts.hot, &mut self.touched, self.msg_no, a);
+            }
         }
         fired.clear();
-        self.triggers_read += self.isolated[si].scan(to, &mut fired) as u64;
+        old.clear();
+        self.triggers_read += self.isolated[si].scan(to, &mut fired, &mut old) as u64;
         for (j, &slot) in fired.iter().enumerate() {
             if let Some(&k) = fired.get(j + REFRESH_AHEAD) {
                 self.isolated[si].prefetch_slot(k as usize);
@@ -1738,6 +1847,7 @@ impl FastEngine {
             }
         }
         self.fired = fired;
+        self.fired_old = old;
     }
 
     /// The first mark of `s`: every cross holder has one unmarked symbol fewer and is
@@ -1967,6 +2077,14 @@ impl FastEngine {
         self.positions_evaluated
     }
 
+    /// Fired cross positions re-triggered alone so far, their account provably still in its
+    /// state ([`FastEngine::retrigger_alone`]); each is also one of
+    /// [`FastEngine::positions_evaluated`]. The other fired cross positions' accounts were
+    /// refreshed whole.
+    pub fn positions_retriggered(&self) -> u64 {
+        self.positions_retriggered
+    }
+
     /// Triggers read so far by ticks (in the blocks their guards opened).
     pub fn triggers_read(&self) -> u64 {
         self.triggers_read
@@ -2063,8 +2181,44 @@ impl FastEngine {
                     self.accounts.id[i], h.reserve_q16
                 ));
             }
+            // The edge invariant (`FastEngine::retrigger_alone`): the wallet plus every term
+            // at its trigger's edge stays on the flag's side of the reserve, whatever the
+            // marks; a fired position re-triggered alone relies on it.
+            if h.n_cross > 0 && h.n_unmarked == 0 {
+                let at_edges = wallets[i] * E8_TO_Q16 + self.edge_terms(AccountIdx(i as u32));
+                let kept = if now { at_edges <= h.reserve_q16 } else { at_edges >= h.reserve_q16 };
+                if !kept {
+                    return Err(format!(
+                        "account {}: wallet and terms at the triggers' edges {at_edges} on the \
+                         wrong side of its reserve {}",
+                        self.accounts.id[i], h.reserve_q16
+                    ));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// `Σ_j f_j(e_j)` over `a`'s marked cross positions (q16): each term at its trigger's
+    /// edge, the last tick on the trigger's safe side (see [`FastEngine::retrigger_alone`]).
+    /// For the audit.
+    fn edge_terms(&self, a: AccountIdx) -> i128 {
+        let healthy = !self.accounts.hot[a.0 as usize].liquidatable;
+        self.cross_terms(a)
+            .map(|(s, slot, _, _)| {
+                let si = s.0 as usize;
+                let (book, sc, slot) = (&self.cross[si], &self.scales[si], slot as usize);
+                let lots = book.lots[slot];
+                let edge = match book.trigger(slot) {
+                    // Never fires: the side runs to the end of the tick range, downwards
+                    // where a falling mark leaves it.
+                    0 if (lots > 0) == healthy => 1,
+                    0 => sc.max_ticks,
+                    t => t.unsigned_abs() as i64,
+                };
+                sc.buffer_q16(lots, book.base_q16[slot], edge)
+            })
+            .sum()
     }
 
     // --- state rules ---------------------------------------------------------------------
