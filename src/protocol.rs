@@ -1061,18 +1061,125 @@ impl RiskItem {
 fn write_liquidation_positions(out: &mut String, positions: &[LiquidationPosition]) {
     out.push('[');
     for (i, p) in positions.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let mut o = JsonObject::open(out);
-        o.str("symbol", &p.symbol);
-        o.amount("size", &p.size);
-        o.amount("entry_price", &p.entry_price);
-        o.amount("mark_price", &p.mark_price);
-        o.opt_amount("liquidation_price", p.liquidation_price.as_ref());
-        o.close();
+        out.push_str(if i == 0 { "{\"symbol\":" } else { ",{\"symbol\":" });
+        push_json_string(out, &p.symbol);
+        out.push_str(",\"size\":");
+        push_amount(out, &p.size);
+        out.push_str(",\"entry_price\":");
+        push_amount(out, &p.entry_price);
+        out.push_str(",\"mark_price\":");
+        push_amount(out, &p.mark_price);
+        out.push_str(",\"liquidation_price\":");
+        push_opt_amount(out, p.liquidation_price.as_ref());
+        out.push('}');
     }
     out.push(']');
+}
+
+/// An amount as a JSON string: its text needs no escape (digits, `-`, `.`), so it is printed
+/// straight into the output between quotes.
+fn push_amount(out: &mut String, v: &Amount) {
+    out.push('"');
+    v.write_to(out);
+    out.push('"');
+}
+
+fn push_opt_amount(out: &mut String, v: Option<&Amount>) {
+    match v {
+        Some(v) => push_amount(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+fn push_opt_symbol(out: &mut String, v: Option<&str>) {
+    match v {
+        Some(v) => push_json_string(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+impl Liquidation {
+    /// The `liquidation` line of SPEC section 7 (see [`Event::write_json`]).
+    fn write_json(&self, out: &mut String) {
+        out.push_str("{\"type\":\"liquidation\",\"line\":");
+        crate::fixed::push_u64(out, self.line);
+        out.push_str(",\"seq\":");
+        crate::fixed::push_u64(out, self.seq);
+        out.push_str(",\"account\":");
+        crate::fixed::push_u64(out, self.account);
+        out.push_str(match self.mode {
+            Mode::Cross => ",\"mode\":\"cross\",\"symbol\":",
+            Mode::Isolated => ",\"mode\":\"isolated\",\"symbol\":",
+        });
+        push_opt_symbol(out, self.symbol.as_deref());
+        out.push_str(",\"margin_balance\":");
+        push_amount(out, &self.margin_balance);
+        out.push_str(",\"maintenance_margin\":");
+        push_amount(out, &self.maintenance_margin);
+        out.push_str(",\"positions\":");
+        write_liquidation_positions(out, &self.positions);
+        out.push_str(",\"latency_ns\":");
+        crate::fixed::push_u64(out, self.latency_ns);
+        out.push_str("}\n");
+    }
+}
+
+impl AccountReport {
+    /// The `account` line of SPEC section 7 (see [`Event::write_json`]).
+    fn write_json(&self, out: &mut String) {
+        out.push_str("{\"type\":\"account\",\"line\":");
+        crate::fixed::push_u64(out, self.line);
+        out.push_str(",\"seq\":");
+        crate::fixed::push_u64(out, self.seq);
+        out.push_str(",\"account\":");
+        crate::fixed::push_u64(out, self.account);
+        out.push_str(",\"wallet\":");
+        push_amount(out, &self.wallet);
+        out.push_str(",\"margin_balance\":");
+        push_opt_amount(out, self.margin_balance.as_ref());
+        out.push_str(",\"maintenance_margin\":");
+        push_opt_amount(out, self.maintenance_margin.as_ref());
+        out.push_str(",\"margin_ratio\":");
+        push_opt_amount(out, self.margin_ratio.as_ref());
+        out.push_str(",\"used_margin\":");
+        push_opt_amount(out, self.used_margin.as_ref());
+        out.push_str(",\"available_balance\":");
+        push_opt_amount(out, self.available_balance.as_ref());
+        out.push_str(",\"positions\":[");
+        for (i, p) in self.positions.iter().enumerate() {
+            out.push_str(if i == 0 { "{\"symbol\":" } else { ",{\"symbol\":" });
+            push_json_string(out, &p.symbol);
+            out.push_str(match p.mode {
+                Mode::Cross => ",\"mode\":\"cross\",\"size\":",
+                Mode::Isolated => ",\"mode\":\"isolated\",\"size\":",
+            });
+            push_amount(out, &p.size);
+            out.push_str(",\"entry_price\":");
+            push_amount(out, &p.entry_price);
+            out.push_str(",\"mark_price\":");
+            push_opt_amount(out, p.mark_price.as_ref());
+            out.push_str(",\"leverage\":");
+            crate::fixed::push_u64(out, p.leverage);
+            out.push_str(",\"notional\":");
+            push_opt_amount(out, p.notional.as_ref());
+            out.push_str(",\"unrealized_pnl\":");
+            push_opt_amount(out, p.unrealized_pnl.as_ref());
+            out.push_str(",\"initial_margin\":");
+            push_opt_amount(out, p.initial_margin.as_ref());
+            out.push_str(",\"maintenance_margin\":");
+            push_opt_amount(out, p.maintenance_margin.as_ref());
+            out.push_str(",\"isolated_margin\":");
+            push_opt_amount(out, p.isolated_margin.as_ref());
+            out.push_str(",\"margin_ratio\":");
+            push_opt_amount(out, p.margin_ratio.as_ref());
+            out.push_str(",\"liquidation_price\":");
+            push_opt_amount(out, p.liquidation_price.as_ref());
+            out.push('}');
+        }
+        out.push_str("],\"latency_ns\":");
+        crate::fixed::push_u64(out, self.latency_ns);
+        out.push_str("}\n");
+    }
 }
 
 impl Event {
@@ -1094,23 +1201,16 @@ impl Event {
     }
 
     /// Appends the event as one JSON line (with the trailing newline).
+    ///
+    /// A `liquidation` or `account` event (the many, and the big) is written from constant
+    /// fragments that hold the punctuation and keys between its values (no key is scanned for
+    /// escapes, each copy is one constant), and its amounts are printed straight into `out`.
     pub fn write_json(&self, out: &mut String) {
-        let mut w = JsonObject::open(out);
         match self {
-            Event::Liquidation(l) => {
-                w.str("type", "liquidation");
-                w.uint("line", l.line);
-                w.uint("seq", l.seq);
-                w.uint("account", l.account);
-                w.str("mode", l.mode.as_str());
-                w.opt_str("symbol", l.symbol.as_deref());
-                w.amount("margin_balance", &l.margin_balance);
-                w.amount("maintenance_margin", &l.maintenance_margin);
-                w.key("positions");
-                write_liquidation_positions(w.out, &l.positions);
-                w.uint("latency_ns", l.latency_ns);
-            }
+            Event::Liquidation(l) => l.write_json(out),
+            Event::Account(a) => a.write_json(out),
             Event::Reject { line, seq, reject } => {
+                let mut w = JsonObject::open(out);
                 w.str("type", "reject");
                 w.uint("line", *line);
                 match seq {
@@ -1119,52 +1219,19 @@ impl Event {
                 }
                 w.str("code", reject.code.as_str());
                 w.str("reason", &reject.reason);
+                w.close();
+                out.push('\n');
             }
             Event::Gap { line, expected, got } => {
+                let mut w = JsonObject::open(out);
                 w.str("type", "gap");
                 w.uint("line", *line);
                 w.uint("expected", *expected);
                 w.uint("got", *got);
-            }
-            Event::Account(a) => {
-                w.str("type", "account");
-                w.uint("line", a.line);
-                w.uint("seq", a.seq);
-                w.uint("account", a.account);
-                w.amount("wallet", &a.wallet);
-                w.opt_amount("margin_balance", a.margin_balance.as_ref());
-                w.opt_amount("maintenance_margin", a.maintenance_margin.as_ref());
-                w.opt_amount("margin_ratio", a.margin_ratio.as_ref());
-                w.opt_amount("used_margin", a.used_margin.as_ref());
-                w.opt_amount("available_balance", a.available_balance.as_ref());
-                w.key("positions");
-                w.out.push('[');
-                for (i, p) in a.positions.iter().enumerate() {
-                    if i > 0 {
-                        w.out.push(',');
-                    }
-                    let mut o = JsonObject::open(w.out);
-                    o.str("symbol", &p.symbol);
-                    o.str("mode", p.mode.as_str());
-                    o.amount("size", &p.size);
-                    o.amount("entry_price", &p.entry_price);
-                    o.opt_amount("mark_price", p.mark_price.as_ref());
-                    o.uint("leverage", p.leverage);
-                    o.opt_amount("notional", p.notional.as_ref());
-                    o.opt_amount("unrealized_pnl", p.unrealized_pnl.as_ref());
-                    o.opt_amount("initial_margin", p.initial_margin.as_ref());
-                    o.opt_amount("maintenance_margin", p.maintenance_margin.as_ref());
-                    o.opt_amount("isolated_margin", p.isolated_margin.as_ref());
-                    o.opt_amount("margin_ratio", p.margin_ratio.as_ref());
-                    o.opt_amount("liquidation_price", p.liquidation_price.as_ref());
-                    o.close();
-                }
-                w.out.push(']');
-                w.uint("latency_ns", a.latency_ns);
+                w.close();
+                out.push('\n');
             }
         }
-        w.close();
-        out.push('\n');
     }
 }
 
