@@ -14,7 +14,9 @@
 //! time, and the list gives each slow message's minor page faults. `UNTIL=N` reads only the
 //! first `N` lines. `AHEAD=D` names each command `4D`, `3D`, `2D` and `D` lines before its apply
 //! to `Engine::prefetch`, as the pipeline does (default: the pipeline's distance,
-//! `liqscan::engine::prefetch_ahead`; `AHEAD=0`: no hints).
+//! `liqscan::engine::prefetch_ahead`; `AHEAD=0`: no hints). `JSON=1` also writes each event
+//! as its JSON line into a buffer inside the timing, as the pipeline's `emit` does on the
+//! engine thread (the buffer is emptied, not freed, every 1 MiB).
 //!
 //! Kinds: `first_marks` is a `mark` or `marks` that gives some symbol its first mark;
 //! `marks` a `marks` message (several symbols), `mark` a single one; the account messages by
@@ -188,6 +190,8 @@ fn main() -> anyhow::Result<()> {
     let ahead: usize =
         std::env::var("AHEAD").map_or(Ok(liqscan::engine::prefetch_ahead()), |s| s.parse())?;
     eprintln!("prefetch hints: {ahead} messages apart (AHEAD)");
+    let json = std::env::var("JSON").is_ok_and(|v| v == "1");
+    let mut buf = String::with_capacity(2 << 20);
     for (i, (at, cmd)) in commands.iter().enumerate() {
         let k = kind(cmd, &mut marked);
         let (cpu_start, faults_start) = if with_cpu { (cpu_ns(), minor_faults()) } else { (0, 0) };
@@ -199,7 +203,15 @@ fn main() -> anyhow::Result<()> {
                 engine.prefetch(next, step);
             }
         }
-        let _ = engine.apply(cmd, *at, &mut |_| events += 1);
+        let _ = engine.apply(cmd, *at, &mut |e| {
+            events += 1;
+            if json {
+                e.write_json(&mut buf);
+            }
+        });
+        if buf.len() > 1 << 20 {
+            buf.clear();
+        }
         let ns = start.elapsed().as_nanos() as u64;
         let evaluated = engine.positions_evaluated() - evaluated;
         let cpu = if with_cpu { cpu_ns() - cpu_start } else { ns };

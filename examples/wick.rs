@@ -15,7 +15,9 @@
 //! (`FastEngine::with_parallel_events`; off by default, as in `liqscan`). `PARALLEL_REFRESH=N`
 //! plans the refreshes of a message touching at least N cross accounts on the workers and
 //! builds its isolated events there too (`FastEngine::with_parallel_refresh`; off by default,
-//! as in `liqscan` unless `LIQSCAN_PARALLEL_REFRESH` is set).
+//! as in `liqscan` unless `LIQSCAN_PARALLEL_REFRESH` is set). `JSON=1` also writes each
+//! event of a timed message as its JSON line into a buffer, inside the timing, as the
+//! pipeline's `emit` does on the engine thread.
 
 use std::{
     fs::File,
@@ -53,9 +55,16 @@ fn timed(engine: &mut FastEngine, cmd: &Command, at: At, what: &str) -> u64 {
     let (evaluated, alone) = (engine.positions_evaluated(), engine.positions_retriggered());
     let (mut events, mut liquidations, mut isolated) = (0u64, 0u64, 0u64);
     let mut first = None;
+    let json = std::env::var("JSON").is_ok_and(|v| v == "1");
+    // Touched before the timing: the pipeline's buffers are reused, their pages mapped.
+    let mut buf = " ".repeat(if json { 4 << 20 } else { 0 });
+    buf.clear();
     let (cpu, all) = (cpu_ns(), process_cpu_ns());
     let wall = Instant::now();
     let _ = engine.apply(cmd, at, &mut |e| {
+        if json {
+            e.write_json(&mut buf);
+        }
         first.get_or_insert_with(|| wall.elapsed());
         events += 1;
         liquidations += u64::from(matches!(e, Event::Liquidation(_)));

@@ -20,7 +20,10 @@ use num_bigint::BigInt;
 use num_integer::Integer;
 use num_traits::{Signed, Zero};
 
-use crate::fixed::{D8, format_digits};
+use crate::{
+    fixed::{D8, format_digits},
+    protocol::Amount,
+};
 
 /// Decimal places of [`Exact`].
 pub const SCALE: u32 = 20;
@@ -103,6 +106,26 @@ impl Exact {
     /// The raw integer (units of 10^-20).
     pub fn raw(&self) -> &BigInt {
         &self.0
+    }
+
+    /// The value as an event figure: `raw / 10^20` when the raw integer fits an `i128`
+    /// (every amount, price and q16 total the SPEC allows), else the same value with its
+    /// trailing zeros taken off the mantissa when that fits, else its text (a ratio near the
+    /// limits). Exact in every case: the event prints the same text as `Display`.
+    pub fn amount(&self) -> Amount {
+        if let Ok(m) = i128::try_from(&self.0) {
+            return Amount::scaled(m, SCALE as u8);
+        }
+        let (mut m, mut scale) = (self.0.clone(), SCALE);
+        let ten = BigInt::from(10u8);
+        while scale > 0 && (&m % &ten).is_zero() {
+            m /= &ten;
+            scale -= 1;
+        }
+        match i128::try_from(&m) {
+            Ok(m) => Amount::scaled(m, scale as u8),
+            Err(_) => Amount::wide(self.to_string()),
+        }
     }
 }
 

@@ -629,9 +629,9 @@ impl<'o> Gen<'o> {
                     .iter()
                     .map(|p| {
                         // The event comes from this generator's engine on its own config: its
-                        // symbol is configured and its size is a valid 8-decimal text.
+                        // symbol is configured and its size an 8-decimal amount.
                         let symbol = self.cfg.symbol_idx(&p.symbol).expect("a configured symbol");
-                        (symbol, D8::parse(&p.size, 8).expect("the engine's own size"))
+                        (symbol, p.size.to_d8().expect("the engine's own size"))
                     })
                     .collect();
                 self.pending.push_back(Pending {

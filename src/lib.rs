@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | [`fixed`] | exact parsing and formatting of wire decimals (`D8`, never `f64`) | 1 |
 //! | [`config`] | the risk config: symbols, brackets, derived maintenance amounts | 2 |
-//! | [`protocol`] | input envelopes, validation into `Command`s, reject codes, events and their JSON | 5, 7 |
+//! | [`protocol`] | input envelopes, validation into `Command`s, reject codes, events, their exact `Amount`s and JSON | 5, 7 |
 //! | [`ingest`] | bounded line reading, line numbers, seq / duplicate / gap rules | 6 |
 //! | [`exact`] | the unbounded exact decimal of the reference engine, `ceil8`, `round8` | 1, 4 |
 //! | [`margin`] | the margin arithmetic: notional, upnl, brackets, mm, im, ratio, liquidation price, funding | 4 |

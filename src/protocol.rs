@@ -780,7 +780,170 @@ impl<'de> Deserialize<'de> for Entries<'de> {
 // Events (SPEC section 7)
 // ---------------------------------------------------------------------------------------
 
-/// One output event. Decimal fields are already formatted as exact decimal strings, so both
+/// An exact decimal figure of an event or report (SPEC section 7's decimal strings): built by
+/// an engine from the integers it already holds, with no text and no heap, and printed only
+/// when the event is written ([`Event::write_json`], [`RiskItem::write_json`], `Display`).
+///
+/// [`Amount::Scaled`] is `mantissa / 10^scale`: an e8 amount or price ([`Amount::from_d8`],
+/// scale 8), a q16 total (scale 16), an n12 notional (scale 12), an exact value of the
+/// reference engine (scale 20, see `exact::Exact::amount`). The text is the shortest exact
+/// decimal ([`crate::fixed::format_scaled`]: no exponent, no trailing zeros, `"0"`, never
+/// `"-0"`). [`Amount::Wide`] holds the text of a value no `i128` mantissa holds at any scale
+/// (the reference engine's unbounded numbers; in practice a ratio near the limits).
+///
+/// Equality is of the decimal value: `Scaled { 150_000_000, 8 }` (1.50) equals
+/// `Scaled { 15, 1 }` and `Wide("1.5")`. Since the text of a value is unique, two amounts are
+/// equal exactly when their texts are, so comparing events compares what they print.
+#[derive(Clone)]
+pub enum Amount {
+    Scaled { mantissa: i128, scale: u8 },
+    Wide(Box<str>),
+}
+
+impl Amount {
+    /// Zero (scale 0).
+    pub const ZERO: Amount = Amount::Scaled { mantissa: 0, scale: 0 };
+
+    /// `mantissa / 10^scale`. Scales above 47 print their leading zeros one push at a time.
+    pub const fn scaled(mantissa: i128, scale: u8) -> Amount {
+        Amount::Scaled { mantissa, scale }
+    }
+
+    /// An e8 amount or price.
+    pub const fn from_d8(d: D8) -> Amount {
+        Amount::Scaled { mantissa: d.0, scale: 8 }
+    }
+
+    /// An e8 amount given by its raw integer (units of 10^-8).
+    pub const fn e8(raw: i128) -> Amount {
+        Amount::Scaled { mantissa: raw, scale: 8 }
+    }
+
+    /// A q16 figure given by its raw integer (units of 10^-16).
+    pub const fn q16(raw: i128) -> Amount {
+        Amount::Scaled { mantissa: raw, scale: 16 }
+    }
+
+    /// The exact decimal text of a value too wide for [`Amount::Scaled`]. The text must be
+    /// the shortest form (as `fixed::format_scaled` or `exact::Exact`'s `Display` write it),
+    /// or equality with a scaled amount of the same value fails.
+    pub fn wide(text: String) -> Amount {
+        debug_assert!(is_shortest_decimal(&text), "{text:?}");
+        Amount::Wide(text.into_boxed_str())
+    }
+
+    /// Appends the decimal text (no quotes).
+    pub fn write_to(&self, out: &mut String) {
+        match self {
+            Amount::Scaled { mantissa, scale } => {
+                crate::fixed::format_scaled(*mantissa, u32::from(*scale), out)
+            }
+            Amount::Wide(text) => out.push_str(text),
+        }
+    }
+
+    /// The decimal text in a fresh string (for tests and the rare reader that wants one).
+    pub fn text(&self) -> String {
+        let mut s = String::with_capacity(48);
+        self.write_to(&mut s);
+        s
+    }
+
+    /// The value as a [`D8`] when it has at most 8 decimals and fits; `None` otherwise.
+    pub fn to_d8(&self) -> Option<D8> {
+        match *self {
+            Amount::Scaled { mantissa, scale } if scale <= 8 => {
+                10i128.pow(8 - u32::from(scale)).checked_mul(mantissa).map(D8)
+            }
+            Amount::Scaled { mantissa, scale } => {
+                let unit = 10i128.checked_pow(u32::from(scale) - 8)?;
+                (mantissa % unit == 0).then(|| D8(mantissa / unit))
+            }
+            Amount::Wide(ref text) => parse_decimal(text).ok()?.to_d8(),
+        }
+    }
+}
+
+/// `-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?` and not `-0`: the one text of a value.
+fn is_shortest_decimal(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    all_digits(int)
+        && (int == "0" || !int.starts_with('0'))
+        && (frac.is_empty() || (all_digits(frac) && !frac.ends_with('0')))
+        && text != "-0"
+}
+
+/// `a / 10^sa == b / 10^sb` on the integers: the mantissa of the smaller scale is brought to
+/// the larger one; when that overflows, its value is larger than any `i128` at that scale
+/// and so differs (zero aside, which never overflows).
+fn same_scaled(a: i128, sa: u8, b: i128, sb: u8) -> bool {
+    let ((lo, s_lo), (hi, s_hi)) = if sa <= sb { ((a, sa), (b, sb)) } else { ((b, sb), (a, sa)) };
+    if lo == 0 || hi == 0 {
+        return lo == hi;
+    }
+    10i128
+        .checked_pow(u32::from(s_hi - s_lo))
+        .and_then(|f| lo.checked_mul(f))
+        .is_some_and(|lo_up| lo_up == hi)
+}
+
+impl PartialEq for Amount {
+    fn eq(&self, other: &Amount) -> bool {
+        match (self, other) {
+            (
+                Amount::Scaled { mantissa: a, scale: sa },
+                Amount::Scaled { mantissa: b, scale: sb },
+            ) => same_scaled(*a, *sa, *b, *sb),
+            (Amount::Wide(a), Amount::Wide(b)) => a == b,
+            // A value's shortest text is unique.
+            _ => self.text() == other.text(),
+        }
+    }
+}
+
+impl Eq for Amount {}
+
+/// An amount equals a text when its own text is that text (`amount == "1.5"` in tests).
+impl PartialEq<str> for Amount {
+    fn eq(&self, other: &str) -> bool {
+        match self {
+            Amount::Wide(text) => &**text == other,
+            Amount::Scaled { .. } => self.text() == other,
+        }
+    }
+}
+
+impl PartialEq<&str> for Amount {
+    fn eq(&self, other: &&str) -> bool {
+        *self == **other
+    }
+}
+
+impl From<D8> for Amount {
+    fn from(d: D8) -> Amount {
+        Amount::from_d8(d)
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Amount::Wide(text) => f.write_str(text),
+            Amount::Scaled { .. } => f.write_str(&self.text()),
+        }
+    }
+}
+
+/// The text, as the event prints it: test failures show values, not mantissas.
+impl fmt::Debug for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Amount({self})")
+    }
+}
+
+/// One output event. Decimal fields are exact [`Amount`]s, printed by the writer, so both
 /// engines share this type and the writer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -808,8 +971,8 @@ pub struct Liquidation {
     /// The symbol of an isolated item; `None` for a cross account. Symbol names are shared
     /// (`Arc<str>`): an engine clones a reference, not the text, per event.
     pub symbol: Option<Arc<str>>,
-    pub margin_balance: String,
-    pub maintenance_margin: String,
+    pub margin_balance: Amount,
+    pub maintenance_margin: Amount,
     pub positions: Vec<LiquidationPosition>,
     pub latency_ns: u64,
 }
@@ -817,10 +980,10 @@ pub struct Liquidation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiquidationPosition {
     pub symbol: Arc<str>,
-    pub size: String,
-    pub entry_price: String,
-    pub mark_price: String,
-    pub liquidation_price: Option<String>,
+    pub size: Amount,
+    pub entry_price: Amount,
+    pub mark_price: Amount,
+    pub liquidation_price: Option<Amount>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -828,12 +991,12 @@ pub struct AccountReport {
     pub line: u64,
     pub seq: u64,
     pub account: u64,
-    pub wallet: String,
-    pub margin_balance: Option<String>,
-    pub maintenance_margin: Option<String>,
-    pub margin_ratio: Option<String>,
-    pub used_margin: Option<String>,
-    pub available_balance: Option<String>,
+    pub wallet: Amount,
+    pub margin_balance: Option<Amount>,
+    pub maintenance_margin: Option<Amount>,
+    pub margin_ratio: Option<Amount>,
+    pub used_margin: Option<Amount>,
+    pub available_balance: Option<Amount>,
     pub positions: Vec<PositionReport>,
     pub latency_ns: u64,
 }
@@ -842,23 +1005,23 @@ pub struct AccountReport {
 pub struct PositionReport {
     pub symbol: Arc<str>,
     pub mode: Mode,
-    pub size: String,
-    pub entry_price: String,
-    pub mark_price: Option<String>,
+    pub size: Amount,
+    pub entry_price: Amount,
+    pub mark_price: Option<Amount>,
     pub leverage: u64,
-    pub notional: Option<String>,
-    pub unrealized_pnl: Option<String>,
-    pub initial_margin: Option<String>,
-    pub maintenance_margin: Option<String>,
-    pub isolated_margin: Option<String>,
-    pub margin_ratio: Option<String>,
-    pub liquidation_price: Option<String>,
+    pub notional: Option<Amount>,
+    pub unrealized_pnl: Option<Amount>,
+    pub initial_margin: Option<Amount>,
+    pub maintenance_margin: Option<Amount>,
+    pub isolated_margin: Option<Amount>,
+    pub margin_ratio: Option<Amount>,
+    pub liquidation_price: Option<Amount>,
 }
 
 /// One item of an at-risk answer (SPEC section 9.3, `GET /at-risk`): a cross account
 /// (`mode` cross, `symbol` `None`, `positions` all its non-zero cross positions) or an
 /// isolated position (`symbol` set, `positions` that one), with its figures at the current
-/// marks. Amounts are exact decimal strings as in events; `margin_ratio` is
+/// marks. Amounts are exact [`Amount`]s as in events; `margin_ratio` is
 /// `round8(maintenance / margin balance)`, `None` when the margin balance is <= 0;
 /// `liquidatable` is `margin balance < maintenance` (SPEC section 4). Built by
 /// [`crate::engine::Engine::at_risk`], which also defines the order of a list of them.
@@ -868,9 +1031,9 @@ pub struct RiskItem {
     pub mode: Mode,
     /// The symbol of an isolated item; `None` for a cross account.
     pub symbol: Option<Arc<str>>,
-    pub margin_balance: String,
-    pub maintenance_margin: String,
-    pub margin_ratio: Option<String>,
+    pub margin_balance: Amount,
+    pub maintenance_margin: Amount,
+    pub margin_ratio: Option<Amount>,
     pub liquidatable: bool,
     pub positions: Vec<LiquidationPosition>,
 }
@@ -884,9 +1047,9 @@ impl RiskItem {
         w.uint("account", self.account);
         w.str("mode", self.mode.as_str());
         w.opt_str("symbol", self.symbol.as_deref());
-        w.str("margin_balance", &self.margin_balance);
-        w.str("maintenance_margin", &self.maintenance_margin);
-        w.opt_str("margin_ratio", self.margin_ratio.as_deref());
+        w.amount("margin_balance", &self.margin_balance);
+        w.amount("maintenance_margin", &self.maintenance_margin);
+        w.opt_amount("margin_ratio", self.margin_ratio.as_ref());
         w.bool("liquidatable", self.liquidatable);
         w.key("positions");
         write_liquidation_positions(w.out, &self.positions);
@@ -898,18 +1061,125 @@ impl RiskItem {
 fn write_liquidation_positions(out: &mut String, positions: &[LiquidationPosition]) {
     out.push('[');
     for (i, p) in positions.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let mut o = JsonObject::open(out);
-        o.str("symbol", &p.symbol);
-        o.str("size", &p.size);
-        o.str("entry_price", &p.entry_price);
-        o.str("mark_price", &p.mark_price);
-        o.opt_str("liquidation_price", p.liquidation_price.as_deref());
-        o.close();
+        out.push_str(if i == 0 { "{\"symbol\":" } else { ",{\"symbol\":" });
+        push_json_string(out, &p.symbol);
+        out.push_str(",\"size\":");
+        push_amount(out, &p.size);
+        out.push_str(",\"entry_price\":");
+        push_amount(out, &p.entry_price);
+        out.push_str(",\"mark_price\":");
+        push_amount(out, &p.mark_price);
+        out.push_str(",\"liquidation_price\":");
+        push_opt_amount(out, p.liquidation_price.as_ref());
+        out.push('}');
     }
     out.push(']');
+}
+
+/// An amount as a JSON string: its text needs no escape (digits, `-`, `.`), so it is printed
+/// straight into the output between quotes.
+fn push_amount(out: &mut String, v: &Amount) {
+    out.push('"');
+    v.write_to(out);
+    out.push('"');
+}
+
+fn push_opt_amount(out: &mut String, v: Option<&Amount>) {
+    match v {
+        Some(v) => push_amount(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+fn push_opt_symbol(out: &mut String, v: Option<&str>) {
+    match v {
+        Some(v) => push_json_string(out, v),
+        None => out.push_str("null"),
+    }
+}
+
+impl Liquidation {
+    /// The `liquidation` line of SPEC section 7 (see [`Event::write_json`]).
+    fn write_json(&self, out: &mut String) {
+        out.push_str("{\"type\":\"liquidation\",\"line\":");
+        crate::fixed::push_u64(out, self.line);
+        out.push_str(",\"seq\":");
+        crate::fixed::push_u64(out, self.seq);
+        out.push_str(",\"account\":");
+        crate::fixed::push_u64(out, self.account);
+        out.push_str(match self.mode {
+            Mode::Cross => ",\"mode\":\"cross\",\"symbol\":",
+            Mode::Isolated => ",\"mode\":\"isolated\",\"symbol\":",
+        });
+        push_opt_symbol(out, self.symbol.as_deref());
+        out.push_str(",\"margin_balance\":");
+        push_amount(out, &self.margin_balance);
+        out.push_str(",\"maintenance_margin\":");
+        push_amount(out, &self.maintenance_margin);
+        out.push_str(",\"positions\":");
+        write_liquidation_positions(out, &self.positions);
+        out.push_str(",\"latency_ns\":");
+        crate::fixed::push_u64(out, self.latency_ns);
+        out.push_str("}\n");
+    }
+}
+
+impl AccountReport {
+    /// The `account` line of SPEC section 7 (see [`Event::write_json`]).
+    fn write_json(&self, out: &mut String) {
+        out.push_str("{\"type\":\"account\",\"line\":");
+        crate::fixed::push_u64(out, self.line);
+        out.push_str(",\"seq\":");
+        crate::fixed::push_u64(out, self.seq);
+        out.push_str(",\"account\":");
+        crate::fixed::push_u64(out, self.account);
+        out.push_str(",\"wallet\":");
+        push_amount(out, &self.wallet);
+        out.push_str(",\"margin_balance\":");
+        push_opt_amount(out, self.margin_balance.as_ref());
+        out.push_str(",\"maintenance_margin\":");
+        push_opt_amount(out, self.maintenance_margin.as_ref());
+        out.push_str(",\"margin_ratio\":");
+        push_opt_amount(out, self.margin_ratio.as_ref());
+        out.push_str(",\"used_margin\":");
+        push_opt_amount(out, self.used_margin.as_ref());
+        out.push_str(",\"available_balance\":");
+        push_opt_amount(out, self.available_balance.as_ref());
+        out.push_str(",\"positions\":[");
+        for (i, p) in self.positions.iter().enumerate() {
+            out.push_str(if i == 0 { "{\"symbol\":" } else { ",{\"symbol\":" });
+            push_json_string(out, &p.symbol);
+            out.push_str(match p.mode {
+                Mode::Cross => ",\"mode\":\"cross\",\"size\":",
+                Mode::Isolated => ",\"mode\":\"isolated\",\"size\":",
+            });
+            push_amount(out, &p.size);
+            out.push_str(",\"entry_price\":");
+            push_amount(out, &p.entry_price);
+            out.push_str(",\"mark_price\":");
+            push_opt_amount(out, p.mark_price.as_ref());
+            out.push_str(",\"leverage\":");
+            crate::fixed::push_u64(out, p.leverage);
+            out.push_str(",\"notional\":");
+            push_opt_amount(out, p.notional.as_ref());
+            out.push_str(",\"unrealized_pnl\":");
+            push_opt_amount(out, p.unrealized_pnl.as_ref());
+            out.push_str(",\"initial_margin\":");
+            push_opt_amount(out, p.initial_margin.as_ref());
+            out.push_str(",\"maintenance_margin\":");
+            push_opt_amount(out, p.maintenance_margin.as_ref());
+            out.push_str(",\"isolated_margin\":");
+            push_opt_amount(out, p.isolated_margin.as_ref());
+            out.push_str(",\"margin_ratio\":");
+            push_opt_amount(out, p.margin_ratio.as_ref());
+            out.push_str(",\"liquidation_price\":");
+            push_opt_amount(out, p.liquidation_price.as_ref());
+            out.push('}');
+        }
+        out.push_str("],\"latency_ns\":");
+        crate::fixed::push_u64(out, self.latency_ns);
+        out.push_str("}\n");
+    }
 }
 
 impl Event {
@@ -931,23 +1201,16 @@ impl Event {
     }
 
     /// Appends the event as one JSON line (with the trailing newline).
+    ///
+    /// A `liquidation` or `account` event (the many, and the big) is written from constant
+    /// fragments that hold the punctuation and keys between its values (no key is scanned for
+    /// escapes, each copy is one constant), and its amounts are printed straight into `out`.
     pub fn write_json(&self, out: &mut String) {
-        let mut w = JsonObject::open(out);
         match self {
-            Event::Liquidation(l) => {
-                w.str("type", "liquidation");
-                w.uint("line", l.line);
-                w.uint("seq", l.seq);
-                w.uint("account", l.account);
-                w.str("mode", l.mode.as_str());
-                w.opt_str("symbol", l.symbol.as_deref());
-                w.str("margin_balance", &l.margin_balance);
-                w.str("maintenance_margin", &l.maintenance_margin);
-                w.key("positions");
-                write_liquidation_positions(w.out, &l.positions);
-                w.uint("latency_ns", l.latency_ns);
-            }
+            Event::Liquidation(l) => l.write_json(out),
+            Event::Account(a) => a.write_json(out),
             Event::Reject { line, seq, reject } => {
+                let mut w = JsonObject::open(out);
                 w.str("type", "reject");
                 w.uint("line", *line);
                 match seq {
@@ -956,52 +1219,19 @@ impl Event {
                 }
                 w.str("code", reject.code.as_str());
                 w.str("reason", &reject.reason);
+                w.close();
+                out.push('\n');
             }
             Event::Gap { line, expected, got } => {
+                let mut w = JsonObject::open(out);
                 w.str("type", "gap");
                 w.uint("line", *line);
                 w.uint("expected", *expected);
                 w.uint("got", *got);
-            }
-            Event::Account(a) => {
-                w.str("type", "account");
-                w.uint("line", a.line);
-                w.uint("seq", a.seq);
-                w.uint("account", a.account);
-                w.str("wallet", &a.wallet);
-                w.opt_str("margin_balance", a.margin_balance.as_deref());
-                w.opt_str("maintenance_margin", a.maintenance_margin.as_deref());
-                w.opt_str("margin_ratio", a.margin_ratio.as_deref());
-                w.opt_str("used_margin", a.used_margin.as_deref());
-                w.opt_str("available_balance", a.available_balance.as_deref());
-                w.key("positions");
-                w.out.push('[');
-                for (i, p) in a.positions.iter().enumerate() {
-                    if i > 0 {
-                        w.out.push(',');
-                    }
-                    let mut o = JsonObject::open(w.out);
-                    o.str("symbol", &p.symbol);
-                    o.str("mode", p.mode.as_str());
-                    o.str("size", &p.size);
-                    o.str("entry_price", &p.entry_price);
-                    o.opt_str("mark_price", p.mark_price.as_deref());
-                    o.uint("leverage", p.leverage);
-                    o.opt_str("notional", p.notional.as_deref());
-                    o.opt_str("unrealized_pnl", p.unrealized_pnl.as_deref());
-                    o.opt_str("initial_margin", p.initial_margin.as_deref());
-                    o.opt_str("maintenance_margin", p.maintenance_margin.as_deref());
-                    o.opt_str("isolated_margin", p.isolated_margin.as_deref());
-                    o.opt_str("margin_ratio", p.margin_ratio.as_deref());
-                    o.opt_str("liquidation_price", p.liquidation_price.as_deref());
-                    o.close();
-                }
-                w.out.push(']');
-                w.uint("latency_ns", a.latency_ns);
+                w.close();
+                out.push('\n');
             }
         }
-        w.close();
-        out.push('\n');
     }
 }
 
@@ -1034,6 +1264,22 @@ impl<'a> JsonObject<'a> {
     fn opt_str(&mut self, k: &str, v: Option<&str>) {
         match v {
             Some(v) => self.str(k, v),
+            None => self.null(k),
+        }
+    }
+
+    /// A decimal figure as a JSON string. Its text (digits, `-`, `.`) needs no escape: it is
+    /// printed straight into the output, with no string of its own.
+    fn amount(&mut self, k: &str, v: &Amount) {
+        self.key(k);
+        self.out.push('"');
+        v.write_to(self.out);
+        self.out.push('"');
+    }
+
+    fn opt_amount(&mut self, k: &str, v: Option<&Amount>) {
+        match v {
+            Some(v) => self.amount(k, v),
             None => self.null(k),
         }
     }
@@ -1340,6 +1586,112 @@ mod tests {
         let c = check(r#"{"type":"leverage","account":1,"symbol":"BTCUSDT","leverage":99999999999999999999999}"#)
             .unwrap();
         assert!(matches!(c, Command::Leverage { leverage: u64::MAX, .. }));
+    }
+
+    /// An amount prints the exact shortest text (as the exact decimal does), reads back to
+    /// the same value, and equals every other amount of that value, whatever its scale or
+    /// form, and no amount of another value.
+    #[test]
+    fn amounts_round_trip_and_compare_by_value() {
+        use crate::exact::Exact;
+        // The text read back as digits and a point (std's i128 parse takes all 39 digits).
+        let parse = |text: &str| {
+            let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+            Amount::scaled(format!("{int}{frac}").parse().unwrap(), frac.len() as u8)
+        };
+        // (amount, its text)
+        let cases = [
+            (Amount::e8(150_000_000), "1.5"),
+            (Amount::scaled(15, 1), "1.5"),
+            (Amount::q16(15 * 10i128.pow(15)), "1.5"),
+            (Amount::scaled(1_500_000_000_000_000_000_000, 21), "1.5"),
+            (Amount::wide("1.5".into()), "1.5"),
+            (Amount::ZERO, "0"),
+            (Amount::q16(0), "0"),
+            (Amount::e8(-1), "-0.00000001"),
+            (Amount::scaled(-7, 20), "-0.00000000000000000007"),
+            (Amount::scaled(i128::MAX, 0), "170141183460469231731687303715884105727"),
+            (Amount::scaled(i128::MIN, 38), "-1.70141183460469231731687303715884105728"),
+            (Amount::scaled(-12_300, 2), "-123"),
+        ];
+        for (amount, text) in &cases {
+            assert_eq!(amount.text(), *text, "{amount:?}");
+            assert_eq!(amount.to_string(), *text);
+            assert_eq!(parse(text), *amount, "{text} read back");
+            assert!(*amount == *text);
+            for (other, other_text) in &cases {
+                assert_eq!(amount == other, text == other_text, "{amount:?} vs {other:?}");
+            }
+        }
+        // Values one unit apart at a large scale, and past i128 once aligned, differ.
+        assert_ne!(Amount::scaled(1, 0), Amount::scaled(10i128.pow(30) + 1, 30));
+        assert_ne!(Amount::scaled(i128::MAX, 0), Amount::scaled(1, 38));
+        assert_eq!(Amount::scaled(0, 0), Amount::scaled(0, 60));
+        // D8 readings: exact or refused.
+        assert_eq!(Amount::q16(12_345_678 * 10i128.pow(8)).to_d8(), Some(D8(12_345_678)));
+        assert_eq!(Amount::q16(1).to_d8(), None);
+        assert_eq!(Amount::scaled(-3, 0).to_d8(), Some(D8(-300_000_000)));
+        assert_eq!(Amount::wide("2.5".into()).to_d8(), Some(D8(250_000_000)));
+        // The reference engine's values: scaled when they fit, wide past i128, always the
+        // exact text; random values read back equal at every scale they are given at.
+        let x = |text: &str| {
+            let p = parse_decimal(text).unwrap();
+            &Exact::from_int(p.mantissa) * &Exact::from_d8(D8(10i128.pow(8 - p.scale.min(8))))
+        };
+        let big = &x("17014118346046923173168730371588410572") * &x("10");
+        let wide = &(&big * &big) + &x("0.5");
+        for e in [x("0"), x("-1.25"), big.clone(), &big + &x("0.00000001"), wide.clone()] {
+            assert_eq!(e.amount().text(), e.to_string(), "{e:?}");
+        }
+        assert!(matches!(big.amount(), Amount::Scaled { scale: 0, .. }));
+        assert!(matches!(wide.amount(), Amount::Wide(_)));
+        let mut rng = crate::synth::Rng::new(12);
+        for _ in 0..2_000 {
+            let m = (i128::from(rng.below(u64::MAX)) << rng.below(60)) - (1 << 50);
+            let scale = rng.below(21) as u8;
+            let a = Amount::scaled(m, scale);
+            assert_eq!(parse(&a.text()), a, "{m} at {scale}");
+            assert_eq!(Amount::wide(a.text()), a);
+            if let Some(up) = m.checked_mul(1000) {
+                assert_eq!(Amount::scaled(up, scale + 3), a);
+                assert_ne!(Amount::scaled(up + 1, scale + 3), a);
+            }
+        }
+    }
+
+    /// The writer prints each figure of an event as the text of its amount.
+    #[test]
+    fn event_amounts_print_their_text() {
+        let position = LiquidationPosition {
+            symbol: Arc::from("BTCUSDT"),
+            size: Amount::e8(-150_000_000),
+            entry_price: Amount::scaled(650_001, 1),
+            mark_price: Amount::wide("64000".into()),
+            liquidation_price: None,
+        };
+        let event = Event::Liquidation(Liquidation {
+            line: 9,
+            seq: 4,
+            account: 7,
+            mode: Mode::Cross,
+            symbol: None,
+            margin_balance: Amount::q16(-5 * 10i128.pow(15)),
+            maintenance_margin: Amount::scaled(1_000_000, 20),
+            positions: vec![position],
+            latency_ns: 11,
+        });
+        let mut s = String::new();
+        event.write_json(&mut s);
+        assert_eq!(
+            s,
+            concat!(
+                r#"{"type":"liquidation","line":9,"seq":4,"account":7,"mode":"cross","symbol":null,"#,
+                r#""margin_balance":"-0.5","maintenance_margin":"0.00000000000001","positions":"#,
+                r#"[{"symbol":"BTCUSDT","size":"-1.5","entry_price":"65000.1","mark_price":"64000","#,
+                r#""liquidation_price":null}],"latency_ns":11}"#,
+                "\n"
+            )
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::{
     exact::Exact,
     fixed::D8,
     margin,
-    protocol::{AccountReport, Liquidation, LiquidationPosition, PositionReport, RiskItem},
+    protocol::{AccountReport, Amount, Liquidation, LiquidationPosition, PositionReport, RiskItem},
 };
 
 /// One (account, symbol) pair as an engine holds it.
@@ -210,14 +210,14 @@ impl AccountView {
             .into_iter()
             .map(|p| LiquidationPosition {
                 symbol: Arc::from(cfg.symbol(p.symbol).name.as_str()),
-                size: p.size.to_string(),
-                entry_price: p.entry_price.to_string(),
+                size: p.size.into(),
+                entry_price: p.entry_price.into(),
                 mark_price: marks[p.symbol.0 as usize]
                     .expect("a liquidatable item has its marks")
-                    .to_string(),
+                    .into(),
                 liquidation_price: self
                     .liquidation_price_in(cfg, p, &rest, figures(cfg, marks, p).as_ref())
-                    .map(|x| x.to_string()),
+                    .map(|x| x.amount()),
             })
             .collect();
         Liquidation {
@@ -226,8 +226,8 @@ impl AccountView {
             account: self.account,
             mode,
             symbol,
-            margin_balance: balance.to_string(),
-            maintenance_margin: maint.to_string(),
+            margin_balance: balance.amount(),
+            maintenance_margin: maint.amount(),
             positions,
             latency_ns: 0,
         }
@@ -254,44 +254,44 @@ impl AccountView {
                     _ => None,
                 };
             }
-            let text = |get: fn(&Figures) -> &Exact| f.as_ref().map(|f| get(f).to_string());
+            let text = |get: fn(&Figures) -> &Exact| f.as_ref().map(|f| get(f).amount());
             positions.push(PositionReport {
                 symbol: Arc::from(cfg.symbol(p.symbol).name.as_str()),
                 mode: p.mode,
-                size: p.size.to_string(),
-                entry_price: p.entry_price.to_string(),
+                size: p.size.into(),
+                entry_price: p.entry_price.into(),
                 mark_price: text(|f| &f.mark),
                 leverage: p.leverage,
                 notional: text(|f| &f.notional),
                 unrealized_pnl: text(|f| &f.upnl),
                 initial_margin: text(|f| &f.im),
                 maintenance_margin: text(|f| &f.mm),
-                isolated_margin: isolated.then(|| p.isolated_margin.to_string()),
+                isolated_margin: isolated.then(|| p.isolated_margin.into()),
                 margin_ratio: f
                     .as_ref()
                     .filter(|_| isolated)
                     .and_then(|f| {
                         margin::margin_ratio(&f.mm, &(&Exact::from_d8(p.isolated_margin) + &f.upnl))
                     })
-                    .map(|r| r.to_string()),
+                    .map(|r| r.amount()),
                 liquidation_price: self
                     .liquidation_price_in(cfg, p, &rest, f.as_ref())
-                    .map(|x| x.to_string()),
+                    .map(|x| x.amount()),
             });
         }
         AccountReport {
             line: at.line,
             seq: at.seq,
             account: self.account,
-            wallet: self.wallet.to_string(),
-            margin_balance: cross.as_ref().map(|(b, _)| b.to_string()),
-            maintenance_margin: cross.as_ref().map(|(_, m)| m.to_string()),
+            wallet: self.wallet.into(),
+            margin_balance: cross.as_ref().map(|(b, _)| b.amount()),
+            maintenance_margin: cross.as_ref().map(|(_, m)| m.amount()),
             margin_ratio: cross
                 .as_ref()
                 .and_then(|(b, m)| margin::margin_ratio(m, b))
-                .map(|r| r.to_string()),
-            used_margin: used.map(|u| u.to_string()),
-            available_balance: self.available(cfg, marks).map(|a| a.to_string()),
+                .map(|r| r.amount()),
+            used_margin: used.map(|u| u.amount()),
+            available_balance: self.available(cfg, marks).map(|a| a.amount()),
             positions,
             latency_ns: 0,
         }
@@ -326,12 +326,12 @@ pub fn risk_item(
     (balance, maint): (&Exact, &Exact),
 ) -> RiskItem {
     let l = view.liquidation(cfg, marks, item, At { line: 0, seq: 0 });
-    risk_item_of(l, margin::margin_ratio(maint, balance).map(|r| r.to_string()), balance < maint)
+    risk_item_of(l, margin::margin_ratio(maint, balance).map(|r| r.amount()), balance < maint)
 }
 
 /// An at-risk entry from the `liquidation` event of the same item (same figures and
-/// positions), its ratio text and its state.
-pub fn risk_item_of(l: Liquidation, margin_ratio: Option<String>, liquidatable: bool) -> RiskItem {
+/// positions), its ratio and its state.
+pub fn risk_item_of(l: Liquidation, margin_ratio: Option<Amount>, liquidatable: bool) -> RiskItem {
     RiskItem {
         account: l.account,
         mode: l.mode,

@@ -162,23 +162,30 @@ fn at_risk_order_filters_and_missing_marks() {
         }
         // The figures of a few items, worked out above.
         let all = engine.at_risk(&q(100, None, None));
-        fn figures(i: &RiskItem) -> (&str, &str, Option<&str>, bool) {
-            let ratio = i.margin_ratio.as_deref();
-            (i.margin_balance.as_str(), i.maintenance_margin.as_str(), ratio, i.liquidatable)
+        fn figures(i: &RiskItem) -> (String, String, Option<String>, bool) {
+            let ratio = i.margin_ratio.as_ref().map(|r| r.text());
+            (i.margin_balance.text(), i.maintenance_margin.text(), ratio, i.liquidatable)
         }
-        assert_eq!(figures(&all[0]), ("-400", "200", None, true), "{name}: TC3");
-        assert_eq!(figures(&all[4]), ("150", "200", Some("1.33333333"), true), "{name}: TC1");
-        assert_eq!(figures(&all[6]), ("40", "40", Some("1"), false), "{name}: TC5");
-        assert_eq!(figures(&all[7]), ("399.99999999", "200", Some("0.5"), false), "{name}: TC10");
-        assert_eq!(figures(&all[9]), ("1000", "40", Some("0.04"), false), "{name}: TC4");
+        let want =
+            |b: &str, m: &str, r: Option<&str>, l| (b.into(), m.into(), r.map(Into::into), l);
+        assert_eq!(figures(&all[0]), want("-400", "200", None, true), "{name}: TC3");
+        assert_eq!(figures(&all[4]), want("150", "200", Some("1.33333333"), true), "{name}: TC1");
+        assert_eq!(figures(&all[6]), want("40", "40", Some("1"), false), "{name}: TC5");
+        assert_eq!(
+            figures(&all[7]),
+            want("399.99999999", "200", Some("0.5"), false),
+            "{name}: TC10"
+        );
+        assert_eq!(figures(&all[9]), want("1000", "40", Some("0.04"), false), "{name}: TC4");
         // TC1's liquidation price: (150 − 10000) / (0.02 − 1) = 10051.0204081632… → round8.
         let p = &all[4].positions;
         assert_eq!(p.len(), 1);
         assert_eq!(
-            (p[0].size.as_str(), p[0].entry_price.as_str(), p[0].mark_price.as_str()),
-            ("1", "10000", "10000")
+            (p[0].size.text(), p[0].entry_price.text(), p[0].mark_price.text()),
+            ("1".into(), "10000".into(), "10000".into())
         );
-        assert_eq!(p[0].liquidation_price.as_deref(), Some("10051.02040816"), "{name}");
+        let liquidation_price = p[0].liquidation_price.as_ref().map(|x| x.text());
+        assert_eq!(liquidation_price.as_deref(), Some("10051.02040816"), "{name}");
         // A cross item lists all its positions, in symbol order.
         let tc4: Vec<&str> = all[9].positions.iter().map(|p| &*p.symbol).collect();
         assert_eq!(tc4, ["BTC-PERP", "ETH-PERP"], "{name}");

@@ -50,7 +50,7 @@ use crate::{
     config::{Config, Mode, SymbolIdx},
     engine::{At, rejects, should_emit},
     fixed::{D8, scaled_text},
-    protocol::{AMOUNT_LIMIT, Event, Liquidation, LiquidationPosition, Reject},
+    protocol::{AMOUNT_LIMIT, Amount, Event, Liquidation, LiquidationPosition, Reject},
     report::{AccountView, Item, PairView},
 };
 
@@ -1604,10 +1604,10 @@ impl FastEngine {
             let price = sc.liquidation_price_e8(lots, cost, m)?;
             positions.push(LiquidationPosition {
                 symbol: self.names[s.0 as usize].clone(),
-                size: D8(i128::from(lots) * i128::from(sc.step_e8)).text(),
-                entry_price: D8(i128::from(sc.entry_e8(lots, cost))).text(),
-                mark_price: self.marks[s.0 as usize]?.text(),
-                liquidation_price: price.map(|p| D8(p).text()),
+                size: Amount::e8(i128::from(lots) * i128::from(sc.step_e8)),
+                entry_price: Amount::e8(i128::from(sc.entry_e8(lots, cost))),
+                mark_price: Amount::from_d8(self.marks[s.0 as usize]?),
+                liquidation_price: price.map(Amount::e8),
             });
         }
         Some(Liquidation {
@@ -1616,8 +1616,8 @@ impl FastEngine {
             account: self.accounts.id[i],
             mode: if isolated.is_some() { Mode::Isolated } else { Mode::Cross },
             symbol: isolated.map(|(s, _)| self.names[s.0 as usize].clone()),
-            margin_balance: q16_text(balance),
-            maintenance_margin: q16_text(maint),
+            margin_balance: Amount::q16(balance),
+            maintenance_margin: Amount::q16(maint),
             positions,
             latency_ns: 0,
         })

@@ -36,8 +36,7 @@ use crate::{
     config::{Mode, SymbolIdx},
     engine::{At, RiskQuery},
     exact::{Exact, round8_ratio},
-    fixed::{self, D8},
-    protocol::{AccountReport, PositionReport, RiskItem},
+    protocol::{AccountReport, Amount, PositionReport, RiskItem},
     report::{self, Item},
 };
 
@@ -236,21 +235,21 @@ fn risk_order(a: &Candidate, b: &Candidate) -> Ordering {
         .then_with(|| (a.account, a.symbol).cmp(&(b.account, b.symbol)))
 }
 
-fn text16(x: Option<i128>) -> Option<String> {
-    x.map(super::q16_text)
+fn amount16(x: Option<i128>) -> Option<Amount> {
+    x.map(Amount::q16)
 }
 
-/// `round8(maint / balance)` as text, `None` for a balance <= 0 (SPEC section 4).
-fn ratio_text(balance_q16: i128, maint_q16: i128) -> Option<String> {
+/// `round8(maint / balance)`, `None` for a balance <= 0 (SPEC section 4).
+fn ratio(balance_q16: i128, maint_q16: i128) -> Option<Amount> {
     if balance_q16 <= 0 {
         return None;
     }
     match maint_q16.checked_mul(10i128.pow(8)) {
-        Some(num) => Some(D8(super::div_round_half_even(num, balance_q16)).text()),
+        Some(num) => Some(Amount::e8(super::div_round_half_even(num, balance_q16))),
         // Maintenance near the limits: the exact path.
-        None => Some(
-            round8_ratio(&Exact::from_int(maint_q16), &Exact::from_int(balance_q16)).to_string(),
-        ),
+        None => {
+            Some(round8_ratio(&Exact::from_int(maint_q16), &Exact::from_int(balance_q16)).amount())
+        }
     }
 }
 
@@ -368,38 +367,37 @@ impl FastEngine {
                 Some(m) => sc.liquidation_price_e8(h.lots, h.cost, m)?,
                 None => None,
             };
-            let text = |x: Option<i128>, scale: u32| x.map(|v| fixed::scaled_text(v, scale));
             let figure =
-                |pick: fn(&(i64, i128, i128, i128)) -> i128| text(h.at_mark.as_ref().map(pick), 16);
+                |pick: fn(&(i64, i128, i128, i128)) -> i128| amount16(h.at_mark.as_ref().map(pick));
             positions.push(PositionReport {
                 symbol: self.names[p.symbol.0 as usize].clone(),
                 mode: p.mode,
-                size: D8(i128::from(h.lots) * i128::from(sc.step_e8)).text(),
-                entry_price: D8(i128::from(sc.entry_e8(h.lots, h.cost))).text(),
-                mark_price: h.at_mark.and(self.marks[si]).map(|m| m.text()),
+                size: Amount::e8(i128::from(h.lots) * i128::from(sc.step_e8)),
+                entry_price: Amount::e8(i128::from(sc.entry_e8(h.lots, h.cost))),
+                mark_price: h.at_mark.and(self.marks[si]).map(Amount::from_d8),
                 leverage: u64::from(self.leverage_of(p.symbol, p)),
-                notional: text(h.at_mark.map(|(t, ..)| sc.notional_n12(h.lots, t)), 12),
+                notional: h.at_mark.map(|(t, ..)| Amount::scaled(sc.notional_n12(h.lots, t), 12)),
                 unrealized_pnl: figure(|f| f.1),
                 initial_margin: figure(|f| f.3),
                 maintenance_margin: figure(|f| f.2),
-                isolated_margin: margin_e8.map(|m| D8(m).text()),
+                isolated_margin: margin_e8.map(Amount::e8),
                 margin_ratio: match (margin_e8, h.at_mark) {
-                    (Some(m), Some((_, upnl, mm, _))) => ratio_text(m * E8_TO_Q16 + upnl, mm),
+                    (Some(m), Some((_, upnl, mm, _))) => ratio(m * E8_TO_Q16 + upnl, mm),
                     _ => None,
                 },
-                liquidation_price: liquidation_price.map(|p| D8(p).text()),
+                liquidation_price: liquidation_price.map(Amount::e8),
             });
         }
         Some(AccountReport {
             line: at.line,
             seq: at.seq,
             account: self.accounts.id[i],
-            wallet: D8(wallet_e8).text(),
-            margin_balance: text16(balance),
-            maintenance_margin: text16(maint),
-            margin_ratio: balance.zip(maint).and_then(|(b, m)| ratio_text(b, m)),
-            used_margin: text16(used),
-            available_balance: text16(avail),
+            wallet: Amount::e8(wallet_e8),
+            margin_balance: amount16(balance),
+            maintenance_margin: amount16(maint),
+            margin_ratio: balance.zip(maint).and_then(|(b, m)| ratio(b, m)),
+            used_margin: amount16(used),
+            available_balance: amount16(avail),
             positions,
             latency_ns: 0,
         })
@@ -581,9 +579,9 @@ impl FastEngine {
                 isolated.map_or(Item::Cross(c.account), |(s, _)| Item::Isolated(c.account, s));
             self.view(c.account).liquidation(&self.cfg, &self.marks, item, at)
         });
-        debug_assert_eq!(l.margin_balance, super::q16_text(c.balance_q16));
-        debug_assert_eq!(l.maintenance_margin, super::q16_text(c.maint_q16));
-        let ratio = ratio_text(c.balance_q16, c.maint_q16);
+        debug_assert_eq!(l.margin_balance, Amount::q16(c.balance_q16));
+        debug_assert_eq!(l.maintenance_margin, Amount::q16(c.maint_q16));
+        let ratio = ratio(c.balance_q16, c.maint_q16);
         report::risk_item_of(l, ratio, c.balance_q16 < c.maint_q16)
     }
 }
@@ -595,7 +593,7 @@ mod tests {
     use num_bigint::BigInt;
 
     use super::*;
-    use crate::{engine::Engine, protocol::Command, synth};
+    use crate::{engine::Engine, fixed::D8, protocol::Command, synth};
 
     /// On a 3,000-account synthetic book whose marks then fall 3 %, the fast answer equals the
     /// plain exact one ([`report::at_risk`] over every account's view) at every limit and

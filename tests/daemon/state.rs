@@ -335,8 +335,8 @@ fn liquidatable_after(
                 i.account,
                 i.mode.as_str().to_owned(),
                 i.symbol.as_deref().map(String::from),
-                i.margin_balance,
-                i.maintenance_margin,
+                i.margin_balance.text(),
+                i.maintenance_margin.text(),
             )
         })
         .collect()
