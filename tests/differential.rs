@@ -622,6 +622,7 @@ fn smallest_queues_and_pacing_give_the_same_events() {
         queue_batches: 1,
         rate: None,
         idle_spin: std::time::Duration::ZERO,
+        ..replay::Options::default()
     };
     // 22 lines at 400 lines/s: at least 50 ms.
     let paced = replay::Options { rate: Some(400.0), ..replay::Options::default() };
