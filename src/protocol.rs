@@ -1063,14 +1063,10 @@ fn write_liquidation_positions(out: &mut String, positions: &[LiquidationPositio
     for (i, p) in positions.iter().enumerate() {
         out.push_str(if i == 0 { "{\"symbol\":" } else { ",{\"symbol\":" });
         push_json_string(out, &p.symbol);
-        out.push_str(",\"size\":");
-        push_amount(out, &p.size);
-        out.push_str(",\"entry_price\":");
-        push_amount(out, &p.entry_price);
-        out.push_str(",\"mark_price\":");
-        push_amount(out, &p.mark_price);
-        out.push_str(",\"liquidation_price\":");
-        push_opt_amount(out, p.liquidation_price.as_ref());
+        push_amount_field(out, ",\"size\":", &p.size);
+        push_amount_field(out, ",\"entry_price\":", &p.entry_price);
+        push_amount_field(out, ",\"mark_price\":", &p.mark_price);
+        push_opt_amount_field(out, ",\"liquidation_price\":", p.liquidation_price.as_ref());
         out.push('}');
     }
     out.push(']');
@@ -1091,6 +1087,18 @@ fn push_opt_amount(out: &mut String, v: Option<&Amount>) {
     }
 }
 
+/// `key` (`,"name":`, punctuation included) and the amount.
+fn push_amount_field(out: &mut String, key: &str, v: &Amount) {
+    out.push_str(key);
+    push_amount(out, v);
+}
+
+/// `key` (`,"name":`, punctuation included) and the amount or `null`.
+fn push_opt_amount_field(out: &mut String, key: &str, v: Option<&Amount>) {
+    out.push_str(key);
+    push_opt_amount(out, v);
+}
+
 fn push_opt_symbol(out: &mut String, v: Option<&str>) {
     match v {
         Some(v) => push_json_string(out, v),
@@ -1098,24 +1106,29 @@ fn push_opt_symbol(out: &mut String, v: Option<&str>) {
     }
 }
 
+/// The start of a `liquidation` or `account` line: `{"type":"<kind>","line":..,"seq":..,
+/// "account":..` (`open` is `{"type":"<kind>","line":`).
+fn push_event_head(out: &mut String, open: &str, line: u64, seq: u64, account: u64) {
+    out.push_str(open);
+    crate::fixed::push_u64(out, line);
+    out.push_str(",\"seq\":");
+    crate::fixed::push_u64(out, seq);
+    out.push_str(",\"account\":");
+    crate::fixed::push_u64(out, account);
+}
+
 impl Liquidation {
     /// The `liquidation` line of SPEC section 7 (see [`Event::write_json`]).
     fn write_json(&self, out: &mut String) {
-        out.push_str("{\"type\":\"liquidation\",\"line\":");
-        crate::fixed::push_u64(out, self.line);
-        out.push_str(",\"seq\":");
-        crate::fixed::push_u64(out, self.seq);
-        out.push_str(",\"account\":");
-        crate::fixed::push_u64(out, self.account);
+        let open = "{\"type\":\"liquidation\",\"line\":";
+        push_event_head(out, open, self.line, self.seq, self.account);
         out.push_str(match self.mode {
             Mode::Cross => ",\"mode\":\"cross\",\"symbol\":",
             Mode::Isolated => ",\"mode\":\"isolated\",\"symbol\":",
         });
         push_opt_symbol(out, self.symbol.as_deref());
-        out.push_str(",\"margin_balance\":");
-        push_amount(out, &self.margin_balance);
-        out.push_str(",\"maintenance_margin\":");
-        push_amount(out, &self.maintenance_margin);
+        push_amount_field(out, ",\"margin_balance\":", &self.margin_balance);
+        push_amount_field(out, ",\"maintenance_margin\":", &self.maintenance_margin);
         out.push_str(",\"positions\":");
         write_liquidation_positions(out, &self.positions);
         out.push_str(",\"latency_ns\":");
@@ -1127,24 +1140,13 @@ impl Liquidation {
 impl AccountReport {
     /// The `account` line of SPEC section 7 (see [`Event::write_json`]).
     fn write_json(&self, out: &mut String) {
-        out.push_str("{\"type\":\"account\",\"line\":");
-        crate::fixed::push_u64(out, self.line);
-        out.push_str(",\"seq\":");
-        crate::fixed::push_u64(out, self.seq);
-        out.push_str(",\"account\":");
-        crate::fixed::push_u64(out, self.account);
-        out.push_str(",\"wallet\":");
-        push_amount(out, &self.wallet);
-        out.push_str(",\"margin_balance\":");
-        push_opt_amount(out, self.margin_balance.as_ref());
-        out.push_str(",\"maintenance_margin\":");
-        push_opt_amount(out, self.maintenance_margin.as_ref());
-        out.push_str(",\"margin_ratio\":");
-        push_opt_amount(out, self.margin_ratio.as_ref());
-        out.push_str(",\"used_margin\":");
-        push_opt_amount(out, self.used_margin.as_ref());
-        out.push_str(",\"available_balance\":");
-        push_opt_amount(out, self.available_balance.as_ref());
+        push_event_head(out, "{\"type\":\"account\",\"line\":", self.line, self.seq, self.account);
+        push_amount_field(out, ",\"wallet\":", &self.wallet);
+        push_opt_amount_field(out, ",\"margin_balance\":", self.margin_balance.as_ref());
+        push_opt_amount_field(out, ",\"maintenance_margin\":", self.maintenance_margin.as_ref());
+        push_opt_amount_field(out, ",\"margin_ratio\":", self.margin_ratio.as_ref());
+        push_opt_amount_field(out, ",\"used_margin\":", self.used_margin.as_ref());
+        push_opt_amount_field(out, ",\"available_balance\":", self.available_balance.as_ref());
         out.push_str(",\"positions\":[");
         for (i, p) in self.positions.iter().enumerate() {
             out.push_str(if i == 0 { "{\"symbol\":" } else { ",{\"symbol\":" });
@@ -1154,26 +1156,21 @@ impl AccountReport {
                 Mode::Isolated => ",\"mode\":\"isolated\",\"size\":",
             });
             push_amount(out, &p.size);
-            out.push_str(",\"entry_price\":");
-            push_amount(out, &p.entry_price);
-            out.push_str(",\"mark_price\":");
-            push_opt_amount(out, p.mark_price.as_ref());
+            push_amount_field(out, ",\"entry_price\":", &p.entry_price);
+            push_opt_amount_field(out, ",\"mark_price\":", p.mark_price.as_ref());
             out.push_str(",\"leverage\":");
             crate::fixed::push_u64(out, p.leverage);
-            out.push_str(",\"notional\":");
-            push_opt_amount(out, p.notional.as_ref());
-            out.push_str(",\"unrealized_pnl\":");
-            push_opt_amount(out, p.unrealized_pnl.as_ref());
-            out.push_str(",\"initial_margin\":");
-            push_opt_amount(out, p.initial_margin.as_ref());
-            out.push_str(",\"maintenance_margin\":");
-            push_opt_amount(out, p.maintenance_margin.as_ref());
-            out.push_str(",\"isolated_margin\":");
-            push_opt_amount(out, p.isolated_margin.as_ref());
-            out.push_str(",\"margin_ratio\":");
-            push_opt_amount(out, p.margin_ratio.as_ref());
-            out.push_str(",\"liquidation_price\":");
-            push_opt_amount(out, p.liquidation_price.as_ref());
+            for (key, v) in [
+                (",\"notional\":", &p.notional),
+                (",\"unrealized_pnl\":", &p.unrealized_pnl),
+                (",\"initial_margin\":", &p.initial_margin),
+                (",\"maintenance_margin\":", &p.maintenance_margin),
+                (",\"isolated_margin\":", &p.isolated_margin),
+                (",\"margin_ratio\":", &p.margin_ratio),
+                (",\"liquidation_price\":", &p.liquidation_price),
+            ] {
+                push_opt_amount_field(out, key, v.as_ref());
+            }
             out.push('}');
         }
         out.push_str("],\"latency_ns\":");
