@@ -221,10 +221,13 @@ pub mod rejects {
         symbol: &str,
         notional: impl Display,
     ) -> Reject {
+        // Validation saturates integers past u64 (`protocol`): name what was sent as that.
+        let or_more = if leverage == u64::MAX { " or more" } else { "" };
         Reject::new(
             RejectCode::LeverageExceedsMax,
             format!(
-                "leverage {leverage} exceeds max leverage {max} of {symbol} at notional {notional}"
+                "leverage {leverage}{or_more} exceeds max leverage {max} of {symbol} at notional \
+                 {notional}"
             ),
         )
     }

@@ -83,6 +83,22 @@ fn reject_leverage_exceeds_max() {
     assert_reject(&evs, 2, "leverage_exceeds_max");
 }
 
+/// A leverage past u64 is still an integer (validation saturates it): the reason says it was
+/// at least u64::MAX rather than naming a value that was never sent.
+#[test]
+fn reject_leverage_past_u64_says_or_more() {
+    let evs = run(&[
+        r#"{"type":"leverage","account":1,"symbol":"BTCUSDT","leverage":184467440737095516160000}"#,
+        r#"{"type":"leverage","account":1,"symbol":"BTCUSDT","leverage":500}"#,
+    ]);
+    let rejects = of_type(&evs, "reject");
+    assert_eq!(rejects.len(), 2, "{evs:#?}");
+    let reason = |k: usize| rejects[k]["reason"].as_str().unwrap().to_owned();
+    assert!(reason(0).starts_with(&format!("leverage {} or more exceeds", u64::MAX)), "{evs:#?}");
+    assert!(reason(1).starts_with("leverage 500 exceeds"), "{evs:#?}");
+    assert!(rejects.iter().all(|r| r["code"] == "leverage_exceeds_max"), "{evs:#?}");
+}
+
 #[test]
 fn reject_wrong_mode() {
     // TC1 isolated_margin field on a cross pair
