@@ -254,18 +254,18 @@ impl AccountView {
                     _ => None,
                 };
             }
-            let text = |get: fn(&Figures) -> &Exact| f.as_ref().map(|f| get(f).amount());
+            let figure = |get: fn(&Figures) -> &Exact| f.as_ref().map(|f| get(f).amount());
             positions.push(PositionReport {
                 symbol: Arc::from(cfg.symbol(p.symbol).name.as_str()),
                 mode: p.mode,
                 size: p.size.into(),
                 entry_price: p.entry_price.into(),
-                mark_price: text(|f| &f.mark),
+                mark_price: figure(|f| &f.mark),
                 leverage: p.leverage,
-                notional: text(|f| &f.notional),
-                unrealized_pnl: text(|f| &f.upnl),
-                initial_margin: text(|f| &f.im),
-                maintenance_margin: text(|f| &f.mm),
+                notional: figure(|f| &f.notional),
+                unrealized_pnl: figure(|f| &f.upnl),
+                initial_margin: figure(|f| &f.im),
+                maintenance_margin: figure(|f| &f.mm),
                 isolated_margin: isolated.then(|| p.isolated_margin.into()),
                 margin_ratio: f
                     .as_ref()
