@@ -99,7 +99,8 @@ pub const MAX_CONFIG_BYTES: u64 = 256 << 20;
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
     Io { path: String, source: std::io::Error },
-    #[error("config is not valid JSON: {0}")]
+    /// Bad JSON, or JSON of the wrong shape (a missing, unknown or mistyped field).
+    #[error("config is not valid JSON or not a config: {0}")]
     Json(#[from] serde_json::Error),
     #[error("{0}")]
     Rule(String),
@@ -340,6 +341,17 @@ mod tests {
             r#"{{"default_margin_mode":"cross","default_leverage":20,"symbols":[
             {{"symbol":"X","tick_size":"0.1","step_size":"0.001","brackets":[{brackets}]}}]}}"#
         )
+    }
+
+    /// Bad JSON and valid JSON of the wrong shape both say what is wrong; the second is not
+    /// called bad JSON alone.
+    #[test]
+    fn a_config_of_the_wrong_shape_names_the_field() {
+        let missing = Config::parse(r#"{"symbols":[]}"#).unwrap_err().to_string();
+        assert!(missing.contains("not a config"), "{missing}");
+        assert!(missing.contains("missing field `default_margin_mode`"), "{missing}");
+        let broken = Config::parse(r#"{"symbols":"#).unwrap_err().to_string();
+        assert!(broken.starts_with("config is not valid JSON"), "{broken}");
     }
 
     #[test]

@@ -563,7 +563,15 @@ pub fn validate(env: &Envelope<'_>, cfg: &Config) -> Result<Command, Reject> {
             let symbol = symbol()?;
             let raw = required(env.open_orders, "open_orders")?;
             let open_orders = json_uint(raw).ok_or_else(|| {
-                Reject::invalid(format!("open_orders {} is not an integer >= 0", clip(raw.get())))
+                let t = raw.get();
+                if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+                    return Reject::invalid(format!(
+                        "open_orders {} is above the largest count, {}",
+                        clip(t),
+                        u64::MAX
+                    ));
+                }
+                Reject::invalid(format!("open_orders {} is not an integer >= 0", clip(t)))
             })?;
             let order_margin = match env.order_margin {
                 None => D8::ZERO,

@@ -83,6 +83,22 @@ fn reject_leverage_exceeds_max() {
     assert_reject(&evs, 2, "leverage_exceeds_max");
 }
 
+/// An open-orders count past u64 is rejected as invalid, and its reason says it is too large
+/// (not that it is no integer).
+#[test]
+fn reject_open_orders_past_u64_says_too_large() {
+    let evs = run(&[
+        r#"{"type":"orders","account":1,"symbol":"BTCUSDT","open_orders":18446744073709551616,"order_margin":"0"}"#,
+        r#"{"type":"orders","account":1,"symbol":"BTCUSDT","open_orders":-1,"order_margin":"0"}"#,
+    ]);
+    let rejects = of_type(&evs, "reject");
+    assert_eq!(rejects.len(), 2, "{evs:#?}");
+    assert!(rejects.iter().all(|r| r["code"] == "invalid"), "{evs:#?}");
+    let reason = |k: usize| rejects[k]["reason"].as_str().unwrap().to_owned();
+    assert!(reason(0).contains("is above the largest count"), "{evs:#?}");
+    assert!(reason(1).contains("is not an integer >= 0"), "{evs:#?}");
+}
+
 /// A leverage past u64 is still an integer (validation saturates it): the reason says it was
 /// at least u64::MAX rather than naming a value that was never sent.
 #[test]

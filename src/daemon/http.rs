@@ -161,9 +161,12 @@ fn risk_query(shared: &Shared, params: &[(String, String)]) -> Result<RiskQuery,
         }
         match key.as_str() {
             "limit" => {
-                let n = value
-                    .parse::<u64>()
-                    .map_err(|_| format!("limit {value:?} is not a non-negative integer"))?;
+                // Any count of digits is a limit: past u64 it is capped like any other.
+                let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+                if !digits {
+                    return Err(format!("limit {value:?} is not a non-negative integer"));
+                }
+                let n = value.parse::<u64>().unwrap_or(u64::MAX);
                 query.limit = n.min(AT_RISK_MAX_LIMIT as u64) as usize;
             }
             "symbol" => {

@@ -568,6 +568,8 @@ fn accounts_equal_query_events_and_at_risk_follows_their_figures() {
     assert_eq!(keys(&by_symbol), want_symbol);
     let (status, capped) = http_json(http, "/at-risk?limit=1000000");
     assert_eq!((status, keys(&capped)), (200, all_keys.clone()), "a large limit is capped");
+    let (status, capped) = http_json(http, "/at-risk?limit=99999999999999999999");
+    assert_eq!((status, keys(&capped)), (200, all_keys.clone()), "a limit past u64 is capped");
     d.close_stdin();
     assert!(d.wait_exit().success());
 }
