@@ -185,6 +185,11 @@ pub fn push_u64(out: &mut String, v: u64) {
     out.push_str(ascii(decimal_digits(u128::from(v), &mut buf)));
 }
 
+/// The decimal digits of `v` (as [`push_u64`] writes them), written into `buf`.
+pub fn u64_digits(v: u64, buf: &mut [u8; 39]) -> &[u8] {
+    decimal_digits(u128::from(v), buf)
+}
+
 /// "00" "01" ... "99": two decimal digits per lookup.
 const DIGIT_PAIRS: &[u8; 200] = b"\
     0001020304050607080910111213141516171819\

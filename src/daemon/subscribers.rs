@@ -128,8 +128,14 @@ impl Sink for HubSink {
 
     fn write(&mut self, chunk: &Chunk) -> io::Result<()> {
         let hub = &self.0;
-        let len = chunk.len();
         let mut state = hub.lock();
+        if state.subscribers.is_empty() {
+            return Ok(()); // nobody to print for
+        }
+        // Printed here, on the engine thread: a subscriber's buffer is bounded in bytes, and
+        // an idle one is written straight away (see the module docs).
+        let text = chunk.text();
+        let len = text.len();
         let direct = state.subscribers.len() <= DIRECT_WRITE_MAX;
         state.subscribers.retain_mut(|s| {
             let queued = s.queued.load(Ordering::Acquire);
@@ -147,7 +153,7 @@ impl Sink for HubSink {
             // Nothing queued: the task has written everything it was handed and waits, so
             // this thread may write without reordering anything.
             let written =
-                if direct && queued == 0 { write_some(&mut s.direct, chunk.as_bytes()) } else { 0 };
+                if direct && queued == 0 { write_some(&mut s.direct, text.as_bytes()) } else { 0 };
             if written > 0
                 && let Some(count) = s.written.upgrade()
             {
@@ -322,7 +328,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, mut task: SubscriberTask
         tokio::select! {
             chunk = task.rx.recv() => {
                 let Some((chunk, from)) = chunk else { break "every event sent" };
-                let bytes = chunk.as_bytes().get(from..).unwrap_or_default();
+                let bytes = chunk.text().as_bytes().get(from..).unwrap_or_default();
                 tokio::select! {
                     written = wr.write_all(bytes) => {
                         if let Err(e) = written {

@@ -218,7 +218,7 @@ impl<'a> Pipeline<'a> {
                 engine,
                 summary: resume.summary.clone(),
                 at: resume.at,
-                buf: String::with_capacity(1 << 16),
+                events: Vec::with_capacity(1 << 8),
                 pending: Pending::default(),
                 progress: &progress,
                 idle_spin: opts.idle_spin,
@@ -316,9 +316,11 @@ struct EngineLoop<'e, 'p> {
     engine: &'e mut dyn Engine,
     summary: Summary,
     at: At,
-    /// Events not yet handed to the sinks, serialized.
-    buf: String,
-    /// The events in `buf`, whose latencies are recorded when they are handed on.
+    /// Events not yet handed to the sinks (printed by the first sink that needs their text:
+    /// see [`Chunk`]).
+    events: Vec<Event>,
+    /// When the events in `events` were made, whose latencies are recorded when they are
+    /// handed on.
     pending: Pending,
     progress: &'p Progress,
     /// [`Options::idle_spin`].
@@ -338,18 +340,15 @@ impl EngineLoop<'_, '_> {
         }
         let now = Instant::now();
         for event in events {
-            emit(&mut self.summary, &mut self.buf, &mut self.pending, event, now, None);
+            emit(&mut self.summary, &mut self.events, &mut self.pending, event, now, None);
         }
         self.hand_on(fanout, true)
     }
 
-    /// Hands the events in `buf` to every sink (`flush`: put them on the wire now) and
+    /// Hands the events made so far to every sink (`flush`: put them on the wire now) and
     /// records their latencies: line read to hand-off, `ts` to hand-off.
     fn hand_on(&mut self, fanout: &mut Fanout<'_, '_>, flush: bool) -> io::Result<()> {
-        let chunk = std::mem::replace(&mut self.buf, String::with_capacity(1 << 12));
-        let result = fanout.send(Arc::new(chunk), flush);
-        self.pending.handed(&mut self.summary);
-        result
+        hand_on(&mut self.summary, &mut self.events, &mut self.pending, fanout, flush)
     }
 
     fn run(
@@ -371,7 +370,7 @@ impl EngineLoop<'_, '_> {
                     self.apply_batch(&mut batch, fanout)?;
                     let _ = spare_tx.try_send(batch);
                     let idle = batch_rx.is_empty();
-                    if !self.buf.is_empty() {
+                    if !self.events.is_empty() {
                         self.hand_on(fanout, idle)?;
                     } else if idle {
                         fanout.idle()?;
@@ -450,11 +449,12 @@ impl EngineLoop<'_, '_> {
                 }
             }
             let (read_at, ts) = (ingested.read_at, ingested.ts);
-            let (summary, buf, pending) = (&mut self.summary, &mut self.buf, &mut self.pending);
+            let (summary, events, pending) =
+                (&mut self.summary, &mut self.events, &mut self.pending);
             let applied = dispatch(ingested, self.engine, &mut |e| {
-                emit(summary, buf, pending, e, read_at, ts);
+                emit(summary, events, pending, e, read_at, ts);
                 if failed.is_none()
-                    && let Err(e) = hand_on_if_due(summary, buf, pending, behind, fanout)
+                    && let Err(e) = hand_on_if_due(summary, events, pending, behind, fanout)
                 {
                     failed = Some(e);
                 }
@@ -470,7 +470,7 @@ impl EngineLoop<'_, '_> {
             if let Some(e) = failed.take() {
                 return Err(e);
             }
-            hand_on_if_due(&mut self.summary, &mut self.buf, &mut self.pending, behind, fanout)?;
+            hand_on_if_due(&mut self.summary, &mut self.events, &mut self.pending, behind, fanout)?;
         }
         if let Some(s) = self.stalls.as_mut() {
             s.end();
@@ -500,7 +500,7 @@ impl EngineLoop<'_, '_> {
 /// queued batches would not tell the two apart).
 pub const HAND_ON_AFTER: Duration = Duration::from_micros(100);
 
-/// The events serialized but not yet handed to the sinks.
+/// The events made but not yet handed to the sinks.
 #[derive(Default)]
 struct Pending {
     /// Per event: when its line was read, and its message's `ts`.
@@ -546,7 +546,7 @@ const BEHIND_AFTER: Duration = Duration::from_millis(2);
 /// [`HAND_ON_AFTER`], unless the engine is `behind` (see there).
 fn hand_on_if_due(
     summary: &mut Summary,
-    buf: &mut String,
+    events: &mut Vec<Event>,
     pending: &mut Pending,
     behind: bool,
     fanout: &mut Fanout<'_, '_>,
@@ -554,8 +554,21 @@ fn hand_on_if_due(
     if pending.first_made.is_none() || behind || !pending.due() {
         return Ok(());
     }
-    let chunk = std::mem::replace(buf, String::with_capacity(1 << 12));
-    let result = fanout.send(Arc::new(chunk), true);
+    hand_on(summary, events, pending, fanout, true)
+}
+
+/// Hands `events` to every sink in one [`Chunk`] (`flush`: put them on the wire now) and
+/// records their latencies.
+fn hand_on(
+    summary: &mut Summary,
+    events: &mut Vec<Event>,
+    pending: &mut Pending,
+    fanout: &mut Fanout<'_, '_>,
+    flush: bool,
+) -> io::Result<()> {
+    let capacity = events.len().next_power_of_two().clamp(1 << 4, 1 << 8);
+    let chunk = Chunk::new(std::mem::replace(events, Vec::with_capacity(capacity)));
+    let result = fanout.send(chunk, flush);
     pending.handed(summary);
     result
 }
@@ -565,10 +578,11 @@ fn now_epoch_ns() -> u64 {
 }
 
 /// The engine side's event hand-off: stamps the event's `latency_ns` (line read to the event
-/// made), counts, serializes into `buf`; its latencies are recorded when `buf` is handed on.
+/// made), counts, keeps it in `events`; its latencies are recorded when `events` are handed
+/// on. Printing is the sinks' (see [`Chunk`]).
 fn emit(
     summary: &mut Summary,
-    buf: &mut String,
+    events: &mut Vec<Event>,
     pending: &mut Pending,
     mut event: Event,
     read_at: Instant,
@@ -590,7 +604,7 @@ fn emit(
         Event::Gap { .. } => summary.gaps += 1,
         Event::Account(_) => summary.accounts += 1,
     }
-    event.write_json(buf);
+    events.push(event);
 }
 
 /// When and for how long the engine applied a command: what [`dispatch`] measured.
@@ -682,7 +696,7 @@ mod tests {
             "timed".into()
         }
         fn write(&mut self, chunk: &Chunk) -> io::Result<()> {
-            self.0.lock().unwrap().push((Instant::now(), chunk.to_string()));
+            self.0.lock().unwrap().push((Instant::now(), chunk.text().to_owned()));
             Ok(())
         }
         fn flush(&mut self) -> io::Result<()> {

@@ -2,8 +2,11 @@
 //! a blocking sink, and the two blocking sinks every driver has: any `Write` (stdout, a
 //! buffer in tests) and an append-only events file.
 //!
-//! The engine hands each sink whole event lines in [`Chunk`]s, one per batch, shared by all
-//! sinks. A blocking sink (a pipe, a file) runs on its own writer thread behind a bounded
+//! The engine hands each sink the events of a batch (or of a hand-off, see
+//! [`crate::pipeline::HAND_ON_AFTER`]) in a [`Chunk`], shared by all sinks. The chunk's text
+//! (NDJSON, SPEC section 7) is printed once, by the first sink that asks for it: a writer
+//! thread for stdout and the events file, so that printing, about a third of a wick's cost,
+//! is off the engine thread. A blocking sink (a pipe, a file) runs on its own writer thread behind a bounded
 //! queue: when it falls behind, the queue fills and the engine waits (back-pressure, nothing
 //! dropped). A non-blocking sink (the daemon's subscribers) is called on the engine thread
 //! and must never wait: it hands chunks on with `try_send` and cuts whoever cannot keep up.
@@ -12,21 +15,56 @@ use std::{
     fs::File,
     io::{self, BufWriter, Write},
     path::Path,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 
-/// Whole event lines (each ending in `\n`), shared by every sink.
-pub type Chunk = Arc<String>;
+use crate::protocol::Event;
+
+/// Events in stream order, shared by every sink (cloning shares them). Their text, whole
+/// NDJSON lines each ending in `\n`, is printed once, on the thread of the first sink that
+/// calls [`Chunk::text`]; a sink that calls it while another prints waits for that text.
+#[derive(Clone)]
+pub struct Chunk(Arc<ChunkBody>);
+
+struct ChunkBody {
+    events: Vec<Event>,
+    text: OnceLock<String>,
+}
+
+impl Chunk {
+    /// A chunk of `events`, not yet printed.
+    pub fn new(events: Vec<Event>) -> Chunk {
+        Chunk(Arc::new(ChunkBody { events, text: OnceLock::new() }))
+    }
+
+    /// The events, in stream order.
+    pub fn events(&self) -> &[Event] {
+        &self.0.events
+    }
+
+    /// The events as NDJSON (SPEC section 7), printed on the first call.
+    pub fn text(&self) -> &str {
+        self.0.text.get_or_init(|| {
+            // A liquidation or account line with three positions is ~600 bytes.
+            let mut text = String::with_capacity(self.0.events.len() * 640);
+            for event in &self.0.events {
+                event.write_json(&mut text);
+            }
+            text
+        })
+    }
+}
 
 /// A destination for events.
 pub trait Sink: Send {
     /// A name for logs and errors ("stdout", "events file /var/log/liqscan.ndjson").
     fn name(&self) -> String;
 
-    /// Takes a chunk of whole event lines, in stream order. A blocking sink may buffer it.
+    /// Takes a chunk of events, in stream order (their text: [`Chunk::text`]). A blocking
+    /// sink may buffer it.
     fn write(&mut self, chunk: &Chunk) -> io::Result<()>;
 
     /// The engine has nothing more queued: put what is buffered on the wire now, so that a
@@ -183,7 +221,7 @@ impl<W: Write + Send> Sink for WriterSink<W> {
     }
 
     fn write(&mut self, chunk: &Chunk) -> io::Result<()> {
-        self.out.write_all(chunk.as_bytes())
+        self.out.write_all(chunk.text().as_bytes())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -250,7 +288,7 @@ impl Sink for EventsFile {
 
     fn write(&mut self, chunk: &Chunk) -> io::Result<()> {
         self.buffered_since.get_or_insert_with(Instant::now);
-        self.out.write_all(chunk.as_bytes())
+        self.out.write_all(chunk.text().as_bytes())
     }
 
     fn flush(&mut self) -> io::Result<()> {
