@@ -829,6 +829,55 @@ mod tests {
         (chunks, in_order)
     }
 
+    /// The engine thread hands chunks of events on unprinted; a writer thread prints each
+    /// once, and every clone shares that one text, equal to the events' own lines.
+    #[test]
+    fn events_are_printed_by_the_sink_not_the_engine() {
+        struct Checks(Arc<std::sync::Mutex<(usize, usize, String)>>);
+        impl Sink for Checks {
+            fn name(&self) -> String {
+                "checks".into()
+            }
+            fn write(&mut self, chunk: &Chunk) -> io::Result<()> {
+                let mut seen = self.0.lock().unwrap();
+                seen.0 += 1;
+                seen.1 += usize::from(chunk.is_printed());
+                let copy = chunk.clone();
+                let text = chunk.text();
+                assert!(copy.is_printed() && std::ptr::eq(text, copy.text()), "printed once");
+                let mut own = String::new();
+                chunk.events().iter().for_each(|e| e.write_json(&mut own));
+                assert_eq!(text, own);
+                seen.2 += text;
+                Ok(())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+            fn finish(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let cfg = Arc::new(crate::synth::config(1));
+        let mut stream = String::new();
+        for a in 1..=20 {
+            stream += &format!("{{\"type\":\"balance\",\"account\":{a},\"wallet\":\"5\"}}\n");
+            stream += &format!("{{\"type\":\"query\",\"account\":{a}}}\n");
+        }
+        stream += "not json\n";
+        let seen = Arc::new(std::sync::Mutex::new((0, 0, String::new())));
+        let source = ReadSource::new(io::Cursor::new(stream.into_bytes()));
+        let mut pipeline =
+            Pipeline::new(cfg.clone(), Box::new(source), vec![Box::new(Checks(seen.clone()))]);
+        pipeline.opts.batch_lines = 4;
+        let summary = pipeline.run(&mut crate::fast::FastEngine::new(cfg)).unwrap();
+        let (chunks, printed_before, text) = std::mem::take(&mut *seen.lock().unwrap());
+        assert!(chunks >= 2, "{chunks} chunks");
+        assert_eq!(printed_before, 0, "no chunk came printed from the engine thread");
+        assert_eq!(text.lines().count() as u64, summary.accounts + summary.rejects);
+        assert_eq!((summary.accounts, summary.rejects), (20, 1));
+    }
+
     /// The engine waits on both queues: a control request is answered while the stream is
     /// open and idle, at the point of the last message applied.
     #[test]

@@ -45,6 +45,11 @@ impl Chunk {
         &self.0.events
     }
 
+    /// The text was printed already (by an earlier [`Chunk::text`] call, on any thread).
+    pub fn is_printed(&self) -> bool {
+        self.0.text.get().is_some()
+    }
+
     /// The events as NDJSON (SPEC section 7), printed on the first call.
     pub fn text(&self) -> &str {
         self.0.text.get_or_init(|| {
