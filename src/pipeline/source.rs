@@ -102,6 +102,9 @@ pub(crate) fn reader_thread<'a>(
     };
     let (paced_from, mut n_paced) = (Instant::now(), 0u64);
     let paced = opts.rate.is_some();
+    if paced {
+        super::wait::fine_timer_slack();
+    }
     let mut spinner = Spinner::new(!opts.idle_spin.is_zero());
     while !stop.is_stopped() {
         let Some(conn) = source.next(ingest.last_seq()) else { break };
