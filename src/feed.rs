@@ -466,8 +466,8 @@ fn send_from(
             if let Err(e) = out.flush() {
                 return Ok(Connection::Lost(format!("send: {e}")));
             }
-            // Sleeps, then spins the last stretch: a plain sleep of the 10 µs between two
-            // lines at 100,000 lines/s overshoots by ~60 µs, sending lines in bursts.
+            // Sleeps (with a fine timer slack, see `fine_timer_slack`), then, with spinning
+            // allowed, spins the last stretch.
             spinner.pace_until(Instant::now() + wait);
         }
         let Some(bytes) = bytes else {

@@ -123,9 +123,11 @@ impl Spinner {
     }
 
     /// Waits until `due`: sleeps while it is far, spins the last stretch (sleeps all of it
-    /// while backing off). A sleep of a few µs would overshoot by ~60 µs, so a reader paced at
-    /// 200,000 lines/s (5 µs apart) by sleeps alone takes lines in bursts of a dozen, each
-    /// burst behind a wake-up; spinning lets each line in at its time, as a live line arrives.
+    /// while backing off). With the default timer slack a sleep of a few µs overshoots by
+    /// ~60 µs, so a reader paced at 200,000 lines/s (5 µs apart) by sleeps alone takes lines
+    /// in bursts of a dozen, each burst behind a wake-up: paced readers call
+    /// [`fine_timer_slack`] first, and spinning lets each line in at its time, as a live line
+    /// arrives.
     pub fn pace_until(&mut self, due: Instant) {
         loop {
             let now = Instant::now();
