@@ -542,8 +542,17 @@ impl Pending {
 /// batches queued before them: 5 ms or more even at 3M lines/s.
 const BEHIND_AFTER: Duration = Duration::from_millis(2);
 
-/// Hands the events made so far to the sinks (flushed) once the oldest has waited
-/// [`HAND_ON_AFTER`], unless the engine is `behind` (see there).
+/// The most events a chunk holds: a message that makes more (a wick liquidating thousands)
+/// hands them on in chunks of this many as it goes, flushed or not by the rule of
+/// [`HAND_ON_AFTER`]. So a chunk's event list (256 bytes an event) never grows past 128 KB,
+/// in memory the allocator has handed out before, instead of doubling into megabytes of
+/// fresh pages on the engine thread (a 5,000-event wick: ~500 page faults and the copies),
+/// and the writer prints the first events while the engine makes the rest.
+pub const CHUNK_EVENTS: usize = 512;
+
+/// Hands the events made so far to the sinks: flushed, once the oldest has waited
+/// [`HAND_ON_AFTER`] unless the engine is `behind` (see there); unflushed, once there are
+/// [`CHUNK_EVENTS`] of them.
 fn hand_on_if_due(
     summary: &mut Summary,
     events: &mut Vec<Event>,
@@ -551,10 +560,11 @@ fn hand_on_if_due(
     behind: bool,
     fanout: &mut Fanout<'_, '_>,
 ) -> io::Result<()> {
-    if pending.first_made.is_none() || behind || !pending.due() {
+    let due = pending.first_made.is_some() && !behind && pending.due();
+    if !due && events.len() < CHUNK_EVENTS {
         return Ok(());
     }
-    hand_on(summary, events, pending, fanout, true)
+    hand_on(summary, events, pending, fanout, due)
 }
 
 /// Hands `events` to every sink in one [`Chunk`] (`flush`: put them on the wire now) and
@@ -566,7 +576,7 @@ fn hand_on(
     fanout: &mut Fanout<'_, '_>,
     flush: bool,
 ) -> io::Result<()> {
-    let capacity = events.len().next_power_of_two().clamp(1 << 4, 1 << 8);
+    let capacity = events.len().next_power_of_two().clamp(1 << 4, CHUNK_EVENTS);
     let chunk = Chunk::new(std::mem::replace(events, Vec::with_capacity(capacity)));
     let result = fanout.send(chunk, flush);
     pending.handed(summary);
@@ -876,6 +886,44 @@ mod tests {
         assert_eq!(printed_before, 0, "no chunk came printed from the engine thread");
         assert_eq!(text.lines().count() as u64, summary.accounts + summary.rejects);
         assert_eq!((summary.accounts, summary.rejects), (20, 1));
+    }
+
+    /// A message that liquidates more than [`CHUNK_EVENTS`] accounts hands its events on in
+    /// chunks of at most that many, all of them, in order.
+    #[test]
+    fn a_big_wick_goes_in_bounded_chunks() {
+        const N: u64 = CHUNK_EVENTS as u64 * 2 + 37;
+        let cfg = Arc::new(crate::synth::config(1));
+        let mut stream =
+            String::from("{\"type\":\"mark\",\"symbol\":\"S000\",\"price\":\"100\"}\n");
+        for a in 1..=N {
+            stream += &format!("{{\"type\":\"balance\",\"account\":{a},\"wallet\":\"5\"}}\n");
+            stream += &format!(
+                "{{\"type\":\"position\",\"account\":{a},\"symbol\":\"S000\",\"size\":\"1\",\"entry_price\":\"100\"}}\n"
+            );
+        }
+        stream += "{\"type\":\"mark\",\"symbol\":\"S000\",\"price\":\"1\"}\n";
+        let chunks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Timed(chunks.clone());
+        let source = ReadSource::new(io::Cursor::new(stream.clone().into_bytes()));
+        let mut pipeline = Pipeline::new(cfg.clone(), Box::new(source), vec![Box::new(sink)]);
+        // Always behind: no hand-off by time, only by size.
+        pipeline.opts.behind_after = Duration::ZERO;
+        let summary = pipeline.run(&mut crate::fast::FastEngine::new(cfg.clone())).unwrap();
+        assert_eq!(summary.liquidations, N);
+        let chunks = std::mem::take(&mut *chunks.lock().unwrap());
+        let sizes: Vec<usize> = chunks.iter().map(|(_, c)| c.lines().count()).collect();
+        assert!(sizes.iter().all(|&n| n <= CHUNK_EVENTS), "{sizes:?}");
+        assert!(sizes.len() >= 3, "{sizes:?}");
+        let mut plain = Vec::new();
+        let mut fast = crate::fast::FastEngine::new(cfg.clone());
+        crate::replay::replay(cfg, &mut fast, io::Cursor::new(stream.into_bytes()), &mut plain)
+            .unwrap();
+        let strip = |s: &str| -> Vec<String> {
+            s.lines().map(|l| l.split("\"latency_ns\"").next().unwrap_or(l).to_owned()).collect()
+        };
+        let handed: String = chunks.iter().map(|(_, c)| c.as_str()).collect();
+        assert_eq!(strip(&handed), strip(&String::from_utf8(plain).unwrap()));
     }
 
     /// The engine waits on both queues: a control request is answered while the stream is
