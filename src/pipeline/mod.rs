@@ -825,7 +825,18 @@ mod tests {
         let summary = pipeline.run(&mut engine).unwrap();
         assert_eq!(summary.liquidations, N * wicks, "every account is liquidated");
         assert_eq!(summary.event_latency.summary().count, N * wicks);
-        // The same events, in the same order, as a plain replay of the stream.
+        let chunks = std::mem::take(&mut *chunks.lock().unwrap());
+        let in_order = same_as_plain_replay(cfg, stream, &chunks);
+        (chunks, in_order)
+    }
+
+    /// The chunks hold the events of a plain replay of `stream` (fast engine), in its order,
+    /// `latency_ns` aside.
+    fn same_as_plain_replay(
+        cfg: Arc<Config>,
+        stream: String,
+        chunks: &[(Instant, String)],
+    ) -> bool {
         let mut plain = Vec::new();
         let mut fast = crate::fast::FastEngine::new(cfg.clone());
         crate::replay::replay(cfg, &mut fast, io::Cursor::new(stream.into_bytes()), &mut plain)
@@ -833,10 +844,8 @@ mod tests {
         let strip = |s: &str| -> Vec<String> {
             s.lines().map(|l| l.split("\"latency_ns\"").next().unwrap_or(l).to_owned()).collect()
         };
-        let chunks = std::mem::take(&mut *chunks.lock().unwrap());
         let handed: String = chunks.iter().map(|(_, c)| c.as_str()).collect();
-        let in_order = strip(&handed) == strip(&String::from_utf8(plain).unwrap());
-        (chunks, in_order)
+        strip(&handed) == strip(&String::from_utf8(plain).unwrap())
     }
 
     /// The engine thread hands chunks of events on unprinted; a writer thread prints each
@@ -915,15 +924,7 @@ mod tests {
         let sizes: Vec<usize> = chunks.iter().map(|(_, c)| c.lines().count()).collect();
         assert!(sizes.iter().all(|&n| n <= CHUNK_EVENTS), "{sizes:?}");
         assert!(sizes.len() >= 3, "{sizes:?}");
-        let mut plain = Vec::new();
-        let mut fast = crate::fast::FastEngine::new(cfg.clone());
-        crate::replay::replay(cfg, &mut fast, io::Cursor::new(stream.into_bytes()), &mut plain)
-            .unwrap();
-        let strip = |s: &str| -> Vec<String> {
-            s.lines().map(|l| l.split("\"latency_ns\"").next().unwrap_or(l).to_owned()).collect()
-        };
-        let handed: String = chunks.iter().map(|(_, c)| c.as_str()).collect();
-        assert_eq!(strip(&handed), strip(&String::from_utf8(plain).unwrap()));
+        assert!(same_as_plain_replay(cfg, stream, &chunks), "every event, in order");
     }
 
     /// The engine waits on both queues: a control request is answered while the stream is
