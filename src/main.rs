@@ -209,9 +209,16 @@ impl EngineKind {
     }
 }
 
+/// The slowest `--rate`: one line every 1,000 s. Slower paces put a line's due time past
+/// what a `Duration` holds (`--rate 1e-300` panicked).
+const RATE_MIN: f64 = 0.001;
+
 fn positive_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        Ok(r) if r.is_finite() && r >= RATE_MIN => Ok(r),
+        Ok(r) if r.is_finite() && r > 0.0 => {
+            Err(format!("{s:?} is below 0.001 lines per second (one line every 1,000 s)"))
+        }
         _ => Err(format!("{s:?} is not a positive number of lines per second")),
     }
 }

@@ -351,3 +351,27 @@ fn endless_config_and_log_files_are_refused_not_read_into_memory() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("over 256 MiB"));
     assert!(!svg.exists());
 }
+
+/// A pace slower than one line every 1,000 s is refused (exit 2, in words): `--rate 1e-300`
+/// put the second line's due time past what a duration holds, and panicked.
+#[test]
+fn a_rate_too_slow_to_schedule_is_refused_not_a_panic() {
+    let stream = fixture("golden/cross_basics.ndjson");
+    let config = fixture("config/multi_tier.json");
+    for rate in ["1e-300", "1e-19", "0.0009"] {
+        let replay = liqscan()
+            .args(["replay", "--rate", rate, "--config", &config, &stream])
+            .output()
+            .unwrap();
+        let feed = liqscan()
+            .args(["feed", "--to", "127.0.0.1:9", "--rate", rate, &stream])
+            .output()
+            .unwrap();
+        for (what, out) in [("replay", replay), ("feed", feed)] {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{what} --rate {rate}: {stderr}");
+            assert!(stderr.contains("below 0.001 lines per second"), "{what} {rate}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{what} {rate}: {stderr}");
+        }
+    }
+}

@@ -76,9 +76,9 @@ pub struct RunArgs {
     /// Serve HTTP on this address: /metrics, /health, /accounts/{id}, /at-risk.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub http: Option<SocketAddr>,
-    /// Bytes of events that may wait for one subscriber (K, M, G suffixes: powers of 1024);
-    /// a subscriber whose backlog would exceed it is disconnected and counted.
-    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_bytes)]
+    /// Bytes of events that may wait for one subscriber (K, M, G suffixes: powers of 1024;
+    /// at least 256K); a subscriber whose backlog would exceed it is disconnected and counted.
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = subscriber_buffer)]
     pub subscriber_buffer: usize,
     /// Subscribers connected at once; more are refused and counted.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = at_least_one)]
@@ -154,6 +154,23 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
     match digits.parse::<usize>().ok().and_then(|n| n.checked_mul(1 << shift)) {
         Some(n) if n > 0 => Ok(n),
         _ => Err(format!("{s:?} is not a positive number of bytes")),
+    }
+}
+
+/// The least `--subscriber-buffer`: a chunk of events (up to 512, ~300 KB of liquidations)
+/// goes whole to a subscriber that has nothing waiting, but one that is a chunk behind is cut
+/// when the next would take it over the budget, so a budget of a chunk or less cuts healthy
+/// subscribers that are merely a chunk behind.
+pub const SUBSCRIBER_BUFFER_MIN: usize = 256 << 10;
+
+/// `--subscriber-buffer`: [`parse_bytes`], at least [`SUBSCRIBER_BUFFER_MIN`].
+fn subscriber_buffer(s: &str) -> Result<usize, String> {
+    match parse_bytes(s)? {
+        n if n >= SUBSCRIBER_BUFFER_MIN => Ok(n),
+        _ => Err(format!(
+            "{s:?}: a subscriber buffer must be at least 256K (a smaller one cuts healthy \
+             subscribers that are one chunk of events behind)"
+        )),
     }
 }
 

@@ -725,6 +725,18 @@ fn help_documents_every_flag() {
         assert_eq!(out.status.code(), Some(2), "{flag} 0");
         assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"), "{flag} 0");
     }
+    // A subscriber budget of a chunk or less would cut healthy subscribers a chunk behind.
+    for value in ["1K", "255K"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_liqscan"))
+            .args(["run", "--config", &fixture("config/multi_tier.json")])
+            .args(["--subscriber-buffer", value])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--subscriber-buffer {value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("at least 256K"), "--subscriber-buffer {value}: {stderr}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------
