@@ -75,7 +75,7 @@ enum Command {
         plot: Option<PathBuf>,
         /// Offer the input at this many lines per second, as a live sender would, instead of
         /// as fast as possible (where event latency measures the queue, not the engine).
-        /// Any positive number, fractions allowed.
+        /// Any number from 0.001 up, fractions allowed.
         #[arg(long, value_name = "LINES_PER_S", value_parser = positive_rate)]
         rate: Option<f64>,
         /// Input stream: newline-delimited JSON messages, or - for stdin.
@@ -165,7 +165,8 @@ struct FeedArgs {
     /// The daemon's engine address (its --listen), host:port.
     #[arg(long, value_name = "ADDR")]
     to: String,
-    /// Send this many lines per second instead of as fast as the daemon reads them.
+    /// Send this many lines per second instead of as fast as the daemon reads them (from
+    /// 0.001 up).
     #[arg(long, value_name = "LINES_PER_S", value_parser = positive_rate)]
     rate: Option<f64>,
     /// Also subscribe to the daemon's events (its --events address) and time each event
@@ -219,7 +220,7 @@ fn positive_rate(s: &str) -> Result<f64, String> {
         Ok(r) if r.is_finite() && r > 0.0 => {
             Err(format!("{s:?} is below 0.001 lines per second (one line every 1,000 s)"))
         }
-        _ => Err(format!("{s:?} is not a positive number of lines per second")),
+        _ => Err(format!("{s:?} is not a finite positive number of lines per second")),
     }
 }
 

@@ -237,7 +237,16 @@ impl Source<'static> for EngineListener {
             };
             let Some((mut stream, peer)) = taken else {
                 select! {
-                    recv(self.wake) -> _ => continue,
+                    recv(self.wake) -> woken => match woken {
+                        Ok(()) => continue,
+                        Err(_) => {
+                            // The acceptor thread is gone (it never returns; only a panic
+                            // ends it): no engine can connect again. End the input, as a
+                            // stop does, rather than poll a closed channel forever.
+                            warn!("the engine listener stopped accepting; ending the input");
+                            return None;
+                        }
+                    },
                     recv(self.stop) -> _ => return None,
                 }
             };

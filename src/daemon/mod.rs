@@ -157,10 +157,11 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
     }
 }
 
-/// The least `--subscriber-buffer`: a chunk of events (up to 512, ~300 KB of liquidations)
-/// goes whole to a subscriber that has nothing waiting, but one that is a chunk behind is cut
-/// when the next would take it over the budget, so a budget of a chunk or less cuts healthy
-/// subscribers that are merely a chunk behind.
+/// The least `--subscriber-buffer`. A chunk of events (up to 512, ~300 KB of liquidations)
+/// goes whole to a subscriber that has nothing waiting, but one with anything waiting is cut
+/// when the next chunk would take it over the budget: with 1K, healthy subscribers a few
+/// events behind were cut. A subscriber may fall about `budget − one chunk` behind; the
+/// default 4M allows a dozen chunks.
 pub const SUBSCRIBER_BUFFER_MIN: usize = 256 << 10;
 
 /// `--subscriber-buffer`: [`parse_bytes`], at least [`SUBSCRIBER_BUFFER_MIN`].
@@ -169,7 +170,7 @@ fn subscriber_buffer(s: &str) -> Result<usize, String> {
         n if n >= SUBSCRIBER_BUFFER_MIN => Ok(n),
         _ => Err(format!(
             "{s:?}: a subscriber buffer must be at least 256K (a smaller one cuts healthy \
-             subscribers that are one chunk of events behind)"
+             subscribers that are a few events behind)"
         )),
     }
 }
@@ -219,10 +220,15 @@ fn init_logging(format: LogFormat) {
         Err(_) => (EnvFilter::new("info"), None),
     };
     // Colours only on a terminal: a log file or a pipe gets plain text that grep can read.
+    // A log line that cannot be written is dropped: by default the layer reports its own
+    // write errors with `eprintln!`, which panics when stderr is a broken pipe, and a log
+    // call on the engine connection's acceptor thread then took the `--listen` port down
+    // with it (stderr to a fifo whose reader went away).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false);
     // A second initialisation (only in tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

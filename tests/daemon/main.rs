@@ -885,3 +885,66 @@ fn start_up_refusals_exit_with_a_reason() {
         assert!(err.contains("--state-dir"), "{flags:?}: {err}");
     }
 }
+
+/// A stderr whose reader goes away (a log pipe or fifo closed) costs the daemon its log
+/// lines, nothing else: engines still connect (the acceptor thread logs each connection; its
+/// log call used to panic and take the `--listen` port down), events still flow, and SIGTERM
+/// exits 0.
+#[test]
+fn a_closed_stderr_loses_log_lines_only() {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_liqscan"))
+        .args(["run", "--log-format", "json", "--config", &fixture("config/multi_tier.json")])
+        .args(["--listen", "127.0.0.1:0", "--events", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The bound addresses from the start-up log, a subscriber, then the log's reader goes.
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log_until = |what: &str, pred: &dyn Fn(&Value) -> bool| -> Vec<Value> {
+        let mut seen = Vec::new();
+        for _ in 0..1000 {
+            let Some(Ok(line)) = lines.next() else { break };
+            let v: Value = serde_json::from_str(&line).unwrap_or_default();
+            let done = pred(&v);
+            seen.push(v);
+            if done {
+                return seen;
+            }
+        }
+        panic!("no log line {what}: {seen:#?}");
+    };
+    let start = log_until("start", &|v| v["message"] == "liqscan run started");
+    let addr = |role: &str| -> std::net::SocketAddr {
+        let v = start.iter().find(|v| v["role"] == role).expect(role);
+        v["addr"].as_str().unwrap().parse().unwrap()
+    };
+    let (engine, http) = (addr("engine"), addr("http"));
+    let mut subscriber = Subscriber::connect(addr("events"));
+    log_until("subscriber connected", &|v| v["message"] == "subscriber connected");
+    drop(lines);
+    // Two engine connections, each logged on the acceptor thread: the second is accepted
+    // only if the first one's log call did not take the acceptor down.
+    let stream = "golden/cross_basics.ndjson";
+    let want = replay_events(stream, "config/multi_tier.json", "fast");
+    drop(EngineConn::connect(engine));
+    let mut conn = EngineConn::connect(engine);
+    conn.send(&std::fs::read(fixture(stream)).unwrap());
+    let got = canonical(events(&lines_text(subscriber.until(want.len()))));
+    assert_same_events("events with stderr closed", &got, &want);
+    wait_http_ok(http, "/health", "health with stderr closed");
+    let ok = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(ok.unwrap().success());
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < until, "no exit within 30 s of SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert!(status.success(), "{status:?}");
+}
