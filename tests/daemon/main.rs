@@ -893,29 +893,54 @@ fn start_up_refusals_exit_with_a_reason() {
 #[test]
 fn a_closed_stderr_loses_log_lines_only() {
     use std::io::BufRead as _;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_liqscan"))
-        .args(["run", "--log-format", "json", "--config", &fixture("config/multi_tier.json")])
-        .args(["--listen", "127.0.0.1:0", "--events", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The bound addresses from the start-up log, a subscriber, then the log's reader goes.
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log_until = |what: &str, pred: &dyn Fn(&Value) -> bool| -> Vec<Value> {
-        let mut seen = Vec::new();
-        for _ in 0..1000 {
-            let Some(Ok(line)) = lines.next() else { break };
+    /// Kills the daemon however the test ends, so that a failed assertion leaves no process.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_liqscan"))
+            .args(["run", "--log-format", "json", "--config", &fixture("config/multi_tier.json")])
+            .args(["--listen", "127.0.0.1:0", "--events", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The log is read on a thread until "subscriber connected", then its reader is dropped
+    // (the pipe closes); every wait for it here is bounded by PATIENCE.
+    let stderr = child.0.stderr.take().unwrap();
+    let (log_tx, log_rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
             let v: Value = serde_json::from_str(&line).unwrap_or_default();
-            let done = pred(&v);
-            seen.push(v);
-            if done {
-                return seen;
+            let last = v["message"] == "subscriber connected";
+            if log_tx.send(v).is_err() || last {
+                break;
             }
         }
-        panic!("no log line {what}: {seen:#?}");
+        // The reader was dropped with the loop: the pipe is closed now.
+        let _ = log_tx.send(serde_json::json!({ "message": "stderr closed" }));
+    });
+    let log_until = |what: &str, pred: &dyn Fn(&Value) -> bool| -> Vec<Value> {
+        let (deadline, mut seen) = (std::time::Instant::now() + PATIENCE, Vec::new());
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match log_rx.recv_timeout(left) {
+                Ok(v) if pred(&v) => {
+                    seen.push(v);
+                    return seen;
+                }
+                Ok(v) => seen.push(v),
+                Err(_) => panic!("no log line {what} within {PATIENCE:?}: {seen:#?}"),
+            }
+        }
     };
     let start = log_until("start", &|v| v["message"] == "liqscan run started");
     let addr = |role: &str| -> std::net::SocketAddr {
@@ -924,8 +949,8 @@ fn a_closed_stderr_loses_log_lines_only() {
     };
     let (engine, http) = (addr("engine"), addr("http"));
     let mut subscriber = Subscriber::connect(addr("events"));
-    log_until("subscriber connected", &|v| v["message"] == "subscriber connected");
-    drop(lines);
+    // The reading thread stops after this line and closes the pipe.
+    log_until("stderr closed", &|v| v["message"] == "stderr closed");
     // Two engine connections, each logged on the acceptor thread: the second is accepted
     // only if the first one's log call did not take the acceptor down.
     let stream = "golden/cross_basics.ndjson";
@@ -936,11 +961,11 @@ fn a_closed_stderr_loses_log_lines_only() {
     let got = canonical(events(&lines_text(subscriber.until(want.len()))));
     assert_same_events("events with stderr closed", &got, &want);
     wait_http_ok(http, "/health", "health with stderr closed");
-    let ok = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let ok = std::process::Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status();
     assert!(ok.unwrap().success());
     let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(std::time::Instant::now() < until, "no exit within 30 s of SIGTERM");
