@@ -13,8 +13,8 @@
 //! `perf record --control fifo:FIFO -D -1 ...` samples the wicks only. `PARALLEL_EVENTS=N`
 //! builds the events of a message with at least N liquidations on the rayon workers
 //! (`FastEngine::with_parallel_events`; off by default, as in `liqscan`). `PARALLEL_REFRESH=N`
-//! plans the refreshes of a message touching at least N cross accounts on the workers and
-//! builds its isolated events there too (`FastEngine::with_parallel_refresh`; off by default,
+//! plans the refreshes of a message touching at least N cross accounts on the workers
+//! (`FastEngine::with_parallel_refresh`; off by default,
 //! as in `liqscan` unless `LIQSCAN_PARALLEL_REFRESH` is set). `JSON=1` also writes each
 //! event of a timed message as its JSON line into a buffer, inside the timing, as the
 //! pipeline's `emit` does on the engine thread.

@@ -619,8 +619,12 @@ impl<'o> Gen<'o> {
         Ok(true)
     }
 
-    /// Schedules an engine action for each liquidation among `self.events`.
+    /// Schedules an engine action for each liquidation among `self.events`: cross items
+    /// first, then isolated ones, each in the engine's order. (The engine's order within a
+    /// message is free, SPEC section 6, and its isolated events come first; the streams keep
+    /// the order they were made with, so a seed gives the same stream as before.)
     fn schedule(&mut self) {
+        self.events.sort_by_key(|e| matches!(e, Event::Liquidation(l) if l.symbol.is_some()));
         for e in self.events.drain(..) {
             if let Event::Liquidation(l) = e {
                 self.stats.liquidations += 1;

@@ -1675,16 +1675,16 @@ impl FastEngine {
         })
     }
 
-    /// Refreshes the cross accounts touched by this message in chunks of [`WICK_CHUNK`],
+    /// Emits the isolated items that crossed (in the order the ticks found them), then
+    /// refreshes the cross accounts touched by this message in chunks of [`WICK_CHUNK`],
     /// emitting each chunk's cross items that crossed (in the order of their refreshes) before
-    /// the next chunk is refreshed, then emits the isolated items that crossed (in the order
-    /// the ticks found them); clears the scratch lists. So a wick's first events are made,
-    /// and handed on by the pipeline ([`crate::pipeline::HAND_ON_AFTER`]), while the rest of
-    /// its accounts are still being refreshed, and the events come in the order they came in
-    /// before the chunks (every cross event, then every isolated one): `liqscan gen` schedules
-    /// its actions in its engine's event order, so its streams stay the same. (The SPEC leaves
-    /// the order within a message free; building the isolated events first would make a
-    /// wick's first event earlier still, but changes what `gen` writes.)
+    /// the next chunk is refreshed; clears the scratch lists. So a wick's first events are
+    /// made, and handed on by the pipeline ([`crate::pipeline::HAND_ON_AFTER`]), before any
+    /// refresh: an isolated event costs about half a microsecond and needs none, a cross one
+    /// waits for its account's refresh. Then the cross events are made while the rest of the
+    /// accounts are still being refreshed. (The SPEC leaves the order within a message free;
+    /// `liqscan gen`, which schedules its actions in event order, puts cross items first
+    /// itself, so its streams do not depend on this order.)
     ///
     /// The accounts are known before they are refreshed, and each is in no order in memory
     /// (its pair list, wallet and id, then each position's columns: a dozen or more cache
@@ -1702,27 +1702,6 @@ impl FastEngine {
         // Book order, which is deterministic.
         let mut touched = std::mem::take(&mut self.touched);
         let mut isolated = std::mem::take(&mut self.emit_isolated);
-        if touched.len() >= self.parallel_refresh && rayon::current_num_threads() > 1 {
-            // The isolated events are built in the same waves; handed out after the cross ones.
-            let built = self.refresh_in_parallel(&touched, &isolated, at, out);
-            built.into_iter().for_each(|ev| out(Event::Liquidation(ev)));
-            touched.clear();
-            isolated.clear();
-        }
-        self.defer_cross_events = true;
-        for lo in (0..touched.len()).step_by(WICK_CHUNK) {
-            for j in lo..(lo + WICK_CHUNK).min(touched.len()) {
-                self.prefetch_ahead(&touched, j, true);
-                self.refresh(touched[j], false, at, out);
-            }
-            let mut cross = std::mem::take(&mut self.emit_cross);
-            self.cross_events(&cross, at, &mut |ev| out(Event::Liquidation(ev)));
-            cross.clear();
-            self.emit_cross = cross;
-        }
-        self.defer_cross_events = false;
-        touched.clear();
-        self.touched = touched;
         if isolated.len() < self.parallel_events {
             self.isolated_events(&isolated, at, &mut |ev| out(Event::Liquidation(ev)));
         } else {
@@ -1739,6 +1718,24 @@ impl FastEngine {
         }
         isolated.clear();
         self.emit_isolated = isolated;
+        if touched.len() >= self.parallel_refresh && rayon::current_num_threads() > 1 {
+            self.refresh_in_parallel(&touched, at, out);
+            touched.clear();
+        }
+        self.defer_cross_events = true;
+        for lo in (0..touched.len()).step_by(WICK_CHUNK) {
+            for j in lo..(lo + WICK_CHUNK).min(touched.len()) {
+                self.prefetch_ahead(&touched, j, true);
+                self.refresh(touched[j], false, at, out);
+            }
+            let mut cross = std::mem::take(&mut self.emit_cross);
+            self.cross_events(&cross, at, &mut |ev| out(Event::Liquidation(ev)));
+            cross.clear();
+            self.emit_cross = cross;
+        }
+        self.defer_cross_events = false;
+        touched.clear();
+        self.touched = touched;
     }
 
     /// The liquidation events of the cross accounts `list`, in order.

@@ -34,15 +34,6 @@ const WAVE_FIRST: usize = 128;
 /// the workers wait, so waves bound how long the events of the last accounts wait, too.
 const WAVE_MAX: usize = 1024;
 
-/// Isolated events a rayon task builds at once.
-const EVENT_TASK: usize = 64;
-
-/// What a task of a wave gives back.
-enum Part {
-    Cross(Planned),
-    Isolated(Vec<Liquidation>),
-}
-
 /// A task's plans: per account its plan, its triggers (`n` entries, in order), and the events
 /// of those whose refresh emits, in order.
 struct Planned {
@@ -55,75 +46,46 @@ impl FastEngine {
     /// Refreshes the cross accounts `touched` (distinct, none re-armed) with their reading
     /// halves on the rayon workers, wave by wave, and hands out each wave's events (of the
     /// accounts that crossed, in `touched` order) before the next wave: the events and the
-    /// state of [`FastEngine::refresh`] called on each in turn. The liquidation events of the
-    /// isolated slots `isolated` (which read no cross record, so no commit changes them) are
-    /// built in the same waves, a share in each, and returned in order for the caller to hand
-    /// out after the cross ones.
+    /// state of [`FastEngine::refresh`] called on each in turn. (A message's isolated events
+    /// need no refresh: [`FastEngine::finish_message`] hands them out before these.)
     pub(super) fn refresh_in_parallel(
         &mut self,
         touched: &[AccountIdx],
-        isolated: &[(SymbolIdx, u32)],
         at: At,
         out: &mut dyn FnMut(Event),
-    ) -> Vec<Liquidation> {
-        let isolated_tasks = isolated.len().div_ceil(EVENT_TASK);
-        let mut built = Vec::with_capacity(isolated.len());
-        let (mut lo, mut isolated_done) = (0, 0);
+    ) {
+        let mut lo = 0;
         while lo < touched.len() {
             let wave = lo.clamp(WAVE_FIRST, WAVE_MAX);
             let hi = (lo + wave).min(touched.len());
-            // This wave's share of the isolated tasks left (all of them by the last wave).
-            let take = ((isolated_tasks - isolated_done) * (hi - lo)).div_ceil(touched.len() - lo);
             let (list, this) = (&touched[lo..hi], &*self);
-            let cross_tasks = list.len().div_ceil(TASK);
-            let parts: Vec<Part> = (0..cross_tasks + take)
+            let parts: Vec<Planned> = (0..list.len().div_ceil(TASK))
                 .into_par_iter()
-                .map(|k| match k.checked_sub(cross_tasks) {
-                    None => Part::Cross(this.plan_task(
-                        list,
-                        k * TASK..(k * TASK + TASK).min(list.len()),
-                        at,
-                    )),
-                    Some(k) => {
-                        let from = (isolated_done + k) * EVENT_TASK;
-                        let items = &isolated[from..(from + EVENT_TASK).min(isolated.len())];
-                        let mut v = Vec::with_capacity(items.len());
-                        this.isolated_events(items, at, &mut |ev| v.push(ev));
-                        Part::Isolated(v)
-                    }
-                })
+                .map(|k| this.plan_task(list, k * TASK..(k * TASK + TASK).min(list.len()), at))
                 .collect();
-            for part in parts {
-                match part {
-                    Part::Cross(p) => {
-                        let mut from = 0;
-                        for (j, &(plan, n)) in p.plans.iter().enumerate() {
-                            // The lines the commits a few accounts ahead write (they sit in
-                            // the caches of the workers that planned them).
-                            if let Some(&(ahead, _)) = p.plans.get(j + REFRESH_AHEAD) {
-                                let i = ahead.a.0 as usize;
-                                prefetch(&self.accounts.hot[i]);
-                                prefetch(&self.accounts.wallet_e8[i]);
-                                prefetch(&self.accounts.pairs[i]);
-                            }
-                            let upto = (from + n + 2 * REFRESH_AHEAD).min(p.triggers.len());
-                            for &(s, slot, _, _) in
-                                &p.triggers[(from + 2 * REFRESH_AHEAD).min(upto)..upto]
-                            {
-                                self.cross[s.0 as usize].prefetch_slot(slot as usize);
-                            }
-                            self.commit_refresh(&plan, &p.triggers[from..from + n]);
-                            from += n;
-                        }
-                        p.events.into_iter().for_each(|ev| out(Event::Liquidation(ev)));
+            for p in parts {
+                let mut from = 0;
+                for (j, &(plan, n)) in p.plans.iter().enumerate() {
+                    // The lines the commits a few accounts ahead write (they sit in the caches
+                    // of the workers that planned them).
+                    if let Some(&(ahead, _)) = p.plans.get(j + REFRESH_AHEAD) {
+                        let i = ahead.a.0 as usize;
+                        prefetch(&self.accounts.hot[i]);
+                        prefetch(&self.accounts.wallet_e8[i]);
+                        prefetch(&self.accounts.pairs[i]);
                     }
-                    Part::Isolated(v) => built.extend(v),
+                    let upto = (from + n + 2 * REFRESH_AHEAD).min(p.triggers.len());
+                    for &(s, slot, _, _) in &p.triggers[(from + 2 * REFRESH_AHEAD).min(upto)..upto]
+                    {
+                        self.cross[s.0 as usize].prefetch_slot(slot as usize);
+                    }
+                    self.commit_refresh(&plan, &p.triggers[from..from + n]);
+                    from += n;
                 }
+                p.events.into_iter().for_each(|ev| out(Event::Liquidation(ev)));
             }
-            (lo, isolated_done) = (hi, isolated_done + take);
+            lo = hi;
         }
-        debug_assert_eq!(built.len(), isolated.len(), "every isolated event built once");
-        built
     }
 
     /// Plans the refreshes of `list[task]` (read-only; the prefetch looks ahead into the rest
