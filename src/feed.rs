@@ -164,8 +164,8 @@ impl FeedSummary {
 pub enum FeedError {
     #[error("cannot read input {path}")]
     Input { path: PathBuf, source: io::Error },
-    #[error("no connection to {to} for {secs:.1} s (last error: {last})")]
-    GaveUp { to: String, secs: f64, last: String },
+    #[error("no connection to {to} for {secs:.1} s after: {cause} (last error: {last})")]
+    GaveUp { to: String, secs: f64, cause: String, last: String },
     #[error("{to} did not answer with a hello line: {reason}")]
     NoHello { to: String, reason: String },
     #[error("cannot subscribe to events at {addr}")]
@@ -266,7 +266,7 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
         None => None,
     };
     let mut sent_up_to = 0u64; // highest line number ever sent, for counting resends
-    let mut last_error;
+    let mut cause = String::new();
     let mut backoff = Duration::from_millis(50);
     let mut failing_since: Option<Instant> = None;
     let mut paced = Pacer::new(opts.rate);
@@ -290,16 +290,23 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
                 &mut sent_up_to,
             )
         });
-        match attempt {
+        let last_error = match attempt {
             Ok(Connection::Done) => break,
-            Ok(Connection::Lost(e)) | Err(Attempt::Retry(e)) => last_error = e,
+            Ok(Connection::Lost(e)) | Err(Attempt::Retry(e)) => e,
             Err(Attempt::Fatal(e)) => return Err(e),
+        };
+        if failing_since.is_none() {
+            // What began this run of failures: a lost connection (a daemon that stopped
+            // before reading everything says how far it read) says more than the refused
+            // connects after it.
+            cause = last_error.clone();
         }
         let since = *failing_since.get_or_insert_with(Instant::now);
         if since.elapsed() >= opts.give_up_after {
             return Err(FeedError::GaveUp {
                 to: opts.to.clone(),
                 secs: since.elapsed().as_secs_f64(),
+                cause,
                 last: last_error,
             });
         }
@@ -500,7 +507,7 @@ fn send_from(
         return Ok(Connection::Lost(format!("send: {e}")));
     }
     drop(out);
-    Ok(wait_for_close(&stream, opts.io_timeout))
+    Ok(wait_for_close(&stream, seq.last(), opts.io_timeout))
 }
 
 fn count_sent(summary: &mut FeedSummary, sent_up_to: &mut u64, line_no: u64, len: usize) {
@@ -545,27 +552,63 @@ fn stamp(line: &[u8], ts: u64, out: &mut impl Write) -> io::Result<()> {
 }
 
 /// After the last line: half-close, then wait for the daemon to close its side, which it
-/// does once it has read everything we sent.
-fn wait_for_close(stream: &TcpStream, timeout: Duration) -> Connection {
+/// does once it has read everything we sent. Before it closes, liqscan's daemon writes a
+/// `bye` line with the last seq it applied (see `daemon::input::bye`): one below
+/// `last_sent` (the input's last effective seq) means it stopped before reading the rest
+/// (SIGTERM mid-stream: the lines were in its socket, not applied), and the connection
+/// counts as lost, so the rest is resent after the next hello, or the feed gives up and
+/// says so. A close without a `bye` (another daemon, or a connection a newer one replaced)
+/// counts as done, as before.
+fn wait_for_close(stream: &TcpStream, last_sent: u64, timeout: Duration) -> Connection {
     if let Err(e) = stream.shutdown(Shutdown::Write) {
         return Connection::Lost(format!("shutdown: {e}"));
     }
     let _ = stream.set_read_timeout(Some(timeout));
-    let mut sink = [0u8; 4096];
+    // What the daemon writes after the hello: a `bye` line, nothing else; more is not kept.
+    const KEEP: usize = 4096;
+    let mut said = Vec::new();
+    let mut buf = [0u8; 1024];
     let mut reader = stream;
-    loop {
-        match reader.read(&mut sink) {
-            Ok(0) => return Connection::Done,
-            Ok(_) => {} // nothing is expected after the hello; ignore it
+    let end = loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break Connection::Done,
+            Ok(n) => said.extend_from_slice(&buf[..n.min(KEEP.saturating_sub(said.len()))]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 // The daemon keeps the connection open: it has our bytes in its socket and
                 // will read them; TCP delivered everything we wrote.
-                return Connection::Done;
+                break Connection::Done;
             }
-            Err(e) => return Connection::Lost(format!("waiting for the daemon to close: {e}")),
+            Err(e) => {
+                return Connection::Lost(format!("waiting for the daemon to close: {e}"));
+            }
         }
+    };
+    match bye_of(&said) {
+        Some((last_seq, reason)) if last_seq < last_sent => Connection::Lost(format!(
+            "the daemon closed the connection ({reason}) having read up to seq {last_seq}; \
+             the input goes on to seq {last_sent}"
+        )),
+        _ => end,
     }
+}
+
+/// The last `bye` line among what the daemon wrote after its hello: its `last_seq` and
+/// `reason`.
+fn bye_of(said: &[u8]) -> Option<(u64, String)> {
+    #[derive(serde::Deserialize)]
+    struct Bye {
+        #[serde(rename = "type")]
+        kind: String,
+        last_seq: u64,
+        #[serde(default)]
+        reason: String,
+    }
+    said.split(|&b| b == b'\n')
+        .rev()
+        .filter_map(|line| serde_json::from_slice::<Bye>(line).ok())
+        .find(|b| b.kind == "bye")
+        .map(|b| (b.last_seq, b.reason))
 }
 
 /// The subscriber side of `--events`: reads events, times those whose message was stamped.

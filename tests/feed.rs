@@ -290,3 +290,57 @@ fn subscriber_times_events_from_the_stamped_ts() {
     assert_eq!(r["latency_ns"]["ts_to_event"]["count"], lines.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn bye(stream: &mut TcpStream, last_seq: u64, reason: &str) {
+    writeln!(stream, r#"{{"type":"bye","last_seq":{last_seq},"reason":"{reason}"}}"#).unwrap();
+}
+
+/// A daemon stopped mid-stream had the last lines in its socket, not applied: its `bye` says
+/// how far it read. The feed counts that connection as lost and resends the rest after the
+/// next hello; with no daemon to take them it gives up (exit 1) and says how far the daemon
+/// read. A `bye` at the input's last seq ends the feed (exit 0).
+#[test]
+fn a_bye_short_of_the_input_resends_the_rest_or_fails() {
+    let name = "gen/live_open.ndjson";
+    let lines = fixture_lines(name);
+    let last = seq_of(lines.last().unwrap()).unwrap();
+    let stopped_at = seq_of(&lines[2000]).unwrap();
+    for restarted in [true, false] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let give_up = ["--give-up-after", "2s"];
+        let proc =
+            feed(&[&["--to", &addr][..], &give_up, &[fixture(name).to_str().unwrap()]].concat());
+        // Connection 1: every line arrives (the feed half-closes), but the daemon stops having
+        // applied only up to line 2,000's seq.
+        let mut conn = accept(&listener);
+        hello(&mut conn, 0);
+        let first = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+        assert_eq!(first.len(), lines.len(), "the whole input went into the socket");
+        bye(&mut conn, stopped_at, "stopping");
+        drop(conn);
+        if !restarted {
+            drop(listener);
+            let out = proc.wait(Duration::from_secs(20));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            assert!(err.contains(&format!("having read up to seq {stopped_at}")), "{err}");
+            assert!(err.contains(&format!("the input goes on to seq {last}")), "{err}");
+            continue;
+        }
+        // Connection 2: the restarted daemon's hello; the rest comes again.
+        let mut conn = accept(&listener);
+        hello(&mut conn, stopped_at);
+        let second = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+        bye(&mut conn, last, "end of stream");
+        drop(conn);
+        let out = proc.wait(Duration::from_secs(20));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(second == lines[2001..], "connection 2 carries the lines after the bye's seq");
+        assert!(
+            err.contains(&format!("connections   2 (hello last_seq: 0, {stopped_at})")),
+            "{err}"
+        );
+    }
+}

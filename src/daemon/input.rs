@@ -161,10 +161,12 @@ pub struct EngineListener {
 pub struct EngineCloser(Arc<Mutex<Slots>>);
 
 impl EngineCloser {
+    /// Stops the reading of the live connection (a blocked read returns at once); its write
+    /// side stays open for the `bye` line ([`bye`]).
     pub fn close(&self) {
         let slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((live, _)) = &slots.live {
-            let _ = live.shutdown(Shutdown::Both);
+            let _ = live.shutdown(Shutdown::Read);
         }
     }
 }
@@ -224,6 +226,17 @@ pub fn hello(last_seq: u64) -> String {
     )
 }
 
+/// The line the daemon writes to an engine connection it is done reading, before it closes
+/// it (liqscan's addition to SPEC 9.1, where the SPEC is silent on closing): `last_seq` is
+/// the last effective seq it has applied or will apply before it exits; `reason` is
+/// `"end of stream"` (the engine closed its side) or `"stopping"` (SIGINT/SIGTERM). An engine
+/// that sent lines past `last_seq` knows they were not read and resends them after the
+/// next hello. Not written to a connection a newer one replaced, nor after a read error.
+pub fn bye(last_seq: u64, stopping: bool) -> String {
+    let reason = if stopping { "stopping" } else { "end of stream" };
+    format!("{{\"type\":\"bye\",\"last_seq\":{last_seq},\"reason\":\"{reason}\"}}\n")
+}
+
 impl Source<'static> for EngineListener {
     fn next(&mut self, last_seq: u64) -> Option<Connection<'static>> {
         loop {
@@ -264,8 +277,15 @@ impl Source<'static> for EngineListener {
     }
 
     fn ended(&mut self, end: ConnectionEnd) -> io::Result<()> {
-        // Forget the live socket, unless the acceptor already shut it down for a newer one.
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner).live.take();
+        // Forget the live socket, unless the acceptor already shut it down for a newer one;
+        // tell the engine how far this connection was read (the reader still holds the
+        // socket open).
+        let live = self.slots.lock().unwrap_or_else(PoisonError::into_inner).live.take();
+        if let Some((mut stream, _)) = live.filter(|_| end.error.is_none()) {
+            // Best effort, and never blocking for long: the engine may be gone.
+            let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+            let _ = stream.write_all(bye(end.last_seq, end.stopped).as_bytes());
+        }
         self.metrics.engine_connected.set(0);
         let peer = self.peer.take().map(|p| p.to_string()).unwrap_or_default();
         if end.cut_off_bytes > 0 {

@@ -42,6 +42,9 @@ pub struct ConnectionEnd {
     pub error: Option<io::Error>,
     /// The pipeline was asked to stop while this connection was being read.
     pub stopped: bool,
+    /// The last effective seq admitted when it ended: every line read up to it is applied
+    /// (a stop drains what was read), none after it.
+    pub last_seq: u64,
 }
 
 /// Hands out the connections of an engine stream, one at a time.
@@ -110,7 +113,8 @@ pub(crate) fn reader_thread<'a>(
         let Some(conn) = source.next(ingest.last_seq()) else { break };
         ingest.new_connection();
         let mut lines = LineReader::new(conn.input, MAX_LINE_BYTES);
-        let mut end = ConnectionEnd { lines: 0, cut_off_bytes: 0, error: None, stopped: false };
+        let mut end =
+            ConnectionEnd { lines: 0, cut_off_bytes: 0, error: None, stopped: false, last_seq: 0 };
         loop {
             if stop.is_stopped() {
                 end.stopped = true;
@@ -159,6 +163,10 @@ pub(crate) fn reader_thread<'a>(
         if !batch.is_empty() && !hand_on(&mut batch) {
             return Ok(());
         }
+        end.last_seq = ingest.last_seq();
+        // A stop ends a network read by shutting the socket's reading down: the end of input
+        // seen then is the stop's.
+        end.stopped |= stop.is_stopped();
         source.ended(end)?;
     }
     Ok(())

@@ -361,9 +361,29 @@ impl EngineConn {
         self.stream.write_all(bytes).unwrap();
     }
 
+    /// Half-closes (the engine's end of stream) and returns the daemon's `bye` line, which it
+    /// writes before it closes (liqscan's addition to SPEC 9.1), after checking that nothing
+    /// else came after the hello.
+    pub fn end_and_read_bye(&mut self) -> Value {
+        self.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        read_bye(&mut self.stream)
+    }
+
     /// True when the daemon closed the connection (a read sees the end) within [`PATIENCE`].
     pub fn closed_by_daemon(&mut self) -> bool {
         let mut buf = [0u8; 64];
         matches!(self.stream.read(&mut buf), Ok(0) | Err(_))
     }
+}
+
+/// Reads an engine connection to its end (within [`PATIENCE`]: the socket's read timeout) and
+/// returns its one line, the daemon's `bye`, parsed.
+pub fn read_bye(stream: &mut TcpStream) -> Value {
+    let mut said = String::new();
+    stream.read_to_string(&mut said).unwrap_or_else(|e| panic!("{e} after {said:?}"));
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 1, "one bye line and the end: {said:?}");
+    let bye: Value = serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{e}: {said:?}"));
+    assert_eq!(bye["type"], "bye", "{bye}");
+    bye
 }

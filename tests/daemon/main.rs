@@ -222,6 +222,10 @@ fn reconnects_with_resends_equal_an_uninterrupted_replay() {
     assert_eq!(c3.last_seq(), seq(k2 - 1));
     let start3 = from_seq(c3.last_seq() - 40);
     c3.send(&lines[start3..].concat());
+    // The engine ends its stream; the daemon says it read all of it before it closes.
+    let bye = c3.end_and_read_bye();
+    assert_eq!(bye["last_seq"], seq(lines.len() - 1), "{bye}");
+    assert_eq!(bye["reason"], "end of stream", "{bye}");
 
     let got = sub.until(want.len()).to_vec();
     let got =
@@ -774,11 +778,12 @@ fn sigterm_mid_stream_delivers_every_event_of_every_applied_message() {
         let mut d = Daemon::start(&args, if mode == "tcp" { Input::Null } else { Input::Pipe });
         // The stream goes out in steps of 500 lines every 20 ms (about half a second in all);
         // SIGTERM comes after 150 ms, in the middle of it.
-        let mut sub = None;
+        let (mut sub, mut engine_side) = (None, None);
         let sender = if mode == "tcp" {
             sub = Some(Subscriber::connect(d.addr("events")));
             d.wait_log("subscriber", |v| v["message"] == "subscriber connected");
             let mut conn = EngineConn::connect(d.addr("engine"));
+            engine_side = Some(conn.stream.try_clone().unwrap());
             let lines = lines.clone();
             std::thread::spawn(move || {
                 for step in lines.chunks(500) {
@@ -817,6 +822,14 @@ fn sigterm_mid_stream_delivers_every_event_of_every_applied_message() {
         if let Some(mut sub) = sub {
             let got = canonical(events(&lines_text(sub.until_closed())));
             assert_same_events(&format!("{what}: subscriber"), &got, &want);
+        }
+        if let Some(mut engine_side) = engine_side {
+            // The engine is told how far the daemon read: what it sent after that was not
+            // applied, and goes again after the next hello.
+            let bye = read_bye(&mut engine_side);
+            let seqs = effective_seqs(cfg, &input);
+            assert_eq!(bye["last_seq"], seqs[applied - 1].unwrap(), "{what}: {bye}");
+            assert_eq!(bye["reason"], "stopping", "{what}: {bye}");
         }
         let _ = sender.join();
     }
