@@ -145,18 +145,26 @@ impl StallLog {
 mod tests {
     use super::*;
 
-    /// The counters move the right way: CPU work shows as CPU time.
+    /// The counters move the right way and in nanoseconds: CPU work shows as CPU time, and
+    /// CPU time and run-queue delay together do not exceed the wall time they cover. (Their
+    /// sum may fall short of it: time the host takes the virtual CPU away, steal, is neither;
+    /// a CI run beside other jobs once saw 23.3 of 30 ms, and the test asked for 25.)
     #[test]
     fn thread_times_count_cpu_work() {
-        let a = ThreadTimes::now();
         let t = Instant::now();
+        let a = ThreadTimes::now();
         let mut x = 0u64;
         while t.elapsed() < Duration::from_millis(30) {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
         let b = ThreadTimes::now();
+        let wall_ns = t.elapsed().as_nanos() as u64;
         // On a loaded machine the thread may get less than all of the 30 ms, never nothing.
         assert!(b.cpu_ns >= a.cpu_ns + 1_000_000, "{a:?} {b:?}");
-        assert!(b.cpu_ns + b.runqueue_ns >= a.cpu_ns + a.runqueue_ns + 25_000_000, "{a:?} {b:?}");
+        assert!(b.runqueue_ns >= a.runqueue_ns, "{a:?} {b:?}");
+        let accounted = (b.cpu_ns - a.cpu_ns) + (b.runqueue_ns - a.runqueue_ns);
+        // The kernel brings a running thread's figures up to date at its ticks: each reading
+        // may lag by one (at most 10 ms at any HZ).
+        assert!(accounted <= wall_ns + 10_000_000, "{accounted} ns in {wall_ns} ns: {a:?} {b:?}");
     }
 }
