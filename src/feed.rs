@@ -55,8 +55,11 @@ pub struct FeedOptions {
     pub give_up_after: Duration,
     /// With `events`: after the last line, wait until no event came for this long.
     pub events_idle: Duration,
-    /// How long to wait for the `hello` line and for the daemon to close after our last line.
+    /// How long to wait for a connection and its `hello` line.
     pub io_timeout: Duration,
+    /// After the last line: how long to wait for the daemon's `bye` and close before the
+    /// connection counts as lost (reconnect, and resume from the next hello).
+    pub close_timeout: Duration,
     /// With `rate`: zero paces by sleeps alone; otherwise the last stretch before a line's
     /// due time is spun (see [`crate::pipeline::wait`]). `LIQSCAN_SPIN_US` by default.
     pub pace_spin: Duration,
@@ -74,6 +77,7 @@ impl FeedOptions {
             give_up_after: Duration::from_secs(30),
             events_idle: Duration::from_secs(1),
             io_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(10),
             pace_spin: crate::pipeline::wait::spin_from_env(),
         }
     }
@@ -507,7 +511,12 @@ fn send_from(
         return Ok(Connection::Lost(format!("send: {e}")));
     }
     drop(out);
-    Ok(wait_for_close(&stream, seq.last(), opts.io_timeout))
+    if !sending {
+        // The hello's last_seq covers the whole input: the daemon has every line, and this
+        // connection carried none, so there is nothing to confirm.
+        return Ok(Connection::Done);
+    }
+    Ok(wait_for_close(&stream, seq.last(), opts.close_timeout))
 }
 
 fn count_sent(summary: &mut FeedSummary, sent_up_to: &mut u64, line_no: u64, len: usize) {
@@ -558,7 +567,9 @@ fn stamp(line: &[u8], ts: u64, out: &mut impl Write) -> io::Result<()> {
 /// (SIGTERM mid-stream: the lines were in its socket, not applied), and the connection
 /// counts as lost, so the rest is resent after the next hello, or the feed gives up and
 /// says so. A close without a `bye` (another daemon, or a connection a newer one replaced)
-/// counts as done, as before.
+/// counts as done, as before. No close within `timeout` (a daemon far behind) counts as
+/// lost too: the next connection's hello says how far it read, and a hello that covers the
+/// whole input ends the feed (`send_from`).
 fn wait_for_close(stream: &TcpStream, last_sent: u64, timeout: Duration) -> Connection {
     if let Err(e) = stream.shutdown(Shutdown::Write) {
         return Connection::Lost(format!("shutdown: {e}"));
@@ -575,13 +586,14 @@ fn wait_for_close(stream: &TcpStream, last_sent: u64, timeout: Duration) -> Conn
             Ok(n) => said.extend_from_slice(&buf[..n.min(KEEP.saturating_sub(said.len()))]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                // The daemon keeps the connection open: it has our bytes in its socket and
-                // will read them; TCP delivered everything we wrote.
-                break Connection::Done;
+                break Connection::Lost(format!(
+                    "the daemon did not confirm the end of the input within {timeout:?} \
+                     (reconnecting to ask how far it read)"
+                ));
             }
-            Err(e) => {
-                return Connection::Lost(format!("waiting for the daemon to close: {e}"));
-            }
+            // A stopped daemon that had not read everything resets the connection; the bye
+            // it wrote first, if it came, says how far it read.
+            Err(e) => break Connection::Lost(format!("waiting for the daemon to close: {e}")),
         }
     };
     match bye_of(&said) {
@@ -589,7 +601,8 @@ fn wait_for_close(stream: &TcpStream, last_sent: u64, timeout: Duration) -> Conn
             "the daemon closed the connection ({reason}) having read up to seq {last_seq}; \
              the input goes on to seq {last_sent}"
         )),
-        _ => end,
+        Some(_) => Connection::Done,
+        None => end,
     }
 }
 

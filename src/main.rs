@@ -182,6 +182,10 @@ struct FeedArgs {
     /// With --events: after the last line, stop once no event came for this long.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     events_idle: std::time::Duration,
+    /// After the last line, wait this long for the daemon to confirm it read everything (its
+    /// bye line and close); then reconnect and resume from its hello.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    close_timeout: std::time::Duration,
     /// Write the summary as JSON to this file.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -587,6 +591,7 @@ fn run_feed(args: FeedArgs) -> anyhow::Result<ExitCode> {
     opts.events = args.events;
     opts.give_up_after = args.give_up_after;
     opts.events_idle = args.events_idle;
+    opts.close_timeout = args.close_timeout;
     let started = SystemTime::now();
     let summary = feed::feed(&args.input, &opts)?;
     let _ = io::stderr().write_all(summary.human().as_bytes());

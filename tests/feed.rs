@@ -344,3 +344,30 @@ fn a_bye_short_of_the_input_resends_the_rest_or_fails() {
         );
     }
 }
+
+/// A daemon far behind does not confirm the end of the input within `--close-timeout`: the
+/// feed does not count that as done, it reconnects, and the new hello (covering the whole
+/// input) ends it at once, with nothing to send and nothing to wait for.
+#[test]
+fn an_unconfirmed_end_is_asked_again_and_a_covering_hello_ends_the_feed() {
+    let name = "gen/live_open.ndjson";
+    let lines = fixture_lines(name);
+    let last = seq_of(lines.last().unwrap()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let args = ["--to", &addr, "--close-timeout", "300ms", "--give-up-after", "5s"];
+    let proc = feed(&[&args[..], &[fixture(name).to_str().unwrap()]].concat());
+    // Connection 1: every line arrives, but the daemon neither says bye nor closes.
+    let mut c1 = accept(&listener);
+    hello(&mut c1, 0);
+    let first = read_lines(&mut BufReader::new(c1.try_clone().unwrap()), None);
+    assert_eq!(first.len(), lines.len());
+    // Connection 2: its hello covers the input; the test never closes it.
+    let mut c2 = accept(&listener);
+    hello(&mut c2, last);
+    let out = proc.wait(Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("connections   2 (hello last_seq: 0, {last})")), "{err}");
+    drop((c1, c2));
+}
