@@ -160,10 +160,25 @@ struct GenArgs {
     out: Option<PathBuf>,
 }
 
+/// An address to connect to: `HOST:PORT` (a host name is resolved at each connect, so a
+/// daemon that moves is found again) or a bare `PORT` on 127.0.0.1, as `run --listen` takes.
+/// Anything else is a usage error (exit 2), not a network fault to retry.
+fn peer_addr(s: &str) -> Result<String, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(format!("127.0.0.1:{port}"));
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_owned()),
+        _ => {
+            Err(format!("{s:?} is not an address: give HOST:PORT (e.g. 127.0.0.1:7071) or a port"))
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct FeedArgs {
-    /// The daemon's engine address (its --listen), host:port.
-    #[arg(long, value_name = "ADDR")]
+    /// The daemon's engine address (its --listen): HOST:PORT, or a bare PORT on 127.0.0.1.
+    #[arg(long, value_name = "ADDR", value_parser = peer_addr)]
     to: String,
     /// Send this many lines per second instead of as fast as the daemon reads them (from
     /// 0.001 up).
@@ -171,7 +186,7 @@ struct FeedArgs {
     rate: Option<f64>,
     /// Also subscribe to the daemon's events (its --events address) and time each event
     /// from the message's ts to its arrival; implies --stamp-ts.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = peer_addr)]
     events: Option<String>,
     /// Set "ts" (ns since the epoch, at send time) on every message that has none.
     #[arg(long)]

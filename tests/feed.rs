@@ -371,3 +371,28 @@ fn an_unconfirmed_end_is_asked_again_and_a_covering_hello_ends_the_feed() {
     assert!(err.contains(&format!("connections   2 (hello last_seq: 0, {last})")), "{err}");
     drop((c1, c2));
 }
+
+/// `--to` takes a bare port as `run --listen` does (127.0.0.1), and an address without a
+/// valid port is a usage error (exit 2) at once, not a network fault retried until give-up.
+#[test]
+fn a_bare_port_is_loopback_and_a_malformed_address_is_a_usage_error() {
+    let name = "gen/live_open.ndjson";
+    let lines = fixture_lines(name);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let proc = feed(&["--to", &port, fixture(name).to_str().unwrap()]);
+    let mut conn = accept(&listener);
+    hello(&mut conn, 0);
+    let got = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+    drop(conn);
+    let out = proc.wait(Duration::from_secs(20));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(got.len(), lines.len());
+    for bad in ["localhost", "127.0.0.1:99999", ":7071", "127.0.0.1:"] {
+        let out = feed(&["--to", bad, "--give-up-after", "30s", fixture(name).to_str().unwrap()])
+            .wait(Duration::from_secs(10));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("is not an address"), "{bad}: {err}");
+    }
+}
