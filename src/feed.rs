@@ -278,7 +278,15 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
         crate::pipeline::wait::fine_timer_slack();
     }
     loop {
-        let attempt = connect(&opts.to, opts.io_timeout).and_then(|(stream, last_seq)| {
+        // A peer that takes the connection but sends no hello (a daemon that is stopping, or
+        // another port) is waited for no longer than what is left of --give-up-after, so the
+        // feed gives up on time (the first attempt: at most that long as well).
+        let left = opts
+            .give_up_after
+            .saturating_sub(failing_since.map_or(Duration::ZERO, |t| t.elapsed()));
+        let wait = opts.io_timeout.min(left).max(Duration::from_millis(50));
+        let attempt_started = Instant::now();
+        let attempt = connect(&opts.to, wait).and_then(|(stream, last_seq)| {
             summary.connections += 1;
             summary.hellos.push(last_seq);
             failing_since = None;
@@ -305,7 +313,8 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
             // connects after it.
             cause = last_error.clone();
         }
-        let since = *failing_since.get_or_insert_with(Instant::now);
+        // The failing time counts from the start of the first attempt that failed.
+        let since = *failing_since.get_or_insert(attempt_started);
         if since.elapsed() >= opts.give_up_after {
             return Err(FeedError::GaveUp {
                 to: opts.to.clone(),

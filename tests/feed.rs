@@ -222,6 +222,19 @@ fn gives_up_when_no_daemon_listens_and_refuses_a_peer_without_hello() {
         err.split(" for ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
     assert!((1.0..1.4).contains(&secs), "gave up after {secs} s: {err}");
 
+    // A peer that takes the connection and says nothing (a stopping daemon, another port):
+    // its hello is not waited for past the give-up time (it was 10 s an attempt).
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap(); // never accepted: no hello comes
+    let addr = silent.local_addr().unwrap().to_string();
+    let out = feed(&["--to", &addr, "--give-up-after", "1s", input.to_str().unwrap()])
+        .wait(Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let secs: f64 =
+        err.split(" for ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
+    assert!((1.0..1.4).contains(&secs), "gave up after {secs} s: {err}");
+    drop(silent);
+
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let proc = feed(&["--to", &addr, input.to_str().unwrap()]);
