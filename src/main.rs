@@ -205,10 +205,10 @@ struct FeedArgs {
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
     /// With --events: write the ts-to-event histogram (ns) as an HdrHistogram interval log.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "events")]
     hdr_out: Option<PathBuf>,
     /// With --events: draw its percentile spectrum to this SVG file.
-    #[arg(long, value_name = "FILE.svg")]
+    #[arg(long, value_name = "FILE.svg", requires = "events")]
     plot: Option<PathBuf>,
     /// The stream to send (a file: a reconnect resends from the daemon's last seq).
     input: PathBuf,

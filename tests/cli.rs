@@ -375,3 +375,20 @@ fn a_rate_too_slow_to_schedule_is_refused_not_a_panic() {
         }
     }
 }
+
+/// `feed --hdr-out` and `--plot` draw the latencies its subscriber measured: without
+/// `--events` there are none, and the flag is refused (exit 2) instead of writing an empty
+/// histogram without a word.
+#[test]
+fn feed_latency_outputs_need_events() {
+    let stream = fixture("golden/cross_basics.ndjson");
+    for flag in ["--hdr-out", "--plot"] {
+        let out = liqscan()
+            .args(["feed", "--to", "127.0.0.1:9", flag, "/tmp/never-written", &stream])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains("--events"), "{flag}: {stderr}");
+    }
+}
