@@ -164,8 +164,9 @@ struct GenArgs {
 /// daemon that moves is found again) or a bare `PORT` on 127.0.0.1, as `run --listen` takes.
 /// Anything else is a usage error (exit 2), not a network fault to retry.
 fn peer_addr(s: &str) -> Result<String, String> {
-    if let Ok(port) = s.parse::<u16>() {
-        return Ok(format!("127.0.0.1:{port}"));
+    // A socket address or a bare port: `run --listen`'s own rule, so the two read alike.
+    if let Ok(addr) = liqscan::daemon::parse_addr(s) {
+        return Ok(addr.to_string());
     }
     match s.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_owned()),
