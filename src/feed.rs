@@ -302,9 +302,13 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
                 &mut sent_up_to,
             )
         });
-        let last_error = match attempt {
+        // When this failure began: a connection that was made and then lost failed when it
+        // was lost (it may have lasted longer than --give-up-after), an attempt that made
+        // none failed from its start.
+        let (last_error, failed_at) = match attempt {
             Ok(Connection::Done) => break,
-            Ok(Connection::Lost(e)) | Err(Attempt::Retry(e)) => e,
+            Ok(Connection::Lost(e)) => (e, Instant::now()),
+            Err(Attempt::Retry(e)) => (e, attempt_started),
             Err(Attempt::Fatal(e)) => return Err(e),
         };
         if failing_since.is_none() {
@@ -313,8 +317,8 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
             // connects after it.
             cause = last_error.clone();
         }
-        // The failing time counts from the start of the first attempt that failed.
-        let since = *failing_since.get_or_insert(attempt_started);
+        // The failing time counts from the first failure of this run of failures.
+        let since = *failing_since.get_or_insert(failed_at);
         if since.elapsed() >= opts.give_up_after {
             return Err(FeedError::GaveUp {
                 to: opts.to.clone(),

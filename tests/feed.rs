@@ -409,3 +409,30 @@ fn a_bare_port_is_loopback_and_a_malformed_address_is_a_usage_error() {
         assert!(err.contains("is not an address"), "{bad}: {err}");
     }
 }
+
+/// A connection that lasted longer than `--give-up-after` and then dropped is a new failure,
+/// not one that began when the connection was made: the feed reconnects and goes on (it gave
+/// up at once, fresh-user finding).
+#[test]
+fn a_long_connection_that_drops_is_resumed_not_given_up() {
+    let name = "gen/live_open.ndjson";
+    let lines = fixture_lines(name);
+    let last = seq_of(lines.last().unwrap()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    // 8,001 lines at 4,000 a second: the first connection lasts over a second.
+    let args = ["--to", &addr, "--rate", "4000", "--give-up-after", "1s"];
+    let proc = feed(&[&args[..], &[fixture(name).to_str().unwrap()]].concat());
+    let mut c1 = accept(&listener);
+    hello(&mut c1, 0);
+    let first = read_lines(&mut BufReader::new(c1.try_clone().unwrap()), Some(6000));
+    assert_eq!(first.len(), 6000, "the first connection carried 1.5 s of lines");
+    drop(c1);
+    let mut c2 = accept(&listener);
+    hello(&mut c2, last);
+    let out = proc.wait(Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("connections   2 (hello last_seq: 0, {last})")), "{err}");
+    drop(c2);
+}
