@@ -19,12 +19,14 @@ use std::{
     net::{Shutdown, TcpStream, ToSocketAddrs},
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, LazyLock,
         atomic::{AtomicU64, Ordering},
     },
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
+
+use memchr::memmem;
 
 use crate::{
     ingest::{Admit, Line, LineReader, Sequencer},
@@ -185,12 +187,16 @@ struct Checkpoint {
     seq_before: u64,
 }
 
-/// The input file with a sparse index of checkpoints, built as it is first read.
+/// The input file with a sparse index of checkpoints, built as it is first read with the
+/// full parse (the skip before sending, or [`Input::exact_last_seq`]; lines taken at their
+/// leading seq while sending, see [`leading_seq`], extend no index).
 struct Input {
     path: PathBuf,
     checkpoints: Vec<Checkpoint>,
     /// How far the index reaches: every line before this offset is indexed.
     indexed_to: u64,
+    /// The input's last effective seq, once read to the end with the full parse.
+    exact_last: Option<u64>,
 }
 
 impl Input {
@@ -200,7 +206,58 @@ impl Input {
             path: path.to_owned(),
             checkpoints: vec![Checkpoint { offset: 0, line: 0, seq_before: 0 }],
             indexed_to: 0,
+            exact_last: None,
         })
+    }
+
+    /// Indexes the line `line_no` (from 1) at `line_offset`, which ends before
+    /// `next_offset`, read with the full parse, with the sequencer at `seq_before` before it.
+    fn index(&mut self, line_offset: u64, next_offset: u64, line_no: u64, seq_before: u64) {
+        if line_offset >= self.indexed_to
+            && line_no > 1
+            && (line_no - 1).is_multiple_of(CHECKPOINT_LINES)
+        {
+            self.checkpoints.push(Checkpoint {
+                offset: line_offset,
+                line: line_no - 1,
+                seq_before,
+            });
+        }
+        self.indexed_to = self.indexed_to.max(next_offset);
+    }
+
+    /// The input's last effective seq as the daemon counts it: read with the full parse from
+    /// the last checkpoint to the end (once; the index grows on the way). Needed only where a
+    /// send took lines at their leading seq ([`leading_seq`]) and the daemon's `bye` says it
+    /// read less than they add up to: a line that begins like a message and is malformed
+    /// after its seq counts for nothing there.
+    fn exact_last_seq(&mut self) -> Result<u64, FeedError> {
+        if let Some(last) = self.exact_last {
+            return Ok(last);
+        }
+        let from = *self.checkpoints.last().expect("the first checkpoint is never removed");
+        let mut file = File::open(&self.path).map_err(|e| self.err(e))?;
+        file.seek(SeekFrom::Start(from.offset)).map_err(|e| self.err(e))?;
+        let mut reader = LineReader::new(BufReader::with_capacity(1 << 16, file), MAX_LINE_BYTES);
+        let mut seq = Sequencer::resume(from.seq_before);
+        let (mut offset, mut line_no) = (from.offset, from.line);
+        loop {
+            let (bytes, consumed) = match reader.next_line().map_err(|e| self.err(e))? {
+                None => break,
+                Some(Line::TooLong(n)) => (None, n),
+                Some(Line::Bytes(b)) => (Some(b), b.len()),
+            };
+            let line_offset = offset;
+            offset += consumed as u64 + 1;
+            line_no += 1;
+            let before = seq.last();
+            if let Some(parsed) = bytes.and_then(|b| protocol::parse_envelope(b).ok()) {
+                seq.admit(parsed.seq);
+            }
+            self.index(line_offset, offset, line_no, before);
+        }
+        self.exact_last = Some(seq.last());
+        Ok(seq.last())
     }
 
     /// The latest known checkpoint at which the sequencer had not passed `last_seq`. The
@@ -338,6 +395,9 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
         summary.liquidations = liquidations;
         summary.ts_to_event = latency;
     }
+    // After the timing and the events: where lines were taken at their leading seq, the
+    // input is read once more in full for its last effective seq.
+    summary.last_seq = input.exact_last_seq()?;
     Ok(summary)
 }
 
@@ -452,8 +512,14 @@ fn send_from(
     let mut seq = Sequencer::resume(from.seq_before);
     let (mut offset, mut line_no) = (from.offset, from.line);
     let mut sending = false;
+    // Every line of this pass so far was read with the full parse, so `seq` is the daemon's
+    // count and the lines can be indexed. Once sending, a line that begins with its seq is
+    // taken at its word ([`leading_seq`]): the full parse was most of feed's CPU time, which
+    // on a load test's two cores is taken from the daemon.
+    let mut exact = true;
     let mut out = BufWriter::with_capacity(1 << 16, &stream);
     let mut spinner = Spinner::new(!opts.pace_spin.is_zero());
+    let mut clock = StampClock::new();
     loop {
         let (bytes, consumed) = match reader.next_line().map_err(|e| input.err(e))? {
             None => break,
@@ -465,16 +531,19 @@ fn send_from(
         let line_offset = offset;
         offset += consumed as u64 + 1;
         line_no += 1;
-        if line_offset >= input.indexed_to && line_no > 1 && (line_no - 1) % CHECKPOINT_LINES == 0 {
-            input.checkpoints.push(Checkpoint {
-                offset: line_offset,
-                line: line_no - 1,
-                seq_before: seq.last(),
-            });
+        let quick = bytes.filter(|_| sending).and_then(leading_seq);
+        exact &= quick.is_none();
+        if exact {
+            input.index(line_offset, offset, line_no, seq.last());
         }
-        input.indexed_to = input.indexed_to.max(offset);
-        let parsed = bytes.and_then(|b| protocol::parse_envelope(b).ok());
-        let admitted = parsed.as_ref().map(|p| seq.admit(p.seq));
+        let parsed = match quick {
+            Some(_) => None,
+            None => bytes.and_then(|b| protocol::parse_envelope(b).ok()),
+        };
+        let admitted = match quick {
+            Some(n) => Some(seq.admit(Some(n))),
+            None => parsed.as_ref().map(|p| seq.admit(p.seq)),
+        };
         let effective = match admitted {
             Some(Admit::Next { seq, .. }) => Some(seq),
             _ => None,
@@ -503,13 +572,14 @@ fn send_from(
             count_sent(summary, sent_up_to, line_no, consumed);
             continue;
         };
-        let has_ts = parsed.as_ref().is_some_and(|p| p.envelope.ts.is_some());
-        let result = if opts.stamp_ts && parsed.is_some() && !has_ts {
-            let ts = now_epoch_ns();
+        // A line taken at its leading seq has no `ts` ([`leading_seq`]).
+        let stampable = quick.is_some() || parsed.is_some_and(|p| p.envelope.ts.is_none());
+        let result = if opts.stamp_ts && stampable {
+            let ts = clock.now(if opts.rate.is_some() { 1 } else { UNPACED_TS_LINES });
             if let Some(s) = effective {
                 ring.put(s, ts);
             }
-            stamp(bytes, ts, &mut out)
+            stamp(bytes, clock.digits(), &mut out)
         } else {
             out.write_all(bytes).and_then(|()| out.write_all(b"\n"))
         };
@@ -519,7 +589,9 @@ fn send_from(
         count_sent(summary, sent_up_to, line_no, bytes.len());
     }
     summary.input_lines = summary.input_lines.max(line_no);
-    summary.last_seq = summary.last_seq.max(seq.last());
+    if exact {
+        input.exact_last = Some(seq.last());
+    }
     if let Err(e) = out.flush() {
         return Ok(Connection::Lost(format!("send: {e}")));
     }
@@ -529,7 +601,44 @@ fn send_from(
         // connection carried none, so there is nothing to confirm.
         return Ok(Connection::Done);
     }
-    Ok(wait_for_close(&stream, seq.last(), opts.close_timeout))
+    let (end, bye) = wait_for_close(&stream, opts.close_timeout);
+    let Some((read_to, reason)) = bye else { return Ok(end) };
+    // `seq` counted lines taken at their leading seq (an upper bound of the daemon's count):
+    // a bye below it is checked against the input read in full.
+    let last = if read_to < seq.last() { input.exact_last_seq()? } else { seq.last() };
+    Ok(if read_to < last {
+        Connection::Lost(format!(
+            "the daemon closed the connection ({reason}) having read up to seq {read_to}; \
+             the input goes on to seq {last}"
+        ))
+    } else {
+        Connection::Done
+    })
+}
+
+/// The seq of a line that begins `{"seq":N,` or `{"seq":N}` (N a positive integer in plain
+/// digits, as `liqscan gen` and most engines write) and holds no `"ts"` and no backslash,
+/// so that no `ts` key can hide in it, escaped or not; `None` for any other line, which is
+/// then parsed in full. Taken at its word while sending: such a line is the next message
+/// unless it is malformed after its seq, which only [`Input::exact_last_seq`] needs to know.
+fn leading_seq(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    // No leading zero (not JSON; and seq 0 is no seq); past 2^64 - 1 the parse refuses it.
+    if !(1..=20).contains(&digits)
+        || rest[0] == b'0'
+        || !matches!(rest.get(digits), Some(b',' | b'}'))
+    {
+        return None;
+    }
+    // The searcher built once: `memmem::find` builds one a call, which cost as much as the
+    // parse it spares.
+    static TS_KEY: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"ts\""));
+    if memchr::memchr(b'\\', line).is_some() || TS_KEY.find(line).is_some() {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 fn count_sent(summary: &mut FeedSummary, sent_up_to: &mut u64, line_no: u64, len: usize) {
@@ -553,15 +662,52 @@ fn write_long_line(out: &mut impl Write, n: usize) -> io::Result<()> {
     out.write_all(b"\n")
 }
 
-/// Writes the line with `"ts":<ts>,` inserted after its opening brace, and a newline. Only
-/// called for a line that parsed as a JSON object without a `ts` field. No allocation: on an
-/// unpaced load test this runs for every line, on the same two cores as the daemon.
-fn stamp(line: &[u8], ts: u64, out: &mut impl Write) -> io::Result<()> {
+/// Lines an unpaced send stamps with one clock reading: they leave within microseconds of
+/// each other (the send buffer holds ~900 lines of a load test before it is written, so a
+/// line's `ts` was already up to that much before its send), and a reading and its digits
+/// per line were a sixth of the feed's CPU time, which on two cores is the daemon's.
+const UNPACED_TS_LINES: u32 = 32;
+
+/// The `ts` stamped on sent lines, ns since the epoch, and its digits.
+struct StampClock {
+    ts: u64,
+    digits: [u8; 39],
+    len: usize,
+    /// Lines the current reading still stamps.
+    left: u32,
+}
+
+impl StampClock {
+    fn new() -> StampClock {
+        StampClock { ts: 0, digits: [0; 39], len: 0, left: 0 }
+    }
+
+    /// The `ts` for the next line: a new reading once the last has stamped `every` lines.
+    fn now(&mut self, every: u32) -> u64 {
+        if self.left == 0 {
+            self.ts = now_epoch_ns();
+            self.len = crate::fixed::u64_digits(self.ts, &mut self.digits).len();
+            self.left = every;
+        }
+        self.left -= 1;
+        self.ts
+    }
+
+    /// The digits of the last `ts`.
+    fn digits(&self) -> &[u8] {
+        // `u64_digits` writes them at the end of the buffer.
+        &self.digits[self.digits.len() - self.len..]
+    }
+}
+
+/// Writes the line with `"ts":<digits>,` inserted after its opening brace, and a newline.
+/// Only called for a line that parsed as a JSON object without a `ts` field, or was taken at
+/// its leading seq. No allocation: on an unpaced load test this runs for every line, on the
+/// same two cores as the daemon.
+fn stamp(line: &[u8], digits: &[u8], out: &mut impl Write) -> io::Result<()> {
     // A parsed object starts with '{' after optional white space.
     let brace = line.iter().position(|&b| b == b'{').map_or(0, |i| i + 1);
     let (head, rest) = line.split_at(brace);
-    let mut digits = [0u8; 39];
-    let digits = crate::fixed::u64_digits(ts, &mut digits);
     let empty = rest.iter().all(|b| b.is_ascii_whitespace() || *b == b'}');
     out.write_all(head)?;
     out.write_all(b"\"ts\":")?;
@@ -575,17 +721,17 @@ fn stamp(line: &[u8], ts: u64, out: &mut impl Write) -> io::Result<()> {
 
 /// After the last line: half-close, then wait for the daemon to close its side, which it
 /// does once it has read everything we sent. Before it closes, liqscan's daemon writes a
-/// `bye` line with the last seq it applied (see `daemon::input::bye`): one below
-/// `last_sent` (the input's last effective seq) means it stopped before reading the rest
-/// (SIGTERM mid-stream: the lines were in its socket, not applied), and the connection
-/// counts as lost, so the rest is resent after the next hello, or the feed gives up and
-/// says so. A close without a `bye` (another daemon, or a connection a newer one replaced)
-/// counts as done, as before. No close within `timeout` (a daemon far behind) counts as
-/// lost too: the next connection's hello says how far it read, and a hello that covers the
-/// whole input ends the feed (`send_from`).
-fn wait_for_close(stream: &TcpStream, last_sent: u64, timeout: Duration) -> Connection {
+/// `bye` line with the last seq it applied (see `daemon::input::bye`), returned beside how
+/// the connection ended: one below the input's last effective seq means it stopped before
+/// reading the rest (SIGTERM mid-stream: the lines were in its socket, not applied), and
+/// `send_from` counts the connection as lost, so the rest is resent after the next hello, or
+/// the feed gives up and says so. A close without a `bye` (another daemon, or a connection a
+/// newer one replaced) counts as done, as before. No close within `timeout` (a daemon far
+/// behind) counts as lost too: the next connection's hello says how far it read, and a
+/// hello that covers the whole input ends the feed (`send_from`).
+fn wait_for_close(stream: &TcpStream, timeout: Duration) -> (Connection, Option<(u64, String)>) {
     if let Err(e) = stream.shutdown(Shutdown::Write) {
-        return Connection::Lost(format!("shutdown: {e}"));
+        return (Connection::Lost(format!("shutdown: {e}")), None);
     }
     let _ = stream.set_read_timeout(Some(timeout));
     // What the daemon writes after the hello: a `bye` line, nothing else; more is not kept.
@@ -609,14 +755,7 @@ fn wait_for_close(stream: &TcpStream, last_sent: u64, timeout: Duration) -> Conn
             Err(e) => break Connection::Lost(format!("waiting for the daemon to close: {e}")),
         }
     };
-    match bye_of(&said) {
-        Some((last_seq, reason)) if last_seq < last_sent => Connection::Lost(format!(
-            "the daemon closed the connection ({reason}) having read up to seq {last_seq}; \
-             the input goes on to seq {last_sent}"
-        )),
-        Some(_) => Connection::Done,
-        None => end,
-    }
+    (end, bye_of(&said))
 }
 
 /// The last `bye` line among what the daemon wrote after its hello: its `last_seq` and
@@ -744,10 +883,45 @@ mod tests {
             ("TC5 u64::MAX", b"{\"a\":1}", u64::MAX, "{\"ts\":18446744073709551615,\"a\":1}\n"),
         ];
         for (label, line, ts, want) in table {
-            let mut out = Vec::new();
-            stamp(line, ts, &mut out).unwrap();
+            let (mut out, mut digits) = (Vec::new(), [0u8; 39]);
+            stamp(line, crate::fixed::u64_digits(ts, &mut digits), &mut out).unwrap();
             assert_eq!(String::from_utf8(out).unwrap(), want, "{label}");
         }
+    }
+
+    #[test]
+    fn leading_seq_takes_only_a_plain_seq_first_and_no_ts() {
+        let table: [(&str, &[u8], Option<u64>); 12] = [
+            ("TC1 gen's line", br#"{"seq":17,"type":"mark","symbol":"S1","price":"1"}"#, Some(17)),
+            ("TC2 seq alone", br#"{"seq":3}"#, Some(3)),
+            ("TC3 u64::MAX", br#"{"seq":18446744073709551615,"type":"x"}"#, Some(u64::MAX)),
+            ("TC4 past u64", br#"{"seq":18446744073709551616,"type":"x"}"#, None),
+            ("TC5 seq 0", br#"{"seq":0,"type":"x"}"#, None),
+            ("TC6 leading zero", br#"{"seq":01,"type":"x"}"#, None),
+            ("TC7 fraction", br#"{"seq":1.0,"type":"x"}"#, None),
+            ("TC8 seq not first", br#"{"type":"x","seq":4}"#, None),
+            ("TC9 white space", br#"{ "seq":4}"#, None),
+            ("TC10 has a ts", br#"{"seq":4,"ts":9}"#, None),
+            ("TC11 an escape (a ts key may hide)", br#"{"seq":4,"ts":9}"#, None),
+            ("TC12 null", br#"{"seq":null,"type":"x"}"#, None),
+        ];
+        for (label, line, want) in table {
+            assert_eq!(leading_seq(line), want, "{label}");
+        }
+    }
+
+    #[test]
+    fn stamp_clock_reads_once_per_every_lines() {
+        let mut clock = StampClock::new();
+        let first: Vec<u64> = (0..3).map(|_| clock.now(3)).collect();
+        assert!(first.iter().all(|&t| t == first[0] && t > 0), "{first:?}");
+        let mut digits = [0u8; 39];
+        assert_eq!(clock.digits(), crate::fixed::u64_digits(first[0], &mut digits));
+        // The fourth line takes a new reading (the clock moved on: ns since the epoch).
+        thread::sleep(Duration::from_millis(2));
+        let fourth = clock.now(3);
+        assert!(fourth > first[0], "{fourth} after {first:?}");
+        assert_eq!(clock.digits(), crate::fixed::u64_digits(fourth, &mut digits));
     }
 
     #[test]

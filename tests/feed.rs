@@ -358,6 +358,43 @@ fn a_bye_short_of_the_input_resends_the_rest_or_fails() {
     }
 }
 
+/// While sending, feed takes a line that begins with its seq at its word; a line malformed
+/// after its seq counts for nothing at the daemon, so a `bye` below what feed counted is
+/// checked against the input read in full: here the input ends in two such lines, the daemon
+/// read everything and says so with the last well-formed seq, and the feed ends at once
+/// (exit 0, one connection), reporting that seq as the input's last.
+#[test]
+fn a_short_bye_is_checked_against_the_input_read_in_full() {
+    let name = "gen/live_open.ndjson";
+    let mut lines = fixture_lines(name);
+    let last = seq_of(lines.last().unwrap()).unwrap();
+    lines.push(format!(r#"{{"seq":{},"type":"mark",}}"#, last + 1));
+    lines.push(format!(r#"{{"seq":{},"type":"mark","symbol":"S0","price":"1"}} x"#, last + 2));
+    let dir = std::env::temp_dir().join(format!("liqscan-feed-bye-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("input.ndjson");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let args = ["--to", &addr, "--give-up-after", "2s", input.to_str().unwrap()];
+    let proc = feed(&args);
+    let mut conn = accept(&listener);
+    hello(&mut conn, 0);
+    let got = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+    assert!(got == lines, "every line sent as it is");
+    bye(&mut conn, last, "end of stream");
+    drop(conn);
+    let out = proc.wait(Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("input         {} lines, last seq {last}\n", lines.len())),
+        "{err}"
+    );
+    assert!(err.contains("connections   1 (hello last_seq: 0)"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A daemon far behind does not confirm the end of the input within `--close-timeout`: the
 /// feed does not count that as done, it reconnects, and the new hello (covering the whole
 /// input) ends it at once, with nothing to send and nothing to wait for.
