@@ -170,12 +170,17 @@ impl FeedSummary {
 pub enum FeedError {
     #[error("cannot read input {path}")]
     Input { path: PathBuf, source: io::Error },
-    #[error("no connection to {to} for {secs:.1} s after: {cause} (last error: {last})")]
+    #[error("no connection to {to} for {secs:.1} s after: {cause}{}", last_error(.cause, .last))]
     GaveUp { to: String, secs: f64, cause: String, last: String },
     #[error("{to} did not answer with a hello line: {reason}")]
     NoHello { to: String, reason: String },
     #[error("cannot subscribe to events at {addr}")]
     Subscribe { addr: String, source: io::Error },
+}
+
+/// The give-up message's last error, when it is not the failure that began the streak.
+fn last_error(cause: &str, last: &str) -> String {
+    if cause == last { String::new() } else { format!(" (last error: {last})") }
 }
 
 /// A point of the input where sending can resume: the byte offset of a line, its line
@@ -449,6 +454,12 @@ fn read_hello(mut stream: &TcpStream, to: &str, timeout: Duration) -> Result<u64
             }
             Ok(_) => line.push(byte[0]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // The read timeout's error reads "Resource temporarily unavailable".
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(Attempt::Retry(format!(
+                    "{to} took the connection but sent no hello within {timeout:.1?}"
+                )));
+            }
             Err(e) => return Err(Attempt::Retry(format!("reading hello from {to}: {e}"))),
         }
     }

@@ -162,17 +162,28 @@ struct GenArgs {
 
 /// An address to connect to: `HOST:PORT` (a host name is resolved at each connect, so a
 /// daemon that moves is found again) or a bare `PORT` on 127.0.0.1, as `run --listen` takes.
-/// Anything else is a usage error (exit 2), not a network fault to retry.
+/// Anything else (port 0, which nothing listens on, and a host that is no host name:
+/// `host:7070:1`, `a b:7070`) is a usage error (exit 2), not a network fault to retry.
 fn peer_addr(s: &str) -> Result<String, String> {
+    let not_an_address =
+        || format!("{s:?} is not an address: give HOST:PORT (e.g. 127.0.0.1:7071) or a port");
     // A socket address or a bare port: `run --listen`'s own rule, so the two read alike.
     if let Ok(addr) = liqscan::daemon::parse_addr(s) {
-        return Ok(addr.to_string());
+        return if addr.port() == 0 {
+            Err(format!("{s:?}: port 0 cannot be connected to; give the daemon's port"))
+        } else {
+            Ok(addr.to_string())
+        };
     }
+    let host_name = |h: &str| {
+        !h.is_empty()
+            && h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
     match s.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_owned()),
-        _ => {
-            Err(format!("{s:?} is not an address: give HOST:PORT (e.g. 127.0.0.1:7071) or a port"))
+        Some((host, port)) if host_name(host) && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(s.to_owned())
         }
+        _ => Err(not_an_address()),
     }
 }
 
@@ -212,6 +223,7 @@ struct FeedArgs {
     #[arg(long, value_name = "FILE.svg", requires = "events")]
     plot: Option<PathBuf>,
     /// The stream to send (a file: a reconnect resends from the daemon's last seq).
+    #[arg(value_parser = feed_input)]
     input: PathBuf,
 }
 
@@ -408,6 +420,8 @@ struct ReplayArgs {
 }
 
 fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let outputs = Outputs { report: args.report, hdr_out: args.hdr_out, plot: args.plot };
+    outputs.check()?;
     let stdout = stdout_file()?;
     let cfg = match load_config(&args.config) {
         Ok(c) => c,
@@ -443,7 +457,6 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let summary = summary.context("replay failed")?;
     let name = args.engine.name();
     let _ = io::stderr().write_all(summary.human(name).as_bytes());
-    let outputs = Outputs { report: args.report, hdr_out: args.hdr_out, plot: args.plot };
     outputs.write(
         &summary.to_json(name),
         started,
@@ -466,6 +479,25 @@ struct Outputs {
 }
 
 impl Outputs {
+    /// Refuses at the start an output that cannot be made at the end: its folder does not
+    /// exist, or it names a folder (a long replay failed only after reading its whole input).
+    fn check(&self) -> anyhow::Result<()> {
+        for path in [&self.report, &self.hdr_out, &self.plot].into_iter().flatten() {
+            let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+            if folder.is_some_and(|f| !f.is_dir()) {
+                bail!(
+                    "cannot write {}: {} is not a folder",
+                    path.display(),
+                    folder.unwrap().display()
+                );
+            }
+            if path.is_dir() {
+                bail!("cannot write {}: it is a folder", path.display());
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the report JSON, the HdrHistogram log of `series` and its chart, as asked.
     fn write(
         &self,
@@ -594,13 +626,21 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_feed(args: FeedArgs) -> anyhow::Result<ExitCode> {
-    if args.input.as_os_str() == "-" {
-        // A reconnect resends from the daemon's last seq, which needs an input it can reread.
-        bail!(
+/// `feed`'s input: a file, not `-` (a usage error, exit 2): a reconnect resends from the
+/// daemon's last seq, which needs an input it can read again.
+fn feed_input(s: &str) -> Result<PathBuf, String> {
+    if s == "-" {
+        return Err(
             "feed reads a file, not stdin: after a reconnect it resends from the daemon's last seq"
+                .to_owned(),
         );
     }
+    Ok(PathBuf::from(s))
+}
+
+fn run_feed(args: FeedArgs) -> anyhow::Result<ExitCode> {
+    let outputs = Outputs { report: args.report, hdr_out: args.hdr_out, plot: args.plot };
+    outputs.check()?;
     let mut opts = feed::FeedOptions::new(args.to);
     opts.rate = args.rate;
     opts.stamp_ts = args.stamp_ts || args.events.is_some();
@@ -611,7 +651,6 @@ fn run_feed(args: FeedArgs) -> anyhow::Result<ExitCode> {
     let started = SystemTime::now();
     let summary = feed::feed(&args.input, &opts)?;
     let _ = io::stderr().write_all(summary.human().as_bytes());
-    let outputs = Outputs { report: args.report, hdr_out: args.hdr_out, plot: args.plot };
     outputs.write(
         &summary.to_json(),
         started,

@@ -392,3 +392,40 @@ fn feed_latency_outputs_need_events() {
         assert!(stderr.contains("--events"), "{flag}: {stderr}");
     }
 }
+
+/// `feed` reads a file, which it can read again to resend after a reconnect: `-` (stdin) is a
+/// usage error (exit 2) with the reason, before any connection is tried.
+#[test]
+fn feed_refuses_stdin() {
+    let out = liqscan().args(["feed", "--to", "127.0.0.1:9", "-"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("feed reads a file, not stdin"), "{stderr}");
+}
+
+/// An output whose folder does not exist is refused at the start, before the input is read
+/// (a long replay failed only at its end): here the input is a stdin that never ends.
+#[test]
+fn an_output_in_a_missing_folder_is_refused_before_the_input() {
+    let config = fixture("config/multi_tier.json");
+    for flag in ["--report", "--hdr-out", "--plot"] {
+        let mut child = liqscan()
+            .args(["replay", "--config", &config, flag, "/nonexistent-liqscan/x", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let finished = child.try_wait().unwrap().is_some();
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(finished, "{flag}: still reading its input after 10 s");
+        assert_eq!(out.status.code(), Some(1), "{flag}: {stderr}");
+        assert!(stderr.contains("/nonexistent-liqscan is not a folder"), "{flag}: {stderr}");
+    }
+}

@@ -127,6 +127,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// Two of `--listen`, `--events` and `--http` given the same address (port 0 aside, which
+/// picks a free port for each): a usage error, said before anything is bound (it was a bind
+/// failure, exit 1, "Address already in use").
+fn shared_port(args: &RunArgs) -> Option<String> {
+    let given = [("--listen", args.listen), ("--events", args.events), ("--http", args.http)];
+    let given: Vec<(&str, SocketAddr)> =
+        given.into_iter().filter_map(|(flag, a)| a.map(|a| (flag, a))).collect();
+    given.iter().enumerate().find_map(|(i, &(flag, a))| {
+        let (other, _) = given[i + 1..].iter().find(|&&(_, b)| b == a && a.port() != 0)?;
+        Some(format!("{flag} and {other} are both {a}: give each its own port"))
+    })
+}
+
 /// `HOST:PORT`, `[V6]:PORT`, or a bare `PORT` on 127.0.0.1.
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(port) = s.parse::<u16>() {
@@ -284,6 +297,11 @@ struct Wiring {
 /// use) or a sink that must not lose events (stdout, the events file) failed.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
+    if let Some(reason) = shared_port(&args) {
+        error!(error = %reason, "bad command line");
+        say(&format!("liqscan: {reason}"));
+        return Ok(ExitCode::from(2));
+    }
     let cfg = match Config::load(&args.config) {
         Ok(cfg) => Arc::new(cfg),
         Err(e) => {

@@ -897,6 +897,13 @@ fn start_up_refusals_exit_with_a_reason() {
         let err = refused(flags);
         assert!(err.contains("--state-dir"), "{flags:?}: {err}");
     }
+    // One address for two roles is a usage error, said before anything is bound (a bare port
+    // and its 127.0.0.1 form are the same address). Port 0 for several roles picks a port for
+    // each: every test here starts daemons that way.
+    let err = refused(&["--listen", "7571", "--events", "127.0.0.1:7571"]);
+    assert!(err.contains("--listen and --events are both 127.0.0.1:7571"), "{err}");
+    let err = refused(&["--events", "7573", "--http", "7573"]);
+    assert!(err.contains("--events and --http are both 127.0.0.1:7573"), "{err}");
 }
 
 /// A stderr whose reader goes away (a log pipe or fifo closed) costs the daemon its log
