@@ -7,9 +7,15 @@
 //!   default `DEFAULT_FUNDING_SETTLE_ROUNDS`) and `isolated` the isolated book's length:
 //!   `b` is the cost per settled cross position, `c` per paid isolated position.
 //!
+//! - with `SMALL=N`, after the stream: `N` more fundings of rate ±10^-6 (alternating, so the
+//!   books stay where the stream left them), round-robin over the symbols of 300–1,000
+//!   holders, timed together (no clock reading per funding): what a small symbol's funding
+//!   costs on the full book, and a steady loop for `perf record -p`.
+//!
 //! ```sh
 //! cargo build --release --example fundings
 //! target/release/examples/fundings /tmp/eng/t.config.json /tmp/eng/t.ndjson
+//! SMALL=400000 target/release/examples/fundings /tmp/eng/t.config.json /tmp/eng/t.ndjson
 //! ```
 
 use std::{fs::File, io::BufReader, sync::Arc, time::Instant};
@@ -17,9 +23,10 @@ use std::{fs::File, io::BufReader, sync::Arc, time::Instant};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use liqscan::{
-    config::Config,
+    config::{Config, SymbolIdx},
     engine::{At, Engine},
     fast::{DEFAULT_FUNDING_SETTLE_ROUNDS, FastEngine},
+    fixed::D8,
     ingest::{Ingest, LineReader, Outcome},
     protocol::Command,
 };
@@ -46,6 +53,38 @@ fn solve3(m: [[f64; 3]; 3], v: [f64; 3]) -> [f64; 3] {
         *xj = det(mj) / d;
     }
     x
+}
+
+/// `SMALL=n`: `n` fundings of ±10^-6 round-robin over the symbols of 300–1,000 holders.
+fn small_fundings(engine: &mut FastEngine, n: usize) {
+    let small: Vec<SymbolIdx> = engine
+        .book_lens()
+        .enumerate()
+        .filter(|(_, (cross, isolated))| (300..1_000).contains(&(cross + isolated)))
+        .map(|(s, _)| SymbolIdx(s as u16))
+        .collect();
+    if small.is_empty() {
+        eprintln!("SMALL: no symbol has 300-1,000 holders");
+        return;
+    }
+    let (cross, isolated) = small.iter().fold((0, 0), |(c, i), s| {
+        let (bc, bi) = engine.book_lens().nth(s.0 as usize).unwrap_or_default();
+        (c + bc, i + bi)
+    });
+    let (cpu, wall) = (cpu_ns(), Instant::now());
+    for k in 0..n {
+        let rate = if k % 2 == 0 { D8(100) } else { D8(-100) };
+        let cmd = Command::Funding { symbol: small[k % small.len()], rate };
+        let _ = engine.apply(&cmd, At { line: 0, seq: 0 }, &mut |_| {});
+    }
+    println!(
+        "small fundings: {n} over {} symbols (mean {} cross + {} isolated holders): {:.0} ns CPU, {:.0} ns wall each",
+        small.len(),
+        cross / small.len(),
+        isolated / small.len(),
+        (cpu_ns() - cpu) as f64 / n.max(1) as f64,
+        wall.elapsed().as_nanos() as f64 / n.max(1) as f64,
+    );
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,6 +117,9 @@ fn main() -> anyhow::Result<()> {
         if let Some((cross, isolated)) = books {
             fundings.push((cross, isolated, cpu_ns() - start));
         }
+    }
+    if let Some(n) = std::env::var("SMALL").ok().and_then(|v| v.parse::<usize>().ok()) {
+        small_fundings(&mut engine, n);
     }
     let rounds = DEFAULT_FUNDING_SETTLE_ROUNDS as usize;
     println!(
