@@ -241,28 +241,26 @@ impl Input {
             return Ok(last);
         }
         let from = *self.checkpoints.last().expect("the first checkpoint is never removed");
-        let mut file = File::open(&self.path).map_err(|e| self.err(e))?;
-        file.seek(SeekFrom::Start(from.offset)).map_err(|e| self.err(e))?;
-        let mut reader = LineReader::new(BufReader::with_capacity(1 << 16, file), MAX_LINE_BYTES);
+        let mut lines = self.lines_from(from)?;
         let mut seq = Sequencer::resume(from.seq_before);
-        let (mut offset, mut line_no) = (from.offset, from.line);
-        loop {
-            let (bytes, consumed) = match reader.next_line().map_err(|e| self.err(e))? {
-                None => break,
-                Some(Line::TooLong(n)) => (None, n),
-                Some(Line::Bytes(b)) => (Some(b), b.len()),
-            };
-            let line_offset = offset;
-            offset += consumed as u64 + 1;
-            line_no += 1;
+        while let Some(line) = lines.next().map_err(|e| self.err(e))? {
             let before = seq.last();
-            if let Some(parsed) = bytes.and_then(|b| protocol::parse_envelope(b).ok()) {
+            if let Some(parsed) = line.bytes.and_then(|b| protocol::parse_envelope(b).ok()) {
                 seq.admit(parsed.seq);
             }
-            self.index(line_offset, offset, line_no, before);
+            let (offset, next, no) = (line.offset, line.next, line.no);
+            self.index(offset, next, no, before);
         }
         self.exact_last = Some(seq.last());
         Ok(seq.last())
+    }
+
+    /// The input from checkpoint `from` on.
+    fn lines_from(&self, from: Checkpoint) -> Result<InputLines, FeedError> {
+        let mut file = File::open(&self.path).map_err(|e| self.err(e))?;
+        file.seek(SeekFrom::Start(from.offset)).map_err(|e| self.err(e))?;
+        let reader = LineReader::new(BufReader::with_capacity(1 << 16, file), MAX_LINE_BYTES);
+        Ok(InputLines { reader, offset: from.offset, line_no: from.line })
     }
 
     /// The latest known checkpoint at which the sequencer had not passed `last_seq`. The
@@ -275,6 +273,42 @@ impl Input {
 
     fn err(&self, source: io::Error) -> FeedError {
         FeedError::Input { path: self.path.clone(), source }
+    }
+}
+
+/// The input read line by line from a checkpoint, each line with its place.
+struct InputLines {
+    reader: LineReader<BufReader<File>>,
+    /// Where the next line starts, and the number of the last line read (from 1).
+    offset: u64,
+    line_no: u64,
+}
+
+/// A line of [`InputLines`].
+struct InputLine<'a> {
+    /// `None` for a line over [`MAX_LINE_BYTES`].
+    bytes: Option<&'a [u8]>,
+    /// Its length without the newline.
+    len: usize,
+    /// Where it starts, where the next starts, and its number (from 1).
+    offset: u64,
+    next: u64,
+    no: u64,
+}
+
+impl InputLines {
+    fn next(&mut self) -> io::Result<Option<InputLine<'_>>> {
+        let (bytes, len) = match self.reader.next_line()? {
+            None => return Ok(None),
+            Some(Line::TooLong(n)) => (None, n),
+            Some(Line::Bytes(b)) => (Some(b), b.len()),
+        };
+        // The reader does not say whether the line ended in '\n'; the last line of a file
+        // may not. Offsets are only used at checkpoints, which the next line confirms.
+        let offset = self.offset;
+        self.offset += len as u64 + 1;
+        self.line_no += 1;
+        Ok(Some(InputLine { bytes, len, offset, next: self.offset, no: self.line_no }))
     }
 }
 
@@ -517,11 +551,8 @@ fn send_from(
     sent_up_to: &mut u64,
 ) -> Result<Connection, Attempt> {
     let from = input.resume_point(last_seq);
-    let mut file = File::open(&input.path).map_err(|e| input.err(e))?;
-    file.seek(SeekFrom::Start(from.offset)).map_err(|e| input.err(e))?;
-    let mut reader = LineReader::new(BufReader::with_capacity(1 << 16, file), MAX_LINE_BYTES);
+    let mut lines = input.lines_from(from)?;
     let mut seq = Sequencer::resume(from.seq_before);
-    let (mut offset, mut line_no) = (from.offset, from.line);
     let mut sending = false;
     // Every line of this pass so far was read with the full parse, so `seq` is the daemon's
     // count and the lines can be indexed. Once sending, a line that begins with its seq is
@@ -531,21 +562,12 @@ fn send_from(
     let mut out = BufWriter::with_capacity(1 << 16, &stream);
     let mut spinner = Spinner::new(!opts.pace_spin.is_zero());
     let mut clock = StampClock::new();
-    loop {
-        let (bytes, consumed) = match reader.next_line().map_err(|e| input.err(e))? {
-            None => break,
-            Some(Line::TooLong(n)) => (None, n),
-            Some(Line::Bytes(b)) => (Some(b), b.len()),
-        };
-        // The reader does not say whether the line ended in '\n'; the last line of a file
-        // may not. Offsets are only used at checkpoints, which the next line confirms.
-        let line_offset = offset;
-        offset += consumed as u64 + 1;
-        line_no += 1;
+    while let Some(line) = lines.next().map_err(|e| input.err(e))? {
+        let (bytes, consumed, line_no) = (line.bytes, line.len, line.no);
         let quick = bytes.filter(|_| sending).and_then(leading_seq);
         exact &= quick.is_none();
         if exact {
-            input.index(line_offset, offset, line_no, seq.last());
+            input.index(line.offset, line.next, line_no, seq.last());
         }
         let parsed = match quick {
             Some(_) => None,
@@ -599,7 +621,7 @@ fn send_from(
         }
         count_sent(summary, sent_up_to, line_no, bytes.len());
     }
-    summary.input_lines = summary.input_lines.max(line_no);
+    summary.input_lines = summary.input_lines.max(lines.line_no);
     if exact {
         input.exact_last = Some(seq.last());
     }
