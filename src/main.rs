@@ -165,25 +165,23 @@ struct GenArgs {
 /// Anything else (port 0, which nothing listens on, and a host that is no host name:
 /// `host:7070:1`, `a b:7070`) is a usage error (exit 2), not a network fault to retry.
 fn peer_addr(s: &str) -> Result<String, String> {
-    let not_an_address =
-        || format!("{s:?} is not an address: give HOST:PORT (e.g. 127.0.0.1:7071) or a port");
+    let port_zero = || format!("{s:?}: port 0 cannot be connected to; give the daemon's port");
     // A socket address or a bare port: `run --listen`'s own rule, so the two read alike.
     if let Ok(addr) = liqscan::daemon::parse_addr(s) {
-        return if addr.port() == 0 {
-            Err(format!("{s:?}: port 0 cannot be connected to; give the daemon's port"))
-        } else {
-            Ok(addr.to_string())
-        };
+        return if addr.port() == 0 { Err(port_zero()) } else { Ok(addr.to_string()) };
     }
     let host_name = |h: &str| {
         !h.is_empty()
             && h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
     };
+    // Digits only: `u16`'s parse takes a leading `+`.
+    let port = |p: &str| p.bytes().all(|b| b.is_ascii_digit()).then(|| p.parse::<u16>().ok())?;
     match s.rsplit_once(':') {
-        Some((host, port)) if host_name(host) && port.parse::<u16>().is_ok_and(|p| p > 0) => {
-            Ok(s.to_owned())
+        Some((host, p)) if host_name(host) && port(p) == Some(0) => Err(port_zero()),
+        Some((host, p)) if host_name(host) && port(p).is_some() => Ok(s.to_owned()),
+        _ => {
+            Err(format!("{s:?} is not an address: give HOST:PORT (e.g. 127.0.0.1:7071) or a port"))
         }
-        _ => Err(not_an_address()),
     }
 }
 
@@ -420,13 +418,14 @@ struct ReplayArgs {
 }
 
 fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let outputs = Outputs { report: args.report, hdr_out: args.hdr_out, plot: args.plot };
-    outputs.check()?;
     let stdout = stdout_file()?;
     let cfg = match load_config(&args.config) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
+    // After the config (a bad one is exit 2 whatever else is wrong), before the input.
+    let outputs = Outputs { report: args.report, hdr_out: args.hdr_out, plot: args.plot };
+    outputs.check()?;
     let out = BufWriter::with_capacity(1 << 16, stdout);
     let mut engine: Box<dyn Engine> = match args.engine {
         EngineKind::Fast => Box::new(FastEngine::new(cfg.clone())),

@@ -127,16 +127,26 @@ pub enum LogFormat {
     Json,
 }
 
-/// Two of `--listen`, `--events` and `--http` given the same address (port 0 aside, which
-/// picks a free port for each): a usage error, said before anything is bound (it was a bind
-/// failure, exit 1, "Address already in use").
+/// Two of `--listen`, `--events` and `--http` given addresses that cannot both be bound: the
+/// same port on the same address, or on any address (`0.0.0.0`, `[::]`) and another (port 0
+/// aside, which picks a free port for each). A usage error, said before anything is bound
+/// (it was a bind failure, exit 1, "Address already in use").
 fn shared_port(args: &RunArgs) -> Option<String> {
     let given = [("--listen", args.listen), ("--events", args.events), ("--http", args.http)];
     let given: Vec<(&str, SocketAddr)> =
         given.into_iter().filter_map(|(flag, a)| a.map(|a| (flag, a))).collect();
+    let clash = |a: SocketAddr, b: SocketAddr| {
+        a.port() == b.port()
+            && a.port() != 0
+            && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    };
     given.iter().enumerate().find_map(|(i, &(flag, a))| {
-        let (other, _) = given[i + 1..].iter().find(|&&(_, b)| b == a && a.port() != 0)?;
-        Some(format!("{flag} and {other} are both {a}: give each its own port"))
+        let &(other, b) = given[i + 1..].iter().find(|&&(_, b)| clash(a, b))?;
+        Some(if a == b {
+            format!("{flag} and {other} are both {a}: give each its own port")
+        } else {
+            format!("{flag} {a} and {other} {b} share port {}: give each its own", a.port())
+        })
     })
 }
 

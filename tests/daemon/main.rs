@@ -902,6 +902,11 @@ fn start_up_refusals_exit_with_a_reason() {
     // each: every test here starts daemons that way.
     let err = refused(&["--listen", "7571", "--events", "127.0.0.1:7571"]);
     assert!(err.contains("--listen and --events are both 127.0.0.1:7571"), "{err}");
+    let err = refused(&["--listen", "0.0.0.0:7574", "--http", "127.0.0.1:7574"]);
+    assert!(
+        err.contains("--listen 0.0.0.0:7574 and --http 127.0.0.1:7574 share port 7574"),
+        "{err}"
+    );
     let err = refused(&["--events", "7573", "--http", "7573"]);
     assert!(err.contains("--events and --http are both 127.0.0.1:7573"), "{err}");
 }
