@@ -2,8 +2,8 @@
 //! people trying the daemon.
 //!
 //! It connects to a daemon's `--listen` address, reads the `hello` line, and sends the input
-//! from the first line whose effective seq (SPEC section 6) is above the hello's `last_seq`,
-//! optionally paced. When the connection drops it reconnects with back-off and resends from
+//! from the first line whose effective seq (SPEC section 6) is above the hello's `last_seq`
+//! (from the first line when it is 0), optionally paced. When the connection drops it reconnects with back-off and resends from
 //! the new hello, so a daemon that restarts (or one that replaced the connection) ends with
 //! every line applied once: anything resent at or below its last seq is a duplicate there.
 //!
@@ -105,6 +105,9 @@ pub struct FeedSummary {
     pub elapsed: Duration,
     /// Events read as a subscriber, and how many of them were liquidations.
     pub events: u64,
+    /// Connections made to the events address: more than one when the daemon closed a
+    /// subscription while lines were being sent (the events of the gap were not seen).
+    pub subscriptions: u64,
     pub liquidations: u64,
     /// Stamped `ts` to the event's arrival, for events whose message feed stamped.
     pub ts_to_event: Latency,
@@ -142,6 +145,13 @@ impl FeedSummary {
                  ts→event ns   p50 {} p90 {} p99 {} p99.9 {} max {} (n={})\n",
                 self.events, self.liquidations, l.p50, l.p90, l.p99, l.p999, l.max, l.count
             );
+            if self.subscriptions > 1 {
+                s += &format!(
+                    "subscriptions {} (the daemon closed one while lines were being sent; the \
+                     events made while it was away were not seen)\n",
+                    self.subscriptions
+                );
+            }
         }
         s
     }
@@ -159,6 +169,7 @@ impl FeedSummary {
             "elapsed_s": self.elapsed.as_secs_f64(),
             "lines_per_s": self.lines_per_s(),
             "events": self.events,
+            "subscriptions": self.subscriptions,
             "liquidations": self.liquidations,
             "latency_ns": { "ts_to_event": self.ts_to_event.summary().to_json() },
         })
@@ -429,10 +440,11 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
     }
     summary.elapsed = started.elapsed();
     if let Some(sub) = subscriber {
-        let (events, liquidations, latency) = sub.finish(opts.events_idle);
-        summary.events = events;
-        summary.liquidations = liquidations;
-        summary.ts_to_event = latency;
+        let got = sub.finish(opts.events_idle);
+        summary.events = got.events;
+        summary.liquidations = got.liquidations;
+        summary.ts_to_event = got.latency;
+        summary.subscriptions = got.connections;
     }
     // After the timing and the events: where lines were taken at their leading seq, the
     // input is read once more in full for its last effective seq.
@@ -538,7 +550,7 @@ impl Pacer {
 }
 
 /// Sends the input on one connection from the first line whose effective seq is above
-/// `last_seq`; then half-closes and waits for the daemon to close after reading it all.
+/// `last_seq` (from the first line when it is 0); then half-closes and waits for the daemon to close after reading it all.
 #[allow(clippy::too_many_arguments)] // one call site; the parts are the feed's whole state
 fn send_from(
     input: &mut Input,
@@ -553,7 +565,12 @@ fn send_from(
     let from = input.resume_point(last_seq);
     let mut lines = input.lines_from(from)?;
     let mut seq = Sequencer::resume(from.seq_before);
-    let mut sending = false;
+    // A daemon that has applied nothing of this stream gets all of it, the lines before the
+    // first message included (a malformed line has no seq to skip it by, and its reject is
+    // one of the stream's events). After a hello above 0, sending starts at the first line
+    // whose effective seq is above it: a malformed line just before that one may or may not
+    // have reached the daemon, and is not sent again.
+    let mut sending = last_seq == 0;
     // Every line of this pass so far was read with the full parse, so `seq` is the daemon's
     // count and the lines can be indexed. Once sending, a line that begins with its seq is
     // taken at its word ([`leading_seq`]): the full parse was most of feed's CPU time, which
@@ -822,50 +839,109 @@ fn bye_of(said: &[u8]) -> Option<(u64, String)> {
 }
 
 /// The subscriber side of `--events`: reads events, times those whose message was stamped.
+/// A subscription the daemon closes while lines are still being sent (a daemon restarted, a
+/// subscriber cut for a full buffer) is made again, with back-off; the events made while it
+/// was away are not seen (SPEC 9.2: a subscriber gets events from the moment it connects).
 struct Subscriber {
-    handle: thread::JoinHandle<(u64, u64, Latency)>,
+    handle: thread::JoinHandle<Subscription>,
     /// Unset (`u64::MAX`) while lines are being sent; then how long a quiet spell ends it.
     idle_ns: Arc<AtomicU64>,
 }
 
+/// What the subscriber thread counted.
+#[derive(Default)]
+struct Subscription {
+    events: u64,
+    liquidations: u64,
+    latency: Latency,
+    /// Connections made to the events address (more than one after a reconnect).
+    connections: u64,
+}
+
 impl Subscriber {
+    /// Connects once here, so that an address nothing listens on is an error at once.
     fn start(addr: &str, ring: Arc<TsRing>) -> Result<Subscriber, FeedError> {
-        let err = |source| FeedError::Subscribe { addr: addr.to_owned(), source };
-        let stream = TcpStream::connect(addr).map_err(err)?;
-        // A short read timeout lets the thread notice a quiet spell.
-        stream.set_read_timeout(Some(Duration::from_millis(50))).map_err(err)?;
+        let stream = subscriber_connect(addr)
+            .map_err(|source| FeedError::Subscribe { addr: addr.to_owned(), source })?;
         let idle_ns = Arc::new(AtomicU64::new(u64::MAX));
         let idle = idle_ns.clone();
-        let handle = thread::spawn(move || subscribe(stream, &ring, &idle));
+        let addr = addr.to_owned();
+        let handle = thread::spawn(move || subscribe(&addr, stream, &ring, &idle));
         Ok(Subscriber { handle, idle_ns })
     }
 
     /// Waits until no event came for `idle` (or the daemon closed), then returns the counts.
-    fn finish(self, idle: Duration) -> (u64, u64, Latency) {
+    fn finish(self, idle: Duration) -> Subscription {
         self.idle_ns.store(idle.as_nanos().min(u64::MAX as u128 - 1) as u64, Ordering::Relaxed);
         self.handle.join().unwrap_or_default()
     }
 }
 
-/// The subscriber thread: reads events until the daemon closes, or until a quiet spell of
-/// `idle_ns` once that is set.
-fn subscribe(mut stream: TcpStream, ring: &TsRing, idle_ns: &AtomicU64) -> (u64, u64, Latency) {
-    let (mut events, mut liquidations, mut latency) = (0u64, 0u64, Latency::default());
+fn subscriber_connect(addr: &str) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr)?;
+    // A short read timeout lets the thread notice a quiet spell.
+    stream.set_read_timeout(Some(Duration::from_millis(50)))?;
+    Ok(stream)
+}
+
+/// The subscriber thread: reads events until a quiet spell of `idle_ns` once that is set, or
+/// until the daemon closes once it is set; a close before is followed by a new connection
+/// (tried every 50 ms, backing off to 1 s).
+fn subscribe(addr: &str, first: TcpStream, ring: &TsRing, idle_ns: &AtomicU64) -> Subscription {
+    let mut counts = Subscription { connections: 1, ..Subscription::default() };
+    let mut last_event = Instant::now();
+    let finished = |last_event: Instant| {
+        let idle = idle_ns.load(Ordering::Relaxed);
+        idle != u64::MAX && last_event.elapsed().as_nanos() >= u128::from(idle)
+    };
+    let mut stream = Some(first);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(s) = stream.take() else {
+            if idle_ns.load(Ordering::Relaxed) != u64::MAX {
+                break; // the feed is done and the daemon closed: nothing more will come
+            }
+            thread::sleep(backoff);
+            match subscriber_connect(addr) {
+                Ok(s) => {
+                    counts.connections += 1;
+                    backoff = Duration::from_millis(50);
+                    stream = Some(s);
+                }
+                Err(_) => backoff = (backoff * 2).min(Duration::from_secs(1)),
+            }
+            continue;
+        };
+        if read_events(s, ring, &mut counts, &mut last_event, &finished) {
+            break;
+        }
+    }
+    counts
+}
+
+/// Reads events from one subscription into `counts`; true when `finished` (a quiet spell at
+/// the end), false when the daemon closed the subscription or it failed.
+fn read_events(
+    mut stream: TcpStream,
+    ring: &TsRing,
+    counts: &mut Subscription,
+    last_event: &mut Instant,
+    finished: &dyn Fn(Instant) -> bool,
+) -> bool {
     // Bytes read and not yet split into lines: `buf[..filled]`, whole lines first.
     let mut buf = vec![0u8; 1 << 16];
     let mut filled = 0;
-    let mut last_event = Instant::now();
     loop {
         if filled == buf.len() {
             buf.resize(2 * buf.len(), 0); // a line longer than the buffer
         }
         match stream.read(&mut buf[filled..]) {
-            Ok(0) => break, // the daemon closed the subscription
+            Ok(0) => return false, // the daemon closed the subscription
             Ok(n) => {
                 // Every line of this read arrived now: timed here, not after the lines before
                 // it in the read were looked at (a wick's hundreds of events come in one read).
                 let now = now_epoch_ns();
-                last_event = Instant::now();
+                *last_event = Instant::now();
                 // The bytes kept from the last read hold no newline: look only at the new ones.
                 let mut from = filled;
                 filled += n;
@@ -873,29 +949,27 @@ fn subscribe(mut stream: TcpStream, ring: &TsRing, idle_ns: &AtomicU64) -> (u64,
                 while let Some(k) = memchr::memchr(b'\n', &buf[from..filled]) {
                     let line = &buf[start..from + k];
                     (start, from) = (from + k + 1, from + k + 1);
-                    events += 1;
+                    counts.events += 1;
                     let (kind, seq) = event_head(line);
                     if kind == Some(b"liquidation".as_slice()) {
-                        liquidations += 1;
+                        counts.liquidations += 1;
                     }
                     if let Some(ts) = seq.and_then(|s| ring.get(s)) {
-                        latency.record(now.saturating_sub(ts));
+                        counts.latency.record(now.saturating_sub(ts));
                     }
                 }
                 buf.copy_within(start..filled, 0);
                 filled -= start;
             }
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                let idle = idle_ns.load(Ordering::Relaxed);
-                if idle != u64::MAX && last_event.elapsed().as_nanos() >= u128::from(idle) {
-                    break;
+                if finished(*last_event) {
+                    return true;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+            Err(_) => return false,
         }
     }
-    (events, liquidations, latency)
 }
 
 /// The `type` and `seq` of an event line as the daemon prints it (SPEC section 7): the first

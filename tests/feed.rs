@@ -373,6 +373,85 @@ fn a_malformed_far_seq_and_a_line_near_the_limit_keep_the_stream_as_it_is() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A daemon whose hello says 0 gets the whole input: malformed lines before the first
+/// message included (they were skipped as if covered, so their rejects were missing).
+#[test]
+fn a_hello_of_zero_gets_every_line_malformed_heads_included() {
+    let mut lines = fixture_lines("gen/live_open.ndjson");
+    lines.insert(0, "not json".to_owned());
+    lines.insert(1, r#"{"seq":"x","type":"mark"}"#.to_owned());
+    let dir = std::env::temp_dir().join(format!("liqscan-feed-head-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("input.ndjson");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let proc = feed(&["--to", &addr, input.to_str().unwrap()]);
+    let mut conn = accept(&listener);
+    hello(&mut conn, 0);
+    let got = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+    drop(conn);
+    let out = proc.wait(Duration::from_secs(20));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(got == lines, "every line, the malformed head first");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A subscription the daemon closes while lines are still being sent (a restarted daemon, a
+/// subscriber cut for its buffer) is made again: the events of both count, and the summary
+/// says there were two (it stopped counting at the close, without a word).
+#[test]
+fn the_subscriber_reconnects_when_the_daemon_closes_it_mid_feed() {
+    let lines = fixture_lines("gen/live_open.ndjson");
+    let engine = TcpListener::bind("127.0.0.1:0").unwrap();
+    let events = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (engine_addr, events_addr) =
+        (engine.local_addr().unwrap().to_string(), events.local_addr().unwrap().to_string());
+    let dir = std::env::temp_dir().join(format!("liqscan-feed-resub-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.json");
+    let proc = feed(&[
+        "--to",
+        &engine_addr,
+        "--events",
+        &events_addr,
+        "--events-idle",
+        "300ms",
+        "--report",
+        report.to_str().unwrap(),
+        fixture("gen/live_open.ndjson").to_str().unwrap(),
+    ]);
+    let mut first = accept(&events);
+    let mut conn = accept(&engine);
+    hello(&mut conn, 0);
+    let got = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+    assert_eq!(got.len(), lines.len());
+    let event = |line: &str| format!(r#"{{"type":"account","seq":{}}}"#, seq_of(line).unwrap());
+    let half = lines.len() / 2;
+    for line in &got[..half] {
+        writeln!(first, "{}", event(line)).unwrap();
+    }
+    // The daemon closes the subscription before the engine connection ends; the feed's
+    // subscriber connects again (within its 1 s back-off) and gets the rest.
+    drop(first);
+    let mut second = accept(&events);
+    for line in &got[half..] {
+        writeln!(second, "{}", event(line)).unwrap();
+    }
+    bye(&mut conn, seq_of(lines.last().unwrap()).unwrap(), "end of stream");
+    drop(conn);
+    let out = proc.wait(Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("subscriptions 2"), "{err}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(r["events"], lines.len());
+    assert_eq!(r["subscriptions"], 2);
+    assert_eq!(r["latency_ns"]["ts_to_event"]["count"], lines.len());
+    drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn bye(stream: &mut TcpStream, last_seq: u64, reason: &str) {
     writeln!(stream, r#"{{"type":"bye","last_seq":{last_seq},"reason":"{reason}"}}"#).unwrap();
 }
