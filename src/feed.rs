@@ -109,6 +109,9 @@ pub struct FeedSummary {
     /// Connections made to the events address: more than one when the daemon closed a
     /// subscription while lines were being sent (the events of the gap were not seen).
     pub subscriptions: u64,
+    /// The daemon closed the last subscription while lines were being sent and none could be
+    /// made again: the events after it were not seen.
+    pub subscription_lost: bool,
     pub liquidations: u64,
     /// Stamped `ts` to the event's arrival, for events whose message feed stamped.
     pub ts_to_event: Latency,
@@ -139,18 +142,21 @@ impl FeedSummary {
             self.hellos.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
             self.lines_resent,
         );
-        if self.events > 0 || self.ts_to_event.summary().count > 0 {
+        // With --events (a subscription was made), even when no event came.
+        if self.subscriptions > 0 {
             let l = self.ts_to_event.summary();
             s += &format!(
                 "events        {} received, {} liquidations\n\
                  ts→event ns   p50 {} p90 {} p99 {} p99.9 {} max {} (n={})\n",
                 self.events, self.liquidations, l.p50, l.p90, l.p99, l.p999, l.max, l.count
             );
-            if self.subscriptions > 1 {
+            let closed = self.subscriptions - 1 + u64::from(self.subscription_lost);
+            if closed > 0 {
                 s += &format!(
-                    "subscriptions {} (the daemon closed one while lines were being sent; the \
-                     events made while it was away were not seen)\n",
-                    self.subscriptions
+                    "subscriptions {} (the daemon closed {closed} while lines were being sent{}; \
+                     the events made while none was open were not seen)\n",
+                    self.subscriptions,
+                    if self.subscription_lost { ", the last for good" } else { "" },
                 );
             }
         }
@@ -171,6 +177,7 @@ impl FeedSummary {
             "lines_per_s": self.lines_per_s(),
             "events": self.events,
             "subscriptions": self.subscriptions,
+            "subscription_lost": self.subscription_lost,
             "liquidations": self.liquidations,
             "latency_ns": { "ts_to_event": self.ts_to_event.summary().to_json() },
         })
@@ -188,6 +195,10 @@ pub enum FeedError {
     NoHello { to: String, reason: String },
     #[error("cannot subscribe to events at {addr}")]
     Subscribe { addr: String, source: io::Error },
+    #[error(
+        "{addr} answered with a hello: it is a daemon's engine port (--listen), not its --events port"
+    )]
+    NotEvents { addr: String },
 }
 
 /// The give-up message's last error, when it is not the failure that began the streak.
@@ -369,7 +380,6 @@ enum Connection {
 /// Errors: the input cannot be read, no connection for `give_up_after`, a peer that does
 /// not speak the hello, or (with `events`) a subscription that cannot be made.
 pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> {
-    let started = Instant::now();
     let mut input = Input::open(input)?;
     let mut summary = FeedSummary::default();
     let ring = Arc::new(TsRing::new());
@@ -377,6 +387,8 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
         Some(addr) => Some(Subscriber::start(addr, ring.clone())?),
         None => None,
     };
+    // The rate is of the sending: after the subscription's check (up to `HELLO_PEEK`).
+    let started = Instant::now();
     let mut sent_up_to = 0u64; // highest line number ever sent, for counting resends
     let mut cause = String::new();
     let mut backoff = Duration::from_millis(50);
@@ -446,6 +458,7 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
         summary.liquidations = got.liquidations;
         summary.ts_to_event = got.latency;
         summary.subscriptions = got.connections;
+        summary.subscription_lost = got.lost;
     }
     // After the timing and the events: where lines were taken at their leading seq, the
     // input is read once more in full for its last effective seq.
@@ -631,9 +644,10 @@ fn send_from(
             count_sent(summary, sent_up_to, line_no, consumed);
             continue;
         };
-        // A line taken at its leading seq has no `ts` ([`leading_seq`]). The stamp must not
-        // push a line over the daemon's limit: a valid line would become a reject.
-        let stampable = (quick.is_some() || parsed.is_some_and(|p| p.envelope.ts.is_none()))
+        // A stamp goes on a message that holds no `ts` key ([`may_hold_ts`]; a line taken at
+        // its leading seq holds none), and must not push a line over the daemon's limit: a
+        // valid line would become a reject.
+        let stampable = (quick.is_some() || (parsed.is_some() && !may_hold_ts(bytes)))
             && bytes.len() + STAMP_BYTES <= MAX_LINE_BYTES;
         let result = if opts.stamp_ts && stampable {
             let ts = clock.now(if opts.rate.is_some() { 1 } else { UNPACED_TS_LINES });
@@ -692,14 +706,21 @@ fn leading_seq(line: &[u8]) -> Option<u64> {
     {
         return None;
     }
+    if may_hold_ts(line) {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+/// Whether a `ts` key may be in the line: it holds `"ts"` or a backslash (an escaped key).
+/// A stamp goes only on a line without: the parse reads `"ts":null` as no `ts`, and a second
+/// key would make the line a duplicate-field reject, its message lost.
+fn may_hold_ts(line: &[u8]) -> bool {
     // The searcher built once: `memmem::find` builds one a call, which cost as much as the
     // parse it spares.
     static TS_KEY: LazyLock<memmem::Finder<'static>> =
         LazyLock::new(|| memmem::Finder::new(b"\"ts\""));
-    if memchr::memchr(b'\\', line).is_some() || TS_KEY.find(line).is_some() {
-        return None;
-    }
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    memchr::memchr(b'\\', line).is_some() || TS_KEY.find(line).is_some()
 }
 
 fn count_sent(summary: &mut FeedSummary, sent_up_to: &mut u64, line_no: u64, len: usize) {
@@ -858,13 +879,26 @@ struct Subscription {
     latency: Latency,
     /// Connections made to the events address (more than one after a reconnect).
     connections: u64,
+    /// The daemon closed the last one while lines were being sent, and none was made again.
+    lost: bool,
 }
 
 impl Subscriber {
-    /// Connects once here, so that an address nothing listens on is an error at once.
+    /// Connects once here, so that an address nothing listens on is an error at once, and so
+    /// is a daemon's engine port (it greets with a hello at once, where an events port says
+    /// nothing until an event; taken for one, the subscription and the feed's own engine
+    /// connection kept replacing each other).
     fn start(addr: &str, ring: Arc<TsRing>) -> Result<Subscriber, FeedError> {
-        let stream = subscriber_connect(addr)
-            .map_err(|source| FeedError::Subscribe { addr: addr.to_owned(), source })?;
+        let err = |source| FeedError::Subscribe { addr: addr.to_owned(), source };
+        let stream = subscriber_connect(addr).map_err(err)?;
+        stream.set_read_timeout(Some(HELLO_PEEK)).map_err(err)?;
+        let mut head = [0u8; 16];
+        if let Ok(n) = stream.peek(&mut head)
+            && head[..n].starts_with(br#"{"type":"hello""#)
+        {
+            return Err(FeedError::NotEvents { addr: addr.to_owned() });
+        }
+        stream.set_read_timeout(Some(SUBSCRIBER_TICK)).map_err(err)?;
         let idle_ns = Arc::new(AtomicU64::new(u64::MAX));
         let idle = idle_ns.clone();
         let addr = addr.to_owned();
@@ -879,10 +913,16 @@ impl Subscriber {
     }
 }
 
+/// How long a new subscription is watched for a hello (which says it is an engine port): a
+/// daemon greets an engine connection at once; an events port says nothing until an event.
+const HELLO_PEEK: Duration = Duration::from_millis(200);
+
+/// The subscriber's read timeout: how often it looks whether a quiet spell ends it.
+const SUBSCRIBER_TICK: Duration = Duration::from_millis(50);
+
 fn subscriber_connect(addr: &str) -> io::Result<TcpStream> {
     let stream = TcpStream::connect(addr)?;
-    // A short read timeout lets the thread notice a quiet spell.
-    stream.set_read_timeout(Some(Duration::from_millis(50)))?;
+    stream.set_read_timeout(Some(SUBSCRIBER_TICK))?;
     Ok(stream)
 }
 
@@ -896,17 +936,19 @@ fn subscribe(addr: &str, first: TcpStream, ring: &TsRing, idle_ns: &AtomicU64) -
         let idle = idle_ns.load(Ordering::Relaxed);
         idle != u64::MAX && last_event.elapsed().as_nanos() >= u128::from(idle)
     };
+    let sending = || idle_ns.load(Ordering::Relaxed) == u64::MAX;
     let mut stream = Some(first);
     let mut backoff = Duration::from_millis(50);
     loop {
         let Some(s) = stream.take() else {
-            if idle_ns.load(Ordering::Relaxed) != u64::MAX {
+            if !sending() {
                 break; // the feed is done and the daemon closed: nothing more will come
             }
             thread::sleep(backoff);
             match subscriber_connect(addr) {
                 Ok(s) => {
                     counts.connections += 1;
+                    counts.lost = false;
                     backoff = Duration::from_millis(50);
                     stream = Some(s);
                 }
@@ -917,6 +959,8 @@ fn subscribe(addr: &str, first: TcpStream, ring: &TsRing, idle_ns: &AtomicU64) -
         if read_events(s, ring, &mut counts, &mut last_event, &finished) {
             break;
         }
+        // Closed by the daemon: while lines are still being sent, events are being missed.
+        counts.lost |= sending();
     }
     counts
 }
@@ -1026,6 +1070,9 @@ mod tests {
             ("TC11 an escape (a ts key may hide)", br#"{"seq":4,"\u0074s":9}"#, None),
             ("TC12 null", br#"{"seq":null,"type":"x"}"#, None),
         ];
+        // `may_hold_ts`: a null ts is a key all the same.
+        assert!(may_hold_ts(br#"{"seq":2,"type":"balance","ts":null}"#));
+        assert!(!may_hold_ts(br#"{"seq":2,"type":"balance","account":7}"#));
         for (label, line, want) in table {
             assert_eq!(leading_seq(line), want, "{label}");
         }

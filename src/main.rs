@@ -209,7 +209,7 @@ struct FeedArgs {
     events_idle: std::time::Duration,
     /// After the last line, wait this long for the daemon to confirm it read everything (its
     /// bye line and close); then reconnect and resume from its hello.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = nonzero_duration)]
     close_timeout: std::time::Duration,
     /// Write the summary as JSON to this file.
     #[arg(long, value_name = "FILE")]
@@ -623,6 +623,15 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
         stats.left_out,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A duration above zero (`--close-timeout 0s` was a socket timeout of none: wait forever).
+fn nonzero_duration(s: &str) -> Result<std::time::Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err(format!("{s:?}: give a time above zero, e.g. 10s")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 /// `feed`'s input: a file, not `-` (a usage error, exit 2): a reconnect resends from the

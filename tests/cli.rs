@@ -401,6 +401,13 @@ fn feed_refuses_stdin() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("feed reads a file, not stdin"), "{stderr}");
+    // A close timeout of zero was no socket timeout at all: a wait without end.
+    let stream = fixture("golden/cross_basics.ndjson");
+    let args = ["feed", "--to", "127.0.0.1:9", "--close-timeout", "0s", &stream];
+    let out = liqscan().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("above zero"), "{stderr}");
 }
 
 /// An output whose folder does not exist is refused at the start, before the input is read

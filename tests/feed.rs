@@ -314,6 +314,8 @@ fn subscriber_times_events_from_the_stamped_ts() {
 #[test]
 fn a_malformed_far_seq_and_a_line_near_the_limit_keep_the_stream_as_it_is() {
     let mut lines = fixture_lines("gen/live_open.ndjson");
+    // A message whose ts is null has a ts key all the same: a stamp would be a second one.
+    lines[100] = lines[100].replacen('{', r#"{"ts":null,"#, 1);
     lines.insert(2000, r#"{"seq":99999999,"type":"mark",BROKEN"#.to_owned());
     let pad = 1_048_576 - 20 - r#"{"seq":,"type":"query","account":1,"pad":""}"#.len();
     let big = |seq: u64| {
@@ -353,8 +355,8 @@ fn a_malformed_far_seq_and_a_line_near_the_limit_keep_the_stream_as_it_is() {
             assert_eq!(sent, line, "a malformed line goes as it is");
             continue;
         };
-        if sent.len() > 1_048_576 - 26 {
-            assert_eq!(sent, line, "no stamp past the limit");
+        if sent.len() > 1_048_576 - 26 || line.contains(r#""ts":null"#) {
+            assert_eq!(sent, line, "no stamp past the limit, nor beside a null ts");
         } else {
             assert!(v["ts"].as_u64().is_some(), "no ts stamped: {sent}");
             timed += 1;
@@ -450,6 +452,60 @@ fn the_subscriber_reconnects_when_the_daemon_closes_it_mid_feed() {
     assert_eq!(r["latency_ns"]["ts_to_event"]["count"], lines.len());
     drop(second);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A subscription the daemon closes while lines are being sent and that cannot be made again
+/// (the daemon restarted without --events) is reported, not passed over: the summary says the
+/// last was closed for good. An `--events` address that greets with a hello (a daemon's engine
+/// port) is refused at once (the two connections kept replacing each other there).
+#[test]
+fn a_lost_subscription_is_reported_and_an_engine_port_is_no_events_port() {
+    let lines = fixture_lines("gen/live_open.ndjson");
+    let engine = TcpListener::bind("127.0.0.1:0").unwrap();
+    let events = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (engine_addr, events_addr) =
+        (engine.local_addr().unwrap().to_string(), events.local_addr().unwrap().to_string());
+    let args = ["--to", &engine_addr, "--events", &events_addr, "--events-idle", "300ms"];
+    let proc = feed(&[&args[..], &[fixture("gen/live_open.ndjson").to_str().unwrap()]].concat());
+    let subscriber = accept(&events);
+    drop((subscriber, events)); // closed, and nothing listens there any more
+    let mut conn = accept(&engine);
+    hello(&mut conn, 0);
+    let got = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+    assert_eq!(got.len(), lines.len());
+    bye(&mut conn, seq_of(lines.last().unwrap()).unwrap(), "end of stream");
+    drop(conn);
+    let out = proc.wait(Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("events        0 received"), "{err}");
+    assert!(err.contains("subscriptions 1 (the daemon closed 1"), "{err}");
+    assert!(err.contains("the last for good"), "{err}");
+
+    // An engine port given as the events address: it greets at once, as a daemon does (on a
+    // thread of its own that looks every millisecond, for at most 10 s).
+    let greeter = TcpListener::bind("127.0.0.1:0").unwrap();
+    let greeter_addr = greeter.local_addr().unwrap().to_string();
+    greeter.set_nonblocking(true).unwrap();
+    let greeting = thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok((mut s, _)) = greeter.accept() {
+                s.set_nonblocking(false).unwrap();
+                hello(&mut s, 0);
+                return Some(s);
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        None
+    });
+    let args = ["--to", &engine_addr, "--events", &greeter_addr, "--give-up-after", "2s"];
+    let proc = feed(&[&args[..], &[fixture("gen/live_open.ndjson").to_str().unwrap()]].concat());
+    let out = proc.wait(Duration::from_secs(20));
+    drop(greeting.join());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("answered with a hello"), "{err}");
 }
 
 fn bye(stream: &mut TcpStream, last_seq: u64, reason: &str) {
