@@ -6,7 +6,7 @@
 //! derived here from the fixture's own `seq` fields, not from liqscan's sequencer.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Write},
     net::{TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
@@ -108,6 +108,27 @@ fn seq_of(line: &str) -> Option<u64> {
 
 fn fixture_lines(name: &str) -> Vec<String> {
     std::fs::read_to_string(fixture(name)).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// A feed's one connection to `listener`: a hello of 0, every line read, the close; the
+/// feed must then exit 0. The lines it sent.
+fn one_whole_connection(listener: &TcpListener, proc: Proc) -> Vec<String> {
+    let mut conn = accept(listener);
+    hello(&mut conn, 0);
+    let got = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+    drop(conn);
+    let out = proc.wait(Duration::from_secs(20));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    got
+}
+
+/// `lines` written as an input file in a temporary folder named after `tag`: (folder, file).
+fn input_file(lines: &[String], tag: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("liqscan-feed-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("input.ndjson");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    (dir, input)
 }
 
 #[test]
@@ -249,31 +270,61 @@ fn gives_up_when_no_daemon_listens_and_refuses_a_peer_without_hello() {
     assert!(err.contains("did not answer with a hello"), "{err}");
 }
 
+/// A feed with `--events` against a scripted daemon, once every line arrived: the feed, its
+/// subscription and engine connection (a hello of 0 was said), the lines it sent, and the
+/// folder of its `--report`.
+struct TimedFeed {
+    proc: Proc,
+    /// Kept listening: a feed whose subscription is closed connects again.
+    events: TcpListener,
+    subscriber: TcpStream,
+    conn: TcpStream,
+    got: Vec<String>,
+    dir: PathBuf,
+}
+
+impl TimedFeed {
+    /// Runs `feed --events ... --events-idle 300ms --report` on `input` up to its last line
+    /// (`dir`: `None` for a temporary folder named after `tag`, or the input's folder).
+    fn start(input: &std::path::Path, tag: &str, dir: Option<PathBuf>) -> TimedFeed {
+        let engine = TcpListener::bind("127.0.0.1:0").unwrap();
+        let events = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (engine_addr, events_addr) =
+            (engine.local_addr().unwrap().to_string(), events.local_addr().unwrap().to_string());
+        let dir = dir.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("liqscan-feed-{tag}-{}", std::process::id()))
+        });
+        std::fs::create_dir_all(&dir).unwrap();
+        let report = dir.join("report.json");
+        let proc = feed(&[
+            "--to",
+            &engine_addr,
+            "--events",
+            &events_addr,
+            "--events-idle",
+            "300ms",
+            "--report",
+            report.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ]);
+        let subscriber = accept(&events);
+        let mut conn = accept(&engine);
+        hello(&mut conn, 0);
+        let got = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+        TimedFeed { proc, events, subscriber, conn, got, dir }
+    }
+}
+
+/// The `--report` a [`TimedFeed`] wrote in `dir`.
+fn report_in(dir: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap()
+}
+
 #[test]
 fn subscriber_times_events_from_the_stamped_ts() {
     let lines = fixture_lines("gen/live_open.ndjson");
-    let engine = TcpListener::bind("127.0.0.1:0").unwrap();
-    let events = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (engine_addr, events_addr) =
-        (engine.local_addr().unwrap().to_string(), events.local_addr().unwrap().to_string());
-    let dir = std::env::temp_dir().join(format!("liqscan-feed-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let report = dir.join("report.json");
-    let proc = feed(&[
-        "--to",
-        &engine_addr,
-        "--events",
-        &events_addr,
-        "--events-idle",
-        "300ms",
-        "--report",
-        report.to_str().unwrap(),
-        fixture("gen/live_open.ndjson").to_str().unwrap(),
-    ]);
-    let mut subscriber = accept(&events);
-    let mut conn = accept(&engine);
-    hello(&mut conn, 0);
-    let got = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+    let TimedFeed { proc, mut subscriber, conn, got, dir, .. } =
+        TimedFeed::start(&fixture("gen/live_open.ndjson"), "stamped", None);
     // One event per message with a seq, as a daemon would send them; every third is a
     // liquidation. The ts must have been stamped on every message.
     let mut liquidations = 0;
@@ -298,9 +349,7 @@ fn subscriber_times_events_from_the_stamped_ts() {
     drop(conn);
     let out = proc.wait(Duration::from_secs(30));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut text = String::new();
-    std::fs::File::open(&report).unwrap().read_to_string(&mut text).unwrap();
-    let r: Value = serde_json::from_str(&text).unwrap();
+    let r = report_in(&dir);
     assert_eq!(r["events"], lines.len());
     assert_eq!(r["liquidations"], liquidations);
     assert_eq!(r["latency_ns"]["ts_to_event"]["count"], lines.len());
@@ -324,29 +373,9 @@ fn a_malformed_far_seq_and_a_line_near_the_limit_keep_the_stream_as_it_is() {
     let last = seq_of(lines.last().unwrap()).unwrap();
     lines.push(big(last + 1));
     assert!((1_048_576 - 26..=1_048_576).contains(&lines.last().unwrap().len()));
-    let dir = std::env::temp_dir().join(format!("liqscan-feed-far-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (input, report) = (dir.join("input.ndjson"), dir.join("report.json"));
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let engine = TcpListener::bind("127.0.0.1:0").unwrap();
-    let events = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (engine_addr, events_addr) =
-        (engine.local_addr().unwrap().to_string(), events.local_addr().unwrap().to_string());
-    let proc = feed(&[
-        "--to",
-        &engine_addr,
-        "--events",
-        &events_addr,
-        "--events-idle",
-        "300ms",
-        "--report",
-        report.to_str().unwrap(),
-        input.to_str().unwrap(),
-    ]);
-    let mut subscriber = accept(&events);
-    let mut conn = accept(&engine);
-    hello(&mut conn, 0);
-    let got = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+    let (dir, input) = input_file(&lines, "far");
+    let TimedFeed { proc, mut subscriber, mut conn, got, dir, .. } =
+        TimedFeed::start(&input, "far", Some(dir));
     assert_eq!(got.len(), lines.len());
     // One event per message, as a daemon would send them; the malformed line makes none.
     let mut timed = 0;
@@ -368,7 +397,7 @@ fn a_malformed_far_seq_and_a_line_near_the_limit_keep_the_stream_as_it_is() {
     let out = proc.wait(Duration::from_secs(30));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r = report_in(&dir);
     assert_eq!(r["events"], lines.len() - 1);
     assert_eq!(r["latency_ns"]["ts_to_event"]["count"], timed, "every stamped message timed");
     assert_eq!(r["last_seq"], last + 1);
@@ -382,19 +411,11 @@ fn a_hello_of_zero_gets_every_line_malformed_heads_included() {
     let mut lines = fixture_lines("gen/live_open.ndjson");
     lines.insert(0, "not json".to_owned());
     lines.insert(1, r#"{"seq":"x","type":"mark"}"#.to_owned());
-    let dir = std::env::temp_dir().join(format!("liqscan-feed-head-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let input = dir.join("input.ndjson");
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let (dir, input) = input_file(&lines, "head");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let proc = feed(&["--to", &addr, input.to_str().unwrap()]);
-    let mut conn = accept(&listener);
-    hello(&mut conn, 0);
-    let got = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
-    drop(conn);
-    let out = proc.wait(Duration::from_secs(20));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = one_whole_connection(&listener, proc);
     assert!(got == lines, "every line, the malformed head first");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -405,28 +426,8 @@ fn a_hello_of_zero_gets_every_line_malformed_heads_included() {
 #[test]
 fn the_subscriber_reconnects_when_the_daemon_closes_it_mid_feed() {
     let lines = fixture_lines("gen/live_open.ndjson");
-    let engine = TcpListener::bind("127.0.0.1:0").unwrap();
-    let events = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (engine_addr, events_addr) =
-        (engine.local_addr().unwrap().to_string(), events.local_addr().unwrap().to_string());
-    let dir = std::env::temp_dir().join(format!("liqscan-feed-resub-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let report = dir.join("report.json");
-    let proc = feed(&[
-        "--to",
-        &engine_addr,
-        "--events",
-        &events_addr,
-        "--events-idle",
-        "300ms",
-        "--report",
-        report.to_str().unwrap(),
-        fixture("gen/live_open.ndjson").to_str().unwrap(),
-    ]);
-    let mut first = accept(&events);
-    let mut conn = accept(&engine);
-    hello(&mut conn, 0);
-    let got = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+    let TimedFeed { proc, events, subscriber: mut first, mut conn, got, dir } =
+        TimedFeed::start(&fixture("gen/live_open.ndjson"), "resub", None);
     assert_eq!(got.len(), lines.len());
     let event = |line: &str| format!(r#"{{"type":"account","seq":{}}}"#, seq_of(line).unwrap());
     let half = lines.len() / 2;
@@ -446,7 +447,7 @@ fn the_subscriber_reconnects_when_the_daemon_closes_it_mid_feed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("subscriptions 2"), "{err}");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r = report_in(&dir);
     assert_eq!(r["events"], lines.len());
     assert_eq!(r["subscriptions"], 2);
     assert_eq!(r["latency_ns"]["ts_to_event"]["count"], lines.len());
@@ -574,10 +575,7 @@ fn a_short_bye_is_checked_against_the_input_read_in_full() {
     let last = seq_of(lines.last().unwrap()).unwrap();
     lines.push(format!(r#"{{"seq":{},"type":"mark",}}"#, last + 1));
     lines.push(format!(r#"{{"seq":{},"type":"mark","symbol":"S0","price":"1"}} x"#, last + 2));
-    let dir = std::env::temp_dir().join(format!("liqscan-feed-bye-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let input = dir.join("input.ndjson");
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let (dir, input) = input_file(&lines, "bye");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let args = ["--to", &addr, "--give-up-after", "2s", input.to_str().unwrap()];
@@ -635,12 +633,7 @@ fn a_bare_port_is_loopback_and_a_malformed_address_is_a_usage_error() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     let proc = feed(&["--to", &port, fixture(name).to_str().unwrap()]);
-    let mut conn = accept(&listener);
-    hello(&mut conn, 0);
-    let got = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
-    drop(conn);
-    let out = proc.wait(Duration::from_secs(20));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = one_whole_connection(&listener, proc);
     assert_eq!(got.len(), lines.len());
     let table = [
         ("localhost", "is not an address"),
