@@ -154,7 +154,7 @@ impl FeedSummary {
             if closed > 0 {
                 s += &format!(
                     "subscriptions {} (the daemon closed {closed} while lines were being sent{}; \
-                     the events made while none was open were not seen)\n",
+                     events made while none was open, if any, were not seen)\n",
                     self.subscriptions,
                     if self.subscription_lost { ", the last for good" } else { "" },
                 );
@@ -238,9 +238,9 @@ impl Input {
         })
     }
 
-    /// Indexes the line `line_no` (from 1) at `line_offset`, which ends before
-    /// `next_offset`, read with the full parse, with the sequencer at `seq_before` before it.
-    fn index(&mut self, line_offset: u64, next_offset: u64, line_no: u64, seq_before: u64) {
+    /// Indexes the line `line_no` (from 1) at `line_offset`, `line_len` bytes before its
+    /// newline, read with the full parse, with the sequencer at `seq_before` before it.
+    fn index(&mut self, line_offset: u64, line_len: usize, line_no: u64, seq_before: u64) {
         if line_offset >= self.indexed_to
             && line_no > 1
             && (line_no - 1).is_multiple_of(CHECKPOINT_LINES)
@@ -251,7 +251,7 @@ impl Input {
                 seq_before,
             });
         }
-        self.indexed_to = self.indexed_to.max(next_offset);
+        self.indexed_to = self.indexed_to.max(line_offset + line_len as u64 + 1);
     }
 
     /// The input's last effective seq as the daemon counts it: read with the full parse from
@@ -271,8 +271,8 @@ impl Input {
             if let Some(parsed) = line.bytes.and_then(|b| protocol::parse_envelope(b).ok()) {
                 seq.admit(parsed.seq);
             }
-            let (offset, next, no) = (line.offset, line.next, line.no);
-            self.index(offset, next, no, before);
+            let (offset, len, no) = (line.offset, line.len, line.no);
+            self.index(offset, len, no, before);
         }
         self.exact_last = Some(seq.last());
         Ok(seq.last())
@@ -313,9 +313,8 @@ struct InputLine<'a> {
     bytes: Option<&'a [u8]>,
     /// Its length without the newline.
     len: usize,
-    /// Where it starts, where the next starts, and its number (from 1).
+    /// Where it starts, and its number (from 1).
     offset: u64,
-    next: u64,
     no: u64,
 }
 
@@ -331,7 +330,7 @@ impl InputLines {
         let offset = self.offset;
         self.offset += len as u64 + 1;
         self.line_no += 1;
-        Ok(Some(InputLine { bytes, len, offset, next: self.offset, no: self.line_no }))
+        Ok(Some(InputLine { bytes, len, offset, no: self.line_no }))
     }
 }
 
@@ -606,7 +605,7 @@ fn send_from(
             .filter(|&n| Some(n) == seq.last().checked_add(1));
         exact &= quick.is_none();
         if exact {
-            input.index(line.offset, line.next, line_no, seq.last());
+            input.index(line.offset, consumed, line_no, seq.last());
         }
         let parsed = match quick {
             Some(_) => None,

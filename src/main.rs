@@ -209,7 +209,7 @@ struct FeedArgs {
     events_idle: std::time::Duration,
     /// After the last line, wait this long for the daemon to confirm it read everything (its
     /// bye line and close); then reconnect and resume from its hello.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = nonzero_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = close_timeout)]
     close_timeout: std::time::Duration,
     /// Write the summary as JSON to this file.
     #[arg(long, value_name = "FILE")]
@@ -625,13 +625,10 @@ fn run_gen(args: GenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A duration above zero (`--close-timeout 0s` was a socket timeout of none: wait forever).
-fn nonzero_duration(s: &str) -> Result<std::time::Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(d) if d.is_zero() => Err(format!("{s:?}: give a time above zero, e.g. 10s")),
-        Ok(d) => Ok(d),
-        Err(e) => Err(format!("{s:?}: {e}")),
-    }
+/// `--close-timeout`: at least 1 ms (`0s` was a socket timeout of none: a wait forever).
+fn close_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let min = std::time::Duration::from_millis(1);
+    liqscan::daemon::duration_at_least(s, min, "the close timeout (a wait above zero)")
 }
 
 /// `feed`'s input: a file, not `-` (a usage error, exit 2): a reconnect resends from the

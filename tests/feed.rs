@@ -64,6 +64,18 @@ fn feed(args: &[&str]) -> Proc {
     Proc(Some(child))
 }
 
+/// A listener on a free loopback port, and its address: the scripted daemon's side.
+fn listen() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    (listener, addr)
+}
+
+/// `feed ARGS` on the fixture `name`.
+fn feed_fixture(args: &[&str], name: &str) -> Proc {
+    feed(&[args, &[fixture(name).to_str().unwrap()]].concat())
+}
+
 /// Accepts one connection within 10 s.
 fn accept(listener: &TcpListener) -> TcpStream {
     listener.set_nonblocking(true).unwrap();
@@ -140,8 +152,7 @@ fn sends_from_the_line_after_the_hellos_last_seq() {
         if label.starts_with("TC3") {
             last_seq = seq_of(lines.last().unwrap()).unwrap() - 1;
         }
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let (listener, addr) = listen();
         let proc = feed(&["--to", &addr, fixture("gen/live_open.ndjson").to_str().unwrap()]);
         let mut conn = accept(&listener);
         hello(&mut conn, last_seq);
@@ -190,8 +201,7 @@ fn reconnects_and_resends_from_the_new_hello() {
     let name = "gen/faults.ndjson";
     let lines = fixture_lines(name);
     let seqs = effective_seqs(&lines);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    let (listener, addr) = listen();
     let proc = feed(&["--to", &addr, fixture(name).to_str().unwrap()]);
 
     // Connection 1: the daemon reads 5,000 lines, then drops the connection.
@@ -259,8 +269,7 @@ fn gives_up_when_no_daemon_listens_and_refuses_a_peer_without_hello() {
     assert!(!err.contains("last error"), "{err}");
     drop(silent);
 
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    let (listener, addr) = listen();
     let proc = feed(&["--to", &addr, input.to_str().unwrap()]);
     let mut conn = accept(&listener);
     writeln!(conn, r#"{{"type":"liquidation","seq":1}}"#).unwrap();
@@ -412,8 +421,7 @@ fn a_hello_of_zero_gets_every_line_malformed_heads_included() {
     lines.insert(0, "not json".to_owned());
     lines.insert(1, r#"{"seq":"x","type":"mark"}"#.to_owned());
     let (dir, input) = input_file(&lines, "head");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    let (listener, addr) = listen();
     let proc = feed(&["--to", &addr, input.to_str().unwrap()]);
     let got = one_whole_connection(&listener, proc);
     assert!(got == lines, "every line, the malformed head first");
@@ -467,7 +475,7 @@ fn a_lost_subscription_is_reported_and_an_engine_port_is_no_events_port() {
     let (engine_addr, events_addr) =
         (engine.local_addr().unwrap().to_string(), events.local_addr().unwrap().to_string());
     let args = ["--to", &engine_addr, "--events", &events_addr, "--events-idle", "300ms"];
-    let proc = feed(&[&args[..], &[fixture("gen/live_open.ndjson").to_str().unwrap()]].concat());
+    let proc = feed_fixture(&args, "gen/live_open.ndjson");
     let subscriber = accept(&events);
     drop((subscriber, events)); // closed, and nothing listens there any more
     let mut conn = accept(&engine);
@@ -485,8 +493,7 @@ fn a_lost_subscription_is_reported_and_an_engine_port_is_no_events_port() {
 
     // An engine port given as the events address: it greets at once, as a daemon does (on a
     // thread of its own that looks every millisecond, for at most 10 s).
-    let greeter = TcpListener::bind("127.0.0.1:0").unwrap();
-    let greeter_addr = greeter.local_addr().unwrap().to_string();
+    let (greeter, greeter_addr) = listen();
     greeter.set_nonblocking(true).unwrap();
     let greeting = thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -501,7 +508,7 @@ fn a_lost_subscription_is_reported_and_an_engine_port_is_no_events_port() {
         None
     });
     let args = ["--to", &engine_addr, "--events", &greeter_addr, "--give-up-after", "2s"];
-    let proc = feed(&[&args[..], &[fixture("gen/live_open.ndjson").to_str().unwrap()]].concat());
+    let proc = feed_fixture(&args, "gen/live_open.ndjson");
     let out = proc.wait(Duration::from_secs(20));
     drop(greeting.join());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -524,11 +531,9 @@ fn a_bye_short_of_the_input_resends_the_rest_or_fails() {
     let last = seq_of(lines.last().unwrap()).unwrap();
     let stopped_at = seq_of(&lines[2000]).unwrap();
     for restarted in [true, false] {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let (listener, addr) = listen();
         let give_up = ["--give-up-after", "2s"];
-        let proc =
-            feed(&[&["--to", &addr][..], &give_up, &[fixture(name).to_str().unwrap()]].concat());
+        let proc = feed_fixture(&[&["--to", &addr][..], &give_up].concat(), name);
         // Connection 1: every line arrives (the feed half-closes), but the daemon stops having
         // applied only up to line 2,000's seq.
         let mut conn = accept(&listener);
@@ -576,8 +581,7 @@ fn a_short_bye_is_checked_against_the_input_read_in_full() {
     lines.push(format!(r#"{{"seq":{},"type":"mark",}}"#, last + 1));
     lines.push(format!(r#"{{"seq":{},"type":"mark","symbol":"S0","price":"1"}} x"#, last + 2));
     let (dir, input) = input_file(&lines, "bye");
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    let (listener, addr) = listen();
     let args = ["--to", &addr, "--give-up-after", "2s", input.to_str().unwrap()];
     let proc = feed(&args);
     let mut conn = accept(&listener);
@@ -605,23 +609,15 @@ fn an_unconfirmed_end_is_asked_again_and_a_covering_hello_ends_the_feed() {
     let name = "gen/live_open.ndjson";
     let lines = fixture_lines(name);
     let last = seq_of(lines.last().unwrap()).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    let (listener, addr) = listen();
     let args = ["--to", &addr, "--close-timeout", "300ms", "--give-up-after", "5s"];
-    let proc = feed(&[&args[..], &[fixture(name).to_str().unwrap()]].concat());
+    let proc = feed_fixture(&args, name);
     // Connection 1: every line arrives, but the daemon neither says bye nor closes.
-    let mut c1 = accept(&listener);
-    hello(&mut c1, 0);
-    let first = read_lines(&mut BufReader::new(c1.try_clone().unwrap()), None);
+    let (c1, first) = first_connection(&listener, None);
     assert_eq!(first.len(), lines.len());
     // Connection 2: its hello covers the input; the test never closes it.
-    let mut c2 = accept(&listener);
-    hello(&mut c2, last);
-    let out = proc.wait(Duration::from_secs(20));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains(&format!("connections   2 (hello last_seq: 0, {last})")), "{err}");
-    drop((c1, c2));
+    covered_by_a_second_hello(&listener, proc, last);
+    drop(c1);
 }
 
 /// `--to` takes a bare port as `run --listen` does (127.0.0.1), and an address without a
@@ -664,21 +660,33 @@ fn a_long_connection_that_drops_is_resumed_not_given_up() {
     let name = "gen/live_open.ndjson";
     let lines = fixture_lines(name);
     let last = seq_of(lines.last().unwrap()).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
+    let (listener, addr) = listen();
     // 8,001 lines at 4,000 a second: the first connection lasts over a second.
     let args = ["--to", &addr, "--rate", "4000", "--give-up-after", "1s"];
-    let proc = feed(&[&args[..], &[fixture(name).to_str().unwrap()]].concat());
-    let mut c1 = accept(&listener);
-    hello(&mut c1, 0);
-    let first = read_lines(&mut BufReader::new(c1.try_clone().unwrap()), Some(6000));
+    let proc = feed_fixture(&args, name);
+    let (c1, first) = first_connection(&listener, Some(6000));
     assert_eq!(first.len(), 6000, "the first connection carried 1.5 s of lines");
     drop(c1);
-    let mut c2 = accept(&listener);
-    hello(&mut c2, last);
+    covered_by_a_second_hello(&listener, proc, last);
+}
+
+/// The feed's first connection to `listener`: a hello of 0, then up to `max` lines (all, to
+/// the feed's half-close, when `None`). The connection stays open until the caller drops it.
+fn first_connection(listener: &TcpListener, max: Option<usize>) -> (TcpStream, Vec<String>) {
+    let mut conn = accept(listener);
+    hello(&mut conn, 0);
+    let lines = read_lines(&mut BufReader::new(conn.try_clone().unwrap()), max);
+    (conn, lines)
+}
+
+/// The feed's second connection says in its hello that the daemon has the whole input, up to
+/// `last`: the feed ends at once, exit 0, having made two connections.
+fn covered_by_a_second_hello(listener: &TcpListener, proc: Proc, last: u64) {
+    let mut conn = accept(listener);
+    hello(&mut conn, last);
     let out = proc.wait(Duration::from_secs(20));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains(&format!("connections   2 (hello last_seq: 0, {last})")), "{err}");
-    drop(c2);
+    drop(conn);
 }

@@ -199,7 +199,7 @@ fn subscriber_buffer(s: &str) -> Result<usize, String> {
 }
 
 /// A duration (humantime: 250ms, 10s, 5m) of at least `min`, which `what` names.
-fn duration_at_least(
+pub fn duration_at_least(
     s: &str,
     min: std::time::Duration,
     what: &str,
