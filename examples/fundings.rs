@@ -1,15 +1,20 @@
 //! What a `funding` message costs by the size of its symbol's books: applies a `liqscan gen`
 //! stream (parsed first, outside the timing) on this thread, takes each funding's thread CPU
 //! time with its symbol's cross and isolated book lengths at the time, and prints
-//! - the fundings grouped by book size (count, mean, p99 and max CPU time, mean slots),
-//! - a least-squares fit `ns = a + b · settled + c · isolated` over all fundings, where
-//!   `settled = ⌈cross / 16⌉` is the progressive settle's share of the cross book (the
-//!   default `DEFAULT_FUNDING_SETTLE_ROUNDS`) and `isolated` the isolated book's length:
-//!   `b` is the cost per settled cross position, `c` per paid isolated position.
+//! - the fundings grouped by book size (count, mean, p99 and max CPU time, mean slots, mean
+//!   positions evaluated, and how many took over 5 µs),
+//! - a least-squares fit `ns = a + b · isolated + c · evaluated` over all fundings, where
+//!   `isolated` is the isolated book's length (each paid in one pass) and `evaluated` the
+//!   positions the funding evaluated (the refreshes of the accounts whose funding trigger it
+//!   fired). Since session 16 a funding no longer settles its cross book's share of the
+//!   progressive settle (the messages after it do), unless it finishes an earlier share
+//!   left over: the cross book costs only its trigger scan.
 //!
 //! - with `SMALL=N`, after the stream: `N` more fundings of rate ±10^-6 (alternating, so the
 //!   books stay where the stream left them), round-robin over the symbols of 300–1,000
-//!   holders, timed together (no clock reading per funding): what a small symbol's funding
+//!   holders, timed together (no clock reading per funding; with no other message between
+//!   them, each finishes its symbol's previous share of the settle, as a run of fundings alone
+//!   does): what a small symbol's funding
 //!   costs on the full book, and a steady loop for `perf record -p`.
 //!
 //! ```sh
@@ -25,13 +30,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use liqscan::{
     config::{Config, SymbolIdx},
     engine::{At, Engine},
-    fast::{DEFAULT_FUNDING_SETTLE_ROUNDS, FastEngine},
+    fast::FastEngine,
     fixed::D8,
     ingest::{Ingest, LineReader, Outcome},
     protocol::Command,
 };
 
 /// This thread's CPU time in ns.
+/// Per funding: its symbol's cross and isolated book lengths, its thread CPU time (ns) and
+/// the positions it evaluated (refreshes of the accounts it fired, isolated evaluations).
+type Funding = (usize, usize, u64, u64);
+
 fn cpu_ns() -> u64 {
     liqscan::latency::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
@@ -105,30 +114,37 @@ fn main() -> anyhow::Result<()> {
     }
     eprintln!("{} commands read in {:.1?}", commands.len(), started.elapsed());
     let mut engine = FastEngine::new(cfg.clone());
-    // (cross, isolated, ns) per funding.
-    let mut fundings: Vec<(usize, usize, u64)> = Vec::new();
+    let mut fundings: Vec<Funding> = Vec::new();
     for (at, cmd) in &commands {
         let books = match cmd {
             Command::Funding { symbol, .. } => engine.book_lens().nth(symbol.0 as usize),
             _ => None,
         };
-        let start = cpu_ns();
+        let (start, evaluated) = (cpu_ns(), engine.positions_evaluated());
         let _ = engine.apply(cmd, *at, &mut |_| {});
         if let Some((cross, isolated)) = books {
-            fundings.push((cross, isolated, cpu_ns() - start));
+            let evaluated = engine.positions_evaluated() - evaluated;
+            fundings.push((cross, isolated, cpu_ns() - start, evaluated));
         }
     }
     if let Some(n) = std::env::var("SMALL").ok().and_then(|v| v.parse::<usize>().ok()) {
         small_fundings(&mut engine, n);
     }
-    let rounds = DEFAULT_FUNDING_SETTLE_ROUNDS as usize;
     println!(
         "{} fundings; by the symbol's book size (cross + isolated positions):",
         fundings.len()
     );
     println!(
-        "{:>16} {:>7} {:>10} {:>10} {:>10} {:>9} {:>9}",
-        "holders", "count", "mean_ns", "p99_ns", "max_ns", "cross", "isolated"
+        "{:>16} {:>7} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "holders",
+        "count",
+        "mean_ns",
+        "p99_ns",
+        "max_ns",
+        "cross",
+        "isolated",
+        "evaluated",
+        "over_5us"
     );
     let edges = [0, 1_000, 3_000, 10_000, 30_000, 100_000, 200_000, usize::MAX];
     for w in edges.windows(2) {
@@ -139,23 +155,23 @@ fn main() -> anyhow::Result<()> {
         }
         group.sort_unstable_by_key(|f| f.2);
         let n = group.len();
-        let mean = |g: &dyn Fn(&(usize, usize, u64)) -> f64| {
-            group.iter().map(|f| g(f)).sum::<f64>() / n as f64
-        };
+        let mean = |g: &dyn Fn(&Funding) -> f64| group.iter().map(|f| g(f)).sum::<f64>() / n as f64;
         println!(
-            "{:>16} {n:>7} {:>10.0} {:>10} {:>10} {:>9.0} {:>9.0}",
+            "{:>16} {n:>7} {:>10.0} {:>10} {:>10} {:>9.0} {:>9.0} {:>9.2} {:>9}",
             format!("{}..{}", w[0], if w[1] == usize::MAX { "".into() } else { w[1].to_string() }),
             mean(&|f| f.2 as f64),
             group[(n * 99 / 100).min(n - 1)].2,
             group[n - 1].2,
             mean(&|f| f.0 as f64),
             mean(&|f| f.1 as f64),
+            mean(&|f| f.3 as f64),
+            group.iter().filter(|f| f.2 > 5_000).count(),
         );
     }
-    // Least squares over every funding: ns = a + b · settled + c · isolated.
+    // Least squares over every funding: ns = a + b · isolated + c · evaluated.
     let (mut m, mut v) = ([[0.0f64; 3]; 3], [0.0f64; 3]);
-    for &(cross, isolated, ns) in &fundings {
-        let x = [1.0, cross.div_ceil(rounds) as f64, isolated as f64];
+    for &(_, isolated, ns, evaluated) in &fundings {
+        let x = [1.0, isolated as f64, evaluated as f64];
         for ((row, vi), &xi) in m.iter_mut().zip(&mut v).zip(&x) {
             for (mij, &xj) in row.iter_mut().zip(&x) {
                 *mij += xi * xj;
@@ -165,7 +181,7 @@ fn main() -> anyhow::Result<()> {
     }
     let [a, b, c] = solve3(m, v);
     println!(
-        "fit: {a:.0} ns + {b:.1} ns per settled cross position (cross / {rounds}) + {c:.2} ns per paid isolated position"
+        "fit: {a:.0} ns + {b:.2} ns per paid isolated position + {c:.1} ns per position evaluated"
     );
     let total: u64 = fundings.iter().map(|f| f.2).sum();
     println!(

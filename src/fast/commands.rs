@@ -116,7 +116,13 @@ impl Engine for FastEngine {
 
     fn apply(&mut self, cmd: &Command, at: At, out: &mut dyn FnMut(Event)) -> Result<(), Reject> {
         let plan = self.check(cmd)?;
+        let funding = matches!(plan, Plan::Funding { .. });
         self.commit(plan, at, out);
+        // A funding is the message the progressive settle's shares are taken off: it settles
+        // none of the shares due (but what is left of its own symbol's, first).
+        if !funding {
+            self.settle_deferred();
+        }
         Ok(())
     }
 

@@ -32,6 +32,7 @@ mod wick;
 mod wick_tests;
 
 use std::{
+    collections::VecDeque,
     hash::RandomState,
     sync::{
         Arc,
@@ -332,9 +333,12 @@ pub struct FastEngine {
     /// Per symbol, its funding log (lazy funding of cross positions; see [`FundingLog`]).
     funding: Vec<FundingLog>,
     /// Every cross slot is settled within this many lazy fundings of its symbol (the
-    /// progressive settle, [`FastEngine::settle_some`]), so a log holds fewer than twice as
+    /// progressive settle, [`FastEngine::schedule_settle`]), so a log holds fewer than twice as
     /// many entries ([`DEFAULT_FUNDING_SETTLE_ROUNDS`]; tests set it small).
     settle_rounds: u32,
+    /// Symbols with a share of the progressive settle due, oldest funding first (see
+    /// [`FastEngine::settle_deferred`]); each at most once.
+    settle_queue: VecDeque<u32>,
     /// The paying cumulatives restart before either would pass this magnitude
     /// ([`FUND_PAID_LIMIT`]; a test lowers it to drive the restart).
     fund_paid_limit: i128,
@@ -627,9 +631,16 @@ fn isolated_trigger(sc: &Scale, lots: i64, base: i128, t: i64, liquidatable: boo
 }
 
 /// Default of [`FastEngine::with_funding_settle_rounds`]: every cross position is settled
-/// within 16 lazy fundings of its symbol, so a log holds at most 31 entries and a position
-/// owes for at most 31 fundings (README, "Lazy funding", for the costs this trades).
+/// within 16 lazy fundings of its symbol, so a log holds at most 32 entries and a position
+/// owes for at most 32 fundings (README, "Lazy funding", for the costs this trades).
 pub const DEFAULT_FUNDING_SETTLE_ROUNDS: u32 = 16;
+
+/// How many slots of the progressive settle's shares due a message settles after its own
+/// work ([`FastEngine::settle_deferred`]): on the trade-heavy mix (`t`: ~117k fundings of
+/// ~1,500 cross holders each, a share of ~94 slots) the shares come to ~3.7 slots a message,
+/// so 8 keep up with room, and add at most 8 wallet accesses (prefetched a message ahead) to a
+/// message, where a funding's own share was 30–100 of them in a row.
+const SETTLE_SLOTS_PER_MESSAGE: usize = 8;
 
 /// The rounding allowance of one funding entry in the units of [`FundingLog::c`]: a payment
 /// `round8(lots · c / 10^20)` is within half of 10^-8, i.e. `5 · 10^11` units of `c` per lot
@@ -651,11 +662,12 @@ const FUND_PAID_LIMIT: i128 = 1 << 125;
 ///
 /// Entries are numbered from the symbol's first lazy funding, modulo 2^32 (`c[0]` is number
 /// `first`); a slot's `fund_from` is the number of the first entry it owes, so
-/// `c[fund_from - first..]` is what it owes for ([`FundingLog::owed`]). The progressive settle ([`FastEngine::settle_some`])
-/// walks the book in rounds of at most `settle_rounds` lazy fundings, settling a share of
-/// the slots at each, and drops the entries every slot has settled past when a round ends:
-/// the log holds fewer than `2 · settle_rounds` entries, far below 2^32, so the wrapping
-/// numbers never meet.
+/// `c[fund_from - first..]` is what it owes for ([`FundingLog::owed`]). The progressive
+/// settle ([`FastEngine::schedule_settle`]) walks the book in rounds of at most
+/// `settle_rounds` lazy fundings, a share of the slots due at each (settled after the
+/// messages that follow, the next funding of the symbol finishing it at the latest), and
+/// drops the entries every slot has settled past when a round ends: the log holds at most
+/// `2 · settle_rounds` entries, far below 2^32, so the wrapping numbers never meet.
 ///
 /// `paid = [U, V]` is what decides which holders a funding must look at: `U` rises by
 /// `c + FUND_ROUNDING` per entry and `V` by `−c + FUND_ROUNDING`. Over the entries since any
@@ -681,6 +693,11 @@ struct FundingLog {
     cursor: u32,
     round_start: u32,
     round_fundings: u32,
+    /// The slots below this one (capped at the book's length; `u32::MAX`: the whole book)
+    /// are due to be settled ([`FastEngine::schedule_settle`]); at most `cursor` when none is.
+    due: u32,
+    /// The symbol is in [`FastEngine::settle_queue`].
+    queued: bool,
 }
 
 impl FundingLog {
@@ -825,6 +842,7 @@ impl FastEngine {
             wallet_bound_e8: 0,
             funding: vec![FundingLog::default(); n],
             settle_rounds: DEFAULT_FUNDING_SETTLE_ROUNDS,
+            settle_queue: VecDeque::new(),
             fund_paid_limit: FUND_PAID_LIMIT,
             msg_no: 0,
             touched: Vec::new(),
@@ -1195,36 +1213,56 @@ impl FastEngine {
         self.accounts.wallet_e8[book.account[slot].0 as usize] -= owed;
     }
 
-    /// The progressive settle, one step per lazy funding of `si` (README, "Lazy funding"):
-    /// settles the next `⌈(len − cursor) / (rounds − done)⌉` slots of the cross book in slot
-    /// order, so that a round of at most `settle_rounds` fundings visits every slot; when the
-    /// round ends, every slot has settled since the round's start, and the entries before it
-    /// are dropped. A slot that a removal moves below the cursor from above it is settled then
-    /// ([`FastEngine::remove_position`]), and a new slot owes nothing, so every slot below
-    /// the cursor has settled in this round. Cost: the slots settled (one random access each
-    /// to the account's wallet, prefetched) and their payments, each computed once.
-    fn settle_some(&mut self, si: usize) {
-        // Wallets asked for this many slots ahead: a slot costs its ~16 payments (tens of ns),
-        // so the wallet of the slot 32 ahead has about a microsecond to arrive.
-        const AHEAD: usize = 32;
+    /// The progressive settle's share of one lazy funding of `si` (README, "Lazy funding"):
+    /// the next `⌈(len − cursor) / (rounds − done)⌉` slots of the cross book in slot order
+    /// become due, so that a round of at most `settle_rounds` fundings visits every slot;
+    /// the last share of a round (or one that reaches the end) is due to the end of the book,
+    /// whatever its length then. The share is settled a few slots after each later message
+    /// ([`FastEngine::settle_deferred`]), or by the next funding of `si` at the latest
+    /// ([`FastEngine::fund_lazily`] finishes it first), not by this one: a funding's own cost
+    /// is then its log entry and its trigger scan. Call after the entry is appended.
+    fn schedule_settle(&mut self, si: usize) {
         let rounds = self.settle_rounds;
-        let (book, log) = (&mut self.cross[si], &mut self.funding[si]);
-        let wallet = &mut self.accounts.wallet_e8[..];
-        let len = book.len() as u32;
+        let len = self.cross[si].len() as u32;
+        let log = &mut self.funding[si];
         let cursor = log.cursor.min(len);
         // Fundings left in the round, this one included: at least 1.
         let left = rounds.saturating_sub(log.round_fundings).max(1);
         let upto = cursor + (len - cursor).div_ceil(left);
+        log.due = if upto >= len { u32::MAX } else { upto };
+        log.round_fundings += 1;
+        if !log.queued {
+            log.queued = true;
+            self.settle_queue.push_back(si as u32);
+        }
+    }
+
+    /// Settles up to `max` slots of the share due on `si` (see [`FastEngine::schedule_settle`]),
+    /// in slot order from the round's cursor; when every slot of the book is below the cursor,
+    /// every slot has settled since the round's start, so the round ends: the entries before
+    /// it are dropped and a new round starts at the log's end. A slot that a removal moves
+    /// below the cursor from above it is settled then ([`FastEngine::remove_position`]), and a
+    /// new slot owes nothing, so every slot below the cursor has settled in this round.
+    /// Returns the slots settled and whether the share is done. Then asks for the wallets of
+    /// the next `max` slots of the share, which the next step settles. Cost: the slots
+    /// settled (one random access each to the account's wallet) and their payments, each
+    /// computed once.
+    fn settle_step(&mut self, si: usize, max: usize) -> (usize, bool) {
+        // Within a step, wallets asked for this many slots ahead: a slot costs its ~16
+        // payments (tens of ns), so the wallet of the slot 32 ahead has about a microsecond
+        // to arrive.
+        const AHEAD: usize = 32;
+        let (book, log) = (&mut self.cross[si], &mut self.funding[si]);
+        let wallet = &mut self.accounts.wallet_e8[..];
+        let len = book.len() as u32;
+        let cursor = log.cursor.min(len);
+        let due = log.due.min(len).max(cursor);
+        let upto = due.min(cursor.saturating_add(u32::try_from(max).unwrap_or(u32::MAX)));
         let end = log.end();
         let (lo, hi) = (cursor as usize, upto as usize);
-        // The round's share as plain slices (a column's store is looked at once, not per slot).
+        // The step's slots as plain slices (a column's store is looked at once, not per slot).
         let (account, lots) = (&book.account[lo..hi], &book.lots[lo..hi]);
         let fund_from = &mut book.fund_from[lo..hi];
-        // The share's first wallets are asked for together before the walk (a small book's
-        // whole share: ~30 slots on a symbol of ~500 holders, which were otherwise that many
-        // misses in a row), then each step asks for the wallet `AHEAD` slots on, within the
-        // share (past it is the next funding's share, long gone from the cache by then).
-        account.iter().take(AHEAD).for_each(|&b| prefetch(&wallet[b.0 as usize]));
         let ahead = account.get(AHEAD..).unwrap_or_default();
         for (k, (from, (&a, &q))) in fund_from.iter_mut().zip(account.iter().zip(lots)).enumerate()
         {
@@ -1234,19 +1272,42 @@ impl FastEngine {
             let from = std::mem::replace(from, end);
             wallet[a.0 as usize] -= log.owed(q, from);
         }
+        // The next step's wallets (its first `AHEAD` when it is a long one, the forced finish
+        // of a share), asked for now: they arrive while other messages are applied.
+        let next = &book.account[hi..(due as usize).min(hi + max.min(AHEAD))];
+        next.iter().for_each(|&b| prefetch(&wallet[b.0 as usize]));
         log.cursor = upto;
-        log.round_fundings += 1;
         if upto >= len {
             // Every slot has settled since the round's start: none owes an entry before it.
             let settled = log.round_start.wrapping_sub(log.first) as usize;
             log.drop_first(settled);
             log.first = log.round_start;
-            (log.round_start, log.cursor, log.round_fundings) = (end, 0, 0);
+            (log.round_start, log.cursor, log.round_fundings, log.due) = (end, 0, 0, 0);
+        }
+        (hi - lo, upto >= due)
+    }
+
+    /// The progressive settle's work after a message: settles up to
+    /// [`SETTLE_SLOTS_PER_MESSAGE`] slots of the shares due, oldest funding first (see
+    /// [`FastEngine::schedule_settle`]). Changes no true figure. Nothing due: one look at an
+    /// empty queue.
+    fn settle_deferred(&mut self) {
+        let mut budget = SETTLE_SLOTS_PER_MESSAGE;
+        while budget > 0 {
+            let Some(&si) = self.settle_queue.front() else { return };
+            let (settled, done) = self.settle_step(si as usize, budget);
+            budget -= settled;
+            if !done {
+                return;
+            }
+            self.settle_queue.pop_front();
+            self.funding[si as usize].queued = false;
         }
     }
 
-    /// Appends a lazy funding of `c` (see [`FundingLog`]) to the log of `s`, settles the
-    /// progressive settle's share of its holders ([`FastEngine::settle_some`]), and touches
+    /// Appends a lazy funding of `c` (see [`FundingLog`]) to the log of `s` (after settling
+    /// what is left of the previous funding's share), makes the next share of its holders due
+    /// ([`FastEngine::schedule_settle`]), and touches
     /// the accounts whose funding trigger it fires (they are refreshed when the message ends).
     fn fund_lazily(&mut self, s: SymbolIdx, c: i128) {
         let si = s.0 as usize;
@@ -1259,9 +1320,12 @@ impl FastEngine {
             log.paid = [0, 0];
         }
         log.paid = next(log.paid);
-        log.push(c);
         let paid = log.paid;
-        self.settle_some(si);
+        // The previous funding's share is finished first (before the entry, which it does
+        // not owe yet): so a round still ends within `settle_rounds` fundings.
+        self.settle_step(si, usize::MAX);
+        self.funding[si].push(c);
+        self.schedule_settle(si);
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
         self.cross[si].fund_scan(paid, &mut fired);
@@ -1884,7 +1948,7 @@ impl FastEngine {
     pub fn sweep(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         self.msg_no += 1;
         // Nothing is settled first: the pass takes off what each slot owes for lazy fundings
-        // (at most `2 · settle_rounds − 1` entries, the progressive settle's bound), which
+        // (at most `2 · settle_rounds` entries, the progressive settle's bound), which
         // costs the payments a settle would compute without a random access per slot.
         let started = std::time::Instant::now();
         let n_cross: usize = self.cross.iter().map(Book::len).sum();
@@ -2133,10 +2197,12 @@ impl FastEngine {
         // trigger but `FUND_ALWAYS` (a liquidatable account's: it fires on the next funding)
         // fires at the symbol's paying cumulatives (the holders a funding fired were refreshed
         // when it ended).
-        // The progressive settle's bound: a log holds fewer than `2 · settle_rounds` entries,
+        // The progressive settle's bound: a log holds fewer than `2 · settle_rounds` entries
+        // (`2 · settle_rounds` while the last share of a round is due and not yet settled),
         // and every slot below the round's cursor has settled since the round's start.
         for (si, (book, log)) in self.cross.iter().zip(&self.funding).enumerate() {
-            if log.c.len() >= 2 * self.settle_rounds as usize {
+            let bound = 2 * self.settle_rounds as usize + usize::from(log.due == u32::MAX);
+            if log.c.len() >= bound {
                 return Err(format!("symbol {si}: funding log of {} entries", log.c.len()));
             }
             let round_start = log.round_start.wrapping_sub(log.first) as usize;
@@ -2281,7 +2347,7 @@ impl FastEngine {
         }
         self.pair_mut(a, s).slot = NO_SLOT;
         if mode == Mode::Cross {
-            // The progressive settle's round (`settle_some`): the last slot, which the round
+            // The progressive settle's round (`settle_step`): the last slot, which the round
             // had not reached, moved below its cursor; it settles now, so that every slot below
             // the cursor has settled in this round. A cursor past the end is at the end.
             let (len, log) = (self.cross[si].len() as u32, &mut self.funding[si]);
