@@ -191,6 +191,11 @@ pub enum FeedError {
     Input { path: PathBuf, source: io::Error },
     #[error("no connection to {to} for {secs:.1} s after: {cause}{}", last_error(.cause, .last))]
     GaveUp { to: String, secs: f64, cause: String, last: String },
+    #[error(
+        "{to} kept closing the connection having read up to seq {seq} and no further for \
+         {secs:.1} s (the input goes on: every resend ended the same way)"
+    )]
+    Stalled { to: String, secs: f64, seq: u64 },
     #[error("{to} did not answer with a hello line: {reason}")]
     NoHello { to: String, reason: String },
     #[error("cannot subscribe to events at {addr}")]
@@ -368,8 +373,16 @@ impl TsRing {
 enum Connection {
     /// Every line was sent and the daemon closed its side after reading them.
     Done,
-    /// The connection failed; reconnect and resume from the next hello.
-    Lost(String),
+    /// The connection failed; reconnect and resume from the next hello. `read_to`: the
+    /// daemon closed it with a `bye` short of the input, saying how far it read.
+    Lost { error: String, read_to: Option<u64> },
+}
+
+impl Connection {
+    /// A connection lost without a word from the daemon on how far it read.
+    fn lost(error: String) -> Connection {
+        Connection::Lost { error, read_to: None }
+    }
 }
 
 /// Sends `input` to the daemon at `opts.to` as SPEC section 9.1 describes, reconnecting
@@ -392,6 +405,11 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
     let mut cause = String::new();
     let mut backoff = Duration::from_millis(50);
     let mut failing_since: Option<Instant> = None;
+    // The highest seq the daemon said it had (hellos and byes), and since when it has said
+    // no higher one while connections ended with a short `bye` (a peer that keeps closing at
+    // the same seq would otherwise be fed the same lines for ever: each connection it takes
+    // restarts the give-up clock).
+    let (mut known, mut stalled_since): (u64, Option<Instant>) = (0, None);
     let mut paced = Pacer::new(opts.rate);
     if opts.rate.is_some() {
         crate::pipeline::wait::fine_timer_slack();
@@ -410,6 +428,9 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
             summary.hellos.push(last_seq);
             failing_since = None;
             backoff = Duration::from_millis(50);
+            if last_seq > known {
+                (known, stalled_since) = (last_seq, None);
+            }
             send_from(
                 &mut input,
                 stream,
@@ -426,7 +447,19 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
         // none failed from its start.
         let (last_error, failed_at) = match attempt {
             Ok(Connection::Done) => break,
-            Ok(Connection::Lost(e)) => (e, Instant::now()),
+            Ok(Connection::Lost { error, read_to: None }) => (error, Instant::now()),
+            Ok(Connection::Lost { error, read_to: Some(seq) }) => {
+                if seq > known {
+                    (known, stalled_since) = (seq, None);
+                } else {
+                    let since = *stalled_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= opts.give_up_after {
+                        let secs = since.elapsed().as_secs_f64();
+                        return Err(FeedError::Stalled { to: opts.to.clone(), secs, seq });
+                    }
+                }
+                (error, Instant::now())
+            }
             Err(Attempt::Retry(e)) => (e, attempt_started),
             Err(Attempt::Fatal(e)) => return Err(e),
         };
@@ -628,7 +661,7 @@ fn send_from(
         let wait = pacer.wait();
         if !wait.is_zero() {
             if let Err(e) = out.flush() {
-                return Ok(Connection::Lost(format!("send: {e}")));
+                return Ok(Connection::lost(format!("send: {e}")));
             }
             // Sleeps (with a fine timer slack, see `fine_timer_slack`), then, with spinning
             // allowed, spins the last stretch.
@@ -638,7 +671,7 @@ fn send_from(
             // An over-long line is sent as a line of its length, so the daemon rejects it
             // as it would the original (malformed, over 1 MiB).
             if let Err(e) = write_long_line(&mut out, consumed) {
-                return Ok(Connection::Lost(format!("send: {e}")));
+                return Ok(Connection::lost(format!("send: {e}")));
             }
             count_sent(summary, sent_up_to, line_no, consumed);
             continue;
@@ -658,7 +691,7 @@ fn send_from(
             out.write_all(bytes).and_then(|()| out.write_all(b"\n"))
         };
         if let Err(e) = result {
-            return Ok(Connection::Lost(format!("send: {e}")));
+            return Ok(Connection::lost(format!("send: {e}")));
         }
         count_sent(summary, sent_up_to, line_no, bytes.len());
     }
@@ -667,7 +700,7 @@ fn send_from(
         input.exact_last = Some(seq.last());
     }
     if let Err(e) = out.flush() {
-        return Ok(Connection::Lost(format!("send: {e}")));
+        return Ok(Connection::lost(format!("send: {e}")));
     }
     drop(out);
     if !sending {
@@ -681,10 +714,13 @@ fn send_from(
     // a bye below it is checked against the input read in full.
     let last = if read_to < seq.last() { input.exact_last_seq()? } else { seq.last() };
     Ok(if read_to < last {
-        Connection::Lost(format!(
-            "the daemon closed the connection ({reason}) having read up to seq {read_to}; \
-             the input goes on to seq {last}"
-        ))
+        Connection::Lost {
+            error: format!(
+                "the daemon closed the connection ({reason}) having read up to seq {read_to}; \
+                 the input goes on to seq {last}"
+            ),
+            read_to: Some(read_to),
+        }
     } else {
         Connection::Done
     })
@@ -815,7 +851,7 @@ fn stamp(line: &[u8], digits: &[u8], out: &mut impl Write) -> io::Result<()> {
 /// hello that covers the whole input ends the feed (`send_from`).
 fn wait_for_close(stream: &TcpStream, timeout: Duration) -> (Connection, Option<(u64, String)>) {
     if let Err(e) = stream.shutdown(Shutdown::Write) {
-        return (Connection::Lost(format!("shutdown: {e}")), None);
+        return (Connection::lost(format!("shutdown: {e}")), None);
     }
     let _ = stream.set_read_timeout(Some(timeout));
     // What the daemon writes after the hello: a `bye` line, nothing else; more is not kept.
@@ -829,14 +865,14 @@ fn wait_for_close(stream: &TcpStream, timeout: Duration) -> (Connection, Option<
             Ok(n) => said.extend_from_slice(&buf[..n.min(KEEP.saturating_sub(said.len()))]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                break Connection::Lost(format!(
+                break Connection::lost(format!(
                     "the daemon did not confirm the end of the input within {timeout:?} \
                      (reconnecting to ask how far it read)"
                 ));
             }
             // A stopped daemon that had not read everything resets the connection; the bye
             // it wrote first, if it came, says how far it read.
-            Err(e) => break Connection::Lost(format!("waiting for the daemon to close: {e}")),
+            Err(e) => break Connection::lost(format!("waiting for the daemon to close: {e}")),
         }
     };
     (end, bye_of(&said))
