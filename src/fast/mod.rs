@@ -333,7 +333,7 @@ pub struct FastEngine {
     /// Per symbol, its funding log (lazy funding of cross positions; see [`FundingLog`]).
     funding: Vec<FundingLog>,
     /// Every cross slot is settled within this many lazy fundings of its symbol (the
-    /// progressive settle, [`FastEngine::schedule_settle`]), so a log holds fewer than twice as
+    /// progressive settle, [`FastEngine::schedule_settle`]), so a log holds at most twice as
     /// many entries ([`DEFAULT_FUNDING_SETTLE_ROUNDS`]; tests set it small).
     settle_rounds: u32,
     /// Symbols with a share of the progressive settle due, oldest funding first (see
@@ -1307,8 +1307,8 @@ impl FastEngine {
 
     /// Appends a lazy funding of `c` (see [`FundingLog`]) to the log of `s` (after settling
     /// what is left of the previous funding's share), makes the next share of its holders due
-    /// ([`FastEngine::schedule_settle`]), and touches
-    /// the accounts whose funding trigger it fires (they are refreshed when the message ends).
+    /// ([`FastEngine::schedule_settle`]), and touches the accounts whose funding trigger it
+    /// fires (they are refreshed when the message ends).
     fn fund_lazily(&mut self, s: SymbolIdx, c: i128) {
         let si = s.0 as usize;
         let log = &mut self.funding[si];
