@@ -681,6 +681,48 @@ impl Book {
         }
     }
 
+    /// Asks the CPU for the `Book` itself (its column headers, lengths and bounds), a hint
+    /// for a message about to read the book as a whole (a funding).
+    #[inline]
+    pub fn prefetch_header(&self) {
+        let at = std::ptr::from_ref(self) as usize;
+        (0..size_of::<Book>()).step_by(64).for_each(|k| prefetch_addr(at + k));
+    }
+
+    /// Asks the CPU for lines `lines` (64 bytes each, from the start) of every column a
+    /// funding reads of this book, as far as the columns go: an isolated book's lots, margin,
+    /// base, flag, trigger and guard columns (its payment pass reads them all in slot order),
+    /// a cross book's funding guards (its trigger scan). Reads the one line of [`Bases`]. A
+    /// hint: no effect on results.
+    #[inline]
+    pub fn prefetch_funding_lines(&self, lines: std::ops::Range<usize>) {
+        let b = &self.bases;
+        let blocks = b.len.div_ceil(BLOCK);
+        let columns: [(usize, usize); 6] = match self.mode {
+            Mode::Cross => [
+                (b.more[2], blocks * size_of::<[i128; 2]>()),
+                (0, 0),
+                (0, 0),
+                (0, 0),
+                (0, 0),
+                (0, 0),
+            ],
+            Mode::Isolated => [
+                (b.lots, b.len * size_of::<i64>()),
+                (b.more[0], b.len * size_of::<i128>()),
+                (b.base_q16, b.len * size_of::<i128>()),
+                (b.more[1], b.len * size_of::<bool>()),
+                (b.trigger, b.len * size_of::<i64>()),
+                (b.guards, blocks * size_of::<Guard>()),
+            ],
+        };
+        for (base, bytes) in columns {
+            for line in lines.clone().take_while(|l| l * 64 < bytes) {
+                prefetch_addr(base + line * 64);
+            }
+        }
+    }
+
     /// Refreshes [`Bases`] after the columns may have moved.
     fn refresh_bases(&mut self) {
         let at = |p: *const u8| p as usize;
