@@ -193,9 +193,9 @@ pub enum FeedError {
     GaveUp { to: String, secs: f64, cause: String, last: String },
     #[error(
         "{to} kept closing the connection having read up to seq {seq} and no further for \
-         {secs:.1} s (the input goes on: every resend ended the same way)"
+         {secs:.1} s; the last time: {last}"
     )]
-    Stalled { to: String, secs: f64, seq: u64 },
+    Stalled { to: String, secs: f64, seq: u64, last: String },
     #[error("{to} did not answer with a hello line: {reason}")]
     NoHello { to: String, reason: String },
     #[error("cannot subscribe to events at {addr}")]
@@ -427,9 +427,11 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
             summary.connections += 1;
             summary.hellos.push(last_seq);
             failing_since = None;
-            backoff = Duration::from_millis(50);
-            if last_seq > known {
-                (known, stalled_since) = (last_seq, None);
+            // A peer that has got no further keeps its back-off: it is reconnected to ever
+            // more slowly (up to 2 s), not every 50 ms.
+            if last_seq > known || summary.connections == 1 {
+                (known, stalled_since) = (known.max(last_seq), None);
+                backoff = Duration::from_millis(50);
             }
             send_from(
                 &mut input,
@@ -455,7 +457,8 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
                     let since = *stalled_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= opts.give_up_after {
                         let secs = since.elapsed().as_secs_f64();
-                        return Err(FeedError::Stalled { to: opts.to.clone(), secs, seq });
+                        let (to, last) = (opts.to.clone(), error);
+                        return Err(FeedError::Stalled { to, secs, seq, last });
                     }
                 }
                 (error, Instant::now())

@@ -570,8 +570,9 @@ fn a_bye_short_of_the_input_resends_the_rest_or_fails() {
 
 /// A peer that takes every line and then always closes with the same short `bye` (a daemon
 /// stuck at one seq) is not fed the same lines for ever: once no connection has got it past
-/// that seq for `--give-up-after`, the feed exits 1 and says so, having resent the lines
-/// several times meanwhile (every connection it made restarted the old give-up clock).
+/// that seq for `--give-up-after`, the feed exits 1 and says so, having resent the lines a
+/// few times meanwhile, ever more slowly (every connection it made restarted the old give-up
+/// clock and the back-off).
 #[test]
 fn a_peer_that_keeps_closing_at_one_seq_is_given_up_on() {
     let name = "gen/live_open.ndjson";
@@ -597,6 +598,8 @@ fn a_peer_that_keeps_closing_at_one_seq_is_given_up_on() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(connections >= 3, "it resent while the peer took the lines: {connections}");
+    // Every 50 ms that would be about 20; a back-off doubling from 50 ms makes it about 6.
+    assert!(connections <= 12, "the back-off grows for a peer that got no further: {connections}");
     assert!(
         err.contains(&format!("kept closing the connection having read up to seq {stuck_at}")),
         "{err}"
