@@ -487,6 +487,30 @@ pub struct Book {
     /// [`Book::push`] and by every writer of a margin, never lowered. A funding whose largest
     /// payment keeps it in range (nearly always) needs no per-slot range check. Cross: 0.
     pub margin_bound_e8: i128,
+    /// Isolated book: a funding's payment pass not yet run over the slots from `from` on
+    /// (see [`PendingPass`]). Cross: always `None`.
+    pub pending: Option<PendingPass>,
+    /// Isolated book: the symbol is in the engine's queue of pending passes.
+    pub pending_queued: bool,
+}
+
+/// A funding's pass over an isolated book ([`Book::pay_funding`]) that waits: the funding
+/// found, from the guards, that no payment can flip a position at its mark `t`
+/// ([`Book::funding_may_flip`]), so nothing is evaluated now. The slots from `from` on still
+/// owe `round8(lots · c)` and their trigger moves; readers take the payment off
+/// ([`Book::pending_pay`]), and the pass is run before anything reads a trigger or changes a
+/// slot ([`Book::finish_pending`]): the mark is still `t` then, so the pass is the one the
+/// funding would have run, and it evaluates nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct PendingPass {
+    /// The funding's per-lot payment (10^-20, as `FundingLog::c`).
+    pub c: i128,
+    /// Its trigger moves for longs and shorts (`commands::funding_move`).
+    pub moves: [i64; 2],
+    /// The mark (ticks) at the funding.
+    pub t: i64,
+    /// The first slot not yet paid.
+    pub from: usize,
 }
 
 /// A funding trigger that never fires.
@@ -559,6 +583,8 @@ impl Book {
             fund_guards: Column::new(),
             max_lots: 0,
             margin_bound_e8: 0,
+            pending: None,
+            pending_queued: false,
         }
     }
 
@@ -580,6 +606,8 @@ impl Book {
         isolated_e8: i128,
     ) -> u32 {
         debug_assert_ne!(lots, 0);
+        // The new slot owes nothing: the pending pass must not reach it.
+        self.finish_pending();
         // A book holds at most one position per account, and accounts are fewer than 2^32
         // (`FastEngine::intern`, where memory runs out first), so a slot is below `NO_SLOT`.
         let slot = u32::try_from(self.len()).expect("fewer than 2^32 positions per book");
@@ -613,6 +641,7 @@ impl Book {
 
     /// Removes `slot` by moving the last slot into it; returns the account that moved, if any.
     pub fn swap_remove(&mut self, slot: u32) -> Option<AccountIdx> {
+        self.finish_pending();
         let i = slot as usize;
         assert!(i < self.len());
         self.account.swap_remove(i);
@@ -749,6 +778,7 @@ impl Book {
     /// again when a tick next opens the block).
     #[inline]
     pub fn set_trigger(&mut self, slot: usize, trigger: i64) {
+        debug_assert!(self.pending.is_none(), "a trigger is set after the pending pass");
         self.trigger[slot] = trigger;
         self.guards[slot / BLOCK].include(trigger);
     }
@@ -832,12 +862,24 @@ impl Book {
         t: i64,
         evaluate: &mut Vec<u32>,
     ) {
+        self.pay_funding_range(0..self.len(), pay, moves, t, evaluate);
+    }
+
+    /// [`Book::pay_funding`] over the slots `range` only.
+    fn pay_funding_range(
+        &mut self,
+        range: std::ops::Range<usize>,
+        pay: impl Fn(usize, i64) -> i128,
+        moves: [i64; 2],
+        t: i64,
+        evaluate: &mut Vec<u32>,
+    ) {
         let n = self.account.len();
         let (lots, margin, base) =
             (&self.lots[..n], &mut self.isolated_e8[..n], &mut self.base_q16[..n]);
         let (flags, triggers) = (&self.liquidatable[..n], &mut self.trigger[..n]);
         let guards = &mut self.guards[..n.div_ceil(BLOCK)];
-        for k in 0..n {
+        for k in range {
             let q = lots[k];
             let pay = pay(k, q);
             margin[k] -= pay;
@@ -861,9 +903,73 @@ impl Book {
         }
     }
 
+    /// Whether a funding whose triggers move by at most `d` ticks (falling ones when
+    /// `falling`, i.e. `c > 0`; rising ones otherwise) might leave a moved trigger firing at
+    /// the mark `t`: some block's guard, moved by `d`, opens at `t`. False means no payment of
+    /// it can flip a position at `t` (every moved trigger stays on its safe side), so its
+    /// pass may wait ([`PendingPass`]). Reads only the guards.
+    pub fn funding_may_flip(&self, d: i64, falling: bool, t: i64) -> bool {
+        self.guards.iter().any(|g| {
+            if falling {
+                g.below > 0 && g.below.saturating_add(d) > t
+            } else {
+                g.above != i64::MAX && g.above.saturating_sub(d) < t
+            }
+        })
+    }
+
+    /// What the pending pass still owes slot `k` (e8, `round8(lots · c)`): 0 when none is
+    /// pending or the pass has paid the slot.
+    #[inline]
+    pub fn pending_pay(&self, k: usize) -> i128 {
+        match self.pending {
+            Some(p) if k >= p.from => {
+                super::div_1e12_round_half_even(i128::from(self.lots[k]) * p.c)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Slot `k`'s isolated margin (e8), what the pending pass owes taken off.
+    #[inline]
+    pub fn margin_now_e8(&self, k: usize) -> i128 {
+        self.isolated_e8[k] - self.pending_pay(k)
+    }
+
+    /// Slot `k`'s base (q16), what the pending pass owes taken off.
+    #[inline]
+    pub fn base_now_q16(&self, k: usize) -> i128 {
+        self.base_q16[k] - self.pending_pay(k) * E8_TO_Q16
+    }
+
+    /// Runs up to `max` slots of the pending pass; returns the slots paid and whether none
+    /// is left pending. It evaluates nothing (see [`PendingPass`]).
+    pub fn run_pending(&mut self, max: usize) -> (usize, bool) {
+        let Some(p) = self.pending else { return (0, true) };
+        let hi = p.from.saturating_add(max).min(self.len());
+        let mut evaluate = Vec::new();
+        let pay = |_, lots: i64| super::div_1e12_round_half_even(i128::from(lots) * p.c);
+        self.pay_funding_range(p.from..hi, pay, p.moves, p.t, &mut evaluate);
+        // Invariant (`PendingPass`): no moved trigger fires at `t`, and no slot held a
+        // trigger of 0 (`isolated_trigger` never gives one).
+        debug_assert!(evaluate.is_empty(), "a pending pass evaluated {evaluate:?}");
+        let done = hi >= self.len();
+        self.pending = if done { None } else { Some(PendingPass { from: hi, ..p }) };
+        (hi - p.from, done)
+    }
+
+    /// Runs what is left of the pending pass, if any.
+    #[inline]
+    pub fn finish_pending(&mut self) {
+        if self.pending.is_some() {
+            self.run_pending(usize::MAX);
+        }
+    }
+
     /// The columns an evaluation of every slot reads (lots, base) and writes (flag, trigger);
     /// call [`Book::rebuild_guards`] after writing triggers this way.
     pub fn columns_mut(&mut self) -> (&[i64], &[i128], &mut [bool], &mut [i64]) {
+        self.finish_pending();
         (&self.lots, &self.base_q16, &mut self.liquidatable, &mut self.trigger)
     }
 
@@ -878,6 +984,7 @@ impl Book {
     /// triggers are cleared (the caller sets new ones). Reads only the guards, and the blocks
     /// whose guard `to` crosses, whose guards it then tightens. Returns the slots read.
     pub fn scan(&mut self, to: i64, fired: &mut Vec<u32>, old: &mut Vec<i64>) -> usize {
+        self.finish_pending();
         let mut read = 0;
         for (b, guard) in self.guards.iter_mut().enumerate() {
             if !guard.open_at(to) {

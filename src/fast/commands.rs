@@ -7,7 +7,11 @@
 
 use rayon::prelude::*;
 
-use super::{CHUNK, E8_TO_Q16, FastEngine, NO_SLOT, book::AccountIdx, in_limits, prefetch};
+use super::{
+    CHUNK, E8_TO_Q16, FastEngine, NO_SLOT,
+    book::{AccountIdx, PendingPass},
+    in_limits, prefetch,
+};
 use crate::{
     config::{Mode, SymbolIdx},
     engine::{At, Engine, RiskQuery, rejects},
@@ -223,6 +227,7 @@ impl FastEngine {
             Plan::IsolatedMargin { account, symbol, slot, amount_e8, wallet_now_e8 } => {
                 self.settle_to(account, wallet_now_e8);
                 let book = &mut self.isolated[symbol.0 as usize];
+                book.finish_pending();
                 book.isolated_e8[slot] += amount_e8;
                 book.margin_bound_e8 = book.margin_bound_e8.max(book.isolated_e8[slot].abs());
                 book.base_q16[slot] += amount_e8 * E8_TO_Q16;
@@ -424,7 +429,7 @@ impl FastEngine {
         };
         let slot = p.slot as usize;
         let book = &self.isolated[si];
-        let margin_now = book.isolated_e8[slot];
+        let margin_now = book.margin_now_e8(slot);
         // What the account owes for lazy fundings, computed once: an addition needs it for the
         // available balance; a removal only when the wallet's bound leaves the sum in doubt.
         let mut wallet_now = None;
@@ -524,7 +529,7 @@ impl FastEngine {
         };
         let iso_fails = |k: usize| {
             let a = isolated.account[k].0 as usize;
-            let left = isolated.isolated_e8[k] - iso_pay[k];
+            let left = isolated.margin_now_e8(k) - iso_pay[k];
             in_limits("isolated margin", left).err().map(|r| (self.accounts.id[a], r))
         };
         let lowest = |x: Option<(u64, Reject)>, y: Option<(u64, Reject)>| match (x, y) {
@@ -664,6 +669,18 @@ impl FastEngine {
         let pay_max = super::div_1e12_round_half_even(i128::from(book.max_lots) * c.abs());
         book.margin_bound_e8 += pay_max;
         let moves = [funding_move(sc, c, true), funding_move(sc, c, false)];
+        // The previous funding's pass, if it still waits, before this one.
+        book.finish_pending();
+        if pays.is_none() && !book.funding_may_flip(moves[0].max(moves[1]), c > 0, ticks) {
+            // No payment can flip a position at this mark: the pass waits, run a slice at a
+            // time after later messages (`settle_deferred`) or before the book is next read
+            // or changed (`PendingPass`).
+            book.pending = Some(PendingPass { c, moves, t: ticks, from: 0 });
+            if !std::mem::replace(&mut book.pending_queued, true) {
+                self.pending_queue.push_back(si as u32);
+            }
+            return;
+        }
         let mut evaluate = std::mem::take(&mut self.fired);
         evaluate.clear();
         match pays {

@@ -46,7 +46,7 @@ impl Both {
         Both::new(FastEngine::new(Arc::new(synth::config(2))).with_funding_settle_rounds(rounds))
     }
 
-    fn at(&self) -> At {
+    pub(super) fn at(&self) -> At {
         At { line: self.line, seq: self.line }
     }
 
@@ -86,7 +86,7 @@ impl Both {
 
     /// A full sweep recomputes every buffer, what each slot still owes taken off, and must
     /// find every flag as the messages left it: no event, and the audit passes after it.
-    fn sweep_finds_nothing(&mut self) {
+    pub(super) fn sweep_finds_nothing(&mut self) {
         let mut swept = Vec::new();
         self.fast.sweep(self.at(), &mut |e| swept.push(e));
         assert!(swept.is_empty(), "{swept:?}");
@@ -94,7 +94,7 @@ impl Both {
     }
 
     /// Every account's report and the at-risk lists are equal.
-    fn same_reads(&self) {
+    pub(super) fn same_reads(&self) {
         let at = self.at();
         for id in self.fast.accounts() {
             let got = self.fast.account_report(id, at);

@@ -15,8 +15,10 @@ use super::{
 };
 use crate::{
     config::{Mode, SymbolIdx},
+    engine::Engine,
     fixed::D8,
     protocol::{Command, Event},
+    state::Image,
     synth::{self, Rng},
 };
 
@@ -115,7 +117,7 @@ fn a_payment_exactly_at_the_edge_and_one_past_it() {
         assert!(both.apply(cmd).is_empty());
         assert!(fund(&mut both, 1_000).is_empty(), "at the edge: healthy");
         let slot = both.fast.pair(both.fast.lookup(1).unwrap(), S0).unwrap().slot as usize;
-        assert_eq!(sc.buffer_q16(lots, both.fast.isolated[0].base_q16[slot], 10_000), 0);
+        assert_eq!(sc.buffer_q16(lots, both.fast.isolated[0].base_now_q16(slot), 10_000), 0);
         let events = if fall_after { mark(&mut both, 9_999) } else { fund(&mut both, 1) };
         assert_eq!(events.len(), 1, "one past the edge: liquidatable ({fall_after})");
         assert!(matches!(&events[0], Event::Liquidation(l) if l.account == 1));
@@ -174,4 +176,112 @@ fn isolated_fundings_and_marks_equal_the_reference() {
         liquidations += events.iter().filter(|e| matches!(e, Event::Liquidation(_))).count();
     }
     assert!(liquidations > 0, "the fundings and marks liquidated some items");
+}
+
+/// `n` isolated positions on `S0` at 100.00, alternately long and short, with margins of 3 %
+/// to 8 % of their notional (and a wallet of 1,000 each): small fundings flip none of them.
+fn isolated_book(both: &mut Both, n: u64) {
+    mark(both, 10_000);
+    for a in 1..=n {
+        both.apply(Command::Balance { account: a, wallet: D8(1_000 * 100_000_000) });
+        both.apply(Command::MarginMode { account: a, symbol: S0, mode: Mode::Isolated });
+        let lots = (100 + 37 * a as i128 % 900) * if a % 2 == 0 { 1 } else { -1 };
+        let margin_e2 = lots.abs() * 10 * (30 + (a as i128 * 7) % 50) / 1000;
+        both.apply(Command::Position {
+            account: a,
+            symbol: S0,
+            size: D8(lots * 100_000),
+            entry_price: Some(D8(100 * 100_000_000)),
+            isolated_margin: Some(D8(margin_e2 * 1_000_000)),
+        });
+    }
+}
+
+/// A funding that, from the guards, flips no isolated position leaves its pass pending
+/// (`book::PendingPass`): the messages after it run 32 slots each, the readers (reports,
+/// at-risk, a snapshot image) take what it owes off, and everything that reads the book's
+/// triggers or changes a slot finishes it first (a mark, an isolated margin move, a close
+/// that moves the last slot, the next funding, a sweep), with every event, read and audit
+/// equal to the reference engine's.
+#[test]
+fn a_pending_isolated_pass_is_finished_before_the_book_is_read_or_changed() {
+    let mut both = both();
+    isolated_book(&mut both, 200);
+    let pending = |both: &Both| both.fast.isolated[0].pending.map(|p| p.from);
+    // Waits, then runs 32 slots a message.
+    assert!(fund(&mut both, 300).is_empty());
+    assert_eq!(pending(&both), Some(0), "the pass waits");
+    both.same_reads();
+    both.apply(Command::Query { account: 3 });
+    assert_eq!(pending(&both), Some(32), "a message runs 32 slots");
+    both.same_reads();
+    for _ in 0..10 {
+        both.apply(Command::Query { account: 4 });
+    }
+    assert_eq!(pending(&both), None, "done within a bounded number of messages");
+    // Each forcing point, right after a funding.
+    let forcing: [&dyn Fn(&mut Both); 5] = [
+        &|b| {
+            mark(b, 9_650);
+        },
+        &|b| {
+            let amount = D8(5 * 1_000_000);
+            b.apply(Command::IsolatedMargin { account: 8, symbol: S0, amount });
+        },
+        &|b| {
+            b.apply(Command::Position {
+                account: 9,
+                symbol: S0,
+                size: D8(0),
+                entry_price: None,
+                isolated_margin: None,
+            });
+        },
+        &|b| {
+            fund(b, -250);
+        },
+        &|b| b.sweep_finds_nothing(),
+    ];
+    for (k, force) in forcing.iter().enumerate() {
+        assert!(fund(&mut both, 200 + 10 * k as i64).is_empty());
+        assert_eq!(pending(&both), Some(0), "case {k}: the pass waits");
+        force(&mut both);
+        assert!(
+            both.fast.isolated[0].pending.is_none_or(|p| p.from == 0 && k == 3),
+            "case {k}: finished (or, after a funding, the new one waits)"
+        );
+        both.same_reads();
+    }
+    // A snapshot image taken while a pass waits holds the paid margins: the restored engine
+    // reports every account as the original does.
+    mark(&mut both, 10_000);
+    assert!(fund(&mut both, 400).is_empty());
+    assert!(pending(&both).is_some());
+    let at = both.at();
+    let copy = both.fast.copy_state(None);
+    let mut accounts = Vec::new();
+    copy.each_account(&mut |a| {
+        accounts.push(a.clone());
+        Ok(())
+    })
+    .unwrap();
+    let image = Image { marks: copy.marks(), accounts, at, counters: Default::default() };
+    let restored = FastEngine::restore(both.fast.cfg.clone(), &image, false, &mut |_| {}).unwrap();
+    assert_eq!(restored.audit(), Ok(()));
+    for id in both.fast.accounts() {
+        assert_eq!(restored.account_report(id, at), both.fast.account_report(id, at), "{id}");
+    }
+}
+
+/// A funding that tips an isolated position runs its pass at once, so the liquidation is an
+/// event of that funding message, as the reference engine has it.
+#[test]
+fn a_funding_that_may_flip_runs_its_pass_at_once() {
+    let mut both = both();
+    isolated_book(&mut both, 60);
+    // A large rate: some position's moved trigger would fire at the mark.
+    let events = fund(&mut both, 4_000_000);
+    assert!(!events.is_empty(), "the funding liquidated some positions");
+    assert_eq!(both.fast.isolated[0].pending.map(|p| p.from), None, "the pass ran at once");
+    both.same_reads();
 }

@@ -339,6 +339,9 @@ pub struct FastEngine {
     /// Symbols with a share of the progressive settle due, oldest funding first (see
     /// [`FastEngine::settle_deferred`]); each at most once.
     settle_queue: VecDeque<u32>,
+    /// Symbols whose isolated book has a funding's pass pending (`book::PendingPass`), oldest
+    /// first; each at most once (`Book::pending_queued`).
+    pending_queue: VecDeque<u32>,
     /// The paying cumulatives restart before either would pass this magnitude
     /// ([`FUND_PAID_LIMIT`]; a test lowers it to drive the restart).
     fund_paid_limit: i128,
@@ -622,11 +625,24 @@ fn div_1e12_round_half_even(n: i128) -> i128 {
 /// The trigger of an isolated position at `t` ticks in state `liquidatable` (its buffer is
 /// below zero there): the exact mark at which the state flips, since the item's buffer
 /// depends on its own mark only.
+///
+/// A state that no mark of its side flips (the search found none down to tick 1 or up to
+/// `max_ticks`: `Scale::trigger`'s 0) gets the farthest trigger of that side instead, 1 for a
+/// falling one and `-max_ticks` for a rising one, which fire at no valid mark: a funding then
+/// moves it as any other (`commands::funding_move`'s proof holds for the whole side), and a
+/// block's guard bounds it, so a funding can tell from the guards alone that it flips
+/// nothing ([`Book::funding_may_flip`]).
 fn isolated_trigger(sc: &Scale, lots: i64, base: i128, t: i64, liquidatable: bool) -> i64 {
-    if liquidatable {
+    let trigger = if liquidatable {
         sc.trigger(lots, base, t, -1, false)
     } else {
         sc.trigger(lots, base, t, 0, true)
+    };
+    match trigger {
+        // The side runs down (towards tick 1) for a healthy long and a liquidatable short.
+        0 if (lots > 0) != liquidatable => 1,
+        0 => -sc.max_ticks,
+        t => t,
     }
 }
 
@@ -641,6 +657,13 @@ pub const DEFAULT_FUNDING_SETTLE_ROUNDS: u32 = 16;
 /// so 8 keep up with room, and add at most 8 wallet accesses (prefetched a message ahead) to a
 /// message, where a funding's own share was 30–100 of them in a row.
 const SETTLE_SLOTS_PER_MESSAGE: usize = 8;
+
+/// How many isolated slots of a pending funding pass (`book::PendingPass`) a message runs
+/// after its own work ([`FastEngine::settle_deferred`]): the pass reads and writes its
+/// columns in slot order (~20 ns a slot when cold, less once the stream prefetchers run), so
+/// 32 cost about what the cross settle's 8 random wallets do. On `t` the passes come to
+/// ~34 slots a message; a funding, tick or command on the book finishes what is left.
+const PENDING_SLOTS_PER_MESSAGE: usize = 32;
 
 /// The rounding allowance of one funding entry in the units of [`FundingLog::c`]: a payment
 /// `round8(lots · c / 10^20)` is within half of 10^-8, i.e. `5 · 10^11` units of `c` per lot
@@ -843,6 +866,7 @@ impl FastEngine {
             funding: vec![FundingLog::default(); n],
             settle_rounds: DEFAULT_FUNDING_SETTLE_ROUNDS,
             settle_queue: VecDeque::new(),
+            pending_queue: VecDeque::new(),
             fund_paid_limit: FUND_PAID_LIMIT,
             msg_no: 0,
             touched: Vec::new(),
@@ -1109,7 +1133,8 @@ impl FastEngine {
                     NO_SLOT => (0, 0, funds.idle_isolated_e8),
                     k => {
                         let (book, k) = (self.book(p.mode, p.symbol), k as usize);
-                        let held = book.isolated_e8.get(k).copied();
+                        // An isolated book's margin, what a pending pass owes taken off.
+                        let held = book.isolated_e8.get(k).map(|_| book.margin_now_e8(k));
                         let lots = book.lots[k];
                         (
                             lots,
@@ -1287,21 +1312,34 @@ impl FastEngine {
         (hi - lo, upto >= due)
     }
 
-    /// The progressive settle's work after a message: settles up to
+    /// The deferred work of fundings after a message: settles up to
     /// [`SETTLE_SLOTS_PER_MESSAGE`] slots of the shares due, oldest funding first (see
-    /// [`FastEngine::schedule_settle`]). Changes no true figure. Nothing due: one look at an
-    /// empty queue.
+    /// [`FastEngine::schedule_settle`]), and runs up to [`PENDING_SLOTS_PER_MESSAGE`] slots of
+    /// the isolated passes pending (`book::PendingPass`). Changes no true figure. Nothing due:
+    /// one look at each empty queue.
     fn settle_deferred(&mut self) {
         let mut budget = SETTLE_SLOTS_PER_MESSAGE;
         while budget > 0 {
-            let Some(&si) = self.settle_queue.front() else { return };
+            let Some(&si) = self.settle_queue.front() else { break };
             let (settled, done) = self.settle_step(si as usize, budget);
             budget -= settled;
             if !done {
-                return;
+                break;
             }
             self.settle_queue.pop_front();
             self.funding[si as usize].queued = false;
+        }
+        let mut budget = PENDING_SLOTS_PER_MESSAGE;
+        while budget > 0 {
+            let Some(&si) = self.pending_queue.front() else { return };
+            let book = &mut self.isolated[si as usize];
+            let (paid, done) = book.run_pending(budget);
+            budget -= paid;
+            if !done {
+                return;
+            }
+            book.pending_queued = false;
+            self.pending_queue.pop_front();
         }
     }
 
@@ -1641,7 +1679,7 @@ impl FastEngine {
             let (book, sc, t) = (self.book(mode, s), &self.scales[si], self.mark_ticks[si]?);
             let (lots, cost) = (book.lots[k], book.cost_q16(k));
             if mode == Mode::Isolated {
-                balance = book.isolated_e8[k] * E8_TO_Q16;
+                balance = book.margin_now_e8(k) * E8_TO_Q16;
             }
             let upnl = sc.value_q16(lots, t) - cost;
             let mm = sc.mm_q16(sc.notional_n12(lots, t));
@@ -1717,6 +1755,7 @@ impl FastEngine {
     fn settle_isolated(&mut self, s: SymbolIdx, slot: usize, t: i64) -> (bool, bool) {
         let si = s.0 as usize;
         let book = &mut self.isolated[si];
+        book.finish_pending();
         let (lots, base) = (book.lots[slot], book.base_q16[slot]);
         let sc = &self.scales[si];
         let now = sc.buffer_q16(lots, base, t) < 0;
@@ -1947,6 +1986,8 @@ impl FastEngine {
     /// without re-arming; an item whose state it finds changed gets fresh triggers.
     pub fn sweep(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         self.msg_no += 1;
+        // The isolated passes still pending run first: the sweep reads the columns raw.
+        self.isolated.iter_mut().for_each(Book::finish_pending);
         // Nothing is settled first: the pass takes off what each slot owes for lazy fundings
         // (at most `2 · settle_rounds` entries, the progressive settle's bound), which
         // costs the payments a settle would compute without a random access per slot.
@@ -2171,9 +2212,13 @@ impl FastEngine {
                     }
                 }
             }
+            // A pending pass is the funding's at this mark: no tick has come since.
+            if isolated.pending.is_some_and(|p| p.t != t) {
+                return Err(format!("symbol {si}: a pending isolated pass outlived its mark"));
+            }
             let sc = &self.scales[si];
             for slot in 0..isolated.len() {
-                let now = sc.buffer_q16(isolated.lots[slot], isolated.base_q16[slot], t) < 0;
+                let now = sc.buffer_q16(isolated.lots[slot], isolated.base_now_q16(slot), t) < 0;
                 if now != isolated.liquidatable[slot] {
                     return Err(format!("isolated slot {slot} of symbol {si}: flag is stale"));
                 }

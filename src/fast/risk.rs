@@ -319,7 +319,7 @@ impl FastEngine {
             if isolated {
                 let margin = match p.slot {
                     super::NO_SLOT => funds.idle_isolated_e8,
-                    k => self.isolated[si].isolated_e8[k as usize],
+                    k => self.isolated[si].margin_now_e8(k as usize),
                 };
                 used = used.map(|u| u + margin * E8_TO_Q16);
             }
@@ -355,7 +355,7 @@ impl FastEngine {
             let (p, si) = (h.p, h.p.symbol.0 as usize);
             let sc = &self.scales[si];
             let isolated = p.mode == Mode::Isolated;
-            let margin_e8 = isolated.then(|| self.isolated[si].isolated_e8[p.slot as usize]);
+            let margin_e8 = isolated.then(|| self.isolated[si].margin_now_e8(p.slot as usize));
             // SPEC section 4's M, as `report::AccountView::liquidation_price_in` takes it.
             let m = match (isolated, h.at_mark) {
                 (true, _) => margin_e8.map(|m| m * E8_TO_Q16),
@@ -541,7 +541,15 @@ impl FastEngine {
             let (si, book) = (s.0 as usize, &self.isolated[s.0 as usize]);
             let t = self.mark_ticks[si].expect("only marked books are cut in chunks");
             let hi = (lo + CHUNK).min(book.len());
-            let (lots, base) = (&book.lots[lo..hi], &book.base_q16[lo..hi]);
+            let lots = &book.lots[lo..hi];
+            // What a pending funding pass owes taken off (a copy only while one is pending).
+            let owed: Vec<i128>;
+            let base = if book.pending.is_some() {
+                owed = (lo..hi).map(|k| book.base_now_q16(k)).collect();
+                &owed[..]
+            } else {
+                &book.base_q16[lo..hi]
+            };
             let (sc, quote) = (&self.scales[si], Quote::new(&self.scales[si], t));
             quote.each_term(lots, base, |k, term| {
                 // balance = isolated margin + upnl = base + value; maintenance = balance − term.

@@ -75,6 +75,8 @@ fn copy_book(to: &mut Book, from: &Book) {
     par_copy(&mut to.isolated_e8, &from.isolated_e8);
     par_copy(&mut to.liquidatable, &from.liquidatable);
     par_copy(&mut to.fund_from, &from.fund_from);
+    // A funding pass still pending: the image's margins take off what it owes.
+    to.pending = from.pending;
 }
 
 /// Accounts a rayon task flattens at once.
@@ -307,7 +309,7 @@ impl StateCopy for FastCopy {
                     pair.size_e8 = i128::from(lots) * i128::from(sc.step_e8);
                     pair.entry_e8 = i128::from(sc.entry_e8(lots, book.cost_q16(k)));
                     if p.mode == Mode::Isolated {
-                        pair.isolated_margin_e8 = book.isolated_e8[k];
+                        pair.isolated_margin_e8 = book.margin_now_e8(k);
                         pair.liquidatable = book.liquidatable[k];
                     }
                 }
