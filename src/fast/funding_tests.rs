@@ -106,6 +106,25 @@ impl Both {
         }
     }
 
+    /// The fast engine's snapshot image now (`copy_state`, as the daemon writes it),
+    /// restored into a new engine: a restore under the same config makes no event.
+    pub(super) fn restored(&self) -> FastEngine {
+        let copy = self.fast.copy_state(None);
+        let mut accounts = Vec::new();
+        copy.each_account(&mut |a| {
+            accounts.push(a.clone());
+            Ok(())
+        })
+        .unwrap();
+        let (marks, at) = (copy.marks(), self.at());
+        let image = Image { marks, accounts, at, counters: Default::default() };
+        let mut events = Vec::new();
+        let cfg = self.fast.cfg.clone();
+        let restored = FastEngine::restore(cfg, &image, false, &mut |e| events.push(e));
+        assert!(events.is_empty(), "{events:?}");
+        restored.expect("restores")
+    }
+
     /// Whether some cross position still owes for a lazy funding (so that the lazy path,
     /// not the settled one, is what was compared).
     fn owes(&self) -> bool {
@@ -463,20 +482,7 @@ fn a_snapshot_after_lazy_fundings_restores_equal() {
     }
     assert!(both.owes());
     let at = both.at();
-    let copy = both.fast.copy_state(None);
-    let mut accounts = Vec::new();
-    copy.each_account(&mut |a| {
-        accounts.push(a.clone());
-        Ok(())
-    })
-    .unwrap();
-    let image = Image { marks: copy.marks(), accounts, at, counters: Default::default() };
-    let mut events = Vec::new();
-    let restored = FastEngine::restore(both.fast.cfg.clone(), &image, false, &mut |e| {
-        events.push(e);
-    })
-    .expect("restores");
-    assert!(events.is_empty(), "{events:?}");
+    let restored = both.restored();
     assert_eq!(restored.audit(), Ok(()));
     assert!(restored.funding.iter().all(|log| log.c.is_empty()));
     for id in both.fast.accounts() {

@@ -18,7 +18,6 @@ use crate::{
     engine::Engine,
     fixed::D8,
     protocol::{Command, Event},
-    state::Image,
     synth::{self, Rng},
 };
 
@@ -257,16 +256,7 @@ fn a_pending_isolated_pass_is_finished_before_the_book_is_read_or_changed() {
     mark(&mut both, 10_000);
     assert!(fund(&mut both, 400).is_empty());
     assert!(pending(&both).is_some());
-    let at = both.at();
-    let copy = both.fast.copy_state(None);
-    let mut accounts = Vec::new();
-    copy.each_account(&mut |a| {
-        accounts.push(a.clone());
-        Ok(())
-    })
-    .unwrap();
-    let image = Image { marks: copy.marks(), accounts, at, counters: Default::default() };
-    let restored = FastEngine::restore(both.fast.cfg.clone(), &image, false, &mut |_| {}).unwrap();
+    let (at, restored) = (both.at(), both.restored());
     assert_eq!(restored.audit(), Ok(()));
     for id in both.fast.accounts() {
         assert_eq!(restored.account_report(id, at), both.fast.account_report(id, at), "{id}");
