@@ -923,9 +923,7 @@ impl Book {
     #[inline]
     pub fn pending_pay(&self, k: usize) -> i128 {
         match self.pending {
-            Some(p) if k >= p.from => {
-                super::div_1e12_round_half_even(i128::from(self.lots[k]) * p.c)
-            }
+            Some(p) if k >= p.from => super::funding_pay_e8(self.lots[k], p.c),
             _ => 0,
         }
     }
@@ -948,7 +946,7 @@ impl Book {
         let Some(p) = self.pending else { return (0, true) };
         let hi = p.from.saturating_add(max).min(self.len());
         let mut evaluate = Vec::new();
-        let pay = |_, lots: i64| super::div_1e12_round_half_even(i128::from(lots) * p.c);
+        let pay = |_, lots: i64| super::funding_pay_e8(lots, p.c);
         self.pay_funding_range(p.from..hi, pay, p.moves, p.t, &mut evaluate);
         // Invariant (`PendingPass`): no moved trigger fires at `t`, and no slot held a
         // trigger of 0 (`isolated_trigger` never gives one).

@@ -492,7 +492,7 @@ impl FastEngine {
         // notional (n12, |x| < 10^29 within SPEC section 1's limits) times the rate (e8,
         // |r| < 10^8) is exact at 10^-20 and below 10^37, and so is c (one lot or more).
         let c = i128::from(t) * rate.0 * sc.lot_tick_n12;
-        let pay_e8 = |&lots: &i64| super::div_1e12_round_half_even(i128::from(lots) * c);
+        let pay_e8 = |&lots: &i64| super::funding_pay_e8(lots, c);
         let (cross, isolated) = (&self.cross[si], &self.isolated[si]);
         // A big book's payments and checks are split between rayon workers: on the most-held
         // symbol of a 1M-account book (350k holders) they are most of a funding's cost.
@@ -686,7 +686,7 @@ impl FastEngine {
         match pays {
             Some(pays) => book.pay_funding(|k, _| pays[k], moves, ticks, &mut evaluate),
             None => {
-                let pay = |_, lots: i64| super::div_1e12_round_half_even(i128::from(lots) * c);
+                let pay = |_, lots: i64| super::funding_pay_e8(lots, c);
                 book.pay_funding(pay, moves, ticks, &mut evaluate);
             }
         }

@@ -586,6 +586,13 @@ fn div_round_half_even_wide(n: i128, d: i128) -> i128 {
     }
 }
 
+/// A funding's payment by a position of `lots` lots, `round8(lots · c)` (e8) with `c` the
+/// funding's per-lot product at 10^-20 (SPEC section 5: `round8(size * P * rate)`).
+#[inline]
+fn funding_pay_e8(lots: i64, c: i128) -> i128 {
+    div_1e12_round_half_even(i128::from(lots) * c)
+}
+
 /// `n / 10^12` rounded to the nearest integer, ties to even: [`div_round_half_even`] by
 /// 10^12 in 64-bit steps, for funding payments (one per holder; the `i128` division is a
 /// library call of ~40 ns). `10^12 = 2^12 · 5^12`: the shift is exact floor division
@@ -660,9 +667,11 @@ const SETTLE_SLOTS_PER_MESSAGE: usize = 8;
 
 /// How many isolated slots of a pending funding pass (`book::PendingPass`) a message runs
 /// after its own work ([`FastEngine::settle_deferred`]): the pass reads and writes its
-/// columns in slot order (~20 ns a slot when cold, less once the stream prefetchers run), so
-/// 32 cost about what the cross settle's 8 random wallets do. On `t` the passes come to
-/// ~34 slots a message; a funding, tick or command on the book finishes what is left.
+/// columns in slot order (~20 ns a slot when cold, measured; the cross settle's wallet
+/// accesses ~100 ns each), so 32 should cost about what the cross settle's 8 do: chosen from
+/// those figures, not tuned by an A/B as the 8 were. On `t` the passes come to ~34 slots a
+/// message (estimated from the funding classes), a little more than this: a pass not done
+/// by the symbol's next tick, command or funding is finished there, as any pending pass is.
 const PENDING_SLOTS_PER_MESSAGE: usize = 32;
 
 /// The rounding allowance of one funding entry in the units of [`FundingLog::c`]: a payment
