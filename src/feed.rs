@@ -405,11 +405,12 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
     let mut cause = String::new();
     let mut backoff = Duration::from_millis(50);
     let mut failing_since: Option<Instant> = None;
-    // The highest seq the daemon said it had (hellos and byes), and since when it has said
-    // no higher one while connections ended with a short `bye` (a peer that keeps closing at
-    // the same seq would otherwise be fed the same lines for ever: each connection it takes
-    // restarts the give-up clock).
+    // The highest seq the daemon said it had (hellos and byes), since when connections have
+    // been ending without it saying a higher one, and how the last of them ended. A peer that
+    // takes every connection and ends each the same way (a short `bye`, a reset) would
+    // otherwise be fed the same lines for ever: each connection restarts the give-up clock.
     let (mut known, mut stalled_since): (u64, Option<Instant>) = (0, None);
+    let mut last_lost = String::new();
     let mut paced = Pacer::new(opts.rate);
     if opts.rate.is_some() {
         crate::pipeline::wait::fine_timer_slack();
@@ -432,6 +433,12 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
             if last_seq > known || summary.connections == 1 {
                 (known, stalled_since) = (known.max(last_seq), None);
                 backoff = Duration::from_millis(50);
+            } else if let Some(since) = stalled_since
+                && since.elapsed() >= opts.give_up_after
+            {
+                let (to, secs) = (opts.to.clone(), since.elapsed().as_secs_f64());
+                let last = last_lost.clone();
+                return Err(Attempt::Fatal(FeedError::Stalled { to, secs, seq: known, last }));
             }
             send_from(
                 &mut input,
@@ -449,16 +456,18 @@ pub fn feed(input: &Path, opts: &FeedOptions) -> Result<FeedSummary, FeedError> 
         // none failed from its start.
         let (last_error, failed_at) = match attempt {
             Ok(Connection::Done) => break,
-            Ok(Connection::Lost { error, read_to: None }) => (error, Instant::now()),
-            Ok(Connection::Lost { error, read_to: Some(seq) }) => {
-                if seq > known {
+            Ok(Connection::Lost { error, read_to }) => {
+                // A `bye` above every seq said before is progress; any other end starts (or
+                // continues) the stall, which the next hello ends if it says a higher seq. A
+                // `bye` at or below it says for sure that the daemon got no further.
+                last_lost.clone_from(&error);
+                if let Some(seq) = read_to.filter(|&seq| seq > known) {
                     (known, stalled_since) = (seq, None);
                 } else {
                     let since = *stalled_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= opts.give_up_after {
-                        let secs = since.elapsed().as_secs_f64();
-                        let (to, last) = (opts.to.clone(), error);
-                        return Err(FeedError::Stalled { to, secs, seq, last });
+                    if read_to.is_some() && since.elapsed() >= opts.give_up_after {
+                        let (to, secs) = (opts.to.clone(), since.elapsed().as_secs_f64());
+                        return Err(FeedError::Stalled { to, secs, seq: known, last: error });
                     }
                 }
                 (error, Instant::now())

@@ -568,42 +568,53 @@ fn a_bye_short_of_the_input_resends_the_rest_or_fails() {
     }
 }
 
-/// A peer that takes every line and then always closes with the same short `bye` (a daemon
-/// stuck at one seq) is not fed the same lines for ever: once no connection has got it past
-/// that seq for `--give-up-after`, the feed exits 1 and says so, having resent the lines a
-/// few times meanwhile, ever more slowly (every connection it made restarted the old give-up
+/// A peer that takes the connection and then always ends it the same way, with the same
+/// short `bye` after reading every line or with a reset right after its hello (a daemon stuck
+/// at one seq), is not fed the same lines for ever: once no connection has got it past that
+/// seq for `--give-up-after`, the feed exits 1 and says so, having resent the lines a few
+/// times meanwhile, ever more slowly (every connection it made restarted the old give-up
 /// clock and the back-off).
 #[test]
 fn a_peer_that_keeps_closing_at_one_seq_is_given_up_on() {
     let name = "gen/live_open.ndjson";
     let stuck_at = seq_of(&fixture_lines(name)[100]).unwrap();
-    let (listener, addr) = listen();
-    let mut proc = feed_fixture(&["--to", &addr, "--give-up-after", "1s"], name);
-    listener.set_nonblocking(true).unwrap();
-    let (deadline, mut connections) = (Instant::now() + Duration::from_secs(20), 0);
-    while proc.0.as_mut().unwrap().try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline && connections < 200, "the feed kept going");
-        let Ok((mut conn, _)) = listener.accept() else {
-            thread::sleep(Duration::from_millis(5));
-            continue;
-        };
-        conn.set_nonblocking(false).unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        connections += 1;
-        hello(&mut conn, stuck_at);
-        read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
-        bye(&mut conn, stuck_at, "stopping");
+    for reset in [false, true] {
+        let (listener, addr) = listen();
+        let mut proc = feed_fixture(&["--to", &addr, "--give-up-after", "1s"], name);
+        listener.set_nonblocking(true).unwrap();
+        let (deadline, mut connections) = (Instant::now() + Duration::from_secs(20), 0);
+        while proc.0.as_mut().unwrap().try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline && connections < 200, "the feed kept going");
+            let Ok((mut conn, _)) = listener.accept() else {
+                thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            conn.set_nonblocking(false).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            connections += 1;
+            hello(&mut conn, stuck_at);
+            if reset {
+                // Closed with the lines unread: the kernel resets the connection.
+                thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            read_lines(&mut BufReader::new(conn.try_clone().unwrap()), None);
+            // The feed may have given up at this hello and closed already.
+            let said = format!(r#"{{"type":"bye","last_seq":{stuck_at},"reason":"stopping"}}"#);
+            let _ = writeln!(conn, "{said}");
+        }
+        let out = proc.wait(Duration::from_secs(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "reset {reset}: {err}");
+        assert!(connections >= 3, "it resent while the peer took the lines: {connections}");
+        // Every 50 ms that would be about 20; a back-off doubling from 50 ms makes it about 6.
+        assert!(
+            connections <= 12,
+            "the back-off grows for a peer that got no further: {connections}"
+        );
+        let said = format!("kept closing the connection having read up to seq {stuck_at}");
+        assert!(err.contains(&said), "reset {reset}: {err}");
     }
-    let out = proc.wait(Duration::from_secs(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(connections >= 3, "it resent while the peer took the lines: {connections}");
-    // Every 50 ms that would be about 20; a back-off doubling from 50 ms makes it about 6.
-    assert!(connections <= 12, "the back-off grows for a peer that got no further: {connections}");
-    assert!(
-        err.contains(&format!("kept closing the connection having read up to seq {stuck_at}")),
-        "{err}"
-    );
 }
 
 /// While sending, feed takes a line that begins with its seq at its word; a line malformed

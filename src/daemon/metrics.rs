@@ -277,6 +277,10 @@ pub fn render(metrics: &Metrics, figures: EngineFigures) -> Result<String, fmt::
         "Subscribers disconnected because their buffer overflowed",
         m.subscribers_dropped,
     );
+    // Both listeners' series from the start, at 0 (a labelled family shows none until used).
+    for listener in ["events", "http"] {
+        let _ = m.connections_refused.get_or_create(&ListenerLabel { listener });
+    }
     registry.register(
         "liqscan_connections_refused",
         "Connections refused over a bound, by listener",

@@ -323,6 +323,11 @@ fn a_stalled_subscriber_is_cut_and_the_healthy_one_gets_every_event() {
     let m = scrape(http);
     assert_eq!(m.get("liqscan_subscribers_dropped_total", &[]), 1.0);
     assert_eq!(m.get("liqscan_subscribers", &[]), 1.0);
+    // No connection was refused: both listeners' series are there, at 0.
+    for listener in ["events", "http"] {
+        let refused = m.get("liqscan_connections_refused_total", &[("listener", listener)]);
+        assert_eq!(refused, 0.0, "{listener}");
+    }
     let cut = d.wait_log("the cut", |v| {
         v["message"].as_str().is_some_and(|m| m.starts_with("subscriber too slow"))
     });
