@@ -1,6 +1,7 @@
 //! The cost of one message alone, typically a wick (a mark that fires thousands of holders):
 //! applies a `liqscan gen` stream up to line `LINE - 1`, then line `LINE`, and prints that
-//! message's thread CPU time, wall time (and when its first event was made), events and positions evaluated. Lines after `LINE`
+//! message's thread CPU time, wall time (and when its first, median, 90th-percentile and
+//! last events were made), events and positions evaluated. Lines after `LINE`
 //! are not read.
 //!
 //! ```sh
@@ -54,7 +55,8 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 fn timed(engine: &mut FastEngine, cmd: &Command, at: At, what: &str) -> u64 {
     let (evaluated, alone) = (engine.positions_evaluated(), engine.positions_retriggered());
     let (mut events, mut liquidations, mut isolated) = (0u64, 0u64, 0u64);
-    let mut first = None;
+    // When each event was made, from the start of the message.
+    let mut made = Vec::new();
     let json = std::env::var("JSON").is_ok_and(|v| v == "1");
     // Touched before the timing: the pipeline's buffers are reused, their pages mapped.
     let mut buf = " ".repeat(if json { 4 << 20 } else { 0 });
@@ -65,20 +67,28 @@ fn timed(engine: &mut FastEngine, cmd: &Command, at: At, what: &str) -> u64 {
         if json {
             e.write_json(&mut buf);
         }
-        first.get_or_insert_with(|| wall.elapsed());
+        made.push(wall.elapsed());
         events += 1;
         liquidations += u64::from(matches!(e, Event::Liquidation(_)));
         isolated += u64::from(matches!(e, Event::Liquidation(l) if l.mode == Mode::Isolated));
     });
     let wall = wall.elapsed();
     let (cpu, all) = (cpu_ns() - cpu, process_cpu_ns() - all);
+    // Made-time of the first event, and of the events at the median and the 90th percentile.
+    let at_ms = |q: usize| match made.len() {
+        0 => "-".to_string(),
+        n => format!("{:.3}", made[(n - 1) * q / 100].as_secs_f64() * 1e3),
+    };
     println!(
-        "{what}: line {} cpu {:.3} ms (all threads {:.3} ms) wall {:.3} ms (first event at {}), {events} events ({liquidations} liquidations, {isolated} isolated), {} positions evaluated ({} fired positions re-triggered alone), {} CPU per event",
+        "{what}: line {} cpu {:.3} ms (all threads {:.3} ms) wall {:.3} ms (events made at: first {} / p50 {} / p90 {} / last {} ms), {events} events ({liquidations} liquidations, {isolated} isolated), {} positions evaluated ({} fired positions re-triggered alone), {} CPU per event",
         at.line,
         cpu as f64 / 1e6,
         all as f64 / 1e6,
         wall.as_secs_f64() * 1e3,
-        first.map_or("-".to_string(), |d| format!("{:.3} ms", d.as_secs_f64() * 1e3)),
+        at_ms(0),
+        at_ms(50),
+        at_ms(90),
+        at_ms(100),
         engine.positions_evaluated() - evaluated,
         engine.positions_retriggered() - alone,
         match events {

@@ -423,7 +423,8 @@ impl<'o> Gen<'o> {
         let book_next = book.next();
         Gen {
             opts,
-            engine: FastEngine::new(cfg.clone()),
+            // Liquidations in book order, as the streams were made before session 17.
+            engine: FastEngine::new(cfg.clone()).with_ranked_refreshes(false),
             cfg,
             batch: Vec::with_capacity(BATCH),
             to_writer,

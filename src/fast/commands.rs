@@ -183,13 +183,23 @@ impl FastEngine {
         self.msg_no += 1;
         match plan {
             Plan::Mark(symbol, price) => {
-                self.set_mark(symbol, price);
+                let (ticks, first) = self.set_mark(symbol, price, at, out);
+                self.emit_crossed_isolated(at, out);
+                self.tick_cross(symbol, ticks, first);
                 self.finish_message(at, out);
             }
             Plan::Marks(prices) => {
+                // Every isolated book first, and their events out, then every cross book.
+                let mut moved = std::mem::take(&mut self.moved);
+                moved.clear();
                 for &(symbol, price) in prices {
-                    self.set_mark(symbol, price);
+                    moved.push(self.set_mark(symbol, price, at, out));
                 }
+                self.emit_crossed_isolated(at, out);
+                for (&(symbol, _), &(ticks, first)) in prices.iter().zip(&moved) {
+                    self.tick_cross(symbol, ticks, first);
+                }
+                self.moved = moved;
                 self.finish_message(at, out);
             }
             Plan::Wallet { account, wallet_e8 } => {
@@ -556,15 +566,23 @@ impl FastEngine {
 
     // --- commits: infallible ---------------------------------------------------------------
 
-    /// Sets the mark of `s` and moves its books there (SPEC section 6 evaluates at the end of
-    /// the message).
-    fn set_mark(&mut self, s: SymbolIdx, price: D8) {
+    /// Sets the mark of `s` and moves its isolated book there, emitting the isolated items
+    /// that crossed ([`FastEngine::tick_isolated`]); the caller then moves the cross book with
+    /// [`FastEngine::tick_cross`] (SPEC section 6 evaluates the cross items at the end of the
+    /// message). Returns the mark in ticks and whether it was the symbol's first.
+    fn set_mark(
+        &mut self,
+        s: SymbolIdx,
+        price: D8,
+        at: At,
+        out: &mut dyn FnMut(Event),
+    ) -> (i64, bool) {
         let si = s.0 as usize;
         self.marks[si] = Some(price);
         // Validation put the price on the tick and below 10^9 (SPEC section 1), so the
         // quotient is exact and below 10^17 ticks: it fits i64.
-        let ticks = price.0 / i128::from(self.scales[si].tick_e8);
-        self.tick(s, ticks as i64);
+        let ticks = (price.0 / i128::from(self.scales[si].tick_e8)) as i64;
+        (ticks, self.tick_isolated(s, ticks, at, out))
     }
 
     /// The account `account`: the index its check found, or a new one.

@@ -192,6 +192,20 @@ impl Hot {
     }
 }
 
+/// How likely a healthy cross account is to have crossed below maintenance when one of its
+/// `n` positions fired with a loss that leaves `bound` (q16, below 0) as the lower bound on
+/// its buffer ([`FastEngine::retrigger_alone`]), its reserve `reserve` (q16): the lower the
+/// likelier. `bound` leaves out the room of its other positions, which a refresh sets at
+/// about 14 reserves each (seven eighths of the buffer split between them, the reserve about
+/// a sixteenth of it after the funding budgets), and an amount only compares with an amount
+/// of the same account: so the buffer so estimated, in reserves (2^-16 steps). A heuristic:
+/// it orders the refreshes of a wick ([`FastEngine::finish_message`]), never decides one.
+fn rank_key(bound: i128, reserve: i128, n: u16) -> i128 {
+    let (n, r) = (i128::from(n.max(1)), reserve.max(1));
+    let estimate = bound.saturating_add(r.saturating_mul(14 * (n - 1)) / n);
+    estimate.saturating_mul(1 << 16) / r
+}
+
 /// The room a refresh gives each of an account's `n` marked cross positions out of `room`
 /// (>= 0): seven eighths of it split evenly, so that at least an eighth stays in the
 /// account's reserve for wallet changes ([`Hot::absorb`]). One 64-bit division in the
@@ -361,6 +375,18 @@ pub struct FastEngine {
     fired: Vec<u32>,
     /// Scratch: the triggers the slots in `fired` held before the tick ([`Book::scan`]).
     fired_old: Vec<i64>,
+    /// Scratch: each symbol of a `marks` message in ticks, and whether it was its first mark
+    /// (between its isolated and its cross half).
+    moved: Vec<(i64, bool)>,
+    /// Scratch: accounts a tick touched because a fired position's loss took them past their
+    /// reserve (their index in `touched`, and the bound on their buffer it left, q16), so
+    /// that `finish_message` refreshes the likeliest to have crossed first.
+    ranked: Vec<(u32, i128)>,
+    /// Scratch: `touched` in refresh order, with each account's rank key.
+    order: Vec<(i128, AccountIdx)>,
+    /// Whether `finish_message` ranks a mark's touched accounts ([`FastEngine::rank`]; see
+    /// [`FastEngine::with_ranked_refreshes`]).
+    rank_refreshes: bool,
     /// Scratch: an account's marked cross positions during a refresh (symbol, slot, mark,
     /// buffer term).
     terms: Vec<(SymbolIdx, u32, i64, i128)>,
@@ -884,6 +910,10 @@ impl FastEngine {
             defer_cross_events: false,
             fired: Vec::new(),
             fired_old: Vec::new(),
+            moved: Vec::new(),
+            ranked: Vec::new(),
+            order: Vec::new(),
+            rank_refreshes: true,
             terms: Vec::new(),
             positions_evaluated: 0,
             positions_retriggered: 0,
@@ -914,6 +944,17 @@ impl FastEngine {
     #[cfg(test)]
     fn with_fund_paid_limit(mut self, limit: i128) -> FastEngine {
         self.fund_paid_limit = limit.clamp(1, FUND_PAID_LIMIT);
+        self
+    }
+
+    /// With `false`, a mark's touched cross accounts are refreshed in the order its tick
+    /// found them (book order, as before session 17) instead of the likeliest to have crossed
+    /// first ([`FastEngine::rank`], the default). The events are the same; only their order
+    /// within the message differs, which the SPEC leaves free. `liqscan gen` turns ranking off:
+    /// it acts on the liquidations in the order they come, so its streams stay those of earlier
+    /// builds, byte for byte.
+    pub fn with_ranked_refreshes(mut self, ranked: bool) -> FastEngine {
+        self.rank_refreshes = ranked;
         self
     }
 
@@ -1569,14 +1610,14 @@ impl FastEngine {
         slot: usize,
         was: i64,
         to: i64,
-    ) -> bool {
+    ) -> Result<(), i128> {
         let i = a.0 as usize;
         let hot = self.accounts.hot[i];
         // Touched already: a refresh is due anyway (another position of it fired, or its
         // first mark, funding or a sweep touched it); with an unmarked cross symbol the
         // reserve means nothing.
         if hot.stamp == self.msg_no || hot.n_unmarked > 0 {
-            return false;
+            return Err(i128::MAX);
         }
         // It fired, so `was` is not 0; a cross slot's account counts it.
         debug_assert!(was != 0 && hot.n_cross > 0);
@@ -1585,20 +1626,20 @@ impl FastEngine {
         let (lots, base) = (book.lots[slot], book.base_q16[slot]);
         let now = sc.buffer_q16(lots, base, to);
         let edge = sc.buffer_q16(lots, base, was.unsigned_abs() as i64);
-        let Some(bound) = hot.reserve_q16.checked_add(now - edge) else { return false };
+        let Some(bound) = hot.reserve_q16.checked_add(now - edge) else { return Err(i128::MAX) };
         // The whole room goes to the one position re-triggered, an eighth kept back as a
         // refresh keeps it (`share_of` with n = 1): splitting it as if between all `n_cross`
         // positions fired the position again sooner (d: 0.294 positions evaluated a mark
         // against 0.278, README).
         let (trigger, reserve) = if !hot.liquidatable {
             if bound < 0 {
-                return false;
+                return Err(rank_key(bound, hot.reserve_q16, hot.n_cross));
             }
             let share = share_of(bound, 1);
             (sc.trigger_from(lots, base, to, now, now - share, true), bound - share)
         } else {
             if bound > -1 {
-                return false;
+                return Err(i128::MAX);
             }
             let share = share_of(-bound - 1, 1);
             (sc.trigger_from(lots, base, to, now, now + share, false), bound + share)
@@ -1607,7 +1648,7 @@ impl FastEngine {
         self.accounts.hot[i].reserve_q16 = reserve;
         self.positions_evaluated += 1;
         self.positions_retriggered += 1;
-        true
+        Ok(())
     }
 
     /// Changes the wallet of `a` by `delta_e8`; `true` when its reserve takes the change
@@ -1787,14 +1828,17 @@ impl FastEngine {
         })
     }
 
-    /// Emits the isolated items that crossed (in the order the ticks found them), then
-    /// refreshes the cross accounts touched by this message in chunks of [`WICK_CHUNK`],
-    /// emitting each chunk's cross items that crossed (in the order of their refreshes) before
-    /// the next chunk is refreshed; clears the scratch lists. So a wick's first events are
-    /// made, and handed on by the pipeline ([`crate::pipeline::HAND_ON_AFTER`]), before any
-    /// refresh: an isolated event costs about half a microsecond and needs none, a cross one
-    /// waits for its account's refresh. Then the cross events are made while the rest of the
-    /// accounts are still being refreshed. (The SPEC leaves the order within a message free;
+    /// Emits the isolated items that crossed and are still listed (a first mark's, a
+    /// funding's, or every one with [`FastEngine::with_parallel_events`]; a mark's other
+    /// isolated items left during its scan, before its cross book moved: see
+    /// [`FastEngine::tick_isolated`]), in the order they were found, then refreshes the cross
+    /// accounts touched by this message in chunks of [`WICK_CHUNK`], emitting each chunk's
+    /// cross items that crossed (in the order of their refreshes) before the next chunk is
+    /// refreshed; clears the scratch lists. So a wick's first events are made, and handed on
+    /// by the pipeline ([`crate::pipeline::HAND_ON_AFTER`]), before any refresh: an isolated
+    /// event costs about half a microsecond and needs none, a cross one waits for its
+    /// account's refresh. Then the cross events are made while the rest of the accounts are
+    /// still being refreshed. (The SPEC leaves the order within a message free;
     /// `liqscan gen`, which schedules its actions in event order, puts cross items first
     /// itself, so its streams do not depend on this order.)
     ///
@@ -1812,24 +1856,12 @@ impl FastEngine {
     /// on the rayon workers in chunks and hands them out in the same order.
     fn finish_message(&mut self, at: At, out: &mut dyn FnMut(Event)) {
         // Book order, which is deterministic.
+        self.emit_crossed_isolated(at, out);
         let mut touched = std::mem::take(&mut self.touched);
-        let mut isolated = std::mem::take(&mut self.emit_isolated);
-        if isolated.len() < self.parallel_events {
-            self.isolated_events(&isolated, at, &mut |ev| out(Event::Liquidation(ev)));
-        } else {
-            let this = &*self;
-            let built: Vec<Vec<Liquidation>> = isolated
-                .par_chunks(EVENT_CHUNK)
-                .map(|c| {
-                    let mut v = Vec::with_capacity(c.len());
-                    this.isolated_events(c, at, &mut |ev| v.push(ev));
-                    v
-                })
-                .collect();
-            built.into_iter().flatten().for_each(|ev| out(Event::Liquidation(ev)));
+        if self.rank_refreshes && !self.ranked.is_empty() {
+            self.rank(&mut touched);
         }
-        isolated.clear();
-        self.emit_isolated = isolated;
+        self.ranked.clear();
         if touched.len() >= self.parallel_refresh && rayon::current_num_threads() > 1 {
             self.refresh_in_parallel(&touched, at, out);
             touched.clear();
@@ -1848,6 +1880,58 @@ impl FastEngine {
         self.defer_cross_events = false;
         touched.clear();
         self.touched = touched;
+    }
+
+    /// Puts the accounts a tick touched with a bound (`ranked`) first in `touched`, lowest
+    /// bound first, the others after them in their order: a wick's accounts whose fired
+    /// position lost the most past their reserve are the likeliest to have crossed, so their
+    /// refreshes, and their events, come first. Clears `ranked`.
+    fn rank(&mut self, touched: &mut [AccountIdx]) {
+        let mut order = std::mem::take(&mut self.order);
+        order.clear();
+        order.extend(touched.iter().map(|&a| (i128::MAX, a)));
+        for &(k, bound) in &self.ranked {
+            order[k as usize].0 = bound;
+        }
+        self.ranked.clear();
+        order.sort_by_key(|&(key, _)| key);
+        for (t, &(_, a)) in touched.iter_mut().zip(&order) {
+            *t = a;
+        }
+        self.order = order;
+    }
+
+    /// Emits the isolated items that crossed below maintenance in this message so far (in
+    /// the order they were found) and clears the list; on the rayon workers with
+    /// [`FastEngine::with_parallel_events`] for a long list, handed out in the same order.
+    #[inline]
+    fn emit_crossed_isolated(&mut self, at: At, out: &mut dyn FnMut(Event)) {
+        // Empty for almost every message (a mark emits its items during its scan).
+        if !self.emit_isolated.is_empty() {
+            self.emit_listed_isolated(at, out);
+        }
+    }
+
+    /// [`FastEngine::emit_crossed_isolated`] of a non-empty list.
+    #[inline(never)]
+    fn emit_listed_isolated(&mut self, at: At, out: &mut dyn FnMut(Event)) {
+        let mut isolated = std::mem::take(&mut self.emit_isolated);
+        if isolated.len() < self.parallel_events {
+            self.isolated_events(&isolated, at, &mut |ev| out(Event::Liquidation(ev)));
+        } else {
+            let this = &*self;
+            let built: Vec<Vec<Liquidation>> = isolated
+                .par_chunks(EVENT_CHUNK)
+                .map(|c| {
+                    let mut v = Vec::with_capacity(c.len());
+                    this.isolated_events(c, at, &mut |ev| v.push(ev));
+                    v
+                })
+                .collect();
+            built.into_iter().flatten().for_each(|ev| out(Event::Liquidation(ev)));
+        }
+        isolated.clear();
+        self.emit_isolated = isolated;
     }
 
     /// The liquidation events of the cross accounts `list`, in order.
@@ -1914,14 +1998,74 @@ impl FastEngine {
         }
     }
 
-    /// Moves symbol `s` to `to` ticks. Only the positions whose trigger the move fires are
-    /// looked at: an isolated one is evaluated at once, a cross one's account is refreshed
-    /// when the message ends (after every symbol of a `marks` message has moved). The
-    /// symbol's first mark visits every holder instead.
-    fn tick(&mut self, s: SymbolIdx, to: i64) {
+    /// Moves the isolated book of symbol `s` to `to` ticks, the first half of a mark: only
+    /// the positions whose trigger the move fires are evaluated, and each that crossed below
+    /// maintenance is emitted at once, before the next is evaluated (an isolated event needs
+    /// no refresh and reads no cross record, so it goes out before
+    /// [`FastEngine::tick_cross`] moves the cross book; a wick's first events then leave
+    /// within microseconds of its line instead of after its whole scan). With
+    /// [`FastEngine::with_parallel_events`] they join `emit_isolated` instead, built later
+    /// on the workers. The symbol's first mark evaluates every isolated position (in
+    /// parallel for a big book) and leaves the crossed ones in `emit_isolated`. Returns
+    /// whether this was the first mark (for `tick_cross`).
+    fn tick_isolated(&mut self, s: SymbolIdx, to: i64, at: At, out: &mut dyn FnMut(Event)) -> bool {
         let si = s.0 as usize;
         if self.mark_ticks[si].replace(to).is_none() {
-            self.first_mark(s, to);
+            self.evaluate_isolated_book(s, to, Retrigger::All);
+            return true;
+        }
+        let inline = self.parallel_events == usize::MAX;
+        if inline {
+            // A first mark earlier in this `marks` message left its items: theirs go first,
+            // so the events keep the order in which the symbols were moved.
+            self.emit_crossed_isolated(at, out);
+        }
+        let mut fired = std::mem::take(&mut self.fired);
+        let mut old = std::mem::take(&mut self.fired_old);
+        fired.clear();
+        old.clear();
+        self.triggers_read += self.isolated[si].scan(to, &mut fired, &mut old) as u64;
+        // The fired slots are sparse in the book: a slot's columns and account are asked for
+        // two steps ahead, its account's id (which an event reads) one step ahead.
+        for (j, &slot) in fired.iter().enumerate() {
+            let book = &self.isolated[si];
+            if let Some(&k) = fired.get(j + 2 * REFRESH_AHEAD) {
+                book.prefetch_slot(k as usize);
+                prefetch(&book.account[k as usize]);
+            }
+            if let Some(&k) = fired.get(j + REFRESH_AHEAD) {
+                prefetch(&self.accounts.id[book.account[k as usize].0 as usize]);
+            }
+            let (was, now) = self.settle_isolated(s, slot as usize, to);
+            if now && !was {
+                if inline {
+                    self.emit_isolated_event(s, slot, at, out);
+                } else {
+                    self.emit_isolated.push((s, slot));
+                }
+            }
+        }
+        self.fired = fired;
+        self.fired_old = old;
+        false
+    }
+
+    /// Moves the cross book of symbol `s` to `to` ticks, after [`FastEngine::tick_isolated`]
+    /// set the mark (`first`: it was the symbol's first). Only the positions whose trigger the
+    /// move fires are looked at: one whose account's reserve covers its loss is re-triggered
+    /// alone, the others' accounts are refreshed when the message ends (after every symbol of
+    /// a `marks` message has moved). The symbol's first mark touches every cross holder: each
+    /// has one unmarked symbol fewer.
+    fn tick_cross(&mut self, s: SymbolIdx, to: i64, first: bool) {
+        let si = s.0 as usize;
+        if first {
+            let hot = &mut self.accounts.hot;
+            for &a in &self.cross[si].account {
+                // Every cross holder of a symbol without a mark counted it as unmarked.
+                debug_assert!(hot[a.0 as usize].n_unmarked > 0);
+                hot[a.0 as usize].n_unmarked -= 1;
+                touch(hot, &mut self.touched, self.msg_no, a);
+            }
             return;
         }
         let mut fired = std::mem::take(&mut self.fired);
@@ -1943,38 +2087,16 @@ impl FastEngine {
                 prefetch(&book.base_q16[k as usize]);
             }
             let a = book.account[slot as usize];
-            if !self.retrigger_alone(a, s, slot as usize, was, to) {
+            if let Err(bound) = self.retrigger_alone(a, s, slot as usize, was, to) {
+                let at = self.touched.len();
                 touch(&mut self.accounts.hot, &mut self.touched, self.msg_no, a);
-            }
-        }
-        fired.clear();
-        old.clear();
-        self.triggers_read += self.isolated[si].scan(to, &mut fired, &mut old) as u64;
-        for (j, &slot) in fired.iter().enumerate() {
-            if let Some(&k) = fired.get(j + REFRESH_AHEAD) {
-                self.isolated[si].prefetch_slot(k as usize);
-            }
-            let (was, now) = self.settle_isolated(s, slot as usize, to);
-            if now && !was {
-                self.emit_isolated.push((s, slot));
+                if self.touched.len() > at && bound != i128::MAX {
+                    self.ranked.push((at as u32, bound));
+                }
             }
         }
         self.fired = fired;
         self.fired_old = old;
-    }
-
-    /// The first mark of `s`: every cross holder has one unmarked symbol fewer and is
-    /// refreshed at the end of the message; every isolated position is evaluated.
-    fn first_mark(&mut self, s: SymbolIdx, to: i64) {
-        let si = s.0 as usize;
-        let hot = &mut self.accounts.hot;
-        for &a in &self.cross[si].account {
-            // Every cross holder of a symbol without a mark counted it as unmarked.
-            debug_assert!(hot[a.0 as usize].n_unmarked > 0);
-            hot[a.0 as usize].n_unmarked -= 1;
-            touch(hot, &mut self.touched, self.msg_no, a);
-        }
-        self.evaluate_isolated_book(s, to, Retrigger::All);
     }
 
     /// Evaluates every isolated position of `s` at `ticks` (on rayon workers for a big book),
@@ -2639,6 +2761,30 @@ mod tests {
         for n in cases {
             assert_eq!(div_1e12_round_half_even(n), div_round_half_even(n, e12), "{n}");
         }
+    }
+
+    /// The rank of a wick's refreshes: a bound further below zero, or the same bound on a
+    /// smaller reserve, ranks earlier; other positions' room counts for an account of
+    /// several; extreme amounts saturate instead of overflowing. `rank` puts the ranked
+    /// accounts first, lowest key first, and keeps the others in their order after them.
+    #[test]
+    fn wick_refreshes_start_with_the_likeliest_to_have_crossed() {
+        use super::rank_key;
+        assert!(rank_key(-500, 100, 1) < rank_key(-400, 100, 1));
+        assert!(rank_key(-400, 100, 1) < rank_key(-400, 1_000, 1));
+        assert_eq!(rank_key(-400, 100, 1), -400 * 65_536 / 100);
+        // With a second position's room (~14 reserves) the same loss leaves more.
+        assert!(rank_key(-400, 100, 2) > rank_key(-400, 100, 1));
+        assert!(rank_key(-400, 100, 2) > 0 && rank_key(-1_000, 100, 2) < 0);
+        assert!(rank_key(i128::MIN / 2, 0, u16::MAX) < rank_key(-1, i128::MAX / 2, u16::MAX));
+
+        let mut engine = FastEngine::new(Arc::new(synth::config(2)));
+        let mut touched: Vec<AccountIdx> = (0..6).map(AccountIdx).collect();
+        engine.ranked.extend([(4, -70), (1, 5), (3, -70), (5, -900)]);
+        engine.rank(&mut touched);
+        let order: Vec<u32> = touched.iter().map(|a| a.0).collect();
+        assert_eq!(order, [5, 3, 4, 1, 0, 2]);
+        assert!(engine.ranked.is_empty());
     }
 
     /// The 64-bit path of the rounded division equals the `i128` one, at ties and around

@@ -1,7 +1,8 @@
-//! Wicks (README, "Wicks"): a mark that fires thousands of items refreshes its cross
-//! accounts with prefetching, a chunk at a time, each chunk's events before the next chunk,
-//! then builds its isolated events (on the rayon workers when there are many and the engine
-//! is set so, `FastEngine::with_parallel_events`). Held to the
+//! Wicks (README, "Wicks"): a mark that fires thousands of items emits its isolated items
+//! while it scans its isolated book (or lists them, built later on the rayon workers when
+//! there are many and the engine is set so, `FastEngine::with_parallel_events`), then
+//! refreshes its cross accounts with prefetching, a chunk at a time, each chunk's events
+//! before the next chunk. Held to the
 //! reference engine message by message: equal events (as a set; the SPEC leaves their order
 //! within a message free), the fast engine's audit passing after each, and the events of one
 //! run in the same order whatever the rayon pool.
@@ -30,11 +31,17 @@ const PARALLEL_EVENTS: usize = 128;
 
 /// A 3,000-account book on both engines, every symbol marked at its base price.
 fn book() -> (FastEngine, ReferenceEngine) {
+    book_marked(SYMBOLS)
+}
+
+/// A 3,000-account book on both engines, the first `marked` symbols marked at their base
+/// price.
+fn book_marked(marked: usize) -> (FastEngine, ReferenceEngine) {
     let cfg = Arc::new(synth::config(SYMBOLS));
     let fast = FastEngine::new(cfg.clone()).with_parallel_events(PARALLEL_EVENTS);
     let (mut fast, mut reference) = (fast, ReferenceEngine::new(cfg));
     let at = At { line: 0, seq: 0 };
-    let marks = Command::Marks { prices: (0..SYMBOLS).map(|s| (sym(s), price(s, 1000))).collect() };
+    let marks = Command::Marks { prices: (0..marked).map(|s| (sym(s), price(s, 1000))).collect() };
     for cmd in synth::book_commands(3_000, 9_000, SYMBOLS, 11).chain([marks]) {
         fast.apply(&cmd, at, &mut |_| {}).unwrap();
         reference.apply(&cmd, at, &mut |_| {}).unwrap();
@@ -117,6 +124,49 @@ fn wicks_give_the_reference_events_and_build_many_in_parallel() {
     let (mut fast1, mut reference1) = book();
     let one = pool.install(|| run(&mut fast1, &mut reference1, &wicks()));
     assert_eq!(one, events);
+}
+
+/// A mark's isolated items leave while its isolated book is scanned, before its cross book
+/// is moved (`tick_isolated`), where they used to be listed and built when the message ended:
+/// the events and their order are the same either way, and so is the state. Both ways run
+/// the wicks and two `marks` messages that move one symbol for the first time (its isolated
+/// items are listed, as every first mark's are) and another that was marked before (emitted
+/// at once), in both orders, on a book whose last symbol has no mark yet.
+#[test]
+fn isolated_items_emitted_during_the_scan_equal_the_listed_ones() {
+    let last = SYMBOLS - 1;
+    let mixed = |first_mark_first: bool, pct_e1: i64| {
+        let mut prices = vec![(sym(0), price(0, pct_e1)), (sym(last), price(last, 880))];
+        if first_mark_first {
+            prices.reverse();
+        }
+        Command::Marks { prices }
+    };
+    let run_with = |inline: bool, first_mark_first: bool| {
+        let (mut fast, mut reference) = book_marked(last);
+        // usize::MAX: emitted during the scan; any other threshold lists them (and this one
+        // builds them one by one, as the listed path does below its threshold).
+        fast.parallel_events = if inline { usize::MAX } else { usize::MAX - 1 };
+        let cmds: Vec<Command> =
+            [mixed(first_mark_first, 890)].into_iter().chain(wicks()).collect();
+        let events = run(&mut fast, &mut reference, &cmds);
+        (events, refresh_state(&fast))
+    };
+    for first_mark_first in [false, true] {
+        let (events, state) = run_with(true, first_mark_first);
+        let isolated_symbols: Vec<std::sync::Arc<str>> = events[0]
+            .iter()
+            .filter_map(|e| match e {
+                Event::Liquidation(l) if l.mode == Mode::Isolated => l.symbol.clone(),
+                _ => None,
+            })
+            .collect();
+        let names: std::collections::HashSet<_> = isolated_symbols.iter().collect();
+        assert_eq!(names.len(), 2, "both symbols' isolated items liquidate: {names:?}");
+        let (listed_events, listed_state) = run_with(false, first_mark_first);
+        assert_eq!(events, listed_events, "the events and their order");
+        assert!(state == listed_state, "the state after the stream");
+    }
 }
 
 /// The interleaved order (`finish_message`: the isolated events, then the cross accounts
