@@ -189,7 +189,15 @@ impl FastEngine {
                 self.finish_message(at, out);
             }
             Plan::Marks(prices) => {
-                // Every isolated book first, and their events out, then every cross book.
+                // Every isolated book first, and their events out, then every cross book. A
+                // symbol's isolated items are evaluated at its mark before the message ends,
+                // which is its final mark: validation refuses a `marks` message naming a
+                // symbol twice (`protocol.rs`).
+                debug_assert!(
+                    prices.iter().map(|p| p.0).collect::<std::collections::HashSet<_>>().len()
+                        == prices.len(),
+                    "a marks message names each symbol once"
+                );
                 let mut moved = std::mem::take(&mut self.moved);
                 moved.clear();
                 for &(symbol, price) in prices {

@@ -195,10 +195,11 @@ impl Hot {
 /// How likely a healthy cross account is to have crossed below maintenance when one of its
 /// `n` positions fired with a loss that leaves `bound` (q16, below 0) as the lower bound on
 /// its buffer ([`FastEngine::retrigger_alone`]), its reserve `reserve` (q16): the lower the
-/// likelier. `bound` leaves out the room of its other positions, which a refresh sets at
-/// about 14 reserves each (seven eighths of the buffer split between them, the reserve about
-/// a sixteenth of it after the funding budgets), and an amount only compares with an amount
-/// of the same account: so the buffer so estimated, in reserves (2^-16 steps). A heuristic:
+/// likelier. `bound` leaves out the room of its other positions: a refresh splits seven
+/// eighths of the buffer between the `n`, and the reserve is about a sixteenth of it after
+/// the funding budgets, so each has about `14 / n` reserves; and an amount only compares with
+/// an amount of the same account. So: the buffer so estimated (`bound` plus `14·(n−1)/n`
+/// reserves), in reserves (2^-16 steps). A heuristic:
 /// it orders the refreshes of a wick ([`FastEngine::finish_message`]), never decides one.
 fn rank_key(bound: i128, reserve: i128, n: u16) -> i128 {
     let (n, r) = (i128::from(n.max(1)), reserve.max(1));
@@ -379,8 +380,8 @@ pub struct FastEngine {
     /// (between its isolated and its cross half).
     moved: Vec<(i64, bool)>,
     /// Scratch: accounts a tick touched because a fired position's loss took them past their
-    /// reserve (their index in `touched`, and the bound on their buffer it left, q16), so
-    /// that `finish_message` refreshes the likeliest to have crossed first.
+    /// reserve: their index in `touched` and their [`rank_key`], so that `finish_message`
+    /// refreshes the likeliest to have crossed first ([`FastEngine::rank`]).
     ranked: Vec<(u32, i128)>,
     /// Scratch: `touched` in refresh order, with each account's rank key.
     order: Vec<(i128, AccountIdx)>,
@@ -972,7 +973,9 @@ impl FastEngine {
     /// cut the engine thread's CPU time of a 3,623-event wick from ~6 to ~5 ms but made its
     /// wall time longer (the workers wait for a core that the reader, the writer and other
     /// processes hold), so it is off until measured on a quiet machine
-    /// (`src/fast/README.md`, "Wicks").
+    /// (`src/fast/README.md`, "Wicks"). With it set (to any count), a mark lists its isolated
+    /// items and builds them after its isolated half instead of emitting each during its scan
+    /// ([`FastEngine::tick_isolated`]).
     pub fn with_parallel_events(mut self, events: usize) -> FastEngine {
         self.parallel_events = events.max(1);
         self
@@ -1565,10 +1568,12 @@ impl FastEngine {
 
     /// Gives the fired cross slot `slot` of symbol `s` (account `a`, trigger `was` before the
     /// tick to mark `to`) a new trigger alone, without a refresh of its account, when the
-    /// account provably stays in the state its flag says; `false` (nothing changed) when it
-    /// does not, or when `a` is already to be refreshed at the end of this message or has an
-    /// unmarked cross symbol: the caller then touches it. Reads the account's [`Hot`] record
-    /// and the slot's `lots` and `base` only (README, "Session 12: a fired position
+    /// account provably stays in the state its flag says (`Ok`); `Err` (nothing changed) when
+    /// it does not, or when `a` is already to be refreshed at the end of this message or has
+    /// an unmarked cross symbol: the caller then touches it. The error holds the account's
+    /// rank for its refresh ([`rank_key`]) when it was healthy and this position's loss took
+    /// it past its reserve (`R' < 0` below), `None` otherwise. Reads the account's [`Hot`]
+    /// record and the slot's `lots` and `base` only (README, "Session 12: a fired position
     /// re-triggered alone").
     ///
     /// **Why it is exact.** Write `f_j(t)` for cross position `j`'s term `upnl − mm` at mark
@@ -1610,14 +1615,14 @@ impl FastEngine {
         slot: usize,
         was: i64,
         to: i64,
-    ) -> Result<(), i128> {
+    ) -> Result<(), Option<i128>> {
         let i = a.0 as usize;
         let hot = self.accounts.hot[i];
         // Touched already: a refresh is due anyway (another position of it fired, or its
         // first mark, funding or a sweep touched it); with an unmarked cross symbol the
         // reserve means nothing.
         if hot.stamp == self.msg_no || hot.n_unmarked > 0 {
-            return Err(i128::MAX);
+            return Err(None);
         }
         // It fired, so `was` is not 0; a cross slot's account counts it.
         debug_assert!(was != 0 && hot.n_cross > 0);
@@ -1626,20 +1631,20 @@ impl FastEngine {
         let (lots, base) = (book.lots[slot], book.base_q16[slot]);
         let now = sc.buffer_q16(lots, base, to);
         let edge = sc.buffer_q16(lots, base, was.unsigned_abs() as i64);
-        let Some(bound) = hot.reserve_q16.checked_add(now - edge) else { return Err(i128::MAX) };
+        let Some(bound) = hot.reserve_q16.checked_add(now - edge) else { return Err(None) };
         // The whole room goes to the one position re-triggered, an eighth kept back as a
         // refresh keeps it (`share_of` with n = 1): splitting it as if between all `n_cross`
         // positions fired the position again sooner (d: 0.294 positions evaluated a mark
         // against 0.278, README).
         let (trigger, reserve) = if !hot.liquidatable {
             if bound < 0 {
-                return Err(rank_key(bound, hot.reserve_q16, hot.n_cross));
+                return Err(Some(rank_key(bound, hot.reserve_q16, hot.n_cross)));
             }
             let share = share_of(bound, 1);
             (sc.trigger_from(lots, base, to, now, now - share, true), bound - share)
         } else {
             if bound > -1 {
-                return Err(i128::MAX);
+                return Err(None);
             }
             let share = share_of(-bound - 1, 1);
             (sc.trigger_from(lots, base, to, now, now + share, false), bound + share)
@@ -1828,19 +1833,21 @@ impl FastEngine {
         })
     }
 
-    /// Emits the isolated items that crossed and are still listed (a first mark's, a
-    /// funding's, or every one with [`FastEngine::with_parallel_events`]; a mark's other
-    /// isolated items left during its scan, before its cross book moved: see
+    /// Emits the isolated items that crossed and are still listed (a funding's or a sweep's;
+    /// a mark emitted its own during its scan, or, a first mark's and every one with
+    /// [`FastEngine::with_parallel_events`], right after its isolated half: see
     /// [`FastEngine::tick_isolated`]), in the order they were found, then refreshes the cross
-    /// accounts touched by this message in chunks of [`WICK_CHUNK`], emitting each chunk's
-    /// cross items that crossed (in the order of their refreshes) before the next chunk is
-    /// refreshed; clears the scratch lists. So a wick's first events are made, and handed on
+    /// accounts touched by this message, a mark's ranked ones first ([`FastEngine::rank`]),
+    /// in chunks of [`WICK_CHUNK`], emitting each chunk's cross items that crossed (in the
+    /// order of their refreshes) before the next chunk is refreshed; clears the scratch
+    /// lists. So a wick's first events are made, and handed on
     /// by the pipeline ([`crate::pipeline::HAND_ON_AFTER`]), before any refresh: an isolated
     /// event costs about half a microsecond and needs none, a cross one waits for its
     /// account's refresh. Then the cross events are made while the rest of the accounts are
     /// still being refreshed. (The SPEC leaves the order within a message free;
     /// `liqscan gen`, which schedules its actions in event order, puts cross items first
-    /// itself, so its streams do not depend on this order.)
+    /// itself and keeps the refreshes in book order, `with_ranked_refreshes(false)`, so its
+    /// streams are those of earlier builds.)
     ///
     /// The accounts are known before they are refreshed, and each is in no order in memory
     /// (its pair list, wallet and id, then each position's columns: a dozen or more cache
@@ -1855,7 +1862,7 @@ impl FastEngine {
     /// [`FastEngine::with_parallel_events`], a message with many isolated events builds them
     /// on the rayon workers in chunks and hands them out in the same order.
     fn finish_message(&mut self, at: At, out: &mut dyn FnMut(Event)) {
-        // Book order, which is deterministic.
+        // Deterministic: book order, a mark's ranked accounts first.
         self.emit_crossed_isolated(at, out);
         let mut touched = std::mem::take(&mut self.touched);
         if self.rank_refreshes && !self.ranked.is_empty() {
@@ -1882,16 +1889,17 @@ impl FastEngine {
         self.touched = touched;
     }
 
-    /// Puts the accounts a tick touched with a bound (`ranked`) first in `touched`, lowest
-    /// bound first, the others after them in their order: a wick's accounts whose fired
+    /// Puts the accounts a tick touched with a rank (`ranked`) first in `touched`, lowest
+    /// [`rank_key`] first (ties in their order), the others after them in their order: a wick's accounts whose fired
     /// position lost the most past their reserve are the likeliest to have crossed, so their
     /// refreshes, and their events, come first. Clears `ranked`.
     fn rank(&mut self, touched: &mut [AccountIdx]) {
         let mut order = std::mem::take(&mut self.order);
         order.clear();
         order.extend(touched.iter().map(|&a| (i128::MAX, a)));
-        for &(k, bound) in &self.ranked {
-            order[k as usize].0 = bound;
+        for &(k, key) in &self.ranked {
+            debug_assert!((k as usize) < order.len(), "a ranked index into touched");
+            order[k as usize].0 = key;
         }
         self.ranked.clear();
         order.sort_by_key(|&(key, _)| key);
@@ -2014,6 +2022,7 @@ impl FastEngine {
             self.evaluate_isolated_book(s, to, Retrigger::All);
             return true;
         }
+        // Unset (`usize::MAX`, the default): each item is emitted as it is found.
         let inline = self.parallel_events == usize::MAX;
         if inline {
             // A first mark earlier in this `marks` message left its items: theirs go first,
@@ -2087,11 +2096,14 @@ impl FastEngine {
                 prefetch(&book.base_q16[k as usize]);
             }
             let a = book.account[slot as usize];
-            if let Err(bound) = self.retrigger_alone(a, s, slot as usize, was, to) {
+            if let Err(rank) = self.retrigger_alone(a, s, slot as usize, was, to) {
                 let at = self.touched.len();
                 touch(&mut self.accounts.hot, &mut self.touched, self.msg_no, a);
-                if self.touched.len() > at && bound != i128::MAX {
-                    self.ranked.push((at as u32, bound));
+                // A ranked account was not touched before in this message: it was appended.
+                if let Some(key) = rank {
+                    debug_assert_eq!(self.touched.len(), at + 1);
+                    debug_assert!(at < u32::MAX as usize, "touched accounts are AccountIdx-many");
+                    self.ranked.push((at as u32, key));
                 }
             }
         }

@@ -47,7 +47,8 @@ impl FastEngine {
     /// halves on the rayon workers, wave by wave, and hands out each wave's events (of the
     /// accounts that crossed, in `touched` order) before the next wave: the events and the
     /// state of [`FastEngine::refresh`] called on each in turn. (A message's isolated events
-    /// need no refresh: [`FastEngine::finish_message`] hands them out before these.)
+    /// need no refresh: they were emitted during the tick, or [`FastEngine::finish_message`]
+    /// hands them out before these.)
     pub(super) fn refresh_in_parallel(
         &mut self,
         touched: &[AccountIdx],

@@ -169,8 +169,37 @@ fn isolated_items_emitted_during_the_scan_equal_the_listed_ones() {
     }
 }
 
-/// The interleaved order (`finish_message`: the isolated events, then the cross accounts
-/// refreshed `WICK_CHUNK` at a time, each chunk's events before the next chunk): a wick that
+/// Ranked refreshes (the default) and book-order ones (`with_ranked_refreshes(false)`, as
+/// `liqscan gen` runs) give the same events as the reference, message by message, and leave
+/// the same state; only the order of cross events within a wick differs, and it does in at
+/// least one message (so the ticks did rank the accounts they touched).
+#[test]
+fn ranked_refreshes_change_only_the_order_of_cross_events() {
+    let run_with = |ranked: bool| {
+        let (fast, mut reference) = book();
+        let mut fast = fast.with_ranked_refreshes(ranked);
+        fast.parallel_events = usize::MAX;
+        let events = run(&mut fast, &mut reference, &wicks());
+        (events, refresh_state(&fast))
+    };
+    let (ranked, ranked_state) = run_with(true);
+    let (book_order, book_state) = run_with(false);
+    assert!(ranked_state == book_state, "the state after the stream");
+    let key = |e: &Event| format!("{e:?}");
+    let mut reordered = 0;
+    for (k, (a, b)) in ranked.iter().zip(&book_order).enumerate() {
+        let (mut sa, mut sb) = (a.clone(), b.clone());
+        sa.sort_by_key(key);
+        sb.sort_by_key(key);
+        assert_eq!(sa, sb, "message {k}: the same events");
+        reordered += usize::from(a != b);
+    }
+    assert!(reordered > 0, "some wick's cross events come in another order");
+}
+
+/// The interleaved order (the isolated events, during the tick or, with parallel events off
+/// here, listed; then the cross accounts refreshed `WICK_CHUNK` at a time by
+/// `finish_message`, each chunk's events before the next chunk): a wick that
 /// touches several chunks' worth of accounts, on one symbol and as a `marks` message that
 /// fires several symbols at once, emits every item exactly once (no duplicate, nothing
 /// lost: equal to the reference engine's set), isolated items before cross items (they need
