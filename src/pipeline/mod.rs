@@ -482,11 +482,15 @@ impl EngineLoop<'_, '_> {
     }
 }
 
-/// How long the oldest event made may wait for the end of its batch before the events made
-/// so far are handed to the sinks (and flushed). A wick that fires 3,600 items takes 14 ms
-/// or more to build them; without this its first event waited all of that. Checked when an
-/// event is made and after each message; at most one hand-off (a write per sink) per this
-/// long.
+/// The longest an event made waits for the end of its batch before the events made so far
+/// are handed to the sinks (and flushed), and the shortest time between two such flushes. A
+/// wick that fires 3,600 items takes milliseconds to build them; without this its first
+/// event waited all of that. Checked when an event is made and after each message: an event
+/// made when the sinks were last flushed this long ago or more (or never) goes on at once
+/// (since session 17: it used to wait this long itself, so a wick's first liquidation, made
+/// within 20 µs of its line, reached the sinks after 100), the ones made after it go on
+/// with the next flush, this long after. At most one timed hand-off (a write per sink) per
+/// this long.
 ///
 /// Only while the engine is not behind: while the batch being applied was taken less than
 /// [`BEHIND_AFTER`] after its first line was read. A saturated pipeline (the reader ahead,
@@ -505,28 +509,35 @@ pub const HAND_ON_AFTER: Duration = Duration::from_micros(100);
 struct Pending {
     /// Per event: when its line was read, and its message's `ts`.
     events: Vec<(Instant, Option<u64>)>,
-    /// When the oldest of them was made.
-    first_made: Option<Instant>,
+    /// When the sinks were last flushed with events (`None`: never).
+    last_flush: Option<Instant>,
 }
 
 impl Pending {
-    fn push(&mut self, read_at: Instant, ts: Option<u64>, now: Instant) {
-        self.first_made.get_or_insert(now);
+    fn push(&mut self, read_at: Instant, ts: Option<u64>) {
         self.events.push((read_at, ts));
     }
 
-    /// The oldest event has waited [`HAND_ON_AFTER`].
-    fn due(&self) -> bool {
-        self.first_made.is_some_and(|t| t.elapsed() >= HAND_ON_AFTER)
+    /// Events wait, and the sinks were last flushed [`HAND_ON_AFTER`] or more before `now()`
+    /// (or never): the first event after a quiet spell goes on at once, the ones made after
+    /// it wait for the next step of [`HAND_ON_AFTER`]. So no event waits longer than that,
+    /// and there is at most one timed flush per [`HAND_ON_AFTER`]. The clock is read only
+    /// while events wait.
+    fn due(&self, now: impl FnOnce() -> Instant) -> bool {
+        !self.events.is_empty()
+            && self.last_flush.is_none_or(|t| now().saturating_duration_since(t) >= HAND_ON_AFTER)
     }
 
-    /// The events were handed on now: records line read → hand-off, and `ts` → hand-off.
-    fn handed(&mut self, summary: &mut Summary) {
-        self.first_made = None;
+    /// The events were handed on now (`flush`: and put on the wire): records line read →
+    /// hand-off, and `ts` → hand-off.
+    fn handed(&mut self, summary: &mut Summary, flush: bool) {
         if self.events.is_empty() {
             return;
         }
         let now = Instant::now();
+        if flush {
+            self.last_flush = Some(now);
+        }
         let epoch_ns = now_epoch_ns();
         for (read_at, ts) in self.events.drain(..) {
             summary.event_latency.record(now.saturating_duration_since(read_at).as_nanos() as u64);
@@ -560,7 +571,7 @@ fn hand_on_if_due(
     behind: bool,
     fanout: &mut Fanout<'_, '_>,
 ) -> io::Result<()> {
-    let due = pending.first_made.is_some() && !behind && pending.due();
+    let due = !behind && pending.due(Instant::now);
     if !due && events.len() < CHUNK_EVENTS {
         return Ok(());
     }
@@ -579,7 +590,7 @@ fn hand_on(
     let capacity = events.len().next_power_of_two().clamp(1 << 4, CHUNK_EVENTS);
     let chunk = Chunk::new(std::mem::replace(events, Vec::with_capacity(capacity)));
     let result = fanout.send(chunk, flush);
-    pending.handed(summary);
+    pending.handed(summary, flush);
     result
 }
 
@@ -598,10 +609,9 @@ fn emit(
     read_at: Instant,
     ts: Option<u64>,
 ) {
-    let now = Instant::now();
-    let latency = now.saturating_duration_since(read_at).as_nanos() as u64;
+    let latency = read_at.elapsed().as_nanos() as u64;
     event.set_latency_ns(latency);
-    pending.push(read_at, ts, now);
+    pending.push(read_at, ts);
     match &event {
         Event::Liquidation(l) => {
             summary.liquidations += 1;
@@ -715,6 +725,30 @@ mod tests {
         fn finish(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// The hand-off rule: the first event after a quiet spell is due at once; after a flush,
+    /// events wait for the next step of `HAND_ON_AFTER`; an unflushed hand-off (a full chunk
+    /// under load) does not restart the wait; nothing is due with no event waiting, and the
+    /// clock is then not read.
+    #[test]
+    fn the_first_event_after_a_quiet_spell_goes_on_at_once() {
+        let t0 = Instant::now();
+        let mut summary = Summary::default();
+        let mut pending = Pending::default();
+        assert!(!pending.due(|| panic!("no clock read without an event")));
+        pending.push(t0, None);
+        assert!(pending.due(|| t0), "never flushed: at once");
+        pending.handed(&mut summary, true);
+        let flushed = pending.last_flush.unwrap();
+        pending.push(flushed, None);
+        let step = HAND_ON_AFTER;
+        assert!(!pending.due(|| flushed + step / 2), "half a step after the flush");
+        assert!(pending.due(|| flushed + step), "a step after the flush");
+        pending.handed(&mut summary, false);
+        pending.push(flushed, None);
+        assert!(pending.due(|| flushed + step), "an unflushed hand-off does not count");
+        assert_eq!(summary.event_latency.histogram().len(), 2, "the two hand-offs recorded");
     }
 
     /// A message that fires many items hands its first events to the sinks while the engine
