@@ -184,7 +184,9 @@ impl Sink for HubSink {
             let mut state = hub.lock();
             state.done = None;
             let subs = std::mem::take(&mut state.subscribers);
-            let n = subs.len();
+            // Those still connected: a subscriber that left is pruned from the list only at
+            // the next chunk, so on a quiet stream the list may still hold it.
+            let n = subs.iter().filter(|s| !s.tx.is_closed()).count();
             // Keep each kill switch until the wait is over; drop the queues now, so each task
             // ends once it has written what it holds.
             let kills: Vec<_> = subs.into_iter().map(|s| s.kill).collect();
@@ -199,7 +201,7 @@ impl Sink for HubSink {
             }
         };
         if drained {
-            info!(subscribers = n, "every subscriber got every event");
+            info!(subscribers = n, "every subscriber still connected got every event");
         } else {
             // A task that ended dropped its kill switch's receiver; the rest are cut now.
             let cut = kills.iter().filter(|kill| !kill.is_closed()).count();

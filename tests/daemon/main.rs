@@ -340,6 +340,38 @@ fn a_stalled_subscriber_is_cut_and_the_healthy_one_gets_every_event() {
     drop(stalled);
 }
 
+/// A subscriber that left while the stream was quiet (no chunk since, so the hub's list
+/// still held it) is not counted at shutdown: the log says how many of those still connected
+/// got every event.
+#[test]
+fn shutdown_counts_only_the_subscribers_still_connected() {
+    let mut d = Daemon::start(
+        &[
+            "--config",
+            &fixture("config/multi_tier.json"),
+            "--events",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ],
+        Input::Pipe,
+    );
+    let (events_addr, http) = (d.addr("events"), d.addr("http"));
+    let mut stays = Subscriber::connect(events_addr);
+    // A bare socket, closed when dropped (a `Subscriber`'s reader thread owns its socket).
+    let leaves = std::net::TcpStream::connect(events_addr).unwrap();
+    wait_health(http, "two subscribers", |h| h["subscribers"] == 2);
+    drop(leaves);
+    wait_health(http, "one subscriber", |h| h["subscribers"] == 1);
+    d.close_stdin();
+    assert!(d.wait_exit().success());
+    let done = d.wait_log("the subscribers' delivery at shutdown", |v| {
+        v["message"].as_str().is_some_and(|m| m.starts_with("every subscriber"))
+    });
+    assert_eq!(done["subscribers"], 1, "{done}");
+    assert!(stays.until_closed().is_empty(), "a quiet stream: no event");
+}
+
 // ---------------------------------------------------------------------------------------
 // /metrics
 // ---------------------------------------------------------------------------------------
