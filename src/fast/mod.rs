@@ -2785,7 +2785,7 @@ mod tests {
         assert!(rank_key(-500, 100, 1) < rank_key(-400, 100, 1));
         assert!(rank_key(-400, 100, 1) < rank_key(-400, 1_000, 1));
         assert_eq!(rank_key(-400, 100, 1), -400 * 65_536 / 100);
-        // With a second position's room (~14 reserves) the same loss leaves more.
+        // With a second position's room (14 · (n − 1) / n = 7 reserves) the same loss leaves more.
         assert!(rank_key(-400, 100, 2) > rank_key(-400, 100, 1));
         assert!(rank_key(-400, 100, 2) > 0 && rank_key(-1_000, 100, 2) < 0);
         assert!(rank_key(i128::MIN / 2, 0, u16::MAX) < rank_key(-1, i128::MAX / 2, u16::MAX));
