@@ -108,7 +108,7 @@ fn apply_one(engine: &mut dyn Engine, outcome: &Outcome, line: u64) -> Vec<Strin
         Outcome::Command { seq, cmd } => {
             let at = At { line, seq: *seq };
             if let Err(reject) = engine.apply(cmd, at, &mut push) {
-                push(Event::Reject { line, seq: Some(*seq), reject });
+                push(Event::Reject { line, seq: Some(*seq), origin_seq: None, reject });
             }
         }
     }

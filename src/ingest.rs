@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// One line as read: its bytes, or only its length when it is over the limit.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Line<'a> {
     Bytes(&'a [u8]),
     TooLong(usize),
@@ -193,6 +193,16 @@ pub struct Ingested {
     pub read_at: Instant,
     /// The sender's `ts` (ns since the epoch), when present and well-typed.
     pub ts: Option<u64>,
+    /// A shard's message (SPEC 10, [`Ingest::logged`]): its own `seq` field, when present.
+    /// Events of the line carry it. `None` on a plain stream.
+    pub origin_seq: Option<u64>,
+}
+
+impl Ingested {
+    /// Line `line`, read at `read_at`, blank until ingest says otherwise.
+    fn at(line: u64, read_at: Instant) -> Ingested {
+        Ingested { line, gap: None, outcome: Outcome::Blank, read_at, ts: None, origin_seq: None }
+    }
 }
 
 /// The ingest stage: line numbering, parsing, sequencing and validation.
@@ -229,25 +239,8 @@ impl Ingest {
         // Each line is at least one byte read (its newline) or the last one: 2^64 of them
         // cannot be read in the life of a process.
         self.line += 1;
-        let mut ingested =
-            Ingested { line: self.line, gap: None, outcome: Outcome::Blank, read_at, ts: None };
-        let bytes = match line {
-            Line::TooLong(n) => {
-                ingested.outcome = Outcome::Rejected { seq: None, reject: protocol::too_long(n) };
-                return ingested;
-            }
-            Line::Bytes(b) => b,
-        };
-        if bytes.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
-            return ingested;
-        }
-        let parsed = match protocol::parse_envelope(bytes) {
-            Ok(p) => p,
-            Err(reject) => {
-                ingested.outcome = Outcome::Rejected { seq: None, reject };
-                return ingested;
-            }
-        };
+        let mut ingested = Ingested::at(self.line, read_at);
+        let Some(parsed) = parse(line, &mut ingested) else { return ingested };
         let seq = match self.seq.admit(parsed.seq) {
             Admit::Duplicate => {
                 ingested.outcome = Outcome::Duplicate;
@@ -265,12 +258,66 @@ impl Ingest {
                 seq
             }
         };
+        self.validate(&parsed, seq, ingested)
+    }
+
+    /// Ingests the message at sequence `seq` of a sequenced log (SPEC section 10: a shard's
+    /// JetStream stream). The log's sequence is the message's line number and its effective
+    /// seq, so the duplicate and gap rules of section 6 apply to it; the message's own `seq`
+    /// field, when it has one, becomes [`Ingested::origin_seq`]. Every message past the
+    /// duplicate check takes its seq, a blank or malformed one too (whose reject still says
+    /// `"seq": null`, as section 7 has it), so the log's next message is no gap.
+    pub fn logged(&mut self, seq: u64, line: Line<'_>, read_at: Instant) -> Ingested {
+        self.line = seq;
+        let mut ingested = Ingested::at(seq, read_at);
+        match self.seq.admit(Some(seq)) {
+            Admit::Duplicate => {
+                ingested.outcome = Outcome::Duplicate;
+                return ingested;
+            }
+            Admit::Next { gap, .. } => ingested.gap = gap,
+            Admit::Exhausted => unreachable!("a message with a seq always has one to take"),
+        }
+        let Some(parsed) = parse(line, &mut ingested) else { return ingested };
+        ingested.origin_seq = parsed.seq;
+        self.validate(&parsed, seq, ingested)
+    }
+
+    /// The last step of a line with effective seq `seq`: its `ts`, and validation.
+    fn validate(
+        &self,
+        parsed: &protocol::Parsed<'_>,
+        seq: u64,
+        mut ingested: Ingested,
+    ) -> Ingested {
         ingested.ts = parsed.envelope.ts();
         ingested.outcome = match protocol::validate(&parsed.envelope, &self.cfg) {
             Ok(cmd) => Outcome::Command { seq, cmd },
             Err(reject) => Outcome::Rejected { seq: Some(seq), reject },
         };
         ingested
+    }
+}
+
+/// A line's envelope; `None` when the line ends here (blank, too long, malformed: its
+/// outcome set).
+fn parse<'b>(line: Line<'b>, ingested: &mut Ingested) -> Option<protocol::Parsed<'b>> {
+    let bytes = match line {
+        Line::TooLong(n) => {
+            ingested.outcome = Outcome::Rejected { seq: None, reject: protocol::too_long(n) };
+            return None;
+        }
+        Line::Bytes(b) => b,
+    };
+    if bytes.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
+        return None;
+    }
+    match protocol::parse_envelope(bytes) {
+        Ok(p) => Some(p),
+        Err(reject) => {
+            ingested.outcome = Outcome::Rejected { seq: None, reject };
+            None
+        }
     }
 }
 
@@ -370,5 +417,36 @@ mod tests {
         // Malformed and blank lines are unaffected; an explicit top seq is a duplicate.
         let dup = ingest.line(Line::Bytes(top.as_bytes()), now);
         assert_eq!(dup.outcome, Outcome::Duplicate);
+    }
+
+    /// A log's sequence is the line number and the effective seq: every message past the
+    /// duplicate check takes it, a malformed or blank one too (so the next is no gap), the
+    /// message's own seq becomes `origin_seq`, and the duplicate and gap rules apply to the
+    /// log's sequence, not to the message's seq.
+    #[test]
+    fn a_logged_message_takes_the_logs_sequence_and_keeps_its_own_as_origin() {
+        let cfg = Arc::new(crate::synth::config(1));
+        let mut ingest = Ingest::resume(cfg, 4);
+        let now = Instant::now();
+        let q = |seq: &str| format!(r#"{{"type":"query","account":1{seq}}}"#);
+        let old = ingest.logged(4, Line::Bytes(q("").as_bytes()), now);
+        assert_eq!(old.outcome, Outcome::Duplicate, "at or below the last: a duplicate");
+        let own = ingest.logged(5, Line::Bytes(q(r#","seq":900"#).as_bytes()), now);
+        assert_eq!((own.line, own.origin_seq, own.gap), (5, Some(900), None));
+        assert!(matches!(own.outcome, Outcome::Command { seq: 5, .. }), "{:?}", own.outcome);
+        // Its own seq below the last one's counts for nothing: the log orders.
+        let lower = ingest.logged(6, Line::Bytes(q(r#","seq":3"#).as_bytes()), now);
+        assert!(matches!(lower.outcome, Outcome::Command { seq: 6, .. }), "{:?}", lower.outcome);
+        assert_eq!(lower.origin_seq, Some(3));
+        let bad = ingest.logged(7, Line::Bytes(b"{nope"), now);
+        assert!(matches!(bad.outcome, Outcome::Rejected { seq: None, .. }), "{:?}", bad.outcome);
+        assert_eq!(ingest.last_seq(), 7, "the malformed message took its seq");
+        let blank = ingest.logged(8, Line::Bytes(b"  "), now);
+        assert_eq!((blank.outcome, ingest.last_seq()), (Outcome::Blank, 8));
+        let cut = ingest.logged(9, Line::TooLong(2 << 20), now);
+        assert!(matches!(cut.outcome, Outcome::Rejected { seq: None, .. }));
+        let ahead = ingest.logged(12, Line::Bytes(q("").as_bytes()), now);
+        assert_eq!((ahead.gap, ahead.origin_seq), (Some((10, 12)), None));
+        assert!(matches!(ahead.outcome, Outcome::Command { seq: 12, .. }));
     }
 }

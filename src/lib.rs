@@ -23,7 +23,8 @@
 //! | [`pipeline`] | the one pipeline of every driver: `Source` → reader thread → engine thread (control requests between two batches) → `Sink`s (see `src/pipeline/README.md`) | 6, 8, 9 |
 //! | [`replay`] | `liqscan replay`: one stream through the pipeline to stdout, summary and report | 8 |
 //! | [`state`] | snapshots: the engine-independent image, the file format (header, postcard body, xxh3 checksums), the state directory (atomic writes, the newest 3 kept, restore of the newest valid one) and the writer thread; `liqscan snapshot inspect` | 9.4 |
-//! | [`daemon`] | `liqscan run`: stdin or `--listen` engine input, subscribers, events file, HTTP (`/metrics`, `/health`, `/accounts`, `/at-risk`), `--state-dir` restore and snapshots; the only user of tokio, axum, prometheus-client, tracing-subscriber (see `docs/operations.md`) | 9 |
+//! | [`daemon`] | `liqscan run`: stdin or `--listen` engine input, subscribers, events file, HTTP (`/metrics`, `/health`, `/accounts`, `/at-risk`), `--state-dir` restore and snapshots; the only user of tokio (with `shard`), axum, prometheus-client, tracing-subscriber (see `docs/operations.md`) | 9 |
+//! | [`shard`] | shards on NATS JetStream: the routing of a stream into N shards (`shard/route.rs`, pure), `liqscan publish` (`shard/publish.rs`), a shard daemon's JetStream input as a pipeline `Source` of sequenced messages and its events as a `Sink` (`shard/consume.rs`); the only user of async-nats | 10 |
 //! | [`feed`] | `liqscan feed`: the engine's side of a daemon connection (hello, resend, pacing, reconnect), and a timing subscriber | 9.1, 9.2 |
 //! | [`heap`] | the allocator settings of the binary: mimalloc keeps freed memory (no purge on the engine thread) | — |
 //! | [`chart`] | the latency percentile-spectrum chart (SVG) | — |
@@ -53,5 +54,6 @@ pub mod protocol;
 pub mod reference;
 pub mod replay;
 pub mod report;
+pub mod shard;
 pub mod state;
 pub mod synth;

@@ -91,6 +91,11 @@ enum Command {
     /// hello, send from the first message after its last_seq, reconnect with back-off when
     /// the connection drops (SPEC section 9.1).
     Feed(FeedArgs),
+    /// Route a stream into N shards' NATS JetStream streams (SPEC section 10): a message
+    /// naming an account to shard account mod N, mark, marks and funding to every shard,
+    /// lines naming no account to shard 0. Run again on the same input, it sends each shard
+    /// only what its stream lacks.
+    Publish(PublishArgs),
     /// Draw the percentile spectrum of an HdrHistogram interval log (as written by
     /// `replay --hdr-out`) to an SVG file: one line per tag.
     Plot {
@@ -183,6 +188,36 @@ fn peer_addr(s: &str) -> Result<String, String> {
             Err(format!("{s:?} is not an address: give HOST:PORT (e.g. 127.0.0.1:7071) or a port"))
         }
     }
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    /// The NATS server (with JetStream: nats-server -js), e.g. nats://127.0.0.1:4222.
+    #[arg(long, value_name = "URL")]
+    nats: String,
+    /// Shards N: streams LIQSCAN_0 .. LIQSCAN_<N-1>, read by `liqscan run --nats URL --shard I/N`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    shards: u32,
+    /// Send this many lines per second instead of as fast as the server stores them.
+    #[arg(long, value_name = "LINES_PER_S", value_parser = positive_rate)]
+    rate: Option<f64>,
+    /// Give up when the server stays away (nothing stored) this long (500ms, 30s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    give_up_after: std::time::Duration,
+    /// Input stream: newline-delimited JSON messages (SPEC section 5).
+    input: PathBuf,
+}
+
+fn run_publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let opts = liqscan::shard::publish::PublishOptions {
+        nats: args.nats,
+        shards: args.shards,
+        rate: args.rate,
+        give_up_after: args.give_up_after,
+    };
+    let summary = liqscan::shard::publish::publish(&args.input, &opts)?;
+    say!("{}", summary.human().trim_end());
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args)]
@@ -721,6 +756,7 @@ fn main() -> ExitCode {
         Command::Run(args) => liqscan::daemon::run(args),
         Command::Gen(args) => run_gen(args),
         Command::Feed(args) => run_feed(args),
+        Command::Publish(args) => run_publish(args),
         Command::Plot { log, out, title } => run_plot(&log, &out, &title),
         Command::Snapshot(SnapshotCommand::Inspect { file }) => {
             Ok(liqscan::state::inspect(&file, &mut std::io::stdout().lock()))

@@ -624,7 +624,7 @@ fn json_string(raw: Raw<'_>) -> Option<Cow<'_, str>> {
     }
 }
 
-fn string_field<'a>(raw: Option<Raw<'a>>, name: &str) -> Result<Cow<'a, str>, Reject> {
+pub(crate) fn string_field<'a>(raw: Option<Raw<'a>>, name: &str) -> Result<Cow<'a, str>, Reject> {
     let raw = required(raw, name)?;
     json_string(raw)
         .ok_or_else(|| Reject::invalid(format!("{name} {} is not a string", clip(raw.get()))))
@@ -645,7 +645,7 @@ fn lookup_symbol(name: &str, cfg: &Config) -> Result<SymbolIdx, Reject> {
 }
 
 /// A non-negative JSON integer token (no sign, fraction or exponent) that fits in u64.
-fn json_uint(raw: Raw<'_>) -> Option<u64> {
+pub fn json_uint(raw: Raw<'_>) -> Option<u64> {
     let t = raw.get();
     if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -960,6 +960,8 @@ pub enum Event {
         line: u64,
         /// `None` for rejects that consume no seq (malformed, ill-typed seq).
         seq: Option<u64>,
+        /// On a shard (SPEC 10): the message's own `seq` field, when it had one.
+        origin_seq: Option<u64>,
         reject: Reject,
     },
     Gap {
@@ -974,6 +976,10 @@ pub enum Event {
 pub struct Liquidation {
     pub line: u64,
     pub seq: u64,
+    /// On a shard (SPEC 10), where `seq` is the JetStream stream sequence: the message's own
+    /// `seq` field, when it had one, so the shards' events can be joined. `None` elsewhere
+    /// (and not printed). Set by the pipeline, never by an engine.
+    pub origin_seq: Option<u64>,
     pub account: u64,
     pub mode: Mode,
     /// The symbol of an isolated item; `None` for a cross account. Symbol names are shared
@@ -998,6 +1004,8 @@ pub struct LiquidationPosition {
 pub struct AccountReport {
     pub line: u64,
     pub seq: u64,
+    /// As [`Liquidation::origin_seq`].
+    pub origin_seq: Option<u64>,
     pub account: u64,
     pub wallet: Amount,
     pub margin_balance: Option<Amount>,
@@ -1115,12 +1123,21 @@ fn push_opt_symbol(out: &mut String, v: Option<&str>) {
 }
 
 /// The start of a `liquidation` or `account` line: `{"type":"<kind>","line":..,"seq":..,
-/// "account":..` (`open` is `{"type":"<kind>","line":`).
-fn push_event_head(out: &mut String, open: &str, line: u64, seq: u64, account: u64) {
+/// ["origin_seq":..,]"account":..` (`open` is `{"type":"<kind>","line":`).
+fn push_event_head(
+    out: &mut String,
+    open: &str,
+    (line, seq, origin_seq): (u64, u64, Option<u64>),
+    account: u64,
+) {
     out.push_str(open);
     crate::fixed::push_u64(out, line);
     out.push_str(",\"seq\":");
     crate::fixed::push_u64(out, seq);
+    if let Some(origin) = origin_seq {
+        out.push_str(",\"origin_seq\":");
+        crate::fixed::push_u64(out, origin);
+    }
     out.push_str(",\"account\":");
     crate::fixed::push_u64(out, account);
 }
@@ -1129,7 +1146,7 @@ impl Liquidation {
     /// The `liquidation` line of SPEC section 7 (see [`Event::write_json`]).
     fn write_json(&self, out: &mut String) {
         let open = "{\"type\":\"liquidation\",\"line\":";
-        push_event_head(out, open, self.line, self.seq, self.account);
+        push_event_head(out, open, (self.line, self.seq, self.origin_seq), self.account);
         out.push_str(match self.mode {
             Mode::Cross => ",\"mode\":\"cross\",\"symbol\":",
             Mode::Isolated => ",\"mode\":\"isolated\",\"symbol\":",
@@ -1148,7 +1165,8 @@ impl Liquidation {
 impl AccountReport {
     /// The `account` line of SPEC section 7 (see [`Event::write_json`]).
     fn write_json(&self, out: &mut String) {
-        push_event_head(out, "{\"type\":\"account\",\"line\":", self.line, self.seq, self.account);
+        let head = (self.line, self.seq, self.origin_seq);
+        push_event_head(out, "{\"type\":\"account\",\"line\":", head, self.account);
         push_amount_field(out, ",\"wallet\":", &self.wallet);
         push_opt_amount_field(out, ",\"margin_balance\":", self.margin_balance.as_ref());
         push_opt_amount_field(out, ",\"maintenance_margin\":", self.maintenance_margin.as_ref());
@@ -1205,6 +1223,16 @@ impl Event {
         }
     }
 
+    /// Sets `origin_seq` (SPEC 10) on the events that carry one: all but `gap`.
+    pub fn set_origin_seq(&mut self, origin: Option<u64>) {
+        match self {
+            Event::Liquidation(l) => l.origin_seq = origin,
+            Event::Account(a) => a.origin_seq = origin,
+            Event::Reject { origin_seq, .. } => *origin_seq = origin,
+            Event::Gap { .. } => {}
+        }
+    }
+
     /// Appends the event as one JSON line (with the trailing newline).
     ///
     /// A `liquidation` or `account` event (the many, and the big) is written from constant
@@ -1214,13 +1242,16 @@ impl Event {
         match self {
             Event::Liquidation(l) => l.write_json(out),
             Event::Account(a) => a.write_json(out),
-            Event::Reject { line, seq, reject } => {
+            Event::Reject { line, seq, origin_seq, reject } => {
                 let mut w = JsonObject::open(out);
                 w.str("type", "reject");
                 w.uint("line", *line);
                 match seq {
                     Some(s) => w.uint("seq", *s),
                     None => w.null("seq"),
+                }
+                if let Some(origin) = origin_seq {
+                    w.uint("origin_seq", *origin);
                 }
                 w.str("code", reject.code.as_str());
                 w.str("reason", &reject.reason);
@@ -1677,6 +1708,7 @@ mod tests {
         let event = Event::Liquidation(Liquidation {
             line: 9,
             seq: 4,
+            origin_seq: None,
             account: 7,
             mode: Mode::Cross,
             symbol: None,
@@ -1702,8 +1734,13 @@ mod tests {
     #[test]
     fn event_json_escapes_and_orders_fields() {
         let mut s = String::new();
-        Event::Reject { line: 3, seq: None, reject: Reject::invalid("say \"hi\"\n") }
-            .write_json(&mut s);
+        Event::Reject {
+            line: 3,
+            seq: None,
+            origin_seq: None,
+            reject: Reject::invalid("say \"hi\"\n"),
+        }
+        .write_json(&mut s);
         assert_eq!(
             s,
             "{\"type\":\"reject\",\"line\":3,\"seq\":null,\"code\":\"invalid\",\"reason\":\"say \\\"hi\\\"\\n\"}\n"

@@ -223,6 +223,7 @@ impl AccountView {
         Liquidation {
             line: at.line,
             seq: at.seq,
+            origin_seq: None,
             account: self.account,
             mode,
             symbol,
@@ -282,6 +283,7 @@ impl AccountView {
         AccountReport {
             line: at.line,
             seq: at.seq,
+            origin_seq: None,
             account: self.account,
             wallet: self.wallet.into(),
             margin_balance: cross.as_ref().map(|(b, _)| b.amount()),

@@ -118,7 +118,7 @@ impl Source<'static> for StdinSource {
         self.metrics.engine_connected.set(1);
         let input = PumpReader { chunks, stop: self.stop.clone(), chunk: Vec::new(), pos: 0 };
         // A last line without a newline counts, as in a file: stdin's end is the stream's.
-        Some(Connection { input: Box::new(input), drop_cut_off_line: false })
+        Some(Connection::lines(input, false))
     }
 
     fn ended(&mut self, end: ConnectionEnd) -> io::Result<()> {
@@ -272,7 +272,7 @@ impl Source<'static> for EngineListener {
             self.metrics.engine_connected.set(1);
             self.peer = Some(peer);
             let input = BufReader::with_capacity(READ_BYTES, stream);
-            return Some(Connection { input: Box::new(input), drop_cut_off_line: true });
+            return Some(Connection::lines(input, true));
         }
     }
 

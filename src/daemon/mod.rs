@@ -42,6 +42,7 @@ use crate::{
     fast::FastEngine,
     pipeline::{Control, EventsFile, Pipeline, Progress, Sink, Source, Stop, WriterSink},
     reference::ReferenceEngine,
+    shard::consume::{EventsSink, ShardSource},
 };
 
 /// Control requests that may wait for the engine at once; more are answered 503.
@@ -61,6 +62,15 @@ pub struct RunArgs {
     /// replaces the old) instead of stdin.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub listen: Option<SocketAddr>,
+    /// Read the input of shard --shard from this NATS server's JetStream (SPEC section 10:
+    /// stream LIQSCAN_<I>, from the seq after the last one applied) instead of stdin, and
+    /// publish the events to liqscan.events.<I> (stream LIQSCAN_EVENTS).
+    #[arg(long, value_name = "URL", requires = "shard", conflicts_with = "listen")]
+    pub nats: Option<String>,
+    /// With --nats: this daemon is shard I of N (0 <= I < N), as `liqscan publish --shards N`
+    /// routed them.
+    #[arg(long, value_name = "I/N", requires = "nats")]
+    pub shard: Option<crate::shard::ShardSpec>,
     /// Accept event subscribers on this address: each gets every event from the moment it
     /// connects, as NDJSON.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
@@ -469,13 +479,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(finished(result))
 }
 
-/// The engine stream: `--listen` or stdin, and for `--listen` the handle that shuts the live
+/// The engine stream: `--nats`, `--listen` or stdin, and for `--listen` the handle that shuts the live
 /// connection down at a stop.
 fn open_source(
     args: &RunArgs,
     w: &Wiring,
 ) -> anyhow::Result<(Box<dyn Source<'static>>, Option<input::EngineCloser>)> {
     let metrics = w.shared.metrics.clone();
+    if let (Some(url), Some(shard)) = (&args.nats, args.shard) {
+        let source = ShardSource::open(w.runtime.handle(), url, shard, w.stop_rx.clone(), metrics)?;
+        info!(role = "engine", nats = %url, %shard, "reading the shard's stream from NATS JetStream");
+        return Ok((Box::new(source), None));
+    }
     let Some(addr) = args.listen else {
         info!(role = "engine", addr = "stdin", "reading the engine stream from stdin");
         let source = input::StdinSource::start(w.stop_rx.clone(), metrics)?;
@@ -488,7 +503,8 @@ fn open_source(
     Ok((Box::new(source), Some(closer)))
 }
 
-/// The sinks: `--events-file`, `--events` (its accept loop started), and stdout unless
+/// The sinks: `--events-file`, `--events` (its accept loop started), `--nats` (the shard's
+/// events topic), and stdout unless
 /// another sink is named (or with `--stdout`).
 fn open_sinks(args: &RunArgs, w: &Wiring) -> anyhow::Result<Vec<Box<dyn Sink>>> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
@@ -509,6 +525,11 @@ fn open_sinks(args: &RunArgs, w: &Wiring) -> anyhow::Result<Vec<Box<dyn Sink>>> 
         let shutdown = w.shutdown_tx.subscribe();
         w.runtime.spawn(subscribers::accept(listener, hub.clone(), args.max_subscribers, shutdown));
         sinks.push(Box::new(subscribers::HubSink(hub)));
+    }
+    if let (Some(url), Some(shard)) = (&args.nats, args.shard) {
+        let sink = EventsSink::open(w.runtime.handle(), url, shard)?;
+        info!(role = "nats-events", subject = %crate::shard::events_subject(shard.index), "publishing events to NATS JetStream");
+        sinks.push(Box::new(sink));
     }
     if sinks.is_empty() || args.stdout {
         info!(role = "stdout", "writing events to stdout");

@@ -1774,6 +1774,7 @@ impl FastEngine {
         Some(Liquidation {
             line: at.line,
             seq: at.seq,
+            origin_seq: None,
             account: self.accounts.id[i],
             mode: if isolated.is_some() { Mode::Isolated } else { Mode::Cross },
             symbol: isolated.map(|(s, _)| self.names[s.0 as usize].clone()),

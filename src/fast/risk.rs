@@ -391,6 +391,7 @@ impl FastEngine {
         Some(AccountReport {
             line: at.line,
             seq: at.seq,
+            origin_seq: None,
             account: self.accounts.id[i],
             wallet: Amount::e8(wallet_e8),
             margin_balance: amount16(balance),

@@ -33,7 +33,7 @@ use crossbeam::{
     select,
 };
 pub use sink::{Chunk, Delivery, EventsFile, Probe, Sink, WriterSink};
-pub use source::{Connection, ConnectionEnd, ReadSource, Source};
+pub use source::{Connection, ConnectionEnd, Input, LogMessage, LogReader, ReadSource, Source};
 pub use summary::{REJECT_CODES, Summary, mode_index, reject_index};
 
 use crate::{
@@ -448,10 +448,13 @@ impl EngineLoop<'_, '_> {
                     self.at = At { line: ingested.line, seq: *seq };
                 }
             }
-            let (read_at, ts) = (ingested.read_at, ingested.ts);
+            let (read_at, ts, origin) = (ingested.read_at, ingested.ts, ingested.origin_seq);
             let (summary, events, pending) =
                 (&mut self.summary, &mut self.events, &mut self.pending);
-            let applied = dispatch(ingested, self.engine, &mut |e| {
+            let applied = dispatch(ingested, self.engine, &mut |mut e| {
+                if origin.is_some() {
+                    e.set_origin_seq(origin);
+                }
                 emit(summary, events, pending, e, read_at, ts);
                 if failed.is_none()
                     && let Err(e) = hand_on_if_due(summary, events, pending, behind, fanout)
@@ -650,13 +653,13 @@ pub fn dispatch(
     match ingested.outcome {
         Outcome::Blank | Outcome::Duplicate => None,
         Outcome::Rejected { seq, reject } => {
-            emit(Event::Reject { line, seq, reject });
+            emit(Event::Reject { line, seq, origin_seq: None, reject });
             None
         }
         Outcome::Command { seq, cmd } => {
             let started = Instant::now();
             if let Err(reject) = engine.apply(&cmd, At { line, seq }, emit) {
-                emit(Event::Reject { line, seq: Some(seq), reject });
+                emit(Event::Reject { line, seq: Some(seq), origin_seq: None, reject });
             }
             Some(Applied { started, apply_ns: started.elapsed().as_nanos() as u64 })
         }

@@ -21,14 +21,59 @@ use crate::{
     protocol::MAX_LINE_BYTES,
 };
 
-/// One connection of the engine stream: bytes, read until they end.
+/// One connection of the engine stream: bytes, read until they end, or a sequenced log's
+/// messages (SPEC section 10).
 pub struct Connection<'a> {
-    pub input: Box<dyn BufRead + Send + 'a>,
+    pub input: Input<'a>,
     /// What to do with a last line that the end of the connection cut off before its `\n`:
     /// `true` drops it (a network connection that died mid-line: the engine resends that
     /// message, whose seq was never consumed); `false` processes it (a file's last line
-    /// needs no newline).
+    /// needs no newline). A log's messages are whole: there it is never used.
     pub drop_cut_off_line: bool,
+}
+
+impl<'a> Connection<'a> {
+    /// A byte stream, split into lines (SPEC section 6 numbers them and reads their seq).
+    pub fn lines(input: impl BufRead + Send + 'a, drop_cut_off_line: bool) -> Connection<'a> {
+        Connection { input: Input::Lines(Box::new(input)), drop_cut_off_line }
+    }
+
+    /// A sequenced log's messages (see [`LogReader`]).
+    pub fn log(log: impl LogReader + 'a) -> Connection<'a> {
+        Connection { input: Input::Log(Box::new(log)), drop_cut_off_line: false }
+    }
+}
+
+/// What a connection carries.
+pub enum Input<'a> {
+    /// Bytes: lines numbered from 1, each message's effective seq from its `seq` field.
+    Lines(Box<dyn BufRead + Send + 'a>),
+    /// Messages of a sequenced log: each one line, whose number and effective seq are the
+    /// log's sequence ([`crate::ingest::Ingest::logged`]).
+    Log(Box<dyn LogReader + 'a>),
+}
+
+/// One message of a sequenced log: its sequence in the log (from 1) and its text, one
+/// message of SPEC section 5 without its newline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogMessage {
+    pub seq: u64,
+    pub payload: Vec<u8>,
+    /// A line its sender found too long to send (over 1 MiB): its length; `payload` is
+    /// empty, and the message is rejected as too long.
+    pub cut: Option<usize>,
+}
+
+/// A sequenced log read from some point on (SPEC section 10: a shard's JetStream stream,
+/// from the seq after the last one applied).
+pub trait LogReader: Send {
+    /// Blocks for the next message. `Ok(None)`: this reading ends (the pipeline is
+    /// stopping); an error ends the connection, as a read error ends a stream's.
+    fn next(&mut self) -> io::Result<Option<LogMessage>>;
+
+    /// A next message is already here, so that [`LogReader::next`] will not block: the
+    /// reader keeps it in the batch it is filling.
+    fn ready(&self) -> bool;
 }
 
 /// How a connection ended, as the reader thread tells its source.
@@ -72,7 +117,9 @@ impl<'a> ReadSource<'a> {
 
 impl<'a> Source<'a> for ReadSource<'a> {
     fn next(&mut self, _last_seq: u64) -> Option<Connection<'a>> {
-        self.input.take().map(|input| Connection { input, drop_cut_off_line: false })
+        self.input
+            .take()
+            .map(|input| Connection { input: Input::Lines(input), drop_cut_off_line: false })
     }
 
     fn ended(&mut self, end: ConnectionEnd) -> io::Result<()> {
@@ -96,71 +143,31 @@ pub(crate) fn reader_thread<'a>(
     resume_seq: u64,
 ) -> io::Result<()> {
     let mut ingest = Ingest::resume(cfg, resume_seq);
-    let mut batch = Vec::with_capacity(opts.batch_lines);
-    // Hands the batch to the engine; false when the engine side stopped (its error is
-    // reported there).
-    let hand_on = |batch: &mut Vec<Ingested>| {
-        let next = spare_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(opts.batch_lines));
-        send_when_room(&batch_tx, std::mem::replace(batch, next))
-    };
-    let (paced_from, mut n_paced) = (Instant::now(), 0u64);
-    let paced = opts.rate.is_some();
-    if paced {
-        super::wait::fine_timer_slack();
-    }
-    let mut spinner = Spinner::new(!opts.idle_spin.is_zero());
+    let mut out = Batcher { batch: Vec::with_capacity(opts.batch_lines), batch_tx, spare_rx, opts };
+    let mut pacer = opts.rate.map(|rate| Pacer::new(rate, !opts.idle_spin.is_zero()));
     while !stop.is_stopped() {
         let Some(conn) = source.next(ingest.last_seq()) else { break };
         ingest.new_connection();
-        let mut lines = LineReader::new(conn.input, MAX_LINE_BYTES);
         let mut end =
             ConnectionEnd { lines: 0, cut_off_bytes: 0, error: None, stopped: false, last_seq: 0 };
-        loop {
-            if stop.is_stopped() {
-                end.stopped = true;
-                break;
+        let read = match conn.input {
+            Input::Lines(input) => {
+                let drop_cut_off = conn.drop_cut_off_line;
+                read_lines(
+                    input,
+                    drop_cut_off,
+                    &mut ingest,
+                    &mut out,
+                    pacer.as_mut(),
+                    stop,
+                    &mut end,
+                )
             }
-            let (line, terminated) = match lines.next_line_terminated() {
-                Ok(Some(read)) => read,
-                Ok(None) => break,
-                Err(e) => {
-                    end.error = Some(e);
-                    break;
-                }
-            };
-            if conn.drop_cut_off_line && !terminated {
-                end.cut_off_bytes = match line {
-                    Line::Bytes(b) => b.len(),
-                    Line::TooLong(n) => n,
-                };
-                break;
-            }
-            if let Some(rate) = opts.rate {
-                let due = paced_from + Duration::from_secs_f64(n_paced as f64 / rate);
-                n_paced += 1;
-                if Instant::now() < due {
-                    // What is ready goes on before the wait, as on a live stream.
-                    if !batch.is_empty() && !hand_on(&mut batch) {
-                        return Ok(());
-                    }
-                    spinner.pace_until(due);
-                }
-            }
-            batch.push(ingest.line(line, Instant::now()));
-            end.lines += 1;
-            // Paced, the engine keeps up by construction: a line it has room for goes on at
-            // once rather than behind the rest of a burst (a sleep that overshot lets a dozen
-            // lines in at once), and the engine's wake-up overlaps their reading.
-            let engine_waits = paced && batch_tx.is_empty();
-            if (batch.len() == opts.batch_lines || engine_waits || !lines.next_line_buffered())
-                && !hand_on(&mut batch)
-            {
-                return Ok(());
-            }
-        }
+            Input::Log(log) => read_log(log, &mut ingest, &mut out, stop, &mut end),
+        };
         // Everything read goes on before the source is asked for what comes next (which may
         // block waiting for the engine to reconnect).
-        if !batch.is_empty() && !hand_on(&mut batch) {
+        if read.is_err() || !out.hand_on() {
             return Ok(());
         }
         end.last_seq = ingest.last_seq();
@@ -170,6 +177,146 @@ pub(crate) fn reader_thread<'a>(
         source.ended(end)?;
     }
     Ok(())
+}
+
+/// The engine side stopped (its error is reported there).
+struct EngineGone;
+
+/// The batch being filled, and its way to the engine.
+struct Batcher {
+    batch: Vec<Ingested>,
+    batch_tx: Sender<Vec<Ingested>>,
+    spare_rx: Receiver<Vec<Ingested>>,
+    opts: Options,
+}
+
+impl Batcher {
+    /// Hands the batch (if any) to the engine; false when the engine side stopped.
+    fn hand_on(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let lines = self.opts.batch_lines;
+        let next = self.spare_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(lines));
+        send_when_room(&self.batch_tx, std::mem::replace(&mut self.batch, next))
+    }
+
+    /// Adds a line; hands the batch on when it is full or `more_ready` is false (the next
+    /// read may block, so a live stream's lines never wait for later ones).
+    fn push(&mut self, line: Ingested, more_ready: bool) -> Result<(), EngineGone> {
+        self.batch.push(line);
+        if (self.batch.len() == self.opts.batch_lines || !more_ready) && !self.hand_on() {
+            return Err(EngineGone);
+        }
+        Ok(())
+    }
+}
+
+/// `--rate`: line n is let in at n / rate seconds after the first.
+struct Pacer {
+    rate: f64,
+    from: Instant,
+    n: u64,
+    spinner: Spinner,
+}
+
+impl Pacer {
+    /// `spin`: the last stretch before a due time is spun (see [`Spinner`]).
+    fn new(rate: f64, spin: bool) -> Pacer {
+        super::wait::fine_timer_slack();
+        Pacer { rate, from: Instant::now(), n: 0, spinner: Spinner::new(spin) }
+    }
+
+    /// Waits for the next line's due time; what is ready in `out` goes on first, as on a
+    /// live stream.
+    fn wait(&mut self, out: &mut Batcher) -> Result<(), EngineGone> {
+        let due = self.from + Duration::from_secs_f64(self.n as f64 / self.rate);
+        self.n += 1;
+        if Instant::now() < due {
+            if !out.hand_on() {
+                return Err(EngineGone);
+            }
+            self.spinner.pace_until(due);
+        }
+        Ok(())
+    }
+}
+
+/// Reads one byte connection to its end (or a stop, or a read error, noted in `end`).
+fn read_lines(
+    input: Box<dyn BufRead + Send + '_>,
+    drop_cut_off_line: bool,
+    ingest: &mut Ingest,
+    out: &mut Batcher,
+    mut pacer: Option<&mut Pacer>,
+    stop: &Stop,
+    end: &mut ConnectionEnd,
+) -> Result<(), EngineGone> {
+    let mut lines = LineReader::new(input, MAX_LINE_BYTES);
+    loop {
+        if stop.is_stopped() {
+            end.stopped = true;
+            return Ok(());
+        }
+        let (line, terminated) = match lines.next_line_terminated() {
+            Ok(Some(read)) => read,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                end.error = Some(e);
+                return Ok(());
+            }
+        };
+        if drop_cut_off_line && !terminated {
+            end.cut_off_bytes = match line {
+                Line::Bytes(b) => b.len(),
+                Line::TooLong(n) => n,
+            };
+            return Ok(());
+        }
+        if let Some(p) = pacer.as_deref_mut() {
+            p.wait(out)?;
+        }
+        let ingested = ingest.line(line, Instant::now());
+        end.lines += 1;
+        // Paced, the engine keeps up by construction: a line it has room for goes on at
+        // once rather than behind the rest of a burst (a sleep that overshot lets a dozen
+        // lines in at once), and the engine's wake-up overlaps their reading.
+        let engine_waits = pacer.is_some() && out.batch_tx.is_empty();
+        out.push(ingested, !engine_waits && lines.next_line_buffered())?;
+    }
+}
+
+/// Reads a log's messages until it ends (a stop) or fails (noted in `end`).
+fn read_log(
+    mut log: Box<dyn LogReader + '_>,
+    ingest: &mut Ingest,
+    out: &mut Batcher,
+    stop: &Stop,
+    end: &mut ConnectionEnd,
+) -> Result<(), EngineGone> {
+    loop {
+        if stop.is_stopped() {
+            end.stopped = true;
+            return Ok(());
+        }
+        let message = match log.next() {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                end.error = Some(e);
+                return Ok(());
+            }
+        };
+        let text = message.payload.strip_suffix(b"\n").unwrap_or(&message.payload);
+        let line = match message.cut {
+            Some(len) => Line::TooLong(len),
+            None if text.len() > MAX_LINE_BYTES => Line::TooLong(text.len()),
+            None => Line::Bytes(text),
+        };
+        let ingested = ingest.logged(message.seq, line, Instant::now());
+        end.lines += 1;
+        out.push(ingested, log.ready())?;
+    }
 }
 
 /// How long the reader sleeps before it looks again at a full queue (see [`send_when_room`]).

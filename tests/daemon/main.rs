@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+mod shards;
 mod state;
 
 use std::sync::Arc;
@@ -753,6 +754,8 @@ fn help_documents_every_flag() {
         "--snapshot-interval",
         "--accept-config-change",
         "--log-format",
+        "--nats",
+        "--shard",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

@@ -1,0 +1,173 @@
+//! Shards on NATS JetStream (SPEC section 10): `liqscan publish` routes one engine stream
+//! into N JetStream streams, and `liqscan run --nats URL --shard I/N` reads stream I and
+//! publishes its events back.
+//!
+//! | stream | subjects | written by | read by |
+//! |---|---|---|---|
+//! | `LIQSCAN_<i>` | `liqscan.in.<i>` | `liqscan publish` ([`publish`]), each line under its [`route::Key`] as `Nats-Msg-Id` | shard i's daemon ([`consume::ShardSource`]) |
+//! | `LIQSCAN_EVENTS` | `liqscan.events.<i>` | shard i's daemon ([`consume::EventsSink`]), each event under `<i>:<seq>:<n>` | anyone, at their own pace |
+//!
+//! The engine and the pipeline know nothing of NATS: a shard's stream is a pipeline
+//! [`crate::pipeline::Source`] whose connection is a log of sequenced messages
+//! ([`crate::pipeline::LogReader`]; the stream sequence is the line number and the effective
+//! seq, [`crate::ingest::Ingest::logged`]), and its events topic is one more blocking
+//! [`crate::pipeline::Sink`]. `async-nats` runs on the daemon's tokio runtime (on its own for
+//! `publish`); the engine thread never awaits.
+
+pub mod consume;
+pub mod publish;
+pub mod route;
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, stream};
+
+/// The JetStream stream of shard `i`'s input.
+pub fn input_stream(i: u32) -> String {
+    format!("LIQSCAN_{i}")
+}
+
+/// The subject of shard `i`'s input.
+pub fn input_subject(i: u32) -> String {
+    format!("liqscan.in.{i}")
+}
+
+/// The JetStream stream of every shard's events.
+pub const EVENTS_STREAM: &str = "LIQSCAN_EVENTS";
+
+/// The subject of shard `i`'s events.
+pub fn events_subject(i: u32) -> String {
+    format!("liqscan.events.{i}")
+}
+
+/// The header a publisher sets on a line too long to send (SPEC section 1: over 1 MiB): the
+/// line's length in bytes; the payload is empty and the shard rejects it as too long.
+pub const CUT_HEADER: &str = "Liqscan-Line-Bytes";
+
+/// How long JetStream remembers a `Nats-Msg-Id` to drop a message sent again under it.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// `--shard I/N`: this daemon is shard `index` of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardSpec {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl FromStr for ShardSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ShardSpec, String> {
+        let bad = || format!("{s:?} is not I/N with 0 <= I < N, e.g. 0/4");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (u32, u32) =
+            (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        if index >= count {
+            return Err(bad());
+        }
+        Ok(ShardSpec { index, count })
+    }
+}
+
+impl fmt::Display for ShardSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// The description a shard's input stream carries, so that a publisher or daemon with
+/// another shard count refuses it instead of mixing two routings.
+fn input_description(shard: ShardSpec) -> String {
+    format!("liqscan input of shard {shard}")
+}
+
+/// Connects to the NATS server at `url` (`nats://127.0.0.1:4222`, or `127.0.0.1:4222`).
+pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name("liqscan")
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {url}"))
+}
+
+/// Shard `shard`'s input stream, created (file storage, limits retention,
+/// [`DUPLICATE_WINDOW`]) when missing. Errors: the server has no JetStream, or the stream
+/// exists for another shard count.
+pub async fn input_stream_of(
+    js: &jetstream::Context,
+    shard: ShardSpec,
+) -> anyhow::Result<stream::Stream> {
+    let name = input_stream(shard.index);
+    let description = input_description(shard);
+    let mut stream = js
+        .get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![input_subject(shard.index)],
+            description: Some(description.clone()),
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| {
+            format!("cannot open the JetStream stream {name} (is JetStream on: nats-server -js?)")
+        })?;
+    let info = stream.info().await.with_context(|| format!("cannot read stream {name}"))?;
+    if info.config.description.as_deref() != Some(description.as_str()) {
+        anyhow::bail!(
+            "stream {name} is not the input of shard {shard}: it says {:?} (published for another shard count?)",
+            info.config.description.as_deref().unwrap_or("")
+        );
+    }
+    Ok(stream)
+}
+
+/// The events stream, created (file storage, limits retention) when missing.
+pub async fn events_stream(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
+    let config = stream::Config {
+        name: EVENTS_STREAM.into(),
+        subjects: vec!["liqscan.events.>".into()],
+        description: Some("liqscan events of every shard".into()),
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    };
+    get_or_create(js, config)
+        .await
+        .with_context(|| format!("cannot open the JetStream stream {EVENTS_STREAM}"))
+}
+
+/// The stream `config.name`, created when missing. Several shards start at once and each
+/// creates the events stream: one that loses the race to create it (the server says the
+/// subjects overlap) finds it made by the other, so it looks again, up to 5 times.
+async fn get_or_create(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, jetstream::context::CreateStreamError> {
+    let mut tries = 0;
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Err(_) if tries < 4 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20 << tries)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_specs_parse_and_print() {
+        assert_eq!("2/4".parse(), Ok(ShardSpec { index: 2, count: 4 }));
+        assert_eq!("0/1".parse::<ShardSpec>().unwrap().to_string(), "0/1");
+        for bad in ["4/4", "1", "a/2", "1/0", "-1/2", "1/2/3"] {
+            assert!(bad.parse::<ShardSpec>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Where each line of an engine stream goes among N shards (SPEC section 10), and the id
+//! under which it is stored there. Pure: no I/O, no async.
+//!
+//! A message that names an `account` goes to shard `account mod N`; `mark`, `marks` and
+//! `funding` go to every shard; a line that names no account (malformed, an unknown type, an
+//! account that is not an integer) goes to shard 0, which rejects it. Blank lines carry no
+//! message and go nowhere. The publisher runs the sequencing of SPEC section 6 itself: a
+//! duplicate (`seq` at or below the last effective seq) is dropped there, as one daemon on
+//! the whole stream would drop it, so that a shard never applies a message the whole
+//! stream's daemon ignored.
+
+use crate::{
+    ingest::{Admit, Line, Sequencer},
+    protocol,
+};
+
+/// The message types of SPEC section 5 that name an account.
+const ACCOUNT_TYPES: [&str; 8] = [
+    "balance",
+    "transfer",
+    "position",
+    "margin_mode",
+    "leverage",
+    "orders",
+    "isolated_margin",
+    "query",
+];
+
+/// Where a line goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To this shard only.
+    One(u32),
+    /// To every shard (`mark`, `marks`, `funding`).
+    All,
+}
+
+/// A line's place in the stream, the same every time the same input is read: the
+/// effective seq of SPEC section 6 (`after`), and for a line that takes none (malformed,
+/// no seq left) its count among such lines since (`extra`, from 1). It orders the stream,
+/// and its text is the line's `Nats-Msg-Id`, so a resent line is not stored twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key {
+    pub after: u64,
+    pub extra: u64,
+}
+
+impl Key {
+    /// `"812"`, or `"812.3"` for the third line without a seq of its own after 812.
+    pub fn id(&self) -> String {
+        match self.extra {
+            0 => self.after.to_string(),
+            k => format!("{}.{k}", self.after),
+        }
+    }
+
+    /// Reads [`Key::id`] back; `None` for any other text.
+    pub fn parse(id: &str) -> Option<Key> {
+        let (after, extra) = match id.split_once('.') {
+            Some((a, k)) => (a.parse().ok()?, k.parse().ok().filter(|&k| k > 0)?),
+            None => (id.parse().ok()?, 0),
+        };
+        Some(Key { after, extra })
+    }
+}
+
+/// What to do with one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing to send: a blank line.
+    Blank,
+    /// A duplicate of SPEC section 6: not sent.
+    Duplicate,
+    /// Send it under `key` to `route`.
+    Send { key: Key, route: Route },
+}
+
+/// The router of one stream into `shards` shards.
+#[derive(Debug)]
+pub struct Router {
+    shards: u32,
+    seq: Sequencer,
+    extra: u64,
+}
+
+impl Router {
+    /// A router into `shards` (at least 1) shards, from the start of a stream.
+    pub fn new(shards: u32) -> Router {
+        assert!(shards >= 1, "at least one shard");
+        Router { shards, seq: Sequencer::default(), extra: 0 }
+    }
+
+    /// Decides the next line of the stream.
+    pub fn line(&mut self, line: Line<'_>) -> Decision {
+        let bytes = match line {
+            Line::TooLong(_) => return self.seqless(),
+            Line::Bytes(b) => b,
+        };
+        if bytes.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
+            return Decision::Blank;
+        }
+        let Ok(parsed) = protocol::parse_envelope(bytes) else { return self.seqless() };
+        let after = match self.seq.admit(parsed.seq) {
+            Admit::Duplicate => return Decision::Duplicate,
+            Admit::Exhausted => return self.seqless(),
+            Admit::Next { seq, .. } => seq,
+        };
+        self.extra = 0;
+        let key = Key { after, extra: 0 };
+        let ty = protocol::string_field(parsed.envelope.ty, "type");
+        let shard = match ty.as_deref() {
+            Ok("mark" | "marks" | "funding") => return Decision::Send { key, route: Route::All },
+            Ok(ty) if ACCOUNT_TYPES.contains(&ty) => parsed
+                .envelope
+                .account
+                .and_then(protocol::json_uint)
+                .map_or(0, |account| (account % u64::from(self.shards)) as u32),
+            // No type, or one no shard knows: shard 0 rejects it.
+            _ => 0,
+        };
+        Decision::Send { key, route: Route::One(shard) }
+    }
+
+    /// A line that takes no seq: to shard 0, the next key after the last.
+    fn seqless(&mut self) -> Decision {
+        self.extra += 1;
+        let key = Key { after: self.seq.last(), extra: self.extra };
+        Decision::Send { key, route: Route::One(0) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(r: &mut Router, line: &str) -> Decision {
+        r.line(Line::Bytes(line.as_bytes()))
+    }
+
+    fn send(after: u64, extra: u64, route: Route) -> Decision {
+        Decision::Send { key: Key { after, extra }, route }
+    }
+
+    #[test]
+    fn accounts_go_to_their_shard_marks_to_all_the_rest_seqless() {
+        let mut r = Router::new(3);
+        let pos = r#"{"type":"position","account":7,"symbol":"S","size":"1","entry_price":"1"}"#;
+        assert_eq!(route(&mut r, pos), send(1, 0, Route::One(1)));
+        assert_eq!(
+            route(&mut r, r#"{"type":"mark","symbol":"S","price":"2"}"#),
+            send(2, 0, Route::All)
+        );
+        assert_eq!(route(&mut r, r#"{"type":"marks","prices":{}}"#), send(3, 0, Route::All));
+        assert_eq!(
+            route(&mut r, r#"{"type":"funding","symbol":"S","rate":"0"}"#),
+            send(4, 0, Route::All)
+        );
+        assert_eq!(route(&mut r, r#"{"type":"query","account":9}"#), send(5, 0, Route::One(0)));
+        // Names no account that is an integer, or none at all: shard 0 rejects it.
+        assert_eq!(route(&mut r, r#"{"type":"balance","account":"x"}"#), send(6, 0, Route::One(0)));
+        assert_eq!(route(&mut r, r#"{"type":"nope","seq":10}"#), send(10, 0, Route::One(0)));
+        // An unknown type names no account, whatever its fields: shard 0.
+        assert_eq!(route(&mut r, r#"{"type":"teleport","account":1}"#), send(11, 0, Route::One(0)));
+        // The type is read as validation reads it, escapes and all.
+        assert_eq!(route(&mut r, r#"{"type":"m\u0061rk","symbol":"S"}"#), send(12, 0, Route::All));
+        assert_eq!(route(&mut r, r#"{"type":"orders","account":8}"#), send(13, 0, Route::One(2)));
+        assert_eq!(route(&mut r, "   "), Decision::Blank);
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_seqless_lines_numbered_after_the_last_seq() {
+        let mut r = Router::new(2);
+        assert_eq!(
+            route(&mut r, r#"{"type":"query","account":3,"seq":5}"#),
+            send(5, 0, Route::One(1))
+        );
+        assert_eq!(route(&mut r, r#"{"type":"query","account":3,"seq":5}"#), Decision::Duplicate);
+        assert_eq!(route(&mut r, r#"{"type":"query","account":3,"seq":4}"#), Decision::Duplicate);
+        assert_eq!(route(&mut r, "not json"), send(5, 1, Route::One(0)));
+        assert_eq!(r.line(Line::TooLong(2 << 20)), send(5, 2, Route::One(0)));
+        assert_eq!(route(&mut r, r#"{"type":"query","account":4}"#), send(6, 0, Route::One(0)));
+        assert_eq!(route(&mut r, "{"), send(6, 1, Route::One(0)));
+    }
+
+    #[test]
+    fn keys_order_the_stream_and_read_back_from_their_ids() {
+        let keys = [
+            Key { after: 0, extra: 1 },
+            Key { after: 5, extra: 0 },
+            Key { after: 5, extra: 2 },
+            Key { after: 12, extra: 0 },
+        ];
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        for k in keys {
+            assert_eq!(Key::parse(&k.id()), Some(k), "{}", k.id());
+        }
+        assert_eq!(Key::parse("5.0"), None);
+        assert_eq!(Key::parse("x"), None);
+        assert_eq!(Key::parse("5."), None);
+    }
+}

@@ -1,0 +1,383 @@
+//! Shards on NATS JetStream (SPEC section 10) with a real `nats-server -js` on loopback (a
+//! free port, its own store directory): `liqscan publish` stores each shard's lines once
+//! and in order, however often it is cut short and run again; N shard daemons together
+//! make one daemon's liquidations; a shard killed with -9 resumes from its snapshot.
+//! `.ci/run` installs nats-server when it is missing.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    process::{Command, ExitStatus, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures_util::StreamExt as _;
+use liqscan::{
+    ingest::{Line, LineReader},
+    shard::route::{Decision, Route, Router},
+};
+use serde_json::Value;
+
+use super::{harness::*, replay_of};
+
+const STREAM: &str = "gen/faults.ndjson";
+const CONFIG: &str = "gen/faults.config.json";
+
+/// A `nats-server -js` on 127.0.0.1, a free port; killed when dropped.
+struct Nats {
+    _server: Guard,
+    url: String,
+    _dir: TempDir,
+}
+
+/// The nats-server binary: on PATH, or where Debian's package puts it.
+fn nats_server_bin() -> String {
+    let candidates = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| format!("{d}/nats-server"))
+        .chain(["/usr/sbin/nats-server".into(), "/usr/local/bin/nats-server".into()])
+        .collect::<Vec<_>>();
+    candidates.into_iter().find(|p| std::path::Path::new(p).is_file()).unwrap_or_else(|| {
+        panic!("nats-server not found: install it (apt-get install -y nats-server; .ci/run does)")
+    })
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let dir = TempDir::new("nats");
+        let mut child = Command::new(nats_server_bin())
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd", &dir.path("js")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let server = Guard(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let (until, mut port, mut seen) = (Instant::now() + PATIENCE, None, Vec::new());
+        while port.is_none() || !seen.iter().any(|l: &String| l.contains("Server is ready")) {
+            let left = until.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("nats-server: {seen:#?}"));
+            if let Some(at) = line.split("Listening for client connections on ").nth(1) {
+                port = Some(at.trim().rsplit(':').next().unwrap().to_owned());
+            }
+            seen.push(line);
+        }
+        Nats { _server: server, url: format!("nats://127.0.0.1:{}", port.unwrap()), _dir: dir }
+    }
+
+    /// Runs `liqscan publish --nats URL --shards N ARGS INPUT` to its end.
+    fn publish(&self, shards: u32, args: &[&str]) -> Output {
+        publish_cmd(&self.url, shards, args).output().unwrap()
+    }
+}
+
+fn publish_cmd(url: &str, shards: u32, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_liqscan"));
+    cmd.args(["publish", "--nats", url, "--shards", &shards.to_string()]).args(args);
+    if !args.contains(&"--give-up-after") {
+        cmd.args(["--give-up-after", "20s"]);
+    }
+    cmd.arg(fixture(STREAM));
+    cmd
+}
+
+/// The per-shard lines the router sends: `(Nats-Msg-Id, text)` in order.
+fn routed(shards: u32) -> Vec<Vec<(String, Vec<u8>)>> {
+    let input = std::fs::read(fixture(STREAM)).unwrap();
+    let mut lines = LineReader::new(&input[..], liqscan::protocol::MAX_LINE_BYTES);
+    let (mut router, mut out) = (Router::new(shards), vec![Vec::new(); shards as usize]);
+    while let Some(line) = lines.next_line().unwrap() {
+        let Decision::Send { key, route } = router.line(line) else { continue };
+        let Line::Bytes(text) = line else { panic!("the fixture has no line over 1 MiB") };
+        let to = match route {
+            Route::One(i) => i..i + 1,
+            Route::All => 0..shards,
+        };
+        for i in to {
+            out[i as usize].push((key.id(), text.to_vec()));
+        }
+    }
+    out
+}
+
+/// Every message of a JetStream stream: `(stream seq, subject, Nats-Msg-Id, payload)`.
+fn stream_messages(url: &str, stream: &str) -> Vec<(u64, String, String, Vec<u8>)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = jetstream::new(client);
+        let mut stream = js.get_stream(stream).await.unwrap();
+        let last = stream.info().await.unwrap().state.last_sequence;
+        let mut out = Vec::new();
+        if last == 0 {
+            return out;
+        }
+        let consumer = stream.create_consumer(pull::OrderedConfig::default()).await.unwrap();
+        let mut messages = consumer.messages().await.unwrap();
+        while out.last().is_none_or(|m: &(u64, _, _, _)| m.0 < last) {
+            let next = tokio::time::timeout(PATIENCE, messages.next()).await;
+            let m = next.expect("a stored message within PATIENCE").unwrap().unwrap();
+            let seq = m.info().unwrap().stream_sequence;
+            let id = m.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.to_string());
+            out.push((seq, m.subject.to_string(), id.unwrap_or_default(), m.payload.to_vec()));
+        }
+        out
+    })
+}
+
+/// Asserts that each shard's stream holds exactly what the router sends it, once, in
+/// order, at stream seqs 1, 2, ...
+fn assert_streams_hold_the_routing(url: &str, shards: u32, what: &str) {
+    for (i, want) in routed(shards).into_iter().enumerate() {
+        let got = stream_messages(url, &format!("LIQSCAN_{i}"));
+        let seqs: Vec<u64> = got.iter().map(|m| m.0).collect();
+        assert_eq!(seqs, (1..=want.len() as u64).collect::<Vec<_>>(), "{what}: shard {i}'s seqs");
+        let got: Vec<(String, Vec<u8>)> = got.into_iter().map(|m| (m.2, m.3)).collect();
+        assert!(
+            got == want,
+            "{what}: shard {i} holds {} messages, the routing {}",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+fn stored_line(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines().find(|l| l.starts_with("stored")).unwrap_or_else(|| panic!("{err}")).to_owned()
+}
+
+#[test]
+fn publish_stores_each_shards_lines_once_and_in_order_even_cut_short_and_run_again() {
+    let nats = Nats::start();
+    // Cut short: paced so that it is still sending when killed (6,488 lines at 20,000/s).
+    let mut first = Guard(
+        publish_cmd(&nats.url, 3, &["--rate", "20000"]).stderr(Stdio::null()).spawn().unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+    let partial = stream_messages(&nats.url, "LIQSCAN_0").len();
+    let whole = routed(3)[0].len();
+    assert!(partial < whole, "the first publish was cut short ({partial} of {whole} stored)");
+
+    let again = nats.publish(3, &[]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_streams_hold_the_routing(&nats.url, 3, "cut short, then run again");
+
+    let third = nats.publish(3, &[]);
+    assert!(third.status.success());
+    assert!(stored_line(&third).starts_with("stored        0 "), "{}", stored_line(&third));
+    assert_streams_hold_the_routing(&nats.url, 3, "run a third time");
+
+    let other_count = nats.publish(2, &[]);
+    assert!(!other_count.status.success(), "another shard count is refused");
+    let err = String::from_utf8_lossy(&other_count.stderr);
+    assert!(err.contains("not the input of shard 0/2"), "{err}");
+}
+
+/// Starts shard `shard` of `count` on `nats`, its events also to `events_file`.
+fn start_shard(nats: &Nats, engine: &str, shard: u32, count: u32, extra: &[&str]) -> Daemon {
+    let spec = format!("{shard}/{count}");
+    let mut args = vec!["--config", CONFIG_PATH.as_str(), "--engine", engine, "--nats"];
+    args.extend([nats.url.as_str(), "--shard", spec.as_str(), "--http", "127.0.0.1:0"]);
+    args.extend(extra);
+    Daemon::start(&args, Input::Null)
+}
+
+static CONFIG_PATH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| fixture(CONFIG));
+
+/// Events of the given kinds, keyed for a join across shards: `(origin seq, event text
+/// without line, seq, origin_seq and latency_ns)`, sorted. A shard's own `seq` is its
+/// stream's; `origin_seq` is the message's.
+fn joinable(
+    events: impl IntoIterator<Item = Value>,
+    kinds: &[&str],
+    origin: &str,
+) -> Vec<(u64, String)> {
+    let mut out: Vec<(u64, String)> = events
+        .into_iter()
+        .filter(|e| kinds.contains(&e["type"].as_str().unwrap()))
+        .map(|mut e| {
+            let seq = e[origin].as_u64().unwrap_or_else(|| panic!("no {origin}: {e}"));
+            let o = e.as_object_mut().unwrap();
+            for f in ["line", "seq", "origin_seq", "latency_ns"] {
+                o.remove(f);
+            }
+            (seq, e.to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn file_events(path: &str) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn three_shards_make_one_daemons_liquidations_and_publish_their_events() {
+    let nats = Nats::start();
+    assert!(nats.publish(3, &[]).status.success());
+    let dir = TempDir::new("shards");
+    let routed = routed(3);
+    let mut daemons = Vec::new();
+    for shard in 0..3u32 {
+        // Both engines take part: shard 1 runs the reference engine.
+        let engine = if shard == 1 { "reference" } else { "fast" };
+        let file = dir.path(&format!("events-{shard}.ndjson"));
+        let d = start_shard(&nats, engine, shard, 3, &["--events-file", &file]);
+        daemons.push((d, file));
+    }
+    for (shard, (d, _)) in daemons.iter_mut().enumerate() {
+        let n = routed[shard].len() as u64;
+        wait_health(d.addr("http"), "the whole stream applied", |h| h["last_seq"] == n);
+        d.sigterm();
+        let status: ExitStatus = d.wait_exit();
+        assert!(status.success(), "shard {shard}: {status}");
+    }
+    let input = std::fs::read(fixture(STREAM)).unwrap();
+    let (want, _) = replay_of("fast", CONFIG, &input);
+    let mut shard_events = Vec::new();
+    for (_, file) in &daemons {
+        shard_events.extend(file_events(file));
+    }
+    // Liquidations and account reports depend on one account's state and the marks: the
+    // shards' together equal one daemon's, joined by the message's own seq.
+    let kinds = ["liquidation", "account"];
+    let got = joinable(shard_events.clone(), &kinds, "origin_seq");
+    let want_j = joinable(want, &kinds, "seq");
+    assert!(got.iter().any(|(_, e)| e.contains("\"liquidation\"")), "the stream liquidates");
+    assert_eq!(got.len(), want_j.len(), "as many liquidation and account events");
+    assert!(got == want_j, "the shards' liquidation and account events equal one daemon's");
+
+    // Each shard published exactly its events file to liqscan.events.<I>, in order.
+    let published = stream_messages(&nats.url, "LIQSCAN_EVENTS");
+    for (shard, (_, file)) in daemons.iter().enumerate() {
+        let subject = format!("liqscan.events.{shard}");
+        let got: Vec<String> = published
+            .iter()
+            .filter(|m| m.1 == subject)
+            .map(|m| String::from_utf8(m.3.clone()).unwrap())
+            .collect();
+        let want: Vec<String> =
+            std::fs::read_to_string(file).unwrap().lines().map(str::to_owned).collect();
+        assert!(!want.is_empty());
+        assert!(
+            got == want,
+            "shard {shard}: {} events published, {} in its file",
+            got.len(),
+            want.len()
+        );
+    }
+}
+
+#[test]
+fn a_shard_killed_mid_stream_resumes_from_its_snapshot_and_misses_no_liquidation() {
+    super::common::long_test(
+        "a_shard_killed_mid_stream_resumes_from_its_snapshot_and_misses_no_liquidation",
+    );
+    let nats = Nats::start();
+    let dir = TempDir::new("shard-kill");
+    let state = dir.path("state");
+    let n = routed(2)[0].len() as u64;
+    let args = |file: &str| {
+        vec![
+            "--events-file".to_owned(),
+            file.to_owned(),
+            "--state-dir".into(),
+            state.clone(),
+            "--snapshot-interval".into(),
+            "250ms".into(),
+        ]
+    };
+    let (file1, file2) = (dir.path("events-1.ndjson"), dir.path("events-2.ndjson"));
+    let a1 = args(&file1);
+    let mut d =
+        start_shard(&nats, "fast", 0, 2, &a1.iter().map(String::as_str).collect::<Vec<_>>());
+    let http = d.addr("http");
+    // Published while the shard reads: about 1.3 s at 5,000 lines a second.
+    let mut publisher = Guard(
+        publish_cmd(&nats.url, 2, &["--rate", "5000"]).stderr(Stdio::null()).spawn().unwrap(),
+    );
+    let h = wait_health(http, "a third of the stream applied", |h| {
+        h["last_seq"].as_u64().unwrap() >= n / 3
+    });
+    assert!(h["last_seq"].as_u64().unwrap() < n, "killed mid-stream");
+    d.wait_log("a snapshot", |v| v["message"] == "snapshot written");
+    d.kill_9();
+    let a2 = args(&file2);
+    let mut d =
+        start_shard(&nats, "fast", 0, 2, &a2.iter().map(String::as_str).collect::<Vec<_>>());
+    let restored = d.wait_log("the restore", |v| v["message"] == "liqscan run started");
+    assert!(restored["last_seq"].as_u64().unwrap() > 0, "it restored a snapshot: {restored}");
+    assert!(publisher.0.wait().unwrap().success());
+    wait_health(d.addr("http"), "the whole stream applied", |h| h["last_seq"] == n);
+    d.sigterm();
+    assert!(d.wait_exit().success());
+
+    // At least once: every liquidation of shard 0's accounts, repeats dropped by seq and item.
+    let mut events = file_events(&file1);
+    events.extend(file_events(&file2));
+    let got: BTreeSet<(u64, String)> =
+        joinable(events, &["liquidation"], "origin_seq").into_iter().collect();
+    let input = std::fs::read(fixture(STREAM)).unwrap();
+    let (all, _) = replay_of("fast", CONFIG, &input);
+    let mine = all.into_iter().filter(|e| e["account"].as_u64().is_some_and(|a| a % 2 == 0));
+    let want: BTreeSet<(u64, String)> =
+        joinable(mine, &["liquidation"], "seq").into_iter().collect();
+    assert!(!want.is_empty());
+    assert!(
+        got == want,
+        "{} liquidations after the restart, {} in one daemon's run",
+        got.len(),
+        want.len()
+    );
+}
+
+#[test]
+fn shard_command_lines_are_checked_and_a_missing_server_is_said() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_liqscan"))
+            .args(["run", "--config", CONFIG_PATH.as_str()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // A port nothing listens on: bound, then closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let url = format!("nats://{closed}");
+    for (args, why) in [
+        (vec!["--nats", url.as_str()], "--nats without --shard"),
+        (vec!["--shard", "0/2"], "--shard without --nats"),
+        (vec!["--nats", url.as_str(), "--shard", "2/2"], "I >= N"),
+        (vec!["--nats", url.as_str(), "--shard", "0/2", "--listen", "0"], "--nats with --listen"),
+    ] {
+        assert_eq!(run(&args).status.code(), Some(2), "{why}");
+    }
+    let out = run(&["--nats", &url, "--shard", "0/2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+
+    let out = publish_cmd(&url, 2, &["--give-up-after", "300ms"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("giving up") && err.contains("cannot connect to NATS"), "{err}");
+}
