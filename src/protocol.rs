@@ -374,6 +374,19 @@ pub fn too_long(len: usize) -> Reject {
     Reject::malformed(format!("line of {len} bytes is over the 1 MiB limit"))
 }
 
+/// The message types of SPEC section 5 that name an `account` (a shard takes them by it,
+/// SPEC section 10); `mark`, `marks` and `funding` name none.
+pub const ACCOUNT_MESSAGE_TYPES: [&str; 8] = [
+    "balance",
+    "transfer",
+    "position",
+    "margin_mode",
+    "leverage",
+    "orders",
+    "isolated_margin",
+    "query",
+];
+
 /// A validated message: well-formed, within section-1 limits, symbols resolved, prices on the
 /// tick and sizes on the step. Engines apply these.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,18 +14,6 @@ use crate::{
     protocol,
 };
 
-/// The message types of SPEC section 5 that name an account.
-const ACCOUNT_TYPES: [&str; 8] = [
-    "balance",
-    "transfer",
-    "position",
-    "margin_mode",
-    "leverage",
-    "orders",
-    "isolated_margin",
-    "query",
-];
-
 /// Where a line goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -110,7 +98,7 @@ impl Router {
         let ty = protocol::string_field(parsed.envelope.ty, "type");
         let shard = match ty.as_deref() {
             Ok("mark" | "marks" | "funding") => return Decision::Send { key, route: Route::All },
-            Ok(ty) if ACCOUNT_TYPES.contains(&ty) => parsed
+            Ok(ty) if protocol::ACCOUNT_MESSAGE_TYPES.contains(&ty) => parsed
                 .envelope
                 .account
                 .and_then(protocol::json_uint)
