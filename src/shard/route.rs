@@ -186,4 +186,25 @@ mod tests {
         assert_eq!(Key::parse("x"), None);
         assert_eq!(Key::parse("5."), None);
     }
+
+    /// The list of types that name an account agrees with validation: on a stream of every
+    /// type, a valid message has an account exactly when its type is in the list.
+    #[test]
+    fn the_types_that_name_an_account_are_those_whose_commands_have_one() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/gen/");
+        let cfg =
+            crate::config::Config::load(std::path::Path::new(&format!("{dir}faults.config.json")))
+                .unwrap();
+        let input = std::fs::read(format!("{dir}faults.ndjson")).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for line in input.split(|&b| b == b'\n') {
+            let Ok(parsed) = protocol::parse_envelope(line) else { continue };
+            let Ok(cmd) = protocol::validate(&parsed.envelope, &cfg) else { continue };
+            let ty = protocol::string_field(parsed.envelope.ty, "type").unwrap().into_owned();
+            let listed = protocol::ACCOUNT_MESSAGE_TYPES.contains(&ty.as_str());
+            assert_eq!(cmd.account().is_some(), listed, "{ty}");
+            seen.insert(ty);
+        }
+        assert!(seen.len() >= 10, "the stream has nearly every type: {seen:?}");
+    }
 }
