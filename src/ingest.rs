@@ -169,6 +169,19 @@ impl Sequencer {
     }
 }
 
+/// A message its sender could not pass on whole, for the receiver to reject as one daemon
+/// on the whole stream would, with `"seq": null` (SPEC section 10: a shard's stand-in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Over 1 MiB (SPEC section 1): this many bytes.
+    TooLong(usize),
+    /// No `seq`, after effective seq 2^64 − 1: none left to take (SPEC section 6).
+    NoSeqLeft,
+}
+
+/// The reason of the `invalid` reject of a message without `seq` when none is left.
+const NO_SEQ_LEFT: &str = "no seq left to take: the last effective seq is 18446744073709551615 (2^64 - 1), so a message without seq has none to take";
+
 /// What a line became.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -247,10 +260,8 @@ impl Ingest {
                 return ingested;
             }
             Admit::Exhausted => {
-                let reject = Reject::invalid(
-                    "no seq left to take: the last effective seq is 18446744073709551615 (2^64 - 1), so a message without seq has none to take",
-                );
-                ingested.outcome = Outcome::Rejected { seq: None, reject };
+                ingested.outcome =
+                    Outcome::Rejected { seq: None, reject: Reject::invalid(NO_SEQ_LEFT) };
                 return ingested;
             }
             Admit::Next { seq, gap } => {
@@ -267,7 +278,15 @@ impl Ingest {
     /// field, when it has one, becomes [`Ingested::origin_seq`]. Every message past the
     /// duplicate check takes its seq, a blank or malformed one too (whose reject still says
     /// `"seq": null`, as section 7 has it), so the log's next message is no gap.
-    pub fn logged(&mut self, seq: u64, line: Line<'_>, read_at: Instant) -> Ingested {
+    /// `refused`: a stand-in for a message its sender could not send whole, rejected as
+    /// such.
+    pub fn logged(
+        &mut self,
+        seq: u64,
+        line: Line<'_>,
+        refused: Option<Refused>,
+        read_at: Instant,
+    ) -> Ingested {
         self.line = seq;
         let mut ingested = Ingested::at(seq, read_at);
         match self.seq.admit(Some(seq)) {
@@ -278,6 +297,15 @@ impl Ingest {
             Admit::Next { gap, .. } => ingested.gap = gap,
             Admit::Exhausted => unreachable!("a message with a seq always has one to take"),
         }
+        let line = match refused {
+            None => line,
+            Some(Refused::TooLong(n)) => Line::TooLong(n),
+            Some(Refused::NoSeqLeft) => {
+                ingested.outcome =
+                    Outcome::Rejected { seq: None, reject: Reject::invalid(NO_SEQ_LEFT) };
+                return ingested;
+            }
+        };
         let Some(parsed) = parse(line, &mut ingested) else { return ingested };
         ingested.origin_seq = parsed.seq;
         self.validate(&parsed, seq, ingested)
@@ -429,24 +457,27 @@ mod tests {
         let mut ingest = Ingest::resume(cfg, 4);
         let now = Instant::now();
         let q = |seq: &str| format!(r#"{{"type":"query","account":1{seq}}}"#);
-        let old = ingest.logged(4, Line::Bytes(q("").as_bytes()), now);
+        let old = ingest.logged(4, Line::Bytes(q("").as_bytes()), None, now);
         assert_eq!(old.outcome, Outcome::Duplicate, "at or below the last: a duplicate");
-        let own = ingest.logged(5, Line::Bytes(q(r#","seq":900"#).as_bytes()), now);
+        let own = ingest.logged(5, Line::Bytes(q(r#","seq":900"#).as_bytes()), None, now);
         assert_eq!((own.line, own.origin_seq, own.gap), (5, Some(900), None));
         assert!(matches!(own.outcome, Outcome::Command { seq: 5, .. }), "{:?}", own.outcome);
         // Its own seq below the last one's counts for nothing: the log orders.
-        let lower = ingest.logged(6, Line::Bytes(q(r#","seq":3"#).as_bytes()), now);
+        let lower = ingest.logged(6, Line::Bytes(q(r#","seq":3"#).as_bytes()), None, now);
         assert!(matches!(lower.outcome, Outcome::Command { seq: 6, .. }), "{:?}", lower.outcome);
         assert_eq!(lower.origin_seq, Some(3));
-        let bad = ingest.logged(7, Line::Bytes(b"{nope"), now);
+        let bad = ingest.logged(7, Line::Bytes(b"{nope"), None, now);
         assert!(matches!(bad.outcome, Outcome::Rejected { seq: None, .. }), "{:?}", bad.outcome);
         assert_eq!(ingest.last_seq(), 7, "the malformed message took its seq");
-        let blank = ingest.logged(8, Line::Bytes(b"  "), now);
+        let blank = ingest.logged(8, Line::Bytes(b"  "), None, now);
         assert_eq!((blank.outcome, ingest.last_seq()), (Outcome::Blank, 8));
-        let cut = ingest.logged(9, Line::TooLong(2 << 20), now);
+        let cut = ingest.logged(9, Line::TooLong(2 << 20), None, now);
         assert!(matches!(cut.outcome, Outcome::Rejected { seq: None, .. }));
-        let ahead = ingest.logged(12, Line::Bytes(q("").as_bytes()), now);
-        assert_eq!((ahead.gap, ahead.origin_seq), (Some((10, 12)), None));
+        let stand_in = ingest.logged(10, Line::Bytes(b""), Some(Refused::NoSeqLeft), now);
+        assert!(matches!(stand_in.outcome, Outcome::Rejected { seq: None, .. }));
+        assert_eq!(ingest.last_seq(), 10);
+        let ahead = ingest.logged(12, Line::Bytes(q("").as_bytes()), None, now);
+        assert_eq!((ahead.gap, ahead.origin_seq), (Some((11, 12)), None));
         assert!(matches!(ahead.outcome, Outcome::Command { seq: 12, .. }));
     }
 }

@@ -79,8 +79,8 @@ pub struct RunArgs {
     /// second and at shutdown).
     #[arg(long, value_name = "FILE")]
     pub events_file: Option<PathBuf>,
-    /// Also write events to stdout when --events or --events-file is given (without either,
-    /// events go to stdout).
+    /// Also write events to stdout when --events, --events-file or --nats is given (without
+    /// any of them, events go to stdout).
     #[arg(long)]
     pub stdout: bool,
     /// Serve HTTP on this address: /metrics, /health, /accounts/{id}, /at-risk.
@@ -122,6 +122,10 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
+
+/// The log filter without `RUST_LOG`: info, but only warnings and errors from the NATS
+/// client (its info lines repeat every few seconds while a server is away).
+const DEFAULT_LOG_FILTER: &str = "info,async_nats=warn";
 
 /// `--engine`.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -248,9 +252,9 @@ fn init_logging(format: LogFormat) {
     let (filter, unreadable) = match std::env::var("RUST_LOG") {
         Ok(spec) => match EnvFilter::try_new(&spec) {
             Ok(filter) => (filter, None),
-            Err(e) => (EnvFilter::new("info"), Some((spec, e.to_string()))),
+            Err(e) => (EnvFilter::new(DEFAULT_LOG_FILTER), Some((spec, e.to_string()))),
         },
-        Err(_) => (EnvFilter::new("info"), None),
+        Err(_) => (EnvFilter::new(DEFAULT_LOG_FILTER), None),
     };
     // Colours only on a terminal: a log file or a pipe gets plain text that grep can read.
     // A log line that cannot be written is dropped: by default the layer reports its own
@@ -487,7 +491,11 @@ fn open_source(
 ) -> anyhow::Result<(Box<dyn Source<'static>>, Option<input::EngineCloser>)> {
     let metrics = w.shared.metrics.clone();
     if let (Some(url), Some(shard)) = (&args.nats, args.shard) {
-        let source = ShardSource::open(w.runtime.handle(), url, shard, w.stop_rx.clone(), metrics)?;
+        let connected: crate::shard::consume::OnConnected = Box::new(move |up| {
+            metrics.engine_connected.set(i64::from(up));
+        });
+        let source =
+            ShardSource::open(w.runtime.handle(), url, shard, w.stop_rx.clone(), connected)?;
         info!(role = "engine", nats = %url, %shard, "reading the shard's stream from NATS JetStream");
         return Ok((Box::new(source), None));
     }

@@ -17,13 +17,14 @@ use crossbeam::channel::{Receiver, Sender, TrySendError};
 use super::{Options, Stop, wait::Spinner};
 use crate::{
     config::Config,
-    ingest::{Ingest, Ingested, Line, LineReader},
+    ingest::{Ingest, Ingested, Line, LineReader, Refused},
     protocol::MAX_LINE_BYTES,
 };
 
 /// One connection of the engine stream: bytes, read until they end, or a sequenced log's
 /// messages (SPEC section 10).
 pub struct Connection<'a> {
+    /// Its bytes, or its log's messages.
     pub input: Input<'a>,
     /// What to do with a last line that the end of the connection cut off before its `\n`:
     /// `true` drops it (a network connection that died mid-line: the engine resends that
@@ -57,11 +58,13 @@ pub enum Input<'a> {
 /// message of SPEC section 5 without its newline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogMessage {
+    /// Its sequence in the log: its line number and effective seq.
     pub seq: u64,
+    /// The message (SPEC section 5), without its newline.
     pub payload: Vec<u8>,
-    /// A line its sender found too long to send (over 1 MiB): its length; `payload` is
-    /// empty, and the message is rejected as too long.
-    pub cut: Option<usize>,
+    /// A stand-in for a message its sender could not send whole (`payload` empty): rejected
+    /// as that message would be.
+    pub refused: Option<Refused>,
 }
 
 /// A sequenced log read from some point on (SPEC section 10: a shard's JetStream stream,
@@ -308,12 +311,9 @@ fn read_log(
             }
         };
         let text = message.payload.strip_suffix(b"\n").unwrap_or(&message.payload);
-        let line = match message.cut {
-            Some(len) => Line::TooLong(len),
-            None if text.len() > MAX_LINE_BYTES => Line::TooLong(text.len()),
-            None => Line::Bytes(text),
-        };
-        let ingested = ingest.logged(message.seq, line, Instant::now());
+        let line =
+            if text.len() > MAX_LINE_BYTES { Line::TooLong(text.len()) } else { Line::Bytes(text) };
+        let ingested = ingest.logged(message.seq, line, message.refused, Instant::now());
         end.lines += 1;
         out.push(ingested, log.ready())?;
     }

@@ -21,67 +21,93 @@ use crossbeam::{
 };
 use futures_util::StreamExt as _;
 use tokio::runtime::Handle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::{CUT_HEADER, ShardSpec, connect, events_stream, events_subject, input_stream_of};
+use super::{
+    REFUSED_HEADER, ShardSpec, connect, events_stream, events_subject, input_stream_of,
+    route::parse_refused_header,
+};
 use crate::{
-    daemon::{input::StopRx, metrics::Metrics},
     pipeline::{Chunk, Connection, ConnectionEnd, LogMessage, LogReader, Sink, Source},
+    protocol::Event,
 };
 
-/// Messages fetched from JetStream and not yet taken by the reader thread, at most: when
-/// the engine falls behind, the consumer stops fetching (back-pressure, nothing dropped).
-pub const MESSAGES_AHEAD: usize = 4096;
+/// Messages fetched from JetStream and not yet taken by the reader thread, at most (each up
+/// to 1 MiB): when the engine falls behind, the consumer stops fetching (back-pressure,
+/// nothing dropped).
+pub const MESSAGES_AHEAD: usize = 1024;
 
 /// How long the fetching task naps when the reader's queue is full.
 const FULL_NAP: Duration = Duration::from_micros(200);
+
+/// Called with `true` when the source starts reading its stream, `false` when it stops
+/// (the daemon's `liqscan_engine_connected`).
+pub type OnConnected = Box<dyn Fn(bool) + Send>;
 
 /// Shard `I/N`'s input: JetStream stream `LIQSCAN_<I>`, read with an ordered consumer from
 /// the seq after the last one applied (0 on an empty state, or the restored snapshot's).
 /// A consumer that fails (the server went away for longer than the client's reconnects)
 /// ends the connection; the next one starts after the last seq applied, after a back-off.
+/// It reads only the stream it opened: one deleted and made again (another `created`
+/// time), or one that ends before the last seq applied (a state restored against a newer
+/// store), is refused, logged at error level every back-off, and not read.
 pub struct ShardSource {
     runtime: Handle,
     stream: stream::Stream,
+    created: async_nats::datetime::DateTime,
     shard: ShardSpec,
-    stop: StopRx,
-    metrics: Metrics,
+    stop: Receiver<()>,
+    on_connected: OnConnected,
     backoff: Duration,
 }
 
 impl ShardSource {
     /// Connects to `url` and opens the shard's stream (created when missing, so a shard may
-    /// start before its publisher). Errors: no server, no JetStream, a stream of another
-    /// shard count.
+    /// start before its publisher); `stop` closes when the daemon stops. Errors: no server
+    /// within 5 s, no JetStream, a stream of another shard count.
     pub fn open(
         runtime: &Handle,
         url: &str,
         shard: ShardSpec,
-        stop: StopRx,
-        metrics: Metrics,
+        stop: Receiver<()>,
+        on_connected: OnConnected,
     ) -> anyhow::Result<ShardSource> {
-        let stream = runtime.block_on(async {
+        let (stream, created) = runtime.block_on(async {
             let js = jetstream::new(connect(url).await?);
-            input_stream_of(&js, shard).await
+            let mut stream = input_stream_of(&js, shard).await?;
+            let created = stream.info().await?.created;
+            anyhow::Ok((stream, created))
         })?;
         Ok(ShardSource {
             runtime: runtime.clone(),
             stream,
+            created,
             shard,
             stop,
-            metrics,
+            on_connected,
             backoff: Duration::from_millis(100),
         })
     }
 
-    /// A consumer from `start` on, its messages pumped into a bounded queue by a task.
-    fn subscribe(&self, start: u64) -> anyhow::Result<Receiver<io::Result<LogMessage>>> {
+    /// A consumer from `last_seq + 1` on, its messages pumped into a bounded queue by a
+    /// task. Errors: the server, or a stream that is not the one this shard has read.
+    fn subscribe(&self, last_seq: u64) -> anyhow::Result<Receiver<io::Result<LogMessage>>> {
         let config = pull::OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: last_seq + 1 },
             ..Default::default()
         };
-        let stream = self.stream.clone();
+        let (mut stream, created) = (self.stream.clone(), self.created);
         let messages = self.runtime.block_on(async move {
+            let info = stream.info().await?;
+            let (name, last) = (info.config.name.clone(), info.state.last_sequence);
+            anyhow::ensure!(
+                info.created == created,
+                "stream {name} was deleted and made again since this shard opened it: not read (restart the shard, with a state directory made from the new stream or none)"
+            );
+            anyhow::ensure!(
+                last >= last_seq,
+                "stream {name} ends at seq {last}, before the last seq applied ({last_seq}): not the stream this state was made from; not read"
+            );
             let consumer = stream.create_consumer(config).await?;
             anyhow::Ok(consumer.messages().await?)
         })?;
@@ -106,12 +132,12 @@ async fn pump(mut messages: pull::Ordered, tx: Sender<io::Result<LogMessage>>) {
     while let Some(next) = messages.next().await {
         let item = next.map_err(io::Error::other).and_then(|m| {
             let seq = m.info().map_err(|e| io::Error::other(e.to_string()))?.stream_sequence;
-            let cut = m
+            let refused = m
                 .headers
                 .as_ref()
-                .and_then(|h| h.get(CUT_HEADER))
-                .and_then(|v| v.as_str().parse().ok());
-            Ok(LogMessage { seq, payload: m.payload.to_vec(), cut })
+                .and_then(|h| h.get(REFUSED_HEADER))
+                .and_then(|v| parse_refused_header(v.as_str()));
+            Ok(LogMessage { seq, payload: m.payload.to_vec(), refused })
         });
         let failed = item.is_err();
         let mut item = item;
@@ -135,7 +161,7 @@ async fn pump(mut messages: pull::Ordered, tx: Sender<io::Result<LogMessage>>) {
 /// One consumer's messages, read on the pipeline's reader thread.
 struct ShardLog {
     messages: Receiver<io::Result<LogMessage>>,
-    stop: StopRx,
+    stop: Receiver<()>,
 }
 
 impl LogReader for ShardLog {
@@ -160,14 +186,14 @@ impl Source<'static> for ShardSource {
             if !matches!(self.stop.try_recv(), Err(crossbeam::channel::TryRecvError::Empty)) {
                 return None;
             }
-            match self.subscribe(last_seq + 1) {
+            match self.subscribe(last_seq) {
                 Ok(messages) => {
-                    self.metrics.engine_connected.set(1);
+                    (self.on_connected)(true);
                     info!(shard = %self.shard, from_seq = last_seq + 1, "reading the shard's JetStream stream");
                     return Some(Connection::log(ShardLog { messages, stop: self.stop.clone() }));
                 }
                 Err(e) => {
-                    warn!(shard = %self.shard, error = format!("{e:#}"), retry_in = ?self.backoff, "cannot read the shard's JetStream stream");
+                    error!(shard = %self.shard, error = format!("{e:#}"), retry_in = ?self.backoff, "cannot read the shard's JetStream stream");
                     if !self.nap() {
                         return None;
                     }
@@ -177,7 +203,7 @@ impl Source<'static> for ShardSource {
     }
 
     fn ended(&mut self, end: ConnectionEnd) -> io::Result<()> {
-        self.metrics.engine_connected.set(0);
+        (self.on_connected)(false);
         match &end.error {
             Some(e) if !end.stopped => {
                 warn!(shard = %self.shard, last_seq = end.last_seq, error = %e, "the shard's JetStream consumer failed; starting another")
@@ -198,104 +224,140 @@ impl Source<'static> for ShardSource {
 /// Events published but not yet acknowledged by JetStream, at most.
 pub const EVENTS_AHEAD: usize = 4096;
 
-/// An event published, kept until JetStream acknowledges it (to resend it if it does not).
+/// How long a stop waits for JetStream to store the events published before it; what is
+/// still unconfirmed then is logged (the next start sends it again: SPEC 9.4).
+pub const FINISH_WITHIN: Duration = Duration::from_secs(10);
+
+/// An event published, kept until JetStream acknowledges it (to send it again if not).
 struct Unconfirmed {
-    ack: PublishAckFuture,
+    ack: Option<PublishAckFuture>,
     headers: HeaderMap,
     payload: Bytes,
 }
 
 /// Shard I's events, each published to `liqscan.events.<I>` (stream `LIQSCAN_EVENTS`) under
-/// `Nats-Msg-Id` `<I>:<seq>:<n>` (the n-th event of the message at stream seq `seq`), so the
-/// events that a restart sends again are dropped by JetStream within its duplicate window.
-/// A blocking sink: when JetStream is slow or away, its queue fills and ingest waits; an
-/// event whose ack fails is sent again until it is stored (nothing is dropped; it may then
-/// come after later ones). Consumers of the events stream read at their own pace and never
-/// slow the shard.
+/// the `Nats-Msg-Id` of its identity (SPEC 9.2: its stream seq and its item or type, see
+/// [`event_id`]), so the events that a restart sends again are dropped by JetStream within
+/// its duplicate window. A blocking sink: while JetStream is slow or away its queue fills
+/// and ingest waits; events whose acks fail are all sent again (the stream made again if it
+/// was deleted) until they are stored, so one may come after later ones. An event over the
+/// server's `max_payload` cannot be published: it is logged at error level and skipped
+/// (the other sinks have it). Consumers of the events stream read at their own pace and
+/// never slow the shard.
 pub struct EventsSink {
     runtime: Handle,
     client: async_nats::Client,
     js: jetstream::Context,
-    shard: u32,
+    /// `<shard>.<input stream's creation time, ns>`: the start of every event's id.
+    origin: String,
     subject: String,
     unconfirmed: VecDeque<Unconfirmed>,
-    /// The stream seq of the last event's message, and how many events it has made so far.
-    last: (u64, u64),
+}
+
+/// An event's `Nats-Msg-Id`: `<origin>:<seq>:<what>`, where `origin` names the shard and its
+/// input stream (`<shard>.<stream creation time in ns>`, so that events of a stream made
+/// again are not taken for repeats of the old one's), and `what` is
+/// `liquidation:<account>:<mode>:<symbol>` (`-` for a cross item), `account:<account>`,
+/// `reject` or `gap`: what identifies it within its message (SPEC 9.2), whatever the order
+/// of a message's events.
+pub fn event_id(origin: &str, event: &Event) -> String {
+    let seq = event.line();
+    match event {
+        Event::Liquidation(l) => {
+            let mode = l.mode.as_str();
+            let symbol = l.symbol.as_deref().unwrap_or("-");
+            format!("{origin}:{seq}:liquidation:{}:{mode}:{symbol}", l.account)
+        }
+        Event::Account(a) => format!("{origin}:{seq}:account:{}", a.account),
+        Event::Reject { .. } => format!("{origin}:{seq}:reject"),
+        Event::Gap { .. } => format!("{origin}:{seq}:gap"),
+    }
 }
 
 impl EventsSink {
-    /// Connects and opens the events stream (created when missing).
+    /// Connects and opens the events stream (created when missing) and reads when the
+    /// shard's input stream was made. Errors: no server within 5 s, no JetStream, a stream
+    /// of another shard count.
     pub fn open(runtime: &Handle, url: &str, shard: ShardSpec) -> anyhow::Result<EventsSink> {
-        let (client, js) = runtime.block_on(async {
+        let (client, js, created) = runtime.block_on(async {
             let client = connect(url).await?;
             let js = jetstream::new(client.clone());
             events_stream(&js).await?;
-            anyhow::Ok((client, js))
+            let created = input_stream_of(&js, shard).await?.info().await?.created;
+            anyhow::Ok((client, js, created))
         })?;
         Ok(EventsSink {
             runtime: runtime.clone(),
             js,
             client,
-            shard: shard.index,
+            origin: format!("{}.{}", shard.index, created.unix_timestamp_nanos()),
             subject: events_subject(shard.index),
             unconfirmed: VecDeque::new(),
-            last: (0, 0),
         })
     }
 
-    /// Waits until at most `keep` events are unconfirmed, sending again any whose ack
-    /// failed, until it is stored.
+    /// Waits until at most `keep` events are unconfirmed. When an ack fails, every
+    /// unconfirmed event is sent again, once the events stream is there (made again if it
+    /// was deleted), and the waiting goes on, with back-off between rounds.
     async fn confirm(&mut self, keep: usize) {
+        let mut backoff = Duration::from_millis(50);
         while self.unconfirmed.len() > keep {
-            let Unconfirmed { ack, headers, payload } =
-                self.unconfirmed.pop_front().expect("more than `keep` are unconfirmed");
-            let mut ack = Some(ack);
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                let stored = match ack.take() {
-                    Some(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
-                    None => {
-                        let sent = self
-                            .js
-                            .publish_with_headers(
-                                self.subject.clone(),
-                                headers.clone(),
-                                payload.clone(),
-                            )
-                            .await;
-                        match sent {
-                            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        }
-                    }
-                };
-                match stored {
-                    Ok(()) => break,
-                    Err(error) => {
-                        warn!(subject = %self.subject, %error, retry_in = ?backoff, "an event was not stored; sending it again");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                    }
+            let front = self.unconfirmed.front_mut().expect("more than `keep` are unconfirmed");
+            let stored = match front.ack.take() {
+                Some(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                None => Err("not sent".into()),
+            };
+            match stored {
+                Ok(()) => {
+                    self.unconfirmed.pop_front();
+                }
+                Err(error) => {
+                    warn!(subject = %self.subject, %error, unconfirmed = self.unconfirmed.len(), retry_in = ?backoff, "events were not stored; sending every unconfirmed one again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    self.send_again().await;
                 }
             }
         }
     }
 
+    /// Sends every unconfirmed event again (the events stream first made again if it is
+    /// gone); an event that cannot be sent now keeps no ack, so the next round sends it.
+    async fn send_again(&mut self) {
+        if let Err(e) = events_stream(&self.js).await {
+            warn!(error = format!("{e:#}"), "the events stream is not there");
+            return;
+        }
+        for entry in &mut self.unconfirmed {
+            let sent = self
+                .js
+                .publish_with_headers(
+                    self.subject.clone(),
+                    entry.headers.clone(),
+                    entry.payload.clone(),
+                )
+                .await;
+            entry.ack = sent.ok();
+        }
+    }
+
     /// Publishes the chunk's events, one message each.
     async fn publish(&mut self, chunk: &Chunk) -> io::Result<()> {
+        let max_payload = self.client.server_info().max_payload;
         for (event, text) in chunk.events().iter().zip(chunk.text().lines()) {
-            let seq = event.line();
-            self.last = if self.last.0 == seq { (seq, self.last.1 + 1) } else { (seq, 1) };
+            let id = event_id(&self.origin, event);
+            if text.len() + id.len() + 64 > max_payload {
+                error!(subject = %self.subject, id, bytes = text.len(), max_payload, "an event over the server's max_payload is not published (the other sinks have it; raise max_payload)");
+                continue;
+            }
             let mut headers = HeaderMap::new();
-            let id = format!("{}:{}:{}", self.shard, seq, self.last.1);
             headers.insert(NATS_MESSAGE_ID, id.as_str());
             let payload = Bytes::copy_from_slice(text.as_bytes());
-            let ack = self
+            let sent = self
                 .js
                 .publish_with_headers(self.subject.clone(), headers.clone(), payload.clone())
-                .await
-                .map_err(io::Error::other)?;
-            self.unconfirmed.push_back(Unconfirmed { ack, headers, payload });
+                .await;
+            self.unconfirmed.push_back(Unconfirmed { ack: sent.ok(), headers, payload });
             if self.unconfirmed.len() > EVENTS_AHEAD {
                 self.confirm(EVENTS_AHEAD).await;
             }
@@ -316,14 +378,25 @@ impl Sink for EventsSink {
 
     fn flush(&mut self) -> io::Result<()> {
         let client = self.client.clone();
-        self.runtime.block_on(client.flush()).map_err(io::Error::other)
+        // A server away does not hold the writer: its acks are waited for, not the flush.
+        let flushed = async { tokio::time::timeout(Duration::from_secs(1), client.flush()).await };
+        let _ = self.runtime.block_on(flushed);
+        Ok(())
     }
 
+    /// Waits up to [`FINISH_WITHIN`] for every event to be stored; logs what is not.
     fn finish(&mut self) -> io::Result<()> {
-        self.make_durable()
+        let runtime = self.runtime.clone();
+        let stored =
+            runtime.block_on(async { tokio::time::timeout(FINISH_WITHIN, self.confirm(0)).await });
+        if stored.is_err() {
+            error!(subject = %self.subject, unconfirmed = self.unconfirmed.len(), "stopping with events JetStream has not stored (a restart sends them again from the last snapshot)");
+        }
+        Ok(())
     }
 
-    /// Every event published so far is stored by JetStream.
+    /// Every event published so far is stored by JetStream (waits as long as that takes:
+    /// a snapshot must not count events that may be lost).
     fn make_durable(&mut self) -> io::Result<()> {
         let runtime = self.runtime.clone();
         runtime.block_on(self.confirm(0));

@@ -41,9 +41,14 @@ pub fn events_subject(i: u32) -> String {
     format!("liqscan.events.{i}")
 }
 
-/// The header a publisher sets on a line too long to send (SPEC section 1: over 1 MiB): the
-/// line's length in bytes; the payload is empty and the shard rejects it as too long.
-pub const CUT_HEADER: &str = "Liqscan-Line-Bytes";
+/// The header of a stand-in for a line the shard must reject unseen ([`route::Refused`]: a
+/// line over 1 MiB, or one without `seq` when none is left); its payload is empty.
+pub const REFUSED_HEADER: &str = "Liqscan-Refused";
+
+/// A shard's stream exists for another shard count (its description says which).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotThisShard(String);
 
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a message sent again under it.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -51,7 +56,9 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// `--shard I/N`: this daemon is shard `index` of `count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardSpec {
+    /// I, from 0.
     pub index: u32,
+    /// N, at least 1.
     pub count: u32,
 }
 
@@ -99,6 +106,21 @@ pub async fn input_stream_of(
     js: &jetstream::Context,
     shard: ShardSpec,
 ) -> anyhow::Result<stream::Stream> {
+    if shard.index != 0 {
+        // Shard 0's stream is always made: another shard count shows there first.
+        if let Ok(mut zero) = js.get_stream(input_stream(0)).await {
+            let said = zero.info().await?.config.description.clone().unwrap_or_default();
+            let want = input_description(ShardSpec { index: 0, count: shard.count });
+            if said != want {
+                return Err(NotThisShard(format!(
+                    "the streams are not those of {} shards: {} says {said:?}",
+                    shard.count,
+                    input_stream(0)
+                ))
+                .into());
+            }
+        }
+    }
     let name = input_stream(shard.index);
     let description = input_description(shard);
     let mut stream = js
@@ -116,10 +138,11 @@ pub async fn input_stream_of(
         })?;
     let info = stream.info().await.with_context(|| format!("cannot read stream {name}"))?;
     if info.config.description.as_deref() != Some(description.as_str()) {
-        anyhow::bail!(
+        return Err(NotThisShard(format!(
             "stream {name} is not the input of shard {shard}: it says {:?} (published for another shard count?)",
             info.config.description.as_deref().unwrap_or("")
-        );
+        ))
+        .into());
     }
     Ok(stream)
 }

@@ -1,7 +1,8 @@
 //! `liqscan publish --nats URL --shards N [--rate R] INPUT` (SPEC section 10): routes an
 //! engine stream into the N shards' JetStream streams.
 //!
-//! Each line is stored under its [`Key`] (`Nats-Msg-Id`). At start, and again after any
+//! Each line is stored under its [`Key`] (`Nats-Msg-Id`), and only right after the one
+//! before it in its shard (`Nats-Expected-Last-Msg-Id`). At start, and again after any
 //! failure, the publisher reads the key of each stream's last message and sends each shard
 //! only the lines after it: a publisher killed and run again on the same input, or one that
 //! lost its server for a while, ends with each stream holding every line of its shard once
@@ -11,7 +12,7 @@
 use std::{
     collections::VecDeque,
     fs::File,
-    io::BufReader,
+    io::{BufReader, Write as _},
     path::Path,
     time::{Duration, Instant},
 };
@@ -19,14 +20,14 @@ use std::{
 use anyhow::Context as _;
 use async_nats::{
     HeaderMap,
-    header::NATS_MESSAGE_ID,
+    header::{NATS_EXPECTED_LAST_MESSAGE_ID, NATS_MESSAGE_ID},
     jetstream::{self, context::PublishAckFuture},
 };
 use bytes::Bytes;
 
 use super::{
-    CUT_HEADER, ShardSpec, connect, input_stream_of, input_subject,
-    route::{Decision, Key, Route, Router},
+    REFUSED_HEADER, ShardSpec, connect, input_stream_of, input_subject,
+    route::{Decision, Key, Route, Router, refused_header},
 };
 use crate::{
     ingest::{Line, LineReader},
@@ -54,8 +55,10 @@ pub struct PublishOptions {
 pub struct PublishSummary {
     /// Lines of the input read.
     pub lines: u64,
-    /// Messages stored, per shard.
+    /// Messages sent to be stored, per shard (the last attempt's).
     pub stored: Vec<u64>,
+    /// Messages the server acknowledged as stored (the last attempt's): progress.
+    pub acknowledged: u64,
     /// Messages skipped because their shard's stream held them already.
     pub already_stored: u64,
     /// Messages the server dropped as repeats of a `Nats-Msg-Id` it had (within its window).
@@ -114,7 +117,7 @@ pub fn publish(input: &Path, opts: &PublishOptions) -> anyhow::Result<PublishSum
                 Ok(()) => return Ok(summary),
                 Err(e) if e.is::<Fatal>() => return Err(e),
                 Err(e) => {
-                    if summary.stored.iter().sum::<u64>() > 0 {
+                    if summary.acknowledged > 0 {
                         last_progress = Instant::now();
                         backoff = Duration::from_millis(100);
                     }
@@ -124,7 +127,8 @@ pub fn publish(input: &Path, opts: &PublishOptions) -> anyhow::Result<PublishSum
                             humantime::format_duration(opts.give_up_after)
                         )));
                     }
-                    eprintln!(
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "liqscan publish: {e:#}; resuming from the streams' last messages in {backoff:?}"
                     );
                     tokio::time::sleep(backoff).await;
@@ -141,7 +145,17 @@ pub fn publish(input: &Path, opts: &PublishOptions) -> anyhow::Result<PublishSum
 #[error("{0}")]
 struct Fatal(String);
 
-/// One pass over the input, sending each shard what its stream lacks.
+/// One shard's stream as the publisher sees it: the key of its last message.
+struct Shard {
+    subject: String,
+    last: Option<Key>,
+}
+
+/// One pass over the input, sending each shard what its stream lacks. Each message names
+/// the id of the one before it in its shard (`Nats-Expected-Last-Msg-Id`): the server stores
+/// it only right after that one, so messages lost with a dead connection (while later ones
+/// were still queued in the client) leave no hole: the ones after them are refused too, and
+/// the next attempt resumes after the last one stored.
 async fn attempt(
     input: &Path,
     opts: &PublishOptions,
@@ -150,29 +164,20 @@ async fn attempt(
     let file = File::open(input)
         .map_err(|e| Fatal(format!("cannot open input {}: {e}", input.display())))?;
     let client = connect(&opts.nats).await?;
+    let max_payload = client.server_info().max_payload;
     let js = jetstream::new(client);
-    let n = opts.shards;
-    let mut last = Vec::with_capacity(n as usize);
-    for index in 0..n {
-        let mut stream = input_stream_of(&js, ShardSpec { index, count: n })
-            .await
-            .map_err(|e| Fatal(format!("{e:#}")))?;
-        last.push(last_key(&mut stream).await?);
-    }
-    summary.stored = vec![0; n as usize];
+    let shards = open_shards(&js, opts.shards).await?;
+    summary.stored = vec![0; shards.len()];
     let started = Instant::now();
     let mut lines = LineReader::new(BufReader::with_capacity(1 << 16, file), MAX_LINE_BYTES);
-    let mut router = Router::new(n);
-    let mut acks: VecDeque<PublishAckFuture> = VecDeque::with_capacity(ACK_WINDOW);
+    let mut router = Router::new(opts.shards);
+    let mut out = Out { js, shards, acks: VecDeque::with_capacity(ACK_WINDOW) };
+    let mut paced = 0u64;
     while let Some(line) =
         lines.next_line().map_err(|e| Fatal(format!("cannot read {}: {e}", input.display())))?
     {
         summary.lines += 1;
-        if let Some(rate) = opts.rate {
-            let due = started + Duration::from_secs_f64(summary.lines as f64 / rate);
-            tokio::time::sleep_until(due.into()).await;
-        }
-        let (key, route) = match router.line(line) {
+        let (key, route, refused) = match router.line(line) {
             Decision::Blank => {
                 summary.blank += 1;
                 continue;
@@ -181,44 +186,115 @@ async fn attempt(
                 summary.duplicates += 1;
                 continue;
             }
-            Decision::Send { key, route } => (key, route),
+            Decision::Send { key, route, refused } => (key, route, refused),
         };
-        let mut headers = HeaderMap::new();
-        headers.insert(NATS_MESSAGE_ID, key.id().as_str());
-        let payload = match line {
-            Line::Bytes(b) => Bytes::copy_from_slice(b),
-            Line::TooLong(len) => {
-                headers.insert(CUT_HEADER, len.to_string().as_str());
-                Bytes::new()
-            }
+        let payload = match (line, refused) {
+            (Line::Bytes(b), None) => Bytes::copy_from_slice(b),
+            _ => Bytes::new(),
         };
-        let shards = match route {
-            Route::One(i) => i..i + 1,
-            Route::All => 0..n,
-        };
-        for shard in shards {
-            let i = shard as usize;
-            if last[i].is_some_and(|l| key <= l) {
-                summary.already_stored += 1;
-                continue;
-            }
-            let ack = js
-                .publish_with_headers(input_subject(shard), headers.clone(), payload.clone())
-                .await
-                .with_context(|| format!("cannot publish to shard {shard}"))?;
-            acks.push_back(ack);
-            if acks.len() >= ACK_WINDOW {
-                take_ack(&mut acks, summary).await?;
-            }
-            summary.stored[i] += 1;
-            last[i] = Some(key);
+        if payload.len() + 256 > max_payload {
+            return Err(Fatal(format!(
+                "line {} ({} bytes) does not fit in a NATS message: the server's max_payload is {max_payload} bytes; set max_payload: 2MB in its config (SPEC lines go up to 1 MiB)",
+                summary.lines,
+                payload.len()
+            ))
+            .into());
         }
+        if let Some(rate) = opts.rate {
+            // Paced as the lines are sent: those the streams hold already go by at once.
+            if out.lacks(key, route) {
+                paced += 1;
+                let due = started + Duration::from_secs_f64(paced as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        out.send(summary, key, route, payload, refused).await?;
     }
-    while !acks.is_empty() {
-        take_ack(&mut acks, summary).await?;
+    while !out.acks.is_empty() {
+        take_ack(&mut out.acks, summary).await?;
     }
     summary.elapsed = started.elapsed();
     Ok(())
+}
+
+/// Where the routed lines go: the shards' streams, and the acks not yet in.
+struct Out {
+    js: jetstream::Context,
+    shards: Vec<Shard>,
+    acks: VecDeque<PublishAckFuture>,
+}
+
+impl Out {
+    /// The shards of `route`.
+    fn targets(&self, route: Route) -> std::ops::Range<u32> {
+        match route {
+            Route::One(i) => i..i + 1,
+            Route::All => 0..self.shards.len() as u32,
+        }
+    }
+
+    /// Some shard of `route` lacks the line `key`.
+    fn lacks(&self, key: Key, route: Route) -> bool {
+        self.targets(route).any(|i| self.shards[i as usize].last.is_none_or(|l| key > l))
+    }
+
+    /// Sends one line to each shard of `route` whose stream lacks it.
+    async fn send(
+        &mut self,
+        summary: &mut PublishSummary,
+        key: Key,
+        route: Route,
+        payload: Bytes,
+        refused: Option<crate::ingest::Refused>,
+    ) -> anyhow::Result<()> {
+        for i in self.targets(route) {
+            let shard = &mut self.shards[i as usize];
+            if shard.last.is_some_and(|l| key <= l) {
+                summary.already_stored += 1;
+                continue;
+            }
+            let headers = headers(key, shard.last, refused);
+            let ack = self
+                .js
+                .publish_with_headers(shard.subject.clone(), headers, payload.clone())
+                .await
+                .with_context(|| format!("cannot publish to shard {i}"))?;
+            shard.last = Some(key);
+            summary.stored[i as usize] += 1;
+            self.acks.push_back(ack);
+            if self.acks.len() >= ACK_WINDOW {
+                take_ack(&mut self.acks, summary).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens (or creates) every shard's stream and reads its last key. Errors: a stream of
+/// another shard count, or one a publisher did not write (both fatal); the server failing.
+async fn open_shards(js: &jetstream::Context, count: u32) -> anyhow::Result<Vec<Shard>> {
+    let mut shards = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let mut stream = input_stream_of(js, ShardSpec { index, count }).await.map_err(|e| {
+            if e.is::<super::NotThisShard>() { Fatal(format!("{e:#}")).into() } else { e }
+        })?;
+        shards.push(Shard { subject: input_subject(index), last: last_key(&mut stream).await? });
+    }
+    Ok(shards)
+}
+
+/// A message's headers: its id, the id it must follow in its shard (none for a shard's first
+/// message), and what the shard is to refuse it for.
+fn headers(key: Key, after: Option<Key>, refused: Option<crate::ingest::Refused>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(NATS_MESSAGE_ID, key.id().as_str());
+    if let Some(after) = after {
+        headers.insert(NATS_EXPECTED_LAST_MESSAGE_ID, after.id().as_str());
+    }
+    if let Some(refused) = refused {
+        headers.insert(REFUSED_HEADER, refused_header(refused).as_str());
+    }
+    headers
 }
 
 /// Waits for the oldest outstanding ack.
@@ -227,20 +303,30 @@ async fn take_ack(
     summary: &mut PublishSummary,
 ) -> anyhow::Result<()> {
     let ack = acks.pop_front().expect("called with an ack outstanding");
-    let ack = ack.await.context("a message was not acknowledged")?;
+    let ack = ack.await.context("a message was not stored")?;
+    summary.acknowledged += 1;
     if ack.duplicate {
         summary.server_duplicates += 1;
     }
     Ok(())
 }
 
-/// The key of a stream's last message; `None` for an empty stream. Errors: it cannot be
-/// read, or it carries no key (a message not stored by `liqscan publish`).
+/// The key of a stream's last message; `None` for a stream never written. Errors: it cannot
+/// be read; it carries no key (a message not stored by `liqscan publish`); or the stream
+/// was written and its messages are gone (its limits removed them), where sending the input
+/// again would have the shard apply it twice (all fatal but the first).
 async fn last_key(stream: &mut jetstream::stream::Stream) -> anyhow::Result<Option<Key>> {
     let info = stream.info().await.context("cannot read a stream's state")?;
     let (name, state) = (info.config.name.clone(), info.state.clone());
-    if state.messages == 0 {
+    if state.last_sequence == 0 {
         return Ok(None);
+    }
+    if state.messages == 0 {
+        return Err(Fatal(format!(
+            "{name} was written up to stream seq {} and holds no message now (its limits removed them): publishing the input again would have the shard apply it twice",
+            state.last_sequence
+        ))
+        .into());
     }
     let message = stream
         .get_raw_message(state.last_sequence)

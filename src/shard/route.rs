@@ -10,7 +10,7 @@
 //! stream's daemon ignored.
 
 use crate::{
-    ingest::{Admit, Line, Sequencer},
+    ingest::{Admit, Line, Refused, Sequencer},
     protocol,
 };
 
@@ -23,32 +23,35 @@ pub enum Route {
     All,
 }
 
-/// A line's place in the stream, the same every time the same input is read: the
-/// effective seq of SPEC section 6 (`after`), and for a line that takes none (malformed,
-/// no seq left) its count among such lines since (`extra`, from 1). It orders the stream,
-/// and its text is the line's `Nats-Msg-Id`, so a resent line is not stored twice.
+/// A line's place in the stream, the same every time the same input is read. It orders
+/// the stream, and its text is the line's `Nats-Msg-Id`, so a resent line is not stored
+/// twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Key {
-    pub after: u64,
-    pub extra: u64,
+    /// The line's effective seq (SPEC section 6); for a line that takes none (malformed, no
+    /// seq left), the last one before it.
+    pub seq: u64,
+    /// 0 for a line with its own effective seq; for one without, its count among such lines
+    /// since `seq` (from 1).
+    pub seqless: u64,
 }
 
 impl Key {
     /// `"812"`, or `"812.3"` for the third line without a seq of its own after 812.
     pub fn id(&self) -> String {
-        match self.extra {
-            0 => self.after.to_string(),
-            k => format!("{}.{k}", self.after),
+        match self.seqless {
+            0 => self.seq.to_string(),
+            k => format!("{}.{k}", self.seq),
         }
     }
 
     /// Reads [`Key::id`] back; `None` for any other text.
     pub fn parse(id: &str) -> Option<Key> {
-        let (after, extra) = match id.split_once('.') {
+        let (seq, seqless) = match id.split_once('.') {
             Some((a, k)) => (a.parse().ok()?, k.parse().ok().filter(|&k| k > 0)?),
             None => (id.parse().ok()?, 0),
         };
-        Some(Key { after, extra })
+        Some(Key { seq, seqless })
     }
 }
 
@@ -59,8 +62,26 @@ pub enum Decision {
     Blank,
     /// A duplicate of SPEC section 6: not sent.
     Duplicate,
-    /// Send it under `key` to `route`.
-    Send { key: Key, route: Route },
+    /// Send it under `key` to `route`; with `refused`, as a stand-in that the shard rejects
+    /// (the line itself is not sent).
+    Send { key: Key, route: Route, refused: Option<Refused> },
+}
+
+/// `too-long BYTES` or `no-seq-left`: the [`super::REFUSED_HEADER`] of a stand-in.
+pub fn refused_header(refused: Refused) -> String {
+    match refused {
+        Refused::TooLong(n) => format!("too-long {n}"),
+        Refused::NoSeqLeft => "no-seq-left".into(),
+    }
+}
+
+/// Reads [`refused_header`] back.
+pub fn parse_refused_header(text: &str) -> Option<Refused> {
+    match text.split_once(' ') {
+        Some(("too-long", n)) => n.parse().ok().map(Refused::TooLong),
+        None if text == "no-seq-left" => Some(Refused::NoSeqLeft),
+        _ => None,
+    }
 }
 
 /// The router of one stream into `shards` shards.
@@ -68,36 +89,38 @@ pub enum Decision {
 pub struct Router {
     shards: u32,
     seq: Sequencer,
-    extra: u64,
+    seqless: u64,
 }
 
 impl Router {
     /// A router into `shards` (at least 1) shards, from the start of a stream.
     pub fn new(shards: u32) -> Router {
         assert!(shards >= 1, "at least one shard");
-        Router { shards, seq: Sequencer::default(), extra: 0 }
+        Router { shards, seq: Sequencer::default(), seqless: 0 }
     }
 
     /// Decides the next line of the stream.
     pub fn line(&mut self, line: Line<'_>) -> Decision {
         let bytes = match line {
-            Line::TooLong(_) => return self.seqless(),
+            Line::TooLong(n) => return self.seqless(Some(Refused::TooLong(n))),
             Line::Bytes(b) => b,
         };
         if bytes.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
             return Decision::Blank;
         }
-        let Ok(parsed) = protocol::parse_envelope(bytes) else { return self.seqless() };
-        let after = match self.seq.admit(parsed.seq) {
+        let Ok(parsed) = protocol::parse_envelope(bytes) else { return self.seqless(None) };
+        let seq = match self.seq.admit(parsed.seq) {
             Admit::Duplicate => return Decision::Duplicate,
-            Admit::Exhausted => return self.seqless(),
+            Admit::Exhausted => return self.seqless(Some(Refused::NoSeqLeft)),
             Admit::Next { seq, .. } => seq,
         };
-        self.extra = 0;
-        let key = Key { after, extra: 0 };
+        self.seqless = 0;
+        let key = Key { seq, seqless: 0 };
         let ty = protocol::string_field(parsed.envelope.ty, "type");
         let shard = match ty.as_deref() {
-            Ok("mark" | "marks" | "funding") => return Decision::Send { key, route: Route::All },
+            Ok("mark" | "marks" | "funding") => {
+                return Decision::Send { key, route: Route::All, refused: None };
+            }
             Ok(ty) if protocol::ACCOUNT_MESSAGE_TYPES.contains(&ty) => parsed
                 .envelope
                 .account
@@ -106,14 +129,14 @@ impl Router {
             // No type, or one no shard knows: shard 0 rejects it.
             _ => 0,
         };
-        Decision::Send { key, route: Route::One(shard) }
+        Decision::Send { key, route: Route::One(shard), refused: None }
     }
 
     /// A line that takes no seq: to shard 0, the next key after the last.
-    fn seqless(&mut self) -> Decision {
-        self.extra += 1;
-        let key = Key { after: self.seq.last(), extra: self.extra };
-        Decision::Send { key, route: Route::One(0) }
+    fn seqless(&mut self, refused: Option<Refused>) -> Decision {
+        self.seqless += 1;
+        let key = Key { seq: self.seq.last(), seqless: self.seqless };
+        Decision::Send { key, route: Route::One(0), refused }
     }
 }
 
@@ -125,8 +148,8 @@ mod tests {
         r.line(Line::Bytes(line.as_bytes()))
     }
 
-    fn send(after: u64, extra: u64, route: Route) -> Decision {
-        Decision::Send { key: Key { after, extra }, route }
+    fn send(seq: u64, seqless: u64, route: Route) -> Decision {
+        Decision::Send { key: Key { seq, seqless }, route, refused: None }
     }
 
     #[test]
@@ -165,18 +188,36 @@ mod tests {
         assert_eq!(route(&mut r, r#"{"type":"query","account":3,"seq":5}"#), Decision::Duplicate);
         assert_eq!(route(&mut r, r#"{"type":"query","account":3,"seq":4}"#), Decision::Duplicate);
         assert_eq!(route(&mut r, "not json"), send(5, 1, Route::One(0)));
-        assert_eq!(r.line(Line::TooLong(2 << 20)), send(5, 2, Route::One(0)));
+        let too_long = Decision::Send {
+            key: Key { seq: 5, seqless: 2 },
+            route: Route::One(0),
+            refused: Some(Refused::TooLong(2 << 20)),
+        };
+        assert_eq!(r.line(Line::TooLong(2 << 20)), too_long);
         assert_eq!(route(&mut r, r#"{"type":"query","account":4}"#), send(6, 0, Route::One(0)));
         assert_eq!(route(&mut r, "{"), send(6, 1, Route::One(0)));
     }
 
     #[test]
+    fn a_line_without_seq_after_the_last_seq_goes_to_shard_0_refused() {
+        let mut r = Router::new(2);
+        let top = format!(r#"{{"type":"query","account":3,"seq":{}}}"#, u64::MAX);
+        assert_eq!(route(&mut r, &top), send(u64::MAX, 0, Route::One(1)));
+        let refused = Decision::Send {
+            key: Key { seq: u64::MAX, seqless: 1 },
+            route: Route::One(0),
+            refused: Some(Refused::NoSeqLeft),
+        };
+        assert_eq!(route(&mut r, r#"{"type":"query","account":3}"#), refused);
+    }
+
+    #[test]
     fn keys_order_the_stream_and_read_back_from_their_ids() {
         let keys = [
-            Key { after: 0, extra: 1 },
-            Key { after: 5, extra: 0 },
-            Key { after: 5, extra: 2 },
-            Key { after: 12, extra: 0 },
+            Key { seq: 0, seqless: 1 },
+            Key { seq: 5, seqless: 0 },
+            Key { seq: 5, seqless: 2 },
+            Key { seq: 12, seqless: 0 },
         ];
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
         for k in keys {
@@ -185,6 +226,10 @@ mod tests {
         assert_eq!(Key::parse("5.0"), None);
         assert_eq!(Key::parse("x"), None);
         assert_eq!(Key::parse("5."), None);
+        for refused in [Refused::TooLong(1 << 21), Refused::NoSeqLeft] {
+            assert_eq!(parse_refused_header(&refused_header(refused)), Some(refused));
+        }
+        assert_eq!(parse_refused_header("too-long x"), None);
     }
 
     /// The list of types that name an account agrees with validation: on a stream of every

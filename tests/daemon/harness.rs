@@ -39,7 +39,6 @@ impl Drop for TempDir {
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped.
-/// A child process, killed when dropped.
 pub struct Guard(pub Child);
 
 impl Drop for Guard {

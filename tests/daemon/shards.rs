@@ -2,7 +2,8 @@
 //! free port, its own store directory): `liqscan publish` stores each shard's lines once
 //! and in order, however often it is cut short and run again; N shard daemons together
 //! make one daemon's liquidations; a shard killed with -9 resumes from its snapshot.
-//! `.ci/run` installs nats-server when it is missing.
+//! `scripts/test.sh` (the README's test command, which `.ci/run` runs) installs nats-server
+//! when it is missing.
 
 use std::{
     collections::BTreeSet,
@@ -27,9 +28,10 @@ const CONFIG: &str = "gen/faults.config.json";
 
 /// A `nats-server -js` on 127.0.0.1, a free port; killed when dropped.
 struct Nats {
-    _server: Guard,
+    server: Guard,
+    port: String,
     url: String,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 /// The nats-server binary: on PATH, or where Debian's package puts it.
@@ -41,39 +43,54 @@ fn nats_server_bin() -> String {
         .chain(["/usr/sbin/nats-server".into(), "/usr/local/bin/nats-server".into()])
         .collect::<Vec<_>>();
     candidates.into_iter().find(|p| std::path::Path::new(p).is_file()).unwrap_or_else(|| {
-        panic!("nats-server not found: install it (apt-get install -y nats-server; .ci/run does)")
+        panic!("nats-server not found: install it (apt-get install -y nats-server; scripts/test.sh does)")
     })
+}
+
+/// Starts nats-server on `port` ("-1": a free one) with its store in `dir`; returns it and
+/// the port it listens on, once it is ready.
+fn start_server(port: &str, dir: &TempDir) -> (Guard, String) {
+    let mut child = Command::new(nats_server_bin())
+        .args(["-js", "-a", "127.0.0.1", "-p", port, "-sd", &dir.path("js")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let server = Guard(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let (until, mut bound, mut seen) = (Instant::now() + PATIENCE, None, Vec::new());
+    while bound.is_none() || !seen.iter().any(|l: &String| l.contains("Server is ready")) {
+        let left = until.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("nats-server: {seen:#?}"));
+        if let Some(at) = line.split("Listening for client connections on ").nth(1) {
+            bound = Some(at.trim().rsplit(':').next().unwrap().to_owned());
+        }
+        seen.push(line);
+    }
+    (server, bound.unwrap())
 }
 
 impl Nats {
     fn start() -> Nats {
         let dir = TempDir::new("nats");
-        let mut child = Command::new(nats_server_bin())
-            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd", &dir.path("js")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let server = Guard(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let (until, mut port, mut seen) = (Instant::now() + PATIENCE, None, Vec::new());
-        while port.is_none() || !seen.iter().any(|l: &String| l.contains("Server is ready")) {
-            let left = until.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("nats-server: {seen:#?}"));
-            if let Some(at) = line.split("Listening for client connections on ").nth(1) {
-                port = Some(at.trim().rsplit(':').next().unwrap().to_owned());
-            }
-            seen.push(line);
-        }
-        Nats { _server: server, url: format!("nats://127.0.0.1:{}", port.unwrap()), _dir: dir }
+        let (server, port) = start_server("-1", &dir);
+        Nats { server, url: format!("nats://127.0.0.1:{port}"), port, dir }
+    }
+
+    /// Kills the server with -9 and starts it again on the same port and store.
+    fn restart(&mut self) {
+        let _ = self.server.0.kill();
+        let _ = self.server.0.wait();
+        std::thread::sleep(Duration::from_millis(300));
+        self.server = start_server(&self.port, &self.dir).0;
     }
 
     /// Runs `liqscan publish --nats URL --shards N ARGS INPUT` to its end.
@@ -98,7 +115,7 @@ fn routed(shards: u32) -> Vec<Vec<(String, Vec<u8>)>> {
     let mut lines = LineReader::new(&input[..], liqscan::protocol::MAX_LINE_BYTES);
     let (mut router, mut out) = (Router::new(shards), vec![Vec::new(); shards as usize]);
     while let Some(line) = lines.next_line().unwrap() {
-        let Decision::Send { key, route } = router.line(line) else { continue };
+        let Decision::Send { key, route, .. } = router.line(line) else { continue };
         let Line::Bytes(text) = line else { panic!("the fixture has no line over 1 MiB") };
         let to = match route {
             Route::One(i) => i..i + 1,
@@ -117,7 +134,8 @@ fn stream_messages(url: &str, stream: &str) -> Vec<(u64, String, String, Vec<u8>
     runtime.block_on(async {
         let client = async_nats::connect(url).await.unwrap();
         let js = jetstream::new(client);
-        let mut stream = js.get_stream(stream).await.unwrap();
+        // Not made yet: empty.
+        let Ok(mut stream) = js.get_stream(stream).await else { return Vec::new() };
         let last = stream.info().await.unwrap().state.last_sequence;
         let mut out = Vec::new();
         if last == 0 {
@@ -161,11 +179,15 @@ fn stored_line(out: &Output) -> String {
 #[test]
 fn publish_stores_each_shards_lines_once_and_in_order_even_cut_short_and_run_again() {
     let nats = Nats::start();
-    // Cut short: paced so that it is still sending when killed (6,488 lines at 20,000/s).
+    // Cut short: paced so that it is still sending when killed (6,488 lines at 5,000/s).
     let mut first = Guard(
-        publish_cmd(&nats.url, 3, &["--rate", "20000"]).stderr(Stdio::null()).spawn().unwrap(),
+        publish_cmd(&nats.url, 3, &["--rate", "5000"]).stderr(Stdio::null()).spawn().unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(150));
+    let until = Instant::now() + PATIENCE;
+    while stream_messages(&nats.url, "LIQSCAN_0").len() < 100 {
+        assert!(Instant::now() < until, "the first publish stored nothing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let _ = first.0.kill();
     let _ = first.0.wait();
     let partial = stream_messages(&nats.url, "LIQSCAN_0").len();
@@ -185,6 +207,16 @@ fn publish_stores_each_shards_lines_once_and_in_order_even_cut_short_and_run_aga
     assert!(!other_count.status.success(), "another shard count is refused");
     let err = String::from_utf8_lossy(&other_count.stderr);
     assert!(err.contains("not the input of shard 0/2"), "{err}");
+    // A daemon of another shard count is refused as well, even for a shard whose stream is
+    // not there yet.
+    let out = Command::new(env!("CARGO_BIN_EXE_liqscan"))
+        .args(["run", "--config", CONFIG_PATH.as_str(), "--nats", &nats.url, "--shard", "3/4"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not those of 4 shards"), "{err}");
 }
 
 /// Starts shard `shard` of `count` on `nats`, its events also to `events_file`.
@@ -318,14 +350,15 @@ fn a_shard_killed_mid_stream_resumes_from_its_snapshot_and_misses_no_liquidation
     let h = wait_health(http, "a third of the stream applied", |h| {
         h["last_seq"].as_u64().unwrap() >= n / 3
     });
-    assert!(h["last_seq"].as_u64().unwrap() < n, "killed mid-stream");
+    let _ = h;
     d.wait_log("a snapshot", |v| v["message"] == "snapshot written");
     d.kill_9();
     let a2 = args(&file2);
     let mut d =
         start_shard(&nats, "fast", 0, 2, &a2.iter().map(String::as_str).collect::<Vec<_>>());
     let restored = d.wait_log("the restore", |v| v["message"] == "liqscan run started");
-    assert!(restored["last_seq"].as_u64().unwrap() > 0, "it restored a snapshot: {restored}");
+    let from = restored["last_seq"].as_u64().unwrap();
+    assert!(from > 0 && from < n, "it restored a snapshot made mid-stream: {restored}");
     assert!(publisher.0.wait().unwrap().success());
     wait_health(d.addr("http"), "the whole stream applied", |h| h["last_seq"] == n);
     d.sigterm();
@@ -380,4 +413,57 @@ fn shard_command_lines_are_checked_and_a_missing_server_is_said() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("giving up") && err.contains("cannot connect to NATS"), "{err}");
+}
+
+#[test]
+fn a_server_killed_and_restarted_mid_publish_and_mid_read_loses_nothing() {
+    super::common::long_test(
+        "a_server_killed_and_restarted_mid_publish_and_mid_read_loses_nothing",
+    );
+    let mut nats = Nats::start();
+    let dir = TempDir::new("nats-restart");
+    let routed = routed(2);
+    let mut shards = Vec::new();
+    for shard in 0..2u32 {
+        let file = dir.path(&format!("events-{shard}.ndjson"));
+        shards.push((start_shard(&nats, "fast", shard, 2, &["--events-file", &file]), file));
+    }
+    let http: Vec<_> = shards.iter().map(|(d, _)| d.addr("http")).collect();
+    // About 1.3 s of publishing, the server killed a third of the way in.
+    let mut publisher = Guard(
+        publish_cmd(&nats.url, 2, &["--rate", "5000"]).stderr(Stdio::piped()).spawn().unwrap(),
+    );
+    let third = routed[0].len() as u64 / 3;
+    wait_health(http[0], "a third applied", |h| h["last_seq"].as_u64().unwrap() >= third);
+    nats.restart();
+    let status = publisher.0.wait().unwrap();
+    assert!(status.success(), "publish carried on after the restart");
+    assert_streams_hold_the_routing(&nats.url, 2, "the server restarted mid-publish");
+    for (shard, (d, _)) in shards.iter_mut().enumerate() {
+        let n = routed[shard].len() as u64;
+        wait_health(http[shard], "the whole stream applied", |h| h["last_seq"] == n);
+        d.sigterm();
+        assert!(d.wait_exit().success(), "shard {shard}");
+    }
+    let mut events = Vec::new();
+    for (_, file) in &shards {
+        events.extend(file_events(file));
+    }
+    let input = std::fs::read(fixture(STREAM)).unwrap();
+    let (want, _) = replay_of("fast", CONFIG, &input);
+    let kinds = ["liquidation", "account"];
+    let got = joinable(events, &kinds, "origin_seq");
+    assert!(got == joinable(want, &kinds, "seq"), "the shards' events equal one daemon's");
+    // Every event reached the events stream once, those sent again dropped by their ids.
+    let published = stream_messages(&nats.url, "LIQSCAN_EVENTS");
+    for (shard, (_, file)) in shards.iter().enumerate() {
+        let subject = format!("liqscan.events.{shard}");
+        let mut got: Vec<&[u8]> =
+            published.iter().filter(|m| m.1 == subject).map(|m| &m.3[..]).collect();
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut want: Vec<&[u8]> = text.lines().map(str::as_bytes).collect();
+        got.sort();
+        want.sort();
+        assert!(got == want, "shard {shard}: {} published, {} in its file", got.len(), want.len());
+    }
 }

@@ -21,7 +21,6 @@ use serde_json::Value;
 
 use super::{common::long_test, effective_seqs, harness::*, load_config, new_engine};
 
-/// A directory removed when dropped.
 const STREAM: &str = "gen/snapshot_mix.ndjson";
 const CONFIG: &str = "gen/snapshot_mix.config.json";
 
