@@ -61,7 +61,7 @@ pub struct LogMessage {
     /// Its sequence in the log: its line number and effective seq.
     pub seq: u64,
     /// The message (SPEC section 5), without its newline.
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
     /// A stand-in for a message its sender could not send whole (`payload` empty): rejected
     /// as that message would be.
     pub refused: Option<Refused>,

@@ -93,7 +93,9 @@ impl ShardSource {
     /// task. Errors: the server, or a stream that is not the one this shard has read.
     fn subscribe(&self, last_seq: u64) -> anyhow::Result<Receiver<io::Result<LogMessage>>> {
         let config = pull::OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: last_seq + 1 },
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: last_seq.saturating_add(1),
+            },
             ..Default::default()
         };
         let (mut stream, created) = (self.stream.clone(), self.created);
@@ -137,7 +139,8 @@ async fn pump(mut messages: pull::Ordered, tx: Sender<io::Result<LogMessage>>) {
                 .as_ref()
                 .and_then(|h| h.get(REFUSED_HEADER))
                 .and_then(|v| parse_refused_header(v.as_str()));
-            Ok(LogMessage { seq, payload: m.payload.to_vec(), refused })
+            // The payload is handed on as received: no copy per message.
+            Ok(LogMessage { seq, payload: m.message.payload, refused })
         });
         let failed = item.is_err();
         let mut item = item;
@@ -189,7 +192,7 @@ impl Source<'static> for ShardSource {
             match self.subscribe(last_seq) {
                 Ok(messages) => {
                     (self.on_connected)(true);
-                    info!(shard = %self.shard, from_seq = last_seq + 1, "reading the shard's JetStream stream");
+                    info!(shard = %self.shard, from_seq = last_seq.saturating_add(1), "reading the shard's JetStream stream");
                     return Some(Connection::log(ShardLog { messages, stop: self.stop.clone() }));
                 }
                 Err(e) => {
@@ -346,7 +349,7 @@ impl EventsSink {
         let max_payload = self.client.server_info().max_payload;
         for (event, text) in chunk.events().iter().zip(chunk.text().lines()) {
             let id = event_id(&self.origin, event);
-            if text.len() + id.len() + 64 > max_payload {
+            if text.len() + id.len() + super::HEADER_ROOM > max_payload {
                 error!(subject = %self.subject, id, bytes = text.len(), max_payload, "an event over the server's max_payload is not published (the other sinks have it; raise max_payload)");
                 continue;
             }

@@ -50,6 +50,11 @@ pub const REFUSED_HEADER: &str = "Liqscan-Refused";
 #[error("{0}")]
 pub struct NotThisShard(String);
 
+/// Bytes kept free beside a payload for its headers (ids, `Nats-Expected-Last-Msg-Id`,
+/// [`REFUSED_HEADER`]) when it is checked against the server's `max_payload`, which counts
+/// headers and payload together.
+pub const HEADER_ROOM: usize = 256;
+
 /// How long JetStream remembers a `Nats-Msg-Id` to drop a message sent again under it.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 

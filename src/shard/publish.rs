@@ -192,7 +192,7 @@ async fn attempt(
             (Line::Bytes(b), None) => Bytes::copy_from_slice(b),
             _ => Bytes::new(),
         };
-        if payload.len() + 256 > max_payload {
+        if payload.len() + super::HEADER_ROOM > max_payload {
             return Err(Fatal(format!(
                 "line {} ({} bytes) does not fit in a NATS message: the server's max_payload is {max_payload} bytes; set max_payload: 2MB in its config (SPEC lines go up to 1 MiB)",
                 summary.lines,
