@@ -67,6 +67,10 @@ pub struct PublishSummary {
     pub duplicates: u64,
     /// Blank lines: nothing to send.
     pub blank: u64,
+    /// Gaps of SPEC section 6 in the input (a `seq` above the last + 1): one daemon on the
+    /// whole stream emits a `gap` event for each; the shards, whose seq is their stream's,
+    /// emit none.
+    pub gaps: u64,
     /// Attempts after the first (each after a failure).
     pub retries: u32,
     /// The last attempt's time.
@@ -81,7 +85,8 @@ impl PublishSummary {
         format!(
             "lines         {} in {:.3} s ({:.0} lines/s)\n\
              stored        {} (per shard {:?})\n\
-             skipped       {} already stored, {} dropped by the server as repeats, {} duplicates (seq), {} blank\n\
+             skipped       {} messages already stored, {} dropped by the server as repeats; {} duplicate lines (seq), {} blank\n\
+             gaps          {} (seq above the last + 1: reported here, not by the shards)\n\
              retries       {}\n",
             self.lines,
             secs,
@@ -92,6 +97,7 @@ impl PublishSummary {
             self.server_duplicates,
             self.duplicates,
             self.blank,
+            self.gaps,
             self.retries
         )
     }
@@ -214,6 +220,7 @@ async fn attempt(
         take_ack(&mut out.acks, summary).await?;
     }
     summary.elapsed = started.elapsed();
+    summary.gaps = router.gaps();
     Ok(())
 }
 

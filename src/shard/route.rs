@@ -90,13 +90,14 @@ pub struct Router {
     shards: u32,
     seq: Sequencer,
     seqless: u64,
+    gaps: u64,
 }
 
 impl Router {
     /// A router into `shards` (at least 1) shards, from the start of a stream.
     pub fn new(shards: u32) -> Router {
         assert!(shards >= 1, "at least one shard");
-        Router { shards, seq: Sequencer::default(), seqless: 0 }
+        Router { shards, seq: Sequencer::default(), seqless: 0, gaps: 0 }
     }
 
     /// Decides the next line of the stream.
@@ -112,7 +113,10 @@ impl Router {
         let seq = match self.seq.admit(parsed.seq) {
             Admit::Duplicate => return Decision::Duplicate,
             Admit::Exhausted => return self.seqless(Some(Refused::NoSeqLeft)),
-            Admit::Next { seq, .. } => seq,
+            Admit::Next { seq, gap } => {
+                self.gaps += u64::from(gap.is_some());
+                seq
+            }
         };
         self.seqless = 0;
         let key = Key { seq, seqless: 0 };
@@ -130,6 +134,12 @@ impl Router {
             _ => 0,
         };
         Decision::Send { key, route: Route::One(shard), refused: None }
+    }
+
+    /// Gaps of SPEC section 6 in the stream so far (a `seq` above the last + 1). A shard's
+    /// seq is its stream's, which has none: they are reported here, not as shard events.
+    pub fn gaps(&self) -> u64 {
+        self.gaps
     }
 
     /// A line that takes no seq: to shard 0, the next key after the last.
@@ -187,6 +197,7 @@ mod tests {
         );
         assert_eq!(route(&mut r, r#"{"type":"query","account":3,"seq":5}"#), Decision::Duplicate);
         assert_eq!(route(&mut r, r#"{"type":"query","account":3,"seq":4}"#), Decision::Duplicate);
+        assert_eq!(r.gaps(), 1, "1 to 5 skipped 1..=4");
         assert_eq!(route(&mut r, "not json"), send(5, 1, Route::One(0)));
         let too_long = Decision::Send {
             key: Key { seq: 5, seqless: 2 },

@@ -200,6 +200,14 @@ fn publish_stores_each_shards_lines_once_and_in_order_even_cut_short_and_run_aga
 
     let third = nats.publish(3, &[]);
     assert!(third.status.success());
+    // The input's gaps, which the shards cannot see (their seq is their stream's), are
+    // reported by publish: as many as one daemon's gap events.
+    let input = std::fs::read(fixture(STREAM)).unwrap();
+    let (replayed, _) = replay_of("fast", CONFIG, &input);
+    let gaps = replayed.iter().filter(|e| e["type"] == "gap").count();
+    assert!(gaps > 0, "the fixture has gaps");
+    let err = String::from_utf8_lossy(&third.stderr);
+    assert!(err.contains(&format!("gaps          {gaps} ")), "{gaps} gaps: {err}");
     assert!(stored_line(&third).starts_with("stored        0 "), "{}", stored_line(&third));
     assert_streams_hold_the_routing(&nats.url, 3, "run a third time");
 
