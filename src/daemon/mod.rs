@@ -491,7 +491,7 @@ fn open_source(
 ) -> anyhow::Result<(Box<dyn Source<'static>>, Option<input::EngineCloser>)> {
     let metrics = w.shared.metrics.clone();
     if let (Some(url), Some(shard)) = (&args.nats, args.shard) {
-        let connected: crate::shard::consume::OnConnected = Box::new(move |up| {
+        let connected: crate::shard::consume::OnConnected = Arc::new(move |up| {
             metrics.engine_connected.set(i64::from(up));
         });
         let source =

@@ -2,7 +2,12 @@
 //! [`Source`] ([`ShardSource`]), and its events topic as a blocking [`Sink`]
 //! ([`EventsSink`]).
 
-use std::{collections::VecDeque, io, time::Duration};
+use std::{
+    collections::VecDeque,
+    io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use async_nats::{
     HeaderMap,
@@ -20,12 +25,12 @@ use crossbeam::{
     select,
 };
 use futures_util::StreamExt as _;
-use tokio::runtime::Handle;
+use tokio::{runtime::Handle, sync::watch};
 use tracing::{error, info, warn};
 
 use super::{
-    REFUSED_HEADER, ShardSpec, connect, events_stream, events_subject, input_stream_of,
-    route::parse_refused_header,
+    LinkState, REFUSED_HEADER, ShardSpec, connect, events_stream, events_subject, input_stream_of,
+    returned_since, route::parse_refused_header,
 };
 use crate::{
     pipeline::{Chunk, Connection, ConnectionEnd, LogMessage, LogReader, Sink, Source},
@@ -40,14 +45,17 @@ pub const MESSAGES_AHEAD: usize = 1024;
 /// How long the fetching task naps when the reader's queue is full.
 const FULL_NAP: Duration = Duration::from_micros(200);
 
-/// Called with `true` when the source starts reading its stream, `false` when it stops
-/// (the daemon's `liqscan_engine_connected`).
-pub type OnConnected = Box<dyn Fn(bool) + Send>;
+/// Called with `true` when the source starts reading its stream, `false` when it stops or
+/// its NATS connection is lost (the daemon's `liqscan_engine_connected`).
+pub type OnConnected = Arc<dyn Fn(bool) + Send + Sync>;
 
 /// Shard `I/N`'s input: JetStream stream `LIQSCAN_<I>`, read with an ordered consumer from
 /// the seq after the last one applied (0 on an empty state, or the restored snapshot's).
-/// A consumer that fails (the server went away for longer than the client's reconnects)
-/// ends the connection; the next one starts after the last seq applied, after a back-off.
+/// A consumer that fails ends the connection; the next one starts after the last seq
+/// applied, after a back-off. So does a NATS connection that comes back after a loss (a
+/// server restart loses the consumer; async-nats's ordered consumer would notice only by
+/// missed heartbeats, 15–30 s later): reading resumes within [`super::RECONNECT_DELAY_MAX`]
+/// and a back-off of the server's return.
 /// It reads only the stream it opened: one deleted and made again (another `created`
 /// time), or one that ends before the last seq applied (a state restored against a newer
 /// store), is refused, logged at error level every back-off, and not read.
@@ -58,7 +66,10 @@ pub struct ShardSource {
     shard: ShardSpec,
     stop: Receiver<()>,
     on_connected: OnConnected,
+    link: watch::Receiver<LinkState>,
     backoff: Duration,
+    /// When the current consumer was made.
+    reading_since: Instant,
 }
 
 impl ShardSource {
@@ -72,12 +83,22 @@ impl ShardSource {
         stop: Receiver<()>,
         on_connected: OnConnected,
     ) -> anyhow::Result<ShardSource> {
-        let (stream, created) = runtime.block_on(async {
-            let js = jetstream::new(connect(url).await?);
+        let (stream, created, link) = runtime.block_on(async {
+            let link = connect(url).await?;
+            let js = jetstream::new(link.client);
             let mut stream = input_stream_of(&js, shard).await?;
             let created = stream.info().await?.created;
-            anyhow::Ok((stream, created))
+            anyhow::Ok((stream, created, link.state))
         })?;
+        // A lost connection shows at once in `liqscan_engine_connected` and `/health`.
+        let (mut watch, lost) = (link.clone(), on_connected.clone());
+        runtime.spawn(async move {
+            while watch.changed().await.is_ok() {
+                if !watch.borrow_and_update().up {
+                    lost(false);
+                }
+            }
+        });
         Ok(ShardSource {
             runtime: runtime.clone(),
             stream,
@@ -85,7 +106,9 @@ impl ShardSource {
             shard,
             stop,
             on_connected,
+            link,
             backoff: Duration::from_millis(100),
+            reading_since: Instant::now(),
         })
     }
 
@@ -99,6 +122,9 @@ impl ShardSource {
             ..Default::default()
         };
         let (mut stream, created) = (self.stream.clone(), self.created);
+        let link = self.link.clone();
+        // Returns counted before the consumer is made: one after it ends its reading.
+        let returns = link.borrow().returns;
         let messages = self.runtime.block_on(async move {
             let info = stream.info().await?;
             let (name, last) = (info.config.name.clone(), info.state.last_sequence);
@@ -114,7 +140,7 @@ impl ShardSource {
             anyhow::Ok(consumer.messages().await?)
         })?;
         let (tx, rx) = bounded(MESSAGES_AHEAD);
-        self.runtime.spawn(pump(messages, tx));
+        self.runtime.spawn(pump(messages, tx, link, returns));
         Ok(rx)
     }
 
@@ -129,9 +155,28 @@ impl ShardSource {
     }
 }
 
-/// Moves a consumer's messages into the reader's queue until either end is gone.
-async fn pump(mut messages: pull::Ordered, tx: Sender<io::Result<LogMessage>>) {
-    while let Some(next) = messages.next().await {
+/// Moves a consumer's messages into the reader's queue until either end is gone, or until
+/// the NATS connection comes back after a loss (`link` shows more than `returns` returns):
+/// then the reader gets an error after the messages already queued, and the source starts
+/// a consumer after the last seq applied.
+async fn pump(
+    mut messages: pull::Ordered,
+    tx: Sender<io::Result<LogMessage>>,
+    mut link: watch::Receiver<LinkState>,
+    returns: u64,
+) {
+    let back = returned_since(&mut link, returns);
+    tokio::pin!(back);
+    loop {
+        let next = tokio::select! {
+            next = messages.next() => next,
+            () = &mut back => {
+                let back = "the NATS connection was lost and is back: reading again after the last seq applied";
+                hand(&tx, Err(io::Error::other(back))).await;
+                return;
+            }
+        };
+        let Some(next) = next else { break };
         let item = next.map_err(io::Error::other).and_then(|m| {
             let seq = m.info().map_err(|e| io::Error::other(e.to_string()))?.stream_sequence;
             let refused = m
@@ -143,22 +188,26 @@ async fn pump(mut messages: pull::Ordered, tx: Sender<io::Result<LogMessage>>) {
             Ok(LogMessage { seq, payload: m.message.payload, refused })
         });
         let failed = item.is_err();
-        let mut item = item;
-        loop {
-            match tx.try_send(item) {
-                Ok(()) => break,
-                Err(TrySendError::Full(back)) => {
-                    item = back;
-                    tokio::time::sleep(FULL_NAP).await;
-                }
-                Err(TrySendError::Disconnected(_)) => return,
-            }
-        }
-        if failed {
+        if !hand(&tx, item).await || failed {
             return;
         }
     }
-    let _ = tx.send(Err(io::Error::other("the JetStream consumer ended")));
+    hand(&tx, Err(io::Error::other("the JetStream consumer ended"))).await;
+}
+
+/// Queues `item` for the reader, napping while its queue is full (a tokio worker never
+/// blocks on it); false when the reader is gone.
+async fn hand(tx: &Sender<io::Result<LogMessage>>, mut item: io::Result<LogMessage>) -> bool {
+    loop {
+        match tx.try_send(item) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(back)) => {
+                item = back;
+                tokio::time::sleep(FULL_NAP).await;
+            }
+            Err(TrySendError::Disconnected(_)) => return false,
+        }
+    }
 }
 
 /// One consumer's messages, read on the pipeline's reader thread.
@@ -191,6 +240,7 @@ impl Source<'static> for ShardSource {
             }
             match self.subscribe(last_seq) {
                 Ok(messages) => {
+                    self.reading_since = Instant::now();
                     (self.on_connected)(true);
                     info!(shard = %self.shard, from_seq = last_seq.saturating_add(1), "reading the shard's JetStream stream");
                     return Some(Connection::log(ShardLog { messages, stop: self.stop.clone() }));
@@ -216,6 +266,10 @@ impl Source<'static> for ShardSource {
             }
         }
         if end.error.is_some() && !end.stopped {
+            if end.lines > 0 || self.reading_since.elapsed() >= Duration::from_secs(5) {
+                // It was reading: this failure starts a new round of back-off.
+                self.backoff = Duration::from_millis(100);
+            }
             self.nap();
         } else {
             self.backoff = Duration::from_millis(100);
@@ -255,6 +309,10 @@ pub struct EventsSink {
     origin: String,
     subject: String,
     unconfirmed: VecDeque<Unconfirmed>,
+    link: watch::Receiver<LinkState>,
+    /// The link's returns when every unconfirmed event was last sent: after a later one,
+    /// their acks will not come.
+    returns: u64,
 }
 
 /// An event's `Nats-Msg-Id`: `<origin>:<seq>:<what>`, where `origin` names the shard and its
@@ -282,32 +340,42 @@ impl EventsSink {
     /// shard's input stream was made. Errors: no server within 5 s, no JetStream, a stream
     /// of another shard count.
     pub fn open(runtime: &Handle, url: &str, shard: ShardSpec) -> anyhow::Result<EventsSink> {
-        let (client, js, created) = runtime.block_on(async {
-            let client = connect(url).await?;
-            let js = jetstream::new(client.clone());
+        let (link, js, created) = runtime.block_on(async {
+            let link = connect(url).await?;
+            let js = jetstream::new(link.client.clone());
             events_stream(&js).await?;
             let created = input_stream_of(&js, shard).await?.info().await?.created;
-            anyhow::Ok((client, js, created))
+            anyhow::Ok((link, js, created))
         })?;
+        let returns = link.state.borrow().returns;
         Ok(EventsSink {
             runtime: runtime.clone(),
             js,
-            client,
+            client: link.client,
             origin: format!("{}.{}", shard.index, created.unix_timestamp_nanos()),
             subject: events_subject(shard.index),
             unconfirmed: VecDeque::new(),
+            returns,
+            link: link.state,
         })
     }
 
-    /// Waits until at most `keep` events are unconfirmed. When an ack fails, every
-    /// unconfirmed event is sent again, once the events stream is there (made again if it
-    /// was deleted), and the waiting goes on, with back-off between rounds.
+    /// Waits until at most `keep` events are unconfirmed. When an ack fails, or the NATS
+    /// connection comes back after a loss (the acks of what was sent before will not come),
+    /// every unconfirmed event is sent again, once the events stream is there (made again if
+    /// it was deleted), and the waiting goes on, with back-off between rounds.
     async fn confirm(&mut self, keep: usize) {
         let mut backoff = Duration::from_millis(50);
         while self.unconfirmed.len() > keep {
             let front = self.unconfirmed.front_mut().expect("more than `keep` are unconfirmed");
-            let stored = match front.ack.take() {
-                Some(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+            let ack = front.ack.take();
+            let stored = match ack {
+                Some(ack) => tokio::select! {
+                    acked = ack => acked.map(drop).map_err(|e| e.to_string()),
+                    () = returned_since(&mut self.link, self.returns) => {
+                        Err("the NATS connection was lost and is back".into())
+                    }
+                },
                 None => Err("not sent".into()),
             };
             match stored {
@@ -331,6 +399,7 @@ impl EventsSink {
             warn!(error = format!("{e:#}"), "the events stream is not there");
             return;
         }
+        self.returns = self.link.borrow().returns;
         for entry in &mut self.unconfirmed {
             let sent = self
                 .js

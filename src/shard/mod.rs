@@ -94,14 +94,82 @@ fn input_description(shard: ShardSpec) -> String {
     format!("liqscan input of shard {shard}")
 }
 
+/// How long the NATS client waits before its `attempts`-th reconnect (counted from 1):
+/// nothing, then 100 ms doubling up to [`RECONNECT_DELAY_MAX`]. async-nats's own default
+/// doubles up to 4 s; a shard beside its server should be reading again within a second of
+/// the server's return.
+pub fn reconnect_delay(attempts: usize) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(2)).unwrap_or(u32::MAX).min(16);
+    match attempts {
+        0 | 1 => Duration::ZERO,
+        _ => (Duration::from_millis(100) * 2u32.pow(doublings)).min(RECONNECT_DELAY_MAX),
+    }
+}
+
+/// The longest wait between two reconnects to a NATS server that went away.
+pub const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(1);
+
+/// A NATS connection's state as its users see it: whether it is up now, and how many times
+/// it came back after it was lost (each return is a new server connection: replies to what
+/// was sent on the old one, such as JetStream acks, never come).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkState {
+    /// Connected now.
+    pub up: bool,
+    /// Returns after a loss since [`connect`].
+    pub returns: u64,
+}
+
+/// A NATS client and the news of its connection's losses and returns (logged, at `warn`
+/// when lost and `info` when back).
+pub struct Link {
+    /// The client (async-nats reconnects it by itself, every [`reconnect_delay`]).
+    pub client: async_nats::Client,
+    /// Changes on each loss and return.
+    pub state: tokio::sync::watch::Receiver<LinkState>,
+}
+
 /// Connects to the NATS server at `url` (`nats://127.0.0.1:4222`, or `127.0.0.1:4222`).
-pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
+/// Errors: no connection within 5 s.
+pub async fn connect(url: &str) -> anyhow::Result<Link> {
+    let (tx, state) = tokio::sync::watch::channel(LinkState { up: true, returns: 0 });
+    let client = async_nats::ConnectOptions::new()
         .name("liqscan")
         .connection_timeout(Duration::from_secs(5))
+        .reconnect_delay_callback(reconnect_delay)
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => tx.send_modify(|s| {
+                        if s.up {
+                            tracing::warn!("the NATS connection was lost; reconnecting");
+                        }
+                        s.up = false;
+                    }),
+                    async_nats::Event::Connected => tx.send_modify(|s| {
+                        if !s.up {
+                            s.returns += 1;
+                            tracing::info!("the NATS connection is back");
+                        }
+                        s.up = true;
+                    }),
+                    _ => {}
+                }
+            }
+        })
         .connect(url)
         .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))
+        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+    Ok(Link { client, state })
+}
+
+/// Resolves once `link` has come back after a loss since it showed `returns` returns.
+pub async fn returned_since(link: &mut tokio::sync::watch::Receiver<LinkState>, returns: u64) {
+    if link.wait_for(|s| s.returns != returns).await.is_err() {
+        // The client is gone (its sender dropped): nothing will return.
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Shard `shard`'s input stream, created (file storage, limits retention,
@@ -189,6 +257,16 @@ async fn get_or_create(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnects_come_at_once_then_doubling_up_to_a_second() {
+        let delays: Vec<Duration> = (0..10).map(reconnect_delay).collect();
+        assert_eq!(delays[..3], [Duration::ZERO, Duration::ZERO, Duration::from_millis(100)]);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
+        assert_eq!(delays[3], Duration::from_millis(200));
+        assert_eq!(delays[9], RECONNECT_DELAY_MAX);
+        assert_eq!(reconnect_delay(usize::MAX), RECONNECT_DELAY_MAX);
+    }
 
     #[test]
     fn shard_specs_parse_and_print() {

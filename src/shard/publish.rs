@@ -25,8 +25,10 @@ use async_nats::{
 };
 use bytes::Bytes;
 
+use tokio::sync::watch;
+
 use super::{
-    REFUSED_HEADER, ShardSpec, connect, input_stream_of, input_subject,
+    LinkState, REFUSED_HEADER, ShardSpec, connect, input_stream_of, input_subject, returned_since,
     route::{Decision, Key, Route, Router, refused_header},
 };
 use crate::{
@@ -169,15 +171,15 @@ async fn attempt(
 ) -> anyhow::Result<()> {
     let file = File::open(input)
         .map_err(|e| Fatal(format!("cannot open input {}: {e}", input.display())))?;
-    let client = connect(&opts.nats).await?;
-    let max_payload = client.server_info().max_payload;
-    let js = jetstream::new(client);
+    let link = connect(&opts.nats).await?;
+    let max_payload = link.client.server_info().max_payload;
+    let js = jetstream::new(link.client);
     let shards = open_shards(&js, opts.shards).await?;
     summary.stored = vec![0; shards.len()];
     let started = Instant::now();
     let mut lines = LineReader::new(BufReader::with_capacity(1 << 16, file), MAX_LINE_BYTES);
     let mut router = Router::new(opts.shards);
-    let mut out = Out { js, shards, acks: VecDeque::with_capacity(ACK_WINDOW) };
+    let mut out = Out { js, shards, acks: VecDeque::with_capacity(ACK_WINDOW), link: link.state };
     let mut paced = 0u64;
     while let Some(line) =
         lines.next_line().map_err(|e| Fatal(format!("cannot read {}: {e}", input.display())))?
@@ -217,7 +219,7 @@ async fn attempt(
         out.send(summary, key, route, payload, refused).await?;
     }
     while !out.acks.is_empty() {
-        take_ack(&mut out.acks, summary).await?;
+        out.take_ack(summary).await?;
     }
     summary.elapsed = started.elapsed();
     summary.gaps = router.gaps();
@@ -229,6 +231,9 @@ struct Out {
     js: jetstream::Context,
     shards: Vec<Shard>,
     acks: VecDeque<PublishAckFuture>,
+    /// The connection's state: once it comes back after a loss, the acks of what was sent
+    /// before will not come, and the attempt ends at once rather than after their timeout.
+    link: watch::Receiver<LinkState>,
 }
 
 impl Out {
@@ -270,8 +275,25 @@ impl Out {
             summary.stored[i as usize] += 1;
             self.acks.push_back(ack);
             if self.acks.len() >= ACK_WINDOW {
-                take_ack(&mut self.acks, summary).await?;
+                self.take_ack(summary).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest outstanding ack (no longer once the connection came back after
+    /// a loss: its ack will not come).
+    async fn take_ack(&mut self, summary: &mut PublishSummary) -> anyhow::Result<()> {
+        let ack = self.acks.pop_front().expect("called with an ack outstanding");
+        let ack = tokio::select! {
+            ack = ack => ack.context("a message was not stored")?,
+            () = returned_since(&mut self.link, 0) => {
+                anyhow::bail!("the NATS connection was lost and is back: its acks will not come")
+            }
+        };
+        summary.acknowledged += 1;
+        if ack.duplicate {
+            summary.server_duplicates += 1;
         }
         Ok(())
     }
@@ -302,20 +324,6 @@ fn headers(key: Key, after: Option<Key>, refused: Option<crate::ingest::Refused>
         headers.insert(REFUSED_HEADER, refused_header(refused).as_str());
     }
     headers
-}
-
-/// Waits for the oldest outstanding ack.
-async fn take_ack(
-    acks: &mut VecDeque<PublishAckFuture>,
-    summary: &mut PublishSummary,
-) -> anyhow::Result<()> {
-    let ack = acks.pop_front().expect("called with an ack outstanding");
-    let ack = ack.await.context("a message was not stored")?;
-    summary.acknowledged += 1;
-    if ack.duplicate {
-        summary.server_duplicates += 1;
-    }
-    Ok(())
 }
 
 /// The key of a stream's last message; `None` for a stream never written. Errors: it cannot

@@ -7,7 +7,7 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read as _},
     process::{Command, ExitStatus, Output, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -85,11 +85,14 @@ impl Nats {
         Nats { server, url: format!("nats://127.0.0.1:{port}"), port, dir }
     }
 
-    /// Kills the server with -9 and starts it again on the same port and store.
-    fn restart(&mut self) {
+    /// Kills the server with -9 (it stays down until [`Nats::start_again`]).
+    fn kill(&mut self) {
         let _ = self.server.0.kill();
         let _ = self.server.0.wait();
-        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    /// Starts the server again on the same port and store.
+    fn start_again(&mut self) {
         self.server = start_server(&self.port, &self.dir).0;
     }
 
@@ -169,6 +172,41 @@ fn assert_streams_hold_the_routing(url: &str, shards: u32, what: &str) {
             want.len()
         );
     }
+}
+
+/// Two publishers of one input at once (an operator's slip, or a supervisor's overlap):
+/// each sends what it finds missing, so both send the same lines; JetStream's
+/// `Nats-Msg-Id` de-duplication and `Nats-Expected-Last-Msg-Id` leave each line stored once,
+/// in order (SPEC 10: a resent line is not stored twice).
+#[test]
+fn two_publishers_at_once_store_each_line_once() {
+    let nats = Nats::start();
+    let spawn = || {
+        Guard(
+            publish_cmd(&nats.url, 2, &["--rate", "10000"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut publishers = [("first", spawn()), ("second", spawn())];
+    let mut not_stored_again = 0;
+    for (name, p) in &mut publishers {
+        // Each ends by itself: done, or after --give-up-after with nothing stored.
+        let mut err = String::new();
+        p.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(p.0.wait().unwrap().success(), "the {name} publisher: {err}");
+        // "skipped  N messages already stored, M dropped by the server as repeats; ..."
+        let skipped = err.lines().find(|l| l.starts_with("skipped")).expect(&err);
+        let numbers: Vec<u64> =
+            skipped.split_whitespace().filter_map(|w| w.parse().ok()).take(2).collect();
+        not_stored_again += numbers.iter().sum::<u64>();
+    }
+    assert_streams_hold_the_routing(&nats.url, 2, "two publishers at once");
+    // Whichever came second to a line found it stored (and skipped it) or sent it and had
+    // it dropped as a repeat.
+    assert!(not_stored_again > 0, "the two publishers never met on a line");
 }
 
 fn stored_line(out: &Output) -> String {
@@ -453,7 +491,13 @@ fn a_server_killed_and_restarted_mid_publish_and_mid_read_loses_nothing() {
     );
     let third = routed[0].len() as u64 / 3;
     wait_health(http[0], "a third applied", |h| h["last_seq"].as_u64().unwrap() >= third);
-    nats.restart();
+    nats.kill();
+    // The lost connection shows on /health (and in liqscan_engine_connected) while it lasts.
+    for &h in &http {
+        wait_health(h, "the engine disconnected", |h| h["engine_connected"] == false);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    nats.start_again();
     let status = publisher.0.wait().unwrap();
     assert!(status.success(), "publish carried on after the restart");
     assert_streams_hold_the_routing(&nats.url, 2, "the server restarted mid-publish");
