@@ -4,7 +4,9 @@
 
 use std::{
     collections::VecDeque,
+    future::{Future, IntoFuture},
     io,
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -15,7 +17,8 @@ use async_nats::{
     jetstream::{
         self,
         consumer::{DeliverPolicy, pull},
-        context::PublishAckFuture,
+        context::PublishError,
+        publish::PublishAck,
         stream,
     },
 };
@@ -24,7 +27,7 @@ use crossbeam::{
     channel::{Receiver, Sender, TrySendError, bounded},
     select,
 };
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::{runtime::Handle, sync::watch};
 use tracing::{error, info, warn};
 
@@ -84,7 +87,7 @@ impl ShardSource {
         on_connected: OnConnected,
     ) -> anyhow::Result<ShardSource> {
         let (stream, created, link) = runtime.block_on(async {
-            let link = connect(url).await?;
+            let link = connect(url, "input").await?;
             let js = jetstream::new(link.client);
             let mut stream = input_stream_of(&js, shard).await?;
             let created = stream.info().await?.created;
@@ -285,9 +288,18 @@ pub const EVENTS_AHEAD: usize = 4096;
 /// still unconfirmed then is logged (the next start sends it again: SPEC 9.4).
 pub const FINISH_WITHIN: Duration = Duration::from_secs(10);
 
+/// How often the events sink looks, between chunks, at the acks that came in and at its
+/// connection (a return after a loss sends every unconfirmed event again at once, rather
+/// than when the next chunk or the stop waits for them).
+pub const ACK_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// A JetStream ack on its way: `Unpin`, so it can be looked at without waiting
+/// (`now_or_never`) and awaited later.
+type Ack = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
+
 /// An event published, kept until JetStream acknowledges it (to send it again if not).
 struct Unconfirmed {
-    ack: Option<PublishAckFuture>,
+    ack: Option<Ack>,
     headers: HeaderMap,
     payload: Bytes,
 }
@@ -313,6 +325,8 @@ pub struct EventsSink {
     /// The link's returns when every unconfirmed event was last sent: after a later one,
     /// their acks will not come.
     returns: u64,
+    /// When [`Sink::tick`] last looked at the acks.
+    checked: Instant,
 }
 
 /// An event's `Nats-Msg-Id`: `<origin>:<seq>:<what>`, where `origin` names the shard and its
@@ -341,7 +355,7 @@ impl EventsSink {
     /// of another shard count.
     pub fn open(runtime: &Handle, url: &str, shard: ShardSpec) -> anyhow::Result<EventsSink> {
         let (link, js, created) = runtime.block_on(async {
-            let link = connect(url).await?;
+            let link = connect(url, "events").await?;
             let js = jetstream::new(link.client.clone());
             events_stream(&js).await?;
             let created = input_stream_of(&js, shard).await?.info().await?.created;
@@ -357,6 +371,7 @@ impl EventsSink {
             unconfirmed: VecDeque::new(),
             returns,
             link: link.state,
+            checked: Instant::now(),
         })
     }
 
@@ -392,6 +407,37 @@ impl EventsSink {
         }
     }
 
+    /// Drops the events whose acks came in (oldest first, without waiting); sends every
+    /// unconfirmed event again when the connection came back since they were sent, or when
+    /// an ack failed (or is not there: a send that failed).
+    async fn check(&mut self) {
+        let mut resend = self.link.borrow().returns != self.returns;
+        if resend && !self.unconfirmed.is_empty() {
+            info!(subject = %self.subject, unconfirmed = self.unconfirmed.len(), "the NATS connection came back: sending every unconfirmed event again");
+        }
+        while !resend && let Some(front) = self.unconfirmed.front_mut() {
+            let Some(ack) = front.ack.as_mut() else {
+                resend = true;
+                break;
+            };
+            match ack.now_or_never() {
+                None => break,
+                Some(Ok(_)) => {
+                    self.unconfirmed.pop_front();
+                }
+                Some(Err(error)) => {
+                    // Done: never polled again.
+                    front.ack = None;
+                    warn!(subject = %self.subject, %error, unconfirmed = self.unconfirmed.len(), "events were not stored; sending every unconfirmed one again");
+                    resend = true;
+                }
+            }
+        }
+        if resend {
+            self.send_again().await;
+        }
+    }
+
     /// Sends every unconfirmed event again (the events stream first made again if it is
     /// gone); an event that cannot be sent now keeps no ack, so the next round sends it.
     async fn send_again(&mut self) {
@@ -409,7 +455,7 @@ impl EventsSink {
                     entry.payload.clone(),
                 )
                 .await;
-            entry.ack = sent.ok();
+            entry.ack = sent.ok().map(IntoFuture::into_future);
         }
     }
 
@@ -429,7 +475,8 @@ impl EventsSink {
                 .js
                 .publish_with_headers(self.subject.clone(), headers.clone(), payload.clone())
                 .await;
-            self.unconfirmed.push_back(Unconfirmed { ack: sent.ok(), headers, payload });
+            let ack = sent.ok().map(IntoFuture::into_future);
+            self.unconfirmed.push_back(Unconfirmed { ack, headers, payload });
             if self.unconfirmed.len() > EVENTS_AHEAD {
                 self.confirm(EVENTS_AHEAD).await;
             }
@@ -464,6 +511,20 @@ impl Sink for EventsSink {
         if stored.is_err() {
             error!(subject = %self.subject, unconfirmed = self.unconfirmed.len(), "stopping with events JetStream has not stored (a restart sends them again from the last snapshot)");
         }
+        Ok(())
+    }
+
+    /// While events are unconfirmed: every [`ACK_CHECK_EVERY`].
+    fn deadline(&self) -> Option<Instant> {
+        (!self.unconfirmed.is_empty()).then_some(self.checked + ACK_CHECK_EVERY)
+    }
+
+    /// Takes the acks that came in, without waiting; sends every unconfirmed event again
+    /// when the connection came back after a loss or an ack failed.
+    fn tick(&mut self) -> io::Result<()> {
+        let runtime = self.runtime.clone();
+        runtime.block_on(self.check());
+        self.checked = Instant::now();
         Ok(())
     }
 

@@ -129,28 +129,30 @@ pub struct Link {
     pub state: tokio::sync::watch::Receiver<LinkState>,
 }
 
-/// Connects to the NATS server at `url` (`nats://127.0.0.1:4222`, or `127.0.0.1:4222`).
-/// Errors: no connection within 5 s.
-pub async fn connect(url: &str) -> anyhow::Result<Link> {
+/// Connects to the NATS server at `url` (`nats://127.0.0.1:4222`, or `127.0.0.1:4222`) for
+/// `purpose` (`input`, `events`, `publish`: named in the connection's log lines). Errors: no
+/// connection within 5 s.
+pub async fn connect(url: &str, purpose: &'static str) -> anyhow::Result<Link> {
+    let nats = url.to_owned();
     let (tx, state) = tokio::sync::watch::channel(LinkState { up: true, returns: 0 });
     let client = async_nats::ConnectOptions::new()
         .name("liqscan")
         .connection_timeout(Duration::from_secs(5))
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
-            let tx = tx.clone();
+            let (tx, nats) = (tx.clone(), nats.clone());
             async move {
                 match event {
                     async_nats::Event::Disconnected => tx.send_modify(|s| {
                         if s.up {
-                            tracing::warn!("the NATS connection was lost; reconnecting");
+                            tracing::warn!(%nats, purpose, "the NATS connection was lost; reconnecting");
                         }
                         s.up = false;
                     }),
                     async_nats::Event::Connected => tx.send_modify(|s| {
                         if !s.up {
                             s.returns += 1;
-                            tracing::info!("the NATS connection is back");
+                            tracing::info!(%nats, purpose, "the NATS connection is back");
                         }
                         s.up = true;
                     }),

@@ -171,7 +171,7 @@ async fn attempt(
 ) -> anyhow::Result<()> {
     let file = File::open(input)
         .map_err(|e| Fatal(format!("cannot open input {}: {e}", input.display())))?;
-    let link = connect(&opts.nats).await?;
+    let link = connect(&opts.nats, "publish").await?;
     let max_payload = link.client.server_info().max_payload;
     let js = jetstream::new(link.client);
     let shards = open_shards(&js, opts.shards).await?;

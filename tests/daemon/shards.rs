@@ -17,6 +17,7 @@ use async_nats::jetstream::{self, consumer::pull};
 use futures_util::StreamExt as _;
 use liqscan::{
     ingest::{Line, LineReader},
+    pipeline::sink::EVENTS_FILE_FLUSH_EVERY,
     shard::route::{Decision, Route, Router},
 };
 use serde_json::Value;
@@ -129,6 +130,18 @@ fn routed(shards: u32) -> Vec<Vec<(String, Vec<u8>)>> {
         }
     }
     out
+}
+
+/// The number of messages a JetStream stream holds (0 when it is not there).
+fn stream_len(url: &str, stream: &str) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let js = jetstream::new(async_nats::connect(url).await.unwrap());
+        match js.get_stream(stream).await {
+            Ok(mut stream) => stream.info().await.unwrap().state.messages,
+            Err(_) => 0,
+        }
+    })
 }
 
 /// Every message of a JetStream stream: `(stream seq, subject, Nats-Msg-Id, payload)`.
@@ -501,9 +514,21 @@ fn a_server_killed_and_restarted_mid_publish_and_mid_read_loses_nothing() {
     let status = publisher.0.wait().unwrap();
     assert!(status.success(), "publish carried on after the restart");
     assert_streams_hold_the_routing(&nats.url, 2, "the server restarted mid-publish");
-    for (shard, (d, _)) in shards.iter_mut().enumerate() {
+    for (shard, h) in http.iter().enumerate() {
         let n = routed[shard].len() as u64;
-        wait_health(http[shard], "the whole stream applied", |h| h["last_seq"] == n);
+        wait_health(*h, "the whole stream applied", |h| h["last_seq"] == n);
+    }
+    // The events whose acks the restart lost are sent again once the connection is back,
+    // not only when the shard stops: the events stream fills up while the shards run.
+    std::thread::sleep(EVENTS_FILE_FLUSH_EVERY * 3);
+    let made: usize =
+        shards.iter().map(|(_, f)| std::fs::read_to_string(f).unwrap().lines().count()).sum();
+    let until = Instant::now() + PATIENCE;
+    while stream_len(&nats.url, "LIQSCAN_EVENTS") < made as u64 {
+        assert!(Instant::now() < until, "the events stream never held the {made} events");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (shard, (d, _)) in shards.iter_mut().enumerate() {
         d.sigterm();
         assert!(d.wait_exit().success(), "shard {shard}");
     }
