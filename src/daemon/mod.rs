@@ -535,7 +535,7 @@ fn open_sinks(args: &RunArgs, w: &Wiring) -> anyhow::Result<Vec<Box<dyn Sink>>> 
         sinks.push(Box::new(subscribers::HubSink(hub)));
     }
     if let (Some(url), Some(shard)) = (&args.nats, args.shard) {
-        let sink = EventsSink::open(w.runtime.handle(), url, shard)?;
+        let sink = EventsSink::open(w.runtime.handle(), url, shard, w.stop_rx.clone())?;
         info!(role = "nats-events", subject = %crate::shard::events_subject(shard.index), "publishing events to NATS JetStream");
         sinks.push(Box::new(sink));
     }

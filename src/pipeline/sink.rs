@@ -101,9 +101,11 @@ pub trait Sink: Send {
 
     /// For a blocking sink: makes what was written so far survive a crash of the process
     /// and, where the sink can, of the machine (the events file: flush and `fdatasync`).
-    /// Called on the writer thread before a snapshot counts as written (SPEC 9.4).
-    fn make_durable(&mut self) -> io::Result<()> {
-        self.flush()
+    /// Called on the writer thread before a snapshot counts as written (SPEC 9.4). True when
+    /// done; false when it could not be done by `deadline` (when the snapshot stops waiting:
+    /// it is given up, and the sink carries on with nothing lost). Errors: the sink failed.
+    fn make_durable(&mut self, _deadline: Instant) -> io::Result<bool> {
+        self.flush().map(|()| true)
     }
 
     /// For a non-blocking sink: a probe that turns true once every event handed to the sink
@@ -136,7 +138,7 @@ impl Delivery {
         let mut answers = Vec::with_capacity(self.writers.len());
         for tx in self.writers {
             let (done_tx, done_rx) = crossbeam::channel::bounded(1);
-            if tx.send_deadline(WriterMsg::Barrier(done_tx), deadline).is_err() {
+            if tx.send_deadline(WriterMsg::Barrier(done_tx, deadline), deadline).is_err() {
                 return false;
             }
             answers.push(done_rx);
@@ -164,8 +166,9 @@ pub(crate) enum WriterMsg {
     Chunk { chunk: Chunk, flush: bool },
     /// The engine went idle after chunks sent without `flush`.
     Flush,
-    /// Make everything before this durable ([`Sink::make_durable`]), then answer `true`.
-    Barrier(Sender<bool>),
+    /// Make everything before this durable by the deadline ([`Sink::make_durable`]), then
+    /// answer whether it is.
+    Barrier(Sender<bool>, Instant),
 }
 
 /// The writer thread of one blocking sink: writes chunks in order, flushes when the engine
@@ -199,9 +202,9 @@ pub(crate) fn writer_thread(sink: &mut dyn Sink, rx: Receiver<WriterMsg>) -> io:
                 }
             }
             WriterMsg::Flush => sink.flush()?,
-            WriterMsg::Barrier(done) => {
-                sink.make_durable()?;
-                let _ = done.send(true);
+            WriterMsg::Barrier(done, deadline) => {
+                let durable = sink.make_durable(deadline)?;
+                let _ = done.send(durable);
             }
         }
     }
@@ -311,9 +314,9 @@ impl Sink for EventsFile {
 
     /// Before each snapshot: flush and `fdatasync`, so that the file holds every event of
     /// the messages the snapshot covers even after a crash of the machine.
-    fn make_durable(&mut self) -> io::Result<()> {
+    fn make_durable(&mut self, _deadline: Instant) -> io::Result<bool> {
         self.flush()?;
-        self.sync()
+        self.sync().map(|()| true)
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -331,5 +334,55 @@ impl Sink for EventsFile {
             self.sync()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that can be made durable only from `durable_from` on.
+    struct Late {
+        durable_from: Instant,
+        finished: Arc<OnceLock<()>>,
+    }
+
+    impl Sink for Late {
+        fn name(&self) -> String {
+            "late".into()
+        }
+        fn write(&mut self, _: &Chunk) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn finish(&mut self) -> io::Result<()> {
+            let _ = self.finished.set(());
+            Ok(())
+        }
+        fn make_durable(&mut self, deadline: Instant) -> io::Result<bool> {
+            std::thread::sleep(
+                deadline.min(self.durable_from).saturating_duration_since(Instant::now()),
+            );
+            Ok(Instant::now() >= self.durable_from)
+        }
+    }
+
+    #[test]
+    fn a_sink_not_durable_by_the_deadline_fails_that_delivery_only() {
+        let finished = Arc::new(OnceLock::new());
+        let durable_from = Instant::now() + Duration::from_millis(300);
+        let mut sink = Late { durable_from, finished: finished.clone() };
+        let (tx, rx) = crossbeam::channel::bounded(4);
+        let writer = std::thread::spawn(move || writer_thread(&mut sink, rx));
+        let delivery = || Delivery { writers: vec![tx.clone()], probes: Vec::new() };
+        assert!(!delivery().wait(Instant::now() + Duration::from_millis(50)), "not durable yet");
+        std::thread::sleep(durable_from.saturating_duration_since(Instant::now()));
+        // The writer went on: a later delivery is confirmed.
+        assert!(delivery().wait(Instant::now() + Duration::from_secs(10)));
+        drop(tx);
+        writer.join().unwrap().unwrap();
+        assert!(finished.get().is_some(), "finished at the end");
     }
 }

@@ -293,9 +293,25 @@ pub const FINISH_WITHIN: Duration = Duration::from_secs(10);
 /// than when the next chunk or the stop waits for them).
 pub const ACK_CHECK_EVERY: Duration = Duration::from_millis(100);
 
+/// The shortest time between two rounds of sending every unconfirmed event again from
+/// [`Sink::tick`].
+const RESEND_EVERY: Duration = Duration::from_secs(1);
+
 /// A JetStream ack on its way: `Unpin`, so it can be looked at without waiting
 /// (`now_or_never`) and awaited later.
 type Ack = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
+
+/// Resolves [`FINISH_WITHIN`] after the daemon began to stop; never while it runs.
+async fn stop_deadline(stopping: &mut watch::Receiver<Option<Instant>>) {
+    let at = match stopping.wait_for(Option::is_some).await {
+        Ok(at) => *at,
+        Err(_) => None,
+    };
+    match at {
+        Some(at) => tokio::time::sleep_until((at + FINISH_WITHIN).into()).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// An event published, kept until JetStream acknowledges it (to send it again if not).
 struct Unconfirmed {
@@ -327,6 +343,10 @@ pub struct EventsSink {
     returns: u64,
     /// When [`Sink::tick`] last looked at the acks.
     checked: Instant,
+    /// When the daemon began to stop (`None` while it runs).
+    stopping: watch::Receiver<Option<Instant>>,
+    /// When every unconfirmed event was last sent again.
+    resent_at: Instant,
 }
 
 /// An event's `Nats-Msg-Id`: `<origin>:<seq>:<what>`, where `origin` names the shard and its
@@ -353,7 +373,14 @@ impl EventsSink {
     /// Connects and opens the events stream (created when missing) and reads when the
     /// shard's input stream was made. Errors: no server within 5 s, no JetStream, a stream
     /// of another shard count.
-    pub fn open(runtime: &Handle, url: &str, shard: ShardSpec) -> anyhow::Result<EventsSink> {
+    /// `stop` closes when the daemon stops: from then on no wait on JetStream lasts past
+    /// [`FINISH_WITHIN`] (a server away must not hold the stop).
+    pub fn open(
+        runtime: &Handle,
+        url: &str,
+        shard: ShardSpec,
+        stop: Receiver<()>,
+    ) -> anyhow::Result<EventsSink> {
         let (link, js, created) = runtime.block_on(async {
             let link = connect(url, "events").await?;
             let js = jetstream::new(link.client.clone());
@@ -362,6 +389,11 @@ impl EventsSink {
             anyhow::Ok((link, js, created))
         })?;
         let returns = link.state.borrow().returns;
+        let (stopped, stopping) = watch::channel(None);
+        std::thread::Builder::new().name("nats-events-stop".into()).spawn(move || {
+            let _ = stop.recv();
+            let _ = stopped.send(Some(Instant::now()));
+        })?;
         Ok(EventsSink {
             runtime: runtime.clone(),
             js,
@@ -372,6 +404,8 @@ impl EventsSink {
             returns,
             link: link.state,
             checked: Instant::now(),
+            stopping,
+            resent_at: Instant::now(),
         })
     }
 
@@ -417,6 +451,7 @@ impl EventsSink {
         }
         while !resend && let Some(front) = self.unconfirmed.front_mut() {
             let Some(ack) = front.ack.as_mut() else {
+                // Not sent (the server was away).
                 resend = true;
                 break;
             };
@@ -433,7 +468,8 @@ impl EventsSink {
                 }
             }
         }
-        if resend {
+        // At most one round a second (a server away fails them fast).
+        if resend && self.resent_at.elapsed() >= RESEND_EVERY {
             self.send_again().await;
         }
     }
@@ -441,6 +477,7 @@ impl EventsSink {
     /// Sends every unconfirmed event again (the events stream first made again if it is
     /// gone); an event that cannot be sent now keeps no ack, so the next round sends it.
     async fn send_again(&mut self) {
+        self.resent_at = Instant::now();
         if let Err(e) = events_stream(&self.js).await {
             warn!(error = format!("{e:#}"), "the events stream is not there");
             return;
@@ -491,8 +528,15 @@ impl Sink for EventsSink {
     }
 
     fn write(&mut self, chunk: &Chunk) -> io::Result<()> {
-        let runtime = self.runtime.clone();
-        runtime.block_on(self.publish(chunk))
+        let (runtime, mut stopping) = (self.runtime.clone(), self.stopping.clone());
+        runtime.block_on(async {
+            tokio::select! {
+                done = self.publish(chunk) => done,
+                // The rest of the chunk is not sent: the shutdown snapshot is given up (its
+                // delivery is not confirmed), so a restart makes these events again.
+                () = stop_deadline(&mut stopping) => Ok(()),
+            }
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -506,9 +550,14 @@ impl Sink for EventsSink {
     /// Waits up to [`FINISH_WITHIN`] for every event to be stored; logs what is not.
     fn finish(&mut self) -> io::Result<()> {
         let runtime = self.runtime.clone();
-        let stored =
-            runtime.block_on(async { tokio::time::timeout(FINISH_WITHIN, self.confirm(0)).await });
-        if stored.is_err() {
+        let mut stopping = self.stopping.clone();
+        let stored = runtime.block_on(async {
+            tokio::select! {
+                stored = tokio::time::timeout(FINISH_WITHIN, self.confirm(0)) => stored.is_ok(),
+                () = stop_deadline(&mut stopping) => false,
+            }
+        });
+        if !stored {
             error!(subject = %self.subject, unconfirmed = self.unconfirmed.len(), "stopping with events JetStream has not stored (a restart sends them again from the last snapshot)");
         }
         Ok(())
@@ -530,9 +579,13 @@ impl Sink for EventsSink {
 
     /// Every event published so far is stored by JetStream (waits as long as that takes:
     /// a snapshot must not count events that may be lost).
-    fn make_durable(&mut self) -> io::Result<()> {
-        let runtime = self.runtime.clone();
-        runtime.block_on(self.confirm(0));
-        Ok(())
+    fn make_durable(&mut self, deadline: Instant) -> io::Result<bool> {
+        let (runtime, mut stopping) = (self.runtime.clone(), self.stopping.clone());
+        Ok(runtime.block_on(async {
+            tokio::select! {
+                stored = tokio::time::timeout_at(deadline.into(), self.confirm(0)) => stored.is_ok(),
+                () = stop_deadline(&mut stopping) => false,
+            }
+        }))
     }
 }
