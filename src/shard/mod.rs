@@ -106,6 +106,9 @@ pub fn reconnect_delay(attempts: usize) -> Duration {
     }
 }
 
+/// How often the NATS client pings its server when nothing else proves it alive.
+pub const PING_EVERY: Duration = Duration::from_secs(5);
+
 /// The longest wait between two reconnects to a NATS server that went away.
 pub const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(1);
 
@@ -139,6 +142,9 @@ pub async fn connect(url: &str, purpose: &'static str) -> anyhow::Result<Link> {
         .name("liqscan")
         .connection_timeout(Duration::from_secs(5))
         .reconnect_delay_callback(reconnect_delay)
+        // A server that stops answering (frozen, or a network black hole) counts as lost
+        // after two unanswered pings: 10–15 s, where async-nats's default takes minutes.
+        .ping_interval(PING_EVERY)
         .event_callback(move |event| {
             let (tx, nats) = (tx.clone(), nats.clone());
             async move {

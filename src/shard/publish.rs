@@ -57,7 +57,8 @@ pub struct PublishOptions {
 pub struct PublishSummary {
     /// Lines of the input read.
     pub lines: u64,
-    /// Messages sent to be stored, per shard (the last attempt's).
+    /// Messages the server acknowledged as stored, per shard (the last attempt's; not those
+    /// it dropped as repeats).
     pub stored: Vec<u64>,
     /// Messages the server acknowledged as stored (the last attempt's): progress.
     pub acknowledged: u64,
@@ -230,7 +231,8 @@ async fn attempt(
 struct Out {
     js: jetstream::Context,
     shards: Vec<Shard>,
-    acks: VecDeque<PublishAckFuture>,
+    /// Each with the shard it was sent to.
+    acks: VecDeque<(usize, PublishAckFuture)>,
     /// The connection's state: once it comes back after a loss, the acks of what was sent
     /// before will not come, and the attempt ends at once rather than after their timeout.
     link: watch::Receiver<LinkState>,
@@ -272,8 +274,7 @@ impl Out {
                 .await
                 .with_context(|| format!("cannot publish to shard {i}"))?;
             shard.last = Some(key);
-            summary.stored[i as usize] += 1;
-            self.acks.push_back(ack);
+            self.acks.push_back((i as usize, ack));
             if self.acks.len() >= ACK_WINDOW {
                 self.take_ack(summary).await?;
             }
@@ -284,7 +285,7 @@ impl Out {
     /// Waits for the oldest outstanding ack (no longer once the connection came back after
     /// a loss: its ack will not come).
     async fn take_ack(&mut self, summary: &mut PublishSummary) -> anyhow::Result<()> {
-        let ack = self.acks.pop_front().expect("called with an ack outstanding");
+        let (shard, ack) = self.acks.pop_front().expect("called with an ack outstanding");
         let ack = tokio::select! {
             ack = ack => ack.context("a message was not stored")?,
             () = returned_since(&mut self.link, 0) => {
@@ -294,6 +295,8 @@ impl Out {
         summary.acknowledged += 1;
         if ack.duplicate {
             summary.server_duplicates += 1;
+        } else {
+            summary.stored[shard] += 1;
         }
         Ok(())
     }
