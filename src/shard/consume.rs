@@ -498,6 +498,10 @@ impl EventsSink {
 
     /// Publishes the chunk's events, one message each.
     async fn publish(&mut self, chunk: &Chunk) -> io::Result<()> {
+        if self.unconfirmed.is_empty() {
+            // Nothing outstanding: a return before now leaves nothing to send again.
+            self.returns = self.link.borrow().returns;
+        }
         let max_payload = self.client.server_info().max_payload;
         for (event, text) in chunk.events().iter().zip(chunk.text().lines()) {
             let id = event_id(&self.origin, event);
@@ -557,10 +561,17 @@ impl Sink for EventsSink {
                 () = stop_deadline(&mut stopping) => false,
             }
         });
-        if !stored {
-            error!(subject = %self.subject, unconfirmed = self.unconfirmed.len(), "stopping with events JetStream has not stored (a restart sends them again from the last snapshot)");
+        if stored {
+            return Ok(());
         }
-        Ok(())
+        let unconfirmed = self.unconfirmed.len();
+        error!(subject = %self.subject, unconfirmed, "stopping with events JetStream has not stored (a restart sends them again from the last snapshot)");
+        // An error, so that no shutdown snapshot covers these events (SPEC 9.4: a restart
+        // resends from the last snapshot, whose events were all stored) and the exit status
+        // (1) tells a supervisor.
+        Err(io::Error::other(format!(
+            "{unconfirmed} events not stored by JetStream within {FINISH_WITHIN:?} of the stop: no shutdown snapshot; a restart sends them again"
+        )))
     }
 
     /// While events are unconfirmed: every [`ACK_CHECK_EVERY`].
