@@ -347,6 +347,8 @@ pub struct EventsSink {
     stopping: watch::Receiver<Option<Instant>>,
     /// When every unconfirmed event was last sent again.
     resent_at: Instant,
+    /// Events a stop left unsent (a write given up): no shutdown snapshot may cover them.
+    unsent: usize,
 }
 
 /// An event's `Nats-Msg-Id`: `<origin>:<seq>:<what>`, where `origin` names the shard and its
@@ -406,6 +408,7 @@ impl EventsSink {
             checked: Instant::now(),
             stopping,
             resent_at: Instant::now(),
+            unsent: 0,
         })
     }
 
@@ -445,10 +448,8 @@ impl EventsSink {
     /// unconfirmed event again when the connection came back since they were sent, or when
     /// an ack failed (or is not there: a send that failed).
     async fn check(&mut self) {
-        let mut resend = self.link.borrow().returns != self.returns;
-        if resend && !self.unconfirmed.is_empty() {
-            info!(subject = %self.subject, unconfirmed = self.unconfirmed.len(), "the NATS connection came back: sending every unconfirmed event again");
-        }
+        let returned = self.link.borrow().returns != self.returns;
+        let mut resend = returned;
         while !resend && let Some(front) = self.unconfirmed.front_mut() {
             let Some(ack) = front.ack.as_mut() else {
                 // Not sent (the server was away).
@@ -470,6 +471,9 @@ impl EventsSink {
         }
         // At most one round a second (a server away fails them fast).
         if resend && self.resent_at.elapsed() >= RESEND_EVERY {
+            if returned && !self.unconfirmed.is_empty() {
+                info!(subject = %self.subject, unconfirmed = self.unconfirmed.len(), "the NATS connection came back: sending every unconfirmed event again");
+            }
             self.send_again().await;
         }
     }
@@ -533,13 +537,17 @@ impl Sink for EventsSink {
 
     fn write(&mut self, chunk: &Chunk) -> io::Result<()> {
         let (runtime, mut stopping) = (self.runtime.clone(), self.stopping.clone());
-        runtime.block_on(async {
+        let written = runtime.block_on(async {
             tokio::select! {
-                done = self.publish(chunk) => done,
-                // The rest of the chunk is not sent: the shutdown snapshot is given up (its
-                // delivery is not confirmed), so a restart makes these events again.
-                () = stop_deadline(&mut stopping) => Ok(()),
+                done = self.publish(chunk).map(Some) => done,
+                () = stop_deadline(&mut stopping) => None,
             }
+        });
+        // Given up 10 s into a stop: the rest of the chunk is not sent, and `finish` fails so
+        // that no shutdown snapshot covers it (a restart makes these events again).
+        written.unwrap_or_else(|| {
+            self.unsent += chunk.events().len();
+            Ok(())
         })
     }
 
@@ -551,7 +559,8 @@ impl Sink for EventsSink {
         Ok(())
     }
 
-    /// Waits up to [`FINISH_WITHIN`] for every event to be stored; logs what is not.
+    /// Waits up to [`FINISH_WITHIN`] for every event to be stored. Errors (logged too): some
+    /// are not, or a stop left some unsent; then no shutdown snapshot is written.
     fn finish(&mut self) -> io::Result<()> {
         let runtime = self.runtime.clone();
         let mut stopping = self.stopping.clone();
@@ -561,10 +570,10 @@ impl Sink for EventsSink {
                 () = stop_deadline(&mut stopping) => false,
             }
         });
-        if stored {
+        if stored && self.unsent == 0 {
             return Ok(());
         }
-        let unconfirmed = self.unconfirmed.len();
+        let unconfirmed = self.unconfirmed.len() + self.unsent;
         error!(subject = %self.subject, unconfirmed, "stopping with events JetStream has not stored (a restart sends them again from the last snapshot)");
         // An error, so that no shutdown snapshot covers these events (SPEC 9.4: a restart
         // resends from the last snapshot, whose events were all stored) and the exit status
@@ -588,8 +597,8 @@ impl Sink for EventsSink {
         Ok(())
     }
 
-    /// Every event published so far is stored by JetStream (waits as long as that takes:
-    /// a snapshot must not count events that may be lost).
+    /// Every event published so far is stored by JetStream, by the snapshot's `deadline`
+    /// (false otherwise: a snapshot must not count events that may be lost).
     fn make_durable(&mut self, deadline: Instant) -> io::Result<bool> {
         let (runtime, mut stopping) = (self.runtime.clone(), self.stopping.clone());
         Ok(runtime.block_on(async {
