@@ -545,3 +545,113 @@ fn a_server_killed_and_restarted_mid_publish_and_mid_read_loses_nothing() {
     let files: Vec<&str> = shards.iter().map(|(_, f)| f.as_str()).collect();
     assert_events_stream_holds(&nats.url, &files, Order::Any);
 }
+
+/// Creates the events stream as `liqscan run` would, but holding at most `max` messages and
+/// refusing new ones past that (`DiscardNew`: an operator's limit reached), or, with `None`,
+/// lifts the limit of the stream already there.
+fn limit_events_stream(url: &str, max: Option<i64>) {
+    use async_nats::jetstream::stream;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let js = jetstream::new(async_nats::connect(url).await.unwrap());
+        let config = stream::Config {
+            name: liqscan::shard::EVENTS_STREAM.into(),
+            subjects: vec!["liqscan.events.>".into()],
+            description: Some("liqscan events of every shard".into()),
+            storage: stream::StorageType::File,
+            duplicate_window: liqscan::shard::DUPLICATE_WINDOW,
+            max_messages: max.unwrap_or(-1),
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        };
+        match max {
+            Some(_) => drop(js.create_stream(config).await.unwrap()),
+            None => drop(js.update_stream(config).await.unwrap()),
+        }
+    });
+}
+
+/// An event line without its `latency_ns` (the one field a restart makes anew).
+fn without_latency(line: &[u8]) -> String {
+    let mut v: Value = serde_json::from_slice(line).unwrap();
+    v.as_object_mut().unwrap().remove("latency_ns");
+    v.to_string()
+}
+
+/// JetStream refuses the shard's events (the events stream is full and refuses new
+/// messages): the shard keeps reading and sends them again; a stop that leaves them unstored
+/// gives up 10 s in, exits 1 and writes no shutdown snapshot over them (SPEC 9.4: a restart
+/// resends from the last snapshot whose events were all stored). Restarted once the limit is
+/// lifted, the shard makes those events again and the stream holds every event of the first
+/// run once.
+#[test]
+fn a_stop_with_events_jetstream_refused_exits_1_with_no_snapshot_and_the_restart_stores_them() {
+    super::common::long_test(
+        "a_stop_with_events_jetstream_refused_exits_1_with_no_snapshot_and_the_restart_stores_them",
+    );
+    let nats = Nats::start();
+    assert!(nats.publish(2, &[]).status.success());
+    limit_events_stream(&nats.url, Some(20));
+    let dir = TempDir::new("events-refused");
+    let state = dir.path("state");
+    let n = routed(2)[0].len() as u64;
+    let (file1, file2) = (dir.path("events-1.ndjson"), dir.path("events-2.ndjson"));
+    let args = |file: &str| {
+        let mut args = vec!["--events-file".to_owned(), file.to_owned()];
+        args.extend(["--state-dir".into(), state.clone()]);
+        args.extend(["--snapshot-interval".into(), "250ms".into()]);
+        args
+    };
+    let a1 = args(&file1);
+    let mut d =
+        start_shard(&nats, "fast", 0, 2, &a1.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_health(d.addr("http"), "the whole stream applied", |h| h["last_seq"] == n);
+    d.wait_log("the refusal said", |v| {
+        v["message"] == "events were not stored; sending every unconfirmed one again"
+            && v["error"].as_str().is_some_and(|e| e.contains("maximum messages"))
+    });
+    let stopped = Instant::now();
+    d.sigterm();
+    let status = d.wait_exit();
+    let took = stopped.elapsed();
+    assert_eq!(status.code(), Some(1), "a stop with unstored events fails");
+    assert!(took < Duration::from_secs(30), "the stop gave up in {took:?}");
+    let said = d.wait_log("the unstored events named", |v| {
+        v["message"] == "stopping with events JetStream has not stored (a restart sends them again from the last snapshot)"
+    });
+    assert!(said["unconfirmed"].as_u64().unwrap() > 0, "{said}");
+    let made = std::fs::read_to_string(&file1).unwrap();
+    assert!(made.lines().count() > 20, "the first run made more events than the stream took");
+    assert_eq!(stream_len(&nats.url, "LIQSCAN_EVENTS"), 20);
+
+    limit_events_stream(&nats.url, None);
+    let a2 = args(&file2);
+    let mut d =
+        start_shard(&nats, "fast", 0, 2, &a2.iter().map(String::as_str).collect::<Vec<_>>());
+    let restored = d.wait_log("the restore", |v| v["message"] == "liqscan run started");
+    let from = restored["last_seq"].as_u64().unwrap();
+    assert!(from < n, "no shutdown snapshot at the stream's end (restored at {from} of {n})");
+    wait_health(d.addr("http"), "the whole stream applied again", |h| h["last_seq"] == n);
+    let want = made.lines().count() as u64;
+    let until = Instant::now() + PATIENCE;
+    while stream_len(&nats.url, "LIQSCAN_EVENTS") < want {
+        assert!(Instant::now() < until, "the events stream never held the {want} events");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.sigterm();
+    assert!(d.wait_exit().success(), "the restarted shard stored everything and stopped");
+    // Every event of the first run, once (the 20 stored before, the rest made again).
+    let mut got: Vec<String> = stream_messages(&nats.url, "LIQSCAN_EVENTS")
+        .iter()
+        .map(|m| without_latency(&m.3))
+        .collect();
+    let mut want: Vec<String> = made.lines().map(|l| without_latency(l.as_bytes())).collect();
+    got.sort();
+    want.sort();
+    assert!(
+        got == want,
+        "{} events in the stream, {} made by the first run",
+        got.len(),
+        want.len()
+    );
+}
