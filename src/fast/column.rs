@@ -58,6 +58,16 @@ impl<T> Column<T> {
         }
     }
 
+    /// For tests: the bytes from the start of a mapped column known faulted in (`None` on
+    /// the heap).
+    #[cfg(all(test, target_os = "linux"))]
+    fn faulted(&self) -> Option<usize> {
+        match &self.store {
+            Store::Heap(_) => None,
+            Store::Mapped(m) => Some(m.faulted()),
+        }
+    }
+
     /// Bytes the column holds room for (what [`Column::capacity`] costs in memory).
     pub fn heap_bytes(&self) -> usize {
         self.capacity() * size_of::<T>()
@@ -355,6 +365,14 @@ mod map {
     /// The smallest page: a lead writes one byte in each.
     const PAGE: usize = 4096;
 
+    /// How near the end of the faulted bytes the pushes come before a lead faults the next
+    /// huge page in: a quarter of one, 512 KiB, still 32,768 pushes of a 16-byte column
+    /// (~100 ms of the fastest book build seen) against the 7 ms a lead takes. A lead
+    /// started as soon as the pushes entered a page kept a whole huge page resident ahead
+    /// of every mapped column: 150 MB on the bench book, 50 of its 255 bytes a position
+    /// (`LIQSCAN_BENCH_ONLY=book cargo bench --bench figures`, session 20).
+    const LEAD_WITHIN: usize = HUGE / 4;
+
     /// An anonymous private read-write mapping of `len` bytes (a multiple of [`HUGE`]) at
     /// an address aligned to [`HUGE`], advised as huge-page memory.
     fn map_aligned(len: usize) -> *mut libc::c_void {
@@ -412,10 +430,12 @@ mod map {
                 std::ptr::copy_nonoverlapping(v.as_ptr(), ptr.as_ptr(), len);
                 v.set_len(0);
             }
-            let faulted = len * size_of::<T>();
+            // The copy faulted in the huge pages it wrote (whole ones under THP; a premapped
+            // first page was faulted whole on its thread): a lead is for the next page.
+            let faulted = (len * size_of::<T>()).next_multiple_of(HUGE).min(bytes);
             let cap = bytes / size_of::<T>();
             let mut m = Mapping { ptr, len, cap, faulted, lead: None, _owns: PhantomData };
-            m.lead_ahead();
+            m.lead_when_near(len * size_of::<T>());
             m
         }
 
@@ -427,10 +447,11 @@ mod map {
             }
         }
 
-        /// Keeps one huge page past the one the next push writes faulted in: grows the
-        /// mapping when no whole page is left past it (a growth one page early, so that
-        /// the new half's first page is faulted ahead as well), then starts a lead for the
-        /// next page not yet faulted. Does nothing while a lead runs.
+        /// Faults in the huge page after the one the next push writes, on a thread of its
+        /// own (called once the pushes come within [`LEAD_WITHIN`] of the faulted end):
+        /// grows the mapping when no whole page is left past it (a growth one page early,
+        /// so that the new half's first page is faulted ahead as well), then starts a lead
+        /// for the next page not yet faulted. Does nothing while a lead runs.
         fn lead_ahead(&mut self) {
             if self.lead.is_some() {
                 return;
@@ -460,6 +481,11 @@ mod map {
                 self.lead = Some(Lead { from, thread });
                 self.faulted = to;
             }
+        }
+
+        #[cfg(test)]
+        pub fn faulted(&self) -> usize {
+            self.faulted
         }
 
         /// Bytes mapped: a multiple of [`HUGE`].
@@ -493,8 +519,14 @@ mod map {
             // no lead runs over it (joined above when it reaches the lead's bytes).
             unsafe { self.ptr.as_ptr().add(self.len).write(value) };
             self.len += 1;
-            if end > self.faulted.saturating_sub(HUGE) {
-                self.faulted = self.faulted.max(end);
+            self.faulted = self.faulted.max(end);
+            self.lead_when_near(end);
+        }
+
+        /// Starts a lead ([`Mapping::lead_ahead`]) once the elements end (`end` bytes)
+        /// within [`LEAD_WITHIN`] of the faulted bytes' end.
+        fn lead_when_near(&mut self, end: usize) {
+            if end > self.faulted.saturating_sub(LEAD_WITHIN) {
                 self.lead_ahead();
             }
         }
@@ -695,5 +727,33 @@ mod tests {
         assert_eq!(col.pop(), Some((n as i128 - 1) * 7));
         col.clear();
         assert!(col.is_empty() && col.capacity() >= n);
+    }
+
+    /// A mapped column faults the next huge page in only once its pushes come within a
+    /// quarter page of the faulted end (a page faulted ahead of every column was 50 bytes
+    /// a position of the bench book), and then before the pushes reach it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_mapped_column_faults_its_next_page_in_only_near_the_end_of_the_last() {
+        const HUGE: usize = 2 << 20;
+        let mut col: Column<u128> = Column::new();
+        let (mut early, mut near) = (0, 0);
+        for k in 0..(5 * HUGE / size_of::<u128>()) {
+            col.push(k as u128);
+            let Some(faulted) = col.faulted() else { continue };
+            let end = col.len() * size_of::<u128>();
+            let page_end = end.next_multiple_of(HUGE);
+            if end <= page_end - HUGE / 4 {
+                // Early in a page: nothing faulted past it.
+                assert!(faulted <= page_end, "at {end}: faulted {faulted}");
+                early += 1;
+            } else {
+                // Near its end: the next page is faulted (or being faulted) ahead.
+                assert!(faulted >= page_end + HUGE, "at {end}: faulted {faulted}");
+                near += 1;
+            }
+        }
+        assert!(early > 0 && near > 0, "{early} pushes early in a page, {near} near its end");
+        assert!(col.iter().enumerate().all(|(k, &v)| v == k as u128));
     }
 }
