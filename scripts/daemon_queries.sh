@@ -16,7 +16,7 @@ N=${N:-20}
 ENGINE=${ENGINE:-fast}
 
 cargo build --release --quiet
-bin=target/release/liqscan
+bin=${CARGO_TARGET_DIR:-target}/release/liqscan
 dir=$(mktemp -d)
 pids=()
 cleanup() {

@@ -29,7 +29,7 @@ OUT=${1:-/tmp/liqscan-gen}
 mkdir -p "$OUT"
 
 cargo build --release --quiet
-BIN=target/release/liqscan
+BIN=${CARGO_TARGET_DIR:-target}/release/liqscan
 rates=()
 for run in $(seq 1 "$RUNS"); do
   echo "== run $run: $ACCOUNTS accounts, $SYMBOLS symbols, $MESSAGES messages, seed $SEED," \

@@ -50,7 +50,7 @@ mkdir -p "$OUT"
 command -v jq >/dev/null || { echo "loadtest.sh needs jq (apt-get install jq) for summary.json" >&2; exit 1; }
 
 cargo build --release --quiet
-BIN=target/release/liqscan
+BIN=${CARGO_TARGET_DIR:-target}/release/liqscan
 positions=()
 if [[ -n "${POSITIONS:-}" ]]; then positions=(--positions "$POSITIONS"); fi
 

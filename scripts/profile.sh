@@ -35,7 +35,7 @@ OUT=${1:-results/profile-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 
 cargo build --release --quiet
-BIN=target/release/liqscan
+BIN=${CARGO_TARGET_DIR:-target}/release/liqscan
 echo "== gen: $ACCOUNTS accounts, $SYMBOLS symbols, $MESSAGES messages" >&2
 "$BIN" gen --accounts "$ACCOUNTS" --symbols "$SYMBOLS" --messages "$MESSAGES" --seed "$SEED" \
   --config-out "$OUT/config.json" --out "$OUT/stream.ndjson"
