@@ -50,7 +50,7 @@ pub const REFUSED_HEADER: &str = "Liqscan-Refused";
 #[error("{0}")]
 pub struct NotThisShard(String);
 
-/// Bytes kept free beside a payload for its headers (ids, `Nats-Expected-Last-Msg-Id`,
+/// Bytes kept free beside a payload for its headers (ids, `Nats-Expected-Last-Sequence`,
 /// [`REFUSED_HEADER`]) when it is checked against the server's `max_payload`, which counts
 /// headers and payload together.
 pub const HEADER_ROOM: usize = 256;

@@ -2,7 +2,10 @@
 //! engine stream into the N shards' JetStream streams.
 //!
 //! Each line is stored under its [`Key`] (`Nats-Msg-Id`), and only right after the one
-//! before it in its shard (`Nats-Expected-Last-Msg-Id`). At start, and again after any
+//! before it in its shard (`Nats-Expected-Last-Sequence`: the stream seq of the message it
+//! must follow; the server keeps that across restarts, where it forgets the ids of messages
+//! older than its duplicate window, so a `Nats-Expected-Last-Msg-Id` could never be met
+//! again after a restart that came later than that). At start, and again after any
 //! failure, the publisher reads the key of each stream's last message and sends each shard
 //! only the lines after it: a publisher killed and run again on the same input, or one that
 //! lost its server for a while, ends with each stream holding every line of its shard once
@@ -20,7 +23,7 @@ use std::{
 use anyhow::Context as _;
 use async_nats::{
     HeaderMap,
-    header::{NATS_EXPECTED_LAST_MESSAGE_ID, NATS_MESSAGE_ID},
+    header::{NATS_EXPECTED_LAST_SEQUENCE, NATS_MESSAGE_ID},
     jetstream::{self, context::PublishAckFuture},
 };
 use bytes::Bytes;
@@ -157,12 +160,15 @@ struct Fatal(String);
 /// One shard's stream as the publisher sees it: the key of its last message.
 struct Shard {
     subject: String,
+    /// The key of the stream's last message (as far as this publisher has sent).
     last: Option<Key>,
+    /// Its stream seq: the one the next message must follow (0 for an empty stream).
+    last_seq: u64,
 }
 
 /// One pass over the input, sending each shard what its stream lacks. Each message names
-/// the id of the one before it in its shard (`Nats-Expected-Last-Msg-Id`): the server stores
-/// it only right after that one, so messages lost with a dead connection (while later ones
+/// the stream seq of the one before it in its shard (`Nats-Expected-Last-Sequence`): the
+/// server stores it only right after that one, so messages lost with a dead connection (while later ones
 /// were still queued in the client) leave no hole: the ones after them are refused too, and
 /// the next attempt resumes after the last one stored.
 async fn attempt(
@@ -267,13 +273,14 @@ impl Out {
                 summary.already_stored += 1;
                 continue;
             }
-            let headers = headers(key, shard.last, refused);
+            let headers = headers(key, shard.last_seq, refused);
             let ack = self
                 .js
                 .publish_with_headers(shard.subject.clone(), headers, payload.clone())
                 .await
                 .with_context(|| format!("cannot publish to shard {i}"))?;
             shard.last = Some(key);
+            shard.last_seq += 1;
             self.acks.push_back((i as usize, ack));
             if self.acks.len() >= ACK_WINDOW {
                 self.take_ack(summary).await?;
@@ -310,34 +317,34 @@ async fn open_shards(js: &jetstream::Context, count: u32) -> anyhow::Result<Vec<
         let mut stream = input_stream_of(js, ShardSpec { index, count }).await.map_err(|e| {
             if e.is::<super::NotThisShard>() { Fatal(format!("{e:#}")).into() } else { e }
         })?;
-        shards.push(Shard { subject: input_subject(index), last: last_key(&mut stream).await? });
+        let (last, last_seq) = last_key(&mut stream).await?;
+        shards.push(Shard { subject: input_subject(index), last, last_seq });
     }
     Ok(shards)
 }
 
-/// A message's headers: its id, the id it must follow in its shard (none for a shard's first
-/// message), and what the shard is to refuse it for.
-fn headers(key: Key, after: Option<Key>, refused: Option<crate::ingest::Refused>) -> HeaderMap {
+/// A message's headers: its id, the stream seq it must follow in its shard (0: the stream
+/// is empty), and what the shard is to refuse it for.
+fn headers(key: Key, after_seq: u64, refused: Option<crate::ingest::Refused>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(NATS_MESSAGE_ID, key.id().as_str());
-    if let Some(after) = after {
-        headers.insert(NATS_EXPECTED_LAST_MESSAGE_ID, after.id().as_str());
-    }
+    headers.insert(NATS_EXPECTED_LAST_SEQUENCE, after_seq.to_string().as_str());
     if let Some(refused) = refused {
         headers.insert(REFUSED_HEADER, refused_header(refused).as_str());
     }
     headers
 }
 
-/// The key of a stream's last message; `None` for a stream never written. Errors: it cannot
+/// The key of a stream's last message (`None` for a stream never written) and its stream
+/// seq. Errors: it cannot
 /// be read; it carries no key (a message not stored by `liqscan publish`); or the stream
 /// was written and its messages are gone (its limits removed them), where sending the input
 /// again would have the shard apply it twice (all fatal but the first).
-async fn last_key(stream: &mut jetstream::stream::Stream) -> anyhow::Result<Option<Key>> {
+async fn last_key(stream: &mut jetstream::stream::Stream) -> anyhow::Result<(Option<Key>, u64)> {
     let info = stream.info().await.context("cannot read a stream's state")?;
     let (name, state) = (info.config.name.clone(), info.state.clone());
     if state.last_sequence == 0 {
-        return Ok(None);
+        return Ok((None, 0));
     }
     if state.messages == 0 {
         return Err(Fatal(format!(
@@ -352,7 +359,7 @@ async fn last_key(stream: &mut jetstream::stream::Stream) -> anyhow::Result<Opti
         .with_context(|| format!("cannot read the last message of {name}"))?;
     let id = message.headers.get(NATS_MESSAGE_ID).map(|v| v.as_str().to_owned());
     match id.as_deref().and_then(Key::parse) {
-        Some(key) => Ok(Some(key)),
+        Some(key) => Ok((Some(key), state.last_sequence)),
         None => Err(Fatal(format!(
             "the last message of {name} (stream seq {}) has no liqscan key ({NATS_MESSAGE_ID}: {id:?}): not stored by liqscan publish",
             state.last_sequence

@@ -546,6 +546,58 @@ fn a_server_killed_and_restarted_mid_publish_and_mid_read_loses_nothing() {
     assert_events_stream_holds(&nats.url, &files, Order::Any);
 }
 
+/// Makes each shard's input stream as `liqscan publish` would, but with a duplicate window
+/// of one second (the product's is 2 minutes), so that a test can outlast it.
+fn input_streams_with_a_short_window(url: &str, shards: u32) {
+    use async_nats::jetstream::stream;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let js = jetstream::new(async_nats::connect(url).await.unwrap());
+        for i in 0..shards {
+            let config = stream::Config {
+                name: liqscan::shard::input_stream(i),
+                subjects: vec![liqscan::shard::input_subject(i)],
+                description: Some(format!("liqscan input of shard {i}/{shards}")),
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(1),
+                ..Default::default()
+            };
+            js.create_stream(config).await.unwrap();
+        }
+    });
+}
+
+/// A server restarted after a pause longer than the streams' duplicate window has
+/// forgotten the ids of their last messages (JetStream rebuilds only those inside the
+/// window): `publish` still resumes after the last message stored, since each message
+/// names the stream seq it must follow, not the id.
+#[test]
+fn publish_resumes_after_a_server_restart_longer_than_the_duplicate_window() {
+    let mut nats = Nats::start();
+    input_streams_with_a_short_window(&nats.url, 2);
+    // Cut short: paced so that it is still sending when killed.
+    let mut first = Guard(
+        publish_cmd(&nats.url, 2, &["--rate", "5000"]).stderr(Stdio::null()).spawn().unwrap(),
+    );
+    let until = Instant::now() + PATIENCE;
+    while stream_len(&nats.url, "LIQSCAN_0") < 100 {
+        assert!(Instant::now() < until, "the first publish stored nothing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = first.0.kill();
+    let _ = first.0.wait();
+    nats.kill();
+    // Past the one-second window before the server comes back.
+    std::thread::sleep(Duration::from_secs(3));
+    nats.start_again();
+    let partial = stream_len(&nats.url, "LIQSCAN_0");
+    assert!(partial < routed(2)[0].len() as u64, "cut short ({partial} stored)");
+    let again = nats.publish(2, &["--give-up-after", "10s"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "publish after the restart: {err}");
+    assert_streams_hold_the_routing(&nats.url, 2, "resumed after a restart past the window");
+}
+
 /// Creates the events stream as `liqscan run` would, but holding at most `max` messages and
 /// refusing new ones past that (`DiscardNew`: an operator's limit reached), or, with `None`,
 /// lifts the limit of the stream already there.
