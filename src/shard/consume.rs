@@ -349,6 +349,8 @@ pub struct EventsSink {
     resent_at: Instant,
     /// Events a stop left unsent (a write given up): no shutdown snapshot may cover them.
     unsent: usize,
+    /// Events of the chunk being published not yet sent (what a write given up leaves).
+    chunk_left: usize,
 }
 
 /// An event's `Nats-Msg-Id`: `<origin>:<seq>:<what>`, where `origin` names the shard and its
@@ -409,6 +411,7 @@ impl EventsSink {
             stopping,
             resent_at: Instant::now(),
             unsent: 0,
+            chunk_left: 0,
         })
     }
 
@@ -507,10 +510,12 @@ impl EventsSink {
             self.returns = self.link.borrow().returns;
         }
         let max_payload = self.client.server_info().max_payload;
+        self.chunk_left = chunk.events().len();
         for (event, text) in chunk.events().iter().zip(chunk.text().lines()) {
             let id = event_id(&self.origin, event);
             if text.len() + id.len() + super::HEADER_ROOM > max_payload {
                 error!(subject = %self.subject, id, bytes = text.len(), max_payload, "an event over the server's max_payload is not published (the other sinks have it; raise max_payload)");
+                self.chunk_left -= 1;
                 continue;
             }
             let mut headers = HeaderMap::new();
@@ -522,6 +527,7 @@ impl EventsSink {
                 .await;
             let ack = sent.ok().map(IntoFuture::into_future);
             self.unconfirmed.push_back(Unconfirmed { ack, headers, payload });
+            self.chunk_left -= 1;
             if self.unconfirmed.len() > EVENTS_AHEAD {
                 self.confirm(EVENTS_AHEAD).await;
             }
@@ -543,10 +549,11 @@ impl Sink for EventsSink {
                 () = stop_deadline(&mut stopping) => None,
             }
         });
-        // Given up 10 s into a stop: the rest of the chunk is not sent, and `finish` fails so
-        // that no shutdown snapshot covers it (a restart makes these events again).
+        // Given up 10 s into a stop: the rest of the chunk is not sent (those sent are among
+        // the unconfirmed), and `finish` fails so that no shutdown snapshot covers it (a
+        // restart makes these events again).
         written.unwrap_or_else(|| {
-            self.unsent += chunk.events().len();
+            self.unsent += std::mem::take(&mut self.chunk_left);
             Ok(())
         })
     }

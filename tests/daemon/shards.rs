@@ -707,3 +707,90 @@ fn a_stop_with_events_jetstream_refused_exits_1_with_no_snapshot_and_the_restart
         want.len()
     );
 }
+
+/// A stop while the events sink is blocked (JetStream refusing its events, more than
+/// `EVENTS_AHEAD` of them waiting for acks, so the write itself waits and ingest with it):
+/// the write is given up 10 s into the stop, its events count as unstored and the exit
+/// status is 1; restarted with the limit lifted, the shard stores every event. (Without
+/// `--state-dir`: with it, each snapshot's wait for the sink holds the sink's writer until
+/// the snapshot's deadline, so ingest crawls rather than stops; the snapshot side of a stop
+/// with unstored events is the test above.)
+#[test]
+fn a_stop_with_the_events_sink_blocked_gives_the_write_up_and_the_restart_stores_every_event() {
+    super::common::long_test(
+        "a_stop_with_the_events_sink_blocked_gives_the_write_up_and_the_restart_stores_every_event",
+    );
+    let dir = TempDir::new("events-blocked");
+    let (config, input) = (dir.path("config.json"), dir.path("stream.ndjson"));
+    let bin = env!("CARGO_BIN_EXE_liqscan");
+    // ~6,000 events in 90,000 lines: more than EVENTS_AHEAD (4,096) wait when none is stored.
+    let generated = Command::new(bin)
+        .args(["gen", "--accounts", "2000", "--symbols", "5", "--messages", "80000"])
+        .args(["--seed", "3", "--mark-ratio", "0.5", "--config-out", &config, "--out", &input])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    let replayed =
+        Command::new(bin).args(["replay", "--config", &config, &input]).output().unwrap();
+    let want = String::from_utf8(replayed.stdout).unwrap().lines().count();
+    assert!(want > liqscan::shard::consume::EVENTS_AHEAD + 1000, "{want} events");
+
+    let nats = Nats::start();
+    let publish = Command::new(bin)
+        .args(["publish", "--nats", &nats.url, "--shards", "1", "--give-up-after", "20s", &input])
+        .output()
+        .unwrap();
+    assert!(publish.status.success(), "{}", String::from_utf8_lossy(&publish.stderr));
+    limit_events_stream(&nats.url, Some(20));
+    let n = stream_len(&nats.url, "LIQSCAN_0");
+    let shard = || {
+        let mut args = vec!["--config", config.as_str(), "--nats", nats.url.as_str()];
+        args.extend(["--shard", "0/1", "--http", "127.0.0.1:0"]);
+        Daemon::start(&args, Input::Null)
+    };
+    let mut d = shard();
+    // Once more than EVENTS_AHEAD wait for acks, the sink's write waits, its queue fills
+    // and ingest stops short of the stream's end.
+    let (http, until) = (d.addr("http"), Instant::now() + PATIENCE);
+    let mut seen = (0, Instant::now());
+    loop {
+        assert!(Instant::now() < until, "ingest never stopped (at seq {} of {n})", seen.0);
+        std::thread::sleep(Duration::from_millis(100));
+        let at = http_json(http, "/health").1["last_seq"].as_u64().unwrap();
+        if at != seen.0 {
+            seen = (at, Instant::now());
+        } else if at > 0 && seen.1.elapsed().as_secs() >= 1 {
+            break;
+        }
+    }
+    assert!(seen.0 < n, "ingest waited for the blocked sink (seq {} of {n})", seen.0);
+    let stopped = Instant::now();
+    d.sigterm();
+    let status = d.wait_exit();
+    let took = stopped.elapsed();
+    assert_eq!(status.code(), Some(1), "a stop with the events sink blocked fails");
+    assert!(took < Duration::from_secs(30), "the stop gave up in {took:?}");
+    let said = d.wait_log("the unstored events named", |v| {
+        v["message"] == "stopping with events JetStream has not stored (a restart sends them again from the last snapshot)"
+    });
+    let unstored = said["unconfirmed"].as_u64().unwrap();
+    assert!(unstored > liqscan::shard::consume::EVENTS_AHEAD as u64, "{said}");
+
+    limit_events_stream(&nats.url, None);
+    let mut d = shard();
+    wait_health(d.addr("http"), "the whole stream applied", |h| h["last_seq"] == n);
+    let until = Instant::now() + PATIENCE;
+    while stream_len(&nats.url, "LIQSCAN_EVENTS") < want as u64 {
+        assert!(Instant::now() < until, "the events stream never held the {want} events");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.sigterm();
+    assert!(d.wait_exit().success(), "the restarted shard stored everything and stopped");
+    // Every event, by its id; repeats only among the 20 stored before the stop, and only
+    // if the restart made them again later than JetStream's 2-minute duplicate window (a
+    // slow machine): at least once, as SPEC 9.4 has it.
+    let stored = stream_messages(&nats.url, "LIQSCAN_EVENTS");
+    let ids: BTreeSet<&str> = stored.iter().map(|m| m.2.as_str()).collect();
+    assert_eq!(ids.len(), want, "every event stored");
+    assert!(stored.len() - ids.len() <= 20, "{} stored for {want} events", stored.len());
+}
