@@ -623,6 +623,21 @@ fn limit_events_stream(url: &str, max: Option<i64>) {
     });
 }
 
+/// SIGTERMs a shard whose events JetStream has not all stored: it gives up within 30 s
+/// (10 s into the stop), exits 1 and logs how many were not stored; returns that number.
+fn stop_with_unstored_events(d: &mut Daemon) -> u64 {
+    let stopped = Instant::now();
+    d.sigterm();
+    let status = d.wait_exit();
+    let took = stopped.elapsed();
+    assert_eq!(status.code(), Some(1), "a stop with unstored events fails");
+    assert!(took < Duration::from_secs(30), "the stop gave up in {took:?}");
+    let said = d.wait_log("the unstored events named", |v| {
+        v["message"] == "stopping with events JetStream has not stored (a restart sends them again from the last snapshot)"
+    });
+    said["unconfirmed"].as_u64().unwrap()
+}
+
 /// An event line without its `latency_ns` (the one field a restart makes anew).
 fn without_latency(line: &[u8]) -> String {
     let mut v: Value = serde_json::from_slice(line).unwrap();
@@ -662,16 +677,7 @@ fn a_stop_with_events_jetstream_refused_exits_1_with_no_snapshot_and_the_restart
         v["message"] == "events were not stored; sending every unconfirmed one again"
             && v["error"].as_str().is_some_and(|e| e.contains("maximum messages"))
     });
-    let stopped = Instant::now();
-    d.sigterm();
-    let status = d.wait_exit();
-    let took = stopped.elapsed();
-    assert_eq!(status.code(), Some(1), "a stop with unstored events fails");
-    assert!(took < Duration::from_secs(30), "the stop gave up in {took:?}");
-    let said = d.wait_log("the unstored events named", |v| {
-        v["message"] == "stopping with events JetStream has not stored (a restart sends them again from the last snapshot)"
-    });
-    assert!(said["unconfirmed"].as_u64().unwrap() > 0, "{said}");
+    assert!(stop_with_unstored_events(&mut d) > 0);
     let made = std::fs::read_to_string(&file1).unwrap();
     assert!(made.lines().count() > 20, "the first run made more events than the stream took");
     assert_eq!(stream_len(&nats.url, "LIQSCAN_EVENTS"), 20);
@@ -764,17 +770,8 @@ fn a_stop_with_the_events_sink_blocked_gives_the_write_up_and_the_restart_stores
         }
     }
     assert!(seen.0 < n, "ingest waited for the blocked sink (seq {} of {n})", seen.0);
-    let stopped = Instant::now();
-    d.sigterm();
-    let status = d.wait_exit();
-    let took = stopped.elapsed();
-    assert_eq!(status.code(), Some(1), "a stop with the events sink blocked fails");
-    assert!(took < Duration::from_secs(30), "the stop gave up in {took:?}");
-    let said = d.wait_log("the unstored events named", |v| {
-        v["message"] == "stopping with events JetStream has not stored (a restart sends them again from the last snapshot)"
-    });
-    let unstored = said["unconfirmed"].as_u64().unwrap();
-    assert!(unstored > liqscan::shard::consume::EVENTS_AHEAD as u64, "{said}");
+    let unstored = stop_with_unstored_events(&mut d);
+    assert!(unstored > liqscan::shard::consume::EVENTS_AHEAD as u64, "{unstored} not stored");
 
     limit_events_stream(&nats.url, None);
     let mut d = shard();
