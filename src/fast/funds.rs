@@ -13,7 +13,7 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
-use super::{AccountIdx, KeyedState, PairFunds, ahead, ahead_min_capacity, faulted_table};
+use super::{AccountIdx, KeyedState, PairFunds, ahead, ahead_min_bytes, faulted_table};
 use crate::config::SymbolIdx;
 
 type Key = (AccountIdx, SymbolIdx);
@@ -118,7 +118,7 @@ impl FundsTable {
         self.table.insert_unique(hash, (key, funds), rehash);
         if self.next.is_none()
             && self.old.allocation_size() == 0
-            && self.table.capacity() >= ahead_min_capacity() / 2
+            && 2 * self.table.allocation_size() >= ahead_min_bytes()
             && self.table.len() >= self.table.capacity() / 4 * 3
         {
             // The next growth asks for twice the live entries when the table is full, that
@@ -143,7 +143,7 @@ impl FundsTable {
         if self.old.is_empty() && self.old.allocation_size() > 0 {
             // Emptied by moves, or by `update`s that cleared its last entries.
             let old = std::mem::take(&mut self.old);
-            if old.capacity() >= ahead_min_capacity() / 2 {
+            if 2 * old.allocation_size() >= ahead_min_bytes() {
                 ahead::drop_elsewhere(old);
             }
         }

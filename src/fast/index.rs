@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ahead, ahead_min_capacity, book::AccountIdx, prefetch};
+use super::{ahead, ahead_min_bytes, book::AccountIdx, prefetch};
 
 /// SipHash-1-3 of one `u64` under a key drawn at random per process: the function std's
 /// `RandomState` computes for a `u64` (8 bytes, little-endian, then the length block),
@@ -260,7 +260,7 @@ impl Recent {
 ///
 /// Allocating the new table (16 MB at 1M accounts) and freeing the old one cost milliseconds
 /// of engine CPU in the kernel and the allocator, so neither happens on the engine thread
-/// once the table is big ([`ahead_min_capacity`]): when `table` is three quarters full the
+/// once the table is big ([`ahead_min_bytes`]): when `table` is three quarters full the
 /// next one is allocated and faulted in on a thread of its own ([`ahead::Ahead`]), and an
 /// emptied `old` is freed on another ([`ahead::drop_elsewhere`]).
 ///
@@ -367,7 +367,7 @@ impl AccountIndex {
             self.old = std::mem::replace(&mut self.table, next);
             (self.old_len, self.moved) = (u32::try_from(self.old.len).expect("u32 indices"), 0);
         } else if self.next.is_none()
-            && self.table.room() >= ahead_min_capacity() / 2
+            && 2 * self.table.heap_bytes() >= ahead_min_bytes()
             && self.table.len >= self.table.room() / 4 * 3
         {
             let slots = 2 * self.table.slots.len();
@@ -384,7 +384,7 @@ impl AccountIndex {
             self.moved = end;
             if self.moved == self.old_len {
                 let old = std::mem::take(&mut self.old);
-                if old.room() >= ahead_min_capacity() / 2 {
+                if 2 * old.heap_bytes() >= ahead_min_bytes() {
                     ahead::drop_elsewhere(old);
                 }
             }

@@ -113,24 +113,42 @@ struct Accounts {
 /// function written out for one `u64`).
 type KeyedState = RandomState;
 
-/// Tables that grow to at least this many entries are allocated ahead and freed on another
-/// thread (see [`AccountIndex`]); below it, allocating one costs less than starting a thread.
-/// Unit tests lower it, so that their small books take the threaded path too.
-const AHEAD_MIN_CAPACITY: usize = 1 << 16;
+/// A growing hash table whose next allocation is at least this many bytes is allocated, and
+/// its pages faulted in, on another thread ahead of need, and its emptied old table freed on
+/// another (see [`AccountIndex`]); a smaller one is allocated on the engine thread and its
+/// pages faulted in there as inserts reach them (64 pages at most: ~0.1 ms of faults spread
+/// over its inserts), which costs less than starting a thread. In bytes, not entries: a
+/// funds entry is 64 bytes, an index slot 8, and the faults are per page. Unit tests lower
+/// it, so that their small books take the threaded path too.
+///
+/// Session 21: the rule was 2^16 entries for both tables, so the funds table (at most 40k
+/// entries on the 1M-account load test) grew to 4 MiB on the engine thread, which then
+/// faulted in its ~1,000 pages one insert at a time (1,764 faults over the live section).
+const AHEAD_MIN_BYTES: usize = 256 << 10;
 
-const fn ahead_min_capacity() -> usize {
-    if cfg!(test) { 64 } else { AHEAD_MIN_CAPACITY }
+const fn ahead_min_bytes() -> usize {
+    if cfg!(test) { 512 } else { AHEAD_MIN_BYTES }
 }
 
-/// An empty table with room for `capacity` entries whose memory is all faulted in: every
-/// slot is written once (by an insert that needs no hash), then the table is cleared, which
+/// An empty table with room for `capacity` entries whose memory is all faulted in: entries
+/// are inserted at hashes spread evenly over all the buckets (an insert that needs no hash
+/// lands in its hash's bucket while that is free), so that no two written buckets are more
+/// than two apart and every page of the table is written, then the table is cleared, which
 /// rewrites only its control bytes. Built on another thread (see [`AccountIndex`]), so that
 /// the inserts after a growth find their pages present.
+///
+/// Hashes `0..capacity` would write only the first `capacity` buckets: a table has 8/7 as
+/// many, and the inserts that later landed in the last eighth faulted on the engine thread
+/// (~2,000 faults over the live section of the 1M-account load test, session 21).
 fn faulted_table<T: Copy>(capacity: usize, fill: T) -> HashTable<T> {
     let mut table = HashTable::with_capacity(capacity);
-    for h in 0..table.capacity() as u64 {
-        // hashbrown places an entry at its hash's bucket when free; the table never grows
-        // here (at most `capacity()` inserts), so the rehash function is never called.
+    let (room, buckets) = (table.capacity(), table.num_buckets());
+    for k in 0..room {
+        // Strictly increasing (`buckets > room`), each below `buckets`: every one lands in
+        // its own bucket, the earlier ones having taken only buckets below it. The table
+        // never grows here (at most `capacity()` inserts), so the rehash function is never
+        // called.
+        let h = (k as u128 * buckets as u128 / room as u128) as u64;
         table.insert_unique(h, fill, |_| unreachable!("no growth below capacity"));
     }
     table.clear();
@@ -2683,6 +2701,26 @@ mod tests {
         }
     }
 
+    /// Inserts anywhere in a table faulted in ahead find its pages present: the engine
+    /// thread takes no page fault for them. 64 MiB of buckets (above glibc's largest mmap
+    /// threshold, so the table is always fresh memory from the kernel) and 2^17 inserts at
+    /// spread hashes, which reach every page of it; the old fill (hashes `0..capacity`)
+    /// left the last eighth of the buckets untouched, ~2,000 pages here.
+    #[test]
+    fn a_faulted_table_takes_its_inserts_without_page_faults() {
+        use crate::pipeline::stalls::ThreadTimes;
+        let capacity = 1 << 17;
+        let mut t = faulted_table(capacity, [0u64; 32]);
+        assert!(t.num_buckets() * 256 >= 64 << 20, "{} buckets", t.num_buckets());
+        let before = ThreadTimes::now().minflt;
+        for k in 0..capacity as u64 {
+            let h = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k >> 7);
+            t.insert_unique(h, [k; 32], |_| unreachable!());
+        }
+        let faults = ThreadTimes::now().minflt - before;
+        assert!(faults < 64, "{faults} page faults while filling a faulted table");
+        assert_eq!(t.len(), capacity);
+    }
     /// Part 2 of issue 11: sender-chosen account ids cannot make the fast engine's index
     /// degrade. Work is counted (stored ids compared per lookup), not timed, so the check is
     /// deterministic enough for a shared machine: under the keyed hash each lookup compares
