@@ -242,15 +242,22 @@ struct BoundedListener {
 struct Bounded {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
-    /// Fires when the connection has moved no byte for `idle_timeout`: a client that
-    /// connects and sends nothing (or half a request) must not hold one of
-    /// `--max-http-connections` for ever, locking out health checks and scrapes.
+    /// Fires `idle_timeout` after the last response byte written (or the connection's
+    /// start), or after the first byte of a request that has not been answered since: a
+    /// client that connects and sends nothing, half a request, or a request one header
+    /// line at a time (a "slowloris") must not hold one of `--max-http-connections` for
+    /// ever, locking out health checks and scrapes. So a request has `idle_timeout` from
+    /// its first byte to be read whole and answered; a response being written to a slow
+    /// reader keeps the connection as long as its bytes move.
     idle: std::pin::Pin<Box<tokio::time::Sleep>>,
     idle_timeout: Duration,
+    /// Bytes were read since the last response bytes were written: a request is under way,
+    /// and further reads do not push the deadline back.
+    in_request: bool,
 }
 
 impl Bounded {
-    /// Pushes the idle deadline back after bytes moved.
+    /// Pushes the deadline back to `idle_timeout` from now.
     fn active(&mut self) {
         let deadline = tokio::time::Instant::now() + self.idle_timeout;
         self.idle.as_mut().reset(deadline);
@@ -262,7 +269,8 @@ impl Bounded {
 pub struct Bounds {
     /// Connections open at once; more are refused and counted.
     pub max_connections: usize,
-    /// A connection that moved no byte for this long is closed.
+    /// A connection that wrote nothing for this long, or whose request has not been read
+    /// and answered this long after its first byte, is closed.
     pub idle_timeout: Duration,
 }
 
@@ -285,7 +293,9 @@ impl axum::serve::Listener for BoundedListener {
                     debug!(peer = %peer, "HTTP connection");
                     let idle_timeout = self.idle_timeout;
                     let idle = Box::pin(tokio::time::sleep(idle_timeout));
-                    return (Bounded { stream, _permit: permit, idle, idle_timeout }, peer);
+                    let bounded =
+                        Bounded { stream, _permit: permit, idle, idle_timeout, in_request: false };
+                    return (bounded, peer);
                 }
                 Err(_) => {
                     let label = ListenerLabel { listener: "http" };
@@ -311,7 +321,10 @@ impl tokio::io::AsyncRead for Bounded {
         let before = buf.filled().len();
         match std::pin::Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
+                // The first bytes of a request start its deadline; the rest of it does not
+                // move it.
+                if buf.filled().len() > before && !self.in_request {
+                    self.in_request = true;
                     self.active();
                 }
                 Poll::Ready(Ok(()))
@@ -336,6 +349,7 @@ impl tokio::io::AsyncWrite for Bounded {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let written = std::pin::Pin::new(&mut self.stream).poll_write(cx, buf);
         if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.in_request = false;
             self.active();
         }
         written

@@ -49,6 +49,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DIRECT_WRITE_MAX: usize = 2;
 
 struct Subscriber {
+    /// Names it for [`Hub::leave`].
+    id: u64,
     peer: SocketAddr,
     /// A clone of the subscriber's socket (non-blocking, as tokio set it), for the engine
     /// thread's direct writes while the task is idle.
@@ -71,6 +73,8 @@ struct HubState {
     /// Each task holds a clone; once the hub drops its own, the channel closes when the last
     /// task ends. `None` once the hub has finished: no new subscribers.
     done: Option<cb::Sender<()>>,
+    /// The id of the next subscriber.
+    next_id: u64,
 }
 
 /// The subscribers of `--events`, shared by the accept task and the engine thread.
@@ -85,7 +89,7 @@ impl Hub {
     pub fn new(buffer_bytes: usize, metrics: Metrics) -> Arc<Hub> {
         let (done, done_rx) = cb::bounded(0);
         Arc::new(Hub {
-            state: Mutex::new(HubState { subscribers: Vec::new(), done: Some(done) }),
+            state: Mutex::new(HubState { subscribers: Vec::new(), done: Some(done), next_id: 0 }),
             done_rx,
             buffer_bytes,
             metrics,
@@ -105,7 +109,10 @@ impl Hub {
         let (kill_tx, kill) = oneshot::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let written = Arc::new(AtomicU64::new(0));
+        let id = state.next_id;
+        state.next_id += 1;
         state.subscribers.push(Subscriber {
+            id,
             peer,
             direct,
             tx,
@@ -114,7 +121,16 @@ impl Hub {
             handed: 0,
             written: Arc::downgrade(&written),
         });
-        Some(SubscriberTask { rx, queued, kill, written, _done: done })
+        Some(SubscriberTask { id, rx, queued, kill, written, _done: done })
+    }
+
+    /// Forgets a subscriber whose task has ended (it left, its write failed): its entry,
+    /// and with it the engine thread's clone of its socket, goes now, not at the next
+    /// chunk, which on a quiet stream may be long after (a client that connects and closes
+    /// over and over would otherwise pile up open sockets until the process runs out of
+    /// file descriptors). Nothing to do for one the hub cut or a finished hub's.
+    fn leave(&self, id: u64) {
+        self.lock().subscribers.retain(|s| s.id != id);
     }
 }
 
@@ -184,8 +200,8 @@ impl Sink for HubSink {
             let mut state = hub.lock();
             state.done = None;
             let subs = std::mem::take(&mut state.subscribers);
-            // Those still connected: a subscriber that left is pruned from the list only at
-            // the next chunk, so on a quiet stream the list may still hold it.
+            // Those still connected: a subscriber whose task has just ended may not have left
+            // the list yet ([`Hub::leave`] runs after it).
             let n = subs.iter().filter(|s| !s.tx.is_closed()).count();
             // Keep each kill switch until the wait is over; drop the queues now, so each task
             // ends once it has written what it holds.
@@ -247,6 +263,8 @@ fn write_some(socket: &mut StdTcpStream, bytes: &[u8]) -> usize {
 
 /// What a subscriber's task owns.
 struct SubscriberTask {
+    /// Its entry in the hub ([`Hub::leave`]).
+    id: u64,
     rx: mpsc::UnboundedReceiver<(Chunk, usize)>,
     queued: Arc<AtomicUsize>,
     kill: oneshot::Receiver<()>,
@@ -304,9 +322,12 @@ pub async fn accept(
         m.subscribers.inc();
         info!(peer = %peer, "subscriber connected");
         let live = Live(m.clone());
+        let hub = hub.clone();
         tokio::spawn(async move {
             let _live = live;
+            let id = task.id;
             serve(stream, peer, task).await;
+            hub.leave(id);
         });
     }
 }

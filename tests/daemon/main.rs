@@ -731,6 +731,109 @@ fn idle_http_connections_are_closed_so_they_cannot_lock_out_health_checks() {
     assert!(d.wait_exit().success());
 }
 
+/// A client that sends its request one header line at a time, each within the idle
+/// timeout of the last (a "slowloris"), moves bytes for ever: it is closed once its request
+/// has not been read and answered within the timeout of its first byte, so two of them
+/// cannot hold both slots and lock health checks out.
+#[test]
+fn clients_trickling_their_requests_are_closed_so_they_cannot_lock_out_health_checks() {
+    let mut d = Daemon::start(
+        &[
+            "--config",
+            &fixture("config/multi_tier.json"),
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--max-http-connections",
+            "2",
+            "--http-idle-timeout",
+            "500ms",
+        ],
+        Input::Null,
+    );
+    let http = d.addr("http");
+    let mut slow: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(http).unwrap()).collect();
+    for conn in &mut slow {
+        std::io::Write::write_all(conn, b"GET /health HTTP/1.1\r\n").unwrap();
+    }
+    let mut closed = [false; 2];
+    let started = std::time::Instant::now();
+    // A header line every 100 ms (for at most 10 s), checking after each whether the daemon
+    // closed the connection.
+    for _ in 0..100 {
+        for (conn, closed) in slow.iter_mut().zip(&mut closed) {
+            if *closed {
+                continue;
+            }
+            conn.set_read_timeout(Some(std::time::Duration::from_millis(5))).unwrap();
+            let mut byte = [0u8; 1];
+            *closed = std::io::Write::write_all(conn, b"X-Slow: 1\r\n").is_err()
+                || match std::io::Read::read(conn, &mut byte) {
+                    Ok(0) => true,
+                    Ok(_) => panic!("an unfinished request was answered"),
+                    Err(e) => !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                };
+        }
+        if closed.iter().all(|&c| c) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let took = started.elapsed();
+    assert_eq!(closed, [true, true], "the trickling clients still hold their slots after {took:?}");
+    assert!(took < std::time::Duration::from_secs(5), "closed only after {took:?}");
+    // The slots are free again for a health check.
+    wait_http_ok(http, "/health", "health checks to get through");
+    drop(slow);
+    d.sigterm();
+    assert!(d.wait_exit().success());
+}
+
+/// A subscriber that connects and leaves gives its socket back at once, not at the next
+/// event: on a quiet stream, clients that connect and close over and over must not pile up
+/// open file descriptors until the daemon cannot accept anything.
+#[test]
+fn subscribers_that_leave_on_a_quiet_stream_give_their_sockets_back() {
+    let mut d = Daemon::start(
+        &[
+            "--config",
+            &fixture("config/multi_tier.json"),
+            "--listen",
+            "127.0.0.1:0",
+            "--events",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ],
+        Input::Null,
+    );
+    let (events, http) = (d.addr("events"), d.addr("http"));
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", d.pid())).unwrap().count();
+    let before = fds();
+    for _ in 0..300 {
+        let conn = std::net::TcpStream::connect(events).unwrap();
+        drop(conn);
+    }
+    // Each subscriber's task sees its client leave; bounded wait for the last ones.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut now = fds();
+    while now > before + 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        now = fds();
+    }
+    assert!(
+        now <= before + 20,
+        "{before} open files before 300 subscribers came and left, {now} after"
+    );
+    wait_http_ok(http, "/health", "the daemon to answer");
+    d.sigterm();
+    assert!(d.wait_exit().success());
+}
+
 #[test]
 fn help_documents_every_flag() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_liqscan"))
