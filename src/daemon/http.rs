@@ -11,14 +11,17 @@
 //! between two messages: one consistent point of the stream, costing ingest only its own
 //! work. The control queue is bounded: when it is full, or the engine has not answered
 //! within [`ENGINE_TIMEOUT`], the answer is 503. A bad request is 400 with a reason, counted
-//! in `liqscan_http_bad_requests_total`. A panic in a handler is caught (500), and
+//! in `liqscan_http_bad_requests_total`; an unknown path 404, another method than GET 405. A panic in a handler is caught (500), and
 //! connections over `--max-http-connections` are closed at once and counted.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::{Path, Query, State, rejection::QueryRejection},
+    extract::{
+        Path, Query, State,
+        rejection::{PathRejection, QueryRejection},
+    },
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -118,20 +121,26 @@ fn json(body: String) -> Response {
 /// `GET /accounts/{id}`: the `account` event a `query` would emit now.
 async fn get_account(
     State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     query: axum::extract::RawQuery,
 ) -> Result<Response, Failure> {
+    // A path that does not decode (percent-escapes that are not UTF-8) gets the same JSON
+    // 400 as any other bad id.
+    let Path(id) = id.map_err(|e| bad_request(&shared, format!("bad account id: {e}")))?;
     // As /at-risk refuses parameters it does not know, so does this endpoint (it takes none).
     if let Some(q) = query.0.filter(|q| !q.is_empty()) {
         return Err(bad_request(
             &shared,
-            format!("unknown parameter in {q:?}: /accounts/{{id}} takes none"),
+            format!("unknown parameter in {:?}: /accounts/{{id}} takes none", shown(&q)),
         ));
     }
-    let Ok(account) = id.parse::<u64>() else {
+    // Plain digits, as the protocol writes ids and as `/at-risk` takes its `limit` (a `+`
+    // that `u64::from_str` would take is refused).
+    let digits = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
+    let Some(account) = id.parse::<u64>().ok().filter(|_| digits) else {
         return Err(bad_request(
             &shared,
-            format!("account id {id:?} is not an integer in 0..=18446744073709551615"),
+            format!("account id {:?} is not an integer in 0..=18446744073709551615", shown(&id)),
         ));
     };
     // Only the report is made on the engine thread; its JSON is written here.
@@ -157,14 +166,14 @@ fn risk_query(shared: &Shared, params: &[(String, String)]) -> Result<RiskQuery,
     let mut seen: Vec<&str> = Vec::new();
     for (key, value) in params {
         if seen.contains(&key.as_str()) {
-            return Err(format!("parameter {key:?} is given twice"));
+            return Err(format!("parameter {:?} is given twice", shown(key)));
         }
         match key.as_str() {
             "limit" => {
                 // Any count of digits is a limit: past u64 it is capped like any other.
                 let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
                 if !digits {
-                    return Err(format!("limit {value:?} is not a non-negative integer"));
+                    return Err(format!("limit {:?} is not a non-negative integer", shown(value)));
                 }
                 let n = value.parse::<u64>().unwrap_or(u64::MAX);
                 query.limit = n.min(AT_RISK_MAX_LIMIT as u64) as usize;
@@ -173,15 +182,17 @@ fn risk_query(shared: &Shared, params: &[(String, String)]) -> Result<RiskQuery,
                 let s = shared
                     .cfg
                     .symbol_idx(value)
-                    .ok_or_else(|| format!("symbol {value:?} is not in the config"))?;
+                    .ok_or_else(|| format!("symbol {:?} is not in the config", shown(value)))?;
                 query.symbol = Some(s);
             }
             "mode" => {
                 let m = Mode::parse(value)
-                    .ok_or_else(|| format!("mode {value:?} is not cross or isolated"))?;
+                    .ok_or_else(|| format!("mode {:?} is not cross or isolated", shown(value)))?;
                 query.mode = Some(m);
             }
-            _ => return Err(format!("unknown parameter {key:?}: use limit, symbol, mode")),
+            _ => {
+                return Err(format!("unknown parameter {:?}: use limit, symbol, mode", shown(key)));
+            }
         }
         seen.push(key);
     }
@@ -210,6 +221,22 @@ async fn get_at_risk(
     Ok(json(body))
 }
 
+/// At most the first 64 characters of a value a client sent, for an error's reason (a
+/// 10 KB id is not echoed back whole).
+fn shown(value: &str) -> std::borrow::Cow<'_, str> {
+    const SHOWN: usize = 64;
+    match value.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}...", &value[..end]).into(),
+        None => value.into(),
+    }
+}
+
+/// Answers 405 for a method other than GET on a routed path, with a reason.
+async fn method_not_allowed() -> Response {
+    let refused = Failure(StatusCode::METHOD_NOT_ALLOWED, "only GET is served".into());
+    ([(header::ALLOW, "GET,HEAD")], refused).into_response()
+}
+
 /// Answers 404 for every path not routed, with a reason.
 async fn not_found() -> Failure {
     Failure(
@@ -225,6 +252,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/accounts/{id}", get(get_account))
         .route("/at-risk", get(get_at_risk))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::new())
         .with_state(shared)
 }

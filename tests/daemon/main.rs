@@ -650,12 +650,30 @@ fn bad_requests_bad_connections_and_bounds_never_take_it_down() {
         ("/at-risk?colour=red", "unknown parameter"),
         ("/at-risk?limit=1&limit=2", "twice"),
         ("/accounts/1?verbose=1", "unknown parameter"),
+        ("/accounts/+1", "not an integer"),
+        // Percent-escapes that are not UTF-8: the same JSON 400, not the framework's text.
+        ("/accounts/%FF", "bad account id"),
     ] {
         let (status, body) = http_json(http, path);
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body["error"].as_str().unwrap().contains(reason), "{path}: {body}");
     }
+    // A 10 KB id is refused without being echoed back whole.
+    let (status, body) = http_json(http, &format!("/accounts/{}", "7x".repeat(5_000)));
+    assert_eq!(status, 400);
+    let reason = body["error"].as_str().unwrap();
+    assert!(reason.contains("not an integer") && reason.len() < 200, "{reason}");
     assert_eq!(http_get(http, "/nowhere").0, 404);
+    // Another method than GET: 405 with a reason and the methods allowed.
+    let mut post = std::net::TcpStream::connect(http).unwrap();
+    post.set_read_timeout(Some(PATIENCE)).unwrap();
+    std::io::Write::write_all(&mut post, b"POST /health HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut post, &mut answer).unwrap();
+    let lower = answer.to_ascii_lowercase();
+    assert!(answer.starts_with("HTTP/1.0 405"), "{answer}");
+    assert!(lower.contains("allow: get") && answer.contains("only GET"), "{answer}");
     // Not HTTP at all: refused by the server, the daemon goes on.
     let mut junk = std::net::TcpStream::connect(http).unwrap();
     std::io::Write::write_all(&mut junk, b"\x00\xffNOT HTTP\r\n\r\n").unwrap();
@@ -685,7 +703,7 @@ fn bad_requests_bad_connections_and_bounds_never_take_it_down() {
     // The idle connections' permits come back once the server sees them closed.
     wait_http_ok(http, "/metrics", "HTTP to come back");
     let m = scrape(http);
-    assert_eq!(m.get("liqscan_http_bad_requests_total", &[]), 9.0);
+    assert_eq!(m.get("liqscan_http_bad_requests_total", &[]), 12.0);
     assert_eq!(m.get("liqscan_connections_refused_total", &[("listener", "events")]), 1.0);
     assert!(m.get("liqscan_connections_refused_total", &[("listener", "http")]) >= 1.0);
     assert_eq!(m.get("liqscan_rejects_total", &[("code", "malformed")]), 1.0);
