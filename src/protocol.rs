@@ -699,10 +699,9 @@ fn decimal(raw: Option<Raw<'_>>, name: &str, kind: Kind) -> Result<D8, Reject> {
     let parsed = parse_decimal(&text)
         .map_err(|e| Reject::invalid(format!("{name} \"{}\" {e}", clip(&text))))?;
     let value = parsed.to_d8().ok_or_else(|| {
-        Reject::invalid(format!(
-            "{name} {} has more than 8 decimal places or is out of range",
-            clip(&text)
-        ))
+        let why =
+            if parsed.scale > 8 { "has more than 8 decimal places" } else { "is out of range" };
+        Reject::invalid(format!("{name} {} {why}", clip(&text)))
     })?;
     let ok = match kind {
         Kind::Price => value.0 > 0 && value.0 < PRICE_LIMIT,
@@ -1502,6 +1501,18 @@ mod tests {
         for (label, line) in cases {
             assert_eq!(code(line), RejectCode::Invalid, "{label}");
         }
+    }
+
+    /// A decimal refused for its places says so, and one refused for its size says that,
+    /// not both.
+    #[test]
+    fn a_refused_decimal_names_its_one_reason() {
+        let reason = |line: &str| check(line).unwrap_err().reason;
+        let places = reason(r#"{"type":"balance","account":1,"wallet":"0.000000001"}"#);
+        assert!(places.ends_with("has more than 8 decimal places"), "{places}");
+        let big = "9".repeat(35);
+        let range = reason(&format!(r#"{{"type":"mark","symbol":"BTCUSDT","price":"{big}"}}"#));
+        assert!(range.ends_with("is out of range") && !range.contains("places"), "{range}");
     }
 
     #[test]
