@@ -11,8 +11,11 @@
 //! between two messages: one consistent point of the stream, costing ingest only its own
 //! work. The control queue is bounded: when it is full, or the engine has not answered
 //! within [`ENGINE_TIMEOUT`], the answer is 503. A bad request is 400 with a reason, counted
-//! in `liqscan_http_bad_requests_total`; an unknown path 404, another method than GET 405. A panic in a handler is caught (500), and
-//! connections over `--max-http-connections` are closed at once and counted.
+//! in `liqscan_http_bad_requests_total`; an unknown path is 404, another method than GET
+//! 405, both with a reason. A panic in a handler is caught (500), and connections over
+//! `--max-http-connections` are closed at once and counted; a connection that writes
+//! nothing for `--http-idle-timeout`, or whose request is not read and answered within it
+//! of its first byte, is closed (see [`Bounded`]).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
