@@ -15,7 +15,7 @@
 //! 405, both with a reason. A panic in a handler is caught (500), and connections over
 //! `--max-http-connections` are closed at once and counted; a connection that writes
 //! nothing for `--http-idle-timeout`, or whose request is not read and answered within it
-//! of its first byte, is closed (see [`Bounded`]).
+//! of its first byte, is closed (see `Bounded`).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
