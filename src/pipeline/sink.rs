@@ -266,23 +266,31 @@ pub struct EventsFile {
     synced_at: Instant,
     /// Bytes were flushed to the file since the last `fdatasync`.
     unsynced: bool,
+    /// The path is a regular file. Anything else (a pipe, `/dev/null`, a terminal) is
+    /// written but never synced: `fdatasync` refuses them (`EINVAL`), and they hold nothing
+    /// a crash of the machine could lose.
+    syncable: bool,
 }
 
 impl EventsFile {
     /// Opens `path` for appending (creating it), or says why not.
     pub fn open(path: &Path) -> io::Result<EventsFile> {
         let file = File::options().create(true).append(true).open(path)?;
+        let syncable = file.metadata()?.file_type().is_file();
         Ok(EventsFile {
             name: format!("events file {}", path.display()),
             out: BufWriter::with_capacity(1 << 16, file),
             buffered_since: None,
             synced_at: Instant::now(),
             unsynced: false,
+            syncable,
         })
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.out.get_ref().sync_data()?;
+        if self.syncable {
+            self.out.get_ref().sync_data()?;
+        }
         self.synced_at = Instant::now();
         self.unsynced = false;
         Ok(())
@@ -367,6 +375,25 @@ mod tests {
             );
             Ok(Instant::now() >= self.durable_from)
         }
+    }
+
+    /// `--events-file /dev/null` (or a pipe) is written and made "durable" without the
+    /// `fdatasync` that such files refuse: the daemon stopped at its first sync.
+    #[test]
+    fn an_events_file_that_is_not_a_regular_file_is_written_without_syncs() {
+        let mut sink = EventsFile::open(Path::new("/dev/null")).unwrap();
+        assert!(!sink.syncable);
+        let chunk = Chunk::new(vec![crate::protocol::Event::Gap { line: 1, expected: 1, got: 2 }]);
+        sink.write(&chunk).unwrap();
+        sink.flush().unwrap();
+        assert!(sink.make_durable(Instant::now()).unwrap());
+        sink.tick().unwrap();
+        sink.finish().unwrap();
+        let dir = std::env::temp_dir().join(format!("liqscan-events-{}", std::process::id()));
+        let file = EventsFile::open(&dir).unwrap();
+        assert!(file.syncable, "a regular file is synced");
+        drop(file);
+        std::fs::remove_file(&dir).unwrap();
     }
 
     #[test]
