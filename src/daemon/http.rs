@@ -278,8 +278,10 @@ struct Bounded {
     /// client that connects and sends nothing, half a request, or a request one header
     /// line at a time (a "slowloris") must not hold one of `--max-http-connections` for
     /// ever, locking out health checks and scrapes. So a request has `idle_timeout` from
-    /// its first byte to be read whole and answered; a response being written to a slow
-    /// reader keeps the connection as long as its bytes move.
+    /// its first byte to be read whole and answered, and an answer keeps the connection
+    /// while the writes of it go through. A known limit: a client reading a multi-megabyte
+    /// answer (a large `/at-risk`) through a small receive window can wait a whole timeout
+    /// for one write while it reads, and is then cut before the end of the answer.
     idle: std::pin::Pin<Box<tokio::time::Sleep>>,
     idle_timeout: Duration,
     /// Bytes were read since the last response bytes were written: a request is under way,
