@@ -713,23 +713,18 @@ fn bad_requests_bad_connections_and_bounds_never_take_it_down() {
     assert!(d.wait_exit().success());
 }
 
+/// A daemon on the multi-tier config with an engine port and HTTP on loopback, and `extra`
+/// flags; no input yet.
+fn loopback_daemon(extra: &[&str]) -> Daemon {
+    let config = fixture("config/multi_tier.json");
+    let mut args = vec!["--config", &config, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    Daemon::start(&args, Input::Null)
+}
+
 #[test]
 fn idle_http_connections_are_closed_so_they_cannot_lock_out_health_checks() {
-    let mut d = Daemon::start(
-        &[
-            "--config",
-            &fixture("config/multi_tier.json"),
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--max-http-connections",
-            "2",
-            "--http-idle-timeout",
-            "300ms",
-        ],
-        Input::Null,
-    );
+    let mut d = loopback_daemon(&["--max-http-connections", "2", "--http-idle-timeout", "300ms"]);
     let http = d.addr("http");
     // Two clients take every slot and send nothing (one half a request line).
     let mut idle: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(http).unwrap()).collect();
@@ -755,21 +750,7 @@ fn idle_http_connections_are_closed_so_they_cannot_lock_out_health_checks() {
 /// cannot hold both slots and lock health checks out.
 #[test]
 fn clients_trickling_their_requests_are_closed_so_they_cannot_lock_out_health_checks() {
-    let mut d = Daemon::start(
-        &[
-            "--config",
-            &fixture("config/multi_tier.json"),
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--max-http-connections",
-            "2",
-            "--http-idle-timeout",
-            "500ms",
-        ],
-        Input::Null,
-    );
+    let mut d = loopback_daemon(&["--max-http-connections", "2", "--http-idle-timeout", "500ms"]);
     let http = d.addr("http");
     let mut slow: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(http).unwrap()).collect();
     for conn in &mut slow {
@@ -816,19 +797,7 @@ fn clients_trickling_their_requests_are_closed_so_they_cannot_lock_out_health_ch
 /// open file descriptors until the daemon cannot accept anything.
 #[test]
 fn subscribers_that_leave_on_a_quiet_stream_give_their_sockets_back() {
-    let mut d = Daemon::start(
-        &[
-            "--config",
-            &fixture("config/multi_tier.json"),
-            "--listen",
-            "127.0.0.1:0",
-            "--events",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ],
-        Input::Null,
-    );
+    let mut d = loopback_daemon(&["--events", "127.0.0.1:0"]);
     let (events, http) = (d.addr("events"), d.addr("http"));
     let fds = || std::fs::read_dir(format!("/proc/{}/fd", d.pid())).unwrap().count();
     let before = fds();
