@@ -279,22 +279,56 @@ struct Bounded {
     /// line at a time (a "slowloris") must not hold one of `--max-http-connections` for
     /// ever, locking out health checks and scrapes. So a request has `idle_timeout` from
     /// its first byte to be read whole and answered, and an answer keeps the connection
-    /// while the writes of it go through. A known limit: a client reading a multi-megabyte
-    /// answer (a large `/at-risk`) through a small receive window can wait a whole timeout
-    /// for one write while it reads, and is then cut before the end of the answer.
+    /// while its writes go through or the peer takes [`READ_PROGRESS`] bytes a period of
+    /// what the socket holds (a client reading a multi-megabyte `/at-risk` through a small
+    /// receive window waits longer than a period for the socket to drain between writes).
     idle: std::pin::Pin<Box<tokio::time::Sleep>>,
     idle_timeout: Duration,
     /// Bytes were read since the last response bytes were written: a request is under way,
     /// and further reads do not push the deadline back.
     in_request: bool,
+    /// Bytes the socket held for the peer when the deadline was last set: when it fires, a
+    /// queue shorter by [`READ_PROGRESS`] means the peer is reading an answer (slowly), and
+    /// the connection gets another period.
+    outq: Option<usize>,
 }
 
 impl Bounded {
-    /// Pushes the deadline back to `idle_timeout` from now.
+    /// Pushes the deadline back to `idle_timeout` from now, and notes how many bytes the
+    /// socket still holds for the peer.
     fn active(&mut self) {
         let deadline = tokio::time::Instant::now() + self.idle_timeout;
         self.idle.as_mut().reset(deadline);
+        self.outq = unsent_bytes(&self.stream);
     }
+
+    /// Whether the peer took [`READ_PROGRESS`] bytes (or all) of what the socket held for it
+    /// when the deadline was last set: a client reading an answer, if slowly.
+    fn peer_took_bytes(&self) -> bool {
+        match (self.outq, unsent_bytes(&self.stream)) {
+            (Some(then), Some(now)) => {
+                then > 0 && then.saturating_sub(now) >= READ_PROGRESS.min(then)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What a client reading an answer must take per `--http-idle-timeout` to keep its
+/// connection while the daemon's writes wait for the socket (6.4 KB/s at the default 10 s):
+/// a slower reader, or one that reads a byte now and then to hold a slot, is cut.
+const READ_PROGRESS: usize = 64 << 10;
+
+/// Bytes written to `stream` that its peer has not acknowledged yet (`SIOCOUTQ`, Linux);
+/// `None` where that cannot be read.
+#[allow(unsafe_code)]
+fn unsent_bytes(stream: &TcpStream) -> Option<usize> {
+    use std::os::fd::AsRawFd as _;
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ on a TCP socket) writes one int through the pointer, which
+    // points to `n`; the descriptor is the stream's own, open while it is borrowed.
+    let r = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    (r == 0).then(|| usize::try_from(n).ok()).flatten()
 }
 
 /// The bounds on HTTP connections (`--max-http-connections`, `--http-idle-timeout`).
@@ -326,8 +360,14 @@ impl axum::serve::Listener for BoundedListener {
                     debug!(peer = %peer, "HTTP connection");
                     let idle_timeout = self.idle_timeout;
                     let idle = Box::pin(tokio::time::sleep(idle_timeout));
-                    let bounded =
-                        Bounded { stream, _permit: permit, idle, idle_timeout, in_request: false };
+                    let bounded = Bounded {
+                        stream,
+                        _permit: permit,
+                        idle,
+                        idle_timeout,
+                        in_request: false,
+                        outq: None,
+                    };
                     return (bounded, peer);
                 }
                 Err(_) => {
@@ -363,6 +403,14 @@ impl tokio::io::AsyncRead for Bounded {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => match self.idle.as_mut().poll(cx) {
+                Poll::Ready(()) if self.peer_took_bytes() => {
+                    // An answer still on its way to a slow reader: a write may wait longer
+                    // than the timeout for the kernel's send buffer to drain, while the
+                    // client reads all along. Another period; polled once to be woken.
+                    self.active();
+                    let _ = self.idle.as_mut().poll(cx);
+                    Poll::Pending
+                }
                 Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "HTTP connection idle too long",

@@ -792,6 +792,80 @@ fn clients_trickling_their_requests_are_closed_so_they_cannot_lock_out_health_ch
     assert!(d.wait_exit().success());
 }
 
+/// A client reading a big answer slowly (an 8 KB receive window, ~200 KB/s) keeps its
+/// connection to the end, though the daemon's writes wait longer than the idle timeout for
+/// the socket to drain: what the peer acknowledges counts as progress. Before, the answer
+/// was cut ~100 KB before its end, without a word, once one write had waited the timeout.
+#[test]
+fn a_slow_reader_gets_a_big_answer_whole() {
+    common::long_test(
+        "a_slow_reader_gets_a_big_answer_whole (~20 s: a 3.4 MB answer read at 200 KB/s)",
+    );
+    let tmp = TempDir::new("slow-reader");
+    let (stream, config) = (tmp.path("book.ndjson"), tmp.path("book.config.json"));
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_liqscan"))
+        .args(["gen", "--accounts", "12000", "--symbols", "10", "--messages", "0"])
+        .args(["--seed", "5", "--out", &stream, "--config-out", &config])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let input = std::fs::read(&stream).unwrap();
+    let lines = input.iter().filter(|&&b| b == b'\n').count() as u64;
+    let args = ["--config", &config, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"];
+    let mut d = Daemon::start(&[&args[..], &["--http-idle-timeout", "1s"]].concat(), Input::Null);
+    let http = d.addr("http");
+    let mut engine = EngineConn::connect(d.addr("engine"));
+    engine.send(&input);
+    wait_health(http, "the book", |h| h["messages"] == lines);
+
+    // The receive buffer is set before the connection is made, so that the window the
+    // client announces from its first segment on is small.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut client = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(8 << 10).unwrap();
+        socket.connect(http).await.unwrap().into_std().unwrap()
+    });
+    client.set_nonblocking(false).unwrap();
+    client.set_read_timeout(Some(PATIENCE)).unwrap();
+    // HTTP/1.1, kept alive: the server watches the connection for the next request while
+    // it writes this answer.
+    let request = b"GET /at-risk?limit=10000 HTTP/1.1\r\nHost: liqscan\r\n\r\n";
+    std::io::Write::write_all(&mut client, request).unwrap();
+    let (mut got, mut want) = (Vec::new(), None);
+    let mut buf = [0u8; 8 << 10];
+    let until = std::time::Instant::now() + PATIENCE;
+    while want.is_none_or(|n| got.len() < n) && std::time::Instant::now() < until {
+        let n = match std::io::Read::read(&mut client, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => panic!("read failed after {} bytes: {e}", got.len()),
+        };
+        got.extend_from_slice(&buf[..n]);
+        if want.is_none()
+            && let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+        {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: ")?.parse().ok())
+                .expect("a content length");
+            want = Some(end + 4 + length);
+        }
+        // ~200 KB/s: about 17 s for the ~3.4 MB answer.
+        std::thread::sleep(std::time::Duration::from_micros(5 * n as u64));
+    }
+    let want = want.expect("an HTTP answer");
+    assert!(want > 3 << 20, "the answer is big: {want} bytes");
+    assert_eq!(got.len(), want, "the answer was cut short");
+    let text = std::str::from_utf8(&got).unwrap();
+    let answer: Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(answer["items"].as_array().unwrap().len(), 10_000);
+    drop(engine);
+    d.sigterm();
+    assert!(d.wait_exit().success());
+}
+
 /// A subscriber that connects and leaves gives its socket back at once, not at the next
 /// event: on a quiet stream, clients that connect and close over and over must not pile up
 /// open file descriptors until the daemon cannot accept anything.
