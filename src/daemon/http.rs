@@ -280,8 +280,8 @@ struct Bounded {
     /// ever, locking out health checks and scrapes. So a request has `idle_timeout` from
     /// its first byte to be read whole and answered, and an answer keeps the connection
     /// while its writes go through or the peer takes [`READ_PROGRESS`] bytes a period of
-    /// what the socket holds (a client reading a multi-megabyte `/at-risk` through a small
-    /// receive window waits longer than a period for the socket to drain between writes).
+    /// what the socket holds (for a multi-megabyte `/at-risk` read through a small receive
+    /// window, one write can wait longer than a period for the socket to drain).
     idle: std::pin::Pin<Box<tokio::time::Sleep>>,
     idle_timeout: Duration,
     /// Bytes were read since the last response bytes were written: a request is under way,
