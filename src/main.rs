@@ -82,7 +82,8 @@ enum Command {
         input: String,
     },
     /// The sidecar daemon (SPEC section 9): the engine stream from stdin or TCP, events to
-    /// stdout, a file and TCP subscribers, metrics and live queries over HTTP.
+    /// TCP subscribers and a file (stdout when neither is named, or with --stdout), metrics
+    /// and live queries over HTTP.
     Run(liqscan::daemon::RunArgs),
     /// Generate a config and a message stream for load tests: deterministic for a seed,
     /// written as it is made. The stream goes to stdout unless --out is given.

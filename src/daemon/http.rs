@@ -236,7 +236,7 @@ fn shown(value: &str) -> std::borrow::Cow<'_, str> {
 
 /// Answers 405 for a method other than GET on a routed path, with a reason.
 async fn method_not_allowed() -> Response {
-    let refused = Failure(StatusCode::METHOD_NOT_ALLOWED, "only GET is served".into());
+    let refused = Failure(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served".into());
     ([(header::ALLOW, "GET,HEAD")], refused).into_response()
 }
 

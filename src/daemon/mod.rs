@@ -98,8 +98,9 @@ pub struct RunArgs {
     pub max_http_connections: usize,
     /// Close an HTTP connection that wrote nothing for this long, or whose request is not
     /// read and answered this long after its first byte (500ms, 10s, 1m), so idle, stuck or
-    /// trickling clients cannot hold every --max-http-connections slot. Keep it above the 5 s
-    /// a query may wait for the engine.
+    /// trickling clients cannot hold every --max-http-connections slot; a client reading an
+    /// answer keeps it while it takes at least 64 KiB a period. At least 100ms; keep it
+    /// above the 5 s a query may wait for the engine.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = http_idle_timeout)]
     pub http_idle_timeout: std::time::Duration,
     /// Keep the state here (SPEC 9.4): restore the newest valid snapshot at start, write one
