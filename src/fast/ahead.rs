@@ -11,11 +11,19 @@
 //! when its last entry has moved), so both can run on a short-lived thread of their own.
 //! What the engine thread keeps is a thread spawn (tens of µs) per growth and per free.
 //!
+//! Every such helper ([`spawn_helper`]: these, and the column mappings of `column.rs`) keeps
+//! off the CPU its starter (the engine thread) was on ([`crate::cpus`]): its work is kernel
+//! work (a huge page faulted in, a table unmapped), and a helper beside the engine thread
+//! held its CPU for a whole 4 ms tick (`perf sched timehist`: `liqscan-map` and
+//! `liqscan-fault` running 3.98 ms while the engine thread, runnable, waited).
+//!
 //! Nothing here changes what a table holds: a table built ahead is empty and has the
 //! capacity the inline allocation would have had, and [`Ahead::take`] waits for it if it is
 //! not ready, so lookups and the order of entries never depend on timing.
 
 use std::thread::JoinHandle;
+
+use crate::cpus;
 
 /// A value being built on a thread of its own; dropping an `Ahead` leaves the thread to
 /// finish and drop the value there.
@@ -28,8 +36,7 @@ impl<T: Send + 'static> Ahead<T> {
     /// Starts `make` on a new thread; `None` when no thread could be started (the caller then
     /// builds the value itself when it needs it).
     pub(super) fn start(make: impl FnOnce() -> T + Send + 'static) -> Option<Ahead<T>> {
-        let builder = std::thread::Builder::new().name("liqscan-grow".into());
-        builder.spawn(make).ok().map(|handle| Ahead { handle })
+        spawn_helper("liqscan-grow", make).ok().map(|handle| Ahead { handle })
     }
 
     /// Whether the value is built (a [`Ahead::take`] would not wait).
@@ -52,9 +59,22 @@ impl<T: Send + 'static> Ahead<T> {
 /// kernel, which costs time proportional to its size); drops it here when no thread can be
 /// started.
 pub(super) fn drop_elsewhere<T: Send + 'static>(value: T) {
-    let builder = std::thread::Builder::new().name("liqscan-free".into());
     // On failure `spawn` drops the closure, and with it `value`, here.
-    let _ = builder.spawn(move || drop(value));
+    let _ = spawn_helper("liqscan-free", move || drop(value));
+}
+
+/// Starts `work` on a thread named `name` that keeps off the CPU the calling thread is on now
+/// ([`cpus::keep_off`]): the growth helpers' way of not taking the engine thread's CPU (see
+/// the module doc). Errors: the thread could not be started.
+pub(super) fn spawn_helper<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<JoinHandle<T>> {
+    let starter = cpus::current();
+    std::thread::Builder::new().name(name.into()).spawn(move || {
+        cpus::keep_off(starter);
+        work()
+    })
 }
 
 #[cfg(test)]

@@ -265,6 +265,7 @@ impl<T: PartialEq> PartialEq for Column<T> {
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod map {
+    use crate::fast::ahead::spawn_helper;
     use std::{marker::PhantomData, ptr::NonNull};
 
     /// `len` initialized `T`s at the start of an anonymous private mapping with room for `cap`.
@@ -299,18 +300,16 @@ mod map {
         /// Starts making a mapping of `bytes` (a multiple of [`HUGE`]); `None` when no
         /// thread can be started.
         pub fn start(bytes: usize) -> Option<Premapped> {
-            let builder = std::thread::Builder::new().name("liqscan-map".into());
-            let thread = builder
-                .spawn(move || {
-                    let at = map_aligned(bytes) as usize;
-                    for page in (at..at + HUGE.min(bytes)).step_by(PAGE) {
-                        // SAFETY: a page of the mapping just made, which nothing else knows
-                        // of until this thread is joined; it holds zeros and gets a zero.
-                        unsafe { std::ptr::write_volatile(page as *mut u8, 0) };
-                    }
-                    at
-                })
-                .ok()?;
+            let thread = spawn_helper("liqscan-map", move || {
+                let at = map_aligned(bytes) as usize;
+                for page in (at..at + HUGE.min(bytes)).step_by(PAGE) {
+                    // SAFETY: a page of the mapping just made, which nothing else knows
+                    // of until this thread is joined; it holds zeros and gets a zero.
+                    unsafe { std::ptr::write_volatile(page as *mut u8, 0) };
+                }
+                at
+            })
+            .ok()?;
             Some(Premapped { thread: Some(thread), bytes })
         }
 
@@ -466,9 +465,8 @@ mod map {
                 return;
             }
             let base = self.ptr.as_ptr() as usize;
-            let builder = std::thread::Builder::new().name("liqscan-fault".into());
             // A refused thread leaves the faults to the pushes, as without a lead.
-            if let Ok(thread) = builder.spawn(move || {
+            if let Ok(thread) = spawn_helper("liqscan-fault", move || {
                 for at in (base + from..base + to).step_by(PAGE) {
                     // SAFETY: `at` is inside the mapping, past every element, and neither the
                     // mapping's owner nor anyone else reads or writes `from..to`, moves or
