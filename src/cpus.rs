@@ -1,18 +1,21 @@
-//! CPU affinity of the calling thread: how the threads around the engine thread keep off
-//! its CPU.
+//! CPU affinity of the calling thread: how the fast engine's growth helpers keep off the
+//! engine thread's CPU.
 //!
-//! The engine thread decides liquidations. On a machine with few cores, any other thread of
-//! liqscan that the scheduler puts on the engine thread's CPU (the pipeline's reader and
-//! writers, the fast engine's growth helpers) holds it for a whole scheduler tick (4 ms on
-//! the VMs here) while the engine thread, runnable, waits; and kernel work such as a huge
-//! page faulted in or a table unmapped is not interrupted at all under a kernel without
-//! preemption (`Dynamic Preempt: none` here). So those threads are started with the CPU
-//! their starter (the engine thread) was on ([`current`]) and call [`keep_off`] first:
-//! they then run on every CPU the process may use but that one, when two or more are left
-//! (src/fast/README.md, "Session 22").
+//! The engine thread decides liquidations. The growth helpers (`liqscan-map`,
+//! `liqscan-fault`, `liqscan-grow`, `liqscan-free`: `fast::ahead`) do kernel work, a huge
+//! page faulted in (2 MiB zeroed, memory compacted to find it) or a table unmapped, which a
+//! kernel without preemption (`Dynamic Preempt: none` on the VMs here) does not interrupt: a
+//! helper the scheduler put on the engine thread's CPU held it for a whole 4 ms tick while
+//! the engine thread, runnable, waited (`perf sched timehist`). So a helper is started with
+//! the CPU its starter (the engine thread) was on ([`current`]) and calls [`keep_off`]
+//! first: it then runs on every CPU the process may use but that one, when two or more are
+//! left (src/fast/README.md, "Session 22").
 //!
-//! Nothing here pins the engine thread: with the other threads away, the scheduler has no
-//! reason to move it, and it still may (another process, fewer CPUs allowed later).
+//! Only the helpers: the pipeline's reader and writers moved off the engine thread's CPU as
+//! well ended the engine thread's other 4 ms waits in `replay`, but cost the daemon a tenth
+//! of its throughput on two cores (the reader then shares one core with the engine's peer
+//! processes), so they stay where the scheduler puts them. Nothing here pins the engine
+//! thread.
 
 /// The CPU the calling thread runs on now (it may move right after); `None` where the
 /// system does not say.

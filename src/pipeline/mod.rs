@@ -191,12 +191,9 @@ impl<'a> Pipeline<'a> {
         let (batch_tx, batch_rx) = bounded::<Vec<Ingested>>(opts.queue_batches);
         let (spare_tx, spare_rx) = bounded::<Vec<Ingested>>(opts.queue_batches + 2);
 
-        // The reader and writers keep off the engine thread's CPU (this one: see `cpus`).
-        let engine_cpu = crate::cpus::current();
         std::thread::scope(|scope| {
             let stop_reader = stop.clone();
             let reader = scope.spawn(move || {
-                crate::cpus::keep_off(engine_cpu);
                 let seq = resume.at.seq;
                 source::reader_thread(cfg, source, opts, &stop_reader, batch_tx, spare_rx, seq)
             });
@@ -206,7 +203,6 @@ impl<'a> Pipeline<'a> {
                 if sink.blocking() {
                     let (tx, rx) = bounded::<WriterMsg>(opts.queue_batches);
                     let handle = scope.spawn(move || {
-                        crate::cpus::keep_off(engine_cpu);
                         let name = sink.name();
                         writer_thread(sink.as_mut(), rx)
                             .map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))
