@@ -1,21 +1,20 @@
-//! CPU affinity of the calling thread: how the fast engine's growth helpers keep off the
-//! engine thread's CPU.
+//! CPU affinity of the calling thread: how the fast engine's growth helpers can keep off the
+//! engine thread's CPU (a measuring knob, off by default: `fast::ahead`).
 //!
 //! The engine thread decides liquidations. The growth helpers (`liqscan-map`,
 //! `liqscan-fault`, `liqscan-grow`, `liqscan-free`: `fast::ahead`) do kernel work, a huge
 //! page faulted in (2 MiB zeroed, memory compacted to find it) or a table unmapped, which a
 //! kernel without preemption (`Dynamic Preempt: none` on the VMs here) does not interrupt: a
 //! helper the scheduler put on the engine thread's CPU held it for a whole 4 ms tick while
-//! the engine thread, runnable, waited (`perf sched timehist`). So a helper is started with
-//! the CPU its starter (the engine thread) was on ([`current`]) and calls [`keep_off`]
-//! first: it then runs on every CPU the process may use but that one, when two or more are
-//! left (src/fast/README.md, "Session 22").
-//!
-//! Only the helpers: the pipeline's reader and writers moved off the engine thread's CPU as
-//! well ended the engine thread's other 4 ms waits in `replay`, but cost the daemon a tenth
-//! of its throughput on two cores (the reader then shares one core with the engine's peer
-//! processes), so they stay where the scheduler puts them. Nothing here pins the engine
-//! thread.
+//! the engine thread, runnable, waited (`perf sched timehist`). With
+//! `LIQSCAN_HELPERS_OFF_ENGINE_CPU=1` a helper is started with the CPU its starter (the
+//! engine thread) was on ([`current`]) and calls [`keep_off`] first: it then runs on every
+//! CPU the process may use but that one, when two or more are left. Off by default: the
+//! daemon paced at 100k lines/s did worse with it, the engine thread's CPU being the cheaper
+//! place for a helper's 4 ms while the engine waits for lines (src/fast/README.md,
+//! "Session 22"). The pipeline's reader and writers moved off that CPU as well ended the
+//! engine thread's other 4 ms waits in `replay`, but cost the unpaced daemon a tenth of its
+//! throughput on two cores, so nothing else uses this. Nothing here pins the engine thread.
 
 /// The CPU the calling thread runs on now (it may move right after); `None` where the
 /// system does not say.

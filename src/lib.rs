@@ -26,7 +26,7 @@
 //! | [`daemon`] | `liqscan run`: stdin or `--listen` engine input, subscribers, events file, HTTP (`/metrics`, `/health`, `/accounts`, `/at-risk`), `--state-dir` restore and snapshots; the only user of tokio (with `shard`), axum, prometheus-client, tracing-subscriber (see `docs/operations.md`) | 9 |
 //! | [`shard`] | shards on NATS JetStream: the routing of a stream into N shards (`shard/route.rs`, pure), `liqscan publish` (`shard/publish.rs`), a shard daemon's JetStream input as a pipeline `Source` of sequenced messages and its events as a `Sink` (`shard/consume.rs`); the only user of async-nats | 10 |
 //! | [`feed`] | `liqscan feed`: the engine's side of a daemon connection (hello, resend, pacing, reconnect), and a timing subscriber | 9.1, 9.2 |
-//! | [`cpus`] | CPU affinity: the fast engine's growth helpers keep off the engine thread's CPU | — |
+//! | [`cpus`] | CPU affinity: the fast engine's growth helpers kept off the engine thread's CPU (`LIQSCAN_HELPERS_OFF_ENGINE_CPU=1`, a measuring knob, off by default) | — |
 //! | [`heap`] | the allocator settings of the binary: mimalloc keeps freed memory (no purge on the engine thread) | — |
 //! | [`chart`] | the latency percentile-spectrum chart (SVG) | — |
 //! | [`synth`] | deterministic synthetic configs, books, mark walks | — |

@@ -11,11 +11,12 @@
 //! when its last entry has moved), so both can run on a short-lived thread of their own.
 //! What the engine thread keeps is a thread spawn (tens of µs) per growth and per free.
 //!
-//! Every such helper ([`spawn_helper`]: these, and the column mappings of `column.rs`) keeps
-//! off the CPU its starter (the engine thread) was on ([`crate::cpus`]): its work is kernel
-//! work (a huge page faulted in, a table unmapped), and a helper beside the engine thread
-//! held its CPU for a whole 4 ms tick (`perf sched timehist`: `liqscan-map` and
-//! `liqscan-fault` running 3.98 ms while the engine thread, runnable, waited).
+//! Every such helper ([`spawn_helper`]: these, and the column mappings of `column.rs`) can
+//! be kept off the CPU its starter (the engine thread) was on ([`crate::cpus`]; off by
+//! default, see [`helpers_off_engine_cpu`]): its work is kernel work (a huge page faulted
+//! in, a table unmapped), and a helper beside the engine thread held its CPU for a whole
+//! 4 ms tick (`perf sched timehist`: `liqscan-map` and `liqscan-fault` running 3.98 ms while
+//! the engine thread, runnable, waited).
 //!
 //! Nothing here changes what a table holds: a table built ahead is empty and has the
 //! capacity the inline allocation would have had, and [`Ahead::take`] waits for it if it is
@@ -63,18 +64,31 @@ pub(super) fn drop_elsewhere<T: Send + 'static>(value: T) {
     let _ = spawn_helper("liqscan-free", move || drop(value));
 }
 
-/// Starts `work` on a thread named `name` that keeps off the CPU the calling thread is on now
-/// ([`cpus::keep_off`]): the growth helpers' way of not taking the engine thread's CPU (see
-/// the module doc). Errors: the thread could not be started.
+/// Starts `work` on a thread named `name`; with [`helpers_off_engine_cpu`], one that keeps
+/// off the CPU the calling thread is on now ([`cpus::keep_off`]; see the module doc).
+/// Errors: the thread could not be started.
 pub(super) fn spawn_helper<T: Send + 'static>(
     name: &str,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> std::io::Result<JoinHandle<T>> {
-    let starter = cpus::current();
+    let starter = if helpers_off_engine_cpu() { cpus::current() } else { None };
     std::thread::Builder::new().name(name.into()).spawn(move || {
         cpus::keep_off(starter);
         work()
     })
+}
+
+/// Whether growth helpers keep off their starter's CPU: when the environment variable
+/// `LIQSCAN_HELPERS_OFF_ENGINE_CPU` is `1` (read once). A measuring knob, off by default:
+/// on session 22's VM it ended most of the engine thread's 4 ms run-queue waits in `replay`
+/// of the 1M-account stream (batches with over 2 ms of wait 7–44 → 2–13 a run) but not the
+/// apply maximum (the biggest wick), and the daemon paced at 100k lines/s on the 100k stream
+/// did worse with it (`ts` → event p99 median of six alternating runs 3.8 ms against 2.1 ms;
+/// p50 107 against 88 µs): with the engine thread idle between lines, its CPU was the
+/// cheaper place for a helper's 4 ms than the reader's (src/fast/README.md, "Session 22").
+pub(super) fn helpers_off_engine_cpu() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LIQSCAN_HELPERS_OFF_ENGINE_CPU").is_ok_and(|v| v == "1"))
 }
 
 #[cfg(test)]
