@@ -9,12 +9,13 @@
 //! the engine thread, runnable, waited (`perf sched timehist`). With
 //! `LIQSCAN_HELPERS_OFF_ENGINE_CPU=1` a helper is started with the CPU its starter (the
 //! engine thread) was on ([`current`]) and calls [`keep_off`] first: it then runs on every
-//! CPU the process may use but that one, when two or more are left. Off by default: the
-//! daemon paced at 100k lines/s did worse with it, the engine thread's CPU being the cheaper
-//! place for a helper's 4 ms while the engine waits for lines (src/fast/README.md,
-//! "Session 22"). The pipeline's reader and writers moved off that CPU as well ended the
-//! engine thread's other 4 ms waits in `replay`, but cost the unpaced daemon a tenth of its
-//! throughput on two cores, so nothing else uses this. Nothing here pins the engine thread.
+//! CPU the process may use but that one, when at least one other is allowed. Off by
+//! default: the daemon paced at 100k lines/s did worse with it, the engine thread's CPU
+//! being the cheaper place for a helper's 4 ms while the engine waits for lines
+//! (src/fast/README.md, "Session 22"). The pipeline's reader and writers moved off that CPU
+//! as well ended the engine thread's other 4 ms waits in `replay`, but cost the unpaced
+//! daemon a tenth of its throughput on two cores, so nothing else uses this. Nothing here
+//! pins the engine thread.
 
 /// The CPU the calling thread runs on now (it may move right after); `None` where the
 /// system does not say.

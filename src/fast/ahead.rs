@@ -81,7 +81,7 @@ pub(super) fn spawn_helper<T: Send + 'static>(
 /// Whether growth helpers keep off their starter's CPU: when the environment variable
 /// `LIQSCAN_HELPERS_OFF_ENGINE_CPU` is `1` (read once). A measuring knob, off by default:
 /// on session 22's VM it ended most of the engine thread's 4 ms run-queue waits in `replay`
-/// of the 1M-account stream (batches with over 2 ms of wait 7–44 → 2–13 a run) but not the
+/// of the 1M-account stream (batches with over 2 ms of wait 6–44 → 2–14 a run) but not the
 /// apply maximum (the biggest wick), and the daemon paced at 100k lines/s on the 100k stream
 /// did worse with it (`ts` → event p99 median of six alternating runs 3.8 ms against 2.1 ms;
 /// p50 107 against 88 µs): with the engine thread idle between lines, its CPU was the
