@@ -18,7 +18,8 @@
 //! (`FastEngine::with_parallel_refresh`; off by default,
 //! as in `liqscan` unless `LIQSCAN_PARALLEL_REFRESH` is set). `JSON=1` also writes each
 //! event of a timed message as its JSON line into a buffer, inside the timing, as the
-//! pipeline's `emit` does on the engine thread.
+//! pipeline's `emit` does on the engine thread. The engine has `liqscan`'s wick scratch
+//! (`FastEngine::with_wick_scratch(WICK_SCRATCH)`) unless `WICK_SCRATCH=0`.
 
 use std::{
     fs::File,
@@ -32,7 +33,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use liqscan::{
     config::{Config, Mode},
     engine::{At, Engine},
-    fast::FastEngine,
+    fast::{FastEngine, WICK_SCRATCH},
     ingest::{Ingest, LineReader, Outcome},
     protocol::{Command, Event},
 };
@@ -111,6 +112,10 @@ fn main() -> anyhow::Result<()> {
     let mut reader = LineReader::new(BufReader::new(File::open(&args[2])?), 1 << 20);
     let mut ingest = Ingest::new(cfg.clone());
     let mut engine = FastEngine::new(cfg.clone());
+    let scratch = std::env::var("WICK_SCRATCH").map_or(Ok(WICK_SCRATCH), |v| v.parse())?;
+    if scratch > 0 {
+        engine = engine.with_wick_scratch(scratch);
+    }
     if let Ok(n) = std::env::var("PARALLEL_EVENTS") {
         engine = engine.with_parallel_events(n.parse()?);
     }

@@ -21,7 +21,7 @@ use liqscan::{
     chart::{self, ChartError},
     config::Config,
     engine::Engine,
-    fast::FastEngine,
+    fast::{FastEngine, WICK_SCRATCH},
     feed,
     generator::{self, Fault, GenOptions, Phase},
     latency,
@@ -464,7 +464,7 @@ fn run_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     outputs.check()?;
     let out = BufWriter::with_capacity(1 << 16, stdout);
     let mut engine: Box<dyn Engine> = match args.engine {
-        EngineKind::Fast => Box::new(FastEngine::new(cfg.clone())),
+        EngineKind::Fast => Box::new(FastEngine::new(cfg.clone()).with_wick_scratch(WICK_SCRATCH)),
         EngineKind::Reference => Box::new(ReferenceEngine::new(cfg.clone())),
     };
     let started = SystemTime::now();

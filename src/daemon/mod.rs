@@ -39,7 +39,7 @@ use tracing::{error, info};
 use crate::{
     config::Config,
     engine::Engine,
-    fast::FastEngine,
+    fast::{FastEngine, WICK_SCRATCH},
     pipeline::{Control, EventsFile, Pipeline, Progress, Sink, Source, Stop, WriterSink},
     reference::ReferenceEngine,
     shard::consume::{EventsSink, ShardSource},
@@ -392,7 +392,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (mut engine, resume, mut writer) = match &args.state_dir {
         None => {
             let engine: Box<dyn Engine + Send> = match args.engine {
-                EngineChoice::Fast => Box::new(FastEngine::new(cfg.clone())),
+                EngineChoice::Fast => {
+                    Box::new(FastEngine::new(cfg.clone()).with_wick_scratch(WICK_SCRATCH))
+                }
                 EngineChoice::Reference => Box::new(ReferenceEngine::new(cfg.clone())),
             };
             (engine, None, None)

@@ -24,7 +24,7 @@ use super::EngineChoice;
 use crate::{
     config::Config,
     engine::{At, Engine},
-    fast::FastEngine,
+    fast::{FastEngine, WICK_SCRATCH},
     pipeline::{Control, Resume},
     protocol::Event,
     reference::ReferenceEngine,
@@ -61,7 +61,9 @@ pub struct Start {
 
 fn empty(choice: EngineChoice, cfg: &Arc<Config>) -> Box<dyn Engine + Send> {
     match choice {
-        EngineChoice::Fast => Box::new(FastEngine::new(cfg.clone())),
+        EngineChoice::Fast => {
+            Box::new(FastEngine::new(cfg.clone()).with_wick_scratch(WICK_SCRATCH))
+        }
         EngineChoice::Reference => Box::new(ReferenceEngine::new(cfg.clone())),
     }
 }
@@ -96,7 +98,7 @@ pub fn restore(
     let out = &mut |e: Event| events.push(e);
     let restored: Result<Box<dyn Engine + Send>, String> = match choice {
         EngineChoice::Fast => FastEngine::restore(cfg.clone(), &image, changed, out)
-            .map(|e| Box::new(e) as Box<dyn Engine + Send>),
+            .map(|e| Box::new(e.with_wick_scratch(WICK_SCRATCH)) as Box<dyn Engine + Send>),
         EngineChoice::Reference => ReferenceEngine::restore(cfg.clone(), &image, changed, out)
             .map(|e| Box::new(e) as Box<dyn Engine + Send>),
     };

@@ -401,8 +401,9 @@ pub struct FastEngine {
     /// reserve: their index in `touched` and their [`rank_key`], so that `finish_message`
     /// refreshes the likeliest to have crossed first ([`FastEngine::rank`]).
     ranked: Vec<(u32, i128)>,
-    /// Scratch: `touched` in refresh order, with each account's rank key.
-    order: Vec<(i128, AccountIdx)>,
+    /// Scratch: `touched` in refresh order, with each account's rank key and its index in
+    /// `touched` (the tie-break that makes an unstable sort give a stable sort's order).
+    order: Vec<(i128, u32, AccountIdx)>,
     /// Whether `finish_message` ranks a mark's touched accounts ([`FastEngine::rank`]; see
     /// [`FastEngine::with_ranked_refreshes`]).
     rank_refreshes: bool,
@@ -485,6 +486,11 @@ const WICK_CHUNK: usize = 64;
 /// (see [`FastEngine::with_parallel_refresh`]): the threshold measured with, for a caller
 /// that turns it on. Off by default (see [`parallel_refresh_default`]).
 pub const PARALLEL_REFRESH: usize = 256;
+
+/// The room [`FastEngine::with_wick_scratch`] is given in `liqscan replay` and `liqscan run`:
+/// the biggest wick of the 1M-account load test fires ~15,000 slots and touches ~4,000
+/// accounts.
+pub const WICK_SCRATCH: usize = 1 << 14;
 
 /// The default of [`FastEngine::with_parallel_refresh`]: off (`usize::MAX`), unless the
 /// environment variable `LIQSCAN_PARALLEL_REFRESH` holds a threshold of 1 or more (0, or not a
@@ -996,6 +1002,33 @@ impl FastEngine {
     /// ([`FastEngine::tick_isolated`]).
     pub fn with_parallel_events(mut self, events: usize) -> FastEngine {
         self.parallel_events = events.max(1);
+        self
+    }
+
+    /// Reserves room for `entries` items in each list a wick fills (the slots its tick fires
+    /// and their old triggers, the accounts it touches and ranks, the items it emits, an
+    /// account's terms) and writes every byte of that room once, so that the first big wick
+    /// of a run finds memory already faulted in instead of growing its lists into fresh pages
+    /// on the engine thread (~100 page faults, ~2 µs each, in the 3,623-event wick of the
+    /// 1M-account load test: src/fast/README.md, "Session 22"). Costs `entries` × ~180 bytes
+    /// for as long as the engine lives (16,384 entries: ~3 MB). The lists are cleared, so
+    /// nothing else changes.
+    pub fn with_wick_scratch(mut self, entries: usize) -> FastEngine {
+        fn faulted<T: Clone>(list: &mut Vec<T>, entries: usize, fill: T) {
+            list.clear();
+            list.resize(entries, fill);
+            list.clear();
+        }
+        let a = AccountIdx(0);
+        faulted(&mut self.touched, entries, a);
+        faulted(&mut self.emit_isolated, entries, (SymbolIdx(0), 0));
+        faulted(&mut self.emit_cross, entries, a);
+        faulted(&mut self.fired, entries, 0);
+        faulted(&mut self.fired_old, entries, 0);
+        faulted(&mut self.moved, entries.min(usize::from(u16::MAX)), (0, false));
+        faulted(&mut self.ranked, entries, (0, 0));
+        faulted(&mut self.order, entries, (0, 0, a));
+        faulted(&mut self.terms, entries, (SymbolIdx(0), 0, 0, 0));
         self
     }
 
@@ -1915,14 +1948,16 @@ impl FastEngine {
     fn rank(&mut self, touched: &mut [AccountIdx]) {
         let mut order = std::mem::take(&mut self.order);
         order.clear();
-        order.extend(touched.iter().map(|&a| (i128::MAX, a)));
+        order.extend(touched.iter().enumerate().map(|(k, &a)| (i128::MAX, k as u32, a)));
         for &(k, key) in &self.ranked {
             debug_assert!((k as usize) < order.len(), "a ranked index into touched");
             order[k as usize].0 = key;
         }
         self.ranked.clear();
-        order.sort_by_key(|&(key, _)| key);
-        for (t, &(_, a)) in touched.iter_mut().zip(&order) {
+        // Keys made unique by the index: the order of a stable sort, without the scratch a
+        // stable sort allocates (fresh pages on the engine thread in a first big wick).
+        order.sort_unstable_by_key(|&(key, k, _)| (key, k));
+        for (t, &(_, _, a)) in touched.iter_mut().zip(&order) {
             *t = a;
         }
         self.order = order;

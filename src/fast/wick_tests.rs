@@ -320,3 +320,52 @@ fn parallel_refreshes_equal_one_by_one_refreshes() {
         }
     }
 }
+
+/// Room made for a wick's lists ([`FastEngine::with_wick_scratch`]) changes no event and no
+/// order, whether the wicks fit in it or outgrow it; the lists start empty with that room.
+#[test]
+fn wick_scratch_changes_no_event() {
+    let cmds = wicks();
+    let (mut plain, mut reference) = book();
+    let want = run(&mut plain, &mut reference, &cmds);
+    for entries in [1, 64, 1 << 12] {
+        let (fast, mut reference) = book();
+        let mut fast = fast.with_wick_scratch(entries);
+        for (len, room) in [
+            (fast.touched.len(), fast.touched.capacity()),
+            (fast.fired.len(), fast.fired.capacity()),
+            (fast.fired_old.len(), fast.fired_old.capacity()),
+            (fast.ranked.len(), fast.ranked.capacity()),
+            (fast.order.len(), fast.order.capacity()),
+            (fast.emit_isolated.len(), fast.emit_isolated.capacity()),
+            (fast.emit_cross.len(), fast.emit_cross.capacity()),
+            (fast.terms.len(), fast.terms.capacity()),
+        ] {
+            assert!(len == 0 && room >= entries, "{len} entries, room for {room} < {entries}");
+        }
+        assert_eq!(run(&mut fast, &mut reference, &cmds), want, "scratch of {entries}");
+    }
+}
+
+/// [`FastEngine::rank`] gives the order of a stable sort by rank key (the unranked last):
+/// ties, which the unstable sort it runs breaks by the index in `touched`, stay in their
+/// order.
+#[test]
+fn ranking_orders_as_a_stable_sort_by_key() {
+    use super::book::AccountIdx;
+    let (mut fast, _) = book();
+    let n = 300usize;
+    let touched: Vec<AccountIdx> = (0..n).map(|i| AccountIdx((n - i) as u32 * 7)).collect();
+    // Every third account unranked; five key values among the rest, so most keys tie.
+    let keys: Vec<Option<i128>> =
+        (0..n).map(|i| (i % 3 != 0).then_some(((i * 7919) % 5) as i128 - 2)).collect();
+    fast.ranked =
+        keys.iter().enumerate().filter_map(|(k, key)| Some((k as u32, (*key)?))).collect();
+    let mut want: Vec<(i128, AccountIdx)> =
+        touched.iter().zip(&keys).map(|(&a, key)| (key.unwrap_or(i128::MAX), a)).collect();
+    want.sort_by_key(|&(key, _)| key);
+    let mut got = touched.clone();
+    fast.rank(&mut got);
+    assert_eq!(got, want.iter().map(|&(_, a)| a).collect::<Vec<_>>());
+    assert!(fast.ranked.is_empty(), "rank clears the ranked list");
+}

@@ -213,7 +213,12 @@ impl<'a> Pipeline<'a> {
                 }
             }
             let senders: Vec<&Sender<WriterMsg>> = writers.iter().map(|(tx, _)| tx).collect();
-            let mut fanout = Fanout { writers: senders, direct: &mut direct, unflushed: false };
+            let mut fanout = Fanout {
+                writers: senders,
+                direct: &mut direct,
+                unflushed: false,
+                lists: ChunkLists::faulted(),
+            };
             let mut state = EngineLoop {
                 engine,
                 summary: resume.summary.clone(),
@@ -265,6 +270,46 @@ struct Fanout<'s, 'a> {
     direct: &'s mut Vec<Box<dyn Sink + 'a>>,
     /// Chunks went out without a flush since the engine was last idle.
     unflushed: bool,
+    /// Event lists for the next chunks.
+    lists: ChunkLists,
+}
+
+/// How many emptied event lists wait for the engine thread's next chunks: enough for a wick
+/// of [`CHUNK_EVENTS`] × 8 events to be handed on in lists that were written before.
+pub const CHUNK_LISTS: usize = 8;
+
+/// The event lists chunks are made of, handed back by the last sink to drop a chunk
+/// ([`Chunk::returning`]) and taken again by the engine thread: a list of [`CHUNK_EVENTS`]
+/// is 128 KB, and a fresh one on the engine thread is 32 page faults (~2 µs each on the VMs
+/// here). The pool starts with [`CHUNK_LISTS`] full-size lists written once, so that the
+/// first big wick of a run does not fault them in (src/fast/README.md, "Session 22").
+struct ChunkLists {
+    back: Sender<Vec<Event>>,
+    spare: Receiver<Vec<Event>>,
+}
+
+impl ChunkLists {
+    fn faulted() -> ChunkLists {
+        let (back, spare) = bounded::<Vec<Event>>(CHUNK_LISTS);
+        for _ in 0..CHUNK_LISTS {
+            let mut list = Vec::with_capacity(CHUNK_EVENTS);
+            // Any event writes each 4 KiB page of the list at least once.
+            list.resize(CHUNK_EVENTS, Event::Gap { line: 0, expected: 0, got: 0 });
+            list.clear();
+            let _ = back.try_send(list);
+        }
+        ChunkLists { back, spare }
+    }
+
+    /// An empty list for the next events: a handed-back one, or a new one of `capacity`.
+    fn next(&self, capacity: usize) -> Vec<Event> {
+        self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(capacity))
+    }
+
+    /// `events` as a chunk whose list comes back here.
+    fn chunk(&self, events: Vec<Event>) -> Chunk {
+        Chunk::returning(events, self.back.clone())
+    }
 }
 
 impl Fanout<'_, '_> {
@@ -591,7 +636,8 @@ fn hand_on(
     flush: bool,
 ) -> io::Result<()> {
     let capacity = events.len().next_power_of_two().clamp(1 << 4, CHUNK_EVENTS);
-    let chunk = Chunk::new(std::mem::replace(events, Vec::with_capacity(capacity)));
+    let next = fanout.lists.next(capacity);
+    let chunk = fanout.lists.chunk(std::mem::replace(events, next));
     let result = fanout.send(chunk, flush);
     pending.handed(summary, flush);
     result
@@ -669,6 +715,29 @@ pub fn dispatch(
 #[cfg(test)]
 mod tests {
     use std::{io::Write as _, time::Duration};
+
+    /// The pool of chunk lists starts with [`CHUNK_LISTS`] lists of [`CHUNK_EVENTS`], whose
+    /// pages are written: filling them all faults (almost) nothing in; then lists are new.
+    #[test]
+    fn chunk_lists_start_full_size_and_faulted_in() {
+        let lists = ChunkLists::faulted();
+        let gap = Event::Gap { line: 1, expected: 1, got: 2 };
+        let before = stalls::ThreadTimes::now().minflt;
+        let mut taken = Vec::new();
+        for _ in 0..CHUNK_LISTS {
+            let mut list = lists.next(16);
+            assert!(list.is_empty() && list.capacity() >= CHUNK_EVENTS, "{}", list.capacity());
+            list.resize(CHUNK_EVENTS, gap.clone());
+            taken.push(list);
+        }
+        let faults = stalls::ThreadTimes::now().minflt - before;
+        // Unwritten, the lists are 8 x 32 pages.
+        assert!(faults < 32, "{faults} page faults filling {CHUNK_LISTS} lists");
+        assert_eq!(lists.next(16).capacity(), 16, "the pool is empty: a new list");
+        // A chunk of a taken list hands it back.
+        drop(lists.chunk(taken.pop().unwrap()));
+        assert!(lists.next(16).capacity() >= CHUNK_EVENTS);
+    }
 
     use super::*;
 

@@ -32,12 +32,32 @@ pub struct Chunk(Arc<ChunkBody>);
 struct ChunkBody {
     events: Vec<Event>,
     text: OnceLock<String>,
+    /// Where the event list goes back, emptied, when the last sink drops the chunk.
+    spare: Option<Sender<Vec<Event>>>,
+}
+
+impl Drop for ChunkBody {
+    /// Empties the event list here (on the last sink's thread) and hands it back for the
+    /// engine thread's next chunk, unless the pool is full.
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            let mut events = std::mem::take(&mut self.events);
+            events.clear();
+            let _ = spare.try_send(events);
+        }
+    }
 }
 
 impl Chunk {
     /// A chunk of `events`, not yet printed.
     pub fn new(events: Vec<Event>) -> Chunk {
-        Chunk(Arc::new(ChunkBody { events, text: OnceLock::new() }))
+        Chunk(Arc::new(ChunkBody { events, text: OnceLock::new(), spare: None }))
+    }
+
+    /// A chunk of `events` whose list goes back to `spare`, emptied, when the last clone is
+    /// dropped (see [`crate::pipeline::CHUNK_LISTS`]).
+    pub(crate) fn returning(events: Vec<Event>, spare: Sender<Vec<Event>>) -> Chunk {
+        Chunk(Arc::new(ChunkBody { events, text: OnceLock::new(), spare: Some(spare) }))
     }
 
     /// The events, in stream order.
@@ -348,6 +368,28 @@ impl Sink for EventsFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A returning chunk's event list comes back emptied, with its room, when the last of
+    /// its clones is dropped, and not before; a full pool drops it.
+    #[test]
+    fn a_chunks_list_comes_back_when_its_last_clone_is_dropped() {
+        let (back, spare) = crossbeam::channel::bounded::<Vec<Event>>(1);
+        let gap = Event::Gap { line: 1, expected: 1, got: 2 };
+        let mut list = Vec::with_capacity(64);
+        list.extend(std::iter::repeat_n(gap.clone(), 10));
+        let chunk = Chunk::returning(list, back.clone());
+        let other = chunk.clone();
+        assert_eq!(chunk.text().lines().count(), 10);
+        drop(chunk);
+        assert!(spare.try_recv().is_err(), "a clone still holds it");
+        drop(other);
+        let list = spare.try_recv().expect("handed back");
+        assert!(list.is_empty() && list.capacity() >= 64, "{} / {}", list.len(), list.capacity());
+        // The pool is full: the next list is dropped, not waited for.
+        back.send(list).unwrap();
+        drop(Chunk::returning(vec![gap], back));
+        assert_eq!(spare.len(), 1);
+    }
 
     /// A sink that can be made durable only from `durable_from` on.
     struct Late {
