@@ -1010,8 +1010,8 @@ impl FastEngine {
     /// account's terms) and writes every byte of that room once, so that the first big wick
     /// of a run finds memory already faulted in instead of growing its lists into fresh pages
     /// on the engine thread (~100 page faults, ~2 µs each, in the 3,623-event wick of the
-    /// 1M-account load test: src/fast/README.md, "Session 22"). Costs `entries` × ~180 bytes
-    /// for as long as the engine lives (16,384 entries: ~3 MB). The lists are cleared, so
+    /// 1M-account load test: src/fast/README.md, "Session 22"). Costs `entries` × ~140 bytes
+    /// for as long as the engine lives (16,384 entries: ~2.3 MB). The lists are cleared, so
     /// nothing else changes.
     pub fn with_wick_scratch(mut self, entries: usize) -> FastEngine {
         fn faulted<T: Clone>(list: &mut Vec<T>, entries: usize, fill: T) {

@@ -223,7 +223,7 @@ impl<'a> Pipeline<'a> {
                 engine,
                 summary: resume.summary.clone(),
                 at: resume.at,
-                events: Vec::with_capacity(1 << 8),
+                events: fanout.lists.next(),
                 pending: Pending::default(),
                 progress: &progress,
                 idle_spin: opts.idle_spin,
@@ -301,9 +301,11 @@ impl ChunkLists {
         ChunkLists { back, spare }
     }
 
-    /// An empty list for the next events: a handed-back one, or a new one of `capacity`.
-    fn next(&self, capacity: usize) -> Vec<Event> {
-        self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(capacity))
+    /// An empty list for the next events: a handed-back one, or a new one of
+    /// [`CHUNK_EVENTS`] (its pages are faulted in only as far as events are written), so
+    /// that the pool keeps full-size lists.
+    fn next(&self) -> Vec<Event> {
+        self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK_EVENTS))
     }
 
     /// `events` as a chunk whose list comes back here.
@@ -635,8 +637,7 @@ fn hand_on(
     fanout: &mut Fanout<'_, '_>,
     flush: bool,
 ) -> io::Result<()> {
-    let capacity = events.len().next_power_of_two().clamp(1 << 4, CHUNK_EVENTS);
-    let next = fanout.lists.next(capacity);
+    let next = fanout.lists.next();
     let chunk = fanout.lists.chunk(std::mem::replace(events, next));
     let result = fanout.send(chunk, flush);
     pending.handed(summary, flush);
@@ -725,7 +726,7 @@ mod tests {
         let before = stalls::ThreadTimes::now().minflt;
         let mut taken = Vec::new();
         for _ in 0..CHUNK_LISTS {
-            let mut list = lists.next(16);
+            let mut list = lists.next();
             assert!(list.is_empty() && list.capacity() >= CHUNK_EVENTS, "{}", list.capacity());
             list.resize(CHUNK_EVENTS, gap.clone());
             taken.push(list);
@@ -733,10 +734,13 @@ mod tests {
         let faults = stalls::ThreadTimes::now().minflt - before;
         // Unwritten, the lists are 8 x 32 pages.
         assert!(faults < 32, "{faults} page faults filling {CHUNK_LISTS} lists");
-        assert_eq!(lists.next(16).capacity(), 16, "the pool is empty: a new list");
-        // A chunk of a taken list hands it back.
+        assert!(lists.spare.is_empty(), "all taken");
+        assert!(lists.next().capacity() >= CHUNK_EVENTS, "then new lists of the same size");
+        // A chunk of a taken list hands it back; an oversized list is not kept.
         drop(lists.chunk(taken.pop().unwrap()));
-        assert!(lists.next(16).capacity() >= CHUNK_EVENTS);
+        assert_eq!(lists.spare.len(), 1);
+        drop(lists.chunk(Vec::with_capacity(4 * CHUNK_EVENTS)));
+        assert_eq!(lists.spare.len(), 1, "an oversized list is dropped");
     }
 
     use super::*;

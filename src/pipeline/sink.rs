@@ -38,9 +38,12 @@ struct ChunkBody {
 
 impl Drop for ChunkBody {
     /// Empties the event list here (on the last sink's thread) and hands it back for the
-    /// engine thread's next chunk, unless the pool is full.
+    /// engine thread's next chunk, unless the pool is full or the list is bigger than a
+    /// chunk's (a restore's one chunk of events: not kept for the life of the process).
     fn drop(&mut self) {
-        if let Some(spare) = self.spare.take() {
+        if let Some(spare) = self.spare.take()
+            && self.events.capacity() <= crate::pipeline::CHUNK_EVENTS
+        {
             let mut events = std::mem::take(&mut self.events);
             events.clear();
             let _ = spare.try_send(events);
