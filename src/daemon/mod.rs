@@ -38,10 +38,7 @@ use tracing::{error, info};
 
 use crate::{
     config::Config,
-    engine::Engine,
-    fast::{FastEngine, WICK_SCRATCH},
     pipeline::{Control, EventsFile, Pipeline, Progress, Sink, Source, Stop, WriterSink},
-    reference::ReferenceEngine,
     shard::consume::{EventsSink, ShardSource},
 };
 
@@ -390,15 +387,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         EngineChoice::Reference => "reference",
     };
     let (mut engine, resume, mut writer) = match &args.state_dir {
-        None => {
-            let engine: Box<dyn Engine + Send> = match args.engine {
-                EngineChoice::Fast => {
-                    Box::new(FastEngine::new(cfg.clone()).with_wick_scratch(WICK_SCRATCH))
-                }
-                EngineChoice::Reference => Box::new(ReferenceEngine::new(cfg.clone())),
-            };
-            (engine, None, None)
-        }
+        None => (state::empty(args.engine, &cfg), None, None),
         Some(dir) => {
             shared.phase.set(Phase::RESTORING);
             let dir = crate::state::store::StateDir::open(dir)

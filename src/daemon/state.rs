@@ -59,7 +59,9 @@ pub struct Start {
     pub events: Vec<Event>,
 }
 
-fn empty(choice: EngineChoice, cfg: &Arc<Config>) -> Box<dyn Engine + Send> {
+/// A new engine of `choice`, as the daemon runs it (the fast engine with its wick lists made
+/// ahead, `FastEngine::with_wick_scratch`).
+pub(super) fn empty(choice: EngineChoice, cfg: &Arc<Config>) -> Box<dyn Engine + Send> {
     match choice {
         EngineChoice::Fast => {
             Box::new(FastEngine::new(cfg.clone()).with_wick_scratch(WICK_SCRATCH))

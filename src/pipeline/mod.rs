@@ -223,7 +223,7 @@ impl<'a> Pipeline<'a> {
                 engine,
                 summary: resume.summary.clone(),
                 at: resume.at,
-                events: fanout.lists.next(),
+                events: fanout.lists.next(CHUNK_EVENTS),
                 pending: Pending::default(),
                 progress: &progress,
                 idle_spin: opts.idle_spin,
@@ -301,11 +301,12 @@ impl ChunkLists {
         ChunkLists { back, spare }
     }
 
-    /// An empty list for the next events: a handed-back one, or a new one of
-    /// [`CHUNK_EVENTS`] (its pages are faulted in only as far as events are written), so
-    /// that the pool keeps full-size lists.
-    fn next(&self) -> Vec<Event> {
-        self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK_EVENTS))
+    /// An empty list for the next events: a handed-back one (full-size), or, while every
+    /// list is out (sinks holding chunks: a slow subscriber's buffer), a new one of
+    /// `capacity`, sized for what the last chunk held so that chunks held in numbers stay
+    /// small.
+    fn next(&self, capacity: usize) -> Vec<Event> {
+        self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(capacity))
     }
 
     /// `events` as a chunk whose list comes back here.
@@ -637,7 +638,8 @@ fn hand_on(
     fanout: &mut Fanout<'_, '_>,
     flush: bool,
 ) -> io::Result<()> {
-    let next = fanout.lists.next();
+    let capacity = events.len().next_power_of_two().clamp(1 << 4, CHUNK_EVENTS);
+    let next = fanout.lists.next(capacity);
     let chunk = fanout.lists.chunk(std::mem::replace(events, next));
     let result = fanout.send(chunk, flush);
     pending.handed(summary, flush);
@@ -717,8 +719,11 @@ pub fn dispatch(
 mod tests {
     use std::{io::Write as _, time::Duration};
 
+    use super::*;
+
     /// The pool of chunk lists starts with [`CHUNK_LISTS`] lists of [`CHUNK_EVENTS`], whose
-    /// pages are written: filling them all faults (almost) nothing in; then lists are new.
+    /// pages are written: filling them all faults (almost) nothing in; then lists are new,
+    /// of the size asked; only full-size lists come back.
     #[test]
     fn chunk_lists_start_full_size_and_faulted_in() {
         let lists = ChunkLists::faulted();
@@ -726,7 +731,7 @@ mod tests {
         let before = stalls::ThreadTimes::now().minflt;
         let mut taken = Vec::new();
         for _ in 0..CHUNK_LISTS {
-            let mut list = lists.next();
+            let mut list = lists.next(16);
             assert!(list.is_empty() && list.capacity() >= CHUNK_EVENTS, "{}", list.capacity());
             list.resize(CHUNK_EVENTS, gap.clone());
             taken.push(list);
@@ -735,15 +740,14 @@ mod tests {
         // Unwritten, the lists are 8 x 32 pages.
         assert!(faults < 32, "{faults} page faults filling {CHUNK_LISTS} lists");
         assert!(lists.spare.is_empty(), "all taken");
-        assert!(lists.next().capacity() >= CHUNK_EVENTS, "then new lists of the same size");
-        // A chunk of a taken list hands it back; an oversized list is not kept.
+        assert_eq!(lists.next(16).capacity(), 16, "then new lists of the size asked");
+        // A chunk of a taken list hands it back; a smaller or bigger list is not kept.
         drop(lists.chunk(taken.pop().unwrap()));
         assert_eq!(lists.spare.len(), 1);
+        drop(lists.chunk(Vec::with_capacity(16)));
         drop(lists.chunk(Vec::with_capacity(4 * CHUNK_EVENTS)));
-        assert_eq!(lists.spare.len(), 1, "an oversized list is dropped");
+        assert_eq!(lists.spare.len(), 1, "only full-size lists are kept");
     }
-
-    use super::*;
 
     /// An engine that takes `per_event` to make each event: a message that fires many.
     struct SlowEvents {

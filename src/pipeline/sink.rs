@@ -38,11 +38,12 @@ struct ChunkBody {
 
 impl Drop for ChunkBody {
     /// Empties the event list here (on the last sink's thread) and hands it back for the
-    /// engine thread's next chunk, unless the pool is full or the list is bigger than a
-    /// chunk's (a restore's one chunk of events: not kept for the life of the process).
+    /// engine thread's next chunk, if it is a full-size list ([`crate::pipeline::CHUNK_EVENTS`]:
+    /// not a small one made while the pool was empty, nor a restore's one bigger chunk,
+    /// which is not kept for the life of the process) and the pool is not full.
     fn drop(&mut self) {
         if let Some(spare) = self.spare.take()
-            && self.events.capacity() <= crate::pipeline::CHUNK_EVENTS
+            && self.events.capacity() == crate::pipeline::CHUNK_EVENTS
         {
             let mut events = std::mem::take(&mut self.events);
             events.clear();
@@ -372,13 +373,14 @@ impl Sink for EventsFile {
 mod tests {
     use super::*;
 
-    /// A returning chunk's event list comes back emptied, with its room, when the last of
-    /// its clones is dropped, and not before; a full pool drops it.
+    /// A returning chunk's full-size event list comes back emptied, with its room, when the
+    /// last of its clones is dropped, and not before; a full pool drops it.
     #[test]
     fn a_chunks_list_comes_back_when_its_last_clone_is_dropped() {
         let (back, spare) = crossbeam::channel::bounded::<Vec<Event>>(1);
         let gap = Event::Gap { line: 1, expected: 1, got: 2 };
-        let mut list = Vec::with_capacity(64);
+        let full = crate::pipeline::CHUNK_EVENTS;
+        let mut list = Vec::with_capacity(full);
         list.extend(std::iter::repeat_n(gap.clone(), 10));
         let chunk = Chunk::returning(list, back.clone());
         let other = chunk.clone();
@@ -387,10 +389,12 @@ mod tests {
         assert!(spare.try_recv().is_err(), "a clone still holds it");
         drop(other);
         let list = spare.try_recv().expect("handed back");
-        assert!(list.is_empty() && list.capacity() >= 64, "{} / {}", list.len(), list.capacity());
+        assert!(list.is_empty() && list.capacity() == full, "{} / {}", list.len(), list.capacity());
         // The pool is full: the next list is dropped, not waited for.
         back.send(list).unwrap();
-        drop(Chunk::returning(vec![gap], back));
+        let mut another = Vec::with_capacity(full);
+        another.push(gap);
+        drop(Chunk::returning(another, back));
         assert_eq!(spare.len(), 1);
     }
 
