@@ -356,6 +356,18 @@ impl Subscriber {
         &self.lines
     }
 
+    /// Collects lines until there are `n` or `wait` has passed: whether there are.
+    pub fn within(&mut self, n: usize, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        while self.lines.len() < n {
+            match self.rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(line) => self.lines.push(line),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
     /// Collects lines until the daemon closes the connection; panics after [`PATIENCE`].
     pub fn until_closed(&mut self) -> &[String] {
         let until = Instant::now() + PATIENCE;

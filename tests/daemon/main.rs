@@ -713,6 +713,59 @@ fn bad_requests_bad_connections_and_bounds_never_take_it_down() {
     assert!(d.wait_exit().success());
 }
 
+/// A consumer that restarts (closes its connection and connects again at once) is taken
+/// back at `--max-subscribers 1`: its old connection, closed but not yet seen closed by its
+/// task, does not count. A second connection beside a live one is still refused.
+#[test]
+fn a_subscriber_that_reconnects_at_the_cap_is_taken_back() {
+    let mut d = Daemon::start(
+        &[
+            "--config",
+            &fixture("config/multi_tier.json"),
+            "--listen",
+            "127.0.0.1:0",
+            "--events",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--max-subscribers",
+            "1",
+        ],
+        Input::Null,
+    );
+    let (engine, events_addr, http) = (d.addr("engine"), d.addr("events"), d.addr("http"));
+    let first = std::net::TcpStream::connect(events_addr).unwrap();
+    wait_health(http, "one subscriber", |h| h["subscribers"] == 1);
+    drop(first);
+    // Thirty restarts in a row, each connecting right after its close.
+    for _ in 0..30 {
+        let again = std::net::TcpStream::connect(events_addr).unwrap();
+        drop(again);
+    }
+    let mut last = Subscriber::connect(events_addr);
+    // Taken: it gets the events of messages sent from the moment it joined (a query every
+    // 50 ms until one arrives: it joins when the daemon accepts it, a moment after connect).
+    let mut conn = EngineConn::connect(engine);
+    let mut tries = 0;
+    while !last.within(1, std::time::Duration::from_millis(50)) {
+        tries += 1;
+        assert!(tries < 200, "the reconnected subscriber got no event");
+        conn.send(b"{\"type\":\"query\",\"account\":7}\n");
+    }
+    let got: Value = serde_json::from_str(&last.lines[0]).unwrap();
+    assert_eq!((got["type"].as_str(), got["account"].as_u64()), (Some("account"), Some(7)));
+    wait_health(http, "the old connections gone", |h| h["subscribers"] == 1);
+    let m = scrape(http);
+    assert_eq!(m.get("liqscan_connections_refused_total", &[("listener", "events")]), 0.0);
+    // The cap still holds against a connection beside a live one.
+    let mut beside = Subscriber::connect(events_addr);
+    assert!(beside.until_closed().is_empty(), "refused: closed with nothing sent");
+    let m = scrape(http);
+    assert_eq!(m.get("liqscan_connections_refused_total", &[("listener", "events")]), 1.0);
+    d.sigterm();
+    assert!(d.wait_exit().success());
+}
+
 /// A daemon on the multi-tier config with an engine port and HTTP on loopback, and `extra`
 /// flags; no input yet.
 fn loopback_daemon(extra: &[&str]) -> Daemon {
