@@ -718,21 +718,7 @@ fn bad_requests_bad_connections_and_bounds_never_take_it_down() {
 /// task, does not count. A second connection beside a live one is still refused.
 #[test]
 fn a_subscriber_that_reconnects_at_the_cap_is_taken_back() {
-    let mut d = Daemon::start(
-        &[
-            "--config",
-            &fixture("config/multi_tier.json"),
-            "--listen",
-            "127.0.0.1:0",
-            "--events",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--max-subscribers",
-            "1",
-        ],
-        Input::Null,
-    );
+    let mut d = loopback_daemon(&["--events", "127.0.0.1:0", "--max-subscribers", "1"]);
     let (engine, events_addr, http) = (d.addr("engine"), d.addr("events"), d.addr("http"));
     let first = std::net::TcpStream::connect(events_addr).unwrap();
     wait_health(http, "one subscriber", |h| h["subscribers"] == 1);
