@@ -746,6 +746,11 @@ fn parse_cli() -> Result<Cli, ExitCode> {
 fn main() -> ExitCode {
     // Before anything is freed: no purge of freed memory on the engine thread (`liqscan::heap`).
     liqscan::heap::keep_freed_memory();
+    // The engines' rayon workers (sweeps, fundings, `/at-risk`), named for `top -H` and
+    // `perf sched`; built once, so this cannot fail but for a pool built before (none is).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("liqscan-rayon-{i}"))
+        .build_global();
     let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(code) => return code,

@@ -193,20 +193,28 @@ impl<'a> Pipeline<'a> {
 
         std::thread::scope(|scope| {
             let stop_reader = stop.clone();
-            let reader = scope.spawn(move || {
-                let seq = resume.at.seq;
-                source::reader_thread(cfg, source, opts, &stop_reader, batch_tx, spare_rx, seq)
-            });
+            // Named threads (`top -H`, `perf sched`): unnamed ones would take the name of the
+            // thread that started them, the daemon's `engine`.
+            let reader = std::thread::Builder::new()
+                .name("liqscan-reader".into())
+                .spawn_scoped(scope, move || {
+                    let seq = resume.at.seq;
+                    source::reader_thread(cfg, source, opts, &stop_reader, batch_tx, spare_rx, seq)
+                })
+                .expect("the reader thread starts");
             let mut writers = Vec::new();
             let mut direct: Vec<Box<dyn Sink + 'a>> = Vec::new();
             for mut sink in sinks {
                 if sink.blocking() {
                     let (tx, rx) = bounded::<WriterMsg>(opts.queue_batches);
-                    let handle = scope.spawn(move || {
-                        let name = sink.name();
-                        writer_thread(sink.as_mut(), rx)
-                            .map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))
-                    });
+                    let handle = std::thread::Builder::new()
+                        .name("liqscan-writer".into())
+                        .spawn_scoped(scope, move || {
+                            let name = sink.name();
+                            writer_thread(sink.as_mut(), rx)
+                                .map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))
+                        })
+                        .expect("a writer thread starts");
                     writers.push((tx, handle));
                 } else {
                     direct.push(sink);
