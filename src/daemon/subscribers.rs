@@ -53,8 +53,9 @@ struct Subscriber {
     id: u64,
     peer: SocketAddr,
     /// A clone of the subscriber's socket (non-blocking, as tokio set it), for the engine
-    /// thread's direct writes while the task is idle.
-    direct: StdTcpStream,
+    /// thread's direct writes while the task is idle, and for `accept` to ask, outside the
+    /// hub's lock, whether its peer has closed ([`Hub::n_connected`]).
+    direct: Arc<StdTcpStream>,
     /// A chunk and the byte offset from which the task writes it.
     tx: mpsc::UnboundedSender<(Chunk, usize)>,
     /// Bytes handed to the task and not yet written to the socket.
@@ -114,7 +115,7 @@ impl Hub {
         state.subscribers.push(Subscriber {
             id,
             peer,
-            direct,
+            direct: Arc::new(direct),
             tx,
             queued: queued.clone(),
             kill: kill_tx,
@@ -133,25 +134,57 @@ impl Hub {
         self.lock().subscribers.retain(|s| s.id != id);
     }
 
-    /// Subscribers still connected: those whose task runs and whose peer has not closed the
-    /// connection ([`peer_closed`]). One that closed counts in the gauge until its task sees
-    /// the close and ends, a moment later; `accept` asks this before refusing a connection
-    /// over the cap, so that a consumer that restarts and connects again at once is not
-    /// refused for its own old connection (with `--max-subscribers 1`, a reconnect 2 ms after
-    /// a close was refused about one time in five).
-    fn connected(&self) -> usize {
-        let state = self.lock();
-        state.subscribers.iter().filter(|s| !s.tx.is_closed() && !peer_closed(&s.direct)).count()
+    /// Subscribers still connected, counted up to `max`: those whose task runs and whose
+    /// peer has not closed the connection ([`peer_closed`]). One that closed counts in the
+    /// gauge until its task sees the close and ends, a moment later; `accept` asks this before
+    /// refusing a connection over the cap, so that a consumer that restarts and connects
+    /// again at once is not refused for its own old connection (with `--max-subscribers 1`,
+    /// a reconnect 2 ms after a close was refused about one time in five). The sockets are
+    /// asked after the lock is let go (the engine thread takes it for every chunk), and no
+    /// more of them once `max` are found connected.
+    fn n_connected(&self, max: usize) -> usize {
+        let sockets: Vec<Arc<StdTcpStream>> = {
+            let state = self.lock();
+            state
+                .subscribers
+                .iter()
+                .filter(|s| !s.tx.is_closed())
+                .map(|s| s.direct.clone())
+                .collect()
+        };
+        sockets.iter().filter(|socket| !peer_closed(socket)).take(max).count()
     }
 }
 
-/// Whether the peer of `socket` (non-blocking) has closed the connection: a peek reads end of
-/// file, or the connection was reset. Bytes the subscriber sent (they are ignored) and no
-/// data yet both count as still connected.
+/// Whether the peer of `socket` has closed the connection or its sending side: `poll` with no
+/// wait reports `POLLRDHUP` (or a hang-up or error) once its FIN or reset has arrived, whatever
+/// bytes it sent before still wait unread (a peek would read those, not the end of file: a
+/// subscriber that sent a line and closed was still counted). Where that cannot be asked
+/// (not Linux, or `poll` fails), a non-blocking peek: end of file or a reset.
+#[allow(unsafe_code)]
 fn peer_closed(socket: &StdTcpStream) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        let mut fd = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+        // SAFETY: one `pollfd`, which `fd` is, for the socket's own descriptor, open while it
+        // is borrowed; a timeout of 0 never blocks.
+        if unsafe { libc::poll(&mut fd, 1, 0) } >= 0 {
+            return fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
+        }
+    }
     match socket.peek(&mut [0u8; 1]) {
         Ok(n) => n == 0,
-        Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted),
+        // Only errors that say the connection is gone: a passing one (no memory, no buffer
+        // space) must not let the cap be passed.
+        Err(e) => matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::NotConnected
+                | io::ErrorKind::TimedOut
+        ),
     }
 }
 
@@ -190,7 +223,7 @@ impl Sink for HubSink {
             // Nothing queued: the task has written everything it was handed and waits, so
             // this thread may write without reordering anything.
             let written =
-                if direct && queued == 0 { write_some(&mut s.direct, text.as_bytes()) } else { 0 };
+                if direct && queued == 0 { write_some(&s.direct, text.as_bytes()) } else { 0 };
             if written > 0
                 && let Some(count) = s.written.upgrade()
             {
@@ -269,7 +302,7 @@ impl Sink for HubSink {
 /// Writes what a non-blocking socket takes now (one `write(2)`, more only after a partial
 /// one) and returns the bytes written: 0 when it takes nothing or fails (the task's own write
 /// then meets the error and ends the subscriber).
-fn write_some(socket: &mut StdTcpStream, bytes: &[u8]) -> usize {
+fn write_some(mut socket: &StdTcpStream, bytes: &[u8]) -> usize {
     let mut written = 0;
     while written < bytes.len() {
         match socket.write(&bytes[written..]) {
@@ -306,7 +339,8 @@ impl Drop for Live {
 
 /// Accepts subscribers until `shutdown` fires; over `max` connected ones, a connection is
 /// refused (closed at once), logged and counted. A subscriber whose peer has closed does not
-/// count, even before its task has seen the close ([`Hub::connected`]).
+/// count, even before its task has seen the close ([`Hub::n_connected`]); the
+/// `liqscan_subscribers` gauge still counts it until then, so it may pass `max` for a moment.
 pub async fn accept(
     listener: TcpListener,
     hub: Arc<Hub>,
@@ -327,7 +361,9 @@ pub async fn accept(
         };
         let m = &hub.metrics;
         // The gauge first (no lock); at the cap, whether those counted are still there.
-        if m.subscribers.get() >= i64::try_from(max).unwrap_or(i64::MAX) && hub.connected() >= max {
+        if m.subscribers.get() >= i64::try_from(max).unwrap_or(i64::MAX)
+            && hub.n_connected(max) >= max
+        {
             m.connections_refused.get_or_create(&ListenerLabel { listener: "events" }).inc();
             warn!(peer = %peer, max, "subscriber refused: --max-subscribers reached");
             continue; // dropping the stream closes it
@@ -398,4 +434,72 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, mut task: SubscriberTask
         let _ = wr.shutdown().await;
     }
     info!(peer = %peer, why, "subscriber disconnected");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        net::{TcpListener, TcpStream},
+        time::{Duration, Instant},
+    };
+
+    use super::peer_closed;
+
+    /// A connected pair on loopback: (the daemon's side, non-blocking as tokio leaves it; the
+    /// subscriber's side).
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (server, client)
+    }
+
+    /// Whether `peer_closed` says so within two seconds (a close reaches the other end of a
+    /// loopback connection at once; the bound keeps a slow machine from failing the test).
+    fn closed_soon(server: &TcpStream) -> bool {
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            if peer_closed(server) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn a_peer_counts_as_closed_once_its_close_arrives_whatever_it_sent() {
+        // TC1: open, nothing sent: connected.
+        let (server, client) = pair();
+        assert!(!peer_closed(&server));
+        // TC2: bytes sent and not read: still connected, and the bytes are still there.
+        let mut client = client;
+        client.write_all(b"hello\n").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!peer_closed(&server));
+        let mut got = [0u8; 6];
+        (&server).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello\n");
+        // TC3: a clean close (FIN): closed.
+        drop(client);
+        assert!(closed_soon(&server));
+        // TC4: bytes sent, then a close, nothing read yet (a peek would see the bytes first).
+        let (server, mut client) = pair();
+        client.write_all(b"subscribe\n").unwrap();
+        drop(client);
+        assert!(closed_soon(&server));
+        // TC5: a reset (the peer closed with our bytes unread).
+        let (server, client) = pair();
+        (&server).write_all(&[b'x'; 4096]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        drop(client);
+        assert!(closed_soon(&server));
+        // TC6: the peer closed its sending side only: it has left (as `serve` sees it).
+        let (server, client) = pair();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(closed_soon(&server));
+        drop(client);
+    }
 }

@@ -356,16 +356,27 @@ impl Subscriber {
         &self.lines
     }
 
-    /// Collects lines until there are `n` or `wait` has passed: whether there are.
+    /// Collects lines until there are `n` (true), `wait` has passed or the daemon has closed
+    /// the connection (false; [`Subscriber::closed`] tells which).
     pub fn within(&mut self, n: usize, wait: Duration) -> bool {
         let until = Instant::now() + wait;
         while self.lines.len() < n {
             match self.rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
                 Ok(line) => self.lines.push(line),
-                Err(_) => return false,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.closed = true;
+                    return false;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => return false,
             }
         }
         true
+    }
+
+    /// The daemon has closed the connection (seen by [`Subscriber::within`] or
+    /// [`Subscriber::until_closed`]).
+    pub fn closed(&self) -> bool {
+        self.closed
     }
 
     /// Collects lines until the daemon closes the connection; panics after [`PATIENCE`].

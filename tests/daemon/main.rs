@@ -713,9 +713,10 @@ fn bad_requests_bad_connections_and_bounds_never_take_it_down() {
     assert!(d.wait_exit().success());
 }
 
-/// A consumer that restarts (closes its connection and connects again at once) is taken
-/// back at `--max-subscribers 1`: its old connection, closed but not yet seen closed by its
-/// task, does not count. A second connection beside a live one is still refused.
+/// A consumer that restarts (closes its connection, after sending a line or not, and connects
+/// again at once) is taken back at `--max-subscribers 1`: its old connection, closed but not
+/// yet seen closed by its task, does not count. A second connection beside a live one is
+/// still refused.
 #[test]
 fn a_subscriber_that_reconnects_at_the_cap_is_taken_back() {
     let mut d = loopback_daemon(&["--events", "127.0.0.1:0", "--max-subscribers", "1"]);
@@ -723,19 +724,23 @@ fn a_subscriber_that_reconnects_at_the_cap_is_taken_back() {
     let first = std::net::TcpStream::connect(events_addr).unwrap();
     wait_health(http, "one subscriber", |h| h["subscribers"] == 1);
     drop(first);
-    // Thirty restarts in a row, each connecting right after its close.
-    for _ in 0..30 {
-        let again = std::net::TcpStream::connect(events_addr).unwrap();
+    // Thirty restarts in a row, each connecting right after its close; every other one sent
+    // a line first (read and ignored, perhaps not yet when it reconnects).
+    for k in 0..30 {
+        let mut again = std::net::TcpStream::connect(events_addr).unwrap();
+        if k % 2 == 1 {
+            std::io::Write::write_all(&mut again, b"hello\n").unwrap();
+        }
         drop(again);
     }
     let mut last = Subscriber::connect(events_addr);
     // Taken: it gets the events of messages sent from the moment it joined (a query every
     // 50 ms until one arrives: it joins when the daemon accepts it, a moment after connect).
     let mut conn = EngineConn::connect(engine);
-    let mut tries = 0;
+    let until = std::time::Instant::now() + PATIENCE;
     while !last.within(1, std::time::Duration::from_millis(50)) {
-        tries += 1;
-        assert!(tries < 200, "the reconnected subscriber got no event");
+        assert!(!last.closed(), "the reconnected subscriber was refused");
+        assert!(std::time::Instant::now() < until, "the reconnected subscriber got no event");
         conn.send(b"{\"type\":\"query\",\"account\":7}\n");
     }
     let got: Value = serde_json::from_str(&last.lines[0]).unwrap();
