@@ -4,17 +4,21 @@ event (lines queued behind slow messages, the pipeline) and how much is events w
 the events of their own message built before them (the engine's cost per item).
 
 usage: scripts/event_latency_by_message.py EVENTS.ndjson [Q:US ...]
-EVENTS.ndjson is the stdout of `liqscan replay` (or a daemon's --events-file). Reads each
-event's `line` and `latency_ns` (line read -> event made). See docs/latency.md.
+EVENTS.ndjson is the stdout of `liqscan replay` (or a daemon's --events-file, over any
+number of engine connections). Reads each event's `seq`, `line` and `latency_ns` (line read
+-> event made); a message is its (seq, line), since line numbers start again on each engine
+connection. Events without `latency_ns` are left out, and counted. See docs/latency.md.
 
 Each Q:US (default: 99:20 99.9:200 99:200) is a latency target, "the Q-th percentile of
-event latency at most US microseconds", for which it prints the floor this stream's event
-counts set: the most each event after the first of its message may cost for the target to
-be reachable at all, even if every message's first event were made the instant its line was
-read. The k-th event of a message (k from 0) is then made k * c after its line, so the
-events with k * c > US are over the target; at most (1 - Q/100) of all events may be. A
-message that fires thousands of liquidations puts most of them over any target of
-microseconds unless c is a few nanoseconds (less than one cache miss an item).
+event latency at most US microseconds" (0 < Q < 100, US > 0), for which it prints the most
+an item may cost, the floor this stream's event counts set under any engine that makes a
+message's events one after another: if every message's first event were made the instant
+its line was read and each further one c later, the k-th (k from 0) would be made k * c
+after its line, and only so many events may be over the target (the percentile as the
+figures above take it). The answer is US / j for the least whole j that leaves few enough
+over, or "any" when even one event a message would meet it. A message that fires thousands
+of liquidations puts most of them over any target of microseconds unless c is a few
+nanoseconds (less than one cache miss an item).
 """
 import sys
 from collections import defaultdict
@@ -27,71 +31,100 @@ def pct(v, ps=(50, 90, 99, 99.9)):
     return out + f" max={v[-1] / 1000:.1f}us n={n}"
 
 
-def floor_ns(sizes, n, q, us):
-    """The largest per-item cost c (ns) at which at most (1 - q/100) * n events of messages
-    of `sizes` events have k * c > us (k = 0, 1, ...: their index in their message)."""
-    allowed = int(n * (1 - q / 100))
+def over_allowed(n, q):
+    """How many of `n` events may be over a target for its p`q` to meet it: those after the
+    index `pct` takes (int(n * q / 100))."""
+    return max(0, n - 1 - int(n * q / 100))
 
-    def over(c):
-        return sum(max(0, m - (int(us * 1000 // c) + 1)) for m in sizes)
 
-    lo, hi = 0.001, 1e9
-    if over(lo) > allowed:
-        return 0.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if over(mid) <= allowed else (lo, mid)
-    return lo
+def item_cost_max_ns(sizes, n, q, us):
+    """The most (ns) each event after the first of its message may cost for the p`q` of the
+    `n` events of messages of `sizes` events to be at most `us` µs; None: any cost."""
+    allowed = over_allowed(n, q)
+
+    def over(j):  # events over with floor(us / c) = j: those of index k > j
+        return sum(max(0, m - 1 - j) for m in sizes)
+
+    if over(0) <= allowed:
+        return None
+    lo, hi = 0, max(sizes)  # over(lo) > allowed >= over(hi) = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if over(mid) <= allowed else (mid, hi)
+    return us * 1000 / hi
+
+
+def target(arg):
+    try:
+        q, us = (float(x) for x in arg.split(":"))
+    except ValueError:
+        sys.exit(f"bad target {arg!r}: Q:US, e.g. 99:20 (p99 at most 20 microseconds)\n\n{__doc__}")
+    if not (0 < q < 100 and us > 0):
+        sys.exit(f"bad target {arg!r}: Q must be above 0 and below 100, US above 0")
+    return q, us
+
+
+def field(l, name):
+    i = l.find(f'"{name}":')
+    if i < 0:
+        return None
+    rest = l[i + len(name) + 3:]
+    end = min((k for k in (rest.find(","), rest.find("}")) if k >= 0), default=len(rest))
+    return int(rest[:end])
 
 
 def main(path, targets):
-    lines, order = defaultdict(list), []
-    for l in open(path):
-        i, j = l.find('"line":'), l.find('"latency_ns":')
-        if i < 0 or j < 0:
+    groups, order, skipped = defaultdict(list), [], 0
+    try:
+        src = open(path)
+    except OSError as e:
+        sys.exit(f"cannot read {path}: {e.strerror}")
+    for l in src:
+        lat, ln, seq = field(l, "latency_ns"), field(l, "line"), field(l, "seq")
+        if lat is None or ln is None:
+            skipped += l.strip() != ""
             continue
-        ln = int(l[i + 7:l.index(",", i)])
-        lat = int(l[j + 13:].split(",")[0].split("}")[0])
-        if ln not in lines:
-            order.append(ln)
-        lines[ln].append(lat)
+        key = (seq, ln)
+        if key not in groups:
+            order.append(key)
+        groups[key].append(lat)
     if not order:
         sys.exit("no event with line and latency_ns")
-    allv = [x for ln in order for x in lines[ln]]
+    if skipped:
+        print(f"({skipped} lines without line or latency_ns left out)")
+    allv = [x for k in order for x in groups[k]]
     print("all events        ", pct(allv))
-    print("first of message  ", pct([lines[ln][0] for ln in order]))
-    print("k-th minus first  ", pct([x - lines[ln][0] for ln in order for x in lines[ln]]))
-    idx = sorted(k for ln in order for k in range(len(lines[ln])))
+    print("first of message  ", pct([groups[k][0] for k in order]))
+    print("k-th minus first  ", pct([x - groups[k][0] for k in order for x in groups[k]]))
+    idx = sorted(i for k in order for i in range(len(groups[k])))
     n = len(idx)
     print("index within its message: " + " ".join(
         f"p{q}={idx[min(n - 1, int(n * q / 100))]}" for q in (50, 90, 99, 99.9)))
     p99 = sorted(allv)[int(n * 0.99)]
-    over = [(x - lines[ln][0], lines[ln][0]) for ln in order for x in lines[ln] if x >= p99]
+    over = [(x - groups[k][0], groups[k][0]) for k in order for x in groups[k] if x >= p99]
     print(f"events at or above p99: {len(over)}, waiting more on their own message: "
           f"{sum(1 for w, f in over if w > f)}")
-    costs = sorted((v[-1] - v[0]) / (len(v) - 1) for v in lines.values() if len(v) >= 100)
+    costs = sorted((v[-1] - v[0]) / (len(v) - 1) for v in groups.values() if len(v) >= 100)
     if costs:
         c = len(costs)
         print(f"messages firing >= 100: {c}; ns per item p10 {costs[c // 10]:.0f} "
               f"p50 {costs[c // 2]:.0f} p90 {costs[c * 9 // 10]:.0f}")
     print("messages that fired the most events:")
-    for ln in sorted(order, key=lambda ln: -len(lines[ln]))[:3]:
-        v = lines[ln]
-        print(f"  line {ln}: {len(v)} events, first {v[0] / 1e3:.1f} us, last {v[-1] / 1e3:.1f} us")
-    sizes = [len(v) for v in lines.values()]
+    for k in sorted(order, key=lambda k: -len(groups[k]))[:3]:
+        v = groups[k]
+        print(f"  line {k[1]} (seq {k[0]}): {len(v)} events, first {v[0] / 1e3:.1f} us, "
+              f"last {v[-1] / 1e3:.1f} us")
+    sizes = [len(v) for v in groups.values()]
     for q, us in targets:
-        c = floor_ns(sizes, n, q, us)
-        print(f"floor of p{q:g} <= {us:g} us: at most {int(n * (1 - q / 100))} of {n} events "
-              f"over, so at most {c:.1f} ns an item after a message's first, even with "
-              f"every first event made at once")
-
-
-def target(arg):
-    q, us = arg.split(":")
-    return float(q), float(us)
+        c = item_cost_max_ns(sizes, n, q, us)
+        most = "any" if c is None else f"at most {c:.1f} ns"
+        print(f"floor of p{q:g} <= {us:g} us: {over_allowed(n, q)} of {n} events may be over, "
+              f"so each item after a message's first may cost {most}, even with every "
+              f"first event made at once")
 
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    main(sys.argv[1], [target(a) for a in sys.argv[2:]] or [(99, 20), (99.9, 200), (99, 200)])
+    targets = [target(a) for a in sys.argv[2:]] or [(99, 20), (99.9, 200), (99, 200)]
+    main(sys.argv[1], targets)
