@@ -6,16 +6,25 @@ the events of their own message built before them (the engine's cost per item).
 usage: scripts/event_latency_by_message.py EVENTS.ndjson [Q:US ...]
 EVENTS.ndjson is the stdout of `liqscan replay` (or a daemon's --events-file, over any
 number of engine connections). Reads each event's `seq`, `line` and `latency_ns` (line read
--> event made); a message is its (seq, line), since line numbers start again on each engine
-connection. Events without `latency_ns` are left out, and counted. See docs/latency.md.
+-> event made, so earlier than the summary's event latency, which runs to the hand-off to
+the sinks); a message is its (seq, line), since line numbers start again on each engine
+connection. Events without `latency_ns` (rejects, gaps) are left out, and counted. See
+docs/latency.md.
+
+It prints the latency percentiles of all events, of each message's first event, and of
+each event less its message's first (the wait for events of its own message); the
+percentiles of an event's index within its message; how many events at or above the p99
+waited longer for their own message than before its first event; the cost per item of the
+messages that made 100 events or more; and the three messages that made the most.
 
 Each Q:US (default: 99:20 99.9:200 99:200) is a latency target, "the Q-th percentile of
 event latency at most US microseconds" (0 < Q < 100, US > 0), for which it prints the most
 an item may cost, the floor this stream's event counts set under any engine that makes a
 message's events one after another: if every message's first event were made the instant
 its line was read and each further one c later, the k-th (k from 0) would be made k * c
-after its line, and only so many events may be over the target (the percentile as the
-figures above take it). The answer is US / j for the least whole j that leaves few enough
+after its line, and only so many events may be over the target (the percentile taken as
+the figures printed before it take it: the value at index int(n * Q / 100) of the sorted
+latencies). The answer is US / j for the least whole j that leaves few enough
 over, or "any" when even one event a message would meet it. A message that fires thousands
 of liquidations puts most of them over any target of microseconds unless c is a few
 nanoseconds (less than one cache miss an item).
@@ -59,8 +68,8 @@ def target(arg):
         q, us = (float(x) for x in arg.split(":"))
     except ValueError:
         sys.exit(f"bad target {arg!r}: Q:US, e.g. 99:20 (p99 at most 20 microseconds)\n\n{__doc__}")
-    if not (0 < q < 100 and us > 0):
-        sys.exit(f"bad target {arg!r}: Q must be above 0 and below 100, US above 0")
+    if not (0 < q < 100 and 0 < us < float("inf")):
+        sys.exit(f"bad target {arg!r}: Q must be above 0 and below 100, US above 0 and finite")
     return q, us
 
 
@@ -70,7 +79,10 @@ def field(l, name):
         return None
     rest = l[i + len(name) + 3:]
     end = min((k for k in (rest.find(","), rest.find("}")) if k >= 0), default=len(rest))
-    return int(rest[:end])
+    try:
+        return int(rest[:end])
+    except ValueError:  # null (a reject's seq) or not a number
+        return None
 
 
 def main(path, targets):
@@ -124,7 +136,7 @@ def main(path, targets):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         sys.exit(__doc__)
     targets = [target(a) for a in sys.argv[2:]] or [(99, 20), (99.9, 200), (99, 200)]
     main(sys.argv[1], targets)
