@@ -427,8 +427,8 @@ pub struct FastEngine {
     parallel_refresh: usize,
     /// How long the last sweep's phases took.
     last_sweep: SweepPhases,
-    /// A sweep gives each worker sums of its own while all of them take at most this many
-    /// bytes ([`OWN_SUMS_MAX_BYTES`]; tests set 0 to run the shared sums).
+    /// A sweep and an at-risk answer give each worker sums of its own while all of them take
+    /// at most this many bytes ([`OWN_SUMS_MAX_BYTES`]; tests set 0 to run the shared sums).
     own_sums_max_bytes: usize,
     /// A sweep's scratch: per account its buffer being summed, and (only while some
     /// unmarked cross book has positions) its count of unmarked cross positions.
@@ -448,8 +448,9 @@ pub struct SweepPhases {
     pub isolated: std::time::Duration,
 }
 
-/// While every worker's sums together take at most this many bytes (16 an account a
-/// worker: 2 workers up to 2M accounts), each worker gets sums of its own, and the
+/// While every worker's sums together take at most this many bytes (16 an account a worker
+/// in a sweep: 2 workers up to 2M accounts; 32 in an at-risk answer: up to 1M accounts),
+/// each worker gets sums of its own, and the
 /// workers share out the chunks of every cross book in one parallel job, the isolated
 /// books beside them. Shared sums need a fork-join per book so that no two workers add
 /// to one sum, and a book shorter than two chunks then runs on one worker while the
@@ -459,6 +460,54 @@ pub struct SweepPhases {
 /// although the pass over the accounts then reads and clears a second 16 MB of sums.
 /// Beyond the limit (many workers, or many accounts) the sums are shared.
 const OWN_SUMS_MAX_BYTES: usize = 64 << 20;
+
+/// The marked cross books' chunks, each handed to `add(symbol, quote, sums, chunk)` with the
+/// per-account sums it may add to: the cross pass of a sweep, which an at-risk answer shares
+/// (`risk.rs`). `quotes` are the books to read, `sums` holds `ways` runs of one entry per
+/// account (a sweep's `Sum`, an at-risk answer's pair). With `ways > 1`, every chunk of
+/// every book is one parallel job and worker `w` adds to the `w`-th run: a worker runs one
+/// task at a time, so each run has one writer, which holds only if `add` starts no parallel
+/// work of its own (a worker waiting on it could take another chunk). With one way the books
+/// come one after another, the workers (when `parallel`) splitting each book's chunks: a
+/// book holds an account once, so no two of them add to one sum. Run inside the pool (under
+/// `rayon::scope`) when parallel.
+fn cross_pass<S: Sync>(
+    cross: &[Book],
+    quotes: &[(usize, Quote)],
+    parallel: bool,
+    ways: usize,
+    sums: &[S],
+    add: impl Fn(usize, &Quote, &[S], usize) + Sync,
+) {
+    debug_assert!(
+        ways >= 1 && sums.len().is_multiple_of(ways),
+        "{} sums in {ways} runs",
+        sums.len()
+    );
+    let n = sums.len() / ways;
+    if ways > 1 {
+        let tasks: Vec<(usize, u32)> = (quotes.iter().enumerate())
+            .flat_map(|(q, (si, _))| {
+                (0..cross[*si].len().div_ceil(CHUNK) as u32).map(move |c| (q, c))
+            })
+            .collect();
+        tasks.into_par_iter().for_each(|(q, c)| {
+            let w = rayon::current_thread_index().expect("a cross pass task runs on a worker");
+            assert!(w < ways, "worker {w} of {ways}");
+            let (si, quote) = &quotes[q];
+            add(*si, quote, &sums[w * n..(w + 1) * n], c as usize);
+        });
+    } else {
+        for (si, quote) in quotes {
+            let chunks = cross[*si].len().div_ceil(CHUNK);
+            if parallel && chunks > 1 {
+                (0..chunks).into_par_iter().for_each(|c| add(*si, quote, sums, c));
+            } else {
+                (0..chunks).for_each(|c| add(*si, quote, sums, c));
+            }
+        }
+    }
+}
 
 /// Slots a rayon task takes at once: a plain loop over each chunk keeps the per-position
 /// work inlined.
@@ -2295,37 +2344,10 @@ impl FastEngine {
                 isolated.iter_mut().enumerate().flat_map(evaluate).collect()
             }
         };
-        let cross_pass = || {
-            if ways > 1 {
-                // Every chunk of every book in one job; each worker adds to its own sums.
-                let tasks: Vec<(usize, u32)> = (quotes.iter().enumerate())
-                    .flat_map(|(q, (si, _))| {
-                        (0..cross[*si].len().div_ceil(CHUNK) as u32).map(move |c| (q, c))
-                    })
-                    .collect();
-                tasks.into_par_iter().for_each(|(q, c)| {
-                    // Inside the pool (`sweep` runs this under `rayon::scope`), and a worker runs
-                    // one task at a time, so its sums have one writer.
-                    let w = rayon::current_thread_index().expect("a sweep task runs on a worker");
-                    assert!(w < ways, "worker {w} of {ways}");
-                    let (si, quote) = &quotes[q];
-                    let own = &sums[w * n..(w + 1) * n];
-                    add(&cross[*si], &funding[*si], quote, own, c as usize);
-                });
-            } else {
-                // Book after book; the workers split a book's chunks (a book holds each account
-                // once, so they never add to one sum together) and wait for each other before the
-                // next book.
-                for (si, quote) in &quotes {
-                    let (book, log) = (&cross[*si], &funding[*si]);
-                    let chunks = book.len().div_ceil(CHUNK);
-                    if parallel && chunks > 1 {
-                        (0..chunks).into_par_iter().for_each(|c| add(book, log, quote, sums, c));
-                    } else {
-                        (0..chunks).for_each(|c| add(book, log, quote, sums, c));
-                    }
-                }
-            }
+        let cross_books = || {
+            cross_pass(cross, &quotes, parallel, ways, sums, |si, quote, own, c| {
+                add(&cross[si], &funding[si], quote, own, c);
+            });
         };
         // Then every account's state at its wallet plus its sums, against its flag.
         let unmarked: &[u16] = unmarked;
@@ -2359,12 +2381,12 @@ impl FastEngine {
             }
         };
         if ways > 1 {
-            let ((), crossed) = rayon::join(cross_pass, isolated_pass);
+            let ((), crossed) = rayon::join(cross_books, isolated_pass);
             (account_pass(), started.elapsed(), crossed)
         } else {
             // With shared sums the isolated books come after the cross books (a big book's
             // phases stay apart, as the figures bench reports them).
-            cross_pass();
+            cross_books();
             let changed = account_pass();
             (changed, started.elapsed(), isolated_pass())
         }

@@ -2,10 +2,11 @@
 //!
 //! An at-risk list needs every item's margin balance and maintenance, and the engine keeps
 //! neither per cross account (its ticks need only the buffer's sign, see `README.md`). So
-//! [`FastEngine::risk_items`] computes them all, the way the sweep does: the cross books one
-//! at a time, each position's `upnl` and `upnl − mm` added to its account's two sums (rayon
-//! workers split a big book; a book holds an account once, so no two workers add to one sum),
-//! then the isolated books. Every figure is exact in `i128` q16.
+//! [`FastEngine::risk_items`] computes them all with the sweep's cross pass
+//! ([`super::cross_pass`]): each position's `upnl` and `upnl − mm` added to its account's two
+//! sums, every chunk of every book one parallel job with sums per worker when they fit (64 MB
+//! on a 1M-account book and two workers), the isolated books beside it; otherwise the books
+//! one at a time, then the isolated books. Every figure is exact in `i128` q16.
 //!
 //! Choosing the `limit` items most at risk out of millions then takes two stages:
 //! 1. **Preselection on a float key.** `maintenance / balance` as `f64` (`+∞` for a balance
@@ -30,7 +31,7 @@ use rayon::prelude::*;
 use super::{
     CHUNK, FastEngine, PREFETCH_AHEAD, Sum,
     book::{AccountIdx, E8_TO_Q16, Quote},
-    prefetch,
+    cross_pass, prefetch,
 };
 use crate::{
     config::{Mode, SymbolIdx},
@@ -40,10 +41,11 @@ use crate::{
     report::{self, Item},
 };
 
-/// What an at-risk answer keeps between answers: per account `[Σ upnl, Σ (upnl − mm)]`,
-/// zero between answers (32 bytes per account, allocated by the first answer), so that an
-/// answer does not allocate, fault in and free 32 MB on a 1M-account book each time. (The
-/// gain was within the noise of the shared machine it was measured on.)
+/// What an at-risk answer keeps between answers: per account `[Σ upnl, Σ (upnl − mm)]`, once
+/// per worker when they fit (see [`super::cross_pass`]), zero between answers (32 bytes per
+/// account and way, allocated by the first answer), so that an answer does not allocate,
+/// fault in and free 64 MB on a 1M-account book each time. (The gain was within the noise
+/// of the shared machine it was measured on.)
 #[derive(Debug, Default)]
 pub(super) struct Scratch {
     sums: Mutex<Sums>,
@@ -415,24 +417,53 @@ impl FastEngine {
     }
 
     fn risk_items_on_workers(&self, q: &RiskQuery) -> Vec<RiskItem> {
-        let mut pick = Preselect::new(q.limit);
-        if q.mode != Some(Mode::Isolated) {
+        let isolated = || {
+            let pick = Preselect::new(q.limit);
+            if q.mode == Some(Mode::Cross) { pick } else { self.offer_isolated(q.symbol, q.limit) }
+        };
+        let pick = if q.mode == Some(Mode::Isolated) {
+            isolated()
+        } else {
             // Kept between answers, zero between them; a panic mid-answer leaves it marked
-            // not clean, and the next answer zeroes it first.
+            // not clean, and the next answer zeroes it first. Held across the workers'
+            // waits: answers on one engine come one at a time (the daemon asks from its
+            // engine thread); concurrent ones could have a waiting worker take another
+            // answer's job and lock it again.
             let mut guard = self.risk.sums.lock().unwrap_or_else(PoisonError::into_inner);
             let Sums { sums, clean } = &mut *guard;
             if !*clean {
                 zero(sums);
             }
-            sums.resize_with(self.accounts.id.len(), Default::default);
+            // As in a sweep: sums per worker when they fit, never shrunk (what a later
+            // answer on fewer ways leaves unread stays zero).
+            let n = self.accounts.id.len();
+            let workers = rayon::current_num_threads();
+            let parallel = workers > 1 && self.n_positions() + n >= self.parallel_min;
+            let own = n.saturating_mul(workers).saturating_mul(size_of::<[Sum; 2]>())
+                <= self.own_sums_max_bytes;
+            let ways = if parallel && own { workers } else { 1 };
+            if sums.len() < n * ways {
+                // Exactly: doubling would copy and hold 128 MB at 1M accounts and two ways.
+                sums.reserve_exact(n * ways - sums.len());
+                sums.resize_with(n * ways, Default::default);
+            }
+            let sums = &sums[..n * ways];
             *clean = false;
-            self.add_cross_sums(sums);
-            pick = pick.merge(self.offer_cross(sums, q.symbol, q.limit));
+            let cross = || {
+                self.add_cross_sums(sums, parallel, ways);
+                self.offer_cross(sums, ways, q.symbol, q.limit)
+            };
+            // With sums of their own, the workers take the isolated books beside the cross
+            // books, as in a sweep.
+            let pick = if ways > 1 {
+                let (cross, isolated) = rayon::join(cross, isolated);
+                cross.merge(isolated)
+            } else {
+                cross().merge(isolated())
+            };
             *clean = true;
-        }
-        if q.mode != Some(Mode::Cross) {
-            pick = pick.merge(self.offer_isolated(q.symbol, q.limit));
-        }
+            pick
+        };
         let mut candidates = pick.finish();
         if candidates.len() > q.limit {
             candidates.select_nth_unstable_by(q.limit - 1, risk_order);
@@ -444,57 +475,64 @@ impl FastEngine {
         candidates.par_iter().with_min_len(64).map(|c| self.risk_item(c)).collect()
     }
 
-    /// Adds to each account's `[Σ upnl, Σ (upnl − mm)]` (q16, zero before) its cross
-    /// positions whose symbol has a mark, each less what it owes for lazy fundings (so that
-    /// `W + Σ upnl` is the true margin balance); accounts with an unmarked cross symbol are
-    /// left out by the caller.
-    fn add_cross_sums(&self, sums: &[[Sum; 2]]) {
-        let parallel = rayon::current_num_threads() > 1;
-        let marked = self.scales.iter().zip(&self.mark_ticks);
-        for ((book, log), (sc, t)) in self.cross.iter().zip(&self.funding).zip(marked) {
-            let Some(t) = *t else { continue };
-            let quote = Quote::new(sc, t);
-            let add = |c: usize| {
-                let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(book.len()));
-                let ahead = book.account.get(lo + PREFETCH_AHEAD..).unwrap_or_default();
-                let (held, lots) = (&book.account[lo..hi], &book.lots[lo..hi]);
-                let (base, from) = (&book.base_q16[lo..hi], &book.fund_from[lo..hi]);
-                quote.each_term(lots, base, |k, term| {
-                    if let Some(b) = ahead.get(k) {
-                        sums.get(b.0 as usize).map(prefetch);
-                    }
-                    // What the slot owes for lazy fundings comes off the balance (added to
-                    // both sums, so that the maintenance, their difference, is unchanged).
-                    let owed = log.owed(lots[k], from[k]) * E8_TO_Q16;
-                    let [upnl, buffer] = &sums[held[k].0 as usize];
-                    upnl.add(base[k] + sc.value_q16(lots[k], t) - owed);
-                    buffer.add(term - owed);
-                });
-            };
-            let chunks = book.len().div_ceil(CHUNK);
-            if parallel && book.len() >= self.parallel_min && chunks > 1 {
-                (0..chunks).into_par_iter().for_each(add);
-            } else {
-                (0..chunks).for_each(add);
-            }
-        }
+    /// Adds to each account's `[Σ upnl, Σ (upnl − mm)]` (q16, zero before; in `ways` runs of
+    /// one per account, as [`super::cross_pass`] hands them out) its cross positions whose
+    /// symbol has a mark, each less what it owes for lazy fundings (so that `W + Σ upnl` is
+    /// the true margin balance); accounts with an unmarked cross symbol are left out by the
+    /// caller.
+    fn add_cross_sums(&self, sums: &[[Sum; 2]], parallel: bool, ways: usize) {
+        let marked = (self.cross.iter().zip(&self.scales).zip(&self.mark_ticks).enumerate())
+            .filter_map(|(si, ((book, sc), t))| {
+                t.filter(|_| !book.is_empty()).map(|t| (si, Quote::new(sc, t)))
+            });
+        let quotes: Vec<_> = marked.collect();
+        cross_pass(&self.cross, &quotes, parallel, ways, sums, |si, quote, sums, c| {
+            let (book, log, sc) = (&self.cross[si], &self.funding[si], &self.scales[si]);
+            let t = self.mark_ticks[si].expect("only marked books are quoted");
+            let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(book.len()));
+            let ahead = book.account.get(lo + PREFETCH_AHEAD..).unwrap_or_default();
+            let (held, lots) = (&book.account[lo..hi], &book.lots[lo..hi]);
+            let base = &book.base_q16[lo..hi];
+            let from = if log.c.is_empty() { &[][..] } else { &book.fund_from[lo..hi] };
+            quote.each_term(lots, base, |k, term| {
+                if let Some(b) = ahead.get(k) {
+                    sums.get(b.0 as usize).map(prefetch);
+                }
+                // What the slot owes for lazy fundings comes off the balance (added to both
+                // sums, so that the maintenance, their difference, is unchanged); nothing
+                // when the symbol's log is empty.
+                let owed = from.get(k).map_or(0, |&f| log.owed(lots[k], f) * E8_TO_Q16);
+                let [upnl, buffer] = &sums[held[k].0 as usize];
+                upnl.add(base[k] + sc.value_q16(lots[k], t) - owed);
+                buffer.add(term - owed);
+            });
+        });
     }
 
     /// Offers every cross item (with `symbol`, those holding a cross position in it), the
-    /// accounts split between rayon workers, each preselecting its share. Leaves every sum
-    /// at zero.
+    /// accounts split between rayon workers, each preselecting its share; an account's
+    /// figures are the sum of its `ways` runs of sums. Leaves every sum at zero.
     fn offer_cross(
         &self,
         sums: &[[Sum; 2]],
+        ways: usize,
         symbol: Option<SymbolIdx>,
         limit: usize,
     ) -> Preselect<Candidate> {
+        debug_assert!(
+            ways >= 1 && sums.len().is_multiple_of(ways),
+            "{} sums in {ways} runs",
+            sums.len()
+        );
+        let n = sums.len() / ways;
         // The account's figures, from its sums (taken, when `take`, leaving zero).
         let offer = |mut pick: Preselect<Candidate>, a: AccountIdx, take: bool| {
             let i = a.0 as usize;
-            let [upnl, buffer] = &sums[i];
-            let (upnl, buffer) =
-                if take { (upnl.take(), buffer.take()) } else { (upnl.get(), buffer.get()) };
+            let (mut upnl, mut buffer) = (0, 0);
+            for [u, b] in (0..ways).map(|w| &sums[w * n + i]) {
+                upnl += if take { u.take() } else { u.get() };
+                buffer += if take { b.take() } else { b.get() };
+            }
             let h = &self.accounts.hot[i];
             if h.n_cross > 0 && h.n_unmarked == 0 {
                 let (balance_q16, maint_q16) =
@@ -521,7 +559,7 @@ impl FastEngine {
             }
             None => {
                 // Every account is read once, and its sums taken on the way.
-                let n = u32::try_from(sums.len()).expect("fewer than 2^32 accounts");
+                let n = u32::try_from(n).expect("fewer than 2^32 accounts");
                 let all = (0..n).into_par_iter().with_min_len(share(n as usize, self.parallel_min));
                 all.fold(new, |p, a| offer(p, AccountIdx(a), true)).reduce(new, Preselect::merge)
             }
@@ -604,19 +642,26 @@ mod tests {
     use super::*;
     use crate::{engine::Engine, fixed::D8, protocol::Command, synth};
 
-    /// On a 3,000-account synthetic book whose marks then fall 3 %, the fast answer equals the
-    /// plain exact one ([`report::at_risk`] over every account's view) at every limit and
+    /// On a 3,000-account synthetic book whose marks then fall 3 % and whose two most-held
+    /// symbols then fund lazily (so answers take off what slots owe), the fast answer equals
+    /// the plain exact one ([`report::at_risk`] over every account's view) at every limit and
     /// filter, with the preselection cut in many shares (so its merges are exercised) and in
-    /// one.
+    /// one; on one engine, the cross sums per worker, then shared, then per worker again,
+    /// with accounts arriving between the answers (so the sums' layout changes), and every
+    /// sum zero after each answer.
     #[test]
     fn fast_at_risk_equals_the_exact_oracle_on_a_book() {
         let symbols = 6;
+        let own = super::super::OWN_SUMS_MAX_BYTES;
         for parallel_min in [1, usize::MAX] {
             let cfg = Arc::new(synth::config(symbols));
             let mut engine = FastEngine::new(cfg.clone()).with_parallel_min(parallel_min);
             let at = At { line: 0, seq: 0 };
-            for cmd in synth::book_commands(3_000, 8_000, symbols, 11) {
+            let apply = |engine: &mut FastEngine, cmd: Command| {
                 engine.apply(&cmd, at, &mut |_| {}).unwrap();
+            };
+            for cmd in synth::book_commands(3_000, 8_000, symbols, 11) {
+                apply(&mut engine, cmd);
             }
             // The last symbol keeps no mark: its holders are left out.
             let prices = (0..symbols - 1)
@@ -626,28 +671,44 @@ mod tests {
                     (SymbolIdx(s as u16), D8(e2 * 1_000_000))
                 })
                 .collect();
-            engine.apply(&Command::Marks { prices }, at, &mut |_| {}).unwrap();
-            let views: Vec<_> = engine.accounts.id.iter().map(|&id| engine.view(id)).collect();
-            let mut liquidatable = 0;
-            for limit in [1, 100, usize::MAX] {
-                for symbol in [None, Some(SymbolIdx(0)), Some(SymbolIdx(5))] {
-                    for mode in [None, Some(Mode::Cross), Some(Mode::Isolated)] {
-                        let q = RiskQuery { limit, symbol, mode };
-                        let want = report::at_risk(&cfg, &engine.marks, &views, &q);
-                        let got = engine.at_risk(&q);
-                        assert_eq!(got, want, "{q:?}, parallel_min {parallel_min}");
-                        liquidatable += got.iter().filter(|i| i.liquidatable).count();
+            apply(&mut engine, Command::Marks { prices });
+            for (round, own_sums_max_bytes) in [own, 0, own].into_iter().enumerate() {
+                engine.own_sums_max_bytes = own_sums_max_bytes;
+                for k in 0..100 * round as u64 {
+                    let account = 1_000_000 + 1_000 * round as u64 + k;
+                    apply(&mut engine, Command::Balance { account, wallet: D8(500 * 100_000_000) });
+                }
+                // 0.01 % and -0.025 %: lazy fundings (every holder stays in range).
+                apply(&mut engine, Command::Funding { symbol: SymbolIdx(0), rate: D8(10_000) });
+                apply(&mut engine, Command::Funding { symbol: SymbolIdx(1), rate: D8(-25_000) });
+                assert!(!engine.funding[0].c.is_empty(), "the funding is owed lazily");
+                let views: Vec<_> = engine.accounts.id.iter().map(|&id| engine.view(id)).collect();
+                let mut liquidatable = 0;
+                for limit in [1, 100, usize::MAX] {
+                    for symbol in [None, Some(SymbolIdx(0)), Some(SymbolIdx(5))] {
+                        for mode in [None, Some(Mode::Cross), Some(Mode::Isolated)] {
+                            let q = RiskQuery { limit, symbol, mode };
+                            let want = report::at_risk(&cfg, &engine.marks, &views, &q);
+                            let got = engine.at_risk(&q);
+                            let how = format!("parallel_min {parallel_min}, round {round}");
+                            assert_eq!(got, want, "{q:?}, {how}");
+                            liquidatable += got.iter().filter(|i| i.liquidatable).count();
+                        }
                     }
                 }
+                assert!(liquidatable > 0, "the fall liquidates some items");
+                let n = engine.accounts.id.len();
+                let threads = rayon::current_num_threads();
+                let ways = if parallel_min == 1 && own_sums_max_bytes > 0 { threads } else { 1 };
+                let scratch = engine.risk.sums.lock().unwrap();
+                assert!(scratch.clean && scratch.sums.len() >= n * ways, "{n} accounts, {ways}");
+                let zero = scratch.sums.iter().flatten().all(|s| s.get() == 0);
+                assert!(zero, "an answer leaves its sums at zero");
+                drop(scratch);
+                let all =
+                    engine.at_risk(&RiskQuery { limit: usize::MAX, symbol: None, mode: None });
+                assert!(all.len() > 3_000 && all.iter().any(|i| !i.liquidatable));
             }
-            assert!(liquidatable > 0, "the fall liquidates some items");
-            let scratch = engine.risk.sums.lock().unwrap();
-            assert!(scratch.clean && scratch.sums.len() == 3_000);
-            let zero = scratch.sums.iter().flatten().all(|s| s.get() == 0);
-            assert!(zero, "an answer leaves its sums at zero");
-            drop(scratch);
-            let all = engine.at_risk(&RiskQuery { limit: usize::MAX, symbol: None, mode: None });
-            assert!(all.len() > 3_000 && all.iter().any(|i| !i.liquidatable), "{}", all.len());
         }
     }
 
