@@ -298,6 +298,25 @@ fn anon_huge_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// `(all, steal)` CPU ticks of every CPU since boot, from `/proc/stat`'s `cpu` line: steal is
+/// the time the hypervisor ran other guests while this VM's vCPUs had work. `None` where the
+/// line or its steal field is missing.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal (guest time is counted in user already).
+    let ticks: Vec<u64> =
+        line.split_whitespace().skip(1).take(8).map_while(|v| v.parse().ok()).collect();
+    (ticks.len() == 8).then(|| (ticks.iter().sum(), ticks[7]))
+}
+
+/// The share of all CPU time since `start` (a [`cpu_ticks`] reading) that the host stole
+/// (0 to 1; `None` without `/proc/stat` or when no tick passed).
+fn steal_share(start: Option<(u64, u64)>) -> Option<f64> {
+    let ((all0, steal0), (all1, steal1)) = (start?, cpu_ticks()?);
+    (all1 > all0).then(|| steal1.saturating_sub(steal0) as f64 / (all1 - all0) as f64)
+}
+
 /// The 1-minute load average, as `/proc/loadavg` gives it (0 where it cannot be read).
 fn load_average() -> f64 {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -413,6 +432,7 @@ fn main() {
     // Resident memory is measured before anything else has run: an allocator keeps freed
     // pages for reuse, so a buffer freed earlier would hide the book's growth.
     let load_start = load_average();
+    let steal_start = cpu_ticks();
     let rss_before = rss_bytes();
     let mut engine = build(accounts, positions, symbols);
     let rss_after = rss_bytes();
@@ -423,7 +443,9 @@ fn main() {
         .collect();
     let (cross, isolated) = engine.book_sizes();
     let at = At { line: 0, seq: 0 };
+    let steal_before_sweeps = cpu_ticks();
     let sweeps = time_sweeps(&mut engine, env("LIQSCAN_BENCH_SWEEPS", 15) as usize);
+    let steal_sweeps = steal_share(steal_before_sweeps);
     let sweep = sweeps.total;
     let phases = serde_json::json!({
         "cross_ms": sweeps.cross.as_secs_f64() * 1e3,
@@ -432,6 +454,7 @@ fn main() {
         "runqueue_wait_ms": sweeps.runqueue_wait_ms,
         "quiet_ms": sweeps.quiet.map(|d| d.as_secs_f64() * 1e3),
         "n_quiet": sweeps.n_quiet,
+        "steal_share": steal_sweeps,
     });
     let huge_swept = anon_huge_bytes();
     let bytes = engine.sweep_bytes() as f64;
@@ -455,6 +478,7 @@ fn main() {
         let (_, read_all, read_median) = mem_read_bps(&buf);
         let figures = serde_json::json!({
             "load_average_1m": { "start": load_start, "end": load_average() },
+            "steal_share": steal_share(steal_start),
             "thp_off": thp_off,
             "cpu_ns_per_step": { "start": cpu_start, "end": cpu_ns_per_step() },
             "anon_huge_bytes_after_build": huge_book,
@@ -566,6 +590,7 @@ fn main() {
     let figures = serde_json::json!({
         "machine": { "cores": std::thread::available_parallelism().map_or(0, |n| n.get()) },
         "load_average_1m": { "start": load_start, "end": load_average() },
+        "steal_share": steal_share(steal_start),
         "thp_off": thp_off,
         "cpu_ns_per_step": { "start": cpu_start, "end": cpu_ns_per_step() },
         "anon_huge_bytes_after_build": huge_book,

@@ -31,7 +31,9 @@
 # 3000000, 1000000); LIQSCAN_BENCH_ONLY=book prints the big book's sweep and memory
 # figures alone, LIQSCAN_BENCH_ONLY=small the 300k-position book's one- vs two-worker sweep;
 # LIQSCAN_BENCH_THP=0 runs the bench with transparent huge pages off for its process.
-# Besides each figure, a run reports what tells a disturbed run from a quiet one: the load
+# Besides each figure, a run reports what tells a disturbed run from a quiet one: the share
+# of the machine's CPU time the hypervisor gave to other guests (steal_share, /proc/stat,
+# over the run and over the timed sweeps in sweep_phases), the load
 # average, the run-queue wait per sweep, a CPU-speed probe (cpu_ns_per_step), the bytes in
 # huge pages, and sweeps after a cold 1 GiB read, each against the read of the moment before
 # (sweep_after_cold_read; see src/fast/README.md, "Where the variance comes from").

@@ -13,7 +13,10 @@
 # the last thing on stderr: the sizes, the generator's lines/s and liquidation count, the
 # replay's throughput, apply and event latency percentiles (ns), liquidations and peak RSS,
 # whether the replay's liquidations equal the generator's, and under `daemon` (null in
-# replay mode) the daemon's throughput as a ratio to the replay's in the same run.
+# replay mode) the daemon's throughput as a ratio to the replay's in the same run. Each
+# step also gives its `steal_share`: the share of the machine's CPU time the hypervisor
+# gave to other guests during that step (/proc/stat; null where it cannot be read). On
+# the shared VMs it was 0.35 of a replay that ran at half the rate of a quiet one.
 #
 # Needs: the Rust toolchain (it builds liqscan in release) and jq; MODE=daemon also needs
 # curl. Time on the 2-core machine: gen 15-20 s for 1M accounts and 3M messages (7.7M
@@ -54,11 +57,29 @@ BIN=${CARGO_TARGET_DIR:-target}/release/liqscan
 positions=()
 if [[ -n "${POSITIONS:-}" ]]; then positions=(--positions "$POSITIONS"); fi
 
+# CPU ticks of every CPU since boot, "all steal", from /proc/stat's cpu line (nothing where it
+# cannot be read): steal is the time the hypervisor ran other guests while this VM's vCPUs
+# had work, the figure that tells a run slowed by the host from a slow build.
+# (printf, not print: mawk prints numbers past 2^31 as 3e+09.)
+cpu_ticks() {
+  awk '/^cpu / && NF >= 9 { t = 0; for (i = 2; i <= 9; i++) t += $i; printf "%.0f %.0f\n", t, $9 }' \
+    /proc/stat 2>/dev/null || true
+}
+# The share of all CPU time since the cpu_ticks reading $1 that the host stole (nothing
+# when unknown).
+steal_share() {
+  [[ -n "$1" ]] || return 0
+  awk -v a="$1" -v b="$(cpu_ticks)" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    if (y[1] > x[1]) printf "%.4f", (y[2] - x[2]) / (y[1] - x[1]) }'
+}
+
 echo "== gen: $ACCOUNTS accounts, $SYMBOLS symbols, $MESSAGES messages, seed $SEED" >&2
 /usr/bin/env time -v true >/dev/null 2>&1 && TIME=(/usr/bin/env time -v) || TIME=()
+ticks=$(cpu_ticks)
 "${TIME[@]}" "$BIN" gen --accounts "$ACCOUNTS" --symbols "$SYMBOLS" --messages "$MESSAGES" \
   --seed "$SEED" "${positions[@]}" --mark-ratio "$MARK_RATIO" --fault-rate "$FAULT_RATE" \
   --config-out "$OUT/config.json" --out "$OUT/stream.ndjson" 2> "$OUT/gen.txt"
+gen_steal=$(steal_share "$ticks")
 cat "$OUT/gen.txt" >&2
 ls -l "$OUT/stream.ndjson" >&2
 
@@ -67,9 +88,11 @@ events="$OUT/events.ndjson"
 if [[ "${KEEP_EVENTS:-0}" != 1 ]]; then events=/dev/null; fi
 rate=()
 if [[ -n "${RATE:-}" ]]; then rate=(--rate "$RATE"); fi
+ticks=$(cpu_ticks)
 "${TIME[@]}" "$BIN" replay "${rate[@]}" --config "$OUT/config.json" --report "$OUT/report.json" \
   --hdr-out "$OUT/latency.hlog" --plot "$OUT/latency.svg" "$OUT/stream.ndjson" \
   > "$events" 2> "$OUT/summary.txt"
+replay_steal=$(steal_share "$ticks")
 cat "$OUT/summary.txt" >&2
 
 if [[ "$MODE" == daemon ]]; then
@@ -94,8 +117,10 @@ if [[ "$MODE" == daemon ]]; then
     # A subscriber that connects and never reads: the daemon must cut it, not slow down.
     exec 3<>"/dev/tcp/${events_addr%:*}/${events_addr##*:}"
   fi
+  ticks=$(cpu_ticks)
   "$BIN" feed --to "$engine_addr" --events "$events_addr" "${rate[@]}" --report "$OUT/feed.json" \
     --hdr-out "$OUT/latency.hlog" --plot "$OUT/latency.svg" "$OUT/stream.ndjson" 2> "$OUT/feed.txt"
+  daemon_steal=$(steal_share "$ticks")
   cat "$OUT/feed.txt" >&2
   curl -sf "http://$http_addr/metrics" > "$OUT/metrics.txt"
   kill -TERM "$daemon"
@@ -106,7 +131,7 @@ if [[ "$MODE" == daemon ]]; then
   jq -n --slurpfile replay "$OUT/replay.json" --slurpfile feed "$OUT/feed.json" \
     --arg dropped "$(metric liqscan_subscribers_dropped_total)" \
     --arg liquidations "$(awk '/^liqscan_liquidations_total/ { n += $2 } END { print n }' "$OUT/metrics.txt")" \
-    --arg stalled "$STALLED" '{
+    --arg stalled "$STALLED" --arg steal "$daemon_steal" '{
       stalled: ($stalled == "1"),
       lines_per_s: $feed[0].lines_per_s,
       daemon_to_replay: ($feed[0].lines_per_s / $replay[0].messages_per_s),
@@ -114,6 +139,7 @@ if [[ "$MODE" == daemon ]]; then
       liquidations_at_subscriber: $feed[0].liquidations,
       subscribers_dropped: ($dropped | tonumber),
       ts_to_event_at_subscriber_ns: $feed[0].latency_ns.ts_to_event,
+      steal_share: (if $steal == "" then null else ($steal | tonumber) end),
     }' > "$OUT/daemon.json"
   report="$OUT/replay.json"
 else
@@ -133,7 +159,8 @@ jq -n --slurpfile replay "$report" --argjson daemon "$daemon_json" \
   --arg messages "$MESSAGES" --arg seed "$SEED" --arg mark_ratio "$MARK_RATIO" \
   --arg fault_rate "$FAULT_RATE" --arg gen_liq "${gen_liquidations:-}" \
   --arg gen_lines "${gen_lines:-}" --arg gen_s "${gen_s:-}" --arg gen_rate "${gen_rate:-}" \
-  --arg gen_rss "$(peak_kb "$OUT/gen.txt")" --arg replay_rss "$(peak_kb "$OUT/summary.txt")" '
+  --arg gen_rss "$(peak_kb "$OUT/gen.txt")" --arg replay_rss "$(peak_kb "$OUT/summary.txt")" \
+  --arg gen_steal "$gen_steal" --arg replay_steal "$replay_steal" '
   def num: if . == "" then null else tonumber end;
   $replay[0] as $r | {
     mode: $mode, rate: ($rate | num),
@@ -144,12 +171,14 @@ jq -n --slurpfile replay "$report" --argjson daemon "$daemon_json" \
       lines_per_s: ($gen_rate | num),
       liquidations: ($gen_liq | num),
       peak_rss_bytes: (($gen_rss | num) | if . then . * 1024 else null end),
+      steal_share: ($gen_steal | num),
     },
     replay: {
       messages: $r.messages, elapsed_s: $r.elapsed_s, messages_per_s: $r.messages_per_s,
       apply_latency_ns: $r.latency_ns.apply, event_latency_ns: $r.latency_ns.event,
       liquidations: $r.liquidations, rejects: $r.rejects, account_events: $r.account_events,
       peak_rss_bytes: (($replay_rss | num) | if . then . * 1024 else null end),
+      steal_share: ($replay_steal | num),
     },
     liquidations_equal_generator: ($r.liquidations == ($gen_liq | num)),
     daemon: $daemon,
