@@ -137,8 +137,9 @@ async fn get_account(
             format!("unknown parameter in {:?}: /accounts/{{id}} takes none", shown(&q)),
         ));
     }
-    // Plain digits, as the protocol writes ids and as `/at-risk` takes its `limit` (a `+`
-    // that `u64::from_str` would take is refused).
+    // Plain digits, as the protocol writes ids (a `+` that `u64::from_str` would take is
+    // refused), and no leading zero: the protocol refuses `"account":018`, so `/accounts/018`
+    // is not quietly read as account 18.
     let digits = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
     let Some(account) = id.parse::<u64>().ok().filter(|_| digits) else {
         return Err(bad_request(
@@ -146,6 +147,12 @@ async fn get_account(
             format!("account id {:?} is not an integer in 0..=18446744073709551615", shown(&id)),
         ));
     };
+    if id.len() > 1 && id.starts_with('0') {
+        return Err(bad_request(
+            &shared,
+            format!("account id {:?} has a leading zero: write it as {account}", shown(&id)),
+        ));
+    }
     // Only the report is made on the engine thread; its JSON is written here.
     let report =
         ask(&shared, move |engine, point| engine.account_report(account, point.at)).await?;

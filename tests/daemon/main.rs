@@ -640,7 +640,7 @@ fn bad_requests_bad_connections_and_bounds_never_take_it_down() {
         Input::Null,
     );
     let (engine, events_addr, http) = (d.addr("engine"), d.addr("events"), d.addr("http"));
-    for (path, reason) in [
+    let refused = [
         ("/accounts/abc", "not an integer"),
         ("/accounts/-1", "not an integer"),
         ("/at-risk?limit=x", "limit"),
@@ -651,9 +651,12 @@ fn bad_requests_bad_connections_and_bounds_never_take_it_down() {
         ("/at-risk?limit=1&limit=2", "twice"),
         ("/accounts/1?verbose=1", "unknown parameter"),
         ("/accounts/+1", "not an integer"),
+        ("/accounts/0018", "leading zero: write it as 18"),
+        ("/accounts/00", "leading zero: write it as 0"),
         // Percent-escapes that are not UTF-8: the same JSON 400, not the framework's text.
         ("/accounts/%FF", "bad account id"),
-    ] {
+    ];
+    for (path, reason) in refused {
         let (status, body) = http_json(http, path);
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body["error"].as_str().unwrap().contains(reason), "{path}: {body}");
@@ -703,7 +706,8 @@ fn bad_requests_bad_connections_and_bounds_never_take_it_down() {
     // The idle connections' permits come back once the server sees them closed.
     wait_http_ok(http, "/metrics", "HTTP to come back");
     let m = scrape(http);
-    assert_eq!(m.get("liqscan_http_bad_requests_total", &[]), 12.0);
+    // Each refused path above, and the 10 KB id.
+    assert_eq!(m.get("liqscan_http_bad_requests_total", &[]), (refused.len() + 1) as f64);
     assert_eq!(m.get("liqscan_connections_refused_total", &[("listener", "events")]), 1.0);
     assert!(m.get("liqscan_connections_refused_total", &[("listener", "http")]) >= 1.0);
     assert_eq!(m.get("liqscan_rejects_total", &[("code", "malformed")]), 1.0);
