@@ -323,9 +323,9 @@ fn load_average() -> f64 {
     text.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
 
-/// Median time of `n` at-risk answers of `limit` items (no filter) on `engine`, after one
-/// untimed warm-up: the engine time a `GET /at-risk?limit=N` costs (SPEC section 9.3), and
-/// the mean CPU time of one answer over all threads (ms).
+/// Median and least time of `n` at-risk answers of `limit` items (no filter) on `engine`,
+/// after one untimed warm-up: the engine time a `GET /at-risk?limit=N` costs (SPEC section
+/// 9.3), and the mean CPU time of one answer over all threads (ms).
 fn time_at_risk(engine: &FastEngine, limit: usize, n: usize) -> (Duration, Duration, f64) {
     let q = RiskQuery { limit, symbol: None, mode: None };
     let got = engine.at_risk(&q).len();

@@ -64,15 +64,16 @@ if [[ "${LIQSCAN_BENCH_LOADTEST:-0}" == 1 ]]; then
     --slurpfile t "$OUT/loadtest-trade_heavy/summary.json" '{defaults: $d[0], trade_heavy: $t[0]}')
 fi
 
-# Median, min, max and spread of every number over the runs; each statistic keeps the
-# shape of one run's JSON.
+# Median, min, max and spread of every number over the runs (a figure that is a number in
+# any run, so one run's null, say steal_share where /proc/stat cannot be read, does not hide
+# the others'); each statistic keeps the shape of one run's JSON.
 jq -s --argjson loadtest "$loadtest" \
   --argjson load "$(cat "$OUT"/load-*.txt | jq -s -c .)" '
   def med: if length == 0 then null
     elif length % 2 == 1 then .[length / 2 | floor]
     else (.[length / 2 - 1] + .[length / 2]) / 2 end;
   def stat(f): . as $runs
-    | reduce ($runs[0] | paths(type == "number")) as $p ({};
+    | reduce ([$runs[] | paths(type == "number")] | unique[]) as $p ({};
         setpath($p; [$runs[] | getpath($p) | select(type == "number")] | sort | f));
   {
     runs: length,

@@ -60,17 +60,19 @@ if [[ -n "${POSITIONS:-}" ]]; then positions=(--positions "$POSITIONS"); fi
 # CPU ticks of every CPU since boot, "all steal", from /proc/stat's cpu line (nothing where it
 # cannot be read): steal is the time the hypervisor ran other guests while this VM's vCPUs
 # had work, the figure that tells a run slowed by the host from a slow build.
-# (printf, not print: mawk prints numbers past 2^31 as 3e+09.)
+# (printf, not print: mawk prints numbers past 2^31 as 3e+09; LC_ALL=C: a locale's decimal
+# comma would make the figures unreadable to jq.)
 cpu_ticks() {
-  awk '/^cpu / && NF >= 9 { t = 0; for (i = 2; i <= 9; i++) t += $i; printf "%.0f %.0f\n", t, $9 }' \
+  LC_ALL=C awk '/^cpu / && NF >= 9 { t = 0; for (i = 2; i <= 9; i++) t += $i; printf "%.0f %.0f\n", t, $9 }' \
     /proc/stat 2>/dev/null || true
 }
 # The share of all CPU time since the cpu_ticks reading $1 that the host stole (nothing
-# when unknown).
+# when unknown; 0 if the steal counter went back, as the bench's figure does).
 steal_share() {
   [[ -n "$1" ]] || return 0
-  awk -v a="$1" -v b="$(cpu_ticks)" 'BEGIN { split(a, x, " "); split(b, y, " ")
-    if (y[1] > x[1]) printf "%.4f", (y[2] - x[2]) / (y[1] - x[1]) }'
+  LC_ALL=C awk -v a="$1" -v b="$(cpu_ticks)" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    s = y[2] - x[2]; if (s < 0) s = 0
+    if (y[1] > x[1]) printf "%.4f", s / (y[1] - x[1]) }'
 }
 
 echo "== gen: $ACCOUNTS accounts, $SYMBOLS symbols, $MESSAGES messages, seed $SEED" >&2

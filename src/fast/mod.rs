@@ -467,7 +467,8 @@ const OWN_SUMS_MAX_BYTES: usize = 64 << 20;
 /// account (a sweep's `Sum`, an at-risk answer's pair). With `ways > 1`, every chunk of
 /// every book is one parallel job and worker `w` adds to the `w`-th run: a worker runs one
 /// task at a time, so each run has one writer, which holds only if `add` starts no parallel
-/// work of its own (a worker waiting on it could take another chunk). With one way the books
+/// work of its own (work it forked could run on another worker and add to run `w` beside
+/// that worker's own chunk). With one way the books
 /// come one after another, the workers (when `parallel`) splitting each book's chunks: a
 /// book holds an account once, so no two of them add to one sum. Run inside the pool (under
 /// `rayon::scope`) when parallel.

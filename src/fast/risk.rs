@@ -23,7 +23,7 @@
 use std::{
     cmp::Ordering,
     collections::BinaryHeap,
-    sync::{Mutex, PoisonError},
+    sync::{Mutex, PoisonError, TryLockError},
 };
 
 use rayon::prelude::*;
@@ -426,11 +426,20 @@ impl FastEngine {
         } else {
             // Kept between answers, zero between them; a panic mid-answer leaves it marked
             // not clean, and the next answer zeroes it first. Held across the workers'
-            // waits: answers on one engine come one at a time (the daemon asks from its
-            // engine thread); concurrent ones could have a waiting worker take another
-            // answer's job and lock it again.
-            let mut guard = self.risk.sums.lock().unwrap_or_else(PoisonError::into_inner);
-            let Sums { sums, clean } = &mut *guard;
+            // waits, so an answer that finds it taken (two answers on one engine at once:
+            // the daemon asks from its engine thread only, but `&self` allows it) makes sums
+            // of its own rather than wait, since a worker waiting for the lock could be the
+            // one whose job the other answer waits for.
+            let mut own = Sums::default();
+            let mut guard = match self.risk.sums.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            let Sums { sums, clean } = match &mut guard {
+                Some(guard) => &mut **guard,
+                None => &mut own,
+            };
             if !*clean {
                 zero(sums);
             }
@@ -710,6 +719,69 @@ mod tests {
                 assert!(all.len() > 3_000 && all.iter().any(|i| !i.liquidatable));
             }
         }
+    }
+
+    /// A cross book of several chunks (two symbols, 12,000 accounts: each book over
+    /// `2 · CHUNK` slots), both funded lazily, answered on pools of 2, 1 and 3 workers (so
+    /// each way count runs, and a worker's chunks are not the whole book), and once more after
+    /// the kept sums were left dirty, as a panic mid-answer leaves them, and while they are in
+    /// use: every answer equals the exact oracle, every kept sum is zero after it.
+    #[test]
+    fn fast_at_risk_over_many_chunks_on_any_pool_and_after_a_dirty_scratch() {
+        let symbols = 2;
+        let cfg = Arc::new(synth::config(symbols));
+        let mut engine = FastEngine::new(cfg.clone()).with_parallel_min(1);
+        let at = At { line: 0, seq: 0 };
+        let apply = |engine: &mut FastEngine, cmd: Command| {
+            engine.apply(&cmd, at, &mut |_| {}).unwrap();
+        };
+        for cmd in synth::book_commands(12_000, 24_000, symbols, 5) {
+            apply(&mut engine, cmd);
+        }
+        let prices = (0..symbols)
+            .map(|s| {
+                let e2 = i128::from(synth::base_price_e2(s)) * 97 / 100;
+                (SymbolIdx(s as u16), D8(e2 * 1_000_000))
+            })
+            .collect();
+        apply(&mut engine, Command::Marks { prices });
+        apply(&mut engine, Command::Funding { symbol: SymbolIdx(0), rate: D8(10_000) });
+        apply(&mut engine, Command::Funding { symbol: SymbolIdx(1), rate: D8(-25_000) });
+        assert!(engine.cross.iter().all(|b| b.len() > 2 * CHUNK), "books of several chunks");
+        assert!(engine.funding.iter().all(|log| !log.c.is_empty()), "fundings owed lazily");
+        let views: Vec<_> = engine.accounts.id.iter().map(|&id| engine.view(id)).collect();
+        let queries = [
+            RiskQuery { limit: usize::MAX, symbol: None, mode: None },
+            RiskQuery { limit: 50, symbol: Some(SymbolIdx(1)), mode: Some(Mode::Cross) },
+        ];
+        let wants: Vec<_> =
+            queries.iter().map(|q| report::at_risk(&cfg, &engine.marks, &views, q)).collect();
+        assert!(wants[0].iter().any(|i| i.liquidatable) && wants[1].len() == 50);
+        for (round, workers) in [2, 1, 3, 2].into_iter().enumerate() {
+            if round == 3 {
+                // What a panic mid-answer leaves: sums not zero, the scratch marked so.
+                let mut scratch = engine.risk.sums.lock().unwrap();
+                for [u, b] in scratch.sums.iter().step_by(7) {
+                    u.set(-3);
+                    b.set(1 << 70);
+                }
+                scratch.clean = false;
+            }
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(workers).build().unwrap();
+            for (q, want) in queries.iter().zip(&wants) {
+                let got = pool.install(|| engine.at_risk(q));
+                assert_eq!(&got, want, "{q:?}, round {round} on {workers} workers");
+            }
+            let scratch = engine.risk.sums.lock().unwrap();
+            assert!(scratch.clean, "round {round}");
+            assert!(scratch.sums.iter().flatten().all(|s| s.get() == 0), "round {round}");
+        }
+        // The kept sums in use (another answer at once): this one makes its own, not waits.
+        let held = engine.risk.sums.lock().unwrap();
+        for (q, want) in queries.iter().zip(&wants) {
+            assert_eq!(&engine.at_risk(q), want, "{q:?}, the kept sums in use");
+        }
+        drop(held);
     }
 
     #[test]
