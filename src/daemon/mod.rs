@@ -45,7 +45,7 @@ use crate::{
 /// Control requests that may wait for the engine at once; more are answered 503.
 pub const CONTROL_QUEUE: usize = 64;
 
-/// `liqscan run`: the daemon's flags (SPEC 9). Addresses are `HOST:PORT` (IPv6 as `[::1]:PORT`)
+/// `liqscan run`: the daemon's flags (SPEC 9). Addresses are `IP:PORT` (IPv6 as `[::1]:PORT`)
 /// or a bare `PORT`, which binds 127.0.0.1; port 0 binds a free port (the log says which).
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -163,13 +163,20 @@ fn shared_port(args: &RunArgs) -> Option<String> {
     })
 }
 
-/// `HOST:PORT`, `[V6]:PORT`, or a bare `PORT` on 127.0.0.1.
+/// An address to bind: `IP:PORT`, `[V6]:PORT`, or a bare `PORT` on 127.0.0.1. A host name
+/// is refused (the daemon binds exactly the interface it is given, never what a name
+/// resolves to at start), and the reason says so.
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(port) = s.parse::<u16>() {
+    // Digits only: `u16`'s parse takes a leading `+`.
+    let digits = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if let Some(port) = s.parse::<u16>().ok().filter(|_| digits) {
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
     s.parse::<SocketAddr>().map_err(|_| {
-        format!("{s:?} is not an address: give HOST:PORT (e.g. 127.0.0.1:7070) or a port")
+        format!(
+            "{s:?} is not an address to bind: give IP:PORT (e.g. 127.0.0.1:7070 or [::1]:7070; \
+             no host names) or a port"
+        )
     })
 }
 
@@ -617,6 +624,25 @@ fn finished(result: std::thread::Result<std::io::Result<crate::pipeline::Summary
         Err(_) => {
             error!("the engine thread panicked");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_addr;
+
+    #[test]
+    fn bind_addresses_are_ips_or_ports_and_a_host_name_is_refused_with_the_reason() {
+        assert_eq!(parse_addr("7090").unwrap().to_string(), "127.0.0.1:7090");
+        assert_eq!(parse_addr("[::1]:0").unwrap().to_string(), "[::1]:0");
+        assert_eq!(parse_addr("0.0.0.0:7070").unwrap().to_string(), "0.0.0.0:7070");
+        for bad in ["localhost:7090", "127.0.0.1", "127.0.0.1:99999", "+7090", ""] {
+            let reason = parse_addr(bad).unwrap_err();
+            assert!(
+                reason.contains("IP:PORT") && reason.contains("no host names"),
+                "{bad}: {reason}"
+            );
         }
     }
 }
