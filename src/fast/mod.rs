@@ -450,11 +450,10 @@ pub struct SweepPhases {
 
 /// While every worker's sums together take at most this many bytes (16 an account a worker
 /// in a sweep: 2 workers up to 2M accounts; 32 in an at-risk answer: up to 1M accounts),
-/// each worker gets sums of its own, and the
-/// workers share out the chunks of every cross book in one parallel job, the isolated
-/// books beside them. Shared sums need a fork-join per book so that no two workers add
-/// to one sum, and a book shorter than two chunks then runs on one worker while the
-/// others wait: on the 300k-position Criterion book (100k accounts, 50 books, most of
+/// each worker gets sums of its own, and the workers share out the chunks of every cross
+/// book in one parallel job, the isolated books beside them. Shared sums need a fork-join
+/// per book so that no two workers add to one sum, and a book shorter than two chunks then
+/// runs on one worker while the others wait: on the 300k-position Criterion book (100k accounts, 50 books, most of
 /// them a chunk or less) the joins were a third of a two-worker sweep, and on the
 /// 3M-position bench book (1M accounts) own sums took the sweep from 13.0 to 11.1 ms,
 /// although the pass over the accounts then reads and clears a second 16 MB of sums.
@@ -468,10 +467,9 @@ const OWN_SUMS_MAX_BYTES: usize = 64 << 20;
 /// every book is one parallel job and worker `w` adds to the `w`-th run: a worker runs one
 /// task at a time, so each run has one writer, which holds only if `add` starts no parallel
 /// work of its own (work it forked could run on another worker and add to run `w` beside
-/// that worker's own chunk). With one way the books
-/// come one after another, the workers (when `parallel`) splitting each book's chunks: a
-/// book holds an account once, so no two of them add to one sum. Run inside the pool (under
-/// `rayon::scope`) when parallel.
+/// that worker's own chunk). With one way the books come one after another, the workers
+/// (when `parallel`) splitting each book's chunks: a book holds an account once, so no two
+/// of them add to one sum. Run inside the pool (under `rayon::scope`) when parallel.
 fn cross_pass<S: Sync>(
     cross: &[Book],
     quotes: &[(usize, Quote)],

@@ -430,7 +430,7 @@ impl FastEngine {
             // the daemon asks from its engine thread only, but `&self` allows it) makes sums
             // of its own rather than wait, since a worker waiting for the lock could be the
             // one whose job the other answer waits for.
-            let mut own = Sums::default();
+            let mut unshared = Sums::default();
             let mut guard = match self.risk.sums.try_lock() {
                 Ok(guard) => Some(guard),
                 Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
@@ -438,7 +438,7 @@ impl FastEngine {
             };
             let Sums { sums, clean } = match &mut guard {
                 Some(guard) => &mut **guard,
-                None => &mut own,
+                None => &mut unshared,
             };
             if !*clean {
                 zero(sums);
@@ -448,9 +448,9 @@ impl FastEngine {
             let n = self.accounts.id.len();
             let workers = rayon::current_num_threads();
             let parallel = workers > 1 && self.n_positions() + n >= self.parallel_min;
-            let own = n.saturating_mul(workers).saturating_mul(size_of::<[Sum; 2]>())
+            let fit = n.saturating_mul(workers).saturating_mul(size_of::<[Sum; 2]>())
                 <= self.own_sums_max_bytes;
-            let ways = if parallel && own { workers } else { 1 };
+            let ways = if parallel && fit { workers } else { 1 };
             if sums.len() < n * ways {
                 // Exactly: doubling would copy and hold 128 MB at 1M accounts and two ways.
                 sums.reserve_exact(n * ways - sums.len());
