@@ -700,12 +700,12 @@ fn send_from(
             }
             stamp(bytes, clock.digits(), &mut out)
         } else {
-            out.write_all(bytes).and_then(|()| out.write_all(b"\n"))
+            out.write_all(bytes).and_then(|()| out.write_all(b"\n")).map(|()| bytes.len())
         };
-        if let Err(e) = result {
-            return Ok(Connection::lost(format!("send: {e}")));
+        match result {
+            Ok(written) => count_sent(summary, sent_up_to, line_no, written),
+            Err(e) => return Ok(Connection::lost(format!("send: {e}"))),
         }
-        count_sent(summary, sent_up_to, line_no, bytes.len());
     }
     summary.input_lines = summary.input_lines.max(lines.line_no);
     if exact {
@@ -832,11 +832,11 @@ impl StampClock {
     }
 }
 
-/// Writes the line with `"ts":<digits>,` inserted after its opening brace, and a newline.
-/// Only called for a line that parsed as a JSON object without a `ts` field, or was taken at
+/// Writes the line with `"ts":<digits>,` inserted after its opening brace, and a newline;
+/// returns the length of the stamped line (the newline not counted). Only called for a line that parsed as a JSON object without a `ts` field, or was taken at
 /// its leading seq. No allocation: on an unpaced load test this runs for every line, on the
 /// same two cores as the daemon.
-fn stamp(line: &[u8], digits: &[u8], out: &mut impl Write) -> io::Result<()> {
+fn stamp(line: &[u8], digits: &[u8], out: &mut impl Write) -> io::Result<usize> {
     // A parsed object starts with '{' after optional white space.
     let brace = line.iter().position(|&b| b == b'{').map_or(0, |i| i + 1);
     let (head, rest) = line.split_at(brace);
@@ -848,7 +848,8 @@ fn stamp(line: &[u8], digits: &[u8], out: &mut impl Write) -> io::Result<()> {
         out.write_all(b",")?;
     }
     out.write_all(rest)?;
-    out.write_all(b"\n")
+    out.write_all(b"\n")?;
+    Ok(line.len() + b"\"ts\":".len() + digits.len() + usize::from(!empty))
 }
 
 /// After the last line: half-close, then wait for the daemon to close its side, which it
@@ -1096,8 +1097,9 @@ mod tests {
         ];
         for (label, line, ts, want) in table {
             let (mut out, mut digits) = (Vec::new(), [0u8; 39]);
-            stamp(line, crate::fixed::u64_digits(ts, &mut digits), &mut out).unwrap();
+            let len = stamp(line, crate::fixed::u64_digits(ts, &mut digits), &mut out).unwrap();
             assert_eq!(String::from_utf8(out).unwrap(), want, "{label}");
+            assert_eq!(len + 1, want.len(), "{label}: the length written, newline aside");
         }
     }
 
