@@ -677,55 +677,58 @@ pub fn json_uint(raw: Raw<'_>) -> Option<u64> {
 /// steps instead of 19).
 ///
 /// In a little-endian word the first byte is the lowest. A digit is `0x30..=0x39`: its high
-/// nibble is 3, and stays 3 when 6 is added; every other byte fails one of the two tests. An
-/// addition carries out of a byte only from `0xfa` and above, which is not a digit, so a
-/// carry spoils only bytes after the first non-digit, and the lowest marked byte is the first
-/// non-digit.
+/// nibble is 3, and stays 3 when 6 is added; every other byte fails one of the two tests. A
+/// carry starts only at a byte of `0xfa` or above, not a digit, so it spoils only bytes after
+/// the first non-digit.
 fn leading_digits(b: &[u8]) -> usize {
     const HIGH: u64 = 0xf0f0_f0f0_f0f0_f0f0;
     const THREES: u64 = 0x3030_3030_3030_3030;
     const SIXES: u64 = 0x0606_0606_0606_0606;
-    let mut n = 0;
-    let mut chunks = b.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(bytes);
-        let odd = ((x & HIGH) ^ THREES) | ((x.wrapping_add(SIXES) & HIGH) ^ THREES);
-        if odd != 0 {
-            return n + (odd.trailing_zeros() / 8) as usize;
-        }
-        n += 8;
-    }
-    n + chunks.remainder().iter().take_while(|c| c.is_ascii_digit()).count()
+    run_of(
+        b,
+        |x| ((x & HIGH) ^ THREES) | ((x.wrapping_add(SIXES) & HIGH) ^ THREES),
+        |c| c.is_ascii_digit(),
+    )
 }
 
 /// The number of bytes `b` begins with that may stand in a JSON string as they are: not a
 /// quote, a backslash or a control character; eight bytes a step.
 ///
-/// Each test marks the high bit of a byte that is its byte (a byte `v` is zero when
+/// Each test sets the high bit of the bytes it stops at (a byte `v` is zero when
 /// `(v - 1) & !v` has its high bit set; below 0x20 when `(v - 0x20) & !v` has). A borrow
-/// crosses a byte only out of one that the test marks, so it spoils only later bytes and the
-/// lowest marked byte is the first that ends the run.
+/// starts only at a byte the test stops at, so it spoils only later bytes.
 fn plain_bytes(b: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
     let zero_at = |v: u64| v.wrapping_sub(ONES) & !v & HIGH_BITS;
+    run_of(
+        b,
+        |x| {
+            zero_at(x ^ (ONES * u64::from(b'"')))
+                | zero_at(x ^ (ONES * u64::from(b'\\')))
+                | (x.wrapping_sub(ONES * 0x20) & !x & HIGH_BITS)
+        },
+        |c| c != b'"' && c != b'\\' && c >= 0x20,
+    )
+}
+
+/// The length of the run of bytes `b` begins with that `member` admits, a word of eight at a
+/// time: `stops(x)` of a little-endian word `x` (its first byte the lowest) is nonzero in the
+/// first byte that ends the run and zero in every byte before it; bytes after it may be
+/// either. The last `b.len() % 8` bytes are tested one by one.
+fn run_of(b: &[u8], stops: impl Fn(u64) -> u64, member: impl Fn(u8) -> bool) -> usize {
     let mut n = 0;
     let mut chunks = b.chunks_exact(8);
     for chunk in &mut chunks {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(bytes);
-        let stop = zero_at(x ^ (ONES * u64::from(b'"')))
-            | zero_at(x ^ (ONES * u64::from(b'\\')))
-            | (x.wrapping_sub(ONES * 0x20) & !x & HIGH_BITS);
+        let stop = stops(u64::from_le_bytes(bytes));
         if stop != 0 {
             return n + (stop.trailing_zeros() / 8) as usize;
         }
         n += 8;
     }
-    n + chunks.remainder().iter().take_while(|&&c| c != b'"' && c != b'\\' && c >= 0x20).count()
+    n + chunks.remainder().iter().take_while(|&&c| member(c)).count()
 }
 
 /// A JSON integer >= 1. Integers above u64 saturate: they are still integers, and the
