@@ -198,8 +198,10 @@ fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Re
     c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
+/// A gauge of a u64, written whole: a seq may be up to 2^64 - 1 (it was written as an i64,
+/// `liqscan_last_seq` 9223372036854775807 after seq 2^64 - 1).
 fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
-    let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    let g = ConstGauge::new(v);
     g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
@@ -315,4 +317,23 @@ pub fn render(metrics: &Metrics, figures: EngineFigures) -> Result<String, fmt::
         write_summary(&mut out, name, help, f)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stream's gauges are written whole up to u64::MAX (a seq past 2^63 was written as
+    /// i64::MAX).
+    #[test]
+    fn gauges_hold_every_u64() {
+        for v in [0, 1 << 63, u64::MAX - 1, u64::MAX] {
+            let figures = EngineFigures { last_seq: v, accounts: v, ..EngineFigures::default() };
+            let text = render(&Metrics::default(), figures).unwrap();
+            for name in ["liqscan_last_seq", "liqscan_accounts"] {
+                let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap();
+                assert_eq!(line, format!("{name} {v}"), "{text}");
+            }
+        }
+    }
 }
