@@ -834,8 +834,9 @@ impl StampClock {
 
 /// Writes the line with `"ts":<digits>,` inserted after its opening brace, and a newline;
 /// returns the length of the stamped line (the newline not counted). Only called for a line
-/// that parsed as a JSON object without a `ts` field, or was taken at its leading seq. No allocation: on an unpaced load test this runs for every line, on the
-/// same two cores as the daemon.
+/// that parsed as a JSON object without a `ts` field, or was taken at its leading seq. No
+/// allocation: on an unpaced load test this runs for every line, on the same two cores as
+/// the daemon.
 fn stamp(line: &[u8], digits: &[u8], out: &mut impl Write) -> io::Result<usize> {
     // A parsed object starts with '{' after optional white space.
     let brace = line.iter().position(|&b| b == b'{').map_or(0, |i| i + 1);
