@@ -38,7 +38,10 @@ use tracing::{error, info};
 
 use crate::{
     config::Config,
-    pipeline::{Control, EventsFile, Pipeline, Progress, Sink, Source, Stop, WriterSink},
+    pipeline::{
+        ControlQueue, Controls, EventsFile, Pipeline, Progress, Sink, Source, Stop, WriterSink,
+        control_queue,
+    },
     shard::consume::{EventsSink, ShardSource},
 };
 
@@ -304,7 +307,7 @@ impl Phase {
 /// What the HTTP tasks share with the rest of the daemon.
 pub struct Shared {
     pub cfg: Arc<Config>,
-    pub controls: crossbeam::channel::Sender<Control>,
+    pub controls: Controls,
     pub progress: Arc<Progress>,
     pub metrics: metrics::Metrics,
     pub phase: Phase,
@@ -314,7 +317,7 @@ pub struct Shared {
 struct Wiring {
     runtime: tokio::runtime::Runtime,
     shared: Arc<Shared>,
-    control_rx: crossbeam::channel::Receiver<Control>,
+    control_rx: ControlQueue,
     /// Closes when the daemon stops: sources waiting for input leave at once.
     stop_tx: crossbeam::channel::Sender<()>,
     stop_rx: input::StopRx,
@@ -347,7 +350,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the tokio runtime")?;
     let (stop_tx, stop_rx) = bounded::<()>(0);
-    let (control_tx, control_rx) = bounded::<Control>(CONTROL_QUEUE);
+    let (control_tx, control_rx) = control_queue(CONTROL_QUEUE);
     let snapshot_stats = Arc::new(crate::state::store::Stats::default());
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),

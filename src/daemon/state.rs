@@ -15,7 +15,7 @@ use std::{
 };
 
 use crossbeam::{
-    channel::{Receiver, Sender, TrySendError},
+    channel::{Receiver, TrySendError},
     select,
 };
 use tracing::{info, warn};
@@ -25,7 +25,7 @@ use crate::{
     config::Config,
     engine::{At, Engine},
     fast::{FastEngine, WICK_SCRATCH},
-    pipeline::{Control, Resume},
+    pipeline::{Control, Controls, Resume},
     protocol::Event,
     reference::ReferenceEngine,
     state::{
@@ -153,7 +153,7 @@ pub fn meta(cfg: &Config, choice: EngineChoice) -> Meta {
 pub fn spawn_ticker(
     interval: Duration,
     handle: store::Handle,
-    controls: Sender<Control>,
+    controls: Controls,
     stop: Receiver<()>,
     stats: Arc<Stats>,
 ) -> std::io::Result<()> {

@@ -9,9 +9,10 @@
 //!
 //! The engine runs on the thread that calls [`Pipeline::run`] and never awaits anything:
 //! between two batches it answers [`Control`] requests (account queries, the at-risk list,
-//! metrics, later snapshots), so every answer is a consistent point of the stream. When the
-//! stream is idle it waits on both queues at once, so a query on a quiet stream is answered
-//! at once. See `src/pipeline/README.md` for why it is cut this way.
+//! metrics, snapshots), so every answer is a consistent point of the stream. When both
+//! queues are empty it parks, and whoever queues something rings it awake
+//! ([`wait::Doorbell`]), so a query on a quiet stream is answered at once. See
+//! `src/pipeline/README.md` for why it is cut this way.
 
 pub mod sink;
 pub mod source;
@@ -28,13 +29,11 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use crossbeam::{
-    channel::{Receiver, Sender, bounded, never},
-    select,
-};
+use crossbeam::channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 pub use sink::{Chunk, Delivery, EventsFile, Probe, Sink, WriterSink};
 pub use source::{Connection, ConnectionEnd, Input, LogMessage, LogReader, ReadSource, Source};
 pub use summary::{REJECT_CODES, Summary, mode_index, reject_index};
+use wait::Doorbell;
 
 use crate::{
     config::Config,
@@ -113,6 +112,49 @@ pub struct Resume {
 /// must do only its own work, since ingest waits while it runs.
 pub type Control = Box<dyn FnOnce(&dyn Engine, &Point<'_>) + Send>;
 
+/// A bounded control queue: [`Controls`] for the askers, [`ControlQueue`] for
+/// [`Pipeline::controls`]. `capacity`: the requests that may wait at once (more are refused
+/// with [`TrySendError::Full`]).
+pub fn control_queue(capacity: usize) -> (Controls, ControlQueue) {
+    let (tx, rx) = bounded(capacity);
+    let bell = Arc::new(Doorbell::default());
+    (Controls { tx, bell: bell.clone() }, ControlQueue { rx, bell })
+}
+
+/// The askers' side of a pipeline's control queue (SPEC 9.3's queries and metrics, 9.4's
+/// snapshots); cloned by each.
+#[derive(Clone)]
+pub struct Controls {
+    tx: Sender<Control>,
+    bell: Arc<Doorbell>,
+}
+
+impl Controls {
+    /// Queues `control` and wakes an idle engine; it is answered between two batches.
+    /// Errors: the queue is full, or the pipeline has stopped taking requests.
+    pub fn try_send(&self, control: Control) -> Result<(), TrySendError<Control>> {
+        self.tx.try_send(control)?;
+        self.bell.ring();
+        Ok(())
+    }
+}
+
+/// The engine's side of a control queue: given to [`Pipeline::controls`].
+pub struct ControlQueue {
+    rx: Receiver<Control>,
+    bell: Arc<Doorbell>,
+}
+
+/// Rings the doorbell when the reader thread ends, however it ends (a panic included), after
+/// its sender of the batch queue is gone: a parked engine wakes to find the queue closed.
+struct ReaderEnd(Arc<Doorbell>);
+
+impl Drop for ReaderEnd {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// Asks a running pipeline to stop: the reader stops before its next line, the engine
 /// applies what was read, every sink gets every event and finishes (SPEC 9.5). A source that
 /// may block in a read must also be woken by its owner (the daemon closes its sockets).
@@ -146,8 +188,8 @@ pub struct Pipeline<'a> {
     pub cfg: Arc<Config>,
     pub source: Box<dyn Source<'a> + 'a>,
     pub sinks: Vec<Box<dyn Sink + 'a>>,
-    /// Control requests; `None` when nobody asks.
-    pub controls: Option<Receiver<Control>>,
+    /// Control requests ([`control_queue`]); `None` when nobody asks.
+    pub controls: Option<ControlQueue>,
     pub stop: Stop,
     pub progress: Arc<Progress>,
     pub opts: Options,
@@ -190,16 +232,23 @@ impl<'a> Pipeline<'a> {
         let started = Instant::now();
         let (batch_tx, batch_rx) = bounded::<Vec<Ingested>>(opts.queue_batches);
         let (spare_tx, spare_rx) = bounded::<Vec<Ingested>>(opts.queue_batches + 2);
+        // The engine parks on this thread; the reader and the askers ring it awake.
+        let bell = controls.as_ref().map_or_else(Arc::default, |q| q.bell.clone());
+        bell.answer_here();
+        let controls = controls.map(|q| q.rx);
 
         std::thread::scope(|scope| {
             let stop_reader = stop.clone();
+            let reader_bell = bell.clone();
             // Named threads (`top -H`, `perf sched`): unnamed ones would take the name of the
             // thread that started them, the daemon's `engine`.
             let reader = std::thread::Builder::new()
                 .name("liqscan-reader".into())
                 .spawn_scoped(scope, move || {
+                    let _end = ReaderEnd(reader_bell.clone());
                     let seq = resume.at.seq;
-                    source::reader_thread(cfg, source, opts, &stop_reader, batch_tx, spare_rx, seq)
+                    let queue = source::Queue { batch_tx, spare_rx, bell: reader_bell };
+                    source::reader_thread(cfg, source, opts, &stop_reader, queue, seq)
                 })
                 .expect("the reader thread starts");
             let mut writers = Vec::new();
@@ -241,7 +290,7 @@ impl<'a> Pipeline<'a> {
             };
             let engine_result = state
                 .send_initial(initial_events, &mut fanout)
-                .and_then(|()| state.run(&batch_rx, &spare_tx, controls, &mut fanout));
+                .and_then(|()| state.run(&batch_rx, &spare_tx, controls, &bell, &mut fanout));
             drop(fanout);
             drop(batch_rx); // unblocks the reader if the engine stopped early
             let finished: io::Result<()> =
@@ -412,48 +461,63 @@ impl EngineLoop<'_, '_> {
         batch_rx: &Receiver<Vec<Ingested>>,
         spare_tx: &Sender<Vec<Ingested>>,
         mut controls: Option<Receiver<Control>>,
+        bell: &Doorbell,
         fanout: &mut Fanout<'_, '_>,
     ) -> io::Result<()> {
-        let no_controls = never();
         loop {
-            let control_rx = controls.as_ref().unwrap_or(&no_controls);
             // Poll before parking: a live stream's next batch then finds the engine awake.
-            self.spinner
-                .spin_until(self.idle_spin, || !batch_rx.is_empty() || !control_rx.is_empty());
-            select! {
-                recv(batch_rx) -> batch => {
-                    let Ok(mut batch) = batch else { return Ok(()) };
-                    self.apply_batch(&mut batch, fanout)?;
-                    let _ = spare_tx.try_send(batch);
-                    let idle = batch_rx.is_empty();
-                    if !self.events.is_empty() {
-                        self.hand_on(fanout, idle)?;
-                    } else if idle {
-                        fanout.idle()?;
-                    }
-                }
-                recv(control_rx) -> control => match control {
+            self.spinner.spin_until(self.idle_spin, || {
+                !batch_rx.is_empty() || controls.as_ref().is_some_and(|c| !c.is_empty())
+            });
+            // A control is looked for before each batch, so it waits for one batch at most.
+            if let Some(control_rx) = &controls {
+                match control_rx.try_recv() {
                     Ok(control) => {
-                        let fan = &*fanout;
-                        let delivery = || fan.delivery();
-                        let point = Point { at: self.at, summary: &self.summary, delivery: &delivery };
-                        let engine = &*self.engine;
-                        let start = Instant::now();
-                        // A request only reads the engine, so a panic in one (a bug) leaves
-                        // the state whole: its asker gets no answer, ingest goes on.
-                        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-                            || control(engine, &point),
-                        ));
-                        if answered.is_err() {
-                            self.summary.control_panics += 1;
-                        }
-                        // How long ingest waited for it.
-                        self.summary.control_latency.record(start.elapsed().as_nanos() as u64);
+                        self.answer(control, fanout);
+                        continue;
                     }
-                    Err(_) => controls = None,
-                },
+                    Err(TryRecvError::Disconnected) => controls = None,
+                    Err(TryRecvError::Empty) => {}
+                }
+            }
+            let mut batch = match batch_rx.try_recv() {
+                Ok(batch) => batch,
+                Err(TryRecvError::Disconnected) => return Ok(()),
+                Err(TryRecvError::Empty) => {
+                    // Parks until a batch or a control is queued, or the reader ends (see
+                    // `Doorbell`), then goes round again: controls first.
+                    bell.park_unless(|| {
+                        !batch_rx.is_empty() || controls.as_ref().is_some_and(|c| !c.is_empty())
+                    });
+                    continue;
+                }
+            };
+            self.apply_batch(&mut batch, fanout)?;
+            let _ = spare_tx.try_send(batch);
+            let idle = batch_rx.is_empty();
+            if !self.events.is_empty() {
+                self.hand_on(fanout, idle)?;
+            } else if idle {
+                fanout.idle()?;
             }
         }
+    }
+
+    /// Answers a control request at the point of the last message applied.
+    fn answer(&mut self, control: Control, fanout: &Fanout<'_, '_>) {
+        let delivery = || fanout.delivery();
+        let point = Point { at: self.at, summary: &self.summary, delivery: &delivery };
+        let engine = &*self.engine;
+        let start = Instant::now();
+        // A request only reads the engine, so a panic in one (a bug) leaves the state whole:
+        // its asker gets no answer, ingest goes on.
+        let answered =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| control(engine, &point)));
+        if answered.is_err() {
+            self.summary.control_panics += 1;
+        }
+        // How long ingest waited for it.
+        self.summary.control_latency.record(start.elapsed().as_nanos() as u64);
     }
 
     /// Applies a batch. Events go to the sinks at the end of the batch, or earlier once the
@@ -1049,13 +1113,13 @@ mod tests {
         assert!(same_as_plain_replay(cfg, stream, &chunks), "every event, in order");
     }
 
-    /// The engine waits on both queues: a control request is answered while the stream is
-    /// open and idle, at the point of the last message applied.
+    /// The engine parks on its batch queue and a request rings it awake: a control request is
+    /// answered while the stream is open and idle, at the point of the last message applied.
     #[test]
     fn a_control_is_answered_on_an_idle_open_stream() {
         let cfg = Arc::new(crate::synth::config(2));
         let (pipe_rx, mut pipe_tx) = std::io::pipe().unwrap();
-        let (control_tx, control_rx) = bounded::<Control>(1);
+        let (control_tx, control_rx) = control_queue(1);
         let run = std::thread::spawn(move || {
             let mut engine = crate::fast::FastEngine::new(cfg.clone());
             let source = ReadSource::new(io::BufReader::new(pipe_rx));
@@ -1072,7 +1136,7 @@ mod tests {
             let ask: Control = Box::new(move |engine, point| {
                 let _ = answer_tx.send((point.at, engine.n_accounts(), point.summary.messages));
             });
-            control_tx.send(ask).unwrap();
+            assert!(control_tx.try_send(ask).is_ok(), "the one request waiting");
             let answer = answer_rx
                 .recv_timeout(Duration::from_secs(5))
                 .expect("answered while the stream is open and idle");

@@ -14,7 +14,10 @@ use std::{
 
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 
-use super::{Options, Stop, wait::Spinner};
+use super::{
+    Options, Stop,
+    wait::{Doorbell, Spinner},
+};
 use crate::{
     config::Config,
     ingest::{Ingest, Ingested, Line, LineReader, Refused},
@@ -141,12 +144,13 @@ pub(crate) fn reader_thread<'a>(
     mut source: Box<dyn Source<'a> + 'a>,
     opts: Options,
     stop: &Stop,
-    batch_tx: Sender<Vec<Ingested>>,
-    spare_rx: Receiver<Vec<Ingested>>,
+    queue: Queue,
     resume_seq: u64,
 ) -> io::Result<()> {
     let mut ingest = Ingest::resume(cfg, resume_seq);
-    let mut out = Batcher { batch: Vec::with_capacity(opts.batch_lines), batch_tx, spare_rx, opts };
+    let Queue { batch_tx, spare_rx, bell } = queue;
+    let batch = Vec::with_capacity(opts.batch_lines);
+    let mut out = Batcher { batch, batch_tx, spare_rx, bell, opts };
     let mut pacer = opts.rate.map(|rate| Pacer::new(rate, !opts.idle_spin.is_zero()));
     while !stop.is_stopped() {
         let Some(conn) = source.next(ingest.last_seq()) else { break };
@@ -185,11 +189,22 @@ pub(crate) fn reader_thread<'a>(
 /// The engine side stopped (its error is reported there).
 struct EngineGone;
 
+/// The reader's ends of the engine's queues.
+pub(crate) struct Queue {
+    /// Batches to the engine (bounded: [`Options::queue_batches`]).
+    pub batch_tx: Sender<Vec<Ingested>>,
+    /// Emptied batches back from the engine, to fill again.
+    pub spare_rx: Receiver<Vec<Ingested>>,
+    /// Rung after each batch: wakes the engine if it parked.
+    pub bell: Arc<Doorbell>,
+}
+
 /// The batch being filled, and its way to the engine.
 struct Batcher {
     batch: Vec<Ingested>,
     batch_tx: Sender<Vec<Ingested>>,
     spare_rx: Receiver<Vec<Ingested>>,
+    bell: Arc<Doorbell>,
     opts: Options,
 }
 
@@ -201,7 +216,9 @@ impl Batcher {
         }
         let lines = self.opts.batch_lines;
         let next = self.spare_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(lines));
-        send_when_room(&self.batch_tx, std::mem::replace(&mut self.batch, next))
+        let sent = send_when_room(&self.batch_tx, std::mem::replace(&mut self.batch, next));
+        self.bell.ring();
+        sent
     }
 
     /// Adds a line; hands the batch on when it is full or `more_ready` is false (the next

@@ -12,7 +12,14 @@
 //! own clock: a gap between two looks longer than [`PREEMPTED`] means it was descheduled, and
 //! it then stops spinning for [`BACKOFF`] (parks, or sleeps the whole wait) before trying again.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering, fence},
+    },
+    thread::Thread,
+    time::{Duration, Instant},
+};
 
 /// The environment variable that sets how long liqscan's threads may spin instead of
 /// sleeping, in µs (`0`: never spin: the engine parks at once, paced readers only sleep).
@@ -146,9 +153,119 @@ impl Spinner {
     }
 }
 
+/// Where the engine thread parks when both its queues are empty, and how the threads that
+/// queue work for it (the reader, the askers of [`super::Controls`]) wake it: after queueing,
+/// [`Doorbell::ring`] unparks the engine if it is parked or about to park, and does nothing
+/// (one load) if it is not.
+///
+/// Why not a blocking `recv` or `select!` on the queues: crossbeam's blocking receive spins
+/// and yields the CPU several times before it parks (its `Backoff`), which on a paced stream
+/// (the engine idle between nearly every two batches) was CPU the reader and the sender on
+/// the same two cores needed; and a `select!` woken by a sender unregisters from every queue
+/// it waited on, taking the lock of the queue whose sender still holds it while it wakes the
+/// engine: a second futex wait and wake a batch (`src/pipeline/README.md`, "Wake-ups").
+///
+/// No wake-up is lost: the engine marks itself asleep, then looks at its queues, then parks;
+/// a waker queues, then looks at the mark (a sequentially consistent fence on each side, so
+/// at least one of the two sees the other's write), and `Thread::unpark` before `park` makes
+/// `park` return at once.
+#[derive(Debug, Default)]
+pub struct Doorbell {
+    /// The engine has parked, or is about to.
+    asleep: AtomicBool,
+    /// The reader has ended: nothing more will come through the batch queue.
+    closed: AtomicBool,
+    /// The thread that parks (set by [`Doorbell::answer_here`]).
+    engine: OnceLock<Thread>,
+}
+
+impl Doorbell {
+    /// Makes the calling thread the one that parks and is woken (once per doorbell: the
+    /// engine thread of one pipeline run).
+    pub fn answer_here(&self) {
+        let _ = self.engine.set(std::thread::current());
+    }
+
+    /// Work was queued: wakes the engine if it is parked or about to park.
+    pub fn ring(&self) {
+        fence(Ordering::SeqCst);
+        if self.asleep.load(Ordering::Relaxed)
+            && self.asleep.swap(false, Ordering::AcqRel)
+            && let Some(engine) = self.engine.get()
+        {
+            engine.unpark();
+        }
+    }
+
+    /// The reader has ended: wakes the engine for good (it parks no more).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.ring();
+    }
+
+    /// Parks the calling thread unless `ready()` (work is queued) or the doorbell is closed.
+    /// May return without either (a spurious wake-up, or a ring for work already taken): the
+    /// caller looks at its queues again.
+    pub fn park_unless(&self, ready: impl Fn() -> bool) {
+        self.asleep.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !ready() && !self.closed.load(Ordering::SeqCst) {
+            std::thread::park();
+        }
+        self.asleep.store(false, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, atomic::AtomicU64};
+
     use super::*;
+
+    /// A producer queues items one at a time, rings, and waits (bounded) until the consumer
+    /// has taken the item, ringing no more; the consumer parks whenever it has taken
+    /// everything. A lost wake-up leaves the consumer parked with the item queued: the
+    /// producer's wait times out and the test fails (closing the doorbell then releases the
+    /// consumer, so nothing hangs). A closed doorbell parks no more.
+    #[test]
+    fn a_doorbell_loses_no_wake_up() {
+        const ITEMS: u64 = 5_000;
+        let bell = Arc::new(Doorbell::default());
+        let (queued, taken) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (b, q, t) = (bell.clone(), queued.clone(), taken.clone());
+        let consumer = std::thread::spawn(move || {
+            b.answer_here();
+            let mut parks = 0u64;
+            while !b.closed.load(Ordering::SeqCst) {
+                let n = t.load(Ordering::SeqCst);
+                if q.load(Ordering::SeqCst) > n {
+                    t.store(n + 1, Ordering::SeqCst);
+                    continue;
+                }
+                parks += 1;
+                b.park_unless(|| q.load(Ordering::SeqCst) > t.load(Ordering::SeqCst));
+            }
+            b.park_unless(|| false); // returns at once: closed
+            parks
+        });
+        let mut lost = None;
+        for n in 1..=ITEMS {
+            queued.store(n, Ordering::SeqCst);
+            bell.ring();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while taken.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            if taken.load(Ordering::SeqCst) < n {
+                lost = Some(n);
+                break;
+            }
+        }
+        bell.close();
+        let parks = consumer.join().unwrap();
+        assert_eq!(lost, None, "the consumer slept through a ring");
+        assert!(parks > 0, "the consumer parked");
+    }
 
     #[test]
     fn spin_until_sees_ready_and_times_out() {
