@@ -469,12 +469,15 @@ impl EngineLoop<'_, '_> {
             self.spinner.spin_until(self.idle_spin, || {
                 !batch_rx.is_empty() || controls.as_ref().is_some_and(|c| !c.is_empty())
             });
-            // A control is looked for before each batch, so it waits for one batch at most.
+            // One control, then one batch: a control waits for at most one batch and the
+            // controls ahead of it, and a stream of controls never holds ingest back for
+            // more than one answer a batch.
+            let mut answered = false;
             if let Some(control_rx) = &controls {
                 match control_rx.try_recv() {
                     Ok(control) => {
                         self.answer(control, fanout);
-                        continue;
+                        answered = true;
                     }
                     Err(TryRecvError::Disconnected) => controls = None,
                     Err(TryRecvError::Empty) => {}
@@ -484,11 +487,13 @@ impl EngineLoop<'_, '_> {
                 Ok(batch) => batch,
                 Err(TryRecvError::Disconnected) => return Ok(()),
                 Err(TryRecvError::Empty) => {
-                    // Parks until a batch or a control is queued, or the reader ends (see
-                    // `Doorbell`), then goes round again: controls first.
-                    bell.park_unless(|| {
-                        !batch_rx.is_empty() || controls.as_ref().is_some_and(|c| !c.is_empty())
-                    });
+                    // Nothing was queued: parks until a batch or a control is, or the reader
+                    // ends (see `Doorbell`), then goes round again.
+                    if !answered {
+                        bell.park_unless(|| {
+                            !batch_rx.is_empty() || controls.as_ref().is_some_and(|c| !c.is_empty())
+                        });
+                    }
                     continue;
                 }
             };
@@ -1113,7 +1118,7 @@ mod tests {
         assert!(same_as_plain_replay(cfg, stream, &chunks), "every event, in order");
     }
 
-    /// The engine parks on its batch queue and a request rings it awake: a control request is
+    /// The engine parks on its doorbell and a request rings it awake: a control request is
     /// answered while the stream is open and idle, at the point of the last message applied.
     #[test]
     fn a_control_is_answered_on_an_idle_open_stream() {
@@ -1151,5 +1156,47 @@ mod tests {
         let summary = run.join().unwrap();
         assert_eq!(summary.messages, 1);
         assert!(summary.control_latency.summary().count >= 1);
+    }
+
+    /// A control queue kept full does not stop ingest: the engine takes a batch after each
+    /// answer. An asker refills the queue as soon as a slot frees, each answer taking 200 µs,
+    /// while 200 one-line batches are read; with controls answered before every batch the
+    /// batches would wait for the asker to give up (20 s).
+    #[test]
+    fn a_stream_of_controls_does_not_hold_ingest_back() {
+        const LINES: u64 = 200;
+        let cfg = Arc::new(crate::synth::config(2));
+        let (control_tx, control_rx) = control_queue(4);
+        let stream: String = (1..=LINES)
+            .map(|i| {
+                format!("{{\"type\":\"balance\",\"account\":{i},\"wallet\":\"5\",\"seq\":{i}}}\n")
+            })
+            .collect();
+        let done = Arc::new(AtomicBool::new(false));
+        let asking = done.clone();
+        let asker = std::thread::spawn(move || {
+            let (start, mut asked) = (Instant::now(), 0u64);
+            while !asking.load(Ordering::Acquire) && start.elapsed() < Duration::from_secs(20) {
+                let ask: Control = Box::new(|_, _| std::thread::sleep(Duration::from_micros(200)));
+                match control_tx.try_send(ask) {
+                    Ok(()) => asked += 1,
+                    Err(_) => std::thread::yield_now(),
+                }
+            }
+            asked
+        });
+        let started = Instant::now();
+        let source = ReadSource::new(io::Cursor::new(stream.into_bytes()));
+        let sink = WriterSink::new("sink", io::sink());
+        let mut pipeline = Pipeline::new(cfg.clone(), Box::new(source), vec![Box::new(sink)]);
+        pipeline.controls = Some(control_rx);
+        pipeline.opts.batch_lines = 1;
+        let summary = pipeline.run(&mut crate::fast::FastEngine::new(cfg)).unwrap();
+        let took = started.elapsed();
+        done.store(true, Ordering::Release);
+        let asked = asker.join().unwrap();
+        assert_eq!(summary.messages, LINES);
+        assert!(asked >= 2, "the queue was kept busy ({asked} asked)");
+        assert!(took < Duration::from_secs(10), "ingest waited for the controls: {took:?}");
     }
 }

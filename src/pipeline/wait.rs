@@ -155,8 +155,8 @@ impl Spinner {
 
 /// Where the engine thread parks when both its queues are empty, and how the threads that
 /// queue work for it (the reader, the askers of [`super::Controls`]) wake it: after queueing,
-/// [`Doorbell::ring`] unparks the engine if it is parked or about to park, and does nothing
-/// (one load) if it is not.
+/// [`Doorbell::ring`] unparks the engine if it is parked or about to park, and costs a fence
+/// and a load if it is not.
 ///
 /// Why not a blocking `recv` or `select!` on the queues: crossbeam's blocking receive spins
 /// and yields the CPU several times before it parks (its `Backoff`), which on a paced stream
@@ -226,14 +226,15 @@ mod tests {
     /// has taken the item, ringing no more; the consumer parks whenever it has taken
     /// everything. A lost wake-up leaves the consumer parked with the item queued: the
     /// producer's wait times out and the test fails (closing the doorbell then releases the
-    /// consumer, so nothing hangs). A closed doorbell parks no more.
+    /// consumer, and the wait for it is bounded too). A closed doorbell parks no more.
     #[test]
     fn a_doorbell_loses_no_wake_up() {
         const ITEMS: u64 = 5_000;
         let bell = Arc::new(Doorbell::default());
         let (queued, taken) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (b, q, t) = (bell.clone(), queued.clone(), taken.clone());
-        let consumer = std::thread::spawn(move || {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
             b.answer_here();
             let mut parks = 0u64;
             while !b.closed.load(Ordering::SeqCst) {
@@ -246,7 +247,7 @@ mod tests {
                 b.park_unless(|| q.load(Ordering::SeqCst) > t.load(Ordering::SeqCst));
             }
             b.park_unless(|| false); // returns at once: closed
-            parks
+            let _ = done_tx.send(parks);
         });
         let mut lost = None;
         for n in 1..=ITEMS {
@@ -262,7 +263,9 @@ mod tests {
             }
         }
         bell.close();
-        let parks = consumer.join().unwrap();
+        // Bounded even if closing fails to wake the consumer (then it is left parked).
+        let parks =
+            done_rx.recv_timeout(Duration::from_secs(30)).expect("closed: the consumer ends");
         assert_eq!(lost, None, "the consumer slept through a ring");
         assert!(parks > 0, "the consumer parked");
     }
