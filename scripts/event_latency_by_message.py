@@ -28,11 +28,14 @@ latencies). The answer is US / j for the least whole j that leaves few enough
 over, or "any" when even one event a message would meet it. A message that fires thousands
 of liquidations puts most of them over any target of microseconds unless c is a few
 nanoseconds (less than one cache miss an item). Under it, the same percentile of each
-event's wait for the events its own message made before it ("k-th minus first"): a bound
-from below on that percentile of latency measured anywhere after the line (an event arrives
-no sooner than it is made, nor is a message's first event made before its line is read), at
-the item costs of this run, however quick the rest of the pipeline.
+event's wait for the events its own message made before it ("k-th minus first", at the rank
+an HdrHistogram takes): a bound from below on that percentile of the same events' latency
+measured anywhere after the line (an event arrives no sooner than it is made, nor is a
+message's first event made before its line is read), however quick the reading, queueing
+and delivery. It is this run's: the waits are the engine's work between a message's events
+and, on a busy machine, whatever took the engine thread's CPU meanwhile.
 """
+import math
 import sys
 from collections import defaultdict
 
@@ -139,12 +142,14 @@ def main(path, targets):
               f"so each item after a message's first may cost {most}, even with every "
               f"first event made at once")
         # An event's latency to anywhere is at least its wait for the events its message
-        # made before it, so the percentile of those waits bounds it from below, at the
-        # item costs of this run, however quick the reading, queueing and delivery.
-        own = waits[min(n - 1, int(n * q / 100))] / 1000
+        # made before it, so the percentile of those waits bounds that of the same events'
+        # latency from below, however quick the reading, queueing and delivery were.
+        # The rank an HdrHistogram (`feed`'s, the summary's) takes for the percentile,
+        # ceil(n * q / 100), never above the one the figures above take: a bound on either.
+        own = waits[max(0, min(n - 1, math.ceil(n * q / 100) - 1))] / 1000
         verdict = "over it" if own > us else "within it"
-        print(f"  at this run's item costs: p{q:g} >= {own:.1f} us from the waits for earlier "
-              f"events of the same message alone, {verdict}, with no other delay")
+        print(f"  in this run: p{q:g} >= {own:.1f} us from the waits for earlier events of "
+              f"the same message alone, {verdict}, before any wait for the first")
 
 
 if __name__ == "__main__":

@@ -525,10 +525,12 @@ const PREFETCH_AHEAD: usize = 160;
 const REFRESH_AHEAD: usize = 4;
 
 /// How many touched accounts `finish_message` refreshes before it builds their events (see
-/// [`FastEngine::finish_message`]): small enough that a wick's first cross events are made
-/// within tens of microseconds, large enough that the event loop's own prefetch has a run
-/// of records to work ahead on.
-const WICK_CHUNK: usize = 64;
+/// [`FastEngine::finish_message`]): small enough that a wick's cross events follow their
+/// refreshes within microseconds, large enough that the event loop's own prefetch has a run
+/// of records to work ahead on. 64 until session 28, when 8 took each event's wait for the
+/// earlier events of its message from 195–278 to 169–228 µs at p99 on the 100k-account load
+/// test's stream (eight replays each, alternating; `src/fast/README.md`, "Session 28").
+const WICK_CHUNK: usize = 8;
 
 /// From how many touched cross accounts a message may plan their refreshes on the rayon workers
 /// (see [`FastEngine::with_parallel_refresh`]): the threshold measured with, for a caller
