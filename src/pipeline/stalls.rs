@@ -2,8 +2,8 @@
 //!
 //! With `LIQSCAN_STALL_US=N`, every batch whose apply took at least N µs of wall time is
 //! logged on stderr with the engine thread's own accounting over the same interval: CPU time
-//! and time spent runnable but waiting for a CPU (the scheduler's run-queue delay, from
-//! `/proc/thread-self/schedstat`), minor and major page faults (`stat`), voluntary and
+//! (`CLOCK_THREAD_CPUTIME_ID`) and time spent runnable but waiting for a CPU (the scheduler's
+//! run-queue delay, from `/proc/thread-self/schedstat`), minor and major page faults (`stat`), voluntary and
 //! involuntary context switches (`status`), and the batch's slowest message. Wall time minus
 //! CPU time minus run-queue delay is time the thread was blocked (a page fault that waited
 //! on I/O, a lock). So a stall reads at once as engine work (CPU ≈ wall), preemption (run
@@ -24,11 +24,19 @@ pub fn threshold_from_env() -> Option<Duration> {
         .map(Duration::from_micros)
 }
 
+/// The calling thread's CPU time, ns.
+fn thread_cpu_ns() -> u64 {
+    crate::latency::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
 /// The engine thread's counters at one moment, from `/proc/thread-self` (zeros where the
 /// system does not say).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ThreadTimes {
-    /// CPU time, ns (`schedstat`: the scheduler's own accounting, not ticks).
+    /// CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`: up to date when read). Until session 28 it
+    /// was `schedstat`'s run time, which the kernel brings up to date for a running thread only
+    /// at its ticks and context switches: a thread reading its own saw it move in steps of a
+    /// tick (4 ms at this VM's 250 Hz), so a busy batch of 3 ms could read as 0 µs of CPU.
     pub cpu_ns: u64,
     /// Time runnable but not running (waiting on a run queue), ns.
     pub runqueue_ns: u64,
@@ -44,10 +52,10 @@ impl ThreadTimes {
     /// The calling thread's counters now.
     pub fn now() -> ThreadTimes {
         let mut t = ThreadTimes::default();
-        // "run time, run-queue wait time, timeslices", in ns.
+        // "run time, run-queue wait time, timeslices", in ns: the wait is brought up to date
+        // when the thread gets a CPU, so a running thread's own reading is current.
         if let Ok(s) = std::fs::read_to_string("/proc/thread-self/schedstat") {
-            let mut f = s.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
-            t.cpu_ns = f.next().unwrap_or(0);
+            let mut f = s.split_whitespace().skip(1).map(|v| v.parse::<u64>().unwrap_or(0));
             t.runqueue_ns = f.next().unwrap_or(0);
         }
         // proc(5): after the command name in parentheses, field 10 is minflt and 12 majflt.
@@ -68,6 +76,8 @@ impl ThreadTimes {
                 }
             }
         }
+        // Last, so that a batch's CPU time starts with its wall time, after these reads.
+        t.cpu_ns = thread_cpu_ns();
         t
     }
 }
@@ -117,11 +127,12 @@ impl StallLog {
 
     /// The batch ended: logs it when it took at least the threshold.
     pub fn end(&mut self) {
-        let wall = self.started.elapsed();
+        // CPU time read with the wall time, before the `/proc` reads.
+        let (wall, cpu_ns) = (self.started.elapsed(), thread_cpu_ns());
         if wall < self.threshold {
             return;
         }
-        let (a, b) = (self.before, ThreadTimes::now());
+        let (a, b) = (self.before, ThreadTimes { cpu_ns, ..ThreadTimes::now() });
         let us = |ns: u64| ns / 1000;
         eprintln!(
             "liqscan stall: lines {}+{} wall {} us cpu {} us runqueue {} us \
@@ -163,8 +174,28 @@ mod tests {
         assert!(b.cpu_ns >= a.cpu_ns + 1_000_000, "{a:?} {b:?}");
         assert!(b.runqueue_ns >= a.runqueue_ns, "{a:?} {b:?}");
         let accounted = (b.cpu_ns - a.cpu_ns) + (b.runqueue_ns - a.runqueue_ns);
-        // The kernel brings a running thread's figures up to date at its ticks: each reading
-        // may lag by one (at most 10 ms at any HZ).
+        // The kernel brings a running thread's run-queue wait up to date at its ticks: each
+        // reading may lag by one (at most 10 ms at any HZ).
         assert!(accounted <= wall_ns + 10_000_000, "{accounted} ns in {wall_ns} ns: {a:?} {b:?}");
+    }
+
+    /// The CPU time is current when read, not a tick behind: 20 spins of 300 µs each (under a
+    /// tick at any HZ up to 1000) each show CPU time, but for a few that a loaded machine
+    /// may preempt whole. A tick-driven count (`schedstat`'s run time, read by the running
+    /// thread, which this used before) shows none for most of them.
+    #[test]
+    fn thread_cpu_time_moves_within_a_tick() {
+        let mut moved = 0;
+        for _ in 0..20 {
+            let a = ThreadTimes::now();
+            let t = Instant::now();
+            let mut x = 0u64;
+            while t.elapsed() < Duration::from_micros(300) {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            let b = ThreadTimes::now();
+            moved += usize::from(b.cpu_ns > a.cpu_ns + 50_000);
+        }
+        assert!(moved >= 15, "CPU time moved in {moved} of 20 spins of 300 µs");
     }
 }
