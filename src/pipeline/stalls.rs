@@ -156,6 +156,14 @@ impl StallLog {
 mod tests {
     use super::*;
 
+    /// Keeps this thread busy until `d` after `since`.
+    fn busy_until(since: Instant, d: Duration) {
+        let mut x = 0u64;
+        while since.elapsed() < d {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+
     /// The counters move the right way and in nanoseconds: CPU work shows as CPU time, and
     /// CPU time and run-queue delay together do not exceed the wall time they cover. (Their
     /// sum may fall short of it: time the host takes the virtual CPU away, steal, is neither;
@@ -164,10 +172,7 @@ mod tests {
     fn thread_times_count_cpu_work() {
         let t = Instant::now();
         let a = ThreadTimes::now();
-        let mut x = 0u64;
-        while t.elapsed() < Duration::from_millis(30) {
-            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-        }
+        busy_until(t, Duration::from_millis(30));
         let b = ThreadTimes::now();
         let wall_ns = t.elapsed().as_nanos() as u64;
         // On a loaded machine the thread may get less than all of the 30 ms, never nothing.
@@ -188,11 +193,7 @@ mod tests {
         let mut moved = 0;
         for _ in 0..20 {
             let a = ThreadTimes::now();
-            let t = Instant::now();
-            let mut x = 0u64;
-            while t.elapsed() < Duration::from_micros(300) {
-                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-            }
+            busy_until(Instant::now(), Duration::from_micros(300));
             let b = ThreadTimes::now();
             moved += usize::from(b.cpu_ns > a.cpu_ns + 50_000);
         }
