@@ -52,12 +52,6 @@ impl ThreadTimes {
     /// The calling thread's counters now.
     pub fn now() -> ThreadTimes {
         let mut t = ThreadTimes::default();
-        // "run time, run-queue wait time, timeslices", in ns: the wait is brought up to date
-        // when the thread gets a CPU, so a running thread's own reading is current.
-        if let Ok(s) = std::fs::read_to_string("/proc/thread-self/schedstat") {
-            let mut f = s.split_whitespace().skip(1).map(|v| v.parse::<u64>().unwrap_or(0));
-            t.runqueue_ns = f.next().unwrap_or(0);
-        }
         // proc(5): after the command name in parentheses, field 10 is minflt and 12 majflt.
         if let Ok(s) = std::fs::read_to_string("/proc/thread-self/stat") {
             let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
@@ -76,10 +70,22 @@ impl ThreadTimes {
                 }
             }
         }
-        // Last, so that a batch's CPU time starts with its wall time, after these reads.
+        // Last, so that a batch's CPU time and run-queue wait start with its wall time, after
+        // the reads above (a wait in them would otherwise count in the batch's).
+        t.runqueue_ns = runqueue_ns();
         t.cpu_ns = thread_cpu_ns();
         t
     }
+}
+
+/// The calling thread's time spent runnable but waiting for a CPU, ns (`schedstat`'s second
+/// field, "run-queue wait time": brought up to date when the thread gets a CPU, so a running
+/// thread's own reading is current).
+fn runqueue_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// Watches one batch at a time.
@@ -127,12 +133,14 @@ impl StallLog {
 
     /// The batch ended: logs it when it took at least the threshold.
     pub fn end(&mut self) {
-        // CPU time read with the wall time, before the `/proc` reads.
+        // CPU time read with the wall time, and the run-queue wait right after, before the
+        // other `/proc` reads.
         let (wall, cpu_ns) = (self.started.elapsed(), thread_cpu_ns());
         if wall < self.threshold {
             return;
         }
-        let (a, b) = (self.before, ThreadTimes { cpu_ns, ..ThreadTimes::now() });
+        let runqueue_ns = runqueue_ns();
+        let (a, b) = (self.before, ThreadTimes { cpu_ns, runqueue_ns, ..ThreadTimes::now() });
         let us = |ns: u64| ns / 1000;
         eprintln!(
             "liqscan stall: lines {}+{} wall {} us cpu {} us runqueue {} us \
