@@ -3,8 +3,9 @@
 //! With `LIQSCAN_STALL_US=N`, every batch whose apply took at least N µs of wall time is
 //! logged on stderr with the engine thread's own accounting over the same interval: CPU time
 //! (`CLOCK_THREAD_CPUTIME_ID`) and time spent runnable but waiting for a CPU (the scheduler's
-//! run-queue delay, from `/proc/thread-self/schedstat`), minor and major page faults (`stat`), voluntary and
-//! involuntary context switches (`status`), and the batch's slowest message. Wall time minus
+//! run-queue delay, from `/proc/thread-self/schedstat`), minor and major page faults
+//! (`stat`), voluntary and involuntary context switches (`status`), and the batch's slowest
+//! message. Wall time minus
 //! CPU time minus run-queue delay is time the thread was blocked (a page fault that waited
 //! on I/O, a lock). So a stall reads at once as engine work (CPU ≈ wall), preemption (run
 //! queue ≈ wall − CPU) or faults (`minflt`, whose kernel time is in the CPU time).
@@ -187,8 +188,9 @@ mod tests {
         assert!(b.cpu_ns >= a.cpu_ns + 1_000_000, "{a:?} {b:?}");
         assert!(b.runqueue_ns >= a.runqueue_ns, "{a:?} {b:?}");
         let accounted = (b.cpu_ns - a.cpu_ns) + (b.runqueue_ns - a.runqueue_ns);
-        // The kernel brings a running thread's run-queue wait up to date at its ticks: each
-        // reading may lag by one (at most 10 ms at any HZ).
+        // A wait is added up when the thread gets its CPU back, so a reading may leave out
+        // one still going or count one begun before the spin (a tick's worth at most: 10 ms
+        // at any HZ).
         assert!(accounted <= wall_ns + 10_000_000, "{accounted} ns in {wall_ns} ns: {a:?} {b:?}");
     }
 
